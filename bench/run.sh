@@ -1,0 +1,370 @@
+#!/usr/bin/env bash
+# holdfast benchmark: holdfast vs restic, borg, bupstash (and a tar|zstd baseline).
+#
+# Usage:
+#   bench/run.sh [--scale S] [--tools holdfast,restic,borg,bupstash,tar] [--work DIR]
+#                [--no-build]
+#
+#   --scale S    data set size; 1.0 = ~0.47 GB of real data plus a 1 GiB sparse file
+#                (default 1.0; use 0.05 for a quick smoke run)
+#   --tools L    comma-separated tools to run, in this order (default: all five)
+#   --work DIR   scratch directory (default ${TMPDIR:-/tmp}/holdfast-bench); its data/,
+#                repos/, restore/, logs/, cache/ and state/ subdirectories are wiped
+#   --no-build   do not run cargo; use $HOLDFAST_BIN or target/release/holdfast as is
+#
+#   HOLDFAST_BENCH_EXTRA_INIT_ARGS   extra words appended to `holdfast init`
+#                                    (e.g. "--avg-chunk-size 4194304")
+#   HOLDFAST_BIN                     holdfast binary (default target/release/holdfast)
+#
+# What it does (one run, every tool sees exactly the same data):
+#   build    cargo build --release --locked
+#   data     bench/gen_dataset.py WORK/data --scale S (generated once)
+#   init     every tool initialises an encrypted repository with zstd compression
+#              holdfast: HOLDFAST_PASSPHRASE         restic: repo v2, --compression auto
+#              borg: repokey-blake2, zstd,3          bupstash: key file, zstd:3 (default)
+#   phase 1  first backup of WORK/data by every tool: wall, CPU (user+sys), peak RSS,
+#            repository size (du -sb). tar: `tar --sparse -cf - DATA | zstd -3 -T0`.
+#   mutate   gen_dataset.py --mutate (2% of SQL rows, ~1% of small files, a few new files)
+#   phase 2  second backup by every tool: wall time, bytes added to the repository
+#   phase 3  third backup with nothing changed: wall time, bytes added
+#   phase 4  restore of the latest snapshot into an empty directory: wall time, peak
+#            RSS, allocated KiB of sparse/big.img (1 GiB apparent; ~1024 KiB = holes
+#            kept), and a comparison with WORK/data (content via diff -r; type, mode,
+#            size and mtime in whole seconds via find).
+#   All tools back up the same absolute path (WORK/data) so their incremental
+#   detection applies. Passphrases only go through the environment, never argv.
+#   Everything runs with a warm page cache (dropping caches is not reliable here);
+#   the data set was just written and fits in RAM, so reads are mostly cache hits.
+#
+# A tool whose binary is missing or whose step fails shows "failed" in its cells (the
+# reason is listed under the table; logs are in WORK/logs). Output: the markdown table
+# is printed and written to WORK/results.md; raw numbers go to WORK/results.csv.
+
+set -uo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+SCALE=1.0
+TOOLS=holdfast,restic,borg,bupstash,tar
+WORK=${TMPDIR:-/tmp}/holdfast-bench
+BUILD=1
+
+usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --scale) SCALE=$2; shift 2 ;;
+        --tools) TOOLS=$2; shift 2 ;;
+        --work) WORK=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
+    esac
+done
+IFS=, read -r -a TOOL_LIST <<<"$TOOLS"
+for t in "${TOOL_LIST[@]}"; do
+    case $t in holdfast|restic|borg|bupstash|tar) ;;
+        *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;;
+    esac
+done
+[[ -x /usr/bin/time ]] || { echo "run.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
+
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+export DATA=$WORK/data REPOS=$WORK/repos STATE=$WORK/state LOGS=$WORK/logs
+RESTORE=$WORK/restore
+rm -rf "$DATA" "$REPOS" "$RESTORE" "$LOGS" "$STATE" "$WORK/cache" "$WORK/config"
+mkdir -p "$DATA" "$REPOS" "$RESTORE" "$LOGS" "$STATE" "$WORK/cache" "$WORK/config"
+
+# Keep every tool's caches and config inside WORK (not counted in repository sizes).
+export XDG_CACHE_HOME=$WORK/cache XDG_CONFIG_HOME=$WORK/config
+export RESTIC_CACHE_DIR=$WORK/cache/restic BORG_BASE_DIR=$WORK/cache/borg-base
+export BUPSTASH_QUERY_CACHE=$WORK/cache/bupstash-query-cache
+export PATH=$HOME/.cargo/bin:$PATH
+# Benchmark-only secret, passed through the environment only.
+BENCH_PASS=holdfast-bench-not-a-secret
+export HOLDFAST_PASSPHRASE=$BENCH_PASS RESTIC_PASSWORD=$BENCH_PASS BORG_PASSPHRASE=$BENCH_PASS
+export BUPSTASH_REPOSITORY=$REPOS/bupstash BUPSTASH_KEY=$STATE/bupstash.key
+export HOLDFAST_BIN=${HOLDFAST_BIN:-$REPO_ROOT/target/release/holdfast}
+export HOLDFAST_BENCH_EXTRA_INIT_ARGS=${HOLDFAST_BENCH_EXTRA_INIT_ARGS:-}
+
+declare -A R=()      # R[tool.key] = measured value
+declare -A FAIL=()   # FAIL[tool] = reason the tool dropped out
+declare -A LAST=()   # LAST[tool] = phase number of the tool's latest successful backup
+
+# --------------------------------------------------------------------------
+# Per-tool steps. They run in a child `bash -o pipefail` under /usr/bin/time,
+# so they are exported functions using only exported variables.
+#   <tool>_init            create the repository (not timed)
+#   <tool>_backup PHASE    back up $DATA
+#   <tool>_restore DIR N   restore the snapshot made in phase N into empty DIR
+# --------------------------------------------------------------------------
+
+holdfast_init() {
+    # shellcheck disable=SC2086  # extra args are meant to be word-split
+    "$HOLDFAST_BIN" init --repo "$REPOS/holdfast" $HOLDFAST_BENCH_EXTRA_INIT_ARGS
+}
+holdfast_backup() { "$HOLDFAST_BIN" backup --repo "$REPOS/holdfast" --tag "phase$1" "$DATA"; }
+holdfast_restore() { "$HOLDFAST_BIN" restore --repo "$REPOS/holdfast" latest --to "$1"; }
+
+restic_init() { restic init --repo "$REPOS/restic" --repository-version 2; }
+restic_backup() {
+    restic --repo "$REPOS/restic" backup --compression auto --host holdfast-bench \
+        --tag "phase$1" "$DATA"
+}
+restic_restore() { restic --repo "$REPOS/restic" restore latest --target "$1"; }
+
+borg_init() { borg init --encryption repokey-blake2 "$REPOS/borg"; }
+# borg exits with 1 for warnings (e.g. a file changed while read); the archive is complete.
+borg_ok() { local rc=$?; [[ $rc -le 1 ]]; }
+borg_backup() { borg create --stats --compression zstd,3 "$REPOS/borg::phase$1" "$DATA"; borg_ok; }
+borg_restore() { cd "$1" && { borg extract --sparse "$REPOS/borg::phase$2"; borg_ok; }; }
+
+bupstash_init() { bupstash new-key -o "$BUPSTASH_KEY" && bupstash init; }
+bupstash_backup() {
+    # The send log is bupstash's incremental mechanism (stat cache + sent chunks).
+    bupstash put --no-progress --print-stats --send-log "$STATE/bupstash.sendlog" \
+        phase="$1" "$DATA" >"$STATE/bupstash.id.$1"
+}
+bupstash_restore() {
+    bupstash get --no-progress id="$(cat "$STATE/bupstash.id.$2")" | tar -x -C "$1"
+}
+
+tar_backup() {
+    # Baseline: one sequential read + zstd; the compressed size is kept for reference.
+    tar --sparse -cf - "$DATA" 2>/dev/null | zstd -3 -T0 -q -c | wc -c >"$STATE/tar.size"
+}
+
+export -f borg_ok holdfast_init holdfast_backup holdfast_restore restic_init restic_backup \
+    restic_restore borg_init borg_backup borg_restore bupstash_init bupstash_backup \
+    bupstash_restore tar_backup
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+say() { printf '%s\n' "$*" >&2; }
+mib() { awk -v b="$1" -v p="${2:-1}" 'BEGIN { printf "%.*f", p, b / 1048576 }'; }
+repo_bytes() { du -sb "$REPOS/$1" | cut -f1; }
+alive() { [[ -z ${FAIL[$1]:-} ]]; }
+
+# timed TOOL STEP FUNC ARGS...: run FUNC under /usr/bin/time; on success store
+# R[TOOL.STEP.wall|cpu|rss] (s, s, MiB) and return 0; on failure mark TOOL failed.
+timed() {
+    local tool=$1 step=$2; shift 2
+    local tf=$LOGS/$tool.$step.time lf=$LOGS/$tool.$step.log
+    /usr/bin/time -f '%e %U %S %M' -o "$tf" bash -o pipefail -c '"$@"' _ "$@" >"$lf" 2>&1
+    local rc=$?
+    if [[ $rc -ne 0 ]]; then
+        FAIL[$tool]="$step failed (exit $rc), see logs/$tool.$step.log"
+        say "  $tool $step: FAILED (exit $rc): $(tail -n 3 "$lf" | tr '\n' ' ')"
+        return 1
+    fi
+    local wall user sys rss
+    read -r wall user sys rss < <(tail -n 1 "$tf")
+    R[$tool.$step.wall]=$wall
+    R[$tool.$step.cpu]=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+    R[$tool.$step.rss]=$(awk -v k="$rss" 'BEGIN { printf "%.0f", k / 1024 }')
+    say "  $tool $step: ${wall}s wall, ${R[$tool.$step.cpu]}s CPU, ${R[$tool.$step.rss]} MiB peak RSS"
+}
+
+# type, mode, size (files only) and mtime in whole seconds of every entry below $1
+# whose type is in $2 (find -type letters, e.g. "f" or "d").
+tree_meta() {
+    (cd "$1" && find . -mindepth 1 -printf '%y %m %s %T@ %P\n') |
+        awk -v types="$2" 'index(types, $1) { if ($1 != "f") $3 = "-"; $4 = int($4); print }' |
+        sort -k5
+}
+
+# Compare a restored tree with $DATA. Prints "ok" or what differs; details go to
+# logs/TOOL.verify.log.
+verify_restore() {
+    local root=$1 tool=$2
+    local log=$LOGS/$tool.verify.log
+    if ! diff -rq --no-dereference "$DATA" "$root" >"$log" 2>&1; then
+        echo "content differs"; return
+    fi
+    if ! diff <(tree_meta "$DATA" f) <(tree_meta "$root" f) >>"$log"; then
+        echo "file metadata differs"; return
+    fi
+    if ! diff <(tree_meta "$DATA" dl) <(tree_meta "$root" dl) >>"$log"; then
+        echo "ok, dir metadata differs"; return
+    fi
+    echo "ok"
+}
+
+tool_version() {
+    case $1 in
+        holdfast) "$HOLDFAST_BIN" --version 2>/dev/null | head -n 1 ;;
+        restic) restic version 2>/dev/null | cut -d' ' -f1-2 ;;
+        borg) borg --version 2>/dev/null ;;
+        bupstash) bupstash --version 2>/dev/null ;;
+        tar) echo "$(tar --version | head -n 1) + $(zstd --version | grep -o 'v[0-9.]*')" ;;
+    esac
+}
+
+# --------------------------------------------------------------------------
+# setup: build, check binaries, generate data, init repositories
+# --------------------------------------------------------------------------
+
+T_START=$(date +%s)
+in_list() { [[ ",$TOOLS," == *",$1,"* ]]; }
+
+if in_list holdfast && [[ $BUILD == 1 ]]; then
+    say "== building holdfast (cargo build --release --locked)"
+    if ! (cd "$REPO_ROOT" && cargo build --release --locked) >"$LOGS/build.log" 2>&1; then
+        FAIL[holdfast]="build failed, see logs/build.log"
+        say "  build FAILED: $(tail -n 3 "$LOGS/build.log" | tr '\n' ' ')"
+    fi
+fi
+for t in "${TOOL_LIST[@]}"; do
+    alive "$t" || continue
+    case $t in
+        holdfast) [[ -x $HOLDFAST_BIN ]] || FAIL[holdfast]="binary $HOLDFAST_BIN missing" ;;
+        tar) command -v zstd >/dev/null || FAIL[tar]="zstd not installed" ;;
+        *) command -v "$t" >/dev/null || FAIL[$t]="$t not installed" ;;
+    esac
+done
+
+say "== generating data set (scale $SCALE) into $DATA"
+T0=$(date +%s.%N)
+python3 "$SCRIPT_DIR/gen_dataset.py" "$DATA" --scale "$SCALE" || { say "data generation failed"; exit 1; }
+GEN_SECS=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+SPARSE_APPARENT=$(stat -c %s "$DATA/sparse/big.img")
+DATA_APPARENT=$(du -sb "$DATA" | cut -f1)
+DATA_REAL=$((DATA_APPARENT - SPARSE_APPARENT))
+DATA_FILES=$(find "$DATA" -type f | wc -l)
+say "  $(mib "$DATA_REAL") MiB in $DATA_FILES files + sparse file of $(mib "$SPARSE_APPARENT") MiB apparent (${GEN_SECS}s)"
+
+say "== init"
+for t in "${TOOL_LIST[@]}"; do
+    [[ $t == tar ]] && continue
+    alive "$t" || { say "  $t: skipped (${FAIL[$t]})"; continue; }
+    timed "$t" init "${t}_init"
+done
+
+# --------------------------------------------------------------------------
+# phases
+# --------------------------------------------------------------------------
+
+say "== phase 1: first backup"
+for t in "${TOOL_LIST[@]}"; do
+    alive "$t" || continue
+    timed "$t" backup1 "${t}_backup" 1 || continue
+    if [[ $t == tar ]]; then
+        R[tar.size1]=$(cat "$STATE/tar.size")
+    else
+        R[$t.size1]=$(repo_bytes "$t")
+        LAST[$t]=1
+    fi
+    say "  $t repository: $(mib "${R[$t.size1]}") MiB"
+done
+
+say "== mutating data set"
+python3 "$SCRIPT_DIR/gen_dataset.py" "$DATA" --mutate || { say "mutation failed"; exit 1; }
+
+for phase in 2 3; do
+    [[ $phase == 2 ]] && say "== phase 2: backup after mutation"
+    [[ $phase == 3 ]] && say "== phase 3: backup with nothing changed"
+    for t in "${TOOL_LIST[@]}"; do
+        [[ $t == tar ]] && continue
+        alive "$t" || continue
+        timed "$t" "backup$phase" "${t}_backup" "$phase" || continue
+        R[$t.size$phase]=$(repo_bytes "$t")
+        now=${R[$t.size$phase]} before=${R[$t.size$((phase - 1))]}
+        R[$t.added$phase]=$((now - before))
+        LAST[$t]=$phase
+        say "  $t added $(mib "${R[$t.added$phase]}") MiB"
+    done
+done
+
+say "== phase 4: restore latest snapshot"
+for t in "${TOOL_LIST[@]}"; do
+    [[ $t == tar ]] && continue
+    [[ -n ${LAST[$t]:-} ]] || continue     # restore whatever was last backed up
+    target=$RESTORE/$t
+    mkdir -p "$target"
+    if timed "$t" restore "${t}_restore" "$target" "${LAST[$t]}"; then
+        img=$(find "$target" -path '*/sparse/big.img' -type f -print -quit)
+        if [[ -z $img ]]; then
+            R[$t.verified]="sparse/big.img missing"
+        else
+            root=$(dirname "$(dirname "$img")")
+            R[$t.sparse_kib]=$(du -k "$img" | cut -f1)
+            R[$t.verified]=$(verify_restore "$root" "$t")
+            [[ ${LAST[$t]} == 3 ]] || R[$t.verified]+=" (phase ${LAST[$t]} snapshot)"
+        fi
+        say "  $t big.img allocated: ${R[$t.sparse_kib]:-?} KiB, verify: ${R[$t.verified]}"
+    fi
+    rm -rf "$target"
+done
+
+# --------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------
+
+# cell TOOL KEY [mib [DECIMALS]]: value, "failed", or "-" where the column does not apply.
+cell() {
+    local v=${R[$1.$2]:-}
+    if [[ -n $v ]]; then
+        [[ ${3:-} == mib ]] && v=$(mib "$v" "${4:-1}")
+        printf '%s' "$v"
+    elif [[ $1 == tar && $2 != backup1.* && $2 != size1 ]]; then
+        printf -- '-'
+    else
+        printf 'failed'
+    fi
+}
+
+RESULTS=$WORK/results.md
+{
+    echo "# holdfast benchmark results"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), host: $(nproc) CPUs" \
+        "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))," \
+        "$(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+    echo "- nproc: $(nproc)"
+    echo "- data set: scale $SCALE, $(mib "$DATA_REAL") MiB in $DATA_FILES files, plus" \
+        "sparse/big.img ($(mib "$SPARSE_APPARENT") MiB apparent, ~1 MiB data);" \
+        "generated in ${GEN_SECS}s"
+    echo "- page cache warm for every step (not dropped)"
+    [[ -n $HOLDFAST_BENCH_EXTRA_INIT_ARGS ]] &&
+        echo "- holdfast init extra args: \`$HOLDFAST_BENCH_EXTRA_INIT_ARGS\`"
+    echo "- versions:"
+    for t in "${TOOL_LIST[@]}"; do
+        v=$(tool_version "$t")
+        [[ -n $v ]] && echo "  - $t: $v"
+    done
+    echo
+    echo "| tool | backup 1 wall s | backup 1 CPU s | backup 1 peak RSS MiB | repo MiB |" \
+        "backup 2 wall s | backup 2 added MiB | backup 3 (unchanged) wall s |" \
+        "backup 3 added MiB | restore wall s | restore peak RSS MiB |" \
+        "big.img allocated KiB | restore verified |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    for t in "${TOOL_LIST[@]}"; do
+        size1=$(cell "$t" size1 mib)
+        [[ $t == tar && -n ${R[tar.size1]:-} ]] && size1="($size1)"
+        echo "| $t | $(cell "$t" backup1.wall) | $(cell "$t" backup1.cpu) |" \
+            "$(cell "$t" backup1.rss) | $size1 | $(cell "$t" backup2.wall) |" \
+            "$(cell "$t" added2 mib 2) | $(cell "$t" backup3.wall) | $(cell "$t" added3 mib 2) |" \
+            "$(cell "$t" restore.wall) | $(cell "$t" restore.rss) |" \
+            "$(cell "$t" sparse_kib) | $(cell "$t" verified) |"
+    done
+    echo
+    in_list tar && echo "tar row: \`tar --sparse -cf - DATA | zstd -3 -T0\`; the repo" \
+        "column shows the compressed stream size, for reference."
+    for t in "${TOOL_LIST[@]}"; do
+        [[ -n ${FAIL[$t]:-} ]] && echo "- **$t**: ${FAIL[$t]}"
+    done
+    echo
+    echo "Total benchmark time: $(($(date +%s) - T_START)) s. Logs: $LOGS"
+} >"$RESULTS"
+
+{
+    echo "tool,key,value"
+    for k in $(printf '%s\n' "${!R[@]}" | sort); do
+        echo "${k%%.*},${k#*.},\"${R[$k]}\""
+    done
+} >"$WORK/results.csv"
+
+echo
+cat "$RESULTS"

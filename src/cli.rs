@@ -1,0 +1,582 @@
+//! The command line: argument definitions and a thin layer that calls the
+//! library and prints its results (as text, or as JSON with `--json`).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::engine::backup::{BackupOptions, BackupSource, backup};
+use crate::engine::check::check;
+use crate::engine::chunker::ChunkerParams;
+use crate::engine::crypto::Id;
+use crate::engine::keyfile::KeyFile;
+use crate::engine::repository::{InitOptions, PackFiles, Repository, import_key};
+use crate::engine::restore::{RestoreOptions, restore};
+use crate::engine::snapshot::Snapshot;
+use crate::engine::tree::{Entry, EntryKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Application-consistent backups into an encrypted, deduplicating repository"
+)]
+pub struct Cli {
+    /// The repository directory.
+    #[arg(long, global = true, env = "HOLDFAST_REPOSITORY", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Read the passphrase from this file (else $HOLDFAST_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository and its first key.
+    Init {
+        /// zstd level for stored data (1-22; 0 stores uncompressed).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+        /// Average chunk size in bytes (a power of two, 4 KiB to 4 MiB).
+        #[arg(long, default_value_t = ChunkerParams::DEFAULT_AVG)]
+        avg_chunk_size: u32,
+        /// Target pack size in bytes.
+        #[arg(long, default_value_t = 16 << 20, hide = true)]
+        pack_size: u32,
+    },
+    /// Back up paths as one snapshot; prints the snapshot id.
+    Backup {
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Read every file, even those unchanged since the last snapshot.
+        #[arg(long)]
+        no_parent: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the contents of a snapshot.
+    Ls {
+        /// Snapshot id prefix, or `latest`.
+        snapshot: String,
+        /// Only this path (and what is below it).
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot (or some paths of it) into a directory.
+    Restore {
+        /// Snapshot id prefix, or `latest`.
+        snapshot: String,
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Restore only this path of the snapshot (repeatable).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repository's structure; with --read-data, every blob.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the repository's keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write the key file (still protected by its passphrase) to keep safe.
+    Export {
+        /// A printable form, with a checksum on every line.
+        #[arg(long)]
+        paper: bool,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Put an exported key (file or paper form) back into the repository.
+    Import { file: PathBuf },
+    /// Change the passphrase of the key that unlocks the repository.
+    Passwd(NewPassphrase),
+    /// Add a key for another passphrase.
+    Add(NewPassphrase),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPassphrase {
+    /// Read the new passphrase from this file (else $HOLDFAST_NEW_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    new_passphrase_file: Option<PathBuf>,
+}
+
+/// Parse the command line and run it.
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let repo_path = || {
+        cli.repo.clone().ok_or_else(|| {
+            anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY")
+        })
+    };
+    let passphrase = || {
+        read_passphrase(
+            cli.passphrase_file.as_deref(),
+            "HOLDFAST_PASSPHRASE",
+            "Repository passphrase",
+            false,
+        )
+    };
+    let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?, &passphrase()?)?) };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+
+    match &cli.command {
+        Command::Init {
+            compression_level,
+            avg_chunk_size,
+            pack_size,
+        } => {
+            let path = repo_path()?;
+            let pass = read_passphrase(
+                cli.passphrase_file.as_deref(),
+                "HOLDFAST_PASSPHRASE",
+                "New repository passphrase",
+                true,
+            )?;
+            let opts = InitOptions {
+                compression_level: *compression_level,
+                chunker: ChunkerParams::with_average(*avg_chunk_size).map_err(|e| anyhow!(e))?,
+                pack_size: *pack_size,
+            };
+            let repo = Repository::init(&path, &pass, &opts)?;
+            eprintln!(
+                "created repository {} at {}\nKeep its key safe: without the key and passphrase the backups cannot be read.\nExport it now with `holdfast key export --repo {} --paper`.",
+                repo.config().id.short(),
+                path.display(),
+                path.display()
+            );
+        }
+        Command::Backup {
+            tags,
+            no_parent,
+            json,
+            paths,
+        } => {
+            let repo = open()?;
+            let sources = paths
+                .iter()
+                .map(|p| BackupSource::same_path(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = BackupOptions {
+                tags: tags.clone(),
+                use_parent: !no_parent,
+                threads,
+                ..Default::default()
+            };
+            let result = backup(&repo, &sources, &opts)?;
+            for w in &result.snapshot.summary.warnings {
+                eprintln!("warning: {w}");
+            }
+            if *json {
+                print_json(&SnapshotView::new(&result.id, &result.snapshot))?;
+            } else {
+                let s = &result.snapshot.summary;
+                eprintln!(
+                    "snapshot {} saved: {} files, {} dirs, {} ({} unchanged files); read {}, added {} to the repository in {:.1}s",
+                    result.id.short(),
+                    s.files,
+                    s.dirs,
+                    human(s.bytes),
+                    s.files_unchanged,
+                    human(s.bytes_read),
+                    human(s.bytes_added),
+                    s.duration_secs
+                );
+                println!("{}", result.id);
+            }
+        }
+        Command::Snapshots { json } => {
+            let repo = open()?;
+            let (snaps, bad) = repo.snapshots()?;
+            for (name, e) in &bad {
+                eprintln!("warning: snapshot {name} cannot be read: {e}");
+            }
+            if *json {
+                print_json(
+                    &snaps
+                        .iter()
+                        .map(|(id, s)| SnapshotView::new(id, s))
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                println!(
+                    "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths",
+                    "id", "time", "host", "size", "tags"
+                );
+                for (id, s) in &snaps {
+                    println!(
+                        "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
+                        id.short(),
+                        local_time(&s.time),
+                        s.host,
+                        human(s.summary.bytes),
+                        s.tags.join(","),
+                        s.paths.join(" ")
+                    );
+                }
+            }
+        }
+        Command::Ls {
+            snapshot,
+            path,
+            json,
+        } => {
+            let repo = open()?;
+            let (_, snap) = repo.find_snapshot(snapshot)?;
+            let entries = list(&repo, &snap, path.as_deref())?;
+            if *json {
+                print_json(&entries)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for e in &entries {
+                    writeln!(
+                        out,
+                        "{} {:>8} {:>8} {:>12} {}  {}",
+                        e.mode_string, e.user, e.group, e.size, e.mtime, e.path
+                    )?;
+                }
+            }
+        }
+        Command::Restore {
+            snapshot,
+            to,
+            paths,
+            json,
+        } => {
+            let repo = open()?;
+            let (id, snap) = repo.find_snapshot(snapshot)?;
+            let started = std::time::Instant::now();
+            let summary = restore(
+                &repo,
+                &snap,
+                &RestoreOptions {
+                    target: to.clone(),
+                    include: paths.clone(),
+                    threads,
+                },
+            )?;
+            for w in &summary.warnings {
+                eprintln!("warning: {w}");
+            }
+            if *json {
+                print_json(&summary)?;
+            } else {
+                eprintln!(
+                    "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+                    id.short(),
+                    to.display(),
+                    summary.files,
+                    summary.dirs,
+                    human(summary.bytes),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Command::Check { read_data, json } => {
+            let repo = open()?;
+            let report = check(&repo, *read_data, threads)?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for n in &report.notes {
+                    println!("note: {n}");
+                }
+                for p in &report.problems {
+                    let deps = if p.snapshots.is_empty() {
+                        "no snapshot depends on it".to_string()
+                    } else {
+                        format!("snapshots that depend on it: {}", p.snapshots.join(", "))
+                    };
+                    println!("DAMAGED {}: {}; {}", p.object, p.detail, deps);
+                }
+                println!(
+                    "{}: {} snapshots, {} index files, {} packs, {} blobs, {} trees checked{}",
+                    if report.healthy() {
+                        "healthy"
+                    } else {
+                        "NOT HEALTHY"
+                    },
+                    report.snapshots,
+                    report.index_files,
+                    report.packs,
+                    report.blobs,
+                    report.trees_checked,
+                    if *read_data {
+                        format!(", {} read and authenticated", human(report.bytes_read))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if !report.healthy() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Key(k) => key_command(k, &repo_path()?, &passphrase, &open)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_command(
+    cmd: &KeyCommand,
+    path: &Path,
+    passphrase: &dyn Fn() -> Result<Vec<u8>>,
+    open: &dyn Fn() -> Result<Repository>,
+) -> Result<()> {
+    match cmd {
+        KeyCommand::Export { paper, output } => {
+            let key = open()?.key_file()?;
+            let text = if *paper {
+                key.to_paper()?
+            } else {
+                key.to_json() + "\n"
+            };
+            match output {
+                Some(f) => {
+                    std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
+                    eprintln!("key written to {}", f.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+        KeyCommand::Import { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let key = if text.trim_start().starts_with('{') {
+                KeyFile::from_json(text.as_bytes())?
+            } else {
+                KeyFile::from_paper(&text)?
+            };
+            import_key(path, &key, &passphrase()?)?;
+            eprintln!("key imported into {}", path.display());
+        }
+        KeyCommand::Passwd(np) => {
+            let mut repo = open()?;
+            let new = read_passphrase(
+                np.new_passphrase_file.as_deref(),
+                "HOLDFAST_NEW_PASSPHRASE",
+                "New passphrase",
+                true,
+            )?;
+            repo.change_passphrase(&new)?;
+            eprintln!("passphrase changed");
+        }
+        KeyCommand::Add(np) => {
+            let repo = open()?;
+            let new = read_passphrase(
+                np.new_passphrase_file.as_deref(),
+                "HOLDFAST_NEW_PASSPHRASE",
+                "Passphrase for the new key",
+                true,
+            )?;
+            let name = repo.add_key(&new)?;
+            eprintln!("added key {}", &name[..8]);
+        }
+    }
+    Ok(())
+}
+
+/// A passphrase from a file, the environment, or (on a terminal) a prompt.
+fn read_passphrase(file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        let bytes = std::fs::read(f)
+            .with_context(|| format!("reading the passphrase file {}", f.display()))?;
+        let s = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let s = s.strip_suffix(b"\r").unwrap_or(s);
+        if s.is_empty() {
+            bail!("the passphrase file {} is empty", f.display());
+        }
+        return Ok(s.to_vec());
+    }
+    if let Some(v) = std::env::var_os(env) {
+        use std::os::unix::ffi::OsStrExt;
+        if v.is_empty() {
+            bail!("${env} is set but empty");
+        }
+        return Ok(v.as_bytes().to_vec());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Error::NoPassphrase.into());
+    }
+    let first = rpassword::prompt_password(format!("{prompt}: "))?;
+    if confirm && rpassword::prompt_password("Repeat it: ")? != first {
+        bail!("the passphrases differ");
+    }
+    if first.is_empty() {
+        bail!("empty passphrase");
+    }
+    Ok(first.into_bytes())
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A snapshot as shown by `snapshots --json` and `backup --json`.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    id: String,
+    short_id: String,
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+}
+
+impl<'a> SnapshotView<'a> {
+    fn new(id: &Id, snapshot: &'a Snapshot) -> Self {
+        SnapshotView {
+            id: id.to_hex(),
+            short_id: id.short(),
+            snapshot,
+        }
+    }
+}
+
+/// One line of `ls`.
+#[derive(Serialize)]
+struct LsEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    mode: u32,
+    #[serde(skip)]
+    mode_string: String,
+    user: String,
+    group: String,
+    size: u64,
+    mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_target: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    changed_while_read: bool,
+}
+
+fn list(repo: &Repository, snap: &Snapshot, under: Option<&Path>) -> Result<Vec<LsEntry>> {
+    let (index, _) = repo.load_index()?;
+    let mut packs = PackFiles::default();
+    let mut out = Vec::new();
+    let mut stack: Vec<(PathBuf, Id)> = vec![(PathBuf::from("/"), snap.root)];
+    let under = under.map(|p| Path::new("/").join(p));
+    while let Some((dir, tree_id)) = stack.pop() {
+        let tree = repo.load_tree(&index, &tree_id, &mut packs)?;
+        for e in tree.entries.iter().rev() {
+            use std::os::unix::ffi::OsStrExt;
+            let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
+            let wanted = under.as_ref().is_none_or(|u| path.starts_with(u));
+            let leads_there = under.as_ref().is_some_and(|u| u.starts_with(&path));
+            if let EntryKind::Dir { tree } = &e.kind
+                && (wanted || leads_there)
+            {
+                stack.push((path.clone(), *tree));
+            }
+            if wanted {
+                out.push(ls_entry(&path, e));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    if out.is_empty()
+        && let Some(u) = &under
+    {
+        bail!("{} is not in the snapshot", u.display());
+    }
+    Ok(out)
+}
+
+fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
+    let kind = match &e.kind {
+        EntryKind::File(_) => "file",
+        EntryKind::Dir { .. } => "dir",
+        EntryKind::Symlink { .. } => "symlink",
+        EntryKind::Fifo => "fifo",
+        EntryKind::CharDevice { .. } => "chardev",
+        EntryKind::BlockDevice { .. } => "blockdev",
+        EntryKind::Socket => "socket",
+    };
+    let mut mode_string = String::from(e.kind.type_char());
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        mode_string.push(if e.meta.mode & (0o400 >> i) != 0 {
+            c
+        } else {
+            '-'
+        });
+    }
+    let mtime = jiff::Timestamp::new(e.meta.mtime.secs, e.meta.mtime.nanos as i32)
+        .map(|t| local_time(&t))
+        .unwrap_or_default();
+    LsEntry {
+        path: path.to_string_lossy().into_owned(),
+        kind,
+        mode: e.meta.mode,
+        mode_string,
+        user: e
+            .meta
+            .user
+            .clone()
+            .unwrap_or_else(|| e.meta.uid.to_string()),
+        group: e
+            .meta
+            .group
+            .clone()
+            .unwrap_or_else(|| e.meta.gid.to_string()),
+        size: e.meta.size,
+        mtime,
+        link_target: match &e.kind {
+            EntryKind::Symlink { target } => Some(String::from_utf8_lossy(target).into_owned()),
+            _ => None,
+        },
+        changed_while_read: matches!(&e.kind, EntryKind::File(c) if c.changed_while_read),
+    }
+}
+
+fn local_time(t: &jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S %z")
+        .to_string()
+}
+
+/// Bytes in binary units, for people.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,296 @@
+//! Check: is the repository whole, and if not, what is damaged and which
+//! snapshots depend on it?
+//!
+//! The structural check reads every index file and snapshot (each must hash to
+//! its name and authenticate), walks every snapshot's trees, and checks that
+//! every chunk they reference is indexed and that its pack exists and is long
+//! enough. `read_data` also reads every pack: its bytes must hash to its name
+//! and every blob in it must authenticate and hash to its id.
+//!
+//! Leftovers of interrupted runs (unindexed packs, files in `tmp/`) are
+//! reported as notes: they are harmless and do not make a repository unhealthy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::engine::backend::{INDEX, PACKS, TMP};
+use crate::engine::crypto::{Id, ObjectKind};
+use crate::engine::index::Index;
+use crate::engine::pack::read_header;
+use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::tree::EntryKind;
+use crate::error::Result;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub index_files: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub trees_checked: usize,
+    pub bytes_read: u64,
+    /// Damaged or missing objects, each with the snapshots that need it.
+    pub problems: Vec<Problem>,
+    /// Harmless findings (leftovers of interrupted runs).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub object: String,
+    pub detail: String,
+    pub snapshots: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Check `repo`; with `read_data`, read and authenticate every blob.
+pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    // object -> (detail, dependent snapshots)
+    let mut damage: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    let mut damaged = |object: String, detail: String| {
+        damage
+            .entry(object)
+            .or_insert_with(|| (detail, BTreeSet::new()));
+    };
+
+    // Index files.
+    let mut index = Index::default();
+    for name in repo.backend().list(INDEX)? {
+        report.index_files += 1;
+        match repo.read_index_file(&name) {
+            Ok(f) => index.add_file(&f),
+            Err(e) => damaged(format!("index {}", short(&name)), e.to_string()),
+        }
+    }
+    report.blobs = index.len();
+
+    // Packs on disk against packs in the index.
+    let on_disk: HashMap<Id, u64> = repo
+        .backend()
+        .list(PACKS)?
+        .into_iter()
+        .filter_map(|n| {
+            let id = Id::from_hex(&n)?;
+            Some((id, repo.backend().size(PACKS, &n).ok()?))
+        })
+        .collect();
+    report.packs = on_disk.len();
+    let mut bad_packs: HashMap<Id, String> = HashMap::new();
+    for (pack, end) in index.packs() {
+        match on_disk.get(pack) {
+            None => {
+                bad_packs.insert(*pack, "indexed but missing".into());
+            }
+            Some(size) if size < end => {
+                bad_packs.insert(*pack, format!("truncated: {size} bytes, blobs reach {end}"));
+            }
+            _ => {}
+        }
+    }
+    for pack in on_disk.keys() {
+        if !index.packs().contains_key(pack) {
+            report.notes.push(format!(
+                "pack {} is not in any index (left by an interrupted backup; harmless, prune removes it)",
+                pack.short()
+            ));
+        }
+    }
+    if let Ok(tmp) = repo.backend().list(TMP)
+        && !tmp.is_empty()
+    {
+        report.notes.push(format!(
+            "{} unfinished file(s) in tmp/ (left by an interrupted run; harmless)",
+            tmp.len()
+        ));
+    }
+
+    let mut bad_blobs: HashMap<Id, String> = HashMap::new();
+    if read_data {
+        let (packs, blobs, bytes) = read_all_packs(repo, &index, &on_disk, threads);
+        bad_packs.extend(packs);
+        bad_blobs.extend(blobs);
+        report.bytes_read = bytes;
+    }
+    for (pack, why) in &bad_packs {
+        damaged(format!("pack {}", pack.short()), why.clone());
+    }
+
+    // Snapshots and their trees.
+    let (snaps, unreadable) = repo.snapshots()?;
+    report.snapshots = snaps.len() + unreadable.len();
+    for (name, e) in unreadable {
+        damaged(format!("snapshot {}", short(&name)), e.to_string());
+    }
+    let mut packs = PackFiles::default();
+    let mut tree_deps: HashMap<Id, BTreeSet<(String, String)>> = HashMap::new();
+    for (sid, snap) in &snaps {
+        let mut deps: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut stack = vec![snap.root];
+        let mut seen: HashSet<Id> = HashSet::new();
+        while let Some(tid) = stack.pop() {
+            if !seen.insert(tid) {
+                continue;
+            }
+            if let Some(d) = tree_deps.get(&tid) {
+                deps.extend(d.iter().cloned());
+                continue;
+            }
+            report.trees_checked += 1;
+            let mut tdeps = BTreeSet::new();
+            check_blob(&tid, &index, &bad_packs, &bad_blobs, &mut tdeps);
+            match repo.load_tree(&index, &tid, &mut packs) {
+                Err(e) => {
+                    tdeps.insert((format!("tree {}", tid.short()), e.to_string()));
+                }
+                Ok(tree) => {
+                    for entry in &tree.entries {
+                        match &entry.kind {
+                            EntryKind::Dir { tree } => stack.push(*tree),
+                            EntryKind::File(c) => {
+                                for id in c.pieces.iter().filter_map(|p| p.chunk()) {
+                                    check_blob(id, &index, &bad_packs, &bad_blobs, &mut tdeps);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            deps.extend(tdeps.iter().cloned());
+            tree_deps.insert(tid, tdeps);
+        }
+        for (object, detail) in deps {
+            damage
+                .entry(object)
+                .or_insert_with(|| (detail, BTreeSet::new()))
+                .1
+                .insert(sid.short());
+        }
+    }
+    report.problems = damage
+        .into_iter()
+        .map(|(object, (detail, snaps))| Problem {
+            object,
+            detail,
+            snapshots: snaps.into_iter().collect(),
+        })
+        .collect();
+    Ok(report)
+}
+
+/// Record why blob `id` cannot be read, if it cannot.
+fn check_blob(
+    id: &Id,
+    index: &Index,
+    bad_packs: &HashMap<Id, String>,
+    bad_blobs: &HashMap<Id, String>,
+    deps: &mut BTreeSet<(String, String)>,
+) {
+    match index.get(id) {
+        None => {
+            deps.insert((
+                format!("blob {}", id.short()),
+                "referenced but not in any index".into(),
+            ));
+        }
+        Some(loc) => {
+            if let Some(why) = bad_packs.get(&loc.pack) {
+                deps.insert((format!("pack {}", loc.pack.short()), why.clone()));
+            }
+            if let Some(why) = bad_blobs.get(id) {
+                deps.insert((
+                    format!("blob {} in pack {}", id.short(), loc.pack.short()),
+                    why.clone(),
+                ));
+            }
+        }
+    }
+}
+
+/// Read every indexed pack: damaged packs and damaged blobs, and bytes read.
+fn read_all_packs(
+    repo: &Repository,
+    index: &Index,
+    on_disk: &HashMap<Id, u64>,
+    threads: usize,
+) -> (HashMap<Id, String>, HashMap<Id, String>, u64) {
+    let mut by_pack: HashMap<Id, Vec<Id>> = HashMap::new();
+    for (id, loc) in index.iter() {
+        by_pack.entry(loc.pack).or_default().push(*id);
+    }
+    let work: Vec<(Id, Vec<Id>)> = by_pack
+        .into_iter()
+        .filter(|(p, _)| on_disk.contains_key(p))
+        .collect();
+    let queue = Mutex::new(work.into_iter());
+    let out = Mutex::new((HashMap::new(), HashMap::new(), 0u64));
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some((pack, blobs)) = next else { break };
+                    let (bad_pack, bad_blobs, n) = read_pack(repo, index, &pack, &blobs);
+                    if let Ok(mut o) = out.lock() {
+                        if let Some(why) = bad_pack {
+                            o.0.insert(pack, why);
+                        }
+                        o.1.extend(bad_blobs);
+                        o.2 += n;
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_default()
+}
+
+fn read_pack(
+    repo: &Repository,
+    index: &Index,
+    pack: &Id,
+    blobs: &[Id],
+) -> (Option<String>, Vec<(Id, String)>, u64) {
+    let bytes = match repo.backend().read(PACKS, &pack.to_hex()) {
+        Ok(b) => b,
+        Err(e) => return (Some(e.to_string()), Vec::new(), 0),
+    };
+    let mut bad_pack = None;
+    if let Err(e) = read_header(pack, &bytes, repo.keys()) {
+        bad_pack = Some(e.to_string());
+    }
+    let mut bad = Vec::new();
+    for id in blobs {
+        let Some(loc) = index.get(id) else { continue };
+        let range = loc.offset as usize..(loc.offset as usize + loc.length as usize);
+        let result = match bytes.get(range) {
+            None => Err("beyond the end of the pack".to_string()),
+            Some(sealed) => match repo.keys().open(loc.kind, id, sealed) {
+                Err(e) => Err(e.to_string()),
+                Ok(plain) if repo.keys().blob_id(&plain) != *id => {
+                    Err("content does not match its id".into())
+                }
+                Ok(_) if loc.kind != ObjectKind::Chunk && loc.kind != ObjectKind::Tree => {
+                    Err("unexpected kind".into())
+                }
+                Ok(_) => Ok(()),
+            },
+        };
+        if let Err(why) = result {
+            bad.push((*id, why));
+        }
+    }
+    (bad_pack, bad, bytes.len() as u64)
+}
+
+fn short(name: &str) -> String {
+    name.chars().take(8).collect()
+}

@@ -1,0 +1,326 @@
+//! Keys, ids and sealed objects: the only module that touches key material.
+//!
+//! A repository has one random 256-bit master key. Every purpose gets its own
+//! subkey, derived with BLAKE3's key derivation mode, so that no key is used
+//! for two things: chunk ids (keyed BLAKE3), the chunker's gear seed, data
+//! encryption (chunk contents) and metadata encryption (trees, pack headers,
+//! indexes, snapshots, the config).
+//!
+//! Every stored object is sealed the same way: an optional zstd step, then
+//! XChaCha20-Poly1305 with a fresh random 192-bit nonce. The associated data
+//! binds the format version, the object's kind and its id, so no object can be
+//! passed off as another (borg's CVE-2016-10099 and CVE-2023-36811 were that).
+//!
+//! Sealed layout: `nonce (24) || ciphertext || tag (16)`; the plaintext is
+//! `flag (1) || payload`, where the flag says whether the payload is zstd.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::error::Error;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The version of the on-disk format; bound into every sealed object.
+pub const FORMAT_VERSION: u8 = 1;
+const AD_MAGIC: &[u8; 8] = b"holdfast";
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed object adds to its payload (nonce, tag, compression flag).
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN + 1;
+
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+/// What a sealed object is; bound into its associated data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum ObjectKind {
+    Chunk = 1,
+    Tree = 2,
+    PackHeader = 3,
+    Index = 4,
+    Snapshot = 5,
+    Config = 6,
+    MasterKey = 7,
+}
+
+impl ObjectKind {
+    /// Chunk contents use the data key; everything else the metadata key.
+    fn uses_data_key(self) -> bool {
+        matches!(self, ObjectKind::Chunk)
+    }
+}
+
+/// A 256-bit identifier: a keyed BLAKE3 hash for blobs, a plain BLAKE3 hash
+/// of the bytes for repository files.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+/// Hex in human-readable formats (JSON), 32 raw bytes in binary ones.
+impl Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        } else {
+            <[u8; 32]>::deserialize(d).map(Id)
+        }
+    }
+}
+
+impl Id {
+    pub const ZERO: Id = Id([0; 32]);
+
+    /// The plain (unkeyed) BLAKE3 hash of `bytes`: how repository files are named.
+    pub fn of_bytes(bytes: &[u8]) -> Id {
+        Id(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn random() -> Result<Id> {
+        let mut id = [0u8; 32];
+        fill_random(&mut id)?;
+        Ok(Id(id))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Id> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(s, &mut id).ok()?;
+        Some(Id(id))
+    }
+
+    /// The first 8 hex digits, how ids are shown to people.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", self.short())
+    }
+}
+
+/// Fill `buf` from the operating system's random source.
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Invalid(format!("no randomness from the OS: {e}")))
+}
+
+/// The repository's master key. Never printed, never logged.
+#[derive(Clone)]
+pub struct MasterKey(pub(crate) [u8; 32]);
+
+impl MasterKey {
+    pub fn generate() -> Result<Self> {
+        let mut k = [0u8; 32];
+        fill_random(&mut k)?;
+        Ok(MasterKey(k))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// The subkeys derived from a master key, one per purpose.
+pub struct Keys {
+    id_key: [u8; 32],
+    chunker_seed: u64,
+    data: XChaCha20Poly1305,
+    meta: XChaCha20Poly1305,
+}
+
+impl Keys {
+    pub fn derive(master: &MasterKey) -> Keys {
+        let sub = |context: &str| blake3::derive_key(context, &master.0);
+        let chunker = sub("holdfast 2026-11 chunker gear seed");
+        Keys {
+            id_key: sub("holdfast 2026-11 chunk id"),
+            chunker_seed: u64::from_le_bytes(chunker[..8].try_into().unwrap_or([0; 8])),
+            data: XChaCha20Poly1305::new((&sub("holdfast 2026-11 data encryption")).into()),
+            meta: XChaCha20Poly1305::new((&sub("holdfast 2026-11 metadata encryption")).into()),
+        }
+    }
+
+    /// The keyed BLAKE3 id of a blob's plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// The secret that perturbs the chunker's gear table.
+    pub fn chunker_seed(&self) -> u64 {
+        self.chunker_seed
+    }
+
+    fn cipher(&self, kind: ObjectKind) -> &XChaCha20Poly1305 {
+        if kind.uses_data_key() {
+            &self.data
+        } else {
+            &self.meta
+        }
+    }
+
+    /// Compress (when it helps, with zstd at `level`) and encrypt `plaintext`
+    /// as an object of `kind` named `id`.
+    pub fn seal(&self, kind: ObjectKind, id: &Id, plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
+        let mut body = Vec::with_capacity(plaintext.len() / 2 + 64);
+        body.push(FLAG_ZSTD);
+        let compressed = level != 0
+            && zstd::stream::copy_encode(plaintext, &mut body, level).is_ok()
+            && body.len() < plaintext.len() + 1;
+        if !compressed {
+            body.clear();
+            body.push(FLAG_RAW);
+            body.extend_from_slice(plaintext);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        let ad = associated_data(kind, id);
+        let ct = self
+            .cipher(kind)
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &body,
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| Error::Invalid("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Authenticate, decrypt and decompress a sealed object of `kind` named `id`.
+    pub fn open(&self, kind: ObjectKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
+        let what = || format!("{kind:?} {}", id.short());
+        if sealed.len() < NONCE_LEN + TAG_LEN + 1 {
+            return Err(Error::damaged(what(), "too short"));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let ad = associated_data(kind, id);
+        let body = self
+            .cipher(kind)
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad })
+            .map_err(|_| Error::damaged(what(), "authentication failed"))?;
+        match body.first() {
+            Some(&FLAG_RAW) => Ok(body[1..].to_vec()),
+            Some(&FLAG_ZSTD) => zstd::stream::decode_all(&body[1..])
+                .map_err(|e| Error::damaged(what(), format!("zstd: {e}"))),
+            _ => Err(Error::damaged(what(), "unknown compression flag")),
+        }
+    }
+}
+
+fn associated_data(kind: ObjectKind, id: &Id) -> [u8; 42] {
+    let mut ad = [0u8; 42];
+    ad[..8].copy_from_slice(AD_MAGIC);
+    ad[8] = FORMAT_VERSION;
+    ad[9] = kind as u8;
+    ad[10..].copy_from_slice(&id.0);
+    ad
+}
+
+/// Wrap the master key with a key derived from a passphrase (see `keyfile`).
+pub(crate) fn wrap_key(wrapping: &[u8; 32], repo_id: &Id, master: &MasterKey) -> Result<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new(wrapping.into());
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let ad = associated_data(ObjectKind::MasterKey, repo_id);
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &master.0,
+                aad: &ad,
+            },
+        )
+        .map_err(|_| Error::Invalid("encryption failed".into()))?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// Unwrap a master key; `None` when the wrapping key (the passphrase) is wrong.
+pub(crate) fn unwrap_key(wrapping: &[u8; 32], repo_id: &Id, sealed: &[u8]) -> Option<MasterKey> {
+    if sealed.len() != NONCE_LEN + 32 + TAG_LEN {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new(wrapping.into());
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let ad = associated_data(ObjectKind::MasterKey, repo_id);
+    let key = cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad })
+        .ok()?;
+    Some(MasterKey(key.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::derive(&MasterKey([7; 32]))
+    }
+
+    #[test]
+    fn sealed_objects_round_trip_and_bind_kind_and_id() {
+        let k = keys();
+        let data = b"hello hello hello hello hello hello hello".repeat(10);
+        let id = k.blob_id(&data);
+        let sealed = k.seal(ObjectKind::Chunk, &id, &data, 3).unwrap();
+        assert!(sealed.len() < data.len(), "compressible data is compressed");
+        assert_eq!(k.open(ObjectKind::Chunk, &id, &sealed).unwrap(), data);
+        assert!(
+            k.open(ObjectKind::Tree, &id, &sealed).is_err(),
+            "kind is bound"
+        );
+        assert!(
+            k.open(ObjectKind::Chunk, &Id::ZERO, &sealed).is_err(),
+            "id is bound"
+        );
+        let mut flipped = sealed.clone();
+        flipped[30] ^= 1;
+        assert!(k.open(ObjectKind::Chunk, &id, &flipped).is_err());
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let k = keys();
+        let mut data = vec![0u8; 4096];
+        fill_random(&mut data).unwrap();
+        let sealed = k.seal(ObjectKind::Chunk, &Id::ZERO, &data, 3).unwrap();
+        assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+    }
+
+    #[test]
+    fn ids_are_keyed() {
+        let a = Keys::derive(&MasterKey([1; 32]));
+        let b = Keys::derive(&MasterKey([2; 32]));
+        assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
+        assert_ne!(a.chunker_seed(), b.chunker_seed());
+    }
+}

@@ -1,0 +1,19 @@
+//! The repository engine: chunking, encryption, packs, index, trees,
+//! snapshots, and the backup, restore and check operations over them.
+//!
+//! The engine knows nothing about jobs, databases or hooks; it backs up paths
+//! and stores whatever opaque metadata its caller hands it.
+
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod chunker;
+pub mod crypto;
+pub mod fsmeta;
+pub mod index;
+pub mod keyfile;
+pub mod pack;
+pub mod repository;
+pub mod restore;
+pub mod snapshot;
+pub mod tree;

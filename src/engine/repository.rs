@@ -1,0 +1,481 @@
+//! A repository: open or create one, and read and write its objects.
+//!
+//! Layout of a repository directory:
+//!
+//! ```text
+//! holdfast-repository   plaintext marker: format and repository id (no secrets)
+//! config                sealed: chunker parameters, compression level, pack size
+//! keys/<hash>           key files (master key wrapped under a passphrase)
+//! packs/ab/<hash>       packs of sealed blobs (chunks or trees)
+//! index/<hash>          sealed index files: blob -> pack, offset, length
+//! snapshots/<hash>      sealed snapshots; the hash is the snapshot id
+//! tmp/                  files being written; leftovers of interrupted runs
+//! ```
+//!
+//! Index files, snapshots and the config are "repository files": a cleartext
+//! header (`holdfast`, format version, object kind, a 32-byte object id) and
+//! the sealed payload, with the header bound as associated data.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::backend::{INDEX, KEYS, LocalBackend, PACKS, SNAPSHOTS};
+use crate::engine::chunker::{Chunker, ChunkerParams};
+use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
+use crate::engine::index::{BlobLocation, Index, IndexFile};
+use crate::engine::keyfile::KeyFile;
+use crate::engine::snapshot::Snapshot;
+use crate::engine::tree::Tree;
+use crate::error::{Error, Result};
+
+const MARKER: &str = "holdfast-repository";
+const CONFIG: &str = "config";
+const FILE_MAGIC: &[u8; 8] = b"holdfast";
+const FILE_HEADER_LEN: usize = 8 + 1 + 1 + 32;
+
+/// The cleartext marker that says "this directory is a holdfast repository".
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    holdfast_repository: u8,
+    id: Id,
+}
+
+/// Settings fixed when the repository is created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub version: u8,
+    pub id: Id,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    pub pack_size: u32,
+}
+
+/// Options for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub compression_level: i32,
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            compression_level: 3,
+            chunker: ChunkerParams::default(),
+            pack_size: 16 << 20,
+        }
+    }
+}
+
+/// Repository files that could not be read: name and reason.
+pub type Unreadable = Vec<(String, Error)>;
+
+/// An unlocked repository.
+pub struct Repository {
+    backend: LocalBackend,
+    keys: Arc<Keys>,
+    master: MasterKey,
+    config: RepoConfig,
+    /// The key file that unlocked it (its name under `keys/`).
+    key_name: String,
+}
+
+impl Repository {
+    /// Create a repository in `path` (which must not exist or be empty).
+    pub fn init(path: &Path, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
+        if let Ok(mut entries) = std::fs::read_dir(path)
+            && entries.next().is_some()
+        {
+            return Err(Error::AlreadyExists(path.to_path_buf()));
+        }
+        if !(-7..=22).contains(&opts.compression_level) {
+            return Err(Error::Invalid(format!(
+                "compression level must be between -7 and 22, not {}",
+                opts.compression_level
+            )));
+        }
+        let backend = LocalBackend::new(path);
+        backend.create_layout()?;
+        let master = MasterKey::generate()?;
+        let keys = Keys::derive(&master);
+        let id = Id::random()?;
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id,
+            chunker: opts.chunker,
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+        };
+        let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        backend.write_new(CONFIG, &seal_file(&keys, ObjectKind::Config, &id, &json)?)?;
+        let key = KeyFile::create(passphrase, &id, &master)?;
+        let key_name = backend
+            .write_named_by_hash(KEYS, key.to_json().as_bytes())?
+            .to_hex();
+        let marker = Marker {
+            holdfast_repository: FORMAT_VERSION,
+            id,
+        };
+        // The marker goes last: a directory without it is not a repository yet.
+        backend.write_new(
+            MARKER,
+            &serde_json::to_vec_pretty(&marker).unwrap_or_default(),
+        )?;
+        Ok(Repository {
+            backend,
+            keys: Arc::new(keys),
+            master,
+            config,
+            key_name,
+        })
+    }
+
+    /// Open the repository at `path` with `passphrase`.
+    pub fn open(path: &Path, passphrase: &[u8]) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        let marker = read_marker(path)?;
+        let mut names = backend.list(KEYS).unwrap_or_default();
+        names.retain(|n| !n.starts_with('.'));
+        if names.is_empty() {
+            return Err(Error::NotARepository {
+                path: path.to_path_buf(),
+                reason: "it has no key files; restore one with `holdfast key import`".into(),
+            });
+        }
+        for name in names {
+            let Ok(bytes) = backend.read(KEYS, &name) else {
+                continue;
+            };
+            let Ok(kf) = KeyFile::from_json(&bytes) else {
+                continue;
+            };
+            if kf.repo_id().ok() != Some(marker.id) {
+                continue;
+            }
+            if let Some(master) = kf.unlock(passphrase)? {
+                let keys = Keys::derive(&master);
+                let sealed = backend.read_root_file(CONFIG)?;
+                let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
+                let config: RepoConfig =
+                    serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
+                return Ok(Repository {
+                    backend,
+                    keys: Arc::new(keys),
+                    master,
+                    config,
+                    key_name: name,
+                });
+            }
+        }
+        Err(Error::WrongPassphrase(path.to_path_buf()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.backend.root()
+    }
+
+    pub fn backend(&self) -> &LocalBackend {
+        &self.backend
+    }
+
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker, self.keys.chunker_seed())
+    }
+
+    // ----- repository files: index, snapshots -----
+
+    /// Read every index file. Damaged ones are skipped and returned by name
+    /// with the reason, so a backup still works (it stores again what they
+    /// listed) and `check` can report them.
+    pub fn load_index(&self) -> Result<(Index, Unreadable)> {
+        let mut index = Index::default();
+        let mut damaged = Vec::new();
+        for name in self.backend.list(INDEX)? {
+            match self.read_index_file(&name) {
+                Ok(file) => index.add_file(&file),
+                Err(e) => damaged.push((name, e)),
+            }
+        }
+        Ok((index, damaged))
+    }
+
+    pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
+        let bytes = self.read_repo_file(INDEX, name)?;
+        let plain = open_file(&self.keys, ObjectKind::Index, &bytes, None)?;
+        postcard::from_bytes(&plain)
+            .map_err(|e| Error::damaged(format!("index {}", short(name)), e))
+    }
+
+    pub fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
+        let plain = postcard::to_stdvec(file).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sealed = seal_file(&self.keys, ObjectKind::Index, &Id::random()?, &plain)?;
+        self.backend.write_named_by_hash(INDEX, &sealed)
+    }
+
+    pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let json = serde_json::to_vec(snapshot).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sealed = seal_file(&self.keys, ObjectKind::Snapshot, &Id::random()?, &json)?;
+        self.backend.write_named_by_hash(SNAPSHOTS, &sealed)
+    }
+
+    pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let bytes = self.read_repo_file(SNAPSHOTS, &id.to_hex())?;
+        let json = open_file(&self.keys, ObjectKind::Snapshot, &bytes, None)?;
+        serde_json::from_slice(&json)
+            .map_err(|e| Error::damaged(format!("snapshot {}", id.short()), e))
+    }
+
+    /// All snapshots, oldest first, and the ones that could not be read.
+    pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for name in self.backend.list(SNAPSHOTS)? {
+            match Id::from_hex(&name) {
+                Some(id) => match self.read_snapshot(&id) {
+                    Ok(s) => good.push((id, s)),
+                    Err(e) => bad.push((name, e)),
+                },
+                None => bad.push((
+                    name.clone(),
+                    Error::damaged("snapshot", format!("unexpected file {name}")),
+                )),
+            }
+        }
+        good.sort_by_key(|(id, s)| (s.time, *id));
+        Ok((good, bad))
+    }
+
+    /// Resolve `latest` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            let (mut all, _) = self.snapshots()?;
+            return all.pop().ok_or_else(|| Error::NoSuchSnapshot(spec.into()));
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let matches: Vec<String> = self
+            .backend
+            .list(SNAPSHOTS)?
+            .into_iter()
+            .filter(|n| n.starts_with(&spec_lc))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(Error::NoSuchSnapshot(spec.into())),
+            [one] => {
+                let id = Id::from_hex(one).ok_or_else(|| Error::NoSuchSnapshot(spec.into()))?;
+                Ok((id, self.read_snapshot(&id)?))
+            }
+            many => Err(Error::AmbiguousSnapshot(
+                spec.into(),
+                many.iter().map(|n| short(n)).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+
+    /// Read a repository file and check that its bytes hash to its name.
+    fn read_repo_file(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.backend.read(dir, name)?;
+        if Id::of_bytes(&bytes).to_hex() != name {
+            let what = format!("{} {}", dir.trim_end_matches('s'), short(name));
+            return Err(Error::damaged(
+                what,
+                "contents do not match the file name (hash)",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    // ----- blobs -----
+
+    /// Read, authenticate and decompress one blob; checks its id.
+    pub fn read_blob(&self, id: &Id, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
+        let file = packs.get(&self.backend, &loc.pack)?;
+        let path = self.backend.path_of(PACKS, &loc.pack.to_hex());
+        let sealed = LocalBackend::read_at(file, loc.offset as u64, loc.length as usize, &path)?;
+        let plain = self.keys.open(loc.kind, id, &sealed)?;
+        if self.keys.blob_id(&plain) != *id {
+            return Err(Error::damaged(
+                format!("{:?} {}", loc.kind, id.short()),
+                "content does not match its id",
+            ));
+        }
+        Ok(plain)
+    }
+
+    pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
+        let loc = index
+            .get(id)
+            .ok_or_else(|| Error::damaged(format!("tree {}", id.short()), "not in the index"))?;
+        Tree::decode(&self.read_blob(id, loc, packs)?)
+    }
+
+    // ----- keys -----
+
+    /// Add a key file for another passphrase; returns its name.
+    pub fn add_key(&self, passphrase: &[u8]) -> Result<String> {
+        let key = KeyFile::create(passphrase, &self.config.id, &self.master)?;
+        Ok(self
+            .backend
+            .write_named_by_hash(KEYS, key.to_json().as_bytes())?
+            .to_hex())
+    }
+
+    /// Replace the key file that unlocked this repository with one for
+    /// `new_passphrase`: the new one is durable before the old one goes.
+    pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<()> {
+        let new_name = self.add_key(new_passphrase)?;
+        self.backend.remove(KEYS, &self.key_name)?;
+        self.key_name = new_name;
+        Ok(())
+    }
+
+    /// The key file that unlocked this repository.
+    pub fn key_file(&self) -> Result<KeyFile> {
+        KeyFile::from_json(&self.backend.read(KEYS, &self.key_name)?)
+    }
+}
+
+/// Put a key file into a repository that lost its `keys/` (or add one).
+/// Checks that the key belongs to the repository and opens its config.
+pub fn import_key(path: &Path, key: &KeyFile, passphrase: &[u8]) -> Result<()> {
+    let marker = read_marker(path)?;
+    if key.repo_id()? != marker.id {
+        return Err(Error::Invalid(format!(
+            "this key belongs to repository {}, not to {} ({})",
+            key.repo_id()?.short(),
+            path.display(),
+            marker.id.short()
+        )));
+    }
+    let master = key
+        .unlock(passphrase)?
+        .ok_or_else(|| Error::WrongPassphrase(path.to_path_buf()))?;
+    let backend = LocalBackend::new(path);
+    let sealed = backend.read_root_file(CONFIG)?;
+    open_file(
+        &Keys::derive(&master),
+        ObjectKind::Config,
+        &sealed,
+        Some(&marker.id),
+    )?;
+    let keys_dir = path.join(KEYS);
+    std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
+    backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?;
+    Ok(())
+}
+
+fn read_marker(path: &Path) -> Result<Marker> {
+    let not_repo = |reason: &str| Error::NotARepository {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    if !path.is_dir() {
+        return Err(not_repo("no such directory"));
+    }
+    let bytes =
+        std::fs::read(path.join(MARKER)).map_err(|_| not_repo("no holdfast-repository file"))?;
+    let marker: Marker = serde_json::from_slice(&bytes)
+        .map_err(|_| not_repo("unreadable holdfast-repository file"))?;
+    if marker.holdfast_repository != FORMAT_VERSION {
+        return Err(not_repo(&format!(
+            "format {} is not supported",
+            marker.holdfast_repository
+        )));
+    }
+    Ok(marker)
+}
+
+fn short(name: &str) -> String {
+    name.chars().take(8).collect()
+}
+
+/// Seal a repository file: cleartext header, then the sealed payload.
+fn seal_file(keys: &Keys, kind: ObjectKind, id: &Id, plain: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(FILE_HEADER_LEN + plain.len());
+    out.extend_from_slice(FILE_MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(&keys.seal(kind, id, plain, 3)?);
+    Ok(out)
+}
+
+/// Open a repository file of `kind`; with `expect_id`, its object id must match.
+fn open_file(
+    keys: &Keys,
+    kind: ObjectKind,
+    bytes: &[u8],
+    expect_id: Option<&Id>,
+) -> Result<Vec<u8>> {
+    let what = format!("{kind:?}").to_lowercase();
+    if bytes.len() < FILE_HEADER_LEN || &bytes[..8] != FILE_MAGIC {
+        return Err(Error::damaged(what, "not a holdfast object"));
+    }
+    if bytes[8] != FORMAT_VERSION || bytes[9] != kind as u8 {
+        return Err(Error::damaged(what, "wrong format version or object kind"));
+    }
+    let id = Id(bytes[10..42].try_into().unwrap_or_default());
+    if expect_id.is_some_and(|e| *e != id) {
+        return Err(Error::damaged(what, "belongs to another repository"));
+    }
+    keys.open(kind, &id, &bytes[FILE_HEADER_LEN..])
+}
+
+/// Open pack files, kept for repeated positioned reads by one thread.
+#[derive(Default)]
+pub struct PackFiles {
+    open: HashMap<Id, File>,
+}
+
+impl PackFiles {
+    pub fn get(&mut self, backend: &LocalBackend, pack: &Id) -> Result<&File> {
+        if !self.open.contains_key(pack) {
+            if self.open.len() > 64 {
+                self.open.clear();
+            }
+            let f = backend.open(PACKS, &pack.to_hex())?;
+            self.open.insert(*pack, f);
+        }
+        self.open
+            .get(pack)
+            .ok_or_else(|| Error::Invalid("pack cache".into()))
+    }
+}
+
+/// A set of blob ids shared by the threads of one backup: the ones already in
+/// the repository or being stored by this run, so each is stored once.
+#[derive(Default)]
+pub struct KnownBlobs(Mutex<std::collections::HashSet<Id>>);
+
+impl KnownBlobs {
+    pub fn new(ids: std::collections::HashSet<Id>) -> Self {
+        KnownBlobs(Mutex::new(ids))
+    }
+
+    /// True when the caller is the first to claim `id` and must store it.
+    pub fn claim(&self, id: Id) -> bool {
+        // A poisoned lock only means another thread panicked; storing a blob
+        // twice is harmless, skipping one is not.
+        match self.0.lock() {
+            Ok(mut s) => s.insert(id),
+            Err(poisoned) => poisoned.into_inner().insert(id),
+        }
+    }
+}
+
+/// Absolute path without touching the filesystem's symlinks for the last part.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io(path, e))
+}

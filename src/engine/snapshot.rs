@@ -1,0 +1,52 @@
+//! Snapshots: the record of one backup, written last.
+//!
+//! A snapshot names the root tree and says when, where and what was backed up,
+//! with the figures of the run. It is stored as a sealed JSON object in
+//! `snapshots/`, named by the hash of its bytes; its id is that name. The
+//! engine stores whatever a caller puts in `extra` (the job runner records
+//! dumps and hooks there) without interpreting it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::crypto::Id;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub time: jiff::Timestamp,
+    pub host: String,
+    pub tags: Vec<String>,
+    /// The top-level paths, as they appear inside the snapshot.
+    pub paths: Vec<String>,
+    pub root: Id,
+    /// The snapshot whose file list this one reused for unchanged files.
+    pub parent: Option<Id>,
+    pub summary: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+}
+
+/// Figures of the run that made a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub other: u64,
+    /// Apparent size of all files.
+    pub bytes: u64,
+    /// Bytes read from files that changed since the parent.
+    pub bytes_read: u64,
+    pub files_unchanged: u64,
+    pub blobs_added: u64,
+    /// Plaintext bytes of new blobs.
+    pub bytes_new: u64,
+    /// Bytes written to the repository (sealed, compressed).
+    pub bytes_added: u64,
+    pub duration_secs: f64,
+    pub warnings: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+}

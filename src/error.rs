@@ -1,0 +1,80 @@
+//! Errors of the holdfast library.
+//!
+//! Policy: the engine returns [`Error`], a typed enum for the failures a caller
+//! (the CLI, the job runner) reacts to differently: a wrong passphrase, a path
+//! that is not a repository, damaged data, an unknown snapshot. Everything that
+//! comes from the operating system carries the path it concerns
+//! ([`Error::Io`]). The CLI wraps these in `anyhow` only at the top, prints the
+//! chain once and maps it to an exit code. No error message ever contains a
+//! passphrase or key material.
+
+use std::path::{Path, PathBuf};
+
+/// The result type of the holdfast library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wrong passphrase: no key file of the repository at {0} opens with it")]
+    WrongPassphrase(PathBuf),
+    #[error("{} is not a holdfast repository ({reason})", path.display())]
+    NotARepository { path: PathBuf, reason: String },
+    #[error("{} already exists and is not empty; refusing to create a repository there", .0.display())]
+    AlreadyExists(PathBuf),
+    #[error("no passphrase given: set HOLDFAST_PASSPHRASE or pass --passphrase-file")]
+    NoPassphrase,
+    #[error("damaged {what}: {detail}")]
+    Damaged { what: String, detail: String },
+    #[error("no snapshot matches {0:?}")]
+    NoSuchSnapshot(String),
+    #[error("{0:?} matches several snapshots: {1}; give more characters")]
+    AmbiguousSnapshot(String, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// An I/O error about `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// Data that failed authentication or decoding.
+    pub fn damaged(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Damaged {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// An I/O error whose path the caller attaches later (see `IoContext`).
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io {
+            path: PathBuf::new(),
+            source,
+        }
+    }
+}
+
+/// Attach a path to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,12 @@
+//! holdfast: application-consistent backup jobs into an encrypted,
+//! deduplicating repository.
+//!
+//! The crate is a library with a thin command-line shell (`main.rs`, `cli`).
+//! [`engine`] is the repository (it knows nothing about jobs); the job runner
+//! and its parts build on it.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+
+pub use error::{Error, Result};
