@@ -305,7 +305,7 @@ impl Scanner<'_> {
             real.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
             let meta = if same_path {
                 let md = std::fs::symlink_metadata(&real).at(&real)?;
-                read_metadata(&real, &md, &mut self.names)
+                read_metadata(&real, &md, None, &mut self.names)
             } else {
                 DirNode::synthetic().meta
             };
@@ -399,7 +399,7 @@ impl Scanner<'_> {
         prev: Option<&Entry>,
         batch: &mut Batch,
     ) -> Result<Option<Node>> {
-        let meta = read_metadata(path, md, &mut self.names);
+        let meta = read_metadata(path, md, prev.map(|e| &e.meta), &mut self.names);
         let ft = md.file_type();
         let other = |kind| {
             Some(Node::Other(Entry {

@@ -187,10 +187,10 @@ impl Keys {
     /// Compress (when it helps, with zstd at `level`) and encrypt `plaintext`
     /// as an object of `kind` named `id`.
     pub fn seal(&self, kind: ObjectKind, id: &Id, plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(plaintext.len() / 2 + 64);
+        let mut body = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()) + 1);
         body.push(FLAG_ZSTD);
         let compressed = level != 0
-            && zstd::stream::copy_encode(plaintext, &mut body, level).is_ok()
+            && compress_into(plaintext, &mut body, level)
             && body.len() < plaintext.len() + 1;
         if !compressed {
             body.clear();
@@ -230,11 +230,57 @@ impl Keys {
             .map_err(|_| Error::damaged(what(), "authentication failed"))?;
         match body.first() {
             Some(&FLAG_RAW) => Ok(body[1..].to_vec()),
-            Some(&FLAG_ZSTD) => zstd::stream::decode_all(&body[1..])
-                .map_err(|e| Error::damaged(what(), format!("zstd: {e}"))),
+            Some(&FLAG_ZSTD) => decompress(&body[1..]).map_err(|e| Error::damaged(what(), format!("zstd: {e}"))),
             _ => Err(Error::damaged(what(), "unknown compression flag")),
         }
     }
+}
+
+thread_local! {
+    /// zstd contexts are costly to create; each thread keeps one of each.
+    static ZSTD: std::cell::RefCell<(Option<(i32, zstd::bulk::Compressor<'static>)>, Option<zstd::bulk::Decompressor<'static>>)> =
+        const { std::cell::RefCell::new((None, None)) };
+}
+
+/// Largest plaintext a stored object may claim to have (a defence against a
+/// forged frame header making us allocate without bound).
+const MAX_PLAINTEXT: u64 = 1 << 30;
+
+/// Append the zstd compression of `data` to `out`; false if zstd failed.
+fn compress_into(data: &[u8], out: &mut Vec<u8>, level: i32) -> bool {
+    ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.0.as_ref().is_none_or(|(l, _)| *l != level) {
+            z.0 = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        }
+        let Some((_, c)) = z.0.as_mut() else { return false };
+        let start = out.len();
+        out.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
+        match c.compress_to_buffer(data, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                true
+            }
+            Err(_) => false,
+        }
+    })
+}
+
+fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n <= MAX_PLAINTEXT => n as usize,
+        _ => return zstd::stream::decode_all(frame),
+    };
+    ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.1.is_none() {
+            z.1 = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match z.1.as_mut() {
+            Some(d) => d.decompress(frame, size),
+            None => zstd::stream::decode_all(frame),
+        }
+    })
 }
 
 fn associated_data(kind: ObjectKind, id: &Id) -> [u8; 42] {

@@ -84,7 +84,19 @@ impl NameCache {
 }
 
 /// The metadata to record for `path`, whose `lstat` result is `md`.
-pub fn read_metadata(path: &Path, md: &FsMetadata, names: &mut NameCache) -> Metadata {
+///
+/// `prev` is the same path's entry in the parent snapshot: when its ctime and
+/// inode are unchanged its xattrs are too (setting one changes the ctime), so
+/// they are taken from there instead of asking the kernel again.
+pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, names: &mut NameCache) -> Metadata {
+    let ctime = Timespec {
+        secs: md.ctime(),
+        nanos: md.ctime_nsec() as u32,
+    };
+    let xattrs = match prev {
+        Some(p) if p.ctime == ctime && p.inode == md.ino() => p.xattrs.clone(),
+        _ => read_xattrs(path),
+    };
     Metadata {
         mode: md.mode() & 0o7777,
         uid: md.uid(),
@@ -95,13 +107,10 @@ pub fn read_metadata(path: &Path, md: &FsMetadata, names: &mut NameCache) -> Met
             secs: md.mtime(),
             nanos: md.mtime_nsec() as u32,
         },
-        ctime: Timespec {
-            secs: md.ctime(),
-            nanos: md.ctime_nsec() as u32,
-        },
+        ctime,
         inode: md.ino(),
         size: if md.is_file() { md.len() } else { 0 },
-        xattrs: read_xattrs(path),
+        xattrs,
     }
 }
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every holdfast test on a fresh machine: installs and starts what the
+# tests need when it is missing (PostgreSQL and MariaDB from Debian's
+# packages), then runs the whole suite. CI calls exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql postgresql-client)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server mariadb-client)
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    echo "== starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+# MariaDB on 127.0.0.1:3306, root without a password.
+if ! mariadb-admin -h 127.0.0.1 -P 3306 -u root status >/dev/null 2>&1; then
+    echo "== starting MariaDB"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 30); do
+        mariadb-admin -h 127.0.0.1 -P 3306 -u root status >/dev/null 2>&1 && break
+        sleep 1
+    done
+fi
+
+echo "== running the test suite"
+exec cargo test --locked --all-targets
