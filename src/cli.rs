@@ -130,30 +130,15 @@ pub struct NewPassphrase {
 /// Parse the command line and run it.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let repo_path = || {
-        cli.repo.clone().ok_or_else(|| {
-            anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY")
-        })
-    };
-    let passphrase = || {
-        read_passphrase(
-            cli.passphrase_file.as_deref(),
-            "HOLDFAST_PASSPHRASE",
-            "Repository passphrase",
-            false,
-        )
-    };
+    let repo_path =
+        || cli.repo.clone().ok_or_else(|| anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY"));
+    let passphrase =
+        || read_passphrase(cli.passphrase_file.as_deref(), "HOLDFAST_PASSPHRASE", "Repository passphrase", false);
     let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?, &passphrase()?)?) };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     match &cli.command {
-        Command::Init {
-            compression_level,
-            avg_chunk_size,
-            pack_size,
-        } => {
+        Command::Init { compression_level, avg_chunk_size, pack_size } => {
             let path = repo_path()?;
             let pass = read_passphrase(
                 cli.passphrase_file.as_deref(),
@@ -174,23 +159,10 @@ pub fn run() -> Result<ExitCode> {
                 path.display()
             );
         }
-        Command::Backup {
-            tags,
-            no_parent,
-            json,
-            paths,
-        } => {
+        Command::Backup { tags, no_parent, json, paths } => {
             let repo = open()?;
-            let sources = paths
-                .iter()
-                .map(|p| BackupSource::same_path(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let opts = BackupOptions {
-                tags: tags.clone(),
-                use_parent: !no_parent,
-                threads,
-                ..Default::default()
-            };
+            let sources = paths.iter().map(|p| BackupSource::same_path(p)).collect::<Result<Vec<_>, _>>()?;
+            let opts = BackupOptions { tags: tags.clone(), use_parent: !no_parent, threads, ..Default::default() };
             let result = backup(&repo, &sources, &opts)?;
             for w in &result.snapshot.summary.warnings {
                 eprintln!("warning: {w}");
@@ -220,17 +192,9 @@ pub fn run() -> Result<ExitCode> {
                 eprintln!("warning: snapshot {name} cannot be read: {e}");
             }
             if *json {
-                print_json(
-                    &snaps
-                        .iter()
-                        .map(|(id, s)| SnapshotView::new(id, s))
-                        .collect::<Vec<_>>(),
-                )?;
+                print_json(&snaps.iter().map(|(id, s)| SnapshotView::new(id, s)).collect::<Vec<_>>())?;
             } else {
-                println!(
-                    "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths",
-                    "id", "time", "host", "size", "tags"
-                );
+                println!("{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags");
                 for (id, s) in &snaps {
                     println!(
                         "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
@@ -244,11 +208,7 @@ pub fn run() -> Result<ExitCode> {
                 }
             }
         }
-        Command::Ls {
-            snapshot,
-            path,
-            json,
-        } => {
+        Command::Ls { snapshot, path, json } => {
             let repo = open()?;
             let (_, snap) = repo.find_snapshot(snapshot)?;
             let entries = list(&repo, &snap, path.as_deref())?;
@@ -265,24 +225,12 @@ pub fn run() -> Result<ExitCode> {
                 }
             }
         }
-        Command::Restore {
-            snapshot,
-            to,
-            paths,
-            json,
-        } => {
+        Command::Restore { snapshot, to, paths, json } => {
             let repo = open()?;
             let (id, snap) = repo.find_snapshot(snapshot)?;
             let started = std::time::Instant::now();
-            let summary = restore(
-                &repo,
-                &snap,
-                &RestoreOptions {
-                    target: to.clone(),
-                    include: paths.clone(),
-                    threads,
-                },
-            )?;
+            let summary =
+                restore(&repo, &snap, &RestoreOptions { target: to.clone(), include: paths.clone(), threads })?;
             for w in &summary.warnings {
                 eprintln!("warning: {w}");
             }
@@ -319,11 +267,7 @@ pub fn run() -> Result<ExitCode> {
                 }
                 println!(
                     "{}: {} snapshots, {} index files, {} packs, {} blobs, {} trees checked{}",
-                    if report.healthy() {
-                        "healthy"
-                    } else {
-                        "NOT HEALTHY"
-                    },
+                    if report.healthy() { "healthy" } else { "NOT HEALTHY" },
                     report.snapshots,
                     report.index_files,
                     report.packs,
@@ -354,11 +298,7 @@ fn key_command(
     match cmd {
         KeyCommand::Export { paper, output } => {
             let key = open()?.key_file()?;
-            let text = if *paper {
-                key.to_paper()?
-            } else {
-                key.to_json() + "\n"
-            };
+            let text = if *paper { key.to_paper()? } else { key.to_json() + "\n" };
             match output {
                 Some(f) => {
                     std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
@@ -368,8 +308,7 @@ fn key_command(
             }
         }
         KeyCommand::Import { file } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             let key = if text.trim_start().starts_with('{') {
                 KeyFile::from_json(text.as_bytes())?
             } else {
@@ -380,12 +319,8 @@ fn key_command(
         }
         KeyCommand::Passwd(np) => {
             let mut repo = open()?;
-            let new = read_passphrase(
-                np.new_passphrase_file.as_deref(),
-                "HOLDFAST_NEW_PASSPHRASE",
-                "New passphrase",
-                true,
-            )?;
+            let new =
+                read_passphrase(np.new_passphrase_file.as_deref(), "HOLDFAST_NEW_PASSPHRASE", "New passphrase", true)?;
             repo.change_passphrase(&new)?;
             eprintln!("passphrase changed");
         }
@@ -407,8 +342,7 @@ fn key_command(
 /// A passphrase from a file, the environment, or (on a terminal) a prompt.
 fn read_passphrase(file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
     if let Some(f) = file {
-        let bytes = std::fs::read(f)
-            .with_context(|| format!("reading the passphrase file {}", f.display()))?;
+        let bytes = std::fs::read(f).with_context(|| format!("reading the passphrase file {}", f.display()))?;
         let s = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
         let s = s.strip_suffix(b"\r").unwrap_or(s);
         if s.is_empty() {
@@ -454,11 +388,7 @@ struct SnapshotView<'a> {
 
 impl<'a> SnapshotView<'a> {
     fn new(id: &Id, snapshot: &'a Snapshot) -> Self {
-        SnapshotView {
-            id: id.to_hex(),
-            short_id: id.short(),
-            snapshot,
-        }
+        SnapshotView { id: id.to_hex(), short_id: id.short(), snapshot }
     }
 }
 
@@ -525,30 +455,17 @@ fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
     };
     let mut mode_string = String::from(e.kind.type_char());
     for (i, c) in "rwxrwxrwx".chars().enumerate() {
-        mode_string.push(if e.meta.mode & (0o400 >> i) != 0 {
-            c
-        } else {
-            '-'
-        });
+        mode_string.push(if e.meta.mode & (0o400 >> i) != 0 { c } else { '-' });
     }
-    let mtime = jiff::Timestamp::new(e.meta.mtime.secs, e.meta.mtime.nanos as i32)
-        .map(|t| local_time(&t))
-        .unwrap_or_default();
+    let mtime =
+        jiff::Timestamp::new(e.meta.mtime.secs, e.meta.mtime.nanos as i32).map(|t| local_time(&t)).unwrap_or_default();
     LsEntry {
         path: path.to_string_lossy().into_owned(),
         kind,
         mode: e.meta.mode,
         mode_string,
-        user: e
-            .meta
-            .user
-            .clone()
-            .unwrap_or_else(|| e.meta.uid.to_string()),
-        group: e
-            .meta
-            .group
-            .clone()
-            .unwrap_or_else(|| e.meta.gid.to_string()),
+        user: e.meta.user.clone().unwrap_or_else(|| e.meta.uid.to_string()),
+        group: e.meta.group.clone().unwrap_or_else(|| e.meta.gid.to_string()),
         size: e.meta.size,
         mtime,
         link_target: match &e.kind {
@@ -560,9 +477,7 @@ fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
 }
 
 fn local_time(t: &jiff::Timestamp) -> String {
-    t.to_zoned(jiff::tz::TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M:%S %z")
-        .to_string()
+    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %z").to_string()
 }
 
 /// Bytes in binary units, for people.
@@ -574,9 +489,5 @@ pub fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

@@ -36,6 +36,8 @@ pub enum Error {
     NoSuchSnapshot(String),
     #[error("{0:?} matches several snapshots: {1}; give more characters")]
     AmbiguousSnapshot(String, String),
+    #[error("interrupted")]
+    Interrupted,
     #[error("{0}")]
     Invalid(String),
 }
@@ -43,28 +45,19 @@ pub enum Error {
 impl Error {
     /// An I/O error about `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
 
     /// Data that failed authentication or decoding.
     pub fn damaged(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        Error::Damaged {
-            what: what.into(),
-            detail: detail.to_string(),
-        }
+        Error::Damaged { what: what.into(), detail: detail.to_string() }
     }
 }
 
 /// An I/O error whose path the caller attaches later (see `IoContext`).
 impl From<std::io::Error> for Error {
     fn from(source: std::io::Error) -> Self {
-        Error::Io {
-            path: PathBuf::new(),
-            source,
-        }
+        Error::Io { path: PathBuf::new(), source }
     }
 }
 

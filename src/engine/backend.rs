@@ -75,19 +75,10 @@ impl LocalBackend {
     pub fn temp_file(&self) -> Result<TempFile> {
         let mut rnd = [0u8; 8];
         fill_random(&mut rnd)?;
-        let name = format!(
-            "{}-{}-{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
-            hex::encode(rnd)
-        );
+        let name =
+            format!("{}-{}-{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed), hex::encode(rnd));
         let path = self.root.join(TMP).join(name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .at(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).at(&path)?;
         Ok(TempFile { file, path })
     }
 

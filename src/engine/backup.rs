@@ -49,10 +49,7 @@ impl BackupSource {
     /// Back up `path` under its own absolute path.
     pub fn same_path(path: &Path) -> Result<BackupSource> {
         let abs = std::path::absolute(path).at(path)?;
-        Ok(BackupSource {
-            local: abs.clone(),
-            at: abs,
-        })
+        Ok(BackupSource { local: abs.clone(), at: abs })
     }
 }
 
@@ -69,6 +66,8 @@ pub struct BackupOptions {
     pub exclude: Option<Box<ExcludeFn>>,
     /// Opaque data recorded in the snapshot (the job runner's metadata).
     pub extra: Option<serde_json::Value>,
+    /// Set from elsewhere (a signal handler) to stop the backup early.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for BackupOptions {
@@ -77,11 +76,10 @@ impl Default for BackupOptions {
             tags: Vec::new(),
             host: hostname(),
             use_parent: true,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             exclude: None,
             extra: None,
+            cancel: None,
         }
     }
 }
@@ -95,18 +93,54 @@ pub struct BackupResult {
 
 /// This machine's host name.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
 /// Back up `sources` into `repo` as one snapshot.
-pub fn backup(
-    repo: &Repository,
-    sources: &[BackupSource],
-    opts: &BackupOptions,
-) -> Result<BackupResult> {
+pub fn backup(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions) -> Result<BackupResult> {
+    capture(repo, sources, opts)?.commit(repo, opts.extra.clone())
+}
+
+/// Everything of a snapshot but the snapshot itself: its data, trees and
+/// index are durable; [`Capture::commit`] makes it exist. A capture that is
+/// never committed leaves only unreferenced blobs.
+#[derive(Debug)]
+pub struct Capture {
+    root: Id,
+    paths: Vec<String>,
+    parent: Option<Id>,
+    host: String,
+    tags: Vec<String>,
+    summary: Summary,
+    started: Instant,
+}
+
+impl Capture {
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Write the snapshot, recording `extra` in it.
+    pub fn commit(self, repo: &Repository, extra: Option<serde_json::Value>) -> Result<BackupResult> {
+        let mut summary = self.summary;
+        summary.duration_secs = self.started.elapsed().as_secs_f64();
+        let snapshot = Snapshot {
+            time: jiff::Timestamp::now(),
+            host: self.host,
+            tags: self.tags,
+            paths: self.paths,
+            root: self.root,
+            parent: self.parent,
+            summary,
+            extra,
+        };
+        let id = repo.write_snapshot(&snapshot)?;
+        Ok(BackupResult { id, snapshot })
+    }
+}
+
+/// Read `sources` into `repo` (packs, trees, index) without committing.
+pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions) -> Result<Capture> {
     let started = Instant::now();
     if sources.is_empty() {
         return Err(Error::Invalid("nothing to back up: no paths given".into()));
@@ -114,10 +148,7 @@ pub fn backup(
     let mut paths: Vec<String> = Vec::new();
     for s in sources {
         if !s.at.is_absolute() {
-            return Err(Error::Invalid(format!(
-                "{} is not an absolute path",
-                s.at.display()
-            )));
+            return Err(Error::Invalid(format!("{} is not an absolute path", s.at.display())));
         }
         paths.push(s.at.to_string_lossy().into_owned());
     }
@@ -125,11 +156,7 @@ pub fn backup(
     paths.dedup();
 
     let (index, _damaged) = repo.load_index()?;
-    let parent = if opts.use_parent {
-        find_parent(repo, &paths, &opts.host)?
-    } else {
-        None
-    };
+    let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut packs = PackFiles::default();
     let parent_root = match &parent {
         Some((_, snap)) => repo.load_tree(&index, &snap.root, &mut packs).ok(),
@@ -160,19 +187,13 @@ pub fn backup(
     let files = std::mem::take(&mut scan.files);
     let tasks = std::mem::take(&mut scan.tasks);
     let mut summary = std::mem::take(&mut scan.summary);
-    let content = read_contents(repo, files, tasks, known.clone(), opts.threads.max(1))?;
+    let content = read_contents(repo, files, tasks, known.clone(), opts.threads.max(1), opts.cancel.as_deref())?;
     summary.bytes_read = content.bytes_read;
     summary.warnings.extend(content.warnings);
     let mut stats = content.stats;
 
     // Phase 3: commit — trees, index, snapshot.
-    let mut trees = TreeWriter {
-        repo,
-        known: &known,
-        pack: None,
-        packs: Vec::new(),
-        stats: &mut stats,
-    };
+    let mut trees = TreeWriter { repo, known: &known, pack: None, packs: Vec::new(), stats: &mut stats };
     let mut files = content.files;
     let root_id = trees.write_dir(root, &mut files)?;
     let mut new_packs = content.packs;
@@ -183,28 +204,21 @@ pub fn backup(
     summary.blobs_added = stats.blobs;
     summary.bytes_new = stats.raw_bytes;
     summary.bytes_added = stats.sealed_bytes;
-    summary.duration_secs = started.elapsed().as_secs_f64();
-    let snapshot = Snapshot {
-        time: jiff::Timestamp::now(),
+    Ok(Capture {
+        root: root_id,
+        paths,
+        parent: parent.map(|(id, _)| id),
         host: opts.host.clone(),
         tags: opts.tags.clone(),
-        paths,
-        root: root_id,
-        parent: parent.map(|(id, _)| id),
         summary,
-        extra: opts.extra.clone(),
-    };
-    let id = repo.write_snapshot(&snapshot)?;
-    Ok(BackupResult { id, snapshot })
+        started,
+    })
 }
 
 /// The newest snapshot of exactly these paths from this host.
 fn find_parent(repo: &Repository, paths: &[String], host: &str) -> Result<Option<(Id, Snapshot)>> {
     let (snaps, _) = repo.snapshots()?;
-    Ok(snaps
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.host == host && s.paths == paths))
+    Ok(snaps.into_iter().rev().find(|(_, s)| s.host == host && s.paths == paths))
 }
 
 // ---------------------------------------------------------------- scan
@@ -276,12 +290,7 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    fn add_source(
-        &mut self,
-        root: &mut DirNode,
-        source: &BackupSource,
-        parent_root: Option<&Tree>,
-    ) -> Result<()> {
+    fn add_source(&mut self, root: &mut DirNode, source: &BackupSource, parent_root: Option<&Tree>) -> Result<()> {
         let md = std::fs::symlink_metadata(&source.local).at(&source.local)?;
         let components: Vec<Vec<u8>> = source
             .at
@@ -292,10 +301,7 @@ impl Scanner<'_> {
             })
             .collect();
         let Some((last, ancestors)) = components.split_last() else {
-            return Err(Error::Invalid(format!(
-                "cannot back up {} as the root itself",
-                source.at.display()
-            )));
+            return Err(Error::Invalid(format!("cannot back up {} as the root itself", source.at.display())));
         };
         let same_path = source.at == source.local;
         let mut dir = root;
@@ -310,31 +316,20 @@ impl Scanner<'_> {
                 DirNode::synthetic().meta
             };
             parent_tree = self.child_tree(parent_tree.as_ref(), name);
-            let node = dir.children.entry(name.clone()).or_insert_with(|| {
-                Node::Dir(DirNode {
-                    meta,
-                    children: BTreeMap::new(),
-                })
-            });
+            let node = dir
+                .children
+                .entry(name.clone())
+                .or_insert_with(|| Node::Dir(DirNode { meta, children: BTreeMap::new() }));
             dir = match node {
                 Node::Dir(d) => d,
                 _ => {
-                    return Err(Error::Invalid(format!(
-                        "{} overlaps another source",
-                        source.at.display()
-                    )));
+                    return Err(Error::Invalid(format!("{} overlaps another source", source.at.display())));
                 }
             };
         }
         let parent_entry = parent_tree.as_ref().and_then(|t| t.find(last)).cloned();
         let mut batch = Batch::default();
-        if let Some(node) = self.scan_entry(
-            &source.local,
-            last.clone(),
-            &md,
-            parent_entry.as_ref(),
-            &mut batch,
-        )? {
+        if let Some(node) = self.scan_entry(&source.local, last.clone(), &md, parent_entry.as_ref(), &mut batch)? {
             dir.children.insert(last.clone(), node);
         }
         self.flush_batch(&mut batch);
@@ -350,10 +345,7 @@ impl Scanner<'_> {
     }
 
     fn scan_dir(&mut self, path: &Path, meta: Metadata, parent: Option<&Tree>) -> Result<DirNode> {
-        let mut node = DirNode {
-            meta,
-            children: BTreeMap::new(),
-        };
+        let mut node = DirNode { meta, children: BTreeMap::new() };
         let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         match std::fs::read_dir(path) {
             Ok(rd) => {
@@ -401,38 +393,22 @@ impl Scanner<'_> {
     ) -> Result<Option<Node>> {
         let meta = read_metadata(path, md, prev.map(|e| &e.meta), &mut self.names);
         let ft = md.file_type();
-        let other = |kind| {
-            Some(Node::Other(Entry {
-                name: name.clone(),
-                kind,
-                meta: meta.clone(),
-            }))
-        };
+        let other = |kind| Some(Node::Other(Entry { name: name.clone(), kind, meta: meta.clone() }));
         if ft.is_dir() {
             self.summary.dirs += 1;
             let prev_tree = match prev.map(|e| &e.kind) {
-                Some(EntryKind::Dir { tree }) => {
-                    self.repo.load_tree(self.index, tree, &mut self.packs).ok()
-                }
+                Some(EntryKind::Dir { tree }) => self.repo.load_tree(self.index, tree, &mut self.packs).ok(),
                 _ => None,
             };
-            return Ok(Some(Node::Dir(self.scan_dir(
-                path,
-                meta,
-                prev_tree.as_ref(),
-            )?)));
+            return Ok(Some(Node::Dir(self.scan_dir(path, meta, prev_tree.as_ref())?)));
         }
         if ft.is_file() {
-            return Ok(Some(Node::File(
-                self.add_file(path, name, meta, md, prev, batch),
-            )));
+            return Ok(Some(Node::File(self.add_file(path, name, meta, md, prev, batch))));
         }
         self.summary.other += 1;
         Ok(if ft.is_symlink() {
             match std::fs::read_link(path) {
-                Ok(t) => other(EntryKind::Symlink {
-                    target: name_bytes(t.as_os_str()),
-                }),
+                Ok(t) => other(EntryKind::Symlink { target: name_bytes(t.as_os_str()) }),
                 Err(e) => {
                     self.warn(path, &e);
                     None
@@ -465,30 +441,20 @@ impl Scanner<'_> {
         let mut same_as = None;
         if md.nlink() > 1 {
             let next_group = self.hardlinks.len() as u64;
-            let (group, first) = *self
-                .hardlinks
-                .entry((md.dev(), md.ino()))
-                .or_insert((next_group, idx));
+            let (group, first) = *self.hardlinks.entry((md.dev(), md.ino())).or_insert((next_group, idx));
             content.hardlink = Some(group);
             if first != idx {
                 same_as = Some(first);
             }
         }
         let unchanged = match prev {
-            Some(Entry {
-                kind: EntryKind::File(old),
-                meta: old_meta,
-                ..
-            }) => {
+            Some(Entry { kind: EntryKind::File(old), meta: old_meta, .. }) => {
                 !old.changed_while_read
                     && old_meta.size == meta.size
                     && old_meta.mtime == meta.mtime
                     && old_meta.ctime == meta.ctime
                     && old_meta.inode == meta.inode
-                    && old
-                        .pieces
-                        .iter()
-                        .all(|p| p.chunk().is_none_or(|id| self.index.contains(id)))
+                    && old.pieces.iter().all(|p| p.chunk().is_none_or(|id| self.index.contains(id)))
             }
             _ => false,
         };
@@ -500,11 +466,7 @@ impl Scanner<'_> {
         let size = meta.size;
         self.files.push(FileRecord {
             path: path.to_path_buf(),
-            entry: Entry {
-                name,
-                kind: EntryKind::File(content),
-                meta,
-            },
+            entry: Entry { name, kind: EntryKind::File(content), meta },
             same_as,
         });
         if needs_read {
@@ -529,9 +491,7 @@ impl Scanner<'_> {
     }
 
     fn warn(&mut self, path: &Path, e: &dyn std::fmt::Display) {
-        self.summary
-            .warnings
-            .push(format!("{}: {e}", path.display()));
+        self.summary.warnings.push(format!("{}: {e}", path.display()));
     }
 }
 
@@ -601,6 +561,7 @@ fn read_contents(
     mut tasks: Vec<(u64, Task)>,
     known: Arc<KnownBlobs>,
     threads: usize,
+    cancel: Option<&AtomicBool>,
 ) -> Result<ContentResult> {
     // Largest first, so one big file does not run alone at the end.
     tasks.sort_by_key(|t| std::cmp::Reverse(t.0));
@@ -627,16 +588,9 @@ fn read_contents(
         let mut readers = Vec::new();
         for _ in 0..threads {
             let tx = plain_tx.clone();
-            let (queue, chunker, keys, known, failure) =
-                (&queue, &chunker, &keys, &known, &failure);
+            let (queue, chunker, keys, known, failure) = (&queue, &chunker, &keys, &known, &failure);
             readers.push(s.spawn(move || {
-                let mut reader = FileReader {
-                    chunker,
-                    keys,
-                    known,
-                    tx,
-                    buf: Vec::new(),
-                };
+                let mut reader = FileReader { chunker, keys, known, tx, buf: Vec::new() };
                 let mut out = Vec::new();
                 loop {
                     let task = match queue.lock() {
@@ -645,6 +599,10 @@ fn read_contents(
                     };
                     let Some(task) = task else { break };
                     if failure.is_set() {
+                        break;
+                    }
+                    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                        failure.set(Error::Interrupted);
                         break;
                     }
                     match reader.run(task, files_ref) {
@@ -691,10 +649,7 @@ fn read_contents(
         }
         rec.entry.meta.size = o.size;
         if o.changed {
-            warnings.push(format!(
-                "{}: changed while it was read; stored as read and marked",
-                rec.path.display()
-            ));
+            warnings.push(format!("{}: changed while it was read; stored as read and marked", rec.path.display()));
         }
         if let Some(w) = o.warning {
             warnings.push(w);
@@ -703,10 +658,7 @@ fn read_contents(
     // Hard links share the content of the first link read.
     for i in 0..files.len() {
         if let Some(first) = files[i].same_as {
-            let (kind, size) = (
-                files[first].entry.kind.clone(),
-                files[first].entry.meta.size,
-            );
+            let (kind, size) = (files[first].entry.kind.clone(), files[first].entry.meta.size);
             if let (EntryKind::File(src), EntryKind::File(dst)) = (kind, &mut files[i].entry.kind) {
                 dst.pieces = src.pieces;
                 dst.changed_while_read = src.changed_while_read;
@@ -714,13 +666,7 @@ fn read_contents(
             }
         }
     }
-    Ok(ContentResult {
-        files,
-        packs,
-        bytes_read,
-        warnings,
-        stats,
-    })
+    Ok(ContentResult { files, packs, bytes_read, warnings, stats })
 }
 
 /// What reading one file produced.
@@ -753,24 +699,15 @@ impl FileReader<'_> {
     fn store(&self, id: Id, data: &[u8]) -> Result<()> {
         if self.known.claim(id) {
             self.tx
-                .send(PlainBlob {
-                    id,
-                    data: data.to_vec(),
-                })
+                .send(PlainBlob { id, data: data.to_vec() })
                 .map_err(|_| Error::Invalid("backup pipeline stopped".into()))?;
         }
         Ok(())
     }
 
     fn read_large(&mut self, idx: usize, rec: &FileRecord) -> Result<FileOutcome> {
-        let mut out = FileOutcome {
-            file: idx,
-            pieces: Vec::new(),
-            size: 0,
-            bytes_read: 0,
-            changed: false,
-            warning: None,
-        };
+        let mut out =
+            FileOutcome { file: idx, pieces: Vec::new(), size: 0, bytes_read: 0, changed: false, warning: None };
         let (mut file, before) = match open_for_backup(&rec.path) {
             Ok(f) => f,
             Err(e) => {
@@ -783,36 +720,30 @@ impl FileReader<'_> {
         let mut pieces = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
         let this = &*self;
-        let mut chunk_region = |file: &mut File,
-                                start: u64,
-                                len: Option<u64>,
-                                pieces: &mut Vec<Piece>|
-         -> Result<u64> {
-            if start > pos {
-                pieces.push(Piece::Hole { len: start - pos });
-            }
-            file.seek(SeekFrom::Start(start)).at(&rec.path)?;
-            let reader: Box<dyn Read> = match len {
-                Some(l) => Box::new(Read::by_ref(file).take(l)),
-                None => Box::new(Read::by_ref(file)),
+        let mut chunk_region =
+            |file: &mut File, start: u64, len: Option<u64>, pieces: &mut Vec<Piece>| -> Result<u64> {
+                if start > pos {
+                    pieces.push(Piece::Hole { len: start - pos });
+                }
+                file.seek(SeekFrom::Start(start)).at(&rec.path)?;
+                let reader: Box<dyn Read> = match len {
+                    Some(l) => Box::new(Read::by_ref(file).take(l)),
+                    None => Box::new(Read::by_ref(file)),
+                };
+                let n = this
+                    .chunker
+                    .chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
+                        let id = this.keys.blob_id(chunk);
+                        pieces.push(Piece::Chunk { id, len: chunk.len() as u32 });
+                        this.store(id, chunk)
+                    })
+                    .map_err(|e| match e {
+                        Error::Io { source, .. } => Error::io(&rec.path, source),
+                        other => other,
+                    })?;
+                pos = start + n;
+                Ok(n)
             };
-            let n = this
-                .chunker
-                .chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
-                    let id = this.keys.blob_id(chunk);
-                    pieces.push(Piece::Chunk {
-                        id,
-                        len: chunk.len() as u32,
-                    });
-                    this.store(id, chunk)
-                })
-                .map_err(|e| match e {
-                    Error::Io { source, .. } => Error::io(&rec.path, source),
-                    other => other,
-                })?;
-            pos = start + n;
-            Ok(n)
-        };
         let mut read = 0;
         match regions {
             Some(regions) => {
@@ -820,9 +751,7 @@ impl FileReader<'_> {
                     read += chunk_region(&mut file, start, Some(end - start), &mut pieces)?;
                 }
                 if before.len() > pos {
-                    pieces.push(Piece::Hole {
-                        len: before.len() - pos,
-                    });
+                    pieces.push(Piece::Hole { len: before.len() - pos });
                     pos = before.len();
                 }
             }
@@ -843,14 +772,8 @@ impl FileReader<'_> {
         let limit = self.chunker.params().max_size as u64;
         for &idx in list {
             let rec = &files[idx];
-            let mut out = FileOutcome {
-                file: idx,
-                pieces: Vec::new(),
-                size: 0,
-                bytes_read: 0,
-                changed: false,
-                warning: None,
-            };
+            let mut out =
+                FileOutcome { file: idx, pieces: Vec::new(), size: 0, bytes_read: 0, changed: false, warning: None };
             match open_for_backup(&rec.path) {
                 Ok((file, before)) => {
                     let start = data.len();
@@ -859,13 +782,8 @@ impl FileReader<'_> {
                     let len = (data.len() - start) as u64;
                     out.size = len;
                     out.bytes_read = len;
-                    out.changed =
-                        after.map_or(true, |a| changed(&before, &a)) || len != before.len();
-                    out.pieces = vec![Piece::Slice {
-                        id: Id::ZERO,
-                        offset: start as u32,
-                        len: len as u32,
-                    }];
+                    out.changed = after.map_or(true, |a| changed(&before, &a)) || len != before.len();
+                    out.pieces = vec![Piece::Slice { id: Id::ZERO, offset: start as u32, len: len as u32 }];
                 }
                 Err(e) => out.warning = Some(format!("{}: {e}; not backed up", rec.path.display())),
             }
@@ -894,8 +812,7 @@ impl FileReader<'_> {
 /// without updating its access time where the kernel allows that.
 fn open_for_backup(path: &Path) -> std::io::Result<(File, std::fs::Metadata)> {
     let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-    let file = open(nix::libc::O_NOFOLLOW | nix::libc::O_NOATIME)
-        .or_else(|_| open(nix::libc::O_NOFOLLOW))?;
+    let file = open(nix::libc::O_NOFOLLOW | nix::libc::O_NOATIME).or_else(|_| open(nix::libc::O_NOFOLLOW))?;
     let md = file.metadata()?;
     if !md.is_file() {
         return Err(std::io::Error::other("no longer a regular file"));
@@ -913,13 +830,7 @@ fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 
 /// Seal chunks: compress, encrypt, and prove the result opens to the same
 /// bytes before it is passed on to be written.
-fn seal_blobs(
-    keys: &Keys,
-    level: i32,
-    rx: &Mutex<Receiver<PlainBlob>>,
-    tx: SyncSender<SealedBlob>,
-    failure: &Failure,
-) {
+fn seal_blobs(keys: &Keys, level: i32, rx: &Mutex<Receiver<PlainBlob>>, tx: SyncSender<SealedBlob>, failure: &Failure) {
     loop {
         let blob = match rx.lock() {
             Ok(r) => r.recv(),
@@ -931,14 +842,7 @@ fn seal_blobs(
         }
         match seal_verified(keys, ObjectKind::Chunk, &blob.id, &blob.data, level) {
             Ok(sealed) => {
-                if tx
-                    .send(SealedBlob {
-                        id: blob.id,
-                        sealed,
-                        raw_len: blob.data.len(),
-                    })
-                    .is_err()
-                {
+                if tx.send(SealedBlob { id: blob.id, sealed, raw_len: blob.data.len() }).is_err() {
                     return;
                 }
             }
@@ -948,13 +852,7 @@ fn seal_blobs(
 }
 
 /// Seal `data` and check that it opens again to data with the same id.
-fn seal_verified(
-    keys: &Keys,
-    kind: ObjectKind,
-    id: &Id,
-    data: &[u8],
-    level: i32,
-) -> Result<Vec<u8>> {
+fn seal_verified(keys: &Keys, kind: ObjectKind, id: &Id, data: &[u8], level: i32) -> Result<Vec<u8>> {
     let sealed = keys.seal(kind, id, data, level)?;
     let back = keys.open(kind, id, &sealed)?;
     if keys.blob_id(&back) != *id {
@@ -1028,13 +926,7 @@ impl TreeWriter<'_> {
             entries.push(match node {
                 Node::Dir(d) => {
                     let meta = d.meta.clone();
-                    Entry {
-                        name,
-                        kind: EntryKind::Dir {
-                            tree: self.write_dir(d, files)?,
-                        },
-                        meta,
-                    }
+                    Entry { name, kind: EntryKind::Dir { tree: self.write_dir(d, files)? }, meta }
                 }
                 Node::File(i) => {
                     let mut e = files[i].entry.clone();
@@ -1048,13 +940,7 @@ impl TreeWriter<'_> {
         let keys = self.repo.keys();
         let id = keys.blob_id(&bytes);
         if self.known.claim(id) {
-            let sealed = seal_verified(
-                keys,
-                ObjectKind::Tree,
-                &id,
-                &bytes,
-                self.repo.config().compression_level,
-            )?;
+            let sealed = seal_verified(keys, ObjectKind::Tree, &id, &bytes, self.repo.config().compression_level)?;
             let w = match self.pack.as_mut() {
                 Some(w) => w,
                 None => self.pack.insert(PackWriter::new(self.repo.backend())?),

@@ -56,9 +56,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     // object -> (detail, dependent snapshots)
     let mut damage: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
     let mut damaged = |object: String, detail: String| {
-        damage
-            .entry(object)
-            .or_insert_with(|| (detail, BTreeSet::new()));
+        damage.entry(object).or_insert_with(|| (detail, BTreeSet::new()));
     };
 
     // Index files.
@@ -106,10 +104,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     if let Ok(tmp) = repo.backend().list(TMP)
         && !tmp.is_empty()
     {
-        report.notes.push(format!(
-            "{} unfinished file(s) in tmp/ (left by an interrupted run; harmless)",
-            tmp.len()
-        ));
+        report.notes.push(format!("{} unfinished file(s) in tmp/ (left by an interrupted run; harmless)", tmp.len()));
     }
 
     let mut bad_blobs: HashMap<Id, String> = HashMap::new();
@@ -168,20 +163,12 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             tree_deps.insert(tid, tdeps);
         }
         for (object, detail) in deps {
-            damage
-                .entry(object)
-                .or_insert_with(|| (detail, BTreeSet::new()))
-                .1
-                .insert(sid.short());
+            damage.entry(object).or_insert_with(|| (detail, BTreeSet::new())).1.insert(sid.short());
         }
     }
     report.problems = damage
         .into_iter()
-        .map(|(object, (detail, snaps))| Problem {
-            object,
-            detail,
-            snapshots: snaps.into_iter().collect(),
-        })
+        .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })
         .collect();
     Ok(report)
 }
@@ -196,20 +183,14 @@ fn check_blob(
 ) {
     match index.get(id) {
         None => {
-            deps.insert((
-                format!("blob {}", id.short()),
-                "referenced but not in any index".into(),
-            ));
+            deps.insert((format!("blob {}", id.short()), "referenced but not in any index".into()));
         }
         Some(loc) => {
             if let Some(why) = bad_packs.get(&loc.pack) {
                 deps.insert((format!("pack {}", loc.pack.short()), why.clone()));
             }
             if let Some(why) = bad_blobs.get(id) {
-                deps.insert((
-                    format!("blob {} in pack {}", id.short(), loc.pack.short()),
-                    why.clone(),
-                ));
+                deps.insert((format!("blob {} in pack {}", id.short(), loc.pack.short()), why.clone()));
             }
         }
     }
@@ -226,10 +207,7 @@ fn read_all_packs(
     for (id, loc) in index.iter() {
         by_pack.entry(loc.pack).or_default().push(*id);
     }
-    let work: Vec<(Id, Vec<Id>)> = by_pack
-        .into_iter()
-        .filter(|(p, _)| on_disk.contains_key(p))
-        .collect();
+    let work: Vec<(Id, Vec<Id>)> = by_pack.into_iter().filter(|(p, _)| on_disk.contains_key(p)).collect();
     let queue = Mutex::new(work.into_iter());
     let out = Mutex::new((HashMap::new(), HashMap::new(), 0u64));
     std::thread::scope(|s| {
@@ -253,12 +231,7 @@ fn read_all_packs(
     out.into_inner().unwrap_or_default()
 }
 
-fn read_pack(
-    repo: &Repository,
-    index: &Index,
-    pack: &Id,
-    blobs: &[Id],
-) -> (Option<String>, Vec<(Id, String)>, u64) {
+fn read_pack(repo: &Repository, index: &Index, pack: &Id, blobs: &[Id]) -> (Option<String>, Vec<(Id, String)>, u64) {
     let bytes = match repo.backend().read(PACKS, &pack.to_hex()) {
         Ok(b) => b,
         Err(e) => return (Some(e.to_string()), Vec::new(), 0),
@@ -275,12 +248,8 @@ fn read_pack(
             None => Err("beyond the end of the pack".to_string()),
             Some(sealed) => match repo.keys().open(loc.kind, id, sealed) {
                 Err(e) => Err(e.to_string()),
-                Ok(plain) if repo.keys().blob_id(&plain) != *id => {
-                    Err("content does not match its id".into())
-                }
-                Ok(_) if loc.kind != ObjectKind::Chunk && loc.kind != ObjectKind::Tree => {
-                    Err("unexpected kind".into())
-                }
+                Ok(plain) if repo.keys().blob_id(&plain) != *id => Err("content does not match its id".into()),
+                Ok(_) if loc.kind != ObjectKind::Chunk && loc.kind != ObjectKind::Tree => Err("unexpected kind".into()),
                 Ok(_) => Ok(()),
             },
         };

@@ -28,25 +28,15 @@ impl ChunkerParams {
     /// min = avg/4 and max = avg*4, as FastCDC's authors suggest.
     pub fn with_average(avg: u32) -> Result<Self, String> {
         if !(4096..=(4 << 20)).contains(&avg) || !avg.is_power_of_two() {
-            return Err(format!(
-                "average chunk size must be a power of two between 4 KiB and 4 MiB, not {avg}"
-            ));
+            return Err(format!("average chunk size must be a power of two between 4 KiB and 4 MiB, not {avg}"));
         }
-        Ok(ChunkerParams {
-            min_size: avg / 4,
-            avg_size: avg,
-            max_size: avg * 4,
-        })
+        Ok(ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 })
     }
 }
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        ChunkerParams {
-            min_size: Self::DEFAULT_AVG / 4,
-            avg_size: Self::DEFAULT_AVG,
-            max_size: Self::DEFAULT_AVG * 4,
-        }
+        ChunkerParams { min_size: Self::DEFAULT_AVG / 4, avg_size: Self::DEFAULT_AVG, max_size: Self::DEFAULT_AVG * 4 }
     }
 }
 
@@ -64,13 +54,7 @@ impl Chunker {
     pub fn new(params: ChunkerParams, seed: u64) -> Chunker {
         let (mask_s, mask_l) = select_masks(params.avg_size as usize, Normalization::Level1);
         let (gear, gear_ls) = get_gear_with_seed(seed);
-        Chunker {
-            params,
-            mask_s,
-            mask_l,
-            gear,
-            gear_ls,
-        }
+        Chunker { params, mask_s, mask_l, gear, gear_ls }
     }
 
     pub fn params(&self) -> ChunkerParams {
@@ -202,14 +186,8 @@ mod tests {
     fn boundaries_depend_on_the_seed() {
         let data = pseudo_random(300_000, 9);
         let params = ChunkerParams::with_average(4096).unwrap();
-        let a: Vec<usize> = chunks_of(&Chunker::new(params, 1), &data)
-            .iter()
-            .map(Vec::len)
-            .collect();
-        let b: Vec<usize> = chunks_of(&Chunker::new(params, 2), &data)
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let a: Vec<usize> = chunks_of(&Chunker::new(params, 1), &data).iter().map(Vec::len).collect();
+        let b: Vec<usize> = chunks_of(&Chunker::new(params, 2), &data).iter().map(Vec::len).collect();
         assert_ne!(a, b);
     }
 }

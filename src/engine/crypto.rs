@@ -62,11 +62,7 @@ pub struct Id(pub [u8; 32]);
 /// Hex in human-readable formats (JSON), 32 raw bytes in binary ones.
 impl Serialize for Id {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&self.to_hex())
-        } else {
-            self.0.serialize(s)
-        }
+        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
     }
 }
 
@@ -177,11 +173,7 @@ impl Keys {
     }
 
     fn cipher(&self, kind: ObjectKind) -> &XChaCha20Poly1305 {
-        if kind.uses_data_key() {
-            &self.data
-        } else {
-            &self.meta
-        }
+        if kind.uses_data_key() { &self.data } else { &self.meta }
     }
 
     /// Compress (when it helps, with zstd at `level`) and encrypt `plaintext`
@@ -189,9 +181,7 @@ impl Keys {
     pub fn seal(&self, kind: ObjectKind, id: &Id, plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
         let mut body = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()) + 1);
         body.push(FLAG_ZSTD);
-        let compressed = level != 0
-            && compress_into(plaintext, &mut body, level)
-            && body.len() < plaintext.len() + 1;
+        let compressed = level != 0 && compress_into(plaintext, &mut body, level) && body.len() < plaintext.len() + 1;
         if !compressed {
             body.clear();
             body.push(FLAG_RAW);
@@ -202,13 +192,7 @@ impl Keys {
         let ad = associated_data(kind, id);
         let ct = self
             .cipher(kind)
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &body,
-                    aad: &ad,
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &ad })
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -299,13 +283,7 @@ pub(crate) fn wrap_key(wrapping: &[u8; 32], repo_id: &Id, master: &MasterKey) ->
     fill_random(&mut nonce)?;
     let ad = associated_data(ObjectKind::MasterKey, repo_id);
     let ct = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &master.0,
-                aad: &ad,
-            },
-        )
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &master.0, aad: &ad })
         .map_err(|_| Error::Invalid("encryption failed".into()))?;
     Ok([nonce.as_slice(), &ct].concat())
 }
@@ -318,9 +296,7 @@ pub(crate) fn unwrap_key(wrapping: &[u8; 32], repo_id: &Id, sealed: &[u8]) -> Op
     let cipher = XChaCha20Poly1305::new(wrapping.into());
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
     let ad = associated_data(ObjectKind::MasterKey, repo_id);
-    let key = cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad })
-        .ok()?;
+    let key = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad }).ok()?;
     Some(MasterKey(key.try_into().ok()?))
 }
 
@@ -340,14 +316,8 @@ mod tests {
         let sealed = k.seal(ObjectKind::Chunk, &id, &data, 3).unwrap();
         assert!(sealed.len() < data.len(), "compressible data is compressed");
         assert_eq!(k.open(ObjectKind::Chunk, &id, &sealed).unwrap(), data);
-        assert!(
-            k.open(ObjectKind::Tree, &id, &sealed).is_err(),
-            "kind is bound"
-        );
-        assert!(
-            k.open(ObjectKind::Chunk, &Id::ZERO, &sealed).is_err(),
-            "id is bound"
-        );
+        assert!(k.open(ObjectKind::Tree, &id, &sealed).is_err(), "kind is bound");
+        assert!(k.open(ObjectKind::Chunk, &Id::ZERO, &sealed).is_err(), "id is bound");
         let mut flipped = sealed.clone();
         flipped[30] ^= 1;
         assert!(k.open(ObjectKind::Chunk, &id, &flipped).is_err());

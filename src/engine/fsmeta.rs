@@ -35,24 +35,14 @@ impl NameCache {
     pub fn user(&mut self, uid: u32) -> Option<String> {
         self.users
             .entry(uid)
-            .or_insert_with(|| {
-                User::from_uid(Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
+            .or_insert_with(|| User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name))
             .clone()
     }
 
     pub fn group(&mut self, gid: u32) -> Option<String> {
         self.groups
             .entry(gid)
-            .or_insert_with(|| {
-                Group::from_gid(Gid::from_raw(gid))
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-            })
+            .or_insert_with(|| Group::from_gid(Gid::from_raw(gid)).ok().flatten().map(|g| g.name))
             .clone()
     }
 
@@ -73,12 +63,7 @@ impl NameCache {
         };
         self.gids
             .entry(name.clone())
-            .or_insert_with(|| {
-                Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw())
-            })
+            .or_insert_with(|| Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw()))
             .unwrap_or(meta.gid)
     }
 }
@@ -89,10 +74,7 @@ impl NameCache {
 /// inode are unchanged its xattrs are too (setting one changes the ctime), so
 /// they are taken from there instead of asking the kernel again.
 pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, names: &mut NameCache) -> Metadata {
-    let ctime = Timespec {
-        secs: md.ctime(),
-        nanos: md.ctime_nsec() as u32,
-    };
+    let ctime = Timespec { secs: md.ctime(), nanos: md.ctime_nsec() as u32 };
     let xattrs = match prev {
         Some(p) if p.ctime == ctime && p.inode == md.ino() => p.xattrs.clone(),
         _ => read_xattrs(path),
@@ -103,10 +85,7 @@ pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, name
         gid: md.gid(),
         user: names.user(md.uid()),
         group: names.group(md.gid()),
-        mtime: Timespec {
-            secs: md.mtime(),
-            nanos: md.mtime_nsec() as u32,
-        },
+        mtime: Timespec { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
         ctime,
         inode: md.ino(),
         size: if md.is_file() { md.len() } else { 0 },
@@ -154,28 +133,16 @@ pub fn data_regions(file: &File, md: &FsMetadata) -> Option<Vec<(u64, u64)>> {
 
 /// Apply owner (as root only), mode, xattrs and times to a restored path.
 /// Owner first: `chown` clears setuid bits, so the mode follows it.
-pub fn apply_metadata(
-    path: &Path,
-    meta: &Metadata,
-    is_symlink: bool,
-    names: &mut NameCache,
-) -> Result<()> {
+pub fn apply_metadata(path: &Path, meta: &Metadata, is_symlink: bool, names: &mut NameCache) -> Result<()> {
     let io = |e: nix::Error| Error::io(path, std::io::Error::from(e));
     if nix::unistd::geteuid().is_root() {
         let (uid, gid) = (names.uid_for(meta), names.gid_for(meta));
-        fchownat(
-            AT_FDCWD,
-            path,
-            Some(Uid::from_raw(uid)),
-            Some(Gid::from_raw(gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(io)?;
+        fchownat(AT_FDCWD, path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(io)?;
     }
     if !is_symlink {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode))
-            .map_err(|e| Error::io(path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode)).map_err(|e| Error::io(path, e))?;
         for (name, value) in &meta.xattrs {
             xattr::set(path, OsStr::from_bytes(name), value).map_err(|e| Error::io(path, e))?;
         }
@@ -186,8 +153,7 @@ pub fn apply_metadata(
 
 /// Recreate a FIFO or device node.
 pub fn make_node(path: &Path, kind: SFlag, rdev: u64) -> Result<()> {
-    mknod(path, kind, Mode::from_bits_truncate(0o600), rdev)
-        .map_err(|e| Error::io(path, std::io::Error::from(e)))
+    mknod(path, kind, Mode::from_bits_truncate(0o600), rdev).map_err(|e| Error::io(path, std::io::Error::from(e)))
 }
 
 pub fn name_bytes(name: &OsStr) -> Vec<u8> {

@@ -65,8 +65,7 @@ impl KeyFile {
 
     /// The repository id this key file belongs to.
     pub fn repo_id(&self) -> Result<Id> {
-        Id::from_hex(&self.repository)
-            .ok_or_else(|| Error::damaged("key file", "bad repository id"))
+        Id::from_hex(&self.repository).ok_or_else(|| Error::damaged("key file", "bad repository id"))
     }
 
     /// The master key, or `None` when the passphrase is wrong.
@@ -90,11 +89,7 @@ impl KeyFile {
         let mut bin = Vec::new();
         bin.push(self.holdfast_key);
         bin.extend_from_slice(&self.repo_id()?.0);
-        for v in [
-            self.kdf.memory_kib,
-            self.kdf.iterations,
-            self.kdf.parallelism,
-        ] {
+        for v in [self.kdf.memory_kib, self.kdf.iterations, self.kdf.parallelism] {
             bin.extend_from_slice(&v.to_le_bytes());
         }
         let salt = hex::decode(&self.kdf.salt).map_err(|e| Error::damaged("key file", e))?;
@@ -110,17 +105,9 @@ impl KeyFile {
         out.push_str(&format!("repository {}\n", self.repository));
         for (n, line) in bin.chunks(16).enumerate() {
             let groups: Vec<String> = line.chunks(4).map(hex::encode).collect();
-            out.push_str(&format!(
-                "{:02}: {} | {}\n",
-                n + 1,
-                groups.join(" "),
-                line_checksum(n, line)
-            ));
+            out.push_str(&format!("{:02}: {} | {}\n", n + 1, groups.join(" "), line_checksum(n, line)));
         }
-        out.push_str(&format!(
-            "end {}\n",
-            hex::encode(&blake3::hash(&bin).as_bytes()[..4])
-        ));
+        out.push_str(&format!("end {}\n", hex::encode(&blake3::hash(&bin).as_bytes()[..4])));
         Ok(out)
     }
 
@@ -141,24 +128,18 @@ impl KeyFile {
             let Ok(n) = num.trim().parse::<usize>() else {
                 continue;
             };
-            let (hexpart, sum) = rest
-                .split_once('|')
-                .ok_or_else(|| bad(format!("line {}: no checksum after '|'", lineno + 1)))?;
+            let (hexpart, sum) =
+                rest.split_once('|').ok_or_else(|| bad(format!("line {}: no checksum after '|'", lineno + 1)))?;
             let bytes = hex::decode(hexpart.split_whitespace().collect::<String>())
                 .map_err(|e| bad(format!("line {}: {e}", lineno + 1)))?;
             if n != bin.len() / 16 + 1 || line_checksum(n - 1, &bytes) != sum.trim() {
-                return Err(bad(format!(
-                    "line {} (numbered {n:02}) does not match its checksum",
-                    lineno + 1
-                )));
+                return Err(bad(format!("line {} (numbered {n:02}) does not match its checksum", lineno + 1)));
             }
             bin.extend_from_slice(&bytes);
         }
         let end = end.ok_or_else(|| bad("no 'end' line".into()))?;
         if hex::encode(&blake3::hash(&bin).as_bytes()[..4]) != end {
-            return Err(bad(
-                "lines are missing or out of order (the 'end' checksum differs)".into(),
-            ));
+            return Err(bad("lines are missing or out of order (the 'end' checksum differs)".into()));
         }
         let take = |bin: &mut &[u8], n: usize| -> Result<Vec<u8>> {
             if bin.len() < n {
@@ -171,11 +152,7 @@ impl KeyFile {
         let mut rest: &[u8] = &bin;
         let version = take(&mut rest, 1)?[0];
         let repo = take(&mut rest, 32)?;
-        let mut num = || -> Result<u32> {
-            Ok(u32::from_le_bytes(
-                take(&mut rest, 4)?.try_into().unwrap_or_default(),
-            ))
-        };
+        let mut num = || -> Result<u32> { Ok(u32::from_le_bytes(take(&mut rest, 4)?.try_into().unwrap_or_default())) };
         let (m, t, p) = (num()?, num()?, num()?);
         let salt_len = take(&mut rest, 1)?[0] as usize;
         let salt = take(&mut rest, salt_len)?;
@@ -203,10 +180,7 @@ fn line_checksum(n: usize, bytes: &[u8]) -> String {
 
 fn derive_wrapping_key(passphrase: &[u8], kdf: &KdfParams) -> Result<[u8; 32]> {
     if kdf.algorithm != "argon2id" {
-        return Err(Error::damaged(
-            "key file",
-            format!("unknown KDF {:?}", kdf.algorithm),
-        ));
+        return Err(Error::damaged("key file", format!("unknown KDF {:?}", kdf.algorithm)));
     }
     let salt = hex::decode(&kdf.salt).map_err(|e| Error::damaged("key file", e))?;
     let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
@@ -240,15 +214,9 @@ mod tests {
         let typo = paper.replacen("01: ", "01: f", 1).replacen(" | ", " |", 1);
         let mut lines: Vec<String> = paper.lines().map(String::from).collect();
         let i = lines.iter().position(|l| l.starts_with("03:")).unwrap();
-        let c = if lines[i].as_bytes()[4] == b'0' {
-            "1"
-        } else {
-            "0"
-        };
+        let c = if lines[i].as_bytes()[4] == b'0' { "1" } else { "0" };
         lines[i].replace_range(4..5, c);
-        let err = KeyFile::from_paper(&lines.join("\n"))
-            .unwrap_err()
-            .to_string();
+        let err = KeyFile::from_paper(&lines.join("\n")).unwrap_err().to_string();
         assert!(err.contains("numbered 03"), "{err}");
         assert!(KeyFile::from_paper(&typo).is_err());
     }

@@ -53,13 +53,7 @@ impl PackWriter {
     }
 
     /// Append one sealed blob.
-    pub fn add(
-        &mut self,
-        id: Id,
-        kind: ObjectKind,
-        sealed: &[u8],
-        raw_length: usize,
-    ) -> Result<()> {
+    pub fn add(&mut self, id: Id, kind: ObjectKind, sealed: &[u8], raw_length: usize) -> Result<()> {
         self.temp.file.write_all(sealed).at(&self.temp.path)?;
         self.file_hash.update(sealed);
         self.data_hash.update(sealed);
@@ -103,26 +97,17 @@ impl PackWriter {
 pub fn read_header(name: &Id, bytes: &[u8], keys: &Keys) -> Result<Vec<PackBlob>> {
     let what = || format!("pack {}", name.short());
     if Id::of_bytes(bytes) != *name {
-        return Err(Error::damaged(
-            what(),
-            "contents do not match the file name (hash)",
-        ));
+        return Err(Error::damaged(what(), "contents do not match the file name (hash)"));
     }
     if bytes.len() < TRAILER_LEN || &bytes[bytes.len() - 5..bytes.len() - 1] != TRAILER_MAGIC {
         return Err(Error::damaged(what(), "no pack trailer"));
     }
     let len_at = bytes.len() - TRAILER_LEN;
-    let header_len =
-        u32::from_le_bytes(bytes[len_at..len_at + 4].try_into().unwrap_or_default()) as usize;
-    let header_start = len_at
-        .checked_sub(header_len)
-        .ok_or_else(|| Error::damaged(what(), "header length out of range"))?;
+    let header_len = u32::from_le_bytes(bytes[len_at..len_at + 4].try_into().unwrap_or_default()) as usize;
+    let header_start =
+        len_at.checked_sub(header_len).ok_or_else(|| Error::damaged(what(), "header length out of range"))?;
     let data_id = Id::of_bytes(&bytes[..header_start]);
-    let plain = keys.open(
-        ObjectKind::PackHeader,
-        &data_id,
-        &bytes[header_start..len_at],
-    )?;
+    let plain = keys.open(ObjectKind::PackHeader, &data_id, &bytes[header_start..len_at])?;
     postcard::from_bytes(&plain).map_err(|e| Error::damaged(what(), e))
 }
 

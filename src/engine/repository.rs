@@ -64,11 +64,7 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions {
-            compression_level: 3,
-            chunker: ChunkerParams::default(),
-            pack_size: 16 << 20,
-        }
+        InitOptions { compression_level: 3, chunker: ChunkerParams::default(), pack_size: 16 << 20 }
     }
 }
 
@@ -114,25 +110,11 @@ impl Repository {
         let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         backend.write_new(CONFIG, &seal_file(&keys, ObjectKind::Config, &id, &json)?)?;
         let key = KeyFile::create(passphrase, &id, &master)?;
-        let key_name = backend
-            .write_named_by_hash(KEYS, key.to_json().as_bytes())?
-            .to_hex();
-        let marker = Marker {
-            holdfast_repository: FORMAT_VERSION,
-            id,
-        };
+        let key_name = backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?.to_hex();
+        let marker = Marker { holdfast_repository: FORMAT_VERSION, id };
         // The marker goes last: a directory without it is not a repository yet.
-        backend.write_new(
-            MARKER,
-            &serde_json::to_vec_pretty(&marker).unwrap_or_default(),
-        )?;
-        Ok(Repository {
-            backend,
-            keys: Arc::new(keys),
-            master,
-            config,
-            key_name,
-        })
+        backend.write_new(MARKER, &serde_json::to_vec_pretty(&marker).unwrap_or_default())?;
+        Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name })
     }
 
     /// Open the repository at `path` with `passphrase`.
@@ -161,15 +143,8 @@ impl Repository {
                 let keys = Keys::derive(&master);
                 let sealed = backend.read_root_file(CONFIG)?;
                 let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
-                let config: RepoConfig =
-                    serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
-                return Ok(Repository {
-                    backend,
-                    keys: Arc::new(keys),
-                    master,
-                    config,
-                    key_name: name,
-                });
+                let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
+                return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
             }
         }
         Err(Error::WrongPassphrase(path.to_path_buf()))
@@ -215,8 +190,7 @@ impl Repository {
     pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
         let bytes = self.read_repo_file(INDEX, name)?;
         let plain = open_file(&self.keys, ObjectKind::Index, &bytes, None)?;
-        postcard::from_bytes(&plain)
-            .map_err(|e| Error::damaged(format!("index {}", short(name)), e))
+        postcard::from_bytes(&plain).map_err(|e| Error::damaged(format!("index {}", short(name)), e))
     }
 
     pub fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
@@ -234,8 +208,7 @@ impl Repository {
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let bytes = self.read_repo_file(SNAPSHOTS, &id.to_hex())?;
         let json = open_file(&self.keys, ObjectKind::Snapshot, &bytes, None)?;
-        serde_json::from_slice(&json)
-            .map_err(|e| Error::damaged(format!("snapshot {}", id.short()), e))
+        serde_json::from_slice(&json).map_err(|e| Error::damaged(format!("snapshot {}", id.short()), e))
     }
 
     /// All snapshots, oldest first, and the ones that could not be read.
@@ -248,10 +221,7 @@ impl Repository {
                     Ok(s) => good.push((id, s)),
                     Err(e) => bad.push((name, e)),
                 },
-                None => bad.push((
-                    name.clone(),
-                    Error::damaged("snapshot", format!("unexpected file {name}")),
-                )),
+                None => bad.push((name.clone(), Error::damaged("snapshot", format!("unexpected file {name}")))),
             }
         }
         good.sort_by_key(|(id, s)| (s.time, *id));
@@ -265,22 +235,17 @@ impl Repository {
             return all.pop().ok_or_else(|| Error::NoSuchSnapshot(spec.into()));
         }
         let spec_lc = spec.to_ascii_lowercase();
-        let matches: Vec<String> = self
-            .backend
-            .list(SNAPSHOTS)?
-            .into_iter()
-            .filter(|n| n.starts_with(&spec_lc))
-            .collect();
+        let matches: Vec<String> =
+            self.backend.list(SNAPSHOTS)?.into_iter().filter(|n| n.starts_with(&spec_lc)).collect();
         match matches.as_slice() {
             [] => Err(Error::NoSuchSnapshot(spec.into())),
             [one] => {
                 let id = Id::from_hex(one).ok_or_else(|| Error::NoSuchSnapshot(spec.into()))?;
                 Ok((id, self.read_snapshot(&id)?))
             }
-            many => Err(Error::AmbiguousSnapshot(
-                spec.into(),
-                many.iter().map(|n| short(n)).collect::<Vec<_>>().join(", "),
-            )),
+            many => {
+                Err(Error::AmbiguousSnapshot(spec.into(), many.iter().map(|n| short(n)).collect::<Vec<_>>().join(", ")))
+            }
         }
     }
 
@@ -289,10 +254,7 @@ impl Repository {
         let bytes = self.backend.read(dir, name)?;
         if Id::of_bytes(&bytes).to_hex() != name {
             let what = format!("{} {}", dir.trim_end_matches('s'), short(name));
-            return Err(Error::damaged(
-                what,
-                "contents do not match the file name (hash)",
-            ));
+            return Err(Error::damaged(what, "contents do not match the file name (hash)"));
         }
         Ok(bytes)
     }
@@ -306,18 +268,13 @@ impl Repository {
         let sealed = LocalBackend::read_at(file, loc.offset as u64, loc.length as usize, &path)?;
         let plain = self.keys.open(loc.kind, id, &sealed)?;
         if self.keys.blob_id(&plain) != *id {
-            return Err(Error::damaged(
-                format!("{:?} {}", loc.kind, id.short()),
-                "content does not match its id",
-            ));
+            return Err(Error::damaged(format!("{:?} {}", loc.kind, id.short()), "content does not match its id"));
         }
         Ok(plain)
     }
 
     pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
-        let loc = index
-            .get(id)
-            .ok_or_else(|| Error::damaged(format!("tree {}", id.short()), "not in the index"))?;
+        let loc = index.get(id).ok_or_else(|| Error::damaged(format!("tree {}", id.short()), "not in the index"))?;
         Tree::decode(&self.read_blob(id, loc, packs)?)
     }
 
@@ -326,10 +283,7 @@ impl Repository {
     /// Add a key file for another passphrase; returns its name.
     pub fn add_key(&self, passphrase: &[u8]) -> Result<String> {
         let key = KeyFile::create(passphrase, &self.config.id, &self.master)?;
-        Ok(self
-            .backend
-            .write_named_by_hash(KEYS, key.to_json().as_bytes())?
-            .to_hex())
+        Ok(self.backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?.to_hex())
     }
 
     /// Replace the key file that unlocked this repository with one for
@@ -359,17 +313,10 @@ pub fn import_key(path: &Path, key: &KeyFile, passphrase: &[u8]) -> Result<()> {
             marker.id.short()
         )));
     }
-    let master = key
-        .unlock(passphrase)?
-        .ok_or_else(|| Error::WrongPassphrase(path.to_path_buf()))?;
+    let master = key.unlock(passphrase)?.ok_or_else(|| Error::WrongPassphrase(path.to_path_buf()))?;
     let backend = LocalBackend::new(path);
     let sealed = backend.read_root_file(CONFIG)?;
-    open_file(
-        &Keys::derive(&master),
-        ObjectKind::Config,
-        &sealed,
-        Some(&marker.id),
-    )?;
+    open_file(&Keys::derive(&master), ObjectKind::Config, &sealed, Some(&marker.id))?;
     let keys_dir = path.join(KEYS);
     std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
     backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?;
@@ -377,22 +324,14 @@ pub fn import_key(path: &Path, key: &KeyFile, passphrase: &[u8]) -> Result<()> {
 }
 
 fn read_marker(path: &Path) -> Result<Marker> {
-    let not_repo = |reason: &str| Error::NotARepository {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    };
+    let not_repo = |reason: &str| Error::NotARepository { path: path.to_path_buf(), reason: reason.into() };
     if !path.is_dir() {
         return Err(not_repo("no such directory"));
     }
-    let bytes =
-        std::fs::read(path.join(MARKER)).map_err(|_| not_repo("no holdfast-repository file"))?;
-    let marker: Marker = serde_json::from_slice(&bytes)
-        .map_err(|_| not_repo("unreadable holdfast-repository file"))?;
+    let bytes = std::fs::read(path.join(MARKER)).map_err(|_| not_repo("no holdfast-repository file"))?;
+    let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_repo("unreadable holdfast-repository file"))?;
     if marker.holdfast_repository != FORMAT_VERSION {
-        return Err(not_repo(&format!(
-            "format {} is not supported",
-            marker.holdfast_repository
-        )));
+        return Err(not_repo(&format!("format {} is not supported", marker.holdfast_repository)));
     }
     Ok(marker)
 }
@@ -413,12 +352,7 @@ fn seal_file(keys: &Keys, kind: ObjectKind, id: &Id, plain: &[u8]) -> Result<Vec
 }
 
 /// Open a repository file of `kind`; with `expect_id`, its object id must match.
-fn open_file(
-    keys: &Keys,
-    kind: ObjectKind,
-    bytes: &[u8],
-    expect_id: Option<&Id>,
-) -> Result<Vec<u8>> {
+fn open_file(keys: &Keys, kind: ObjectKind, bytes: &[u8], expect_id: Option<&Id>) -> Result<Vec<u8>> {
     let what = format!("{kind:?}").to_lowercase();
     if bytes.len() < FILE_HEADER_LEN || &bytes[..8] != FILE_MAGIC {
         return Err(Error::damaged(what, "not a holdfast object"));
@@ -448,9 +382,7 @@ impl PackFiles {
             let f = backend.open(PACKS, &pack.to_hex())?;
             self.open.insert(*pack, f);
         }
-        self.open
-            .get(pack)
-            .ok_or_else(|| Error::Invalid("pack cache".into()))
+        self.open.get(pack).ok_or_else(|| Error::Invalid("pack cache".into()))
     }
 }
 

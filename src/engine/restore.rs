@@ -51,11 +51,7 @@ struct FileJob {
 }
 
 /// Restore `snapshot` according to `opts`.
-pub fn restore(
-    repo: &Repository,
-    snapshot: &Snapshot,
-    opts: &RestoreOptions,
-) -> Result<RestoreSummary> {
+pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let (index, _) = repo.load_index()?;
     std::fs::create_dir_all(&opts.target).at(&opts.target)?;
     let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
@@ -72,28 +68,13 @@ pub fn restore(
         summary: RestoreSummary::default(),
     };
     walk.dir(&snapshot.root, &opts.target, &mut Vec::new())?;
-    if walk.files.is_empty()
-        && walk.others.is_empty()
-        && walk.dirs.is_empty()
-        && !opts.include.is_empty()
-    {
+    if walk.files.is_empty() && walk.others.is_empty() && walk.dirs.is_empty() && !opts.include.is_empty() {
         return Err(Error::Invalid(format!(
             "none of {} is in the snapshot",
-            opts.include
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            opts.include.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let Walk {
-        files,
-        links,
-        others,
-        dirs,
-        mut summary,
-        ..
-    } = walk;
+    let Walk { files, links, others, dirs, mut summary, .. } = walk;
 
     write_files(repo, &index, files, opts.threads.max(1))?;
 
@@ -109,17 +90,13 @@ pub fn restore(
             EntryKind::Fifo => make_node(&path, SFlag::S_IFIFO, 0),
             EntryKind::CharDevice { rdev } | EntryKind::BlockDevice { rdev } => {
                 if !nix::unistd::geteuid().is_root() {
-                    summary.warnings.push(format!(
-                        "{}: device node recreated only when restoring as root",
-                        path.display()
-                    ));
+                    summary
+                        .warnings
+                        .push(format!("{}: device node recreated only when restoring as root", path.display()));
                     continue;
                 }
-                let kind = if matches!(entry.kind, EntryKind::CharDevice { .. }) {
-                    SFlag::S_IFCHR
-                } else {
-                    SFlag::S_IFBLK
-                };
+                let kind =
+                    if matches!(entry.kind, EntryKind::CharDevice { .. }) { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
                 make_node(&path, kind, *rdev)
             }
             _ => continue,
@@ -185,15 +162,8 @@ impl Walk<'_> {
     fn dir(&mut self, tree_id: &Id, target: &Path, path: &mut Vec<Vec<u8>>) -> Result<()> {
         let tree: Tree = self.repo.load_tree(self.index, tree_id, &mut self.packs)?;
         for entry in tree.entries {
-            if entry.name.is_empty()
-                || entry.name == b"."
-                || entry.name == b".."
-                || entry.name.contains(&b'/')
-            {
-                return Err(Error::damaged(
-                    format!("tree {}", tree_id.short()),
-                    "an entry has an unsafe name",
-                ));
+            if entry.name.is_empty() || entry.name == b"." || entry.name == b".." || entry.name.contains(&b'/') {
+                return Err(Error::damaged(format!("tree {}", tree_id.short()), "an entry has an unsafe name"));
             }
             path.push(entry.name.clone());
             let selected = self.select(path);
@@ -203,8 +173,7 @@ impl Walk<'_> {
                 (_, EntryKind::Dir { tree }) => {
                     match std::fs::create_dir(&dest) {
                         Ok(()) => {}
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
                         Err(e) => return Err(Error::io(&dest, e)),
                     }
                     self.summary.dirs += 1;
@@ -239,12 +208,7 @@ impl Walk<'_> {
 
 /// Write file contents with all threads. Files sharing a chunk (small files
 /// of one directory) go to the same thread, which keeps that chunk.
-fn write_files(
-    repo: &Repository,
-    index: &Index,
-    files: Vec<FileJob>,
-    threads: usize,
-) -> Result<()> {
+fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize) -> Result<()> {
     let mut groups: Vec<Vec<FileJob>> = Vec::new();
     let mut last_chunk: Option<Id> = None;
     for f in files {
@@ -276,9 +240,7 @@ fn write_files(
                         break;
                     }
                     for job in group {
-                        if let Err(e) =
-                            write_file(repo, index, &job, &mut packs, &mut cache, &mut names)
-                        {
+                        if let Err(e) = write_file(repo, index, &job, &mut packs, &mut cache, &mut names) {
                             if let Ok(mut fe) = first_error.lock() {
                                 fe.get_or_insert(e);
                             }
@@ -306,12 +268,7 @@ fn write_file(
     let EntryKind::File(content) = &job.entry.kind else {
         return Ok(());
     };
-    let file: File = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&job.path)
-        .at(&job.path)?;
+    let file: File = OpenOptions::new().write(true).create(true).truncate(true).open(&job.path).at(&job.path)?;
     let mut pos = 0u64;
     for piece in &content.pieces {
         match piece {
@@ -320,9 +277,9 @@ fn write_file(
                 let data = match cache {
                     Some((cid, data)) if cid == id => data.clone(),
                     _ => {
-                        let loc = index.get(id).ok_or_else(|| {
-                            Error::damaged(format!("chunk {}", id.short()), "not in the index")
-                        })?;
+                        let loc = index
+                            .get(id)
+                            .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
                         let data = Arc::new(repo.read_blob(id, loc, packs)?);
                         *cache = Some((*id, data.clone()));
                         data
@@ -331,9 +288,7 @@ fn write_file(
                 let bytes = match piece {
                     Piece::Slice { offset, len, .. } => data
                         .get(*offset as usize..(*offset + *len) as usize)
-                        .ok_or_else(|| {
-                            Error::damaged(format!("chunk {}", id.short()), "slice out of range")
-                        })?,
+                        .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "slice out of range"))?,
                     _ => &data[..],
                 };
                 file.write_all_at(bytes, pos).at(&job.path)?;

@@ -109,10 +109,7 @@ impl Tree {
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &self.entries[i])
     }
 }
 
@@ -151,10 +148,7 @@ mod tests {
                 user: user.clone(),
                 group: user,
                 mtime: Timespec { secs, nanos },
-                ctime: Timespec {
-                    secs: secs / 2,
-                    nanos,
-                },
+                ctime: Timespec { secs: secs / 2, nanos },
                 inode: size ^ 7,
                 size,
                 xattrs: vec![(b"user.k".to_vec(), vec![0, 255, 1])],
@@ -163,26 +157,22 @@ mod tests {
 
     fn arb_kind() -> impl Strategy<Value = EntryKind> {
         prop_oneof![
-            proptest::collection::vec((any::<[u8; 32]>(), any::<u32>(), any::<bool>()), 0..5)
-                .prop_map(|v| {
-                    EntryKind::File(FileContent {
-                        pieces: v
-                            .into_iter()
-                            .map(|(id, len, hole)| {
-                                if hole {
-                                    Piece::Hole { len: len as u64 }
-                                } else {
-                                    Piece::Chunk { id: Id(id), len }
-                                }
-                            })
-                            .collect(),
-                        hardlink: None,
-                        changed_while_read: false,
-                    })
-                }),
+            proptest::collection::vec((any::<[u8; 32]>(), any::<u32>(), any::<bool>()), 0..5).prop_map(|v| {
+                EntryKind::File(FileContent {
+                    pieces: v
+                        .into_iter()
+                        .map(
+                            |(id, len, hole)| {
+                                if hole { Piece::Hole { len: len as u64 } } else { Piece::Chunk { id: Id(id), len } }
+                            },
+                        )
+                        .collect(),
+                    hardlink: None,
+                    changed_while_read: false,
+                })
+            }),
             any::<[u8; 32]>().prop_map(|id| EntryKind::Dir { tree: Id(id) }),
-            proptest::collection::vec(any::<u8>(), 1..50)
-                .prop_map(|target| EntryKind::Symlink { target }),
+            proptest::collection::vec(any::<u8>(), 1..50).prop_map(|target| EntryKind::Symlink { target }),
             Just(EntryKind::Fifo),
             any::<u64>().prop_map(|rdev| EntryKind::CharDevice { rdev }),
         ]

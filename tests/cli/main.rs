@@ -1,0 +1,21 @@
+//! The `holdfast` command line, tested end to end: every test drives the real
+//! binary against its own repository in its own temporary directory, so the
+//! tests run in parallel and read as examples of use.
+//!
+//! - `roundtrip`: what goes in comes back, byte for byte and metadata for
+//!   metadata; unchanged data is not read or stored again.
+//! - `tamper`: damage to any repository file is found and named.
+//! - `crash`: a backup killed at any moment leaves a usable repository.
+//! - `bad_input`: wrong passphrases, paths and ids fail clearly and harmlessly.
+//! - `keys`: exporting, importing and changing keys.
+//!
+//! One binary (not one per file) so the suite links once; shared helpers are
+//! in `util`.
+
+mod util;
+
+mod bad_input;
+mod crash;
+mod keys;
+mod roundtrip;
+mod tamper;
