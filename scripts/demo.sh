@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# The main command: build holdfast, then back up a sample directory into a
-# local repository under ./demo, list the snapshot, check the repository and
-# restore it. Safe to run again: each run adds a snapshot.
-# The passphrase below is for this demo only; never put a real one in a script.
+# The main command: build holdfast, then run the `demo` job of
+# jobs.example.toml (an SQLite database and a directory of files, dumped and
+# backed up as one snapshot into demo/repo). Run it again for more snapshots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
-hf=target/release/holdfast
-export HOLDFAST_PASSPHRASE=demo-only-passphrase
-mkdir -p demo/sample/docs demo/sample/data
-[ -f demo/sample/docs/readme.txt ] || echo "holdfast demo file" > demo/sample/docs/readme.txt
-date -u +"run at %FT%TZ" >> demo/sample/data/runs.log
-[ -d demo/repo ] || $hf --repo demo/repo init
-$hf --repo demo/repo backup --tag demo demo/sample
-$hf --repo demo/repo snapshots
-$hf --repo demo/repo check
-rm -rf demo/restored
-$hf --repo demo/repo restore latest --to demo/restored
-echo "restored into demo/restored$(cd demo/sample && pwd)"
+hf="target/release/holdfast --config jobs.example.toml"
+# The demo repository's passphrase is in jobs.example.toml (demo only).
+[ -f demo/repo/holdfast-repository ] || $hf --repo demo init
+$hf run demo
+$hf snapshots demo
+cat <<MSG
+
+Next:
+  $hf ls --repo demo latest
+  $hf restore --repo demo latest --to /tmp/demo-restore
+  $hf check --repo demo --read-data
+MSG

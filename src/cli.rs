@@ -9,6 +9,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::config::{Config, Job, RepositoryConfig};
 use crate::engine::backup::{BackupOptions, BackupSource, backup};
 use crate::engine::check::check;
 use crate::engine::chunker::ChunkerParams;
@@ -18,6 +22,7 @@ use crate::engine::repository::{InitOptions, PackFiles, Repository, import_key};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
+use crate::runner::{RunRecord, RunReport, run_job};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +31,10 @@ use crate::engine::tree::{Entry, EntryKind};
     about = "Application-consistent backups into an encrypted, deduplicating repository"
 )]
 pub struct Cli {
-    /// The repository directory.
+    /// The job configuration: a TOML file or a directory of them.
+    #[arg(long, global = true, env = "HOLDFAST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The repository: a directory, or a repository name from the config.
     #[arg(long, global = true, env = "HOLDFAST_REPOSITORY", value_name = "DIR")]
     pub repo: Option<PathBuf>,
     /// Read the passphrase from this file (else $HOLDFAST_PASSPHRASE, else a prompt).
@@ -38,6 +46,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run jobs: dumps, hooks and files as one snapshot per job.
+    Run {
+        /// Run every job of the config.
+        #[arg(long, conflicts_with = "jobs")]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(required_unless_present = "all")]
+        jobs: Vec<String>,
+    },
     /// Create a repository and its first key.
     Init {
         /// zstd level for stored data (1-22; 0 stores uncompressed).
@@ -63,8 +81,10 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// List snapshots.
+    /// List snapshots (with --config, of one job: `snapshots JOB`).
     Snapshots {
+        /// Only this job's snapshots, in the job's repository.
+        job: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -130,22 +150,49 @@ pub struct NewPassphrase {
 /// Parse the command line and run it.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    let repo_path =
-        || cli.repo.clone().ok_or_else(|| anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY"));
-    let passphrase =
-        || read_passphrase(cli.passphrase_file.as_deref(), "HOLDFAST_PASSPHRASE", "Repository passphrase", false);
+    init_logging();
+    let config = match &cli.config {
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    // `--repo NAME` names a configured repository; anything else is a path.
+    let job_repo: Option<RepositoryConfig> = match (&config, &cli.command) {
+        (Some(c), Command::Snapshots { job: Some(j), .. }) => {
+            let job = c.job(j)?;
+            Some(c.repositories[&job.repositories[0]].clone())
+        }
+        (Some(c), _) => cli.repo.as_ref().and_then(|r| c.repositories.get(&*r.to_string_lossy())).cloned(),
+        _ => None,
+    };
+    let repo_path = || match &job_repo {
+        Some(r) => Ok(r.path.clone()),
+        None => {
+            cli.repo.clone().ok_or_else(|| anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY"))
+        }
+    };
+    let passphrase = || match (&job_repo, &cli.passphrase_file) {
+        (Some(r), None) => crate::secrets::resolve(&r.passphrase, &r.name),
+        _ => read_passphrase(cli.passphrase_file.as_deref(), "HOLDFAST_PASSPHRASE", "Repository passphrase", false),
+    };
     let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?, &passphrase()?)?) };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     match &cli.command {
+        Command::Run { all, json, jobs } => {
+            let config = config.as_ref().context("`run` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            return run_jobs(config, *all, jobs, *json);
+        }
         Command::Init { compression_level, avg_chunk_size, pack_size } => {
             let path = repo_path()?;
-            let pass = read_passphrase(
-                cli.passphrase_file.as_deref(),
-                "HOLDFAST_PASSPHRASE",
-                "New repository passphrase",
-                true,
-            )?;
+            let pass = match &job_repo {
+                Some(_) => passphrase()?,
+                None => read_passphrase(
+                    cli.passphrase_file.as_deref(),
+                    "HOLDFAST_PASSPHRASE",
+                    "New repository passphrase",
+                    true,
+                )?,
+            };
             let opts = InitOptions {
                 compression_level: *compression_level,
                 chunker: ChunkerParams::with_average(*avg_chunk_size).map_err(|e| anyhow!(e))?,
@@ -185,9 +232,16 @@ pub fn run() -> Result<ExitCode> {
                 println!("{}", result.id);
             }
         }
-        Command::Snapshots { json } => {
+        Command::Snapshots { job, json } => {
             let repo = open()?;
-            let (snaps, bad) = repo.snapshots()?;
+            let (mut snaps, bad) = repo.snapshots()?;
+            if let Some(job) = job {
+                snaps.retain(|(_, s)| job_record(s).is_some_and(|r| &r.job == job));
+                if !*json {
+                    print_job_snapshots(&snaps);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             for (name, e) in &bad {
                 eprintln!("warning: snapshot {name} cannot be read: {e}");
             }
@@ -289,6 +343,82 @@ pub fn run() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run the named jobs (or all), one after the other; fails if any failed.
+fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<ExitCode> {
+    let jobs: Vec<&Job> = if all {
+        config.jobs.values().collect()
+    } else {
+        names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, cancel.clone()).context("installing the signal handler")?;
+    }
+    let mut reports = Vec::new();
+    for job in jobs {
+        let report = match run_job(config, job, &cancel) {
+            Ok(r) => r,
+            Err(e) => RunReport {
+                job: job.name.clone(),
+                ok: false,
+                snapshot: None,
+                error: Some(format!("{e:#}")),
+                attempts: 0,
+                summary: format!("job {}: not run: {e:#}", job.name),
+            },
+        };
+        if !json {
+            if report.ok {
+                println!("{}", report.summary);
+            } else {
+                eprintln!("{}", report.summary);
+            }
+        }
+        reports.push(report);
+    }
+    if json {
+        print_json(&reports)?;
+    }
+    Ok(if reports.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The job metadata a run recorded in a snapshot.
+pub fn job_record(s: &Snapshot) -> Option<RunRecord> {
+    serde_json::from_value(s.extra.clone()?).ok()
+}
+
+fn print_job_snapshots(snaps: &[(Id, Snapshot)]) {
+    println!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
+    for (id, s) in snaps {
+        let mut holds: Vec<String> = Vec::new();
+        if let Some(r) = job_record(s) {
+            for d in &r.databases {
+                holds.push(format!("{} {} ({})", d.kind.as_str(), d.name, human(d.size)));
+            }
+            for f in &r.file_sets {
+                holds.extend(f.paths.iter().map(|p| p.display().to_string()));
+            }
+        }
+        println!(
+            "{:<8}  {:<25}  {:>10}  {}",
+            id.short(),
+            local_time(&s.time),
+            human(s.summary.bytes),
+            holds.join(", ")
+        );
+    }
+}
+
+/// Log lines go to stderr (journald adds its own timestamps under systemd).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
 fn key_command(
     cmd: &KeyCommand,
     path: &Path,
@@ -342,15 +472,13 @@ fn key_command(
 /// A passphrase from a file, the environment, or (on a terminal) a prompt.
 fn read_passphrase(file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
     if let Some(f) = file {
-        let bytes = std::fs::read(f).with_context(|| format!("reading the passphrase file {}", f.display()))?;
-        let s = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-        let s = s.strip_suffix(b"\r").unwrap_or(s);
-        if s.is_empty() {
-            bail!("the passphrase file {} is empty", f.display());
-        }
-        return Ok(s.to_vec());
+        return crate::secrets::read_passphrase_file(f);
     }
-    if let Some(v) = std::env::var_os(env) {
+    if env == "HOLDFAST_PASSPHRASE" {
+        if let Some(p) = crate::secrets::passphrase_from_environment()? {
+            return Ok(p);
+        }
+    } else if let Some(v) = std::env::var_os(env) {
         use std::os::unix::ffi::OsStrExt;
         if v.is_empty() {
             bail!("${env} is set but empty");

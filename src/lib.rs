@@ -6,7 +6,17 @@
 //! and its parts build on it.
 
 pub mod cli;
+pub mod config;
+pub mod dump;
 pub mod engine;
 pub mod error;
+pub mod hooks;
+pub mod notify;
+pub mod plan;
+pub mod process;
+pub mod runner;
+pub mod secrets;
+pub mod spool;
+pub mod template;
 
 pub use error::{Error, Result};

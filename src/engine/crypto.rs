@@ -220,10 +220,15 @@ impl Keys {
     }
 }
 
+/// A thread's zstd contexts: costly to create, so each thread keeps one.
+#[derive(Default)]
+struct ZstdContexts {
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
 thread_local! {
-    /// zstd contexts are costly to create; each thread keeps one of each.
-    static ZSTD: std::cell::RefCell<(Option<(i32, zstd::bulk::Compressor<'static>)>, Option<zstd::bulk::Decompressor<'static>>)> =
-        const { std::cell::RefCell::new((None, None)) };
+    static ZSTD: std::cell::RefCell<ZstdContexts> = std::cell::RefCell::new(ZstdContexts::default());
 }
 
 /// Largest plaintext a stored object may claim to have (a defence against a
@@ -234,10 +239,10 @@ const MAX_PLAINTEXT: u64 = 1 << 30;
 fn compress_into(data: &[u8], out: &mut Vec<u8>, level: i32) -> bool {
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
-        if z.0.as_ref().is_none_or(|(l, _)| *l != level) {
-            z.0 = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        if z.compressor.as_ref().is_none_or(|(l, _)| *l != level) {
+            z.compressor = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
-        let Some((_, c)) = z.0.as_mut() else { return false };
+        let Some((_, c)) = z.compressor.as_mut() else { return false };
         let start = out.len();
         out.resize(start + zstd::zstd_safe::compress_bound(data.len()), 0);
         match c.compress_to_buffer(data, &mut out[start..]) {
@@ -257,10 +262,10 @@ fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
     };
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
-        if z.1.is_none() {
-            z.1 = Some(zstd::bulk::Decompressor::new()?);
+        if z.decompressor.is_none() {
+            z.decompressor = Some(zstd::bulk::Decompressor::new()?);
         }
-        match z.1.as_mut() {
+        match z.decompressor.as_mut() {
             Some(d) => d.decompress(frame, size),
             None => zstd::stream::decode_all(frame),
         }

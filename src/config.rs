@@ -1,0 +1,586 @@
+//! Job configuration: TOML files parsed, merged and resolved into one
+//! validated [`Config`] before any work starts.
+//!
+//! A config is one file or a directory of `*.toml` files (one per
+//! application). Each file may declare `[repositories.NAME]`, `[defaults]` and
+//! `[jobs.NAME]`. Jobs inherit every key from `[defaults]` (of the file that
+//! declares the job, else of any file) and override it. Relative paths are
+//! relative to the file that names them. Errors name the file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error, located where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    At { file: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: {message}", file.display())]
+    InFile { file: PathBuf, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+// ------------------------------------------------------------ raw TOML shape
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    repositories: BTreeMap<String, RawRepository>,
+    defaults: Option<RawJob>,
+    #[serde(default)]
+    jobs: BTreeMap<String, RawJob>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    path: PathBuf,
+    passphrase_file: Option<PathBuf>,
+    passphrase_command: Option<CommandLine>,
+    /// Inline passphrase: for demos and tests only.
+    passphrase: Option<String>,
+}
+
+/// Every key a job (or `[defaults]`) may have.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    description: Option<String>,
+    schedule: Option<String>,
+    retries: Option<u32>,
+    retry_delay: Option<DurationSpec>,
+    max_age: Option<DurationSpec>,
+    spool: Option<PathBuf>,
+    repositories: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    hooks: Option<Vec<HookConfig>>,
+    databases: Option<Vec<DatabaseConfig>>,
+    files: Option<FilesConfig>,
+    notify: Option<Vec<NotifyConfig>>,
+}
+
+// ------------------------------------------------------------ resolved shape
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub files: Vec<PathBuf>,
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    pub jobs: BTreeMap<String, Job>,
+}
+
+/// Where a repository is and how to get its passphrase.
+#[derive(Debug, Clone)]
+pub struct RepositoryConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub passphrase: PassphraseSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum PassphraseSource {
+    File(PathBuf),
+    Command(CommandLine),
+    Inline(String),
+    /// `$HOLDFAST_PASSPHRASE` (or `$CREDENTIALS_DIRECTORY/holdfast-passphrase`).
+    Environment,
+}
+
+/// One job, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// The file that declared it.
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub max_age: Option<Duration>,
+    pub spool: PathBuf,
+    pub repositories: Vec<String>,
+    pub tags: Vec<String>,
+    pub hooks: Vec<HookConfig>,
+    pub databases: Vec<DatabaseConfig>,
+    pub files: FilesConfig,
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// A command: an argv list, or a string run by `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandLine {
+    /// The argv to execute (a shell string becomes `/bin/sh -c STRING`).
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandLine::Argv(v) => v.clone(),
+            CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        }
+    }
+
+    /// The same command with every string passed through `f`.
+    pub fn try_map<E>(&self, mut f: impl FnMut(&str) -> Result<String, E>) -> Result<CommandLine, E> {
+        Ok(match self {
+            CommandLine::Argv(v) => CommandLine::Argv(v.iter().map(|s| f(s)).collect::<Result<_, E>>()?),
+            CommandLine::Shell(s) => CommandLine::Shell(f(s)?),
+        })
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            CommandLine::Argv(v) => v.join(" "),
+            CommandLine::Shell(s) => s.clone(),
+        }
+    }
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Before,
+    AfterDumps,
+    AfterFiles,
+    OnSuccess,
+    OnFailure,
+    Finally,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub phase: Phase,
+    pub run: CommandLine,
+    pub cwd: Option<PathBuf>,
+    /// Default 5 minutes.
+    pub timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl HookConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(Duration::from_secs(300), |d| d.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseKind {
+    Postgresql,
+    Mysql,
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub kind: DatabaseKind,
+    /// A database name, or "all" (PostgreSQL, MySQL).
+    pub name: Option<String>,
+    /// The database file (SQLite).
+    pub path: Option<PathBuf>,
+    /// The directory name of this entry's dumps inside the snapshot
+    /// (`/.holdfast/databases/<entry>/`); defaults to the name or file stem.
+    pub entry: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// Extra arguments for the dump tool.
+    #[serde(default)]
+    pub dump_args: Vec<String>,
+    /// Longest a dump may take (default 6 hours).
+    pub timeout: Option<DurationSpec>,
+}
+
+impl DatabaseConfig {
+    pub fn is_all(&self) -> bool {
+        self.name.as_deref() == Some("all")
+    }
+
+    /// The entry name: the directory of its dumps inside the snapshot.
+    pub fn entry_name(&self) -> String {
+        if let Some(e) = &self.entry {
+            return e.clone();
+        }
+        match (self.kind, &self.name, &self.path) {
+            (DatabaseKind::Sqlite, _, Some(p)) => {
+                p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sqlite".into())
+            }
+            (kind, Some(n), _) if n == "all" => format!("{}-all", kind.as_str()),
+            (_, Some(n), _) => n.clone(),
+            (kind, None, _) => kind.as_str().to_string(),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(Duration::from_secs(6 * 3600), |d| d.0)
+    }
+}
+
+impl DatabaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseKind::Postgresql => "postgresql",
+            DatabaseKind::Mysql => "mysql",
+            DatabaseKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns (`**/cache/**`) matched against absolute paths.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// Events a notification can be sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Start,
+    Success,
+    Failure,
+    Retry,
+    VerifyFailed,
+    Stale,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::Success => "success",
+            Event::Failure => "failure",
+            Event::Retry => "retry",
+            Event::VerifyFailed => "verify_failed",
+            Event::Stale => "stale",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub events: Vec<Event>,
+    pub command: Option<CommandLine>,
+    pub webhook: Option<String>,
+    /// Default 30 seconds.
+    pub timeout: Option<DurationSpec>,
+}
+
+/// A duration written as `90s`, `5m`, `2h`, `1d`, `500ms` or a combination
+/// (`1h30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DurationSpec(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(DurationSpec).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parse `1h30m`, `5m`, `26h`, `2d`, `500ms`, `30s`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"5m\" or \"1h30m\"");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ms" => {
+                total += Duration::from_millis(n);
+                rest = &rest[unit_len..];
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            "w" => 7 * 86400,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs(n.checked_mul(secs).ok_or_else(bad)?);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+// ------------------------------------------------------------ loading
+
+impl Config {
+    /// Load a config file, or every `*.toml` file of a directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let files = if path.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| ConfigError::InFile { file: path.into(), message: e.to_string() })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(ConfigError::InFile {
+                    file: path.into(),
+                    message: "no *.toml files in this directory".into(),
+                });
+            }
+            v
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut parsed = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| ConfigError::InFile { file: f.clone(), message: e.to_string() })?;
+            parsed.push((f.clone(), parse_file(f, &text)?));
+        }
+        resolve(files, parsed)
+    }
+
+    pub fn job(&self, name: &str) -> Result<&Job> {
+        self.jobs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            ConfigError::Other(format!("no job named {name:?}; the config defines: {}", known.join(", ")))
+        })
+    }
+}
+
+fn parse_file(file: &Path, text: &str) -> Result<RawFile> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::At { file: file.to_path_buf(), line, column, message: e.message().trim().to_string() }
+    })
+}
+
+/// 1-based line and column of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn resolve(files: Vec<PathBuf>, parsed: Vec<(PathBuf, RawFile)>) -> Result<Config> {
+    let mut repositories = BTreeMap::new();
+    let mut repo_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut job_files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut any_defaults: Option<(PathBuf, RawJob)> = None;
+    for (file, raw) in &parsed {
+        if let Some(d) = &raw.defaults {
+            if let Some((other, _)) = &any_defaults {
+                return Err(ConfigError::Other(format!(
+                    "[defaults] is declared in both {} and {}; declare it once",
+                    other.display(),
+                    file.display()
+                )));
+            }
+            any_defaults = Some((file.clone(), d.clone()));
+        }
+        for (name, r) in &raw.repositories {
+            if let Some(other) = repo_files.insert(name.clone(), file.clone()) {
+                return Err(ConfigError::Other(format!(
+                    "repository {name:?} is defined twice: in {} and in {}",
+                    other.display(),
+                    file.display()
+                )));
+            }
+            repositories.insert(name.clone(), resolve_repository(file, name, r)?);
+        }
+    }
+    let mut jobs = BTreeMap::new();
+    for (file, raw) in &parsed {
+        for (name, raw_job) in &raw.jobs {
+            if let Some(other) = job_files.insert(name.clone(), file.clone()) {
+                return Err(ConfigError::Other(format!(
+                    "job {name:?} is defined twice: in {} and in {}",
+                    other.display(),
+                    file.display()
+                )));
+            }
+            let defaults = any_defaults.as_ref().map(|(f, d)| (f.as_path(), d));
+            jobs.insert(name.clone(), resolve_job(file, name, raw_job, defaults, &repositories)?);
+        }
+    }
+    Ok(Config { files, repositories, jobs })
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// `p` made absolute relative to the directory of `file`.
+fn rel(file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) }
+}
+
+fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<RepositoryConfig> {
+    let sources = [r.passphrase_file.is_some(), r.passphrase_command.is_some(), r.passphrase.is_some()];
+    if sources.iter().filter(|b| **b).count() > 1 {
+        return Err(ConfigError::InFile {
+            file: file.into(),
+            message: format!(
+                "repository {name:?}: give only one of passphrase_file, passphrase_command and passphrase"
+            ),
+        });
+    }
+    let passphrase = if let Some(f) = &r.passphrase_file {
+        PassphraseSource::File(rel(file, f))
+    } else if let Some(c) = &r.passphrase_command {
+        PassphraseSource::Command(c.clone())
+    } else if let Some(p) = &r.passphrase {
+        PassphraseSource::Inline(p.clone())
+    } else {
+        PassphraseSource::Environment
+    };
+    Ok(RepositoryConfig { name: name.into(), path: rel(file, &r.path), passphrase })
+}
+
+fn resolve_job(
+    file: &Path,
+    name: &str,
+    job: &RawJob,
+    defaults: Option<(&Path, &RawJob)>,
+    repositories: &BTreeMap<String, RepositoryConfig>,
+) -> Result<Job> {
+    let err = |message: String| ConfigError::InFile { file: file.into(), message: format!("job {name:?}: {message}") };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(err("job names may use letters, digits, '-' and '_' only".into()));
+    }
+    let d = defaults.map(|(_, d)| d.clone()).unwrap_or_default();
+    let dfile = defaults.map(|(f, _)| f).unwrap_or(file);
+    // Which file a key came from decides what its relative paths mean.
+    let pick_path = |own: &Option<PathBuf>, def: &Option<PathBuf>| match (own, def) {
+        (Some(p), _) => Some(rel(file, p)),
+        (None, Some(p)) => Some(rel(dfile, p)),
+        _ => None,
+    };
+    let spool = pick_path(&job.spool, &d.spool).unwrap_or_else(|| PathBuf::from("/var/spool/holdfast"));
+    let repos = job.repositories.clone().or(d.repositories).unwrap_or_default();
+    if repos.is_empty() {
+        return Err(err("no repositories: set `repositories = [\"NAME\"]` in the job or in [defaults]".into()));
+    }
+    for r in &repos {
+        if !repositories.contains_key(r) {
+            let known: Vec<&str> = repositories.keys().map(String::as_str).collect();
+            return Err(err(format!(
+                "repository {r:?} is not defined (defined: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+    }
+    let from_job = job.hooks.is_some();
+    let mut hooks = job.hooks.clone().or(d.hooks).unwrap_or_default();
+    for h in &mut hooks {
+        if let Some(c) = &h.cwd {
+            h.cwd = Some(rel(if from_job { file } else { dfile }, c));
+        }
+    }
+    let from_job = job.databases.is_some();
+    let mut databases = job.databases.clone().or(d.databases).unwrap_or_default();
+    for (i, db) in databases.iter_mut().enumerate() {
+        let base = if from_job { file } else { dfile };
+        let where_ = format!("databases[{i}] ({})", db.kind.as_str());
+        match db.kind {
+            DatabaseKind::Sqlite => {
+                let Some(p) = &db.path else { return Err(err(format!("{where_}: sqlite needs `path`"))) };
+                db.path = Some(rel(base, p));
+            }
+            _ => {
+                if db.name.is_none() {
+                    return Err(err(format!("{where_}: needs `name` (a database, or \"all\")")));
+                }
+            }
+        }
+        if let Some(p) = &db.password_file {
+            db.password_file = Some(rel(base, p));
+        }
+    }
+    let mut entries = std::collections::BTreeSet::new();
+    for db in &databases {
+        let e = db.entry_name();
+        if e.is_empty() || e.contains('/') || e.starts_with('.') {
+            return Err(err(format!("database entry name {e:?} cannot be used as a directory name; set `entry`")));
+        }
+        if !entries.insert(e.clone()) {
+            return Err(err(format!("two databases share the entry name {e:?}; give one an `entry = \"...\"`")));
+        }
+    }
+    let from_job = job.files.is_some();
+    let mut files = job.files.clone().or(d.files).unwrap_or_default();
+    files.paths = files.paths.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
+    for pattern in &files.exclude {
+        globset::Glob::new(pattern).map_err(|e| err(format!("exclude pattern {pattern:?}: {e}")))?;
+    }
+    let notify = job.notify.clone().or(d.notify).unwrap_or_default();
+    for (i, n) in notify.iter().enumerate() {
+        if n.command.is_some() == n.webhook.is_some() {
+            return Err(err(format!("notify[{i}]: give exactly one of `command` and `webhook`")));
+        }
+    }
+    Ok(Job {
+        name: name.into(),
+        file: file.into(),
+        description: job.description.clone().or(d.description),
+        schedule: job.schedule.clone().or(d.schedule),
+        retries: job.retries.or(d.retries).unwrap_or(0),
+        retry_delay: job.retry_delay.or(d.retry_delay).map_or(Duration::from_secs(300), |d| d.0),
+        max_age: job.max_age.or(d.max_age).map(|d| d.0),
+        spool,
+        repositories: repos,
+        tags: job.tags.clone().or(d.tags).unwrap_or_default(),
+        hooks,
+        databases,
+        files,
+        notify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("26h").unwrap(), Duration::from_secs(26 * 3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+}

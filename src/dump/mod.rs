@@ -1,0 +1,143 @@
+//! Database dumps, each with the database's own consistent method.
+//!
+//! A driver dumps one configured database entry into its directory in the
+//! spool and reports what it did ([`DumpRecord`]): which tool and version,
+//! which server version, when the dump started and ended, how large it is.
+//! Passwords reach the tools through private files in the spool (`.pgpass`,
+//! a MySQL options file) and never through argv; no driver logs one.
+
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DatabaseConfig, DatabaseKind};
+use crate::process::{self, ProcessOutcome, ProcessSpec};
+use crate::spool::RunDir;
+
+/// What one dump produced; recorded in the snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DumpRecord {
+    pub entry: String,
+    pub kind: DatabaseKind,
+    /// The database's name (for SQLite, the file's path).
+    pub name: String,
+    /// The dump's path inside the snapshot.
+    pub file: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub server_version: Option<String>,
+    pub started: jiff::Timestamp,
+    pub finished: jiff::Timestamp,
+    pub size: u64,
+}
+
+/// Where dumps appear inside a snapshot.
+pub const SNAPSHOT_PREFIX: &str = "/.holdfast/databases";
+
+/// Everything a driver needs for one run.
+pub struct DumpContext<'a> {
+    pub run: &'a RunDir,
+    pub cancel: &'a AtomicBool,
+}
+
+/// Dump the database entry `db` into `<run>/dumps/<entry>/`.
+pub fn dump(db: &DatabaseConfig, ctx: &DumpContext) -> Result<Vec<DumpRecord>> {
+    let dir = ctx.run.dumps.join(db.entry_name());
+    crate::spool::ensure_private_dir(&dir)?;
+    match db.kind {
+        DatabaseKind::Postgresql => postgres::dump(db, &dir, ctx),
+        DatabaseKind::Mysql => mysql::dump(db, &dir, ctx),
+        DatabaseKind::Sqlite => sqlite::dump(db, &dir),
+    }
+}
+
+/// The password of a database entry, from its file or environment variable.
+pub fn password(db: &DatabaseConfig) -> Result<Option<String>> {
+    if let Some(f) = &db.password_file {
+        let s = std::fs::read_to_string(f).with_context(|| format!("reading the password file {}", f.display()))?;
+        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if let Some(var) = &db.password_env {
+        return match std::env::var(var) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => bail!("the environment variable {var} (password_env) is not set"),
+        };
+    }
+    Ok(None)
+}
+
+/// Run a dump tool writing to `out`; its failure fails the dump with the
+/// tool's own message.
+pub(crate) fn run_tool(
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    out: Option<&Path>,
+    db: &DatabaseConfig,
+    ctx: &DumpContext,
+) -> Result<ProcessOutcome> {
+    let tool = argv.first().cloned().unwrap_or_default();
+    let spec =
+        ProcessSpec { argv, env, timeout: db.timeout(), stdout_file: out.map(Path::to_path_buf), ..Default::default() };
+    let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!("{tool}: {line}");
+    }
+    if !outcome.success() {
+        bail!("{}", outcome.failure_message(&tool));
+    }
+    Ok(outcome)
+}
+
+/// The first line of `TOOL --version`.
+pub(crate) fn tool_version(tool: &str) -> Result<String> {
+    let out = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{tool} is not installed or not on PATH"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+}
+
+/// A record for a finished dump file.
+pub(crate) fn record(
+    db: &DatabaseConfig,
+    name: &str,
+    file: &Path,
+    tool: &str,
+    tool_version: &str,
+    server_version: Option<String>,
+    started: jiff::Timestamp,
+) -> Result<DumpRecord> {
+    let size = std::fs::metadata(file).with_context(|| format!("the dump {} is missing", file.display()))?.len();
+    let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(DumpRecord {
+        entry: db.entry_name(),
+        kind: db.kind,
+        name: name.to_string(),
+        file: format!("{SNAPSHOT_PREFIX}/{}/{file_name}", db.entry_name()),
+        tool: tool.to_string(),
+        tool_version: tool_version.to_string(),
+        server_version,
+        started,
+        finished: jiff::Timestamp::now(),
+        size,
+    })
+}
+
+/// A file name for a database's dump that cannot escape its directory.
+pub(crate) fn dump_file(dir: &Path, db_name: &str, ext: &str) -> PathBuf {
+    let safe: String = db_name.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    let safe = if safe.starts_with('.') { format!("_{safe}") } else { safe };
+    dir.join(format!("{safe}.{ext}"))
+}
+
+/// A small tokio runtime for the few queries a dump needs.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}

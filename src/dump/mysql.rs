@@ -1,0 +1,128 @@
+//! MySQL and MariaDB: `mariadb-dump` (or `mysqldump`) with
+//! `--single-transaction`, routines, triggers and events; a mysql_async
+//! connection to discover databases and read the server version.
+//!
+//! Connection settings: the entry's `host`, `port`, `user`, else
+//! `MYSQL_HOST`, `MYSQL_TCP_PORT`, `USER`-less default `root`, else
+//! 127.0.0.1 and 3306. A password goes to the tool through a private options
+//! file in the spool (`--defaults-extra-file`), never argv.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use mysql_async::prelude::Queryable;
+
+use super::{DumpContext, DumpRecord, dump_file, password, record, run_tool, runtime, tool_version};
+use crate::config::DatabaseConfig;
+use crate::process::find_program;
+
+/// Schemas that belong to the server, not to an application.
+const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "mysql", "sys"];
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl Connection {
+    pub fn of(db: &DatabaseConfig) -> Result<Connection> {
+        let host = db.host.clone().or_else(|| std::env::var("MYSQL_HOST").ok()).unwrap_or_else(|| "127.0.0.1".into());
+        let port =
+            db.port.or_else(|| std::env::var("MYSQL_TCP_PORT").ok().and_then(|p| p.parse().ok())).unwrap_or(3306);
+        let user = db.user.clone().unwrap_or_else(|| "root".into());
+        Ok(Connection { host, port, user, password: password(db)? })
+    }
+
+    fn opts(&self, dbname: Option<&str>) -> mysql_async::Opts {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(self.host.clone())
+            .tcp_port(self.port)
+            .user(Some(self.user.clone()))
+            .pass(self.password.clone())
+            .db_name(dbname.map(str::to_string))
+            .into()
+    }
+
+    /// Connect and run `f` with the connection.
+    pub fn with_conn<T>(
+        &self,
+        dbname: Option<&str>,
+        f: impl AsyncFnOnce(&mut mysql_async::Conn) -> Result<T, mysql_async::Error>,
+    ) -> Result<T> {
+        runtime()?.block_on(async {
+            let mut conn =
+                tokio::time::timeout(std::time::Duration::from_secs(15), mysql_async::Conn::new(self.opts(dbname)))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("timed out"))
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+                    .with_context(|| format!("connecting to MySQL at {}:{} as {}", self.host, self.port, self.user))?;
+            let out = f(&mut conn).await.context("querying MySQL");
+            let _ = conn.disconnect().await;
+            out
+        })
+    }
+
+    pub fn server_version(&self) -> Result<String> {
+        self.with_conn(None, async |c| Ok(c.query_first::<String, _>("SELECT VERSION()").await?.unwrap_or_default()))
+    }
+
+    /// Application databases (system schemas excluded).
+    pub fn databases(&self) -> Result<Vec<String>> {
+        let all: Vec<String> = self.with_conn(None, async |c| c.query("SHOW DATABASES").await)?;
+        Ok(all.into_iter().filter(|d| !SYSTEM_SCHEMAS.contains(&d.as_str())).collect())
+    }
+}
+
+/// `mariadb-dump` where it exists, else `mysqldump`.
+pub fn dump_tool() -> &'static str {
+    if find_program("mariadb-dump").is_some() { "mariadb-dump" } else { "mysqldump" }
+}
+
+/// An option file value: quoted, with backslashes and quotes escaped.
+fn option_value(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<DumpRecord>> {
+    let conn = Connection::of(db)?;
+    let tool = dump_tool();
+    let version = tool_version(tool)?;
+    let server = conn.server_version()?;
+    // The options file must be the first argument.
+    let mut base = Vec::new();
+    let cnf = format!(
+        "[client]\nuser={}\n{}",
+        option_value(&conn.user),
+        conn.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
+    );
+    let cnf_path = ctx.run.write_private(&format!("my-{}.cnf", db.entry_name()), cnf.as_bytes())?;
+    base.push(format!("--defaults-extra-file={}", cnf_path.display()));
+    base.extend([
+        "--single-transaction".to_string(),
+        "--routines".into(),
+        "--triggers".into(),
+        "--events".into(),
+        "--hex-blob".into(),
+        "--protocol=TCP".into(),
+        format!("--host={}", conn.host),
+        format!("--port={}", conn.port),
+    ]);
+    base.extend(db.dump_args.iter().cloned());
+    let names = if db.is_all() { conn.databases()? } else { vec![db.name.clone().unwrap_or_default()] };
+    let mut records = Vec::new();
+    for name in names {
+        let started = jiff::Timestamp::now();
+        let out = dump_file(dir, &name, "sql");
+        let mut argv = vec![tool.to_string()];
+        argv.extend(base.iter().cloned());
+        argv.push(format!("--result-file={}", out.display()));
+        argv.push("--databases".into());
+        argv.push(name.clone());
+        run_tool(argv, Vec::new(), None, db, ctx).with_context(|| format!("dumping MySQL database {name}"))?;
+        records.push(record(db, &name, &out, tool, &version, Some(server.clone()), started)?);
+    }
+    Ok(records)
+}

@@ -1,0 +1,144 @@
+//! PostgreSQL: `pg_dump` in plain SQL (it dedups from day to day; the engine
+//! compresses), `pg_dumpall --globals-only` for roles and tablespaces when
+//! the entry is `all`, and a tokio-postgres connection to discover databases
+//! and read the server version.
+//!
+//! Connection settings: the entry's `host`, `port`, `user`, else the usual
+//! `PGHOST`, `PGPORT`, `PGUSER`, else the local socket directory (or
+//! 127.0.0.1), 5432 and `postgres`. A password goes to the tools through a
+//! private `.pgpass` file in the spool (`PGPASSFILE`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{DumpContext, DumpRecord, dump_file, password, record, run_tool, runtime, tool_version};
+use crate::config::DatabaseConfig;
+use crate::process::Env;
+
+/// Resolved connection settings.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl Connection {
+    pub fn of(db: &DatabaseConfig) -> Result<Connection> {
+        let host = db.host.clone().or_else(|| std::env::var("PGHOST").ok()).unwrap_or_else(|| {
+            if Path::new("/var/run/postgresql/.s.PGSQL.5432").exists() {
+                "/var/run/postgresql".into()
+            } else {
+                "127.0.0.1".into()
+            }
+        });
+        let port = db.port.or_else(|| std::env::var("PGPORT").ok().and_then(|p| p.parse().ok())).unwrap_or(5432);
+        let user = db.user.clone().or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into());
+        Ok(Connection { host, port, user, password: password(db)? })
+    }
+
+    /// Connect to `dbname` and run `f` with the client.
+    pub fn with_client<T>(
+        &self,
+        dbname: &str,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        let rt = runtime()?;
+        rt.block_on(async {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(&self.host).port(self.port).user(&self.user).dbname(dbname);
+            cfg.connect_timeout(std::time::Duration::from_secs(15));
+            cfg.application_name("holdfast");
+            if let Some(p) = &self.password {
+                cfg.password(p);
+            }
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.with_context(|| {
+                format!("connecting to PostgreSQL at {}:{} as {} (database {dbname})", self.host, self.port, self.user)
+            })?;
+            let task = tokio::spawn(conn);
+            let out = f(&client).await.with_context(|| format!("querying PostgreSQL database {dbname}"));
+            drop(client);
+            let _ = task.await;
+            out
+        })
+    }
+
+    pub fn server_version(&self, dbname: &str) -> Result<String> {
+        self.with_client(dbname, async |c| Ok(c.query_one("SHOW server_version", &[]).await?.get::<_, String>(0)))
+    }
+
+    /// Every database that accepts connections, templates excluded.
+    pub fn databases(&self) -> Result<Vec<String>> {
+        self.with_client("postgres", async |c| {
+            let rows = c
+                .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname", &[])
+                .await?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+    }
+
+    /// Arguments shared by the tools, and their environment.
+    fn tool_args(&self, ctx: &DumpContext) -> Result<(Vec<String>, Env)> {
+        let args = vec![
+            "--no-password".into(),
+            format!("--host={}", self.host),
+            format!("--port={}", self.port),
+            format!("--username={}", self.user),
+        ];
+        let mut env = vec![("PGCONNECT_TIMEOUT".to_string(), "15".to_string())];
+        if let Some(pw) = &self.password {
+            let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+            let line = format!("*:*:*:{}:{}\n", escape(&self.user), escape(pw));
+            let file = ctx.run.write_private(&format!("pgpass-{}", unique()), line.as_bytes())?;
+            env.push(("PGPASSFILE".into(), file.to_string_lossy().into_owned()));
+        }
+        Ok((args, env))
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<DumpRecord>> {
+    let conn = Connection::of(db)?;
+    let (base_args, env) = conn.tool_args(ctx)?;
+    let pg_dump_version = tool_version("pg_dump")?;
+    let mut records = Vec::new();
+    let names = if db.is_all() {
+        let started = jiff::Timestamp::now();
+        let globals = dir.join("globals.sql");
+        let mut argv = vec!["pg_dumpall".to_string(), "--globals-only".into(), format!("--file={}", globals.display())];
+        argv.extend(base_args.iter().cloned());
+        run_tool(argv, env.clone(), None, db, ctx)?;
+        let v = tool_version("pg_dumpall")?;
+        records.push(record(
+            db,
+            "globals",
+            &globals,
+            "pg_dumpall",
+            &v,
+            Some(conn.server_version("postgres")?),
+            started,
+        )?);
+        conn.databases()?
+    } else {
+        vec![db.name.clone().unwrap_or_default()]
+    };
+    for name in names {
+        let started = jiff::Timestamp::now();
+        let server = conn.server_version(&name)?;
+        let out = dump_file(dir, &name, "sql");
+        let mut argv = vec!["pg_dump".to_string(), "--format=plain".into(), format!("--file={}", out.display())];
+        argv.extend(base_args.iter().cloned());
+        argv.extend(db.dump_args.iter().cloned());
+        argv.push(format!("--dbname={name}"));
+        run_tool(argv, env.clone(), None, db, ctx)?;
+        records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, Some(server), started)?);
+    }
+    Ok(records)
+}

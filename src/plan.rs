@@ -1,0 +1,88 @@
+//! A run's plan: the ordered steps a job's run takes, as data.
+//!
+//! [`plan`] is a pure function of the validated job (no I/O); the runner
+//! executes the steps and `run --dry-run` prints them. Each step says when it
+//! runs: on the success path, only after a failure, or always — which is how
+//! `on_failure` and `finally` hooks and the spool cleanup survive any failure.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{DatabaseKind, Job, Phase};
+
+/// When a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// While nothing has failed.
+    Ok,
+    /// Only once something failed.
+    Failed,
+    /// Whatever happened before.
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Create the run's private spool directory.
+    PrepareSpool,
+    /// Run the job's hooks of one phase, in the order they are declared.
+    Hooks { phase: Phase, count: usize },
+    /// Dump one database entry into the spool.
+    Dump { index: usize, entry: String, kind: DatabaseKind, name: String },
+    /// Read the dumps and the file sets into the repository (not yet a snapshot).
+    Capture { repository: String, dumps: bool, paths: Vec<PathBuf> },
+    /// Write the snapshot: from here on the run's backup exists.
+    Commit { repository: String },
+    /// Remove the run's spool directory (dumps are plaintext secrets).
+    CleanSpool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedStep {
+    pub when: When,
+    #[serde(flatten)]
+    pub step: Step,
+}
+
+/// The steps of one attempt of `job`, in order.
+pub fn plan(job: &Job) -> Vec<PlannedStep> {
+    let mut steps = Vec::new();
+    let mut add = |when, step| steps.push(PlannedStep { when, step });
+    let hooks = |phase: Phase| job.hooks.iter().filter(|h| h.phase == phase).count();
+    let repository = job.repositories.first().cloned().unwrap_or_default();
+    add(When::Ok, Step::PrepareSpool);
+    let hook_step = |add: &mut dyn FnMut(When, Step), when, phase| {
+        let count = hooks(phase);
+        if count > 0 {
+            add(when, Step::Hooks { phase, count });
+        }
+    };
+    hook_step(&mut add, When::Ok, Phase::Before);
+    for (index, db) in job.databases.iter().enumerate() {
+        let name = match (&db.name, &db.path) {
+            (Some(n), _) => n.clone(),
+            (None, Some(p)) => p.display().to_string(),
+            _ => String::new(),
+        };
+        add(When::Ok, Step::Dump { index, entry: db.entry_name(), kind: db.kind, name });
+    }
+    hook_step(&mut add, When::Ok, Phase::AfterDumps);
+    add(
+        When::Ok,
+        Step::Capture {
+            repository: repository.clone(),
+            dumps: !job.databases.is_empty(),
+            paths: job.files.paths.clone(),
+        },
+    );
+    hook_step(&mut add, When::Ok, Phase::AfterFiles);
+    add(When::Ok, Step::Commit { repository });
+    hook_step(&mut add, When::Ok, Phase::OnSuccess);
+    hook_step(&mut add, When::Failed, Phase::OnFailure);
+    hook_step(&mut add, When::Always, Phase::Finally);
+    add(When::Always, Step::CleanSpool);
+    steps
+}

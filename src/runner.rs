@@ -1,0 +1,353 @@
+//! The job runner: executes a job's plan as one run that commits one
+//! snapshot, with retries, notifications and the job's lock.
+//!
+//! The run's life: take the job's lock; notify `start`; then per attempt
+//! execute the plan's steps in order — steps marked `Ok` while nothing has
+//! failed, `Failed` steps once something has, `Always` steps in any case — so
+//! `finally` hooks and the spool cleanup run after a failed hook, a failed
+//! dump, an engine error or SIGTERM. A failed attempt is retried after
+//! `retry_delay` (notifying `retry`); the final outcome notifies `success`
+//! or `failure`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::human;
+use crate::config::{Config, Event, Job, Phase, RepositoryConfig};
+use crate::dump::{self, DumpContext, DumpRecord, SNAPSHOT_PREFIX};
+use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture, hostname};
+use crate::engine::crypto::Id;
+use crate::engine::repository::Repository;
+use crate::hooks::{HookRecord, phase_name, run_hook};
+use crate::notify::notify;
+use crate::plan::{Step, When, plan};
+use crate::spool::{JobLock, RunDir};
+use crate::template::Vars;
+
+/// What a job run records in its snapshot (the snapshot's `extra`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub job: String,
+    pub run_id: String,
+    pub databases: Vec<DumpRecord>,
+    pub file_sets: Vec<FileSetRecord>,
+    pub hooks: Vec<HookRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileSetRecord {
+    pub paths: Vec<PathBuf>,
+    pub capture_started: jiff::Timestamp,
+    pub capture_finished: jiff::Timestamp,
+}
+
+/// The outcome of `run` for one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub job: String,
+    pub ok: bool,
+    pub snapshot: Option<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub summary: String,
+}
+
+/// Open a configured repository with its passphrase.
+pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
+    let pass = crate::secrets::resolve(&cfg.passphrase, &cfg.name)?;
+    Repository::open(&cfg.path, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
+}
+
+/// Run `job` to its end: lock, attempts with retries, notifications.
+pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
+    let _lock = JobLock::acquire(&job.spool, &job.name)?;
+    let started = Instant::now();
+    let mut vars = Vars {
+        job: job.name.clone(),
+        time: jiff::Timestamp::now().to_string(),
+        host: hostname(),
+        ..Default::default()
+    };
+    notify(&job.notify, Event::Start, &vars);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let run_id = new_run_id();
+        vars.run_id = run_id.clone();
+        tracing::info!("job {}: run {run_id} (attempt {attempt} of {})", job.name, job.retries + 1);
+        let outcome = Attempt::new(config, job, &run_id, vars.clone(), cancel).execute();
+        match outcome {
+            Ok(done) => {
+                vars.snapshot = done.snapshot.to_hex();
+                notify(&job.notify, Event::Success, &vars);
+                let summary = format!(
+                    "job {}: snapshot {} committed in {:.1}s: {}",
+                    job.name,
+                    done.snapshot.short(),
+                    started.elapsed().as_secs_f64(),
+                    done.summary
+                );
+                return Ok(RunReport {
+                    job: job.name.clone(),
+                    ok: true,
+                    snapshot: Some(done.snapshot.to_hex()),
+                    error: None,
+                    attempts: attempt,
+                    summary,
+                });
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                vars.error = msg.clone();
+                let interrupted = cancel.load(Ordering::Relaxed);
+                if attempt <= job.retries && !interrupted {
+                    tracing::warn!("job {}: run failed: {msg}; retrying in {:?}", job.name, job.retry_delay);
+                    notify(&job.notify, Event::Retry, &vars);
+                    if sleep_unless_cancelled(job.retry_delay, cancel) {
+                        continue;
+                    }
+                }
+                notify(&job.notify, Event::Failure, &vars);
+                return Ok(RunReport {
+                    job: job.name.clone(),
+                    ok: false,
+                    snapshot: None,
+                    error: Some(msg.clone()),
+                    attempts: attempt,
+                    summary: format!(
+                        "job {}: FAILED after {} attempt(s) in {:.1}s, no snapshot committed: {msg}",
+                        job.name,
+                        attempt,
+                        started.elapsed().as_secs_f64()
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Sleep `d`; false when interrupted.
+fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+    true
+}
+
+/// A run id: UTC time plus randomness, sortable and unique.
+fn new_run_id() -> String {
+    let mut r = [0u8; 3];
+    let _ = crate::engine::crypto::fill_random(&mut r);
+    format!("{}-{}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"), hex::encode(r))
+}
+
+struct Done {
+    snapshot: Id,
+    summary: String,
+}
+
+/// One attempt: the plan's steps and what they produced.
+struct Attempt<'a> {
+    config: &'a Config,
+    job: &'a Job,
+    run_id: String,
+    vars: Vars,
+    cancel: &'a Arc<AtomicBool>,
+    run_dir: Option<RunDir>,
+    repo: Option<Repository>,
+    capture: Option<Capture>,
+    file_sets: Vec<FileSetRecord>,
+    dumps: Vec<DumpRecord>,
+    hooks: Vec<HookRecord>,
+    committed: Option<Id>,
+    totals: Option<crate::engine::snapshot::Summary>,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(config: &'a Config, job: &'a Job, run_id: &str, vars: Vars, cancel: &'a Arc<AtomicBool>) -> Self {
+        Attempt {
+            config,
+            job,
+            run_id: run_id.to_string(),
+            vars,
+            cancel,
+            run_dir: None,
+            repo: None,
+            capture: None,
+            file_sets: Vec::new(),
+            dumps: Vec::new(),
+            hooks: Vec::new(),
+            committed: None,
+            totals: None,
+        }
+    }
+
+    fn execute(mut self) -> Result<Done> {
+        let mut failure: Option<anyhow::Error> = None;
+        for planned in plan(self.job) {
+            let run = match planned.when {
+                When::Ok => failure.is_none(),
+                When::Failed => failure.is_some(),
+                When::Always => true,
+            };
+            if !run {
+                continue;
+            }
+            // Steps that clean up must not be cut short by the signal that
+            // stopped the run.
+            let never = AtomicBool::new(false);
+            let cancel: &AtomicBool = if planned.when == When::Ok { self.cancel } else { &never };
+            if planned.when == When::Ok && cancel.load(Ordering::Relaxed) {
+                failure = Some(anyhow!("interrupted (SIGTERM or SIGINT)"));
+                continue;
+            }
+            if let Some(e) = &failure {
+                self.vars.error = format!("{e:#}");
+            }
+            if let Err(e) = self.step(&planned.step, cancel) {
+                tracing::error!("job {}: {e:#}", self.job.name);
+                match &failure {
+                    None => failure = Some(e),
+                    Some(_) => tracing::error!("job {}: (while handling an earlier failure)", self.job.name),
+                }
+            }
+        }
+        match (failure, self.committed) {
+            (None, Some(snapshot)) => Ok(Done { snapshot, summary: self.summary() }),
+            (Some(e), Some(snapshot)) => {
+                Err(e.context(format!("snapshot {} was committed, but a later step failed", snapshot.short())))
+            }
+            (Some(e), None) => Err(e),
+            (None, None) => bail!("the run ended without committing a snapshot"),
+        }
+    }
+
+    fn step(&mut self, step: &Step, cancel: &AtomicBool) -> Result<()> {
+        match step {
+            Step::PrepareSpool => {
+                let dir = RunDir::create(&self.job.spool, &self.job.name, &self.run_id)?;
+                self.vars.spool = dir.root.display().to_string();
+                self.run_dir = Some(dir);
+            }
+            Step::Hooks { phase, .. } => self.hooks_of(*phase, cancel)?,
+            Step::Dump { index, .. } => {
+                let db = &self.job.databases[*index];
+                let run = self.run_dir.as_ref().context("no spool directory")?;
+                tracing::info!("job {}: dumping {} database {:?}", self.job.name, db.kind.as_str(), db.entry_name());
+                let records = dump::dump(db, &DumpContext { run, cancel })
+                    .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))?;
+                self.dumps.extend(records);
+            }
+            Step::Capture { repository, dumps, paths } => {
+                let repo_cfg = self
+                    .config
+                    .repositories
+                    .get(repository)
+                    .with_context(|| format!("repository {repository:?} is not defined"))?;
+                let repo = open_repository(repo_cfg)?;
+                let mut sources = Vec::new();
+                if *dumps {
+                    let run = self.run_dir.as_ref().context("no spool directory")?;
+                    sources.push(BackupSource { local: run.dumps.clone(), at: PathBuf::from(SNAPSHOT_PREFIX) });
+                }
+                for p in paths {
+                    if !p.exists() {
+                        bail!("file set path {} does not exist", p.display());
+                    }
+                    sources.push(BackupSource::same_path(p)?);
+                }
+                let exclude = exclude_matcher(&self.job.files.exclude)?;
+                let mut tags = vec![self.job.name.clone()];
+                tags.extend(self.job.tags.iter().cloned());
+                let opts = BackupOptions { tags, exclude, cancel: Some(self.cancel.clone()), ..Default::default() };
+                let started = jiff::Timestamp::now();
+                tracing::info!("job {}: reading dumps and files into repository {repository:?}", self.job.name);
+                let cap = capture(&repo, &sources, &opts).map_err(|e| anyhow!(e)).context("backup failed")?;
+                for w in &cap.summary().warnings {
+                    tracing::warn!("job {}: {w}", self.job.name);
+                }
+                self.file_sets.push(FileSetRecord {
+                    paths: paths.clone(),
+                    capture_started: started,
+                    capture_finished: jiff::Timestamp::now(),
+                });
+                self.capture = Some(cap);
+                self.repo = Some(repo);
+            }
+            Step::Commit { .. } => {
+                let (Some(cap), Some(repo)) = (self.capture.take(), self.repo.as_ref()) else {
+                    bail!("nothing captured to commit");
+                };
+                let record = RunRecord {
+                    job: self.job.name.clone(),
+                    run_id: self.run_id.clone(),
+                    databases: self.dumps.clone(),
+                    file_sets: self.file_sets.clone(),
+                    hooks: self.hooks.clone(),
+                };
+                let result =
+                    cap.commit(repo, Some(serde_json::to_value(&record)?)).context("committing the snapshot")?;
+                self.vars.snapshot = result.id.to_hex();
+                self.committed = Some(result.id);
+                self.totals = Some(result.snapshot.summary.clone());
+            }
+            Step::CleanSpool => {
+                if let Some(dir) = self.run_dir.take() {
+                    dir.remove()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run every hook of `phase` in order; the first failure stops the phase.
+    fn hooks_of(&mut self, phase: Phase, cancel: &AtomicBool) -> Result<()> {
+        let hooks: Vec<_> = self.job.hooks.iter().filter(|h| h.phase == phase).cloned().collect();
+        for hook in hooks {
+            tracing::info!("job {}: {} hook: {}", self.job.name, phase_name(phase), hook.run.display());
+            match run_hook(&hook, &self.vars, cancel) {
+                Ok(r) => self.hooks.push(r),
+                Err((r, e)) => {
+                    self.hooks.push(r);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        let dbs: Vec<String> = self.dumps.iter().map(|d| format!("{} {}", d.name, human(d.size))).collect();
+        let s = self.totals.clone().unwrap_or_default();
+        format!(
+            "{} dump(s){}, {} files, {} in all, {} added to the repository",
+            self.dumps.len(),
+            if dbs.is_empty() { String::new() } else { format!(" ({})", dbs.join(", ")) },
+            s.files,
+            human(s.bytes),
+            human(s.bytes_added)
+        )
+    }
+}
+
+/// A predicate for the job's exclude patterns, if it has any.
+fn exclude_matcher(patterns: &[String]) -> Result<Option<Box<crate::engine::backup::ExcludeFn>>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(globset::Glob::new(p).with_context(|| format!("exclude pattern {p:?}"))?);
+    }
+    let set = b.build()?;
+    Ok(Some(Box::new(move |p: &std::path::Path| set.is_match(p))))
+}
