@@ -350,6 +350,8 @@ fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<
     } else {
         names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
     };
+    // Dumps and credential files are private whatever the tools create them with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, cancel.clone()).context("installing the signal handler")?;

@@ -5,7 +5,7 @@
 //! XORed with a secret derived from the repository key, so chunk sizes do not
 //! reveal which known file was stored.
 //!
-//! Sizes: 1 MiB on average (min 256 KiB, max 4 MiB) by default; see
+//! Sizes: 512 KiB on average (min 128 KiB, max 2 MiB) by default; see
 //! ARCHITECTURE.md for the measurement behind it.
 
 use std::borrow::Cow;
@@ -23,7 +23,7 @@ pub struct ChunkerParams {
 }
 
 impl ChunkerParams {
-    pub const DEFAULT_AVG: u32 = 1 << 20;
+    pub const DEFAULT_AVG: u32 = 512 << 10;
 
     /// min = avg/4 and max = avg*4, as FastCDC's authors suggest.
     pub fn with_average(avg: u32) -> Result<Self, String> {
