@@ -56,6 +56,8 @@ pub enum Command {
         #[arg(required_unless_present = "all")]
         jobs: Vec<String>,
     },
+    /// Run the `finally` hooks a killed run of JOB still owes (for systemd's ExecStopPost=).
+    Recover { job: String },
     /// Create a repository and its first key.
     Init {
         /// zstd level for stored data (1-22; 0 stores uncompressed).
@@ -178,6 +180,19 @@ pub fn run() -> Result<ExitCode> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     match &cli.command {
+        Command::Recover { job } => {
+            let config = config.as_ref().context("`recover` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let job = config.job(job)?;
+            let _lock = crate::spool::JobLock::acquire(&job.spool, &job.name)?;
+            match crate::journal::recover(job)? {
+                Some(r) => println!(
+                    "job {}: run {} (pid {}) had not finished; ran {} owed finally hook(s), {} failed",
+                    job.name, r.run_id, r.pid, r.hooks_run, r.hooks_failed
+                ),
+                None => println!("job {}: nothing to recover", job.name),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Run { all, json, jobs } => {
             let config = config.as_ref().context("`run` needs --config PATH (or $HOLDFAST_CONFIG)")?;
             return run_jobs(config, *all, jobs, *json);

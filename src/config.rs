@@ -151,6 +151,8 @@ impl CommandLine {
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Before,
+    /// Started after `before`, kept running through dumps and file capture.
+    Hold,
     AfterDumps,
     AfterFiles,
     OnSuccess,
@@ -168,12 +170,33 @@ pub struct HookConfig {
     pub timeout: Option<DurationSpec>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Run as this OS user (holdfast must run as root).
+    pub user: Option<String>,
+    /// `hold` hooks: the line the command prints once it holds what it holds.
+    pub ready: Option<String>,
+    /// `hold` hooks: how long to wait after closing its stdin before SIGTERM
+    /// (default 10 s).
+    pub grace: Option<DurationSpec>,
 }
 
 impl HookConfig {
+    /// For ordinary hooks the longest run; for `hold` hooks the longest wait
+    /// for the ready line.
     pub fn timeout(&self) -> Duration {
         self.timeout.map_or(Duration::from_secs(300), |d| d.0)
     }
+
+    pub fn grace(&self) -> Duration {
+        self.grace.map_or(Duration::from_secs(10), |d| d.0)
+    }
+}
+
+/// A lock a database entry holds from before its dump until the files are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseLock {
+    /// MySQL/MariaDB `FLUSH TABLES WITH READ LOCK` over holdfast's own connection.
+    GlobalRead,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +229,11 @@ pub struct DatabaseConfig {
     pub dump_args: Vec<String>,
     /// Longest a dump may take (default 6 hours).
     pub timeout: Option<DurationSpec>,
+    /// Hold a lock from before the dump until the files are captured.
+    pub lock: Option<DatabaseLock>,
+    /// Run the dump tool as this OS user (e.g. `postgres`, for peer
+    /// authentication over the socket); `user` then defaults to it.
+    pub run_as: Option<String>,
 }
 
 impl DatabaseConfig {
@@ -503,6 +531,17 @@ fn resolve_job(
             h.cwd = Some(rel(if from_job { file } else { dfile }, c));
         }
     }
+    for (i, h) in hooks.iter().enumerate() {
+        match (h.phase, &h.ready) {
+            (Phase::Hold, None) => {
+                return Err(err(format!("hooks[{i}]: a `hold` hook needs `ready`, the line it prints once it holds")));
+            }
+            (p, Some(_)) if p != Phase::Hold => {
+                return Err(err(format!("hooks[{i}]: `ready` is only for `hold` hooks")));
+            }
+            _ => {}
+        }
+    }
     let from_job = job.databases.is_some();
     let mut databases = job.databases.clone().or(d.databases).unwrap_or_default();
     for (i, db) in databases.iter_mut().enumerate() {
@@ -521,6 +560,12 @@ fn resolve_job(
         }
         if let Some(p) = &db.password_file {
             db.password_file = Some(rel(base, p));
+        }
+        if db.lock.is_some() && db.kind != DatabaseKind::Mysql {
+            return Err(err(format!("{where_}: `lock = \"global-read\"` is for mysql entries only")));
+        }
+        if db.run_as.is_some() && db.user.is_none() && db.kind != DatabaseKind::Sqlite {
+            db.user = db.run_as.clone();
         }
     }
     let mut entries = std::collections::BTreeSet::new();

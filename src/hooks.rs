@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{HookConfig, Phase};
-use crate::process::{self, Env, ProcessSpec};
+use crate::process::{self, Env, HeldProcess, ProcessSpec};
 use crate::template::{Vars, render};
 
 /// What a hook did; recorded in the snapshot.
@@ -46,12 +46,23 @@ pub fn run_hook(
         {
             bail!("hook {:?}: its cwd {} does not exist", record.command, cwd.display());
         }
-        let spec = ProcessSpec { argv, cwd: hook.cwd.clone(), env, timeout: hook.timeout(), stdout_file: None };
+        let spec = ProcessSpec {
+            argv,
+            cwd: hook.cwd.clone(),
+            env,
+            timeout: hook.timeout(),
+            user: hook.user.clone(),
+            ..Default::default()
+        };
         let out = process::run(&spec, cancel)
             .map_err(|e| anyhow::anyhow!("hook {:?} could not start: {e}", record.command))?;
         record.exit_status = out.code;
         record.duration_secs = out.duration.as_secs_f64();
-        for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+            .filter(|l| !l.trim().is_empty())
+        {
             tracing::info!("hook {}: {line}", phase_name(hook.phase));
         }
         if !out.success() {
@@ -68,9 +79,76 @@ pub fn run_hook(
     }
 }
 
+/// A running `hold` hook.
+pub struct HeldHook {
+    process: HeldProcess,
+    record: HookRecord,
+    grace: std::time::Duration,
+    started: std::time::Instant,
+    /// Output lines already logged.
+    logged: usize,
+}
+
+/// Start a `hold` hook and wait for its ready line.
+pub fn start_hold(
+    hook: &HookConfig,
+    vars: &Vars,
+    cancel: &AtomicBool,
+) -> Result<HeldHook, (HookRecord, anyhow::Error)> {
+    let mut record =
+        HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
+    let (argv, env) = match render_hook(hook, vars) {
+        Ok(x) => x,
+        Err(e) => return Err((record, anyhow::Error::msg(e))),
+    };
+    record.command = argv.join(" ");
+    let ready = hook.ready.clone().unwrap_or_default();
+    let spec = ProcessSpec {
+        argv,
+        cwd: hook.cwd.clone(),
+        env,
+        timeout: hook.timeout(),
+        user: hook.user.clone(),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    match HeldProcess::start(&spec, &ready, cancel) {
+        Ok(process) => {
+            for line in &process.output {
+                tracing::info!("hook hold: {line}");
+            }
+            let logged = process.output.len();
+            Ok(HeldHook { process, record, grace: hook.grace(), started, logged })
+        }
+        Err(e) => {
+            let msg = format!("hold hook {:?} {e}", record.command);
+            Err((record, anyhow::Error::msg(msg)))
+        }
+    }
+}
+
+impl HeldHook {
+    /// Fails if the hook stopped holding (exited) before it was released.
+    pub fn check(&mut self) -> Result<()> {
+        self.process.check_alive().map_err(|e| anyhow::anyhow!("hold hook {:?} {e}", self.record.command))
+    }
+
+    /// Let go: close its stdin, then SIGTERM after the grace period.
+    pub fn release(self) -> HookRecord {
+        let mut record = self.record;
+        for line in self.process.release(self.grace).iter().skip(self.logged) {
+            tracing::info!("hook hold: {line}");
+        }
+        record.ok = true;
+        record.duration_secs = self.started.elapsed().as_secs_f64();
+        record
+    }
+}
+
 pub fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Before => "before",
+        Phase::Hold => "hold",
         Phase::AfterDumps => "after_dumps",
         Phase::AfterFiles => "after_files",
         Phase::OnSuccess => "on_success",

@@ -11,6 +11,7 @@ pub mod dump;
 pub mod engine;
 pub mod error;
 pub mod hooks;
+pub mod journal;
 pub mod notify;
 pub mod plan;
 pub mod process;

@@ -30,6 +30,11 @@ pub enum Step {
     PrepareSpool,
     /// Run the job's hooks of one phase, in the order they are declared.
     Hooks { phase: Phase, count: usize },
+    /// Start the `hold` hooks (each waits for its ready line) and take the
+    /// databases' native locks; they are held until `Release`.
+    Hold { hooks: usize, locks: usize },
+    /// Let go of everything `Hold` holds.
+    Release,
     /// Dump one database entry into the spool.
     Dump { index: usize, entry: String, kind: DatabaseKind, name: String },
     /// Read the dumps and the file sets into the repository (not yet a snapshot).
@@ -61,6 +66,11 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
         }
     };
     hook_step(&mut add, When::Ok, Phase::Before);
+    let locks = job.databases.iter().filter(|d| d.lock.is_some()).count();
+    let holds = hooks(Phase::Hold) + locks > 0;
+    if holds {
+        add(When::Ok, Step::Hold { hooks: hooks(Phase::Hold), locks });
+    }
     for (index, db) in job.databases.iter().enumerate() {
         let name = match (&db.name, &db.path) {
             (Some(n), _) => n.clone(),
@@ -78,6 +88,9 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
             paths: job.files.paths.clone(),
         },
     );
+    if holds {
+        add(When::Always, Step::Release);
+    }
     hook_step(&mut add, When::Ok, Phase::AfterFiles);
     add(When::Ok, Step::Commit { repository });
     hook_step(&mut add, When::Ok, Phase::OnSuccess);

@@ -22,6 +22,27 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Write stdout to this file instead of capturing it.
     pub stdout_file: Option<PathBuf>,
+    /// Run as this OS user (uid, primary gid, no supplementary groups).
+    pub user: Option<String>,
+}
+
+/// uid and gid of an OS user, for running a child as that user.
+pub fn lookup_user(name: &str) -> std::io::Result<(u32, u32)> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(None) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no OS user named {name:?}"))),
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+/// Make `cmd` a process group leader, running as `user` if given. std drops
+/// supplementary groups when it sets the uid of a child of root.
+fn prepare(cmd: &mut std::process::Command, user: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    if let Some((uid, gid)) = user {
+        cmd.gid(gid).uid(uid);
+    }
 }
 
 /// How a process ended.
@@ -80,9 +101,9 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     for (k, v) in &spec.env {
         expr = expr.env(k, v);
     }
-    let expr = expr.before_spawn(|c| {
-        use std::os::unix::process::CommandExt;
-        c.process_group(0);
+    let user = spec.user.as_deref().map(lookup_user).transpose()?;
+    let expr = expr.before_spawn(move |c| {
+        prepare(c, user);
         Ok(())
     });
     let started = Instant::now();
@@ -135,4 +156,138 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     })
+}
+
+/// A process that keeps running while the run goes on (a `hold` hook): it
+/// is started, awaited until it prints its ready line, checked for an early
+/// exit, and released by closing its stdin, then SIGTERM after a grace period.
+pub struct HeldProcess {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub output: Vec<String>,
+    started: Instant,
+}
+
+impl HeldProcess {
+    /// Start `spec` and wait up to `spec.timeout` for a stdout line equal to `ready`.
+    pub fn start(spec: &ProcessSpec, ready: &str, cancel: &AtomicBool) -> std::io::Result<HeldProcess> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let (program, args) = spec
+            .argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(d) = &spec.cwd {
+            cmd.current_dir(d);
+        }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        prepare(&mut cmd, spec.user.as_deref().map(lookup_user).transpose()?);
+        let mut child = cmd.spawn()?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        // stdout and stderr are read by threads that end when the pipes close.
+        if let Some(out) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    let _ = tx.send(format!("stderr: {line}"));
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        let mut held = HeldProcess { child, stdin, lines, output: Vec::new(), started: Instant::now() };
+        loop {
+            match held.lines.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => {
+                    let is_ready = line.trim() == ready;
+                    held.output.push(line);
+                    if is_ready {
+                        return Ok(held);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = held.child.try_wait()? {
+                held.drain();
+                return Err(std::io::Error::other(format!(
+                    "exited ({status}) before printing {ready:?}{}",
+                    held.output_tail()
+                )));
+            }
+            let timed_out = held.started.elapsed() >= spec.timeout;
+            if timed_out || cancel.load(Ordering::Relaxed) {
+                held.kill(Duration::ZERO);
+                let why = if timed_out {
+                    format!("did not print {ready:?} within {:?} and was killed", spec.timeout)
+                } else {
+                    "was interrupted".to_string()
+                };
+                return Err(std::io::Error::other(format!("{why}{}", held.output_tail())));
+            }
+        }
+    }
+
+    /// An error if the process has exited (it must hold until released).
+    pub fn check_alive(&mut self) -> std::io::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            self.drain();
+            return Err(std::io::Error::other(format!("exited early ({status}){}", self.output_tail())));
+        }
+        Ok(())
+    }
+
+    /// Close stdin, wait up to `grace` for it to end, then SIGTERM (and
+    /// SIGKILL after another grace period).
+    pub fn release(mut self, grace: Duration) -> Vec<String> {
+        drop(self.stdin.take());
+        self.kill(grace);
+        self.drain();
+        self.output
+    }
+
+    fn kill(&mut self, grace: Duration) {
+        let pg = Pid::from_raw(self.child.id() as i32);
+        let wait = |child: &mut std::process::Child, d: Duration| {
+            let end = Instant::now() + d;
+            loop {
+                if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    return true;
+                }
+                if Instant::now() >= end {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        if wait(&mut self.child, grace) {
+            return;
+        }
+        let _ = killpg(pg, Signal::SIGTERM);
+        if !wait(&mut self.child, GRACE) {
+            let _ = killpg(pg, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+
+    fn drain(&mut self) {
+        std::thread::sleep(Duration::from_millis(10));
+        while let Ok(line) = self.lines.try_recv() {
+            self.output.push(line);
+        }
+    }
+
+    fn output_tail(&self) -> String {
+        let tail = &self.output[self.output.len().saturating_sub(5)..];
+        if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" | ")) }
+    }
 }

@@ -18,12 +18,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::human;
+use crate::config::DatabaseLock;
 use crate::config::{Config, Event, Job, Phase, RepositoryConfig};
+use crate::dump::mysql::GlobalReadLock;
 use crate::dump::{self, DumpContext, DumpRecord, SNAPSHOT_PREFIX};
 use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture, hostname};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
-use crate::hooks::{HookRecord, phase_name, run_hook};
+use crate::hooks::{HeldHook, HookRecord, phase_name, run_hook, start_hold};
+use crate::journal::{Journal, recover};
 use crate::notify::notify;
 use crate::plan::{Step, When, plan};
 use crate::spool::{JobLock, RunDir};
@@ -66,6 +69,16 @@ pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
 /// Run `job` to its end: lock, attempts with retries, notifications.
 pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name)?;
+    if let Some(r) = recover(job)? {
+        tracing::warn!(
+            "job {}: recovered from run {} (pid {}): ran {} owed finally hook(s), {} failed",
+            job.name,
+            r.run_id,
+            r.pid,
+            r.hooks_run,
+            r.hooks_failed
+        );
+    }
     let started = Instant::now();
     let mut vars = Vars {
         job: job.name.clone(),
@@ -168,6 +181,8 @@ struct Attempt<'a> {
     file_sets: Vec<FileSetRecord>,
     dumps: Vec<DumpRecord>,
     hooks: Vec<HookRecord>,
+    holds: Vec<HeldHook>,
+    locks: Vec<GlobalReadLock>,
     committed: Option<Id>,
     totals: Option<crate::engine::snapshot::Summary>,
 }
@@ -186,6 +201,8 @@ impl<'a> Attempt<'a> {
             file_sets: Vec::new(),
             dumps: Vec::new(),
             hooks: Vec::new(),
+            holds: Vec::new(),
+            locks: Vec::new(),
             committed: None,
             totals: None,
         }
@@ -236,10 +253,47 @@ impl<'a> Attempt<'a> {
             Step::PrepareSpool => {
                 let dir = RunDir::create(&self.job.spool, &self.job.name, &self.run_id)?;
                 self.vars.spool = dir.root.display().to_string();
+                Journal {
+                    run_id: self.run_id.clone(),
+                    pid: std::process::id(),
+                    vars: self.vars.clone(),
+                    run_dir: dir.root.clone(),
+                }
+                .write(self.job)?;
                 self.run_dir = Some(dir);
+            }
+            Step::Hold { .. } => {
+                for hook in self.job.hooks.iter().filter(|h| h.phase == Phase::Hold) {
+                    tracing::info!(
+                        "job {}: hold hook: {} (waiting for {:?})",
+                        self.job.name,
+                        hook.run.display(),
+                        hook.ready.as_deref().unwrap_or("")
+                    );
+                    match start_hold(hook, &self.vars, cancel) {
+                        Ok(h) => self.holds.push(h),
+                        Err((r, e)) => {
+                            self.hooks.push(r);
+                            return Err(e);
+                        }
+                    }
+                }
+                for db in self.job.databases.iter().filter(|d| d.lock == Some(DatabaseLock::GlobalRead)) {
+                    tracing::info!("job {}: taking the global read lock of {:?}", self.job.name, db.entry_name());
+                    self.locks.push(GlobalReadLock::acquire(db)?);
+                }
+            }
+            Step::Release => {
+                for lock in self.locks.drain(..).rev() {
+                    lock.release();
+                }
+                for hold in self.holds.drain(..).rev() {
+                    self.hooks.push(hold.release());
+                }
             }
             Step::Hooks { phase, .. } => self.hooks_of(*phase, cancel)?,
             Step::Dump { index, .. } => {
+                self.check_holds()?;
                 let db = &self.job.databases[*index];
                 let run = self.run_dir.as_ref().context("no spool directory")?;
                 tracing::info!("job {}: dumping {} database {:?}", self.job.name, db.kind.as_str(), db.entry_name());
@@ -272,6 +326,8 @@ impl<'a> Attempt<'a> {
                 let started = jiff::Timestamp::now();
                 tracing::info!("job {}: reading dumps and files into repository {repository:?}", self.job.name);
                 let cap = capture(&repo, &sources, &opts).map_err(|e| anyhow!(e)).context("backup failed")?;
+                // What was held must have been held for the whole capture.
+                self.check_holds()?;
                 for w in &cap.summary().warnings {
                     tracing::warn!("job {}: {w}", self.job.name);
                 }
@@ -304,7 +360,16 @@ impl<'a> Attempt<'a> {
                 if let Some(dir) = self.run_dir.take() {
                     dir.remove()?;
                 }
+                Journal::clear(self.job)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Fails if a `hold` hook stopped holding.
+    fn check_holds(&mut self) -> Result<()> {
+        for h in &mut self.holds {
+            h.check()?;
         }
         Ok(())
     }

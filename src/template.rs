@@ -6,7 +6,7 @@ use handlebars::Handlebars;
 use serde::Serialize;
 
 /// The variables a template may use.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Vars {
     pub job: String,
     pub run_id: String,

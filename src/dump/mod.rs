@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
-use crate::process::{self, ProcessOutcome, ProcessSpec};
+use crate::process::{self, Env, ProcessOutcome, ProcessSpec};
 use crate::spool::RunDir;
 
 /// What one dump produced; recorded in the snapshot.
@@ -72,18 +72,25 @@ pub fn password(db: &DatabaseConfig) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Run a dump tool writing to `out`; its failure fails the dump with the
-/// tool's own message.
+/// Run a dump tool with its stdout going to `out`, a file holdfast itself
+/// creates (so it stays private to holdfast when the tool runs as the
+/// entry's `run_as` user). Its failure fails the dump with the tool's own message.
 pub(crate) fn run_tool(
     argv: Vec<String>,
-    env: Vec<(String, String)>,
-    out: Option<&Path>,
+    env: Env,
+    out: &Path,
     db: &DatabaseConfig,
     ctx: &DumpContext,
 ) -> Result<ProcessOutcome> {
     let tool = argv.first().cloned().unwrap_or_default();
-    let spec =
-        ProcessSpec { argv, env, timeout: db.timeout(), stdout_file: out.map(Path::to_path_buf), ..Default::default() };
+    let spec = ProcessSpec {
+        argv,
+        env,
+        timeout: db.timeout(),
+        stdout_file: Some(out.to_path_buf()),
+        user: db.run_as.clone(),
+        ..Default::default()
+    };
     let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;
     let stderr = String::from_utf8_lossy(&outcome.stderr);
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {

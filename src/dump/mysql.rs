@@ -98,8 +98,18 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         option_value(&conn.user),
         conn.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
     );
-    let cnf_path = ctx.run.write_private(&format!("my-{}.cnf", db.entry_name()), cnf.as_bytes())?;
-    base.push(format!("--defaults-extra-file={}", cnf_path.display()));
+    let mut env = Vec::new();
+    if db.run_as.is_some() {
+        // The spool is private to holdfast: a tool running as another user
+        // gets the password through its environment, never argv.
+        base.push(format!("--user={}", conn.user));
+        if let Some(p) = &conn.password {
+            env.push(("MYSQL_PWD".to_string(), p.clone()));
+        }
+    } else {
+        let cnf_path = ctx.run.write_private(&format!("my-{}.cnf", db.entry_name()), cnf.as_bytes())?;
+        base.push(format!("--defaults-extra-file={}", cnf_path.display()));
+    }
     base.extend([
         "--single-transaction".to_string(),
         "--routines".into(),
@@ -118,11 +128,79 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         let out = dump_file(dir, &name, "sql");
         let mut argv = vec![tool.to_string()];
         argv.extend(base.iter().cloned());
-        argv.push(format!("--result-file={}", out.display()));
-        argv.push("--databases".into());
+        // Without --databases the dump has no CREATE DATABASE/USE, so it loads
+        // into any database: the original, a new name, or a scratch copy.
+        argv.push("--".into());
         argv.push(name.clone());
-        run_tool(argv, Vec::new(), None, db, ctx).with_context(|| format!("dumping MySQL database {name}"))?;
+        run_tool(argv, env.clone(), &out, db, ctx).with_context(|| format!("dumping MySQL database {name}"))?;
         records.push(record(db, &name, &out, tool, &version, Some(server.clone()), started)?);
     }
     Ok(records)
+}
+
+/// `FLUSH TABLES WITH READ LOCK`, held over holdfast's own connection by a
+/// thread until [`GlobalReadLock::release`] (or drop) — also when the run fails.
+pub struct GlobalReadLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GlobalReadLock {
+    /// Take the lock; returns once it is held.
+    pub fn acquire(db: &DatabaseConfig) -> Result<GlobalReadLock> {
+        let conn = Connection::of(db)?;
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = held_tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let mut c = match rt.block_on(async {
+                let mut c = mysql_async::Conn::new(conn.opts(None)).await?;
+                c.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+                Ok::<_, mysql_async::Error>(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ =
+                        held_tx.send(Err(format!("taking the global read lock on {}:{}: {e}", conn.host, conn.port)));
+                    return;
+                }
+            };
+            let _ = held_tx.send(Ok(()));
+            // Wait for release (or for the lock's owner to go away).
+            let _ = release_rx.recv();
+            rt.block_on(async {
+                let _ = c.query_drop("UNLOCK TABLES").await;
+                let _ = c.disconnect().await;
+            });
+        });
+        match held_rx.recv() {
+            Ok(Ok(())) => Ok(GlobalReadLock { release: Some(release_tx), thread: Some(thread) }),
+            Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+            Err(_) => Err(anyhow::anyhow!("the global read lock thread ended unexpectedly")),
+        }
+    }
+
+    /// Unlock and close the connection.
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GlobalReadLock {
+    fn drop(&mut self) {
+        self.release_now();
+    }
 }

@@ -23,6 +23,8 @@ pub struct Connection {
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
+    /// Queries and tools run as this OS user (peer authentication).
+    pub run_as: Option<String>,
 }
 
 impl Connection {
@@ -36,7 +38,7 @@ impl Connection {
         });
         let port = db.port.or_else(|| std::env::var("PGPORT").ok().and_then(|p| p.parse().ok())).unwrap_or(5432);
         let user = db.user.clone().or_else(|| std::env::var("PGUSER").ok()).unwrap_or_else(|| "postgres".into());
-        Ok(Connection { host, port, user, password: password(db)? })
+        Ok(Connection { host, port, user, password: password(db)?, run_as: db.run_as.clone() })
     }
 
     /// Connect to `dbname` and run `f` with the client.
@@ -66,17 +68,51 @@ impl Connection {
     }
 
     pub fn server_version(&self, dbname: &str) -> Result<String> {
-        self.with_client(dbname, async |c| Ok(c.query_one("SHOW server_version", &[]).await?.get::<_, String>(0)))
+        const SQL: &str = "SHOW server_version";
+        if self.run_as.is_some() {
+            return Ok(self.psql_lines(dbname, SQL)?.join(""));
+        }
+        self.with_client(dbname, async |c| Ok(c.query_one(SQL, &[]).await?.get::<_, String>(0)))
     }
 
     /// Every database that accepts connections, templates excluded.
     pub fn databases(&self) -> Result<Vec<String>> {
+        const SQL: &str = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname";
+        if self.run_as.is_some() {
+            return self.psql_lines("postgres", SQL);
+        }
         self.with_client("postgres", async |c| {
-            let rows = c
-                .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname", &[])
-                .await?;
-            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            Ok(c.query(SQL, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect())
         })
+    }
+
+    /// One query through `psql` run as the `run_as` user: how holdfast asks a
+    /// server that only knows that user by peer authentication.
+    fn psql_lines(&self, dbname: &str, sql: &str) -> Result<Vec<String>> {
+        let spec = crate::process::ProcessSpec {
+            argv: vec![
+                "psql".into(),
+                "-X".into(),
+                "-A".into(),
+                "-t".into(),
+                "-q".into(),
+                "--no-password".into(),
+                format!("--host={}", self.host),
+                format!("--port={}", self.port),
+                format!("--username={}", self.user),
+                format!("--dbname={dbname}"),
+                "-c".into(),
+                sql.into(),
+            ],
+            timeout: std::time::Duration::from_secs(60),
+            user: self.run_as.clone(),
+            ..Default::default()
+        };
+        let out = crate::process::run(&spec, &std::sync::atomic::AtomicBool::new(false)).context("running psql")?;
+        if !out.success() {
+            anyhow::bail!("{}", out.failure_message("psql"));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
     }
 
     /// Arguments shared by the tools, and their environment.
@@ -88,7 +124,12 @@ impl Connection {
             format!("--username={}", self.user),
         ];
         let mut env = vec![("PGCONNECT_TIMEOUT".to_string(), "15".to_string())];
-        if let Some(pw) = &self.password {
+        if let (Some(pw), Some(_)) = (&self.password, &self.run_as) {
+            // A file in the spool is private to holdfast, so a tool running as
+            // another user gets the password through its environment (which
+            // only that user and root can read), never argv.
+            env.push(("PGPASSWORD".into(), pw.clone()));
+        } else if let Some(pw) = &self.password {
             let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
             let line = format!("*:*:*:{}:{}\n", escape(&self.user), escape(pw));
             let file = ctx.run.write_private(&format!("pgpass-{}", unique()), line.as_bytes())?;
@@ -112,9 +153,9 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     let names = if db.is_all() {
         let started = jiff::Timestamp::now();
         let globals = dir.join("globals.sql");
-        let mut argv = vec!["pg_dumpall".to_string(), "--globals-only".into(), format!("--file={}", globals.display())];
+        let mut argv = vec!["pg_dumpall".to_string(), "--globals-only".into()];
         argv.extend(base_args.iter().cloned());
-        run_tool(argv, env.clone(), None, db, ctx)?;
+        run_tool(argv, env.clone(), &globals, db, ctx)?;
         let v = tool_version("pg_dumpall")?;
         records.push(record(
             db,
@@ -133,11 +174,11 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         let started = jiff::Timestamp::now();
         let server = conn.server_version(&name)?;
         let out = dump_file(dir, &name, "sql");
-        let mut argv = vec!["pg_dump".to_string(), "--format=plain".into(), format!("--file={}", out.display())];
+        let mut argv = vec!["pg_dump".to_string(), "--format=plain".into()];
         argv.extend(base_args.iter().cloned());
         argv.extend(db.dump_args.iter().cloned());
         argv.push(format!("--dbname={name}"));
-        run_tool(argv, env.clone(), None, db, ctx)?;
+        run_tool(argv, env.clone(), &out, db, ctx)?;
         records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, Some(server), started)?);
     }
     Ok(records)
