@@ -22,7 +22,9 @@ use crate::engine::repository::{InitOptions, PackFiles, Repository, import_key};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
+use crate::restore::{DatabaseAction, RestoreReport, What, restore_job};
 use crate::runner::{RunRecord, RunReport, run_job};
+use crate::verify::{VerifyReport, verify_job};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,17 +101,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot (or some paths of it) into a directory.
+    /// Restore a snapshot (or some paths of it) into a directory; with
+    /// --config and a job name: restore that job's files or reload one of
+    /// its databases.
     Restore {
-        /// Snapshot id prefix, or `latest`.
+        /// A snapshot id prefix or `latest`; with --config, a job name.
+        target: String,
+        /// With a job: the snapshot (id prefix or `latest`, the default).
+        #[arg(long, default_value = "latest")]
         snapshot: String,
+        /// With a job: restore its file sets (all, or the --path ones).
+        #[arg(long, conflicts_with = "database")]
+        files: bool,
         #[arg(long, value_name = "DIR")]
-        to: PathBuf,
+        to: Option<PathBuf>,
         /// Restore only this path of the snapshot (repeatable).
         #[arg(long = "path", value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// With a job and --files: replace a non-empty --to directory.
+        #[arg(long)]
+        overwrite: bool,
+        /// With a job: the database to restore (its name, or its entry).
+        #[arg(long, value_name = "NAME")]
+        database: Option<String>,
+        /// Load the dump into a new database (SQLite: a new file).
+        #[arg(long, value_name = "NEWNAME", requires = "database", conflicts_with_all = ["reload", "dump_to"])]
+        into: Option<String>,
+        /// Replace the live database: load into a temporary one, then swap.
+        #[arg(long, requires = "database", conflicts_with = "dump_to")]
+        reload: bool,
+        /// Write the dump to FILE.
+        #[arg(long, value_name = "FILE", requires = "database")]
+        dump_to: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Test that jobs' newest snapshots restore: dumps load and pass their
+    /// smoke queries, files match their recorded hashes.
+    Verify {
+        #[arg(long, conflicts_with = "jobs")]
+        all: bool,
+        /// Verify this snapshot instead of the newest.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(required_unless_present = "all")]
+        jobs: Vec<String>,
     },
     /// Check the repository's structure; with --read-data, every blob.
     Check {
@@ -294,7 +332,32 @@ pub fn run() -> Result<ExitCode> {
                 }
             }
         }
-        Command::Restore { snapshot, to, paths, json } => {
+        Command::Restore { target, snapshot, files, to, paths, overwrite, database, into, reload, dump_to, json }
+            if config.as_ref().is_some_and(|c| c.jobs.contains_key(target)) =>
+        {
+            let config = config.as_ref().context("no config")?;
+            let job = config.job(target)?;
+            let what = if *files || database.is_none() {
+                let to = to.clone().context("restoring files needs --to DIR")?;
+                What::Files { paths: paths.clone(), to, overwrite: *overwrite }
+            } else {
+                let action = match (into, reload, dump_to) {
+                    (Some(n), _, _) => DatabaseAction::Into(n.clone()),
+                    (_, true, _) => DatabaseAction::Reload,
+                    (_, _, Some(f)) => DatabaseAction::DumpTo(f.clone()),
+                    _ => bail!("with --database, say where it goes: --into NEWNAME, --reload or --dump-to FILE"),
+                };
+                What::Database { name: database.clone().unwrap_or_default(), action }
+            };
+            let report = restore_job(config, job, snapshot, &what)?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                print_restore_report(&report);
+            }
+        }
+        Command::Restore { target: snapshot, to, paths, json, .. } => {
+            let to = to.as_ref().context("restore needs --to DIR")?;
             let repo = open()?;
             let (id, snap) = repo.find_snapshot(snapshot)?;
             let started = std::time::Instant::now();
@@ -315,6 +378,28 @@ pub fn run() -> Result<ExitCode> {
                     human(summary.bytes),
                     started.elapsed().as_secs_f64()
                 );
+            }
+        }
+        Command::Verify { all, snapshot, json, jobs } => {
+            let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let jobs: Vec<&Job> = if *all {
+                config.jobs.values().collect()
+            } else {
+                jobs.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
+            };
+            let mut reports = Vec::new();
+            for job in jobs {
+                let report = verify_job(config, job, snapshot)?;
+                if !*json {
+                    print_verify_report(&report);
+                }
+                reports.push(report);
+            }
+            if *json {
+                print_json(&reports)?;
+            }
+            if reports.iter().any(|r| !r.ok) {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Check { read_data, json } => {
@@ -423,6 +508,76 @@ fn print_job_snapshots(snaps: &[(Id, Snapshot)]) {
             human(s.summary.bytes),
             holds.join(", ")
         );
+    }
+}
+
+fn print_restore_report(r: &RestoreReport) {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    match (&r.files, &r.database) {
+        (Some(f), _) => println!(
+            "job {}: restored {} files, {} dirs, {} from snapshot {} into {}",
+            r.job,
+            f.files,
+            f.dirs,
+            human(f.bytes),
+            &r.snapshot[..8],
+            r.target
+        ),
+        (_, Some(db)) => {
+            println!("job {}: restored database {db} from snapshot {} into {}", r.job, &r.snapshot[..8], r.target);
+            if let Some(k) = &r.kept_as {
+                println!("the previous database is kept as {k}; drop it when you are satisfied");
+            }
+        }
+        _ => {}
+    }
+    for s in &r.smoke {
+        println!(
+            "  smoke {}: {} -> {} (expected {})",
+            if s.ok { "ok" } else { "FAILED" },
+            s.sql,
+            s.value.as_deref().unwrap_or("no value"),
+            s.expect
+        );
+    }
+}
+
+fn print_verify_report(r: &VerifyReport) {
+    println!(
+        "job {}: snapshot {} {} in {:.1}s",
+        r.job,
+        &r.snapshot[..8],
+        if r.ok { "verified" } else { "FAILED verification" },
+        r.duration_secs
+    );
+    for d in &r.databases {
+        let rows: u64 = d.tables.iter().map(|t| t.1).sum();
+        println!(
+            "  database {}: loaded into scratch {} in {:.1}s, {} tables, {} rows{}",
+            d.name,
+            d.scratch,
+            d.load_secs,
+            d.tables.len(),
+            rows,
+            d.error.as_deref().map(|e| format!(" — ERROR: {e}")).unwrap_or_default()
+        );
+        for s in &d.smoke {
+            println!(
+                "    smoke {}: {} -> {} (expected {})",
+                if s.ok { "ok" } else { "FAILED" },
+                s.sql,
+                s.value.as_deref().unwrap_or("no value"),
+                s.expect
+            );
+        }
+    }
+    if let Some(f) = &r.files {
+        println!("  files: {} files, {} read back and compared with their recorded hashes", f.files, human(f.bytes));
+    }
+    for p in &r.problems {
+        println!("  PROBLEM: {p}");
     }
 }
 

@@ -158,6 +158,10 @@ pub enum Phase {
     OnSuccess,
     OnFailure,
     Finally,
+    /// Before a restore (e.g. stop the application).
+    BeforeRestore,
+    /// After a restore, also when it failed (e.g. start the application).
+    AfterRestore,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +238,66 @@ pub struct DatabaseConfig {
     /// Run the dump tool as this OS user (e.g. `postgres`, for peer
     /// authentication over the socket); `user` then defaults to it.
     pub run_as: Option<String>,
+    /// Smoke queries that `verify` (and `restore --reload`) run against a
+    /// restored copy.
+    #[serde(default)]
+    pub verify: Vec<SmokeQuery>,
+}
+
+/// A query and what its first value must be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeQuery {
+    pub sql: String,
+    /// `= N`, `>= N`, `<= N`, `> N`, `< N`, `non-empty`, or a regular
+    /// expression the value (as text) must match. Without it: non-empty.
+    pub expect: Option<String>,
+}
+
+/// A parsed expectation of a smoke query.
+#[derive(Debug, Clone)]
+pub enum Expectation {
+    Compare(&'static str, f64),
+    NonEmpty,
+    Matches(regex::Regex),
+}
+
+impl Expectation {
+    pub fn parse(s: Option<&str>) -> std::result::Result<Expectation, String> {
+        let Some(s) = s.map(str::trim) else { return Ok(Expectation::NonEmpty) };
+        if s == "non-empty" {
+            return Ok(Expectation::NonEmpty);
+        }
+        for op in [">=", "<=", "=", ">", "<"] {
+            if let Some(rest) = s.strip_prefix(op)
+                && let Ok(n) = rest.trim().parse::<f64>()
+            {
+                return Ok(Expectation::Compare(op, n));
+            }
+        }
+        regex::Regex::new(s).map(Expectation::Matches).map_err(|e| {
+            format!("expect {s:?}: not a comparison (= N, >= N, <= N), `non-empty`, or a valid regular expression: {e}")
+        })
+    }
+
+    /// Whether `value` (the query's first column of its first row) meets it.
+    pub fn check(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (Expectation::NonEmpty, v) => v.is_some_and(|v| !v.is_empty()),
+            (Expectation::Compare(op, n), Some(v)) => match v.trim().parse::<f64>() {
+                Ok(x) => match *op {
+                    ">=" => x >= *n,
+                    "<=" => x <= *n,
+                    ">" => x > *n,
+                    "<" => x < *n,
+                    _ => x == *n,
+                },
+                Err(_) => false,
+            },
+            (Expectation::Matches(re), Some(v)) => re.is_match(v),
+            (_, None) => false,
+        }
+    }
 }
 
 impl DatabaseConfig {
@@ -466,7 +530,7 @@ fn base_dir(file: &Path) -> PathBuf {
 
 /// `p` made absolute relative to the directory of `file`.
 fn rel(file: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) }
+    crate::engine::backup::normalize(&if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) })
 }
 
 fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<RepositoryConfig> {
@@ -560,6 +624,9 @@ fn resolve_job(
         }
         if let Some(p) = &db.password_file {
             db.password_file = Some(rel(base, p));
+        }
+        for q in &db.verify {
+            Expectation::parse(q.expect.as_deref()).map_err(|e| err(format!("{where_}: verify: {e}")))?;
         }
         if db.lock.is_some() && db.kind != DatabaseKind::Mysql {
             return Err(err(format!("{where_}: `lock = \"global-read\"` is for mysql entries only")));

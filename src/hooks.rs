@@ -154,5 +154,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::OnSuccess => "on_success",
         Phase::OnFailure => "on_failure",
         Phase::Finally => "finally",
+        Phase::BeforeRestore => "before_restore",
+        Phase::AfterRestore => "after_restore",
     }
 }

@@ -15,9 +15,11 @@ pub mod journal;
 pub mod notify;
 pub mod plan;
 pub mod process;
+pub mod restore;
 pub mod runner;
 pub mod secrets;
 pub mod spool;
 pub mod template;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -24,6 +24,8 @@ pub struct ProcessSpec {
     pub stdout_file: Option<PathBuf>,
     /// Run as this OS user (uid, primary gid, no supplementary groups).
     pub user: Option<String>,
+    /// Read stdin from this file (else /dev/null).
+    pub stdin_file: Option<PathBuf>,
 }
 
 /// uid and gid of an OS user, for running a child as that user.
@@ -90,7 +92,11 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut expr = duct::cmd(program, args).stdin_null().stderr_capture().unchecked();
+    let mut expr = duct::cmd(program, args).stderr_capture().unchecked();
+    expr = match &spec.stdin_file {
+        Some(p) => expr.stdin_path(p),
+        None => expr.stdin_null(),
+    };
     expr = match &spec.stdout_file {
         Some(p) => expr.stdout_path(p),
         None => expr.stdout_capture(),

@@ -148,3 +148,124 @@ pub(crate) fn dump_file(dir: &Path, db_name: &str, ext: &str) -> PathBuf {
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
+
+/// A database server (or SQLite) to restore into: the operations restore
+/// and verify need, the same for every kind. For SQLite a database's "name"
+/// is its file path.
+pub enum Server {
+    Postgresql(postgres::Connection),
+    Mysql(mysql::Connection),
+    Sqlite,
+}
+
+impl Server {
+    pub fn of(db: &DatabaseConfig) -> Result<Server> {
+        Ok(match db.kind {
+            DatabaseKind::Postgresql => Server::Postgresql(postgres::Connection::of(db)?),
+            DatabaseKind::Mysql => Server::Mysql(mysql::Connection::of(db)?),
+            DatabaseKind::Sqlite => Server::Sqlite,
+        })
+    }
+
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        match self {
+            Server::Postgresql(c) => c.exists(name),
+            Server::Mysql(c) => c.exists(name),
+            Server::Sqlite => Ok(Path::new(name).exists()),
+        }
+    }
+
+    pub fn server_version(&self) -> Result<Option<String>> {
+        match self {
+            Server::Postgresql(c) => c.server_version("postgres").map(Some),
+            Server::Mysql(c) => c.server_version().map(Some),
+            Server::Sqlite => Ok(None),
+        }
+    }
+
+    /// Create database `name` from the dump `file`.
+    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+        match self {
+            Server::Postgresql(c) => c.load(name, file, ctx, timeout),
+            Server::Mysql(c) => c.load(name, file, ctx, timeout),
+            Server::Sqlite => sqlite::load(Path::new(name), file),
+        }
+    }
+
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        match self {
+            Server::Postgresql(c) => c.drop_database(name),
+            Server::Mysql(c) => c.drop_database(name),
+            Server::Sqlite => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(format!("{name}{suffix}"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn scalar(&self, name: &str, sql: &str) -> Result<Option<String>> {
+        match self {
+            Server::Postgresql(c) => c.scalar(name, sql),
+            Server::Mysql(c) => c.scalar(name, sql),
+            Server::Sqlite => sqlite::scalar(Path::new(name), sql),
+        }
+    }
+
+    pub fn table_counts(&self, name: &str) -> Result<Vec<(String, u64)>> {
+        match self {
+            Server::Postgresql(c) => c.table_counts(name),
+            Server::Mysql(c) => c.table_counts(name),
+            Server::Sqlite => sqlite::table_counts(Path::new(name)),
+        }
+    }
+
+    /// Give `loaded` the name `live`, which is free.
+    pub fn swap_missing(&self, live: &str, loaded: &str) -> Result<()> {
+        match self {
+            Server::Postgresql(c) => c.execute(
+                "postgres",
+                &format!("ALTER DATABASE {} RENAME TO {}", postgres::quote_ident(loaded), postgres::quote_ident(live)),
+            ),
+            Server::Mysql(c) => {
+                c.execute(&format!("CREATE DATABASE {}", mysql::quote_ident(live)))?;
+                c.swap(live, loaded, &format!("{live}_hfempty"))?;
+                c.drop_database(&format!("{live}_hfempty"))
+            }
+            Server::Sqlite => std::fs::rename(loaded, live).with_context(|| format!("moving {loaded} to {live}")),
+        }
+    }
+
+    /// Put `loaded` in the place of `live`, keeping the old one as `keep_as`.
+    pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
+        match self {
+            Server::Postgresql(c) => c.swap(live, loaded, keep_as),
+            Server::Mysql(c) => c.swap(live, loaded, keep_as),
+            Server::Sqlite => {
+                std::fs::rename(live, keep_as).with_context(|| format!("moving {live} to {keep_as}"))?;
+                if let Err(e) = std::fs::rename(loaded, live) {
+                    let _ = std::fs::rename(keep_as, live);
+                    return Err(e).with_context(|| format!("moving {loaded} to {live}"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The major version in a version string ("15.19 (Debian ...)" → 15,
+/// "10.11.19-MariaDB" → 10.11 as 1011).
+pub fn major_version(v: &str) -> Option<u32> {
+    let nums: Vec<u32> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [major, ..] if *major >= 10 && v.contains("MariaDB") => Some(major * 100 + nums.get(1).copied().unwrap_or(0)),
+        [major, ..] => Some(*major),
+        _ => None,
+    }
+}

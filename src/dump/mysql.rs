@@ -204,3 +204,121 @@ impl Drop for GlobalReadLock {
         self.release_now();
     }
 }
+
+/// `` `name` `` with embedded backticks doubled: a safe identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn value_text(v: &mysql_async::Value) -> Option<String> {
+    use mysql_async::Value;
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+    }
+}
+
+impl Connection {
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.with_conn(None, async move |c| {
+            let n: Option<i64> =
+                c.exec_first("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?", (name,)).await?;
+            Ok(n.unwrap_or(0) > 0)
+        })
+    }
+
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        let sql = sql.to_string();
+        self.with_conn(None, async move |c| c.query_drop(sql).await)
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    pub fn scalar(&self, dbname: &str, sql: &str) -> Result<Option<String>> {
+        let sql = sql.to_string();
+        self.with_conn(Some(dbname), async move |c| {
+            let row: Option<mysql_async::Row> = c.query_first(sql).await?;
+            Ok(row.and_then(|r| r.as_ref(0).and_then(value_text)))
+        })
+    }
+
+    fn tables(&self, dbname: &str) -> Result<Vec<String>> {
+        let name = dbname.to_string();
+        self.with_conn(None, async move |c| {
+            c.exec(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
+                (name,),
+            )
+            .await
+        })
+    }
+
+    pub fn table_counts(&self, dbname: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for t in self.tables(dbname)? {
+            let n = self.scalar(dbname, &format!("SELECT COUNT(*) FROM {}", quote_ident(&t)))?;
+            out.push((t, n.and_then(|n| n.parse().ok()).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// Create database `name` and load the dump `file` into it with the
+    /// `mariadb`/`mysql` client (the password through a private options file).
+    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+        self.execute(&format!("CREATE DATABASE {}", quote_ident(name)))?;
+        let client = if find_program("mariadb").is_some() { "mariadb" } else { "mysql" };
+        let cnf = format!(
+            "[client]\nuser={}\n{}",
+            option_value(&self.user),
+            self.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
+        );
+        let cnf_path = ctx.run.write_private(&format!("my-load-{}.cnf", name.replace('/', "_")), cnf.as_bytes())?;
+        let spec = crate::process::ProcessSpec {
+            argv: vec![
+                client.to_string(),
+                format!("--defaults-extra-file={}", cnf_path.display()),
+                "--protocol=TCP".into(),
+                format!("--host={}", self.host),
+                format!("--port={}", self.port),
+                format!("--database={name}"),
+            ],
+            stdin_file: Some(file.to_path_buf()),
+            timeout,
+            ..Default::default()
+        };
+        let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {client}"))?;
+        if !out.success() {
+            anyhow::bail!("{}", out.failure_message(client));
+        }
+        Ok(())
+    }
+
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        self.execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(name)))
+    }
+
+    /// Put the tables of `loaded` in the place of `live`'s in one atomic
+    /// `RENAME TABLE`; `live`'s old tables move to the new database `keep_as`.
+    /// (Views, routines and events are not moved: MySQL cannot rename them
+    /// across databases.)
+    pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
+        self.execute(&format!("CREATE DATABASE {}", quote_ident(keep_as)))?;
+        let mut renames: Vec<String> = self
+            .tables(live)?
+            .iter()
+            .map(|t| format!("{}.{} TO {}.{}", quote_ident(live), quote_ident(t), quote_ident(keep_as), quote_ident(t)))
+            .collect();
+        renames.extend(self.tables(loaded)?.iter().map(|t| {
+            format!("{}.{} TO {}.{}", quote_ident(loaded), quote_ident(t), quote_ident(live), quote_ident(t))
+        }));
+        if !renames.is_empty() {
+            self.execute(&format!("RENAME TABLE {}", renames.join(", ")))?;
+        }
+        self.drop_database(loaded)
+    }
+}

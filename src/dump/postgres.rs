@@ -183,3 +183,114 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     }
     Ok(records)
 }
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Connection {
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.with_client("postgres", async move |c| {
+            Ok(c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some())
+        })
+    }
+
+    pub fn execute(&self, dbname: &str, sql: &str) -> Result<()> {
+        let sql = sql.to_string();
+        self.with_client(dbname, async move |c| c.batch_execute(&sql).await)
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    pub fn scalar(&self, dbname: &str, sql: &str) -> Result<Option<String>> {
+        let sql = sql.to_string();
+        self.with_client(dbname, async move |c| {
+            for msg in c.simple_query(&sql).await? {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = msg {
+                    return Ok(row.get(0).map(str::to_string));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Every base table outside the system schemas, with its exact row count.
+    pub fn table_counts(&self, dbname: &str) -> Result<Vec<(String, u64)>> {
+        self.with_client(dbname, async |c| {
+            let tables = c
+                .query(
+                    "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+                     AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2",
+                    &[],
+                )
+                .await?;
+            let mut out = Vec::new();
+            for t in tables {
+                let (schema, table): (String, String) = (t.get(0), t.get(1));
+                let sql = format!("SELECT count(*) FROM {}.{}", quote_ident(&schema), quote_ident(&table));
+                let n: i64 = c.query_one(&sql, &[]).await?.get(0);
+                out.push((format!("{schema}.{table}"), n as u64));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Create database `name` and load the plain SQL dump `file` into it in
+    /// one transaction, stopping at the first error.
+    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+        self.execute("postgres", &format!("CREATE DATABASE {}", quote_ident(name)))?;
+        let (args, env) = self.tool_args(ctx)?;
+        let mut argv = vec![
+            "psql".to_string(),
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "--single-transaction".into(),
+            format!("--file={}", file.display()),
+        ];
+        argv.extend(args);
+        argv.push(format!("--dbname={name}"));
+        let spec = crate::process::ProcessSpec {
+            argv,
+            env,
+            timeout,
+            user: self.run_as.clone(),
+            stdout_file: Some(std::path::PathBuf::from("/dev/null")),
+            ..Default::default()
+        };
+        let out = crate::process::run(&spec, ctx.cancel).context("running psql")?;
+        if !out.success() {
+            anyhow::bail!("{}", out.failure_message("psql"));
+        }
+        Ok(())
+    }
+
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        self.execute("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+    }
+
+    /// Put `loaded` in the place of `live`; the old database is kept as
+    /// `keep_as`. Connections to `live` are ended first.
+    pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
+        self.execute(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                live.replace('\'', "''")
+            ),
+        )?;
+        self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(live), quote_ident(keep_as)))?;
+        if let Err(e) =
+            self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(loaded), quote_ident(live)))
+        {
+            let _ = self.execute(
+                "postgres",
+                &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(keep_as), quote_ident(live)),
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+}

@@ -53,3 +53,61 @@ pub fn open_existing(path: &Path) -> Result<Connection> {
         .with_context(|| format!("{} is not a SQLite database", path.display()))?;
     Ok(conn)
 }
+
+/// Copy the SQLite database file `dump` to a new database at `target`
+/// through the backup API (refusing an existing target).
+pub fn load(target: &Path, dump: &Path) -> Result<()> {
+    if target.exists() {
+        bail!("{} already exists", target.display());
+    }
+    let src = open_existing(dump)?;
+    let mut dst = Connection::open(target).with_context(|| format!("creating {}", target.display()))?;
+    let result = (|| -> Result<()> {
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        while backup.step(-1)? != rusqlite::backup::StepResult::Done {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })();
+    drop(dst);
+    if result.is_err() {
+        let _ = std::fs::remove_file(target);
+    }
+    result.with_context(|| format!("loading {} into {}", dump.display(), target.display()))?;
+    let check: String = open_existing(target)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        bail!("{} failed its integrity check: {check}", target.display());
+    }
+    Ok(())
+}
+
+/// The first column of the first row of `sql`, as text.
+pub fn scalar(path: &Path, sql: &str) -> Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    let conn = open_existing(path)?;
+    let mut stmt = conn.prepare(sql).with_context(|| format!("preparing {sql:?}"))?;
+    let mut rows = stmt.query([])?;
+    let Some(row) = rows.next()? else { return Ok(None) };
+    Ok(match row.get_ref(0)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    })
+}
+
+/// Every table with its row count.
+pub fn table_counts(path: &Path) -> Result<Vec<(String, u64)>> {
+    let conn = open_existing(path)?;
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for n in names {
+        let count: i64 =
+            conn.query_row(&format!("SELECT count(*) FROM \"{}\"", n.replace('"', "\"\"")), [], |r| r.get(0))?;
+        out.push((n, count as u64));
+    }
+    Ok(out)
+}

@@ -135,3 +135,22 @@ fn an_unknown_snapshot_id_is_a_clear_error() {
     }
     assert!(!out.exists(), "a failed restore created {}", out.display());
 }
+
+#[test]
+fn a_path_that_is_not_in_the_snapshot_is_a_clear_error() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("present.txt"), b"here\n").unwrap();
+    t.backup(&[&src]);
+    let missing = src.join("absent.txt");
+
+    let failed = t.cmd(["ls", "latest"]).arg(&missing).assert().failure();
+    assert!(stderr_of(&failed).contains("not in the snapshot"), "ls: {}", stderr_of(&failed));
+
+    let out = t.path("out");
+    let failed = t.cmd(["restore", "latest", "--to"]).arg(&out).arg("--path").arg(&missing).assert().failure();
+    let stderr = stderr_of(&failed);
+    assert!(stderr.contains("not in the snapshot"), "restore: {stderr}");
+    assert!(!stderr.contains("restored"), "a failed restore must not report success: {stderr}");
+}

@@ -242,16 +242,16 @@ fn an_edited_database_dump_stores_little_more_than_the_edited_rows() {
     let dir = t.path("db");
     fs::create_dir(&dir).unwrap();
     let dump = dir.join("shop.sql");
-    // ~20 MB, one INSERT per row; then an UPDATE of 2% of the rows, in one
+    // ~40 MB, one INSERT per row; then an UPDATE of 2% of the rows, in one
     // run in the middle of the table (row values change length too).
-    let rows = 180_000;
+    let rows = 360_000;
     fs::write(&dump, sql_dump(rows, 0..0)).unwrap();
     let first = t.backup_json(&[&dir]);
     fs::write(&dump, sql_dump(rows, rows / 2 - rows / 100..rows / 2 + rows / 100)).unwrap();
     let second = t.backup_json(&[&dir]);
 
     let size = fs::metadata(&dump).unwrap().len();
-    assert!(size > 19_000_000, "the dump should be ~20 MB, is {size}");
+    assert!(size > 38_000_000, "the dump should be ~40 MB, is {size}");
     let added = |s: &serde_json::Value| s["summary"]["bytes_added"].as_u64().unwrap();
     assert!(
         added(&second) * 4 < added(&first),
@@ -270,17 +270,74 @@ fn restore_with_path_restores_only_that_path_and_its_ancestors() {
     let tree = make_varied_tree(&t.path("src"));
     t.backup(&[&tree.root]);
 
-    let wanted = tree.root.join("sub/deeper");
+    let wanted_dir = tree.root.join("sub/deeper");
+    let wanted_file = tree.root.join("large.bin");
     let out = t.path("out");
-    t.cmd(["restore", "latest", "--to"]).arg(&out).arg("--path").arg(&wanted).assert().success();
+    t.cmd(["restore", "latest", "--to"])
+        .arg(&out)
+        .arg("--path")
+        .arg(&wanted_dir)
+        .arg("--path")
+        .arg(&wanted_file)
+        .assert()
+        .success();
 
-    assert_same_tree(&tree_fingerprint(&wanted), &tree_fingerprint(&restored(&out, &wanted)));
-    let sub = restored(&out, &tree.root.join("sub"));
-    let mut names: Vec<_> = fs::read_dir(&sub).unwrap().map(|e| e.unwrap().file_name()).collect();
-    names.sort();
-    assert_eq!(names, ["deeper"], "only the path asked for (and its ancestors) is restored");
-    let top: Vec<_> = fs::read_dir(restored(&out, &tree.root)).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(top, ["sub"]);
+    assert_same_tree(&tree_fingerprint(&wanted_dir), &tree_fingerprint(&restored(&out, &wanted_dir)));
+    assert_same_tree(&tree_fingerprint(&wanted_file), &tree_fingerprint(&restored(&out, &wanted_file)));
+    let names = |dir: &Path| {
+        let mut v: Vec<_> = fs::read_dir(restored(&out, dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&tree.root), ["large.bin", "sub"], "only the paths asked for (and their ancestors) are restored");
+    assert_eq!(names(&tree.root.join("sub")), ["deeper"]);
+}
+
+#[test]
+fn a_relative_source_path_is_stored_under_its_absolute_path() {
+    let t = TestRepo::init();
+    let data = t.path("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::write(data.join("sub/file.txt"), b"backed up by a relative path\n").unwrap();
+    fs::create_dir_all(t.path("work/inner")).unwrap();
+    let expected = tree_fingerprint(&data);
+    let absolute = serde_json::json!([data.display().to_string()]);
+
+    // (directory to run in, source argument): each names `data`.
+    let forms = [("", "data"), ("", "./data/"), ("work", "../data"), ("work/inner", "../../data"), ("data/sub", "..")];
+    let mut wrong = Vec::new();
+    for (cwd, arg) in forms {
+        let done = t.cmd(["backup", "--json", arg]).current_dir(t.path(cwd)).assert().success();
+        let snap = crate::util::parse_json(&stdout_of(&done));
+        let id = snap["id"].as_str().unwrap();
+        let out = t.path(&format!("out-{}", &id[..8]));
+        t.restore(id, &out);
+        let at = restored(&out, &data);
+        let problems = [
+            (snap["paths"] != absolute).then(|| format!("recorded as {}", snap["paths"])),
+            (!at.is_dir() || tree_fingerprint(&at) != expected).then(|| format!("restored as {:?}", files_under(&out))),
+        ];
+        for p in problems.into_iter().flatten() {
+            wrong.push(format!("`backup {arg}` in ./{cwd}: {p}"));
+        }
+    }
+    assert!(wrong.is_empty(), "each form should be stored as {absolute}:\n{}", wrong.join("\n"));
+}
+
+/// The files under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            out.extend(files_under(&p).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]

@@ -51,8 +51,13 @@ impl TestRepo {
 
     /// A temporary directory with a freshly initialised repository.
     pub fn init() -> TestRepo {
+        TestRepo::init_with(&[])
+    }
+
+    /// Like [`TestRepo::init`], with more arguments for `init`.
+    pub fn init_with(args: &[&str]) -> TestRepo {
         let t = TestRepo::new();
-        t.cmd(["init"]).assert().success();
+        t.cmd(["init"]).args(args).assert().success();
         t
     }
 

@@ -1,0 +1,316 @@
+//! Getting an application back: restore a job's files, or reload one of its
+//! databases from a snapshot's dump, as one declarative step.
+//!
+//! `before_restore` hooks run first (stop the application), `after_restore`
+//! hooks last — also when the restore failed. Files are restored through a
+//! staging directory and renamed into place. A database is loaded into a new
+//! name (`--into`), written out (`--dump-to`), or reloaded over the live one
+//! (`--reload`): loaded into a temporary database first and swapped in only
+//! when that load succeeded, the old one kept under a dated name.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::config::{Config, DatabaseConfig, DatabaseKind, Expectation, Job, Phase, SmokeQuery};
+use crate::dump::{DumpContext, DumpRecord, Server, major_version};
+use crate::engine::crypto::Id;
+use crate::engine::repository::Repository;
+use crate::engine::restore::{RestoreOptions, RestoreSummary, extract_file, restore_staged};
+use crate::engine::snapshot::Snapshot;
+use crate::hooks::{phase_name, run_hook};
+use crate::runner::{RunRecord, open_repository};
+use crate::spool::{JobLock, RunDir};
+use crate::template::Vars;
+
+/// What to restore.
+#[derive(Debug, Clone)]
+pub enum What {
+    Files { paths: Vec<PathBuf>, to: PathBuf, overwrite: bool },
+    Database { name: String, action: DatabaseAction },
+}
+
+#[derive(Debug, Clone)]
+pub enum DatabaseAction {
+    Into(String),
+    Reload,
+    DumpTo(PathBuf),
+}
+
+/// The result of one smoke query.
+#[derive(Debug, Clone, Serialize)]
+pub struct SmokeResult {
+    pub sql: String,
+    pub expect: String,
+    pub value: Option<String>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RestoreReport {
+    pub job: String,
+    pub snapshot: String,
+    pub files: Option<RestoreSummary>,
+    pub database: Option<String>,
+    /// Where the data went: a directory, a database, a file.
+    pub target: String,
+    /// After `--reload`: the old database's new name.
+    pub kept_as: Option<String>,
+    pub smoke: Vec<SmokeResult>,
+    pub warnings: Vec<String>,
+}
+
+/// The job's snapshot named by `spec` (`latest` = the job's newest).
+pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str) -> Result<(Id, Snapshot, RunRecord)> {
+    let (id, snap) = if spec == "latest" {
+        let (snaps, _) = repo.snapshots()?;
+        snaps
+            .into_iter()
+            .rev()
+            .find(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name))
+            .ok_or_else(|| anyhow!("job {:?} has no snapshot in its repository yet", job.name))?
+    } else {
+        repo.find_snapshot(spec)?
+    };
+    let record = crate::cli::job_record(&snap)
+        .filter(|r| r.job == job.name)
+        .ok_or_else(|| anyhow!("snapshot {} was not made by job {:?}", id.short(), job.name))?;
+    Ok((id, snap, record))
+}
+
+/// The dump of database `name` (a database name or an entry) in a run record.
+pub fn find_dump<'a>(record: &'a RunRecord, name: &str) -> Result<&'a DumpRecord> {
+    let hits: Vec<&DumpRecord> = record.databases.iter().filter(|d| d.name == name).collect();
+    let hits = if hits.is_empty() { record.databases.iter().filter(|d| d.entry == name).collect() } else { hits };
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => bail!(
+            "the snapshot holds no dump of {name:?}; it holds: {}",
+            record.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        many => bail!(
+            "{name:?} names several dumps ({}); name one database",
+            many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The job's configuration of the entry a dump came from.
+pub fn dump_config<'a>(job: &'a Job, dump: &DumpRecord) -> Result<&'a DatabaseConfig> {
+    job.databases.iter().find(|d| d.entry_name() == dump.entry).ok_or_else(|| {
+        anyhow!("the job no longer configures database entry {:?}; add it back to restore from it", dump.entry)
+    })
+}
+
+/// Restore `what` from the job's snapshot `spec`.
+pub fn restore_job(config: &Config, job: &Job, spec: &str, what: &What) -> Result<RestoreReport> {
+    let _lock = JobLock::acquire(&job.spool, &job.name)?;
+    let repo_cfg = &config.repositories[&job.repositories[0]];
+    let repo = open_repository(repo_cfg)?;
+    let (id, snap, record) = job_snapshot(&repo, job, spec)?;
+    let mut vars = Vars {
+        job: job.name.clone(),
+        run_id: record.run_id.clone(),
+        snapshot: id.to_hex(),
+        time: jiff::Timestamp::now().to_string(),
+        host: crate::engine::backup::hostname(),
+        ..Default::default()
+    };
+    let never = AtomicBool::new(false);
+    let mut report = RestoreReport { job: job.name.clone(), snapshot: id.to_hex(), ..Default::default() };
+    let result = run_hooks(job, Phase::BeforeRestore, &vars, &never).and_then(|()| match what {
+        What::Files { paths, to, overwrite } => {
+            restore_files(&repo, &snap, &record, paths, to, *overwrite, &mut report)
+        }
+        What::Database { name, action } => restore_database(job, &repo, &snap, &record, name, action, &mut report),
+    });
+    if let Err(e) = &result {
+        vars.error = format!("{e:#}");
+    }
+    let after = run_hooks(job, Phase::AfterRestore, &vars, &never);
+    result?;
+    after?;
+    Ok(report)
+}
+
+fn run_hooks(job: &Job, phase: Phase, vars: &Vars, cancel: &AtomicBool) -> Result<()> {
+    for hook in job.hooks.iter().filter(|h| h.phase == phase) {
+        tracing::info!("job {}: {} hook: {}", job.name, phase_name(phase), hook.run.display());
+        run_hook(hook, vars, cancel).map_err(|(_, e)| e)?;
+    }
+    Ok(())
+}
+
+fn restore_files(
+    repo: &Repository,
+    snap: &Snapshot,
+    record: &RunRecord,
+    paths: &[PathBuf],
+    to: &Path,
+    overwrite: bool,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let include: Vec<PathBuf> = if paths.is_empty() {
+        record.file_sets.iter().flat_map(|f| f.paths.iter().cloned()).collect()
+    } else {
+        paths.to_vec()
+    };
+    if include.is_empty() {
+        bail!("the snapshot holds no file sets");
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let opts = RestoreOptions { target: to.to_path_buf(), include, threads };
+    report.files = Some(restore_staged(repo, snap, &opts, overwrite)?);
+    report.target = to.display().to_string();
+    Ok(())
+}
+
+/// A private scratch directory in the job's spool, removed on drop.
+pub struct Scratch(pub RunDir);
+
+impl Scratch {
+    pub fn new(job: &Job, what: &str) -> Result<Scratch> {
+        let name = format!("{what}-{}", Id::random()?.short());
+        Ok(Scratch(RunDir::create(&job.spool, &job.name, &name)?))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+/// Write a dump out of the snapshot into `dir`; returns its path.
+pub fn extract_dump(repo: &Repository, snap: &Snapshot, dump: &DumpRecord, dir: &Path) -> Result<PathBuf> {
+    let name = Path::new(&dump.file).file_name().context("dump record without a file name")?;
+    let out = dir.join(name);
+    let mut f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    extract_file(repo, snap, Path::new(&dump.file), &mut f)?;
+    f.sync_all()?;
+    Ok(out)
+}
+
+fn timestamp() -> String {
+    jiff::Timestamp::now().strftime("%Y%m%d%H%M%S").to_string()
+}
+
+/// A database name derived from `base`, at most 63 bytes (PostgreSQL's limit).
+fn derived_name(base: &str, suffix: &str) -> String {
+    let keep = 63usize.saturating_sub(suffix.len());
+    let mut b: String = base.chars().take(keep).collect();
+    while b.len() > keep {
+        b.pop();
+    }
+    format!("{b}{suffix}")
+}
+
+fn restore_database(
+    job: &Job,
+    repo: &Repository,
+    snap: &Snapshot,
+    record: &RunRecord,
+    name: &str,
+    action: &DatabaseAction,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let dump = find_dump(record, name)?;
+    report.database = Some(dump.name.clone());
+    if let DatabaseAction::DumpTo(file) = action {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .with_context(|| format!("creating {} (it must not exist)", file.display()))?;
+        extract_file(repo, snap, Path::new(&dump.file), &mut f)?;
+        report.target = file.display().to_string();
+        return Ok(());
+    }
+    let db = dump_config(job, dump)?;
+    let server = Server::of(db)?;
+    if let (Some(made), Ok(Some(now))) = (&dump.server_version, server.server_version())
+        && let (Some(a), Some(b)) = (major_version(made), major_version(&now))
+        && b < a
+    {
+        let w = format!("the dump was made by server version {made}; restoring into older {now} may fail");
+        tracing::warn!("{w}");
+        report.warnings.push(w);
+    }
+    let scratch = Scratch::new(job, "restore")?;
+    let file = extract_dump(repo, snap, dump, &scratch.0.dumps)?;
+    let never = AtomicBool::new(false);
+    let ctx = DumpContext { run: &scratch.0, cancel: &never };
+    let live = match db.kind {
+        DatabaseKind::Sqlite => db.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        _ => dump.name.clone(),
+    };
+    match action {
+        DatabaseAction::Into(new) => {
+            if server.exists(new)? {
+                bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
+            }
+            if let Err(e) = server.load(new, &file, &ctx, db.timeout()) {
+                let _ = server.drop_database(new);
+                return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
+            }
+            report.target = new.clone();
+            report.smoke = smoke_queries(&server, new, &db.verify);
+        }
+        DatabaseAction::Reload => {
+            let stamp = timestamp();
+            let (loaded, keep) = match db.kind {
+                DatabaseKind::Sqlite => (format!("{live}.hfreload-{stamp}"), format!("{live}.before-{stamp}")),
+                _ => (
+                    derived_name(&live, &format!("_hfreload_{stamp}")),
+                    derived_name(&live, &format!("_before_{stamp}")),
+                ),
+            };
+            if let Err(e) = server.load(&loaded, &file, &ctx, db.timeout()) {
+                let _ = server.drop_database(&loaded);
+                return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
+            }
+            if !server.exists(&live)? {
+                // Nothing to swap with: the loaded copy simply takes the name.
+                server.swap_missing(&live, &loaded)?;
+            } else {
+                server.swap(&live, &loaded, &keep)?;
+                tracing::warn!("the previous {live:?} is kept as {keep:?}; drop it when you are satisfied");
+                report.kept_as = Some(keep);
+            }
+            report.target = live.clone();
+            report.smoke = smoke_queries(&server, &live, &db.verify);
+        }
+        DatabaseAction::DumpTo(_) => {}
+    }
+    if let Some(bad) = report.smoke.iter().find(|s| !s.ok) {
+        bail!(
+            "smoke query {:?} returned {:?}, expected {}",
+            bad.sql,
+            bad.value.as_deref().unwrap_or("no value"),
+            bad.expect
+        );
+    }
+    Ok(())
+}
+
+/// Run smoke queries against database `name`.
+pub fn smoke_queries(server: &Server, name: &str, queries: &[SmokeQuery]) -> Vec<SmokeResult> {
+    queries
+        .iter()
+        .map(|q| {
+            let expect = q.expect.clone().unwrap_or_else(|| "non-empty".into());
+            let value = server.scalar(name, &q.sql);
+            let ok = match (&value, Expectation::parse(q.expect.as_deref())) {
+                (Ok(v), Ok(e)) => e.check(v.as_deref()),
+                _ => false,
+            };
+            let value = match value {
+                Ok(v) => v,
+                Err(e) => Some(format!("error: {e:#}")),
+            };
+            SmokeResult { sql: q.sql.clone(), expect, value, ok }
+        })
+        .collect()
+}
