@@ -53,9 +53,18 @@ pub enum Command {
         /// Run every job of the config.
         #[arg(long, conflicts_with = "jobs")]
         all: bool,
+        /// Check everything and print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
         #[arg(required_unless_present = "all")]
+        jobs: Vec<String>,
+    },
+    /// Check jobs (all when none is named) without changing anything.
+    Validate {
+        #[arg(long)]
+        json: bool,
         jobs: Vec<String>,
     },
     /// Run the `finally` hooks a killed run of JOB still owes (for systemd's ExecStopPost=).
@@ -231,9 +240,16 @@ pub fn run() -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Run { all, json, jobs } => {
+        Command::Run { all, json, jobs, dry_run } => {
             let config = config.as_ref().context("`run` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            if *dry_run {
+                return validate_jobs(config, if *all { &[] } else { jobs }, true, *json);
+            }
             return run_jobs(config, *all, jobs, *json);
+        }
+        Command::Validate { json, jobs } => {
+            let config = config.as_ref().context("`validate` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            return validate_jobs(config, jobs, false, *json);
         }
         Command::Init { compression_level, avg_chunk_size, pack_size } => {
             let path = repo_path()?;
@@ -441,6 +457,57 @@ pub fn run() -> Result<ExitCode> {
         Command::Key(k) => key_command(k, &repo_path()?, &passphrase, &open)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Validate the named jobs (all when none); with `plan`, print what a run would do.
+fn validate_jobs(config: &Config, names: &[String], plan: bool, json: bool) -> Result<ExitCode> {
+    let jobs: Vec<&Job> = if names.is_empty() {
+        config.jobs.values().collect()
+    } else {
+        names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
+    };
+    let v = crate::validate::validate(config, &jobs, plan);
+    if json {
+        print_json(&v)?;
+    } else {
+        for p in &v.plans {
+            println!("plan of job {}:", p.job);
+            for (i, line) in p.steps.iter().enumerate() {
+                let when = match line.step.when {
+                    crate::plan::When::Ok => "",
+                    crate::plan::When::Failed => " [only after a failure]",
+                    crate::plan::When::Always => " [always]",
+                };
+                println!("  {:>2}. {}{when}", i + 1, step_name(&line.step.step));
+                for d in &line.details {
+                    println!("        {d}");
+                }
+            }
+        }
+        for f in &v.findings {
+            println!("{} {} [{}]: {}", if f.ok { "ok     " } else { "PROBLEM" }, f.job, f.check, f.message);
+        }
+        let problems = v.findings.iter().filter(|f| !f.ok).count();
+        println!(
+            "{}",
+            if problems == 0 { "valid: no problems found".to_string() } else { format!("{problems} problem(s) found") }
+        );
+    }
+    Ok(if v.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn step_name(step: &crate::plan::Step) -> String {
+    use crate::plan::Step;
+    match step {
+        Step::PrepareSpool => "prepare the spool".into(),
+        Step::Hooks { phase, count } => format!("{} hooks ({count})", crate::hooks::phase_name(*phase)),
+        Step::Hold { hooks, locks } => format!("start holding ({hooks} hold hooks, {locks} locks)"),
+        Step::Release => "release what is held".into(),
+        Step::Dump { entry, kind, name, .. } => format!("dump {} {name} (entry {entry})", kind.as_str()),
+        Step::Capture { .. } => "read dumps and files into the repository".into(),
+        Step::Commit { .. } => "commit the snapshot".into(),
+        Step::CleanSpool => "clean the spool".into(),
+    }
 }
 
 /// Run the named jobs (or all), one after the other; fails if any failed.

@@ -467,8 +467,43 @@ impl Config {
 fn parse_file(file: &Path, text: &str) -> Result<RawFile> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-        ConfigError::At { file: file.to_path_buf(), line, column, message: e.message().trim().to_string() }
+        let snippet = e.span().map(|s| text[s.start..s.end.min(text.len())].trim().to_string()).unwrap_or_default();
+        let mut message = explain_unknown_key(e.message().trim());
+        if !snippet.is_empty() && snippet.len() < 80 && !message.contains(&snippet) {
+            message = format!("{message} (at `{snippet}`)");
+        }
+        ConfigError::At { file: file.to_path_buf(), line, column, message }
     })
+}
+
+/// serde's "unknown field `retry`, expected one of `a`, `b`" becomes
+/// "unknown key `retry`: `retries` expected, found `retry` (known keys: ...)".
+fn explain_unknown_key(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
+    let Some((found, rest)) = rest.split_once('`') else { return message.to_string() };
+    let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    match known.iter().min_by_key(|k| edit_distance(found, k)) {
+        Some(best) if edit_distance(found, best) <= best.len().max(found.len()) / 2 => {
+            format!("unknown key: `{best}` expected, found `{found}` (known keys: {})", known.join(", "))
+        }
+        _ => format!("unknown key `{found}` (known keys: {})", known.join(", ")),
+    }
+}
+
+/// Levenshtein distance, for suggesting the key that was meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// 1-based line and column of byte offset `at`.
@@ -688,6 +723,12 @@ mod tests {
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn an_unknown_key_suggests_the_closest_known_one() {
+        let m = explain_unknown_key("unknown field `retry`, expected one of `retries`, `retry_delay`, `spool`");
+        assert!(m.starts_with("unknown key: `retries` expected, found `retry`"), "{m}");
     }
 
     #[test]

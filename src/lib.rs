@@ -20,6 +20,7 @@ pub mod runner;
 pub mod secrets;
 pub mod spool;
 pub mod template;
+pub mod validate;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -151,17 +151,22 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     }
 }
 
-/// Whether `program` can be found: a path that exists, or a name on `$PATH`.
+/// Where `program` is: a path to an executable file, or a name on `$PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| {
+    find_program_in(program, &std::env::var("PATH").unwrap_or_default())
+}
+
+/// Where `program` is, searching `path` (a `PATH`-style list) for bare names.
+pub fn find_program_in(program: &str, path: &str) -> Option<PathBuf> {
+    let executable = |p: &std::path::Path| {
         use std::os::unix::fs::PermissionsExt;
         p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path).map(|d| d.join(program)).find(|p| executable(p))
 }
 
 /// A process that keeps running while the run goes on (a `hold` hook): it

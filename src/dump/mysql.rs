@@ -322,3 +322,19 @@ impl Connection {
         self.drop_database(loaded)
     }
 }
+
+impl Connection {
+    /// Bytes of data and indexes of the database's tables.
+    pub fn database_size(&self, name: &str) -> Result<u64> {
+        let name = name.to_string();
+        self.with_conn(None, async move |c| {
+            let n: Option<Option<u64>> = c
+                .exec_first(
+                    "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) FROM information_schema.tables WHERE table_schema = ?",
+                    (name,),
+                )
+                .await?;
+            Ok(n.flatten().unwrap_or(0))
+        })
+    }
+}

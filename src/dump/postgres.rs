@@ -294,3 +294,30 @@ impl Connection {
         Ok(())
     }
 }
+
+impl Connection {
+    /// Bytes the database takes on the server.
+    pub fn database_size(&self, name: &str) -> Result<u64> {
+        let name = name.to_string();
+        self.with_client("postgres", async move |c| {
+            let n: i64 = c.query_one("SELECT pg_database_size($1)", &[&name]).await?.get(0);
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    /// Tables of `dbname` that this role cannot SELECT (pg_dump would fail on them).
+    pub fn unreadable_tables(&self, dbname: &str) -> Result<Vec<String>> {
+        self.with_client(dbname, async |c| {
+            let rows = c
+                .query(
+                    "SELECT schemaname || '.' || tablename FROM pg_tables \
+                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+                     AND NOT has_table_privilege(current_user, format('%I.%I', schemaname, tablename), 'SELECT') \
+                     ORDER BY 1",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+    }
+}

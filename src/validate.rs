@@ -1,0 +1,423 @@
+//! Validate: check everything a run of a job would need, without changing
+//! anything — no spool directory, no repository object or lock, no database
+//! change, no hook run, no notification. `run --dry-run` adds the plan.
+//!
+//! Every problem is collected (not just the first), each with what to change.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::{Config, DatabaseKind, Job, Phase};
+use crate::dump::{self, mysql, postgres};
+use crate::engine::repository::Repository;
+use crate::hooks::render_hook;
+use crate::plan::{PlannedStep, Step, plan};
+use crate::process::find_program_in;
+use crate::template::{Vars, render};
+
+/// The PATH systemd gives services; a hook must be found on it, not on the
+/// PATH of the shell that ran `validate`.
+pub const SYSTEMD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub job: String,
+    /// Which check: templates, hooks, databases, spool, repositories, files.
+    pub check: &'static str,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// What a job's run would do, for `--dry-run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub job: String,
+    pub steps: Vec<PlanLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanLine {
+    #[serde(flatten)]
+    pub step: PlannedStep,
+    /// The commands the step would execute (secrets masked) and what it acts on.
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Validation {
+    pub findings: Vec<Finding>,
+    pub plans: Vec<PlanView>,
+}
+
+impl Validation {
+    pub fn ok(&self) -> bool {
+        self.findings.iter().all(|f| f.ok)
+    }
+}
+
+/// Variables as a run would have them, with placeholders for what a run
+/// decides (`run_id`, `snapshot`).
+fn sample_vars(job: &Job) -> Vars {
+    Vars {
+        job: job.name.clone(),
+        run_id: "RUN_ID".into(),
+        spool: job.spool.join(&job.name).join("RUN_ID").display().to_string(),
+        snapshot: "SNAPSHOT".into(),
+        event: "failure".into(),
+        error: "ERROR".into(),
+        time: jiff::Timestamp::now().to_string(),
+        host: crate::engine::backup::hostname(),
+    }
+}
+
+struct Checker<'a> {
+    job: &'a Job,
+    findings: Vec<Finding>,
+}
+
+impl Checker<'_> {
+    fn add(&mut self, check: &'static str, ok: bool, message: String) {
+        self.findings.push(Finding { job: self.job.name.clone(), check, ok, message });
+    }
+    fn ok(&mut self, check: &'static str, message: String) {
+        self.add(check, true, message);
+    }
+    fn problem(&mut self, check: &'static str, message: String) {
+        self.add(check, false, message);
+    }
+}
+
+/// Validate `jobs` of `config`; with `with_plan`, also describe each run.
+pub fn validate(config: &Config, jobs: &[&Job], with_plan: bool) -> Validation {
+    let mut v = Validation::default();
+    for job in jobs {
+        let mut c = Checker { job, findings: Vec::new() };
+        let sizes = check_job(config, job, &mut c);
+        v.findings.extend(c.findings);
+        if with_plan {
+            v.plans.push(plan_view(job, &sizes));
+        }
+    }
+    v
+}
+
+/// Databases a dump would cover, with their sizes now.
+type Found = Vec<(String, u64)>;
+/// Database entry index → what it would dump.
+type Sizes = Vec<(usize, Found)>;
+
+fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
+    let vars = sample_vars(job);
+    // Templates and hooks.
+    for (i, hook) in job.hooks.iter().enumerate() {
+        let what = format!("hook {} #{} ({})", crate::hooks::phase_name(hook.phase), i + 1, hook.run.display());
+        match render_hook(hook, &vars) {
+            Err(e) => c.problem("templates", format!("{what}: {e}")),
+            Ok((argv, _)) => check_program(c, &what, &argv, hook.cwd.as_deref()),
+        }
+        if let Some(cwd) = &hook.cwd
+            && !cwd.is_dir()
+        {
+            c.problem("hooks", format!("{what}: its cwd {} does not exist", cwd.display()));
+        }
+        if let Some(u) = &hook.user
+            && crate::process::lookup_user(u).is_err()
+        {
+            c.problem("hooks", format!("{what}: user {u:?} does not exist"));
+        }
+    }
+    for (i, n) in job.notify.iter().enumerate() {
+        let strings: Vec<String> = match (&n.command, &n.webhook) {
+            (Some(cmd), _) => cmd.argv(),
+            (_, Some(url)) => vec![url.clone()],
+            _ => Vec::new(),
+        };
+        for s in strings {
+            if let Err(e) = render(&s, &vars) {
+                c.problem("templates", format!("notify #{}: {e}", i + 1));
+            }
+        }
+        if let Some(cmd) = &n.command {
+            check_program(c, &format!("notify #{}", i + 1), &cmd.argv(), None);
+        }
+    }
+    // Databases.
+    let mut sizes = Vec::new();
+    for (i, db) in job.databases.iter().enumerate() {
+        let what = format!("database {:?} ({})", db.entry_name(), db.kind.as_str());
+        match check_database(db) {
+            Ok((found, notes)) => {
+                for n in notes {
+                    c.problem("databases", format!("{what}: {n}"));
+                }
+                let total: u64 = found.iter().map(|(_, s)| s).sum();
+                if !found.is_empty() {
+                    c.ok(
+                        "databases",
+                        format!(
+                            "{what}: reachable; would dump {} ({})",
+                            found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                            crate::cli::human(total)
+                        ),
+                    );
+                }
+                sizes.push((i, found));
+            }
+            Err(e) => c.problem("databases", format!("{what}: {e:#}")),
+        }
+    }
+    // Spool.
+    let needed: u64 = sizes.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| *s)).sum();
+    check_spool(c, &job.spool, needed);
+    // Repositories.
+    for name in &job.repositories {
+        let Some(r) = config.repositories.get(name) else { continue };
+        match crate::secrets::resolve(&r.passphrase, name).and_then(|p| Ok(Repository::open(&r.path, &p)?)) {
+            Ok(_) => {
+                c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.path.display()))
+            }
+            Err(e) => c.problem("repositories", format!("repository {name:?}: {e:#}")),
+        }
+    }
+    // Files.
+    for p in &job.files.paths {
+        if p.exists() {
+            c.ok("files", format!("{} exists", p.display()));
+        } else {
+            c.problem("files", format!("file set path {} does not exist", p.display()));
+        }
+    }
+    sizes
+}
+
+fn check_program(c: &mut Checker, what: &str, argv: &[String], cwd: Option<&Path>) {
+    let Some(program) = argv.first() else {
+        c.problem("hooks", format!("{what}: empty command"));
+        return;
+    };
+    // A relative path with a slash is relative to the hook's cwd.
+    let program = match cwd {
+        Some(dir) if program.contains('/') && !program.starts_with('/') => dir.join(program).display().to_string(),
+        _ => program.clone(),
+    };
+    let program = &program;
+    match find_program_in(program, SYSTEMD_PATH) {
+        Some(_) => c.ok("hooks", format!("{what}: {program} found")),
+        None if program.contains('/') => {
+            c.problem("hooks", format!("{what}: program {program:?} does not exist or is not executable"))
+        }
+        None => c.problem(
+            "hooks",
+            format!("{what}: program {program:?} is not on systemd's PATH ({SYSTEMD_PATH}); install it or use its absolute path"),
+        ),
+    }
+}
+
+/// Reach the database and list what would be dumped with sizes; the second
+/// list has problems that do not stop the listing.
+fn check_database(db: &crate::config::DatabaseConfig) -> Result<(Found, Vec<String>)> {
+    let mut notes = Vec::new();
+    match db.kind {
+        DatabaseKind::Sqlite => {
+            let p = db.path.clone().unwrap_or_default();
+            dump::sqlite::open_existing(&p)?;
+            let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            Ok((vec![(p.display().to_string(), size)], notes))
+        }
+        DatabaseKind::Postgresql => {
+            let conn = postgres::Connection::of(db)?;
+            let server = conn.server_version("postgres")?;
+            match dump::tool_version("pg_dump") {
+                Ok(v) => {
+                    if let (Some(tool), Some(srv)) = (dump::major_version(&v), dump::major_version(&server))
+                        && tool < srv
+                    {
+                        notes.push(format!(
+                            "pg_dump is version {tool} but the server is {srv}: pg_dump must be at least the server's major version (install postgresql-client-{srv})"
+                        ));
+                    }
+                }
+                Err(e) => notes.push(format!("{e:#}")),
+            }
+            let names = if db.is_all() { conn.databases()? } else { vec![db.name.clone().unwrap_or_default()] };
+            let mut out = Vec::new();
+            for n in names {
+                if !conn.exists(&n)? {
+                    notes.push(format!("database {n:?} does not exist on the server"));
+                    continue;
+                }
+                for t in conn.unreadable_tables(&n)? {
+                    notes.push(format!("role {:?} cannot SELECT table {t} in database {n:?}; grant it", conn.user));
+                }
+                out.push((n.clone(), conn.database_size(&n)?));
+            }
+            Ok((out, notes))
+        }
+        DatabaseKind::Mysql => {
+            let conn = mysql::Connection::of(db)?;
+            conn.server_version()?;
+            if crate::process::find_program(mysql::dump_tool()).is_none() {
+                notes.push("neither mariadb-dump nor mysqldump is installed".into());
+            }
+            let names = if db.is_all() { conn.databases()? } else { vec![db.name.clone().unwrap_or_default()] };
+            let mut out = Vec::new();
+            for n in names {
+                if !conn.exists(&n)? {
+                    notes
+                        .push(format!("database {n:?} does not exist on the server (or {} may not see it)", conn.user));
+                    continue;
+                }
+                out.push((n.clone(), conn.database_size(&n)?));
+            }
+            Ok((out, notes))
+        }
+    }
+}
+
+/// Free space a spool must have beyond the databases' current size: dumps
+/// of text can be larger than the database (no compression, no indexes
+/// omitted), so ask for 50% more plus 64 MiB.
+fn spool_needed(db_bytes: u64) -> u64 {
+    db_bytes + db_bytes / 2 + (64 << 20)
+}
+
+fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
+    use std::os::unix::fs::MetadataExt;
+    // The nearest existing directory: the spool, or where it would be created.
+    let mut existing = spool.to_path_buf();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p.to_path_buf(),
+            None => break,
+        }
+    }
+    if existing == spool {
+        match std::fs::metadata(spool) {
+            Ok(md) if md.uid() != nix::unistd::geteuid().as_raw() => c.problem(
+                "spool",
+                format!("spool {} is owned by uid {}, not by the user running holdfast", spool.display(), md.uid()),
+            ),
+            Ok(md) if md.mode() & 0o077 != 0 => c.problem(
+                "spool",
+                format!(
+                    "spool {} has mode {:o}: others could read the dumps; chmod 700 it",
+                    spool.display(),
+                    md.mode() & 0o777
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => c.problem("spool", format!("spool {}: {e}", spool.display())),
+        }
+    } else if nix::unistd::access(&existing, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_err() {
+        c.problem(
+            "spool",
+            format!("spool {} cannot be created: {} is not writable", spool.display(), existing.display()),
+        );
+    }
+    match nix::sys::statvfs::statvfs(&existing) {
+        Ok(st) => {
+            let free = st.blocks_available() * st.fragment_size();
+            let need = spool_needed(db_bytes);
+            if free < need {
+                c.problem(
+                    "spool",
+                    format!(
+                        "spool {} has {} free but the dumps need about {} (databases {} + 50% + 64 MiB)",
+                        spool.display(),
+                        crate::cli::human(free),
+                        crate::cli::human(need),
+                        crate::cli::human(db_bytes)
+                    ),
+                );
+            } else {
+                c.ok(
+                    "spool",
+                    format!(
+                        "spool {}: {} free, about {} needed",
+                        spool.display(),
+                        crate::cli::human(free),
+                        crate::cli::human(need)
+                    ),
+                );
+            }
+        }
+        Err(e) => c.problem("spool", format!("spool {}: cannot read free space: {e}", existing.display())),
+    }
+}
+
+/// Count files and bytes under `paths` (for the plan).
+fn tally(paths: &[PathBuf]) -> (u64, u64) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if md.is_file() {
+            files += 1;
+            bytes += md.len();
+        }
+    }
+    (files, bytes)
+}
+
+fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
+    let vars = sample_vars(job);
+    let steps = plan(job)
+        .into_iter()
+        .map(|step| {
+            let details = match &step.step {
+                Step::PrepareSpool => vec![format!("create {} (mode 0700)", vars.spool)],
+                Step::Hooks { phase, .. } => hook_lines(job, *phase, &vars),
+                Step::Hold { locks, .. } => {
+                    let mut d = hook_lines(job, Phase::Hold, &vars);
+                    if *locks > 0 {
+                        d.push(format!("take {locks} database global read lock(s)"));
+                    }
+                    d
+                }
+                Step::Dump { index, kind, .. } => {
+                    let found = sizes.iter().find(|(i, _)| i == index).map(|(_, f)| f.clone()).unwrap_or_default();
+                    let tool = match kind {
+                        DatabaseKind::Postgresql => "pg_dump --format=plain (password via a private PGPASSFILE)",
+                        DatabaseKind::Mysql => {
+                            "mariadb-dump --single-transaction --routines --triggers --events (password via a private options file)"
+                        }
+                        DatabaseKind::Sqlite => "SQLite online backup API",
+                    };
+                    let mut d = vec![tool.to_string()];
+                    d.extend(found.iter().map(|(n, s)| format!("{n}: {} now", crate::cli::human(*s))));
+                    d
+                }
+                Step::Capture { repository, paths, .. } => {
+                    let (files, bytes) = tally(paths);
+                    let mut d = vec![format!("into repository {repository:?}")];
+                    d.extend(paths.iter().map(|p| p.display().to_string()));
+                    d.push(format!("{files} files, {} now", crate::cli::human(bytes)));
+                    d
+                }
+                Step::Release => vec!["close hold hooks' stdin, SIGTERM after their grace; unlock databases".into()],
+                Step::Commit { repository } => vec![format!("write the snapshot to {repository:?}")],
+                Step::CleanSpool => vec![format!("remove {}", vars.spool)],
+            };
+            PlanLine { step, details }
+        })
+        .collect();
+    PlanView { job: job.name.clone(), steps }
+}
+
+fn hook_lines(job: &Job, phase: Phase, vars: &Vars) -> Vec<String> {
+    job.hooks
+        .iter()
+        .filter(|h| h.phase == phase)
+        .map(|h| match render_hook(h, vars) {
+            Ok((argv, _)) => format!("run {}", argv.join(" ")),
+            Err(e) => format!("(does not render: {e})"),
+        })
+        .collect()
+}
