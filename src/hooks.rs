@@ -136,10 +136,17 @@ impl HeldHook {
     /// Let go: close its stdin, then SIGTERM after the grace period.
     pub fn release(self) -> HookRecord {
         let mut record = self.record;
-        for line in self.process.release(self.grace).iter().skip(self.logged) {
+        let released = self.process.release(self.grace);
+        for line in released.output.iter().skip(self.logged) {
             tracing::info!("hook hold: {line}");
         }
-        record.ok = true;
+        record.exit_status = released.code;
+        // Being terminated after the grace period is how a hold that ignores
+        // its stdin ends; only an error exit on its own counts as not ok.
+        record.ok = !released.ended_by_itself || released.code == Some(0);
+        if !released.ended_by_itself {
+            tracing::info!("hook hold: did not exit within {:?} of its stdin closing; terminated", self.grace);
+        }
         record.duration_secs = self.started.elapsed().as_secs_f64();
         record
     }

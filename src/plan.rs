@@ -57,7 +57,6 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
     let mut steps = Vec::new();
     let mut add = |when, step| steps.push(PlannedStep { when, step });
     let hooks = |phase: Phase| job.hooks.iter().filter(|h| h.phase == phase).count();
-    let repository = job.repositories.first().cloned().unwrap_or_default();
     add(When::Ok, Step::PrepareSpool);
     let hook_step = |add: &mut dyn FnMut(When, Step), when, phase| {
         let count = hooks(phase);
@@ -80,19 +79,25 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
         add(When::Ok, Step::Dump { index, entry: db.entry_name(), kind: db.kind, name });
     }
     hook_step(&mut add, When::Ok, Phase::AfterDumps);
-    add(
-        When::Ok,
-        Step::Capture {
-            repository: repository.clone(),
-            dumps: !job.databases.is_empty(),
-            paths: job.files.paths.clone(),
-        },
-    );
+    // Every repository gets the same dumps and files; each commits only
+    // after all were captured and the `after_files` hooks ran.
+    for repository in &job.repositories {
+        add(
+            When::Ok,
+            Step::Capture {
+                repository: repository.clone(),
+                dumps: !job.databases.is_empty(),
+                paths: job.files.paths.clone(),
+            },
+        );
+    }
     if holds {
         add(When::Always, Step::Release);
     }
     hook_step(&mut add, When::Ok, Phase::AfterFiles);
-    add(When::Ok, Step::Commit { repository });
+    for repository in &job.repositories {
+        add(When::Ok, Step::Commit { repository: repository.clone() });
+    }
     hook_step(&mut add, When::Ok, Phase::OnSuccess);
     hook_step(&mut add, When::Failed, Phase::OnFailure);
     hook_step(&mut add, When::Always, Phase::Finally);

@@ -169,6 +169,15 @@ pub fn find_program_in(program: &str, path: &str) -> Option<PathBuf> {
     std::env::split_paths(path).map(|d| d.join(program)).find(|p| executable(p))
 }
 
+/// How a held process ended when it was released.
+pub struct Released {
+    pub output: Vec<String>,
+    /// Exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// It exited after its stdin closed, within the grace period.
+    pub ended_by_itself: bool,
+}
+
 /// A process that keeps running while the run goes on (a `hold` hook): it
 /// is started, awaited until it prints its ready line, checked for an early
 /// exit, and released by closing its stdin, then SIGTERM after a grace period.
@@ -259,14 +268,16 @@ impl HeldProcess {
 
     /// Close stdin, wait up to `grace` for it to end, then SIGTERM (and
     /// SIGKILL after another grace period).
-    pub fn release(mut self, grace: Duration) -> Vec<String> {
+    pub fn release(mut self, grace: Duration) -> Released {
         drop(self.stdin.take());
-        self.kill(grace);
+        let ended_by_itself = self.kill(grace);
         self.drain();
-        self.output
+        let code = self.child.try_wait().ok().flatten().and_then(|s| s.code());
+        Released { output: self.output, code, ended_by_itself }
     }
 
-    fn kill(&mut self, grace: Duration) {
+    /// True when the process ended within `grace`; else it was signalled.
+    fn kill(&mut self, grace: Duration) -> bool {
         let pg = Pid::from_raw(self.child.id() as i32);
         let wait = |child: &mut std::process::Child, d: Duration| {
             let end = Instant::now() + d;
@@ -281,13 +292,14 @@ impl HeldProcess {
             }
         };
         if wait(&mut self.child, grace) {
-            return;
+            return true;
         }
         let _ = killpg(pg, Signal::SIGTERM);
         if !wait(&mut self.child, GRACE) {
             let _ = killpg(pg, Signal::SIGKILL);
             let _ = self.child.wait();
         }
+        false
     }
 
     fn drain(&mut self) {

@@ -96,20 +96,38 @@ pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<R
         let outcome = Attempt::new(config, job, &run_id, vars.clone(), cancel).execute();
         match outcome {
             Ok(done) => {
-                vars.snapshot = done.snapshot.to_hex();
-                notify(&job.notify, Event::Success, &vars);
-                let summary = format!(
-                    "job {}: snapshot {} committed in {:.1}s: {}",
-                    job.name,
-                    done.snapshot.short(),
-                    started.elapsed().as_secs_f64(),
-                    done.summary
-                );
+                let (_, first) = done.committed[0];
+                vars.snapshot = first.to_hex();
+                let ids: Vec<String> =
+                    done.committed.iter().map(|(r, id)| format!("{} (in {r:?})", id.short())).collect();
+                let took = started.elapsed().as_secs_f64();
+                let error = done.error.map(|e| format!("{e:#}"));
+                match &error {
+                    None => notify(&job.notify, Event::Success, &vars),
+                    Some(e) => {
+                        vars.error = e.clone();
+                        notify(&job.notify, Event::Failure, &vars);
+                    }
+                }
+                let summary = match &error {
+                    None => format!(
+                        "job {}: snapshot {} committed in {took:.1}s: {}",
+                        job.name,
+                        ids.join(", "),
+                        done.summary
+                    ),
+                    Some(e) => format!(
+                        "job {}: FAILED: snapshot {} was committed ({}), but a later step failed: {e}",
+                        job.name,
+                        ids.join(", "),
+                        done.summary
+                    ),
+                };
                 return Ok(RunReport {
                     job: job.name.clone(),
-                    ok: true,
-                    snapshot: Some(done.snapshot.to_hex()),
-                    error: None,
+                    ok: error.is_none(),
+                    snapshot: Some(first.to_hex()),
+                    error,
                     attempts: attempt,
                     summary,
                 });
@@ -163,9 +181,13 @@ fn new_run_id() -> String {
     format!("{}-{}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"), hex::encode(r))
 }
 
+/// An attempt that committed its snapshot(s); `error` is a failure after
+/// the commit (an `on_success` or `finally` hook, the spool cleanup), which
+/// fails the run but is not retried: one run commits one snapshot.
 struct Done {
-    snapshot: Id,
+    committed: Vec<(String, Id)>,
     summary: String,
+    error: Option<anyhow::Error>,
 }
 
 /// One attempt: the plan's steps and what they produced.
@@ -176,14 +198,15 @@ struct Attempt<'a> {
     vars: Vars,
     cancel: &'a Arc<AtomicBool>,
     run_dir: Option<RunDir>,
-    repo: Option<Repository>,
-    capture: Option<Capture>,
-    file_sets: Vec<FileSetRecord>,
+    /// Captured, not yet committed: repository name, repository, capture,
+    /// and when its file sets were read.
+    captures: Vec<(String, Repository, Capture, FileSetRecord)>,
     dumps: Vec<DumpRecord>,
     hooks: Vec<HookRecord>,
     holds: Vec<HeldHook>,
     locks: Vec<GlobalReadLock>,
-    committed: Option<Id>,
+    /// Committed snapshots: repository name and snapshot id.
+    committed: Vec<(String, Id)>,
     totals: Option<crate::engine::snapshot::Summary>,
 }
 
@@ -196,14 +219,12 @@ impl<'a> Attempt<'a> {
             vars,
             cancel,
             run_dir: None,
-            repo: None,
-            capture: None,
-            file_sets: Vec::new(),
+            captures: Vec::new(),
             dumps: Vec::new(),
             hooks: Vec::new(),
             holds: Vec::new(),
             locks: Vec::new(),
-            committed: None,
+            committed: Vec::new(),
             totals: None,
         }
     }
@@ -238,13 +259,12 @@ impl<'a> Attempt<'a> {
                 }
             }
         }
-        match (failure, self.committed) {
-            (None, Some(snapshot)) => Ok(Done { snapshot, summary: self.summary() }),
-            (Some(e), Some(snapshot)) => {
-                Err(e.context(format!("snapshot {} was committed, but a later step failed", snapshot.short())))
-            }
-            (Some(e), None) => Err(e),
-            (None, None) => bail!("the run ended without committing a snapshot"),
+        let summary = self.summary();
+        let committed = std::mem::take(&mut self.committed);
+        match (failure, committed.is_empty()) {
+            (error, false) => Ok(Done { committed, summary, error }),
+            (Some(e), true) => Err(e),
+            (None, true) => bail!("the run ended without committing a snapshot"),
         }
     }
 
@@ -331,29 +351,35 @@ impl<'a> Attempt<'a> {
                 for w in &cap.summary().warnings {
                     tracing::warn!("job {}: {w}", self.job.name);
                 }
-                self.file_sets.push(FileSetRecord {
+                let file_set = FileSetRecord {
                     paths: paths.clone(),
                     capture_started: started,
                     capture_finished: jiff::Timestamp::now(),
-                });
-                self.capture = Some(cap);
-                self.repo = Some(repo);
-            }
-            Step::Commit { .. } => {
-                let (Some(cap), Some(repo)) = (self.capture.take(), self.repo.as_ref()) else {
-                    bail!("nothing captured to commit");
                 };
+                self.captures.push((repository.clone(), repo, cap, file_set));
+            }
+            Step::Commit { repository } => {
+                let i = self
+                    .captures
+                    .iter()
+                    .position(|(name, ..)| name == repository)
+                    .with_context(|| format!("nothing captured for repository {repository:?}"))?;
+                let (name, repo, cap, file_set) = self.captures.remove(i);
+                let repo = &repo;
                 let record = RunRecord {
                     job: self.job.name.clone(),
                     run_id: self.run_id.clone(),
                     databases: self.dumps.clone(),
-                    file_sets: self.file_sets.clone(),
+                    file_sets: vec![file_set],
                     hooks: self.hooks.clone(),
                 };
-                let result =
-                    cap.commit(repo, Some(serde_json::to_value(&record)?)).context("committing the snapshot")?;
-                self.vars.snapshot = result.id.to_hex();
-                self.committed = Some(result.id);
+                let result = cap
+                    .commit(repo, Some(serde_json::to_value(&record)?))
+                    .with_context(|| format!("committing the snapshot to repository {name:?}"))?;
+                if self.committed.is_empty() {
+                    self.vars.snapshot = result.id.to_hex();
+                }
+                self.committed.push((name, result.id));
                 self.totals = Some(result.snapshot.summary.clone());
             }
             Step::CleanSpool => {

@@ -89,6 +89,8 @@ pub(crate) fn run_tool(
         timeout: db.timeout(),
         stdout_file: Some(out.to_path_buf()),
         user: db.run_as.clone(),
+        // Another user may not be able to enter holdfast's working directory.
+        cwd: db.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
         ..Default::default()
     };
     let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;

@@ -39,7 +39,7 @@ const MOMENTS: [Moment; 5] = [
 
 /// New random data each round, so that every killed run has chunks to seal
 /// and packs to write.
-const CHURN: u64 = 8 * MIB;
+const CHURN: u64 = 32 * MIB;
 
 /// Packs of 1 MiB (instead of 16 MiB) put many pack commits, each a moment a
 /// kill can interrupt, into little data.

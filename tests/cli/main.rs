@@ -19,3 +19,17 @@ mod crash;
 mod keys;
 mod roundtrip;
 mod tamper;
+
+mod jobs;
+mod jobs_config;
+mod jobs_consistency;
+mod jobs_hooks;
+mod jobs_notify;
+mod jobs_secrets;
+mod jobs_spool;
+mod jobs_util;
+
+mod hold;
+mod p34_util;
+mod restore_jobs;
+mod verify_jobs;

@@ -1,0 +1,123 @@
+//! Notifications and templates: a `command` target hears the events it
+//! listens for, retries included; a failing notification never fails the
+//! run; an unknown template variable fails it, naming the variable.
+
+use std::fs;
+
+use crate::jobs_util::JobEnv;
+
+/// A job `app` backing up `uploads/`, with `extra` (hooks, retries) and a
+/// notify target that appends `{{job}} {{event}}` to `events`.
+fn notifying_job(env: &JobEnv, extra: &str) {
+    fs::create_dir_all(env.path("uploads")).unwrap();
+    fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
+    env.config(&format!(
+        r#"[jobs.app]
+{extra}
+[jobs.app.files]
+paths = ["uploads"]
+
+[[jobs.app.notify]]
+events = ["success", "failure", "retry"]
+command = ["/bin/sh", "-c", "echo \"$1\" >> events", "notify", "{{{{job}}}} {{{{event}}}}"]
+"#
+    ))
+    .init_repo();
+}
+
+const FAILING_HOOK: &str = "[[jobs.app.hooks]]\nphase = \"before\"\nrun = \"exit 1\"\n";
+
+#[test]
+fn a_command_target_hears_success() {
+    let env = JobEnv::new();
+    notifying_job(&env, "");
+
+    env.run(&["app"]).assert_ok();
+
+    assert_eq!(env.lines("events"), ["app success"]);
+}
+
+#[test]
+fn a_command_target_hears_failure() {
+    let env = JobEnv::new();
+    notifying_job(&env, FAILING_HOOK);
+
+    env.run(&["app"]).assert_failed();
+
+    assert_eq!(env.lines("events"), ["app failure"]);
+}
+
+#[test]
+fn a_retried_failure_notifies_retry_then_failure() {
+    let env = JobEnv::new();
+    notifying_job(&env, &format!("retries = 1\nretry_delay = \"1s\"\n{FAILING_HOOK}"));
+
+    let ran = env.run(&["app"]);
+
+    ran.assert_failed().assert_says("2 attempt(s)");
+    assert_eq!(env.lines("events"), ["app retry", "app failure"]);
+}
+
+#[test]
+fn a_failing_notification_does_not_fail_the_run() {
+    let env = JobEnv::new();
+    fs::create_dir(env.path("uploads")).unwrap();
+    env.config(
+        "[jobs.app]\n[jobs.app.files]\npaths = [\"uploads\"]\n\n\
+         [[jobs.app.notify]]\nevents = [\"start\", \"success\"]\ncommand = \"echo {{event}} >> events; exit 3\"\n\n\
+         [[jobs.app.notify]]\nevents = [\"success\"]\ncommand = [\"/nonexistent/notifier\"]\n",
+    )
+    .init_repo();
+
+    env.run(&["app"]).assert_ok();
+
+    assert_eq!(env.lines("events"), ["start", "success"]);
+    assert_eq!(env.snapshots_json("app").len(), 1);
+}
+
+#[test]
+fn an_unknown_template_variable_in_a_hook_fails_the_run_naming_it() {
+    let env = JobEnv::new();
+    fs::create_dir(env.path("uploads")).unwrap();
+    env.config(
+        "[jobs.app]\n[[jobs.app.hooks]]\nphase = \"before\"\nrun = \"echo {{snapshot_id}} > out\"\n\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n\n\
+         [jobs.app.files]\npaths = [\"uploads\"]\n",
+    )
+    .init_repo();
+
+    env.run(&["app"]).assert_failed().assert_says("snapshot_id");
+
+    assert!(!env.path("out").exists(), "the hook should not run with an unknown variable");
+    assert!(env.path("finally-ran").exists(), "finally should still run");
+    assert_eq!(env.snapshots_json("app").len(), 0);
+}
+
+#[test]
+fn a_run_that_succeeds_on_its_retry_commits_once_and_notifies_retry_then_success() {
+    let env = JobEnv::new();
+    // Fails the first time only.
+    let flaky =
+        "[[jobs.app.hooks]]\nphase = \"before\"\nrun = \"if [ -e tried ]; then exit 0; fi; touch tried; exit 1\"\n";
+    notifying_job(&env, &format!("retries = 1\nretry_delay = \"1s\"\n{flaky}"));
+
+    env.run(&["app"]).assert_ok();
+
+    assert_eq!(env.lines("events"), ["app retry", "app success"]);
+    assert_eq!(env.snapshots_json("app").len(), 1);
+    assert_eq!(env.job_spool("app"), ["lock"], "each attempt's spool directory is removed");
+}
+
+#[test]
+fn a_run_whose_snapshot_is_committed_is_not_retried() {
+    let env = JobEnv::new();
+    let failing_on_success = "[[jobs.app.hooks]]\nphase = \"on_success\"\nrun = \"exit 1\"\n";
+    notifying_job(&env, &format!("retries = 1\nretry_delay = \"1s\"\n{failing_on_success}"));
+
+    env.run(&["app"]).assert_failed();
+
+    // One run commits one snapshot: a retry after the commit would back
+    // everything up again.
+    assert_eq!(env.snapshots_json("app").len(), 1);
+    assert_eq!(env.lines("events"), ["app failure"]);
+}

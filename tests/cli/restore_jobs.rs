@@ -1,0 +1,400 @@
+//! Getting an application back with `restore JOB`: a database reloaded over
+//! the live one (which is kept), loaded into a new name, or written out; a
+//! reload whose load fails leaves the live database as it was; the job's
+//! file sets restored into a directory, replaced only when asked and never
+//! half-written; `before_restore` and `after_restore` hooks around it all.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::jobs_util::{JobEnv, MyDatabase, PgDatabase, PgRole, q, sqlite_exec, sqlite_query, unique};
+use crate::p34_util::{
+    MyName, MyNamesStartingWith, PgName, PgNamesStartingWith, holdfast, holdfast_json, my_databases_starting_with,
+    pg_databases_starting_with, pg_has_database,
+};
+use crate::util::{restored, write_random};
+
+// ---------------------------------------------------------------- --reload
+
+#[test]
+fn reload_puts_the_snapshots_postgresql_database_in_place_and_keeps_the_live_one() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("reload");
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    db.sql("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+
+    let report = holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
+
+    assert_eq!(report["target"], db.name.as_str(), "{report:#}");
+    let kept = report["kept_as"].as_str().unwrap_or_else(|| panic!("the report names the kept database: {report:#}"));
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\n", "the live database is the snapshot's");
+    assert_eq!(
+        db.server.sql(kept, "SELECT v FROM t ORDER BY v;"),
+        "added after the backup\nin the snapshot\n",
+        "the old live database is kept as {kept}"
+    );
+    assert_eq!(
+        pg_databases_starting_with(&format!("{}_", db.name)),
+        [kept],
+        "nothing but the kept database is left behind"
+    );
+}
+
+#[test]
+fn reload_puts_the_snapshots_mariadb_database_in_place_and_keeps_the_live_one() {
+    let env = JobEnv::new();
+    let db = MyDatabase::create("reload");
+    let _derived = MyNamesStartingWith(format!("{}_", db.name));
+    db.sql("CREATE TABLE t (v TEXT);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config(&format!("[jobs.shop]\n{}", db.entry("shop"))).init_repo();
+    env.run(&["shop"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+
+    let report = holdfast_json(&env, &["restore", "shop", "--database", &db.name, "--reload"]);
+
+    assert_eq!(report["target"], db.name.as_str(), "{report:#}");
+    let kept = report["kept_as"].as_str().unwrap_or_else(|| panic!("the report names the kept database: {report:#}"));
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\n", "the live database is the snapshot's");
+    assert_eq!(
+        db.server.sql(Some(kept), "SELECT v FROM t ORDER BY v;"),
+        "added after the backup\nin the snapshot\n",
+        "the old live database is kept as {kept}"
+    );
+    assert_eq!(
+        my_databases_starting_with(&format!("{}_", db.name)),
+        [kept],
+        "nothing but the kept database is left behind"
+    );
+}
+
+#[test]
+fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
+    let env = JobEnv::new();
+    let live = env.path("app.db");
+    sqlite_exec(&live, "CREATE TABLE t (v);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config("[jobs.app]\n[[jobs.app.databases]]\nkind = \"sqlite\"\npath = \"app.db\"\n").init_repo();
+    env.run(&["app"]).assert_ok();
+    sqlite_exec(&live, "INSERT INTO t VALUES ('added after the backup');");
+
+    let ran = holdfast(&env, &["restore", "app", "--database", "app", "--reload"]);
+
+    ran.assert_ok().assert_says("the previous database is kept as");
+    let kept = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("the previous database is kept as "))
+        .and_then(|l| l.split(';').next())
+        .unwrap_or_else(|| panic!("the output names the kept database: {ran:?}"))
+        .to_string();
+    assert_eq!(sqlite_query(&live, "SELECT v FROM t ORDER BY v;"), ["in the snapshot"]);
+    assert_eq!(
+        sqlite_query(Path::new(&kept), "SELECT v FROM t ORDER BY v;"),
+        ["added after the backup", "in the snapshot"]
+    );
+    let mut names: Vec<String> =
+        fs::read_dir(env.path("")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.retain(|n| n.starts_with("app.db"));
+    names.sort();
+    let kept_name = Path::new(&kept).file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(names, ["app.db".to_string(), kept_name], "nothing else is left beside the database");
+}
+
+#[test]
+fn a_reload_whose_load_fails_leaves_the_live_database_untouched() {
+    let env = JobEnv::new();
+    let owner = PgRole::create("owner", "unused");
+    let db = PgDatabase::create("badload");
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    db.sql(&format!(
+        "CREATE TABLE t (v text);\nINSERT INTO t VALUES ('in the snapshot');\nALTER TABLE t OWNER TO {};",
+        owner.name
+    ));
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    // The dump is fine on its own ...
+    let dump = env.path("dump.sql");
+    holdfast(&env, &["restore", "crm", "--database", &db.name, "--dump-to", dump.to_str().unwrap()]).assert_ok();
+    let text = fs::read_to_string(&dump).unwrap();
+    assert!(text.contains("in the snapshot"), "{text}");
+    assert!(text.contains(&format!("OWNER TO {}", owner.name)), "{text}");
+    // ... but names a role that is gone by the time it is reloaded.
+    db.sql(&format!(
+        "INSERT INTO t VALUES ('added after the backup');\nREASSIGN OWNED BY {0} TO CURRENT_USER;\nDROP OWNED BY {0};",
+        owner.name
+    ));
+    db.server.sql("postgres", &format!("DROP ROLE {};", owner.name));
+
+    let ran = holdfast(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
+
+    ran.assert_failed().assert_says("did not load").assert_says("untouched").assert_says(&owner.name);
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "added after the backup\nin the snapshot\n");
+    assert_eq!(
+        pg_databases_starting_with(&format!("{}_", db.name)),
+        Vec::<String>::new(),
+        "no loaded or kept copy is left"
+    );
+}
+
+// ---------------------------------------------------------------- --into
+
+#[test]
+fn into_loads_a_postgresql_dump_into_a_new_database_and_refuses_an_existing_one() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("into");
+    db.sql("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+    let new = PgName(unique("intonew"));
+
+    let report = holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--into", &new.0]);
+
+    assert_eq!(report["target"], new.0.as_str(), "{report:#}");
+    assert_eq!(db.server.sql(&new.0, "SELECT v FROM t;"), "in the snapshot\n");
+    assert_eq!(db.sql("SELECT count(*) FROM t;"), "2\n", "the live database is left alone");
+
+    let existing = PgDatabase::create("intoexisting");
+    existing.sql("CREATE TABLE mine (v text);\nINSERT INTO mine VALUES ('not to be touched');");
+    let ran = holdfast(&env, &["restore", "crm", "--database", &db.name, "--into", &existing.name]);
+    ran.assert_failed().assert_says("already exists");
+    assert_eq!(existing.sql("SELECT v FROM mine;"), "not to be touched\n");
+    assert_eq!(existing.sql("SELECT count(*) FROM pg_tables WHERE tablename = 't';"), "0\n");
+}
+
+#[test]
+fn into_loads_a_mariadb_dump_into_a_new_database_and_refuses_an_existing_one() {
+    let env = JobEnv::new();
+    let db = MyDatabase::create("into");
+    db.sql("CREATE TABLE t (v TEXT);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config(&format!("[jobs.shop]\n{}", db.entry("shop"))).init_repo();
+    env.run(&["shop"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+    let new = MyName(unique("intonew"));
+
+    let report = holdfast_json(&env, &["restore", "shop", "--database", &db.name, "--into", &new.0]);
+
+    assert_eq!(report["target"], new.0.as_str(), "{report:#}");
+    assert_eq!(db.server.sql(Some(&new.0), "SELECT v FROM t;"), "in the snapshot\n");
+    assert_eq!(db.sql("SELECT count(*) FROM t;"), "2\n", "the live database is left alone");
+
+    let existing = MyDatabase::create("intoexisting");
+    existing.sql("CREATE TABLE mine (v TEXT);\nINSERT INTO mine VALUES ('not to be touched');");
+    let ran = holdfast(&env, &["restore", "shop", "--database", &db.name, "--into", &existing.name]);
+    ran.assert_failed().assert_says("already exists");
+    assert_eq!(existing.sql("SELECT v FROM mine;"), "not to be touched\n");
+    assert_eq!(existing.sql("SHOW TABLES;"), "mine\n");
+}
+
+#[test]
+fn into_restores_a_run_as_postgresql_entry_into_a_new_database() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("runasinto");
+    db.sql("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('dumped as postgres');");
+    env.config(&format!(
+        "[jobs.crm]\n[[jobs.crm.databases]]\nkind = \"postgresql\"\nname = {}\nhost = \"/var/run/postgresql\"\nport = {}\nrun_as = \"postgres\"\n",
+        q(&db.name),
+        db.server.port
+    ))
+    .init_repo();
+    env.run(&["crm"]).assert_ok();
+    let new = PgName(unique("runasnew"));
+
+    let ran = holdfast(&env, &["restore", "crm", "--database", &db.name, "--into", &new.0]);
+
+    ran.assert_ok();
+    assert!(pg_has_database(&new.0), "{ran:?}");
+    assert_eq!(db.server.sql(&new.0, "SELECT v FROM t;"), "dumped as postgres\n");
+}
+
+// ---------------------------------------------------------------- --files
+
+/// A job `app` with two file sets, `uploads` and `config`.
+fn job_with_two_file_sets(env: &JobEnv) {
+    fs::create_dir_all(env.path("uploads/2024")).unwrap();
+    fs::write(env.path("uploads/a.txt"), "upload a\n").unwrap();
+    fs::write(env.path("uploads/2024/b.txt"), "upload b\n").unwrap();
+    fs::create_dir(env.path("config")).unwrap();
+    fs::write(env.path("config/app.conf"), "debug = false\n").unwrap();
+    env.config("[jobs.app]\n[jobs.app.files]\npaths = [\"uploads\", \"config\"]\n").init_repo();
+    env.run(&["app"]).assert_ok();
+}
+
+#[test]
+fn files_restore_under_their_absolute_paths_and_path_picks_some() {
+    let env = JobEnv::new();
+    job_with_two_file_sets(&env);
+    let out = env.path("out");
+
+    holdfast(&env, &["restore", "app", "--files", "--to", out.to_str().unwrap()]).assert_ok();
+
+    assert_eq!(fs::read_to_string(restored(&out, &env.path("uploads/a.txt"))).unwrap(), "upload a\n");
+    assert_eq!(fs::read_to_string(restored(&out, &env.path("uploads/2024/b.txt"))).unwrap(), "upload b\n");
+    assert_eq!(fs::read_to_string(restored(&out, &env.path("config/app.conf"))).unwrap(), "debug = false\n");
+
+    let some = env.path("some");
+    let uploads = env.path("uploads");
+    holdfast(&env, &["restore", "app", "--files", "--path", uploads.to_str().unwrap(), "--to", some.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(fs::read_to_string(restored(&some, &env.path("uploads/a.txt"))).unwrap(), "upload a\n");
+    assert!(!restored(&some, &env.path("config")).exists(), "only the --path file set is restored");
+}
+
+#[test]
+fn files_restore_refuses_a_non_empty_directory_and_replaces_it_with_overwrite() {
+    let env = JobEnv::new();
+    job_with_two_file_sets(&env);
+    let dest = env.path("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("already-here.txt"), "mine\n").unwrap();
+
+    let ran = holdfast(&env, &["restore", "app", "--files", "--to", dest.to_str().unwrap()]);
+
+    ran.assert_failed().assert_says("not empty").assert_says("--overwrite");
+    assert_eq!(dir_listing(&dest), ["already-here.txt"], "the directory is left alone");
+
+    holdfast(&env, &["restore", "app", "--files", "--to", dest.to_str().unwrap(), "--overwrite"]).assert_ok();
+
+    assert!(!dest.join("already-here.txt").exists(), "--overwrite replaces the directory");
+    assert_eq!(fs::read_to_string(restored(&dest, &env.path("uploads/a.txt"))).unwrap(), "upload a\n");
+    assert_eq!(fs::read_to_string(restored(&dest, &env.path("config/app.conf"))).unwrap(), "debug = false\n");
+    assert_eq!(partial_dirs(&env, "dest"), Vec::<String>::new(), "no staging directory is left behind");
+}
+
+/// The names in `dir`, sorted.
+fn dir_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The staging directories of a restore into `name` beside it.
+fn partial_dirs(env: &JobEnv, name: &str) -> Vec<String> {
+    let prefix = format!(".{name}.holdfast-partial-");
+    dir_listing(&env.path("")).into_iter().filter(|n| n.starts_with(&prefix)).collect()
+}
+
+/// Bytes of the files under `dir` (0 when it is gone).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_files_restore_killed_midway_leaves_the_target_as_it_was() {
+    const SIZE: u64 = 150 << 20;
+    let env = JobEnv::new();
+    fs::create_dir(env.path("big")).unwrap();
+    write_random(&env.path("big/blob"), 34, SIZE);
+    env.config("[jobs.big]\n[jobs.big.files]\npaths = [\"big\"]\n").init_repo();
+    env.run(&["big"]).assert_ok();
+    let dest = env.path("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("known.txt"), "the old content\n").unwrap();
+
+    let mut restore = env.start(env.cmd(["restore", "big", "--files", "--overwrite", "--to", dest.to_str().unwrap()]));
+    // Kill it while the staging copy is being written, well before its end.
+    let end = Instant::now() + Duration::from_secs(60);
+    let written = loop {
+        let staged: u64 = partial_dirs(&env, "dest").iter().map(|d| bytes_under(&env.path(d))).sum();
+        if staged > 0 {
+            break staged;
+        }
+        assert!(restore.is_running(), "the restore ended before it could be caught writing");
+        assert!(Instant::now() < end, "the restore never started writing");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    kill(Pid::from_raw(restore.pid() as i32), Signal::SIGKILL).unwrap();
+    let killed = restore.wait();
+
+    assert_eq!(killed.status.code(), None, "the restore should have been killed midway: {killed:?}");
+    assert!(written < SIZE / 2, "caught after only {written} bytes of {SIZE}");
+    assert_eq!(dir_listing(&dest), ["known.txt"], "the target holds exactly its old content");
+    assert_eq!(fs::read_to_string(dest.join("known.txt")).unwrap(), "the old content\n");
+}
+
+// ---------------------------------------------------------------- hooks
+
+/// A job `app` with a SQLite database and a file set, whose
+/// `before_restore` and `after_restore` hooks append their phase and
+/// whether the restored file is in `out` to `phases`, `after_restore` its
+/// `{{error}}` to `error`; `before_restore` then exits `before_exit`.
+fn job_with_restore_hooks(env: &JobEnv, before_exit: i32) {
+    sqlite_exec(&env.path("app.db"), "CREATE TABLE t (v);\nINSERT INTO t VALUES ('x');");
+    fs::create_dir(env.path("uploads")).unwrap();
+    fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
+    let file = restored(&env.path("out"), &env.path("uploads/a.txt"));
+    let probe = |phase: &str| {
+        format!(
+            "if [ -e {0} ]; then echo '{phase} restored' >> phases; else echo '{phase} not-restored' >> phases; fi",
+            file.display()
+        )
+    };
+    env.config(&format!(
+        "[jobs.app]\n\
+         [[jobs.app.hooks]]\nphase = \"before_restore\"\nrun = {}\n\n\
+         [[jobs.app.hooks]]\nphase = \"after_restore\"\nrun = [\"/bin/sh\", \"-c\", {}, \"sh\", \"{{{{error}}}}\"]\n\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"echo finally >> run-phases\"\n\n\
+         [[jobs.app.databases]]\nkind = \"sqlite\"\npath = \"app.db\"\n\n\
+         [jobs.app.files]\npaths = [\"uploads\"]\n",
+        q(format!("{}; exit {before_exit}", probe("before_restore"))),
+        q(format!("{}; printf '%s' \"$1\" > error", probe("after_restore"))),
+    ))
+    .init_repo();
+    env.run(&["app"]).assert_ok();
+    fs::remove_file(env.path("run-phases")).unwrap();
+}
+
+#[test]
+fn restore_hooks_run_before_and_after_a_restore() {
+    let env = JobEnv::new();
+    job_with_restore_hooks(&env, 0);
+
+    holdfast(&env, &["restore", "app", "--files", "--to", env.path("out").to_str().unwrap()]).assert_ok();
+
+    assert_eq!(env.lines("phases"), ["before_restore not-restored", "after_restore restored"]);
+    assert_eq!(env.read("error"), "", "nothing failed");
+    assert_eq!(env.read("run-phases"), "", "a restore runs no run hooks");
+}
+
+#[test]
+fn after_restore_runs_also_when_the_restore_fails() {
+    let env = JobEnv::new();
+    job_with_restore_hooks(&env, 0);
+    sqlite_exec(&env.path("existing.db"), "CREATE TABLE mine (v);");
+
+    let ran =
+        holdfast(&env, &["restore", "app", "--database", "app", "--into", env.path("existing.db").to_str().unwrap()]);
+
+    ran.assert_failed().assert_says("already exists");
+    assert_eq!(env.lines("phases"), ["before_restore not-restored", "after_restore not-restored"]);
+    assert!(env.read("error").contains("already exists"), "after_restore sees the error: {:?}", env.read("error"));
+    assert_eq!(sqlite_query(&env.path("existing.db"), "SELECT count(*) FROM sqlite_master;"), ["1"]);
+}
+
+#[test]
+fn a_failing_before_restore_hook_stops_the_restore_and_after_restore_still_runs() {
+    let env = JobEnv::new();
+    job_with_restore_hooks(&env, 1);
+
+    let ran = holdfast(&env, &["restore", "app", "--files", "--to", env.path("out").to_str().unwrap()]);
+
+    ran.assert_failed().assert_says("before_restore hook");
+    assert_eq!(env.lines("phases"), ["before_restore not-restored", "after_restore not-restored"]);
+    assert!(!env.path("out").exists(), "nothing is restored");
+    assert!(env.read("error").contains("before_restore hook"), "{:?}", env.read("error"));
+}
