@@ -64,6 +64,8 @@ struct RawJob {
     databases: Option<Vec<DatabaseConfig>>,
     files: Option<FilesConfig>,
     notify: Option<Vec<NotifyConfig>>,
+    metrics_dir: Option<PathBuf>,
+    verify_schedule: Option<String>,
 }
 
 // ------------------------------------------------------------ resolved shape
@@ -111,6 +113,10 @@ pub struct Job {
     pub databases: Vec<DatabaseConfig>,
     pub files: FilesConfig,
     pub notify: Vec<NotifyConfig>,
+    /// Where to write `holdfast-<job>.prom` for node_exporter's textfile collector.
+    pub metrics_dir: Option<PathBuf>,
+    /// When `verify` runs (OnCalendar syntax), for the generated timer.
+    pub verify_schedule: Option<String>,
 }
 
 /// A command: an argv list, or a string run by `/bin/sh -c`.
@@ -707,6 +713,8 @@ fn resolve_job(
         databases,
         files,
         notify,
+        metrics_dir: pick_path(&job.metrics_dir, &d.metrics_dir),
+        verify_schedule: job.verify_schedule.clone().or(d.verify_schedule),
     })
 }
 

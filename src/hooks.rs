@@ -30,30 +30,40 @@ pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env),
     Ok((argv, env))
 }
 
+/// A hook's rendered command as a process, and its record so far.
+fn prepare(hook: &HookConfig, vars: &Vars) -> Result<(HookRecord, ProcessSpec), (HookRecord, anyhow::Error)> {
+    let mut record =
+        HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
+    match render_hook(hook, vars) {
+        Ok((argv, env)) => {
+            record.command = argv.join(" ");
+            let spec = ProcessSpec {
+                argv,
+                cwd: hook.cwd.clone(),
+                env,
+                timeout: hook.timeout(),
+                user: hook.user.clone(),
+                ..Default::default()
+            };
+            Ok((record, spec))
+        }
+        Err(e) => Err((record, anyhow::Error::msg(e))),
+    }
+}
+
 /// Run one hook. `Err` carries the record too: a failed hook is still recorded.
 pub fn run_hook(
     hook: &HookConfig,
     vars: &Vars,
     cancel: &AtomicBool,
 ) -> Result<HookRecord, (HookRecord, anyhow::Error)> {
-    let mut record =
-        HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
+    let (mut record, spec) = prepare(hook, vars)?;
     let result = (|| -> Result<()> {
-        let (argv, env) = render_hook(hook, vars).map_err(anyhow::Error::msg)?;
-        record.command = argv.join(" ");
-        if let Some(cwd) = &hook.cwd
+        if let Some(cwd) = &spec.cwd
             && !cwd.is_dir()
         {
             bail!("hook {:?}: its cwd {} does not exist", record.command, cwd.display());
         }
-        let spec = ProcessSpec {
-            argv,
-            cwd: hook.cwd.clone(),
-            env,
-            timeout: hook.timeout(),
-            user: hook.user.clone(),
-            ..Default::default()
-        };
         let out = process::run(&spec, cancel)
             .map_err(|e| anyhow::anyhow!("hook {:?} could not start: {e}", record.command))?;
         record.exit_status = out.code;
@@ -95,22 +105,8 @@ pub fn start_hold(
     vars: &Vars,
     cancel: &AtomicBool,
 ) -> Result<HeldHook, (HookRecord, anyhow::Error)> {
-    let mut record =
-        HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
-    let (argv, env) = match render_hook(hook, vars) {
-        Ok(x) => x,
-        Err(e) => return Err((record, anyhow::Error::msg(e))),
-    };
-    record.command = argv.join(" ");
+    let (record, spec) = prepare(hook, vars)?;
     let ready = hook.ready.clone().unwrap_or_default();
-    let spec = ProcessSpec {
-        argv,
-        cwd: hook.cwd.clone(),
-        env,
-        timeout: hook.timeout(),
-        user: hook.user.clone(),
-        ..Default::default()
-    };
     let started = std::time::Instant::now();
     match HeldProcess::start(&spec, &ready, cancel) {
         Ok(process) => {

@@ -48,6 +48,19 @@ pub struct SmokeResult {
     pub ok: bool,
 }
 
+impl std::fmt::Display for SmokeResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "smoke {}: {} -> {} (expected {})",
+            if self.ok { "ok" } else { "FAILED" },
+            self.sql,
+            self.value.as_deref().unwrap_or("no value"),
+            self.expect
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RestoreReport {
     pub job: String,
@@ -285,12 +298,7 @@ fn restore_database(
         DatabaseAction::DumpTo(_) => {}
     }
     if let Some(bad) = report.smoke.iter().find(|s| !s.ok) {
-        bail!(
-            "smoke query {:?} returned {:?}, expected {}",
-            bad.sql,
-            bad.value.as_deref().unwrap_or("no value"),
-            bad.expect
-        );
+        bail!("{bad}");
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use crate::journal::{Journal, recover};
 use crate::notify::notify;
 use crate::plan::{Step, When, plan};
 use crate::spool::{JobLock, RunDir};
+use crate::state::{JobState, RunState};
 use crate::template::Vars;
 
 /// What a job run records in its snapshot (the snapshot's `extra`).
@@ -58,6 +59,8 @@ pub struct RunReport {
     pub error: Option<String>,
     pub attempts: u32,
     pub summary: String,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
 }
 
 /// Open a configured repository with its passphrase.
@@ -66,9 +69,48 @@ pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
     Repository::open(&cfg.path, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
 }
 
-/// Run `job` to its end: lock, attempts with retries, notifications.
+/// Run `job` to its end: lock, attempts with retries, notifications; then
+/// record the outcome in the job's state (and metrics).
 pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name)?;
+    let started = jiff::Timestamp::now();
+    let report = run_attempts(config, job, cancel)?;
+    let finished = jiff::Timestamp::now();
+    let mut state = JobState::load(job).unwrap_or_default();
+    state.record(RunState {
+        started,
+        finished,
+        ok: report.ok,
+        duration_secs: finished.duration_since(started).as_secs_f64(),
+        snapshot: report.snapshot.clone(),
+        error: report.error.clone(),
+        bytes_read: report.bytes_read,
+        bytes_added: report.bytes_added,
+    });
+    if let Err(e) = state.save(job) {
+        tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
+    }
+    if let Some(dir) = &job.metrics_dir
+        && let Err(e) = write_metrics(config, job, &state, dir)
+    {
+        tracing::warn!("job {}: could not write metrics: {e:#}", job.name);
+    }
+    Ok(report)
+}
+
+/// Write `holdfast-<job>.prom` into `dir`, atomically.
+fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::Path) -> Result<()> {
+    let repo_cfg = &config.repositories[&job.repositories[0]];
+    let count = open_repository(repo_cfg).and_then(|r| {
+        let (snaps, _) = r.snapshots()?;
+        Ok(snaps.iter().filter(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name)).count())
+    });
+    let text = crate::state::metrics(job, state, count.ok(), Some(crate::state::dir_size(&repo_cfg.path)));
+    crate::state::write_atomically(&dir.join(format!("holdfast-{}.prom", job.name)), text.as_bytes())
+}
+
+/// The attempts of one run, with retries and notifications.
+fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
     if let Some(r) = recover(job)? {
         tracing::warn!(
             "job {}: recovered from run {} (pid {}): ran {} owed finally hook(s), {} failed",
@@ -130,6 +172,8 @@ pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<R
                     error,
                     attempts: attempt,
                     summary,
+                    bytes_read: done.totals.bytes_read,
+                    bytes_added: done.totals.bytes_added,
                 });
             }
             Err(e) => {
@@ -150,6 +194,8 @@ pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<R
                     snapshot: None,
                     error: Some(msg.clone()),
                     attempts: attempt,
+                    bytes_read: 0,
+                    bytes_added: 0,
                     summary: format!(
                         "job {}: FAILED after {} attempt(s) in {:.1}s, no snapshot committed: {msg}",
                         job.name,
@@ -187,6 +233,7 @@ fn new_run_id() -> String {
 struct Done {
     committed: Vec<(String, Id)>,
     summary: String,
+    totals: crate::engine::snapshot::Summary,
     error: Option<anyhow::Error>,
 }
 
@@ -262,7 +309,7 @@ impl<'a> Attempt<'a> {
         let summary = self.summary();
         let committed = std::mem::take(&mut self.committed);
         match (failure, committed.is_empty()) {
-            (error, false) => Ok(Done { committed, summary, error }),
+            (error, false) => Ok(Done { committed, summary, totals: self.totals.clone().unwrap_or_default(), error }),
             (Some(e), true) => Err(e),
             (None, true) => bail!("the run ended without committing a snapshot"),
         }

@@ -43,8 +43,15 @@ pub fn passphrase_from_environment() -> Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-/// Resolve a configured passphrase source.
+/// Resolve a configured passphrase source. Under systemd, a credential
+/// `holdfast-passphrase-<repository>` (from `LoadCredential=`) comes first.
 pub fn resolve(source: &PassphraseSource, repository: &str) -> Result<Vec<u8>> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let f = Path::new(&dir).join(format!("{CREDENTIAL_NAME}-{repository}"));
+        if f.exists() {
+            return read_passphrase_file(&f);
+        }
+    }
     match source {
         PassphraseSource::File(f) => read_passphrase_file(f),
         PassphraseSource::Inline(p) => Ok(p.as_bytes().to_vec()),

@@ -98,13 +98,7 @@ pub fn verify_job(config: &Config, job: &Job, spec: &str) -> Result<VerifyReport
             report.problems.push(format!("database {}: {e:#}", dump.name));
         }
         for s in check.smoke.iter().filter(|s| !s.ok) {
-            report.problems.push(format!(
-                "database {}: smoke query {:?} returned {:?}, expected {}",
-                dump.name,
-                s.sql,
-                s.value.as_deref().unwrap_or("no value"),
-                s.expect
-            ));
+            report.problems.push(format!("database {}: {s}", dump.name));
         }
         report.databases.push(check);
     }

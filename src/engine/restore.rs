@@ -71,7 +71,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     walk.dir(&snapshot.root, &opts.target, &mut Vec::new())?;
     if walk.selected == 0 && !opts.include.is_empty() {
         return Err(Error::Invalid(format!(
-            "{} is not in the snapshot; nothing was restored",
+            "{} is not in the snapshot; nothing was written",
             opts.include.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }

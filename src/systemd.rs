@@ -1,0 +1,93 @@
+//! systemd units for jobs: a hardened oneshot service and a timer per job
+//! (and a verify pair when the job has a `verify_schedule`).
+//!
+//! The service runs `holdfast --config <exact path> run JOB`, calls
+//! `recover JOB` from `ExecStopPost=` (so a killed run's `finally` hooks
+//! still run), can write only the job's spool, repositories and metrics
+//! directory, and gets file passphrases through `LoadCredential=`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, Job, PassphraseSource};
+use crate::secrets::CREDENTIAL_NAME;
+
+/// `(file name, contents)` of every unit for `jobs`.
+pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(String, String)>> {
+    let exe = std::env::current_exe().context("finding the holdfast binary")?;
+    let mut out = Vec::new();
+    for job in jobs {
+        let base = format!("{} --config {}", quote(&exe), quote(config_path));
+        out.push((format!("holdfast-{}.service", job.name), service(config, job, &base, "run", user)));
+        if let Some(s) = &job.schedule {
+            out.push((
+                format!("holdfast-{}.timer", job.name),
+                timer(job, s, "backup", &format!("holdfast-{}.service", job.name)),
+            ));
+        }
+        if let Some(s) = &job.verify_schedule {
+            out.push((format!("holdfast-verify-{}.service", job.name), service(config, job, &base, "verify", user)));
+            out.push((
+                format!("holdfast-verify-{}.timer", job.name),
+                timer(job, s, "restore test", &format!("holdfast-verify-{}.service", job.name)),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.contains(char::is_whitespace) { format!("\"{s}\"") } else { s }
+}
+
+fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> String {
+    let mut writable: Vec<PathBuf> = vec![job.spool.clone()];
+    let mut credentials = Vec::new();
+    for name in &job.repositories {
+        if let Some(r) = config.repositories.get(name) {
+            writable.push(r.path.clone());
+            if let PassphraseSource::File(f) = &r.passphrase {
+                credentials.push(format!("LoadCredential={CREDENTIAL_NAME}-{name}:{}", f.display()));
+            }
+        }
+    }
+    if let Some(m) = &job.metrics_dir {
+        writable.push(m.clone());
+    }
+    let under_home = writable.iter().any(|p| p.starts_with("/home") || p.starts_with("/root"));
+    let what = if verb == "run" { "backup" } else { "restore test" };
+    let mut s = format!(
+        "[Unit]\nDescription=holdfast {what} of job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
+        job.name,
+        job.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+    );
+    s.push_str(&format!("ExecStart={base} {verb} {}\n", job.name));
+    if verb == "run" {
+        s.push_str(&format!("ExecStopPost={base} recover {}\n", job.name));
+    }
+    s.push_str("Nice=10\nIOSchedulingClass=idle\n");
+    if !user {
+        s.push_str("ProtectSystem=strict\n");
+        for p in &writable {
+            s.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
+        }
+        s.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
+        if !under_home {
+            s.push_str("ProtectHome=read-only\n");
+        }
+        for c in &credentials {
+            s.push_str(c);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn timer(job: &Job, schedule: &str, what: &str, unit: &str) -> String {
+    format!(
+        "[Unit]\nDescription=holdfast {what} of job {} on schedule\n\n[Timer]\nOnCalendar={schedule}\nPersistent=true\nRandomizedDelaySec=5m\nUnit={unit}\n\n[Install]\nWantedBy=timers.target\n",
+        job.name
+    )
+}
