@@ -140,8 +140,8 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
             Ok(done) => {
                 let (_, first) = done.committed[0];
                 vars.snapshot = first.to_hex();
-                let ids: Vec<String> =
-                    done.committed.iter().map(|(r, id)| format!("{} (in {r:?})", id.short())).collect();
+                let ids: Vec<String> = done.committed.iter().map(|(_, id)| id.short()).collect();
+                let repos: Vec<String> = done.committed.iter().map(|(r, _)| format!("{r:?}")).collect();
                 let took = started.elapsed().as_secs_f64();
                 let error = done.error.map(|e| format!("{e:#}"));
                 match &error {
@@ -153,15 +153,17 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
                 }
                 let summary = match &error {
                     None => format!(
-                        "job {}: snapshot {} committed in {took:.1}s: {}",
+                        "job {}: snapshot {} committed to {} in {took:.1}s: {}",
                         job.name,
                         ids.join(", "),
+                        repos.join(", "),
                         done.summary
                     ),
                     Some(e) => format!(
-                        "job {}: FAILED: snapshot {} was committed ({}), but a later step failed: {e}",
+                        "job {}: FAILED: snapshot {} was committed to {} ({}), but a later step failed: {e}",
                         job.name,
                         ids.join(", "),
+                        repos.join(", "),
                         done.summary
                     ),
                 };

@@ -21,9 +21,9 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::jobs_util::{
-    JobEnv, KillOnDrop, MyDatabase, PgDatabase, distinct_sleep, processes, processes_running, q, shq, wait_for,
+    JobEnv, KillOnDrop, MyDatabase, MyUser, PgDatabase, distinct_sleep, processes, processes_running, q, shq, wait_for,
 };
-use crate::p34_util::{SERVER_READ_LOCK, holdfast};
+use crate::p34_util::{SERVER_READ_LOCK, holdfast, spool_leftovers};
 
 /// How a job keeps the MariaDB server from being written.
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +147,47 @@ fn a_native_global_read_lock_is_let_go_when_the_run_fails() {
     the_server_is_let_go_when_the_run_fails(Hold::Native);
 }
 
+#[test]
+fn a_native_global_read_lock_lost_during_the_run_fails_the_run() {
+    let _one = SERVER_READ_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let env = JobEnv::new();
+    let db = MyDatabase::create("lost");
+    db.sql("CREATE TABLE t (v TEXT);\nINSERT INTO t VALUES ('before the run');");
+    // A user of its own, so that its one session is holdfast's lock.
+    let user = MyUser::create("locker", "locker-password", &db.name);
+    db.server.sql(None, &format!("GRANT RELOAD ON *.* TO '{}'@'%';", user.name));
+    fs::write(env.path("db.pass"), "locker-password\n").unwrap();
+    fs::create_dir(env.path("uploads")).unwrap();
+    env.config(&format!(
+        "[jobs.shop]\n[[jobs.shop.hooks]]\nphase = \"after_dumps\"\n\
+         run = \"touch waiting; while [ ! -e go ]; do sleep 0.05; done\"\ntimeout = \"60s\"\n\n\
+         [[jobs.shop.databases]]\nkind = \"mysql\"\nname = {}\nhost = {}\nport = {}\nuser = {}\npassword_file = \"db.pass\"\n\
+         lock = \"global-read\"\n\n[jobs.shop.files]\npaths = [\"uploads\"]\n",
+        q(&db.name),
+        q(&db.server.host),
+        db.server.port,
+        q(&user.name),
+    ))
+    .init_repo();
+    let run = env.start(env.cmd(["run", "shop"]));
+    wait_for("the after_dumps hook", Duration::from_secs(30), || env.path("waiting").exists());
+
+    // The server ends holdfast's locking session (an administrator's KILL,
+    // a restart, a network timeout): the lock is gone.
+    let sessions =
+        db.server.sql(None, &format!("SELECT id FROM information_schema.processlist WHERE user = '{}';", user.name));
+    let sessions: Vec<&str> = sessions.lines().collect();
+    assert_eq!(sessions.len(), 1, "holdfast should hold one session, its lock's: {sessions:?}");
+    db.server.sql(None, &format!("KILL {};", sessions[0]));
+    db.sql("SET SESSION lock_wait_timeout = 5;\nINSERT INTO t VALUES ('written while the lock was gone');");
+    fs::write(env.path("go"), "").unwrap();
+
+    let ran = run.wait();
+
+    ran.assert_failed();
+    assert_eq!(env.snapshots_json("shop").len(), 0, "a snapshot taken without the lock is not consistent");
+}
+
 /// A job `app` with a file set, a `hold` hook (TOML lines `hold`) and
 /// `finally` appending to `phases`.
 fn job_with_hold(env: &JobEnv, hold: &str) {
@@ -178,7 +219,7 @@ fn a_hold_hook_that_never_prints_its_ready_line_fails_the_run_after_its_timeout_
     assert!(ran.elapsed < Duration::from_secs(8), "the run should fail soon after the timeout: {ran:?}");
     assert_eq!(env.lines("phases"), ["finally"]);
     assert_eq!(env.snapshots_json("app").len(), 0, "no snapshot is committed");
-    assert_eq!(env.job_spool("app"), ["lock"]);
+    assert_eq!(spool_leftovers(&env, "app"), Vec::<String>::new());
     wait_for("the hold hook and what it started to end", Duration::from_secs(3), || {
         processes_running(&background).is_empty() && processes_running(&foreground).is_empty()
     });
@@ -193,7 +234,7 @@ fn a_hold_hook_that_exits_right_after_its_ready_line_fails_the_run() {
 
     assert_eq!(env.lines("phases"), ["finally"]);
     assert_eq!(env.snapshots_json("app").len(), 0, "no snapshot is committed");
-    assert_eq!(env.job_spool("app"), ["lock"]);
+    assert_eq!(spool_leftovers(&env, "app"), Vec::<String>::new());
 }
 
 /// A job `app` whose `before` hook touches `before-ran`, whose `hold` hook
@@ -211,7 +252,7 @@ fn a_run_killed_between_before_and_finally(env: &JobEnv) -> (Value, KillOnDrop) 
          [[jobs.app.hooks]]\nphase = \"before\"\nrun = \"touch before-ran\"\n\n\
          [[jobs.app.hooks]]\nphase = \"hold\"\nrun = \"echo LOCKED; cat > /dev/null\"\nready = \"LOCKED\"\n\n\
          [[jobs.app.hooks]]\nphase = \"after_dumps\"\nrun = {}\n\n\
-         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"echo finally {{{{run_id}}}} >> finally-count\"\n\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"echo finally {{{{run_id}}}} >> finally-count; echo '{{{{spool}}}}|{{{{error}}}}' >> finally-vars\"\n\n\
          [jobs.app.files]\npaths = [\"uploads\"]\n",
         q(format!("touch slow-started; if [ -e slow ]; then {sleep}; fi"))
     ))
@@ -256,8 +297,12 @@ fn recover_runs_the_finally_hooks_a_killed_run_owes_exactly_once_with_its_variab
     recovered.assert_ok().assert_says(&format!("run {run_id} (pid {})", journal["pid"]));
     recovered.assert_says("ran 1 owed finally hook(s), 0 failed");
     assert_eq!(env.lines("finally-count"), [format!("finally {run_id}")], "the dead run's variables");
+    let vars = env.read("finally-vars");
+    let (spool, error) = vars.trim().split_once('|').unwrap();
+    assert_eq!(spool, run_dir(&journal), "{{{{spool}}}} is the dead run's");
+    assert!(error.contains("killed"), "{{{{error}}}} says what happened: {error:?}");
     assert!(!fs::exists(run_dir(&journal)).unwrap(), "the dead run's spool directory should be removed");
-    assert_eq!(env.job_spool("app"), ["lock"], "journal and run directory are gone");
+    assert_eq!(spool_leftovers(&env, "app"), Vec::<String>::new(), "journal and run directory are gone");
 
     holdfast(&env, &["recover", "app"]).assert_ok().assert_says("nothing to recover");
     assert_eq!(env.lines("finally-count").len(), 1, "the owed hooks run once");
@@ -277,7 +322,7 @@ fn the_next_run_after_a_kill_runs_the_owed_finally_first_then_runs_normally() {
     assert_ne!(new_run, run_id);
     assert_eq!(env.lines("finally-count"), [format!("finally {run_id}"), format!("finally {new_run}")]);
     assert!(!fs::exists(run_dir(&journal)).unwrap(), "the dead run's spool directory should be removed");
-    assert_eq!(env.job_spool("app"), ["lock"]);
+    assert_eq!(spool_leftovers(&env, "app"), Vec::<String>::new());
     holdfast(&env, &["recover", "app"]).assert_ok().assert_says("nothing to recover");
     assert_eq!(env.lines("finally-count").len(), 2);
 }

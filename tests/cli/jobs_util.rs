@@ -184,11 +184,13 @@ impl JobEnv {
         self.read(rel).lines().map(str::to_string).collect()
     }
 
-    /// What `<spool>/<job>/` holds after a run, sorted.
+    /// What `<spool>/<job>/` holds after a run, sorted, apart from the job's
+    /// persistent `state.json` (its last runs, for `status`).
     pub fn job_spool(&self, job: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.spool().join(job))
             .expect("list the job's spool directory")
             .map(|e| e.expect("spool entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "state.json")
             .collect();
         names.sort();
         names

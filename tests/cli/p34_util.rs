@@ -153,6 +153,13 @@ pub fn my_has_database(name: &str) -> bool {
     my_databases_starting_with(name).iter().any(|n| n == name)
 }
 
+/// What `<spool>/<job>/` holds of runs and scratch work: its directories
+/// and the run journal (not the job's lock and state files), sorted.
+pub fn spool_leftovers(env: &JobEnv, job: &str) -> Vec<String> {
+    let dir = env.spool().join(job);
+    env.job_spool(job).into_iter().filter(|n| n.starts_with("journal") || dir.join(n).is_dir()).collect()
+}
+
 /// `FLUSH TABLES WITH READ LOCK` holds the whole MariaDB server: the tests of
 /// this crate's files that take it do so one at a time, so that one test's
 /// writers never wait on another test's lock.

@@ -106,6 +106,51 @@ fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
     assert_eq!(names, ["app.db".to_string(), kept_name], "nothing else is left beside the database");
 }
 
+/// Commit `sql` to the SQLite database `db` with a `sqlite3` that is then
+/// killed, as an application that dies does: the commit stays in `db-wal`.
+fn commit_and_die(db: &Path, sql: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut app = std::process::Command::new("sqlite3")
+        .arg(db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sqlite3");
+    writeln!(app.stdin.as_mut().unwrap(), "{sql}\n.print committed").unwrap();
+    let mut line = String::new();
+    BufReader::new(app.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "committed\n");
+    app.kill().unwrap();
+    app.wait().unwrap();
+}
+
+#[test]
+fn reload_of_a_sqlite_database_in_wal_mode_puts_the_snapshots_state_in_place() {
+    let env = JobEnv::new();
+    let live = env.path("app.db");
+    sqlite_exec(&live, "PRAGMA journal_mode=WAL;\nCREATE TABLE t (v);\nINSERT INTO t VALUES ('in the snapshot');");
+    env.config("[jobs.app]\n[[jobs.app.databases]]\nkind = \"sqlite\"\npath = \"app.db\"\n").init_repo();
+    env.run(&["app"]).assert_ok();
+    commit_and_die(&live, "INSERT INTO t VALUES ('added after the backup');");
+    assert!(fs::metadata(env.path("app.db-wal")).is_ok_and(|m| m.len() > 0), "the commit is in the WAL");
+
+    let report = holdfast_json(&env, &["restore", "app", "--database", "app", "--reload"]);
+
+    let kept = report["kept_as"].as_str().unwrap_or_else(|| panic!("the report names the kept database: {report:#}"));
+    assert_eq!(
+        sqlite_query(&live, "SELECT v FROM t ORDER BY v;"),
+        ["in the snapshot"],
+        "the live database is the snapshot's"
+    );
+    assert_eq!(
+        sqlite_query(Path::new(kept), "SELECT v FROM t ORDER BY v;"),
+        ["added after the backup", "in the snapshot"],
+        "the kept database is the live one, its last commit included"
+    );
+    let leftovers: Vec<String> = dir_listing(&env.path("")).into_iter().filter(|n| n.contains("hfreload")).collect();
+    assert_eq!(leftovers, Vec::<String>::new(), "nothing of the temporary copy is left");
+}
+
 #[test]
 fn a_reload_whose_load_fails_leaves_the_live_database_untouched() {
     let env = JobEnv::new();
