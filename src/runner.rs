@@ -441,10 +441,13 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    /// Fails if a `hold` hook stopped holding.
+    /// Fails if a `hold` hook stopped holding or a database lock was lost.
     fn check_holds(&mut self) -> Result<()> {
         for h in &mut self.holds {
             h.check()?;
+        }
+        for l in &self.locks {
+            l.check()?;
         }
         Ok(())
     }

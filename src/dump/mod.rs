@@ -246,6 +246,15 @@ impl Server {
             Server::Mysql(c) => c.swap(live, loaded, keep_as),
             Server::Sqlite => {
                 std::fs::rename(live, keep_as).with_context(|| format!("moving {live} to {keep_as}"))?;
+                // A WAL and its index belong to the old file: left behind, SQLite
+                // would replay them into the new one.
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let side = format!("{live}{suffix}");
+                    if Path::new(&side).exists() {
+                        std::fs::rename(&side, format!("{keep_as}{suffix}"))
+                            .with_context(|| format!("moving {side}"))?;
+                    }
+                }
                 if let Err(e) = std::fs::rename(loaded, live) {
                     let _ = std::fs::rename(keep_as, live);
                     return Err(e).with_context(|| format!("moving {loaded} to {live}"));

@@ -139,10 +139,16 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
 }
 
 /// `FLUSH TABLES WITH READ LOCK`, held over holdfast's own connection by a
-/// thread until [`GlobalReadLock::release`] (or drop) — also when the run fails.
+/// thread until [`GlobalReadLock::release`] (or drop) — also when the run
+/// fails. [`GlobalReadLock::check`] proves the session (and so the lock) is
+/// still there.
 pub struct GlobalReadLock {
-    release: Option<std::sync::mpsc::Sender<()>>,
+    commands: Option<std::sync::mpsc::Sender<LockCommand>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum LockCommand {
+    Check(std::sync::mpsc::Sender<Result<(), String>>),
 }
 
 impl GlobalReadLock {
@@ -150,7 +156,7 @@ impl GlobalReadLock {
     pub fn acquire(db: &DatabaseConfig) -> Result<GlobalReadLock> {
         let conn = Connection::of(db)?;
         let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<LockCommand>();
         let thread = std::thread::spawn(move || {
             let rt = match runtime() {
                 Ok(rt) => rt,
@@ -172,17 +178,32 @@ impl GlobalReadLock {
                 }
             };
             let _ = held_tx.send(Ok(()));
-            // Wait for release (or for the lock's owner to go away).
-            let _ = release_rx.recv();
+            // Serve checks until released (the sender dropped).
+            while let Ok(LockCommand::Check(reply)) = cmd_rx.recv() {
+                let alive = rt.block_on(c.query_drop("DO 1")).map_err(|e| {
+                    format!("the global read lock's session on {}:{} was lost: {e}", conn.host, conn.port)
+                });
+                let _ = reply.send(alive);
+            }
             rt.block_on(async {
                 let _ = c.query_drop("UNLOCK TABLES").await;
                 let _ = c.disconnect().await;
             });
         });
         match held_rx.recv() {
-            Ok(Ok(())) => Ok(GlobalReadLock { release: Some(release_tx), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(GlobalReadLock { commands: Some(cmd_tx), thread: Some(thread) }),
             Ok(Err(e)) => Err(anyhow::anyhow!(e)),
             Err(_) => Err(anyhow::anyhow!("the global read lock thread ended unexpectedly")),
+        }
+    }
+
+    /// Fails if the lock's session is gone (the lock with it).
+    pub fn check(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = self.commands.as_ref().map(|c| c.send(LockCommand::Check(tx)).is_ok()).unwrap_or(false);
+        match (sent, rx.recv()) {
+            (true, Ok(r)) => r.map_err(anyhow::Error::msg),
+            _ => Err(anyhow::anyhow!("the global read lock's thread ended; the lock is gone")),
         }
     }
 
@@ -192,7 +213,7 @@ impl GlobalReadLock {
     }
 
     fn release_now(&mut self) {
-        drop(self.release.take());
+        drop(self.commands.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

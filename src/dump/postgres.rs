@@ -248,7 +248,6 @@ impl Connection {
             "-v".into(),
             "ON_ERROR_STOP=1".into(),
             "--single-transaction".into(),
-            format!("--file={}", file.display()),
         ];
         argv.extend(args);
         argv.push(format!("--dbname={name}"));
@@ -257,7 +256,10 @@ impl Connection {
             env,
             timeout,
             user: self.run_as.clone(),
+            // holdfast opens the dump: a `run_as` user cannot read the spool.
+            stdin_file: Some(file.to_path_buf()),
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
+            cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
             ..Default::default()
         };
         let out = crate::process::run(&spec, ctx.cancel).context("running psql")?;

@@ -75,6 +75,13 @@ pub fn load(target: &Path, dump: &Path) -> Result<()> {
     }
     result.with_context(|| format!("loading {} into {}", dump.display(), target.display()))?;
     let check: String = open_existing(target)?.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    // A read-only look at a WAL-mode file leaves an empty WAL and its index.
+    for suffix in ["-wal", "-shm"] {
+        let side = format!("{}{suffix}", target.display());
+        if std::fs::metadata(&side).is_ok_and(|m| suffix == "-shm" || m.len() == 0) {
+            let _ = std::fs::remove_file(&side);
+        }
+    }
     if check != "ok" {
         bail!("{} failed its integrity check: {check}", target.display());
     }

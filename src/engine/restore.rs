@@ -47,6 +47,8 @@ pub struct RestoreSummary {
 /// A file to write.
 struct FileJob {
     path: PathBuf,
+    /// Its path inside the snapshot, for messages.
+    in_snapshot: PathBuf,
     entry: Entry,
 }
 
@@ -199,7 +201,10 @@ impl Walk<'_> {
                         }
                         self.seen_links.insert(group, dest.clone());
                     }
-                    self.files.push(FileJob { path: dest, entry });
+                    let in_snapshot: PathBuf = std::iter::once(Path::new("/").to_path_buf())
+                        .chain(path.iter().map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c))))
+                        .collect();
+                    self.files.push(FileJob { path: dest, in_snapshot, entry });
                 }
                 (Selected::All, _) => {
                     self.summary.other += 1;
@@ -247,6 +252,13 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
                     }
                     for job in group {
                         if let Err(e) = write_file(repo, index, &job, &mut packs, &mut cache, &mut names) {
+                            let e = match e {
+                                Error::Damaged { what, detail } => Error::Damaged {
+                                    what: format!("{} (of {})", what, job.in_snapshot.display()),
+                                    detail,
+                                },
+                                other => other,
+                            };
                             if let Ok(mut fe) = first_error.lock() {
                                 fe.get_or_insert(e);
                             }
