@@ -260,7 +260,6 @@ impl Connection {
             stdin_file: Some(file.to_path_buf()),
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
             cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
-            ..Default::default()
         };
         let out = crate::process::run(&spec, ctx.cancel).context("running psql")?;
         if !out.success() {
