@@ -144,6 +144,23 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
             check_program(c, &format!("notify #{}", i + 1), &cmd.argv(), None);
         }
     }
+    // Schedules (OnCalendar syntax), checked by systemd itself when it is here.
+    for (key, expr) in [("schedule", &job.schedule), ("verify_schedule", &job.verify_schedule)] {
+        let Some(expr) = expr else { continue };
+        match std::process::Command::new("systemd-analyze").args(["calendar", expr]).output() {
+            Ok(out) if out.status.success() => {
+                c.ok("schedule", format!("{key} {expr:?} is a valid OnCalendar expression"))
+            }
+            Ok(out) => c.problem(
+                "schedule",
+                format!(
+                    "{key} {expr:?} is not a valid systemd OnCalendar expression: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ),
+            Err(_) => c.ok("schedule", format!("{key} {expr:?} not checked: systemd-analyze is not installed")),
+        }
+    }
     // Databases.
     let mut sizes = Vec::new();
     for (i, db) in job.databases.iter().enumerate() {

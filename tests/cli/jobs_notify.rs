@@ -121,3 +121,95 @@ fn a_run_whose_snapshot_is_committed_is_not_retried() {
     assert_eq!(env.snapshots_json("app").len(), 1);
     assert_eq!(env.lines("events"), ["app failure"]);
 }
+
+/// A one-thread HTTP server on loopback that records each request's method,
+/// path and body and answers 200 (or 500 when `fail`).
+fn http_recorder(fail: bool) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let status = if fail { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let mut parts = request_line.split_whitespace();
+            let what = format!("{} {}", parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if tx.send((what, String::from_utf8_lossy(&body).into_owned())).is_err() {
+                return;
+            }
+        }
+    });
+    (base, rx)
+}
+
+fn webhook_job(env: &JobEnv, url: &str, extra: &str) {
+    fs::create_dir_all(env.path("uploads")).unwrap();
+    fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
+    env.config(&format!(
+        r#"[jobs.app]
+{extra}
+[jobs.app.files]
+paths = ["uploads"]
+
+[[jobs.app.notify]]
+events = ["start", "success", "failure"]
+webhook = "{url}"
+"#
+    ))
+    .init_repo();
+}
+
+#[test]
+fn a_webhook_target_gets_healthchecks_style_pings_with_a_json_body() {
+    let (base, requests) = http_recorder(false);
+    let env = JobEnv::new();
+    webhook_job(&env, &format!("{base}/ping/check-uuid"), "");
+
+    env.run(&["app"]).assert_ok();
+
+    let got: Vec<(String, String)> = requests.try_iter().collect();
+    let lines: Vec<&str> = got.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(lines, ["POST /ping/check-uuid/start", "POST /ping/check-uuid"]);
+    let body: serde_json::Value = serde_json::from_str(&got[1].1).unwrap();
+    assert_eq!(body["job"], "app");
+    assert_eq!(body["event"], "success");
+    assert_eq!(body["snapshot"].as_str().unwrap().len(), 64);
+
+    let env = JobEnv::new();
+    webhook_job(&env, &format!("{base}/ping/check-uuid"), FAILING_HOOK);
+    env.run(&["app"]).assert_failed();
+    let lines: Vec<String> = requests.try_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, ["POST /ping/check-uuid/start", "POST /ping/check-uuid/fail"]);
+}
+
+#[test]
+fn a_webhook_that_fails_or_is_unreachable_does_not_fail_the_run() {
+    let (base, _requests) = http_recorder(true);
+    let env = JobEnv::new();
+    webhook_job(&env, &format!("{base}/hook"), "");
+    env.run(&["app"]).assert_ok();
+
+    // Nothing listens on this port (bound, then released).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let env = JobEnv::new();
+    webhook_job(&env, &format!("http://{closed}/hook"), "");
+    env.run(&["app"]).assert_ok();
+}

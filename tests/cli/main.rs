@@ -33,3 +33,5 @@ mod hold;
 mod p34_util;
 mod restore_jobs;
 mod verify_jobs;
+
+mod operations;
