@@ -61,6 +61,34 @@ pub enum Command {
         #[arg(required_unless_present = "all")]
         jobs: Vec<String>,
     },
+    /// Forget snapshots by retention rules and collect garbage; with
+    /// --config, each named job's (all when none) by its `retention`.
+    Prune {
+        jobs: Vec<String>,
+        #[arg(long)]
+        keep_last: Option<usize>,
+        #[arg(long)]
+        keep_hourly: Option<usize>,
+        #[arg(long)]
+        keep_daily: Option<usize>,
+        #[arg(long)]
+        keep_weekly: Option<usize>,
+        #[arg(long)]
+        keep_monthly: Option<usize>,
+        #[arg(long)]
+        keep_yearly: Option<usize>,
+        /// Keep every snapshot younger than this before the newest (e.g. 2d).
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        keep_within: Option<std::time::Duration>,
+        /// Delete packs only after they were marked unreferenced this long ago.
+        #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+        grace: std::time::Duration,
+        /// Say what would go and why the rest stays; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per job: last run, newest snapshot and its age, next run; exits
     /// non-zero when a job is stale (older than max_age) or failing.
     Status {
@@ -263,6 +291,78 @@ pub fn run() -> Result<ExitCode> {
                 return validate_jobs(config, if *all { &[] } else { jobs }, true, *json);
             }
             return run_jobs(config, *all, jobs, *json);
+        }
+        Command::Prune {
+            jobs,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            grace,
+            dry_run,
+            json,
+        } => {
+            let reports = match (&config, cli.repo.is_some() && job_repo.is_none()) {
+                (Some(config), false) if jobs.is_empty() || config.jobs.contains_key(&jobs[0]) => {
+                    let mut all = Vec::new();
+                    for job in select_jobs(config, jobs)? {
+                        all.extend(crate::prune::prune_job(config, job, *grace, *dry_run)?);
+                    }
+                    all
+                }
+                _ => {
+                    let policy = crate::retention::Policy {
+                        last: *keep_last,
+                        hourly: *keep_hourly,
+                        daily: *keep_daily,
+                        weekly: *keep_weekly,
+                        monthly: *keep_monthly,
+                        yearly: *keep_yearly,
+                        within: keep_within.map(crate::config::DurationSpec),
+                    };
+                    if policy.is_empty() {
+                        bail!(
+                            "say what to keep: --keep-last, --keep-daily, ... (without one, prune would keep only the newest)"
+                        );
+                    }
+                    vec![crate::prune::prune_ad_hoc(&open()?, &policy, *grace, *dry_run)?]
+                }
+            };
+            if *json {
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    println!(
+                        "repository {}{}{}:",
+                        r.repository,
+                        r.job.as_deref().map(|j| format!(", job {j}")).unwrap_or_default(),
+                        if r.dry_run { " (dry run: nothing changed)" } else { "" }
+                    );
+                    for d in &r.decisions {
+                        let when = local_time(&d.time);
+                        if d.keep {
+                            println!("  keep   {} {when}  ({})", &d.id[..8], d.reasons.join(", "));
+                        } else {
+                            println!("  forget {} {when}", &d.id[..8]);
+                        }
+                    }
+                    let g = &r.gc;
+                    println!(
+                        "  {} snapshot(s) {}; packs: {} newly marked unused, {} unmarked (in use again), {} waiting out the grace period, {} deleted; {} leftovers deleted; {} freed",
+                        r.forgotten,
+                        if r.dry_run { "would be forgotten" } else { "forgotten" },
+                        g.packs_marked,
+                        g.packs_unmarked,
+                        g.packs_waiting,
+                        g.packs_deleted,
+                        g.leftovers_deleted,
+                        human(g.bytes_deleted)
+                    );
+                }
+            }
         }
         Command::Status { json, jobs } => {
             let config = config.as_ref().context("`status` needs --config PATH (or $HOLDFAST_CONFIG)")?;

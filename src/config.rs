@@ -66,6 +66,8 @@ struct RawJob {
     notify: Option<Vec<NotifyConfig>>,
     metrics_dir: Option<PathBuf>,
     verify_schedule: Option<String>,
+    retention: Option<crate::retention::Policy>,
+    prune_after_backup: Option<bool>,
 }
 
 // ------------------------------------------------------------ resolved shape
@@ -117,6 +119,10 @@ pub struct Job {
     pub metrics_dir: Option<PathBuf>,
     /// When `verify` runs (OnCalendar syntax), for the generated timer.
     pub verify_schedule: Option<String>,
+    /// Which of the job's snapshots `prune` keeps (empty: all).
+    pub retention: crate::retention::Policy,
+    /// Prune the job's repositories after each successful run.
+    pub prune_after_backup: bool,
 }
 
 /// A command: an argv list, or a string run by `/bin/sh -c`.
@@ -715,6 +721,8 @@ fn resolve_job(
         notify,
         metrics_dir: pick_path(&job.metrics_dir, &d.metrics_dir),
         verify_schedule: job.verify_schedule.clone().or(d.verify_schedule),
+        retention: job.retention.clone().or(d.retention).unwrap_or_default(),
+        prune_after_backup: job.prune_after_backup.or(d.prune_after_backup).unwrap_or(false),
     })
 }
 

@@ -90,6 +90,15 @@ pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<R
     if let Err(e) = state.save(job) {
         tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
     }
+    if report.ok && job.prune_after_backup {
+        match crate::prune::prune_job(config, job, Duration::from_secs(3600), false) {
+            Ok(reports) => {
+                let forgotten: usize = reports.iter().map(|r| r.forgotten).sum();
+                tracing::info!("job {}: pruned: {forgotten} snapshot(s) forgotten", job.name);
+            }
+            Err(e) => tracing::warn!("job {}: prune after the backup failed (the backup stands): {e:#}", job.name),
+        }
+    }
     if let Some(dir) = &job.metrics_dir
         && let Err(e) = write_metrics(config, job, &state, dir)
     {

@@ -29,6 +29,10 @@ pub const INDEX: &str = "index";
 pub const SNAPSHOTS: &str = "snapshots";
 pub const KEYS: &str = "keys";
 pub const TMP: &str = "tmp";
+/// Packs marked for deletion by prune (see `engine::gc`).
+pub const MARKS: &str = "marks";
+/// One file per backup in progress (see `engine::gc`).
+pub const RUNNING: &str = "running";
 
 /// A repository on a local (or mounted) filesystem.
 #[derive(Debug, Clone)]
@@ -64,7 +68,7 @@ impl LocalBackend {
 
     /// Create the directory layout of a new repository.
     pub fn create_layout(&self) -> Result<()> {
-        for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP] {
+        for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP, MARKS, RUNNING] {
             let p = self.root.join(dir);
             fs::create_dir_all(&p).at(&p)?;
         }
@@ -150,9 +154,13 @@ impl LocalBackend {
         Ok(buf)
     }
 
-    /// The names of the files in `dir` (for packs, across the fan-out).
+    /// The names of the files in `dir` (for packs, across the fan-out); a
+    /// missing `marks/` or `running/` (older repositories) is empty.
     pub fn list(&self, dir: &str) -> Result<Vec<String>> {
         let base = self.root.join(dir);
+        if (dir == MARKS || dir == RUNNING) && !base.exists() {
+            return Ok(Vec::new());
+        }
         let mut names = Vec::new();
         for entry in fs::read_dir(&base).at(&base)? {
             let entry = entry.at(&base)?;
@@ -173,6 +181,19 @@ impl LocalBackend {
     pub fn size(&self, dir: &str, name: &str) -> Result<u64> {
         let p = self.path_of(dir, name);
         Ok(fs::metadata(&p).at(&p)?.len())
+    }
+
+    /// Write (or replace) a small file that is state, not data: a mark or a
+    /// running-backup record. Not content-addressed; written atomically.
+    pub fn write_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let d = self.root.join(dir);
+        fs::create_dir_all(&d).at(&d)?;
+        let mut temp = self.temp_file()?;
+        temp.file.write_all(bytes).at(&temp.path)?;
+        temp.file.sync_all().at(&temp.path)?;
+        let target = d.join(name);
+        fs::rename(&temp.path, &target).at(&target)?;
+        sync_dir(&d)
     }
 
     pub fn remove(&self, dir: &str, name: &str) -> Result<()> {

@@ -130,6 +130,8 @@ pub struct Capture {
     tags: Vec<String>,
     summary: Summary,
     started: Instant,
+    /// Registered as running until the snapshot is committed.
+    _running: crate::engine::gc::Running,
 }
 
 impl Capture {
@@ -172,7 +174,12 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     paths.sort();
     paths.dedup();
 
+    // Register first, then read marks and index: a prune deletes no pack
+    // marked after this backup started until it has finished.
+    let running = crate::engine::gc::register_backup(repo)?;
+    let marked: std::collections::HashSet<Id> = crate::engine::gc::marked_packs(repo)?.into_keys().collect();
     let (index, _damaged) = repo.load_index()?;
+    let index = index.without_packs(&marked);
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut packs = PackFiles::default();
     let parent_root = match &parent {
@@ -229,6 +236,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         tags: opts.tags.clone(),
         summary,
         started,
+        _running: running,
     })
 }
 

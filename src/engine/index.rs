@@ -60,6 +60,16 @@ impl Index {
         }
     }
 
+    /// Drop every blob located in one of `packs` (a backup must not reuse
+    /// blobs from packs marked for deletion).
+    pub fn without_packs(mut self, packs: &std::collections::HashSet<Id>) -> Index {
+        if !packs.is_empty() {
+            self.blobs.retain(|_, loc| !packs.contains(&loc.pack));
+            self.packs.retain(|p, _| !packs.contains(p));
+        }
+        self
+    }
+
     pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
         self.blobs.get(id)
     }

@@ -10,6 +10,7 @@ pub mod check;
 pub mod chunker;
 pub mod crypto;
 pub mod fsmeta;
+pub mod gc;
 pub mod index;
 pub mod keyfile;
 pub mod pack;

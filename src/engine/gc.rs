@@ -1,0 +1,239 @@
+//! Garbage collection that never blocks a backup and never deletes what a
+//! backup running at the same time is about to reference.
+//!
+//! Two phases, across two prunes:
+//!
+//! 1. **Mark.** A prune computes the blobs every snapshot references. An
+//!    indexed pack none of whose blobs is referenced gets a mark
+//!    (`marks/<pack>`, holding the time of marking). Nothing is deleted.
+//! 2. **Delete.** A later prune deletes a marked pack only when (a) the mark
+//!    is older than the grace period, (b) no backup that started before the
+//!    mark is still running (`running/` holds one file per backup in
+//!    progress), and (c) the pack is *still* unreferenced now — a backup that
+//!    reused one of its blobs before seeing the mark has committed by then,
+//!    and its snapshot unmarks the pack instead.
+//!
+//! Backups register in `running/` before they read marks and the index, and
+//! never reuse a blob whose only copy is in a marked pack (they store it
+//! again). Deletion rewrites the index first (new consolidated file, then the
+//! old files go), and removes packs only after no index names them, so a
+//! prune killed at any moment leaves at worst unindexed packs. Packs that
+//! only partly hold garbage are kept whole (no repacking yet).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::backend::{INDEX, MARKS, PACKS, RUNNING, SNAPSHOTS, TMP};
+use crate::engine::crypto::Id;
+use crate::engine::index::{Index, IndexFile, IndexedPack};
+use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::tree::EntryKind;
+use crate::error::{Error, Result};
+
+/// A backup in progress, registered in `running/` until dropped.
+#[derive(Debug)]
+pub struct Running {
+    repo_root: std::path::PathBuf,
+    name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunningRecord {
+    host: String,
+    pid: u32,
+    started: jiff::Timestamp,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.repo_root.join(RUNNING).join(&self.name));
+    }
+}
+
+/// Say "a backup is running" for as long as the returned guard lives.
+pub fn register_backup(repo: &Repository) -> Result<Running> {
+    let host = crate::engine::backup::hostname();
+    let name = format!("{host}-{}-{}", std::process::id(), Id::random()?.short());
+    let rec = RunningRecord { host, pid: std::process::id(), started: jiff::Timestamp::now() };
+    repo.backend().write_state(RUNNING, &name, &serde_json::to_vec(&rec).unwrap_or_default())?;
+    Ok(Running { repo_root: repo.path().to_path_buf(), name })
+}
+
+/// Packs marked for deletion, with when they were marked.
+pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
+    let mut out = HashMap::new();
+    for name in repo.backend().list(MARKS)? {
+        let Some(id) = Id::from_hex(&name) else { continue };
+        let when = repo
+            .backend()
+            .read(MARKS, &name)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+        out.insert(id, when);
+    }
+    Ok(out)
+}
+
+/// The oldest start among backups still running (stale records of dead
+/// processes on this host are removed; other hosts' records expire after two days).
+fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
+    let host = crate::engine::backup::hostname();
+    let now = jiff::Timestamp::now();
+    let mut oldest: Option<jiff::Timestamp> = None;
+    for name in repo.backend().list(RUNNING)? {
+        let Ok(bytes) = repo.backend().read(RUNNING, &name) else { continue };
+        let Ok(rec) = serde_json::from_slice::<RunningRecord>(&bytes) else { continue };
+        let dead = if rec.host == host {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
+        } else {
+            now.duration_since(rec.started) > jiff::SignedDuration::from_hours(48)
+        };
+        if dead {
+            let _ = repo.backend().remove(RUNNING, &name);
+            continue;
+        }
+        oldest = Some(oldest.map_or(rec.started, |o| o.min(rec.started)));
+    }
+    Ok(oldest)
+}
+
+/// Remove snapshots (they are the only thing a forget touches).
+pub fn forget(repo: &Repository, ids: &[Id]) -> Result<()> {
+    for id in ids {
+        repo.backend().remove(SNAPSHOTS, &id.to_hex())?;
+    }
+    Ok(())
+}
+
+/// What a garbage collection did (or, dry, would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub packs_marked: usize,
+    pub packs_unmarked: usize,
+    pub packs_deleted: usize,
+    pub packs_waiting: usize,
+    pub leftovers_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// Every blob (chunks and trees) the repository's snapshots reference.
+/// Fails if any snapshot or tree cannot be read: never delete when unsure.
+fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
+    let (snaps, unreadable) = repo.snapshots()?;
+    if let Some((name, e)) = unreadable.first() {
+        return Err(Error::Invalid(format!("snapshot {name} cannot be read ({e}); not collecting garbage")));
+    }
+    let mut seen = HashSet::new();
+    let mut packs = PackFiles::default();
+    let mut stack: Vec<Id> = snaps.iter().map(|(_, s)| s.root).collect();
+    while let Some(tree_id) = stack.pop() {
+        if !seen.insert(tree_id) {
+            continue;
+        }
+        let tree = repo.load_tree(index, &tree_id, &mut packs)?;
+        for e in tree.entries {
+            match e.kind {
+                EntryKind::Dir { tree } => stack.push(tree),
+                EntryKind::File(c) => seen.extend(c.pieces.iter().filter_map(|p| p.chunk().copied())),
+                _ => {}
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// Mark newly unreferenced packs; delete marked ones that are safe to delete.
+pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let now = jiff::Timestamp::now();
+    let grace = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX);
+    // Read the index file by file: the ones read are the ones rewritten.
+    let mut files: Vec<(String, IndexFile)> = Vec::new();
+    let mut index = Index::default();
+    for name in repo.backend().list(INDEX)? {
+        let f = repo.read_index_file(&name)?;
+        index.add_file(&f);
+        files.push((name, f));
+    }
+    let referenced = referenced_blobs(repo, &index)?;
+    let mut blobs_of: HashMap<Id, Vec<Id>> = HashMap::new();
+    for (_, f) in &files {
+        for p in &f.packs {
+            blobs_of.entry(p.pack).or_default().extend(p.blobs.iter().map(|b| b.id));
+        }
+    }
+    let marks = marked_packs(repo)?;
+    let oldest_running = oldest_running_backup(repo)?;
+    let mut delete: HashSet<Id> = HashSet::new();
+    for (pack, marked_at) in &marks {
+        let blobs = blobs_of.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+        if blobs.iter().any(|b| referenced.contains(b)) {
+            report.packs_unmarked += 1;
+            if !dry_run {
+                repo.backend().remove(MARKS, &pack.to_hex())?;
+            }
+        } else if now.duration_since(*marked_at) >= grace && oldest_running.is_none_or(|r| r > *marked_at) {
+            delete.insert(*pack);
+        } else {
+            report.packs_waiting += 1;
+        }
+    }
+    for (pack, blobs) in &blobs_of {
+        if !marks.contains_key(pack) && !blobs.iter().any(|b| referenced.contains(b)) {
+            report.packs_marked += 1;
+            if !dry_run {
+                repo.backend().write_state(MARKS, &pack.to_hex(), now.to_string().as_bytes())?;
+            }
+        }
+    }
+    report.packs_deleted = delete.len();
+    if dry_run {
+        return Ok(report);
+    }
+    if !delete.is_empty() {
+        // 1. A new index without the doomed packs, 2. the old files go, 3. the packs go.
+        let mut kept: Vec<IndexedPack> = Vec::new();
+        let mut listed: HashSet<Id> = HashSet::new();
+        for (_, f) in &files {
+            for p in &f.packs {
+                if !delete.contains(&p.pack) && listed.insert(p.pack) {
+                    kept.push(p.clone());
+                }
+            }
+        }
+        if !kept.is_empty() {
+            repo.write_index_file(&IndexFile { packs: kept })?;
+        }
+        for (name, _) in &files {
+            repo.backend().remove(INDEX, name)?;
+        }
+        for pack in &delete {
+            report.bytes_deleted += repo.backend().size(PACKS, &pack.to_hex()).unwrap_or(0);
+            repo.backend().remove(PACKS, &pack.to_hex())?;
+            let _ = repo.backend().remove(MARKS, &pack.to_hex());
+        }
+    }
+    // Leftovers of interrupted runs: unindexed packs and tmp files older
+    // than the grace period and than every backup still running.
+    let cutoff = oldest_running.map_or(now, |r| r.min(now)) - grace;
+    for (dir, candidates) in [(PACKS, repo.backend().list(PACKS)?), (TMP, repo.backend().list(TMP)?)] {
+        for name in candidates {
+            if dir == PACKS && Id::from_hex(&name).is_some_and(|id| blobs_of.contains_key(&id)) {
+                continue;
+            }
+            let p = repo.backend().path_of(dir, &name);
+            let Ok(modified) = std::fs::metadata(&p).and_then(|m| m.modified()) else { continue };
+            let Ok(modified) = jiff::Timestamp::try_from(modified) else { continue };
+            if modified < cutoff {
+                report.bytes_deleted += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                repo.backend().remove(dir, &name)?;
+                report.leftovers_deleted += 1;
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,103 @@
+//! Prune: apply a keep policy to snapshots, forget the others, collect
+//! garbage (see `engine::gc` for why this never blocks or breaks a backup).
+//!
+//! For a job, the policy applies only to that job's snapshots in each of its
+//! repositories; ad hoc (`--repo`), to snapshots not made by a job, grouped
+//! by host and paths.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::{Config, Job};
+use crate::engine::crypto::Id;
+use crate::engine::gc::{GcReport, collect_garbage, forget};
+use crate::engine::repository::Repository;
+use crate::engine::snapshot::Snapshot;
+use crate::retention::{Policy, apply};
+use crate::runner::open_repository;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotDecision {
+    pub id: String,
+    pub time: jiff::Timestamp,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub repository: String,
+    pub job: Option<String>,
+    pub dry_run: bool,
+    pub decisions: Vec<SnapshotDecision>,
+    pub forgotten: usize,
+    pub gc: GcReport,
+}
+
+/// Decide which `snapshots` `policy` keeps.
+fn decide(snapshots: &[&(Id, Snapshot)], policy: &Policy) -> Vec<SnapshotDecision> {
+    let items: Vec<(Id, jiff::Timestamp)> = snapshots.iter().map(|(id, s)| (*id, s.time)).collect();
+    apply(&items, policy, &jiff::tz::TimeZone::system())
+        .into_iter()
+        .map(|d| SnapshotDecision { id: d.item.to_hex(), time: d.time, keep: d.keep, reasons: d.reasons })
+        .collect()
+}
+
+/// Forget what `decisions` drop and collect garbage.
+fn finish(
+    repo: &Repository,
+    name: &str,
+    job: Option<&str>,
+    decisions: Vec<SnapshotDecision>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let doomed: Vec<Id> = decisions.iter().filter(|d| !d.keep).filter_map(|d| Id::from_hex(&d.id)).collect();
+    if !dry_run {
+        forget(repo, &doomed)?;
+    }
+    let gc = collect_garbage(repo, grace, dry_run)?;
+    Ok(PruneReport {
+        repository: name.to_string(),
+        job: job.map(str::to_string),
+        dry_run,
+        decisions,
+        forgotten: doomed.len(),
+        gc,
+    })
+}
+
+/// Prune `job`'s snapshots in each of its repositories.
+pub fn prune_job(config: &Config, job: &Job, grace: Duration, dry_run: bool) -> Result<Vec<PruneReport>> {
+    let mut out = Vec::new();
+    for name in &job.repositories {
+        let repo = open_repository(&config.repositories[name])?;
+        let (snaps, _) = repo.snapshots()?;
+        let mine: Vec<&(Id, Snapshot)> =
+            snaps.iter().filter(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name)).collect();
+        let decisions = if job.retention.is_empty() {
+            // No policy: keep everything, only collect garbage.
+            decide(&mine, &Policy { last: Some(usize::MAX), ..Default::default() })
+        } else {
+            decide(&mine, &job.retention)
+        };
+        out.push(finish(&repo, name, Some(&job.name), decisions, grace, dry_run)?);
+    }
+    Ok(out)
+}
+
+/// Prune the snapshots of `repo` that no job made, per host and paths.
+pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, grace: Duration, dry_run: bool) -> Result<PruneReport> {
+    let (snaps, _) = repo.snapshots()?;
+    // Snapshots of the same host and paths form one timeline.
+    type Timeline<'a> = Vec<&'a (Id, Snapshot)>;
+    let mut groups: BTreeMap<(String, Vec<String>), Timeline> = BTreeMap::new();
+    for s in snaps.iter().filter(|(_, s)| crate::cli::job_record(s).is_none()) {
+        groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
+    }
+    let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();
+    finish(repo, &repo.path().display().to_string(), None, decisions, grace, dry_run)
+}
