@@ -107,6 +107,11 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
         report.notes.push(format!("{} unfinished file(s) in tmp/ (left by an interrupted run; harmless)", tmp.len()));
     }
 
+    if let Ok(marks) = repo.backend().list(crate::engine::backend::MARKS)
+        && !marks.is_empty()
+    {
+        report.notes.push(format!("{} pack(s) marked unused by prune, to be deleted by a later prune", marks.len()));
+    }
     let mut bad_blobs: HashMap<Id, String> = HashMap::new();
     if read_data {
         let (packs, blobs, bytes) = read_all_packs(repo, &index, &on_disk, threads);
