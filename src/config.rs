@@ -352,6 +352,9 @@ impl DatabaseKind {
 pub struct FilesConfig {
     #[serde(default)]
     pub paths: Vec<PathBuf>,
+    /// Paths backed up when they exist; their absence is not an error.
+    #[serde(default)]
+    pub optional: Vec<PathBuf>,
     /// Glob patterns (`**/cache/**`) matched against absolute paths.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -695,6 +698,7 @@ fn resolve_job(
     let from_job = job.files.is_some();
     let mut files = job.files.clone().or(d.files).unwrap_or_default();
     files.paths = files.paths.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
+    files.optional = files.optional.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
     for pattern in &files.exclude {
         globset::Glob::new(pattern).map_err(|e| err(format!("exclude pattern {pattern:?}: {e}")))?;
     }

@@ -38,7 +38,7 @@ pub enum Step {
     /// Dump one database entry into the spool.
     Dump { index: usize, entry: String, kind: DatabaseKind, name: String },
     /// Read the dumps and the file sets into the repository (not yet a snapshot).
-    Capture { repository: String, dumps: bool, paths: Vec<PathBuf> },
+    Capture { repository: String, dumps: bool, paths: Vec<PathBuf>, optional: Vec<PathBuf> },
     /// Write the snapshot: from here on the run's backup exists.
     Commit { repository: String },
     /// Remove the run's spool directory (dumps are plaintext secrets).
@@ -88,6 +88,7 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
                 repository: repository.clone(),
                 dumps: !job.databases.is_empty(),
                 paths: job.files.paths.clone(),
+                optional: job.files.optional.clone(),
             },
         );
     }

@@ -379,7 +379,7 @@ impl<'a> Attempt<'a> {
                     .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))?;
                 self.dumps.extend(records);
             }
-            Step::Capture { repository, dumps, paths } => {
+            Step::Capture { repository, dumps, paths, optional } => {
                 let repo_cfg = self
                     .config
                     .repositories
@@ -391,12 +391,25 @@ impl<'a> Attempt<'a> {
                     let run = self.run_dir.as_ref().context("no spool directory")?;
                     sources.push(BackupSource { local: run.dumps.clone(), at: PathBuf::from(SNAPSHOT_PREFIX) });
                 }
+                let mut captured = paths.clone();
                 for p in paths {
                     if !p.exists() {
-                        bail!("file set path {} does not exist", p.display());
+                        bail!(
+                            "file set path {} does not exist (list it under `optional` if it may be absent)",
+                            p.display()
+                        );
                     }
                     sources.push(BackupSource::same_path(p)?);
                 }
+                for p in optional {
+                    if p.exists() {
+                        sources.push(BackupSource::same_path(p)?);
+                        captured.push(p.clone());
+                    } else {
+                        tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
+                    }
+                }
+                let paths = &captured;
                 let exclude = exclude_matcher(&self.job.files.exclude)?;
                 let mut tags = vec![self.job.name.clone()];
                 tags.extend(self.job.tags.iter().cloned());

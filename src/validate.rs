@@ -204,8 +204,14 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
         if p.exists() {
             c.ok("files", format!("{} exists", p.display()));
         } else {
-            c.problem("files", format!("file set path {} does not exist", p.display()));
+            c.problem(
+                "files",
+                format!("file set path {} does not exist (list it under `optional` if it may be absent)", p.display()),
+            );
         }
+    }
+    for p in &job.files.optional {
+        c.ok("files", format!("optional {} {}", p.display(), if p.exists() { "exists" } else { "is absent: skipped" }));
     }
     sizes
 }
@@ -411,7 +417,9 @@ fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
                     d.extend(found.iter().map(|(n, s)| format!("{n}: {} now", crate::cli::human(*s))));
                     d
                 }
-                Step::Capture { repository, paths, .. } => {
+                Step::Capture { repository, paths, optional, .. } => {
+                    let paths: Vec<PathBuf> = paths.iter().chain(optional.iter().filter(|p| p.exists())).cloned().collect();
+                    let paths = &paths;
                     let (files, bytes) = tally(paths);
                     let mut d = vec![format!("into repository {repository:?}")];
                     d.extend(paths.iter().map(|p| p.display().to_string()));

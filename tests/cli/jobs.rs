@@ -171,6 +171,27 @@ fn file_set_excludes_leave_matching_paths_out() {
 }
 
 #[test]
+fn an_optional_path_is_backed_up_when_present_and_skipped_when_absent() {
+    let env = JobEnv::new();
+    let uploads = env.path("uploads");
+    fs::create_dir_all(&uploads).unwrap();
+    fs::write(uploads.join("a.txt"), "a\n").unwrap();
+    env.config("[jobs.app]\n[jobs.app.files]\npaths = [\"uploads\"]\noptional = [\"languages\"]\n").init_repo();
+
+    env.run(&["app"]).assert_ok();
+    let valid = env.start(env.cmd(["validate", "app"])).wait();
+    valid.assert_ok().assert_says("is absent: skipped");
+
+    fs::create_dir_all(env.path("languages")).unwrap();
+    fs::write(env.path("languages/de.po"), "msgid\n").unwrap();
+    env.run(&["app"]).assert_ok();
+    let snaps = env.snapshots_json("app");
+    let files = env.ls(snaps.last().unwrap()["id"].as_str().unwrap());
+    assert!(files.contains(&env.path("languages/de.po").display().to_string()), "{files:#?}");
+    assert!(files.contains(&uploads.join("a.txt").display().to_string()), "{files:#?}");
+}
+
+#[test]
 fn run_all_runs_every_job_reports_each_and_fails_when_one_failed() {
     let env = JobEnv::new();
     fs::create_dir(env.path("uploads")).unwrap();
