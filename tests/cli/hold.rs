@@ -393,3 +393,72 @@ fn run_as_runs_pg_dump_as_that_user_and_the_dump_stays_private_to_holdfast() {
     assert!(dump.contains("0\tdumped as postgres\n") && dump.contains("400000\t"), "the dump should hold every row");
     assert_eq!(dump.len() as u64, record["size"].as_u64().unwrap(), "{record:#}");
 }
+
+/// The OS user and PostgreSQL role that peer authentication maps onto each
+/// other in [`run_as_with_peer_authentication_over_the_socket_dumps_as_that_user`].
+const PEER: &str = "hf_peer";
+
+/// Make sure the server authenticates role [`PEER`] over the socket by peer
+/// (only that role: a line in front of the others), that the OS user and the
+/// role exist, and reload the server's configuration.
+fn ensure_peer_authentication(server: &crate::jobs_util::Postgres) {
+    let hba = server.sql("postgres", "SHOW hba_file").trim().to_string();
+    let text = fs::read_to_string(&hba).unwrap();
+    let line = format!("local all {PEER} peer");
+    if !text.lines().any(|l| l.trim() == line) {
+        fs::write(&hba, format!("{line}\n{text}")).unwrap();
+        server.sql("postgres", "SELECT pg_reload_conf()");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if nix::unistd::User::from_name(PEER).unwrap().is_none() {
+        let ok = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PEER])
+            .status()
+            .unwrap();
+        assert!(ok.success() || nix::unistd::User::from_name(PEER).unwrap().is_some(), "useradd {PEER}");
+    }
+    server.sql(
+        "postgres",
+        &format!("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{PEER}') THEN CREATE ROLE {PEER} LOGIN; END IF; END $$"),
+    );
+}
+
+#[test]
+fn run_as_with_peer_authentication_over_the_socket_dumps_as_that_user() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("peer");
+    ensure_peer_authentication(&db.server);
+    db.sql(&format!("CREATE TABLE t (v text); INSERT INTO t VALUES ('dumped by peer'); GRANT SELECT ON t TO {PEER};"));
+    // As root, the socket refuses the role: peer authentication is in force.
+    let as_root = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "/var/run/postgresql",
+            "-p",
+            &db.server.port.to_string(),
+            "-U",
+            PEER,
+            "-d",
+            &db.name,
+            "-c",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!as_root.status.success(), "root must not get in as {PEER} over the socket");
+    assert!(String::from_utf8_lossy(&as_root.stderr).contains("Peer authentication failed"));
+    env.config(&format!(
+        "[jobs.crm]\n[[jobs.crm.databases]]\nkind = \"postgresql\"\nname = {}\nhost = \"/var/run/postgresql\"\nport = {}\nrun_as = \"{PEER}\"\n",
+        q(&db.name),
+        db.server.port
+    ))
+    .init_repo();
+
+    env.run(&["crm"]).assert_ok();
+
+    let dump = dump_in_snapshot(&env, "crm", &db.name);
+    assert!(dump.contains("dumped by peer"), "the dump should hold the row");
+    let record = &env.only_snapshot("crm")["extra"]["databases"][0];
+    assert!(record["server_version"].as_str().is_some_and(|v| !v.is_empty()), "{record:#}");
+}
