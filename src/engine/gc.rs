@@ -151,6 +151,11 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     let mut report = GcReport::default();
     let now = jiff::Timestamp::now();
     let grace = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX);
+    // Order matters. Marks and running backups are read first: a backup
+    // still running now is protected; one that ends after this point has
+    // committed before the snapshots are read below, so its references count.
+    let marks = marked_packs(repo)?;
+    let oldest_running = oldest_running_backup(repo)?;
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     let mut index = Index::default();
@@ -166,8 +171,6 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             blobs_of.entry(p.pack).or_default().extend(p.blobs.iter().map(|b| b.id));
         }
     }
-    let marks = marked_packs(repo)?;
-    let oldest_running = oldest_running_backup(repo)?;
     let mut delete: HashSet<Id> = HashSet::new();
     for (pack, marked_at) in &marks {
         let blobs = blobs_of.get(pack).map(Vec::as_slice).unwrap_or(&[]);

@@ -30,8 +30,8 @@ enum Moment {
 }
 
 const MOMENTS: [Moment; 5] = [
-    Moment::After(Duration::from_millis(50)),
-    Moment::After(Duration::from_millis(200)),
+    Moment::After(Duration::from_millis(30)),
+    Moment::After(Duration::from_millis(100)),
     Moment::PackBeingWritten,
     Moment::PacksCommitted(1),
     Moment::PacksCommitted(3),
