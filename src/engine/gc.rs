@@ -32,6 +32,11 @@ use crate::engine::repository::{PackFiles, Repository};
 use crate::engine::tree::EntryKind;
 use crate::error::{Error, Result};
 
+/// A backup that started this soon after a mark's recorded time may not have
+/// seen the mark yet (the mark file appears a moment after its time is
+/// taken); it protects the pack like one that started before.
+const MARK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
 /// A backup in progress, registered in `running/` until dropped.
 #[derive(Debug)]
 pub struct Running {
@@ -179,7 +184,9 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             if !dry_run {
                 repo.backend().remove(MARKS, &pack.to_hex())?;
             }
-        } else if now.duration_since(*marked_at) >= grace && oldest_running.is_none_or(|r| r > *marked_at) {
+        } else if now.duration_since(*marked_at) >= grace
+            && oldest_running.is_none_or(|r| r > *marked_at + MARK_MARGIN)
+        {
             delete.insert(*pack);
         } else {
             report.packs_waiting += 1;

@@ -35,3 +35,5 @@ mod restore_jobs;
 mod verify_jobs;
 
 mod operations;
+mod prune;
+mod validate;
