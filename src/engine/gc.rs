@@ -37,6 +37,11 @@ use crate::error::{Error, Result};
 /// taken); it protects the pack like one that started before.
 const MARK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
+/// Leftovers (unindexed packs, `tmp/` files) younger than this are never
+/// removed, whatever the grace period: a backup writes its first temporary
+/// file a moment before it registers as running.
+const LEFTOVER_MIN_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
+
 /// A backup in progress, registered in `running/` until dropped.
 #[derive(Debug)]
 pub struct Running {
@@ -178,14 +183,27 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     }
     let mut delete: HashSet<Id> = HashSet::new();
     for (pack, marked_at) in &marks {
-        let blobs = blobs_of.get(pack).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(blobs) = blobs_of.get(pack) else {
+            // Marked and in no index: an interrupted prune already took it
+            // out of the index (after all the checks below), so no backup can
+            // reuse it any more. Finish the job: the pack, then its mark.
+            if !dry_run {
+                let name = pack.to_hex();
+                if let Ok(size) = repo.backend().size(PACKS, &name) {
+                    repo.backend().remove(PACKS, &name)?;
+                    report.bytes_deleted += size;
+                    report.packs_deleted += 1;
+                }
+                repo.backend().remove(MARKS, &name)?;
+            }
+            continue;
+        };
         if blobs.iter().any(|b| referenced.contains(b)) {
             report.packs_unmarked += 1;
             if !dry_run {
                 repo.backend().remove(MARKS, &pack.to_hex())?;
             }
-        } else if now.duration_since(*marked_at) >= grace
-            && oldest_running.is_none_or(|r| r > *marked_at + MARK_MARGIN)
+        } else if now.duration_since(*marked_at) >= grace && oldest_running.is_none_or(|r| r > *marked_at + MARK_MARGIN)
         {
             delete.insert(*pack);
         } else {
@@ -196,11 +214,14 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
         if !marks.contains_key(pack) && !blobs.iter().any(|b| referenced.contains(b)) {
             report.packs_marked += 1;
             if !dry_run {
-                repo.backend().write_state(MARKS, &pack.to_hex(), now.to_string().as_bytes())?;
+                // Stamped when written, not when the prune began: a backup
+                // that starts after this time finds the mark.
+                let stamp = jiff::Timestamp::now();
+                repo.backend().write_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())?;
             }
         }
     }
-    report.packs_deleted = delete.len();
+    report.packs_deleted += delete.len();
     if dry_run {
         return Ok(report);
     }
@@ -223,13 +244,17 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
         }
         for pack in &delete {
             report.bytes_deleted += repo.backend().size(PACKS, &pack.to_hex()).unwrap_or(0);
-            repo.backend().remove(PACKS, &pack.to_hex())?;
+            match repo.backend().remove(PACKS, &pack.to_hex()) {
+                // Already gone: an earlier, interrupted prune got this far.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
             let _ = repo.backend().remove(MARKS, &pack.to_hex());
         }
     }
     // Leftovers of interrupted runs: unindexed packs and tmp files older
     // than the grace period and than every backup still running.
-    let cutoff = oldest_running.map_or(now, |r| r.min(now)) - grace;
+    let cutoff = oldest_running.map_or(now, |r| r.min(now)) - grace.max(LEFTOVER_MIN_AGE);
     for (dir, candidates) in [(PACKS, repo.backend().list(PACKS)?), (TMP, repo.backend().list(TMP)?)] {
         for name in candidates {
             if dir == PACKS && Id::from_hex(&name).is_some_and(|id| blobs_of.contains_key(&id)) {
