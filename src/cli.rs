@@ -125,6 +125,28 @@ pub enum Command {
         /// Target pack size in bytes.
         #[arg(long, default_value_t = 16 << 20, hide = true)]
         pack_size: u32,
+        /// Share keys and chunker with this repository, so `copy` can move
+        /// snapshots between them without re-encrypting (asks for its passphrase
+        /// via --from-passphrase-file or $HOLDFAST_FROM_PASSPHRASE).
+        #[arg(long, value_name = "DIR")]
+        copy_params_from: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        from_passphrase_file: Option<PathBuf>,
+    },
+    /// Copy snapshots (only what the target lacks) to a repository created
+    /// with `init --copy-params-from`.
+    Copy {
+        /// The source repository (directory, or a name from the config).
+        #[arg(long, value_name = "REPO")]
+        from: String,
+        /// The target repository (directory, or a name from the config).
+        #[arg(long, value_name = "REPO")]
+        to: String,
+        /// Only this job's snapshots.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Back up paths as one snapshot; prints the snapshot id.
     Backup {
@@ -400,7 +422,33 @@ pub fn run() -> Result<ExitCode> {
             let config = config.as_ref().context("`validate` needs --config PATH (or $HOLDFAST_CONFIG)")?;
             return validate_jobs(config, jobs, false, *json);
         }
-        Command::Init { compression_level, avg_chunk_size, pack_size } => {
+        Command::Copy { from, to, job, json } => {
+            let open_named = |name: &str| -> Result<Repository> {
+                match config.as_ref().and_then(|c| c.repositories.get(name)) {
+                    Some(r) => crate::runner::open_repository(r),
+                    None => {
+                        let env = if name == from { "HOLDFAST_FROM_PASSPHRASE" } else { "HOLDFAST_PASSPHRASE" };
+                        let pass = read_passphrase(None, env, &format!("Passphrase of {name}"), false)?;
+                        Ok(Repository::open(Path::new(name), &pass)?)
+                    }
+                }
+            };
+            let (source, target) = (open_named(from)?, open_named(to)?);
+            let wanted = |s: &Snapshot| job.as_ref().is_none_or(|j| job_record(s).is_some_and(|r| &r.job == j));
+            let report = crate::engine::copy::copy_snapshots(&source, &target, &wanted)?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "copied {} snapshot(s) ({} already there): {} blobs, {}",
+                    report.snapshots_copied,
+                    report.snapshots_present,
+                    report.blobs_copied,
+                    human(report.bytes_copied)
+                );
+            }
+        }
+        Command::Init { compression_level, avg_chunk_size, pack_size, copy_params_from, from_passphrase_file } => {
             let path = repo_path()?;
             let pass = match &job_repo {
                 Some(_) => passphrase()?,
@@ -415,6 +463,20 @@ pub fn run() -> Result<ExitCode> {
                 compression_level: *compression_level,
                 chunker: ChunkerParams::with_average(*avg_chunk_size).map_err(|e| anyhow!(e))?,
                 pack_size: *pack_size,
+                master: None,
+            };
+            let opts = match copy_params_from {
+                Some(src) => {
+                    let pass = read_passphrase(
+                        from_passphrase_file.as_deref(),
+                        "HOLDFAST_FROM_PASSPHRASE",
+                        &format!("Passphrase of {}", src.display()),
+                        false,
+                    )?;
+                    let other = Repository::open(src, &pass)?;
+                    InitOptions { chunker: other.config().chunker, master: Some(other.master_key().clone()), ..opts }
+                }
+                None => opts,
             };
             let repo = Repository::init(&path, &pass, &opts)?;
             eprintln!(

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod backup;
 pub mod check;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
 pub mod fsmeta;
 pub mod gc;

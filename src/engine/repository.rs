@@ -60,11 +60,15 @@ pub struct InitOptions {
     pub compression_level: i32,
     pub chunker: ChunkerParams,
     pub pack_size: u32,
+    /// Use this master key instead of a new one (`init --copy-params-from`):
+    /// the repositories then share chunk ids, chunker and encryption, so
+    /// `copy` moves sealed blobs between them as they are.
+    pub master: Option<MasterKey>,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { compression_level: 3, chunker: ChunkerParams::default(), pack_size: 16 << 20 }
+        InitOptions { compression_level: 3, chunker: ChunkerParams::default(), pack_size: 16 << 20, master: None }
     }
 }
 
@@ -97,7 +101,10 @@ impl Repository {
         }
         let backend = LocalBackend::new(path);
         backend.create_layout()?;
-        let master = MasterKey::generate()?;
+        let master = match &opts.master {
+            Some(m) => m.clone(),
+            None => MasterKey::generate()?,
+        };
         let keys = Keys::derive(&master);
         let id = Id::random()?;
         let config = RepoConfig {
@@ -293,6 +300,18 @@ impl Repository {
         self.backend.remove(KEYS, &self.key_name)?;
         self.key_name = new_name;
         Ok(())
+    }
+
+    /// The master key, for `init --copy-params-from` (never printed).
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// Whether `other` has the same keys and chunker: sealed blobs can move
+    /// between the two as they are.
+    pub fn shares_keys_with(&self, other: &Repository) -> bool {
+        let probe = b"holdfast: do these repositories share keys?";
+        self.keys.blob_id(probe) == other.keys.blob_id(probe) && self.config.chunker == other.config.chunker
     }
 
     /// The key file that unlocked this repository.

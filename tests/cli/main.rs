@@ -15,6 +15,7 @@
 mod util;
 
 mod bad_input;
+mod copy;
 mod crash;
 mod keys;
 mod roundtrip;
