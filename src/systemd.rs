@@ -1,5 +1,6 @@
 //! systemd units for jobs: a hardened oneshot service and a timer per job
-//! (and a verify pair when the job has a `verify_schedule`).
+//! (and a verify pair when the job has a `verify_schedule`), plus one daily
+//! `holdfast-prune` pair for the jobs that have a retention policy.
 //!
 //! The service runs `holdfast --config <exact path> run JOB`, calls
 //! `recover JOB` from `ExecStopPost=` (so a killed run's `finally` hooks
@@ -33,6 +34,47 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
                 timer(job, s, "restore test", &format!("holdfast-verify-{}.service", job.name)),
             ));
         }
+    }
+    // One prune for all jobs with a retention policy (prune is its own timer,
+    // so it never delays a backup).
+    let pruned: Vec<&Job> = jobs.iter().copied().filter(|j| !j.retention.is_empty()).collect();
+    if !pruned.is_empty() {
+        let base = format!("{} --config {}", quote(&exe), quote(config_path));
+        let names: Vec<&str> = pruned.iter().map(|j| j.name.as_str()).collect();
+        let mut svc = format!(
+            "[Unit]\nDescription=holdfast prune (retention and garbage collection) of {}\n\n[Service]\nType=oneshot\nExecStart={base} prune {}\nNice=15\nIOSchedulingClass=idle\n",
+            names.join(", "),
+            names.join(" ")
+        );
+        if !user {
+            svc.push_str("ProtectSystem=strict\n");
+            let mut paths: Vec<PathBuf> = Vec::new();
+            for j in &pruned {
+                paths.push(j.spool.clone());
+                paths.extend(j.repositories.iter().filter_map(|r| config.repositories.get(r)).map(|r| r.path.clone()));
+            }
+            paths.sort();
+            paths.dedup();
+            for p in paths {
+                svc.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
+            }
+            svc.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
+            for j in &pruned {
+                for name in &j.repositories {
+                    if let Some(PassphraseSource::File(f)) = config.repositories.get(name).map(|r| &r.passphrase) {
+                        let line = format!("LoadCredential={CREDENTIAL_NAME}-{name}:{}\n", f.display());
+                        if !svc.contains(&line) {
+                            svc.push_str(&line);
+                        }
+                    }
+                }
+            }
+        }
+        out.push(("holdfast-prune.service".into(), svc));
+        out.push((
+            "holdfast-prune.timer".into(),
+            "[Unit]\nDescription=holdfast prune, daily\n\n[Timer]\nOnCalendar=*-*-* 04:30:00\nPersistent=true\nRandomizedDelaySec=30m\nUnit=holdfast-prune.service\n\n[Install]\nWantedBy=timers.target\n".into(),
+        ));
     }
     Ok(out)
 }
