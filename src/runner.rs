@@ -265,6 +265,10 @@ struct Attempt<'a> {
     locks: Vec<GlobalReadLock>,
     /// Committed snapshots: repository name and snapshot id.
     committed: Vec<(String, Id)>,
+    /// Repositories committed to, for copies.
+    committed_repos: Vec<(String, Repository)>,
+    /// Repositories sharing the first one's keys: they get copies.
+    copy_targets: Vec<(String, Repository)>,
     totals: Option<crate::engine::snapshot::Summary>,
 }
 
@@ -283,6 +287,8 @@ impl<'a> Attempt<'a> {
             holds: Vec::new(),
             locks: Vec::new(),
             committed: Vec::new(),
+            committed_repos: Vec::new(),
+            copy_targets: Vec::new(),
             totals: None,
         }
     }
@@ -386,6 +392,15 @@ impl<'a> Attempt<'a> {
                     .get(repository)
                     .with_context(|| format!("repository {repository:?} is not defined"))?;
                 let repo = open_repository(repo_cfg)?;
+                if let Some((first, first_repo, ..)) = self.captures.first()
+                    && repo.shares_keys_with(first_repo)
+                {
+                    // Same keys: the commit copies the snapshot (and any the
+                    // target missed before) instead of reading everything again.
+                    tracing::info!("job {}: repository {repository:?} will get a copy from {first:?}", self.job.name);
+                    self.copy_targets.push((repository.clone(), repo));
+                    return Ok(());
+                }
                 let mut sources = Vec::new();
                 if *dumps {
                     let run = self.run_dir.as_ref().context("no spool directory")?;
@@ -429,14 +444,32 @@ impl<'a> Attempt<'a> {
                 };
                 self.captures.push((repository.clone(), repo, cap, file_set));
             }
+            Step::Commit { repository } if self.copy_targets.iter().any(|(n, _)| n == repository) => {
+                let (source_name, source) = self.committed_repos.first().context("nothing committed to copy from")?;
+                let (_, target) = self.copy_targets.iter().find(|(n, _)| n == repository).context("copy target")?;
+                let job = self.job.name.clone();
+                let wanted =
+                    |s: &crate::engine::snapshot::Snapshot| crate::cli::job_record(s).is_some_and(|r| r.job == job);
+                let report = crate::engine::copy::copy_snapshots(source, target, &wanted).with_context(|| {
+                    format!("copying to repository {repository:?} failed (the next run catches up)")
+                })?;
+                tracing::info!(
+                    "job {}: copied {} snapshot(s) from {source_name:?} to {repository:?} ({} new blobs)",
+                    self.job.name,
+                    report.snapshots_copied,
+                    report.blobs_copied
+                );
+                let id = report.copied.last().and_then(|h| Id::from_hex(h)).context("the copy wrote no snapshot")?;
+                self.committed.push((repository.clone(), id));
+            }
             Step::Commit { repository } => {
                 let i = self
                     .captures
                     .iter()
                     .position(|(name, ..)| name == repository)
                     .with_context(|| format!("nothing captured for repository {repository:?}"))?;
-                let (name, repo, cap, file_set) = self.captures.remove(i);
-                let repo = &repo;
+                let (name, repo_owned, cap, file_set) = self.captures.remove(i);
+                let repo = &repo_owned;
                 let record = RunRecord {
                     job: self.job.name.clone(),
                     run_id: self.run_id.clone(),
@@ -450,7 +483,8 @@ impl<'a> Attempt<'a> {
                 if self.committed.is_empty() {
                     self.vars.snapshot = result.id.to_hex();
                 }
-                self.committed.push((name, result.id));
+                self.committed.push((name.clone(), result.id));
+                self.committed_repos.push((name, repo_owned));
                 self.totals = Some(result.snapshot.summary.clone());
             }
             Step::CleanSpool => {

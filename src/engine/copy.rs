@@ -24,6 +24,8 @@ pub struct CopyReport {
     pub snapshots_present: usize,
     pub blobs_copied: u64,
     pub bytes_copied: u64,
+    /// Ids of the new snapshots in the target, oldest first.
+    pub copied: Vec<String>,
 }
 
 /// What makes two copies of a snapshot the same snapshot (their files differ:
@@ -94,7 +96,7 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         to.write_index_file(&IndexFile { packs })?;
     }
     for snap in &todo {
-        to.write_snapshot(snap)?;
+        report.copied.push(to.write_snapshot(snap)?.to_hex());
         report.snapshots_copied += 1;
     }
     Ok(report)

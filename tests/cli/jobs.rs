@@ -238,6 +238,42 @@ fn a_job_naming_two_repositories_commits_a_snapshot_into_each() {
     }
 }
 
+#[test]
+fn a_second_repository_sharing_keys_gets_a_copy_and_catches_up_missed_snapshots() {
+    let env = JobEnv::new();
+    make_uploads(&env.path("uploads"));
+    env.config(
+        "[repositories.offsite]\npath = \"offsite\"\npassphrase_file = \"passphrase\"\n\n\
+         [jobs.app]\nrepositories = [\"main\", \"offsite\"]\n[jobs.app.files]\npaths = [\"uploads\"]\n",
+    )
+    .init_repo();
+    let from = fs::read_to_string(env.path("passphrase")).unwrap();
+    env.engine(["--repo", "offsite", "init", "--copy-params-from"])
+        .arg(env.repo())
+        .env("HOLDFAST_FROM_PASSPHRASE", from.trim_end())
+        .assert()
+        .success();
+    let of_app = |repo: &str| -> Vec<Value> {
+        let out = env.engine(["--repo", repo, "snapshots", "--json"]).assert().success();
+        let snaps = crate::util::parse_json(&String::from_utf8_lossy(&out.get_output().stdout));
+        snaps.as_array().unwrap().iter().filter(|s| s["extra"]["job"] == "app").cloned().collect()
+    };
+
+    env.run(&["app"]).assert_ok().assert_says("copied 1 snapshot");
+    let (main, offsite) = (of_app("main"), of_app("offsite"));
+    assert_eq!((main.len(), offsite.len()), (1, 1));
+    assert_eq!(main[0]["root"], offsite[0]["root"], "the copy is the same snapshot");
+
+    // Lose the offsite copy; the next run brings it back along with its own.
+    for f in fs::read_dir(env.path("offsite/snapshots")).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    env.run(&["app"]).assert_ok();
+    assert_eq!(of_app("offsite").len(), 2, "the missed snapshot is caught up");
+    let check = env.engine(["--repo", "offsite", "check", "--read-data"]).assert();
+    check.success();
+}
+
 /// A hook that waits (up to 10 s) until the other job's run reached the
 /// same hook, then fails if it never did.
 fn meet(job: &str, other: &str, phase: &str) -> String {
