@@ -139,6 +139,47 @@ mod tests {
     }
 
     #[test]
+    fn periods_without_snapshots_do_not_use_up_the_count() {
+        // Weekly snapshots with a four-week gap: weekly 3 keeps three weeks that have one.
+        let snaps = ["2026-01-05T12:00:00Z", "2026-01-12T12:00:00Z", "2026-02-16T12:00:00Z", "2026-02-23T12:00:00Z"];
+        let p = Policy { weekly: Some(3), ..Default::default() };
+        assert_eq!(kept(&snaps, &p), ["2026-02-23T12:00:00Z", "2026-02-16T12:00:00Z", "2026-01-12T12:00:00Z"]);
+    }
+
+    #[test]
+    fn rules_combine_and_each_keeps_the_newest_of_its_periods() {
+        let snaps = [
+            "2024-06-01T00:00:00Z",
+            "2025-03-01T00:00:00Z",
+            "2025-12-31T23:00:00Z",
+            "2026-01-15T00:00:00Z",
+            "2026-02-01T00:00:00Z",
+            "2026-02-01T05:00:00Z",
+            "2026-02-01T05:30:00Z",
+        ];
+        let p = Policy { hourly: Some(2), monthly: Some(2), yearly: Some(3), ..Default::default() };
+        let d: Vec<_> = {
+            let v: Vec<(String, jiff::Timestamp)> = snaps.iter().map(|s| (s.to_string(), at(s))).collect();
+            apply(&v, &p, &jiff::tz::TimeZone::UTC)
+        };
+        let keep: Vec<&str> = d.iter().filter(|x| x.keep).map(|x| x.item.as_str()).collect();
+        assert_eq!(
+            keep,
+            [
+                "2026-02-01T05:30:00Z",
+                "2026-02-01T00:00:00Z",
+                "2026-01-15T00:00:00Z",
+                "2025-12-31T23:00:00Z",
+                "2024-06-01T00:00:00Z"
+            ]
+        );
+        let why = |t: &str| d.iter().find(|x| x.item == t).map(|x| x.reasons.join(", ")).unwrap_or_default();
+        assert_eq!(why("2026-02-01T05:30:00Z"), "newest, hourly 2026-02-01 05, monthly 2026-02, yearly 2026");
+        assert_eq!(why("2025-12-31T23:00:00Z"), "yearly 2025");
+        assert!(why("2026-02-01T05:00:00Z").is_empty(), "same hour as a newer one");
+    }
+
+    #[test]
     fn buckets_follow_the_local_calendar_across_a_dst_change() {
         // Europe/Berlin leaves DST on 2026-10-25 at 03:00 local (01:00 UTC).
         let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
