@@ -287,6 +287,15 @@ fn restore_database(
             if !server.exists(&live)? {
                 // Nothing to swap with: the loaded copy simply takes the name.
                 server.swap_missing(&live, &loaded)?;
+            } else if let Server::Mysql(conn) = &server
+                && (conn.has_non_table_objects(&live)? || conn.has_non_table_objects(&loaded)?)
+            {
+                // Views, routines, triggers and events cannot be renamed into
+                // another database: keep a full copy of the live one first, then
+                // load the (proven loadable) dump under the live name.
+                reload_mysql_by_copy(db, conn, &live, &loaded, &keep, &file, &ctx)?;
+                tracing::warn!("the previous {live:?} is kept as {keep:?}; drop it when you are satisfied");
+                report.kept_as = Some(keep);
             } else {
                 server.swap(&live, &loaded, &keep)?;
                 tracing::warn!("the previous {live:?} is kept as {keep:?}; drop it when you are satisfied");
@@ -301,6 +310,32 @@ fn restore_database(
         bail!("{bad}");
     }
     Ok(())
+}
+
+/// MySQL reload for databases with more than tables: copy live → `keep`
+/// (a full dump and load), then recreate live from the snapshot's dump. The
+/// old state exists in `keep` before live is touched.
+fn reload_mysql_by_copy(
+    db: &DatabaseConfig,
+    conn: &crate::dump::mysql::Connection,
+    live: &str,
+    loaded: &str,
+    keep: &str,
+    dump: &Path,
+    ctx: &DumpContext,
+) -> Result<()> {
+    let live_cfg = DatabaseConfig { name: Some(live.to_string()), entry: Some("live".into()), ..db.clone() };
+    let dir = ctx.run.dumps.join("live");
+    crate::spool::ensure_private_dir(&dir)?;
+    let old = crate::dump::mysql::dump(&live_cfg, &dir, ctx).context("copying the live database aside")?;
+    let old_file = dir.join(Path::new(&old[0].file).file_name().context("dump file name")?);
+    conn.load(keep, &old_file, ctx, db.timeout())
+        .with_context(|| format!("copying the live database to {keep:?}; the live database is untouched"))?;
+    conn.drop_database(live)?;
+    conn.load(live, dump, ctx, db.timeout()).with_context(|| {
+        format!("loading the snapshot into {live:?} failed after it was emptied; its previous state is in {keep:?}")
+    })?;
+    conn.drop_database(loaded)
 }
 
 /// Run smoke queries against database `name`.

@@ -280,3 +280,17 @@ pub fn major_version(v: &str) -> Option<u32> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::major_version;
+
+    #[test]
+    fn major_versions_compare_servers_and_tools() {
+        assert_eq!(major_version("15.19 (Debian 15.19-0+deb12u1)"), Some(15));
+        assert_eq!(major_version("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(major_version("10.11.19-MariaDB-0+deb12u1"), Some(1011));
+        assert!(major_version("10.6.1-MariaDB") < major_version("10.11.19-MariaDB"));
+        assert_eq!(major_version("unknown"), None);
+    }
+}

@@ -279,6 +279,24 @@ impl Connection {
         })
     }
 
+    /// Whether the database has views, routines, triggers or events, which
+    /// `RENAME TABLE` cannot move to another database.
+    pub fn has_non_table_objects(&self, dbname: &str) -> Result<bool> {
+        let name = dbname.to_string();
+        self.with_conn(None, async move |c| {
+            let n: Option<i64> = c
+                .exec_first(
+                    "SELECT (SELECT COUNT(*) FROM information_schema.views WHERE table_schema = ?) \
+                     + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = ?) \
+                     + (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?) \
+                     + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?)",
+                    (name.clone(), name.clone(), name.clone(), name),
+                )
+                .await?;
+            Ok(n.unwrap_or(0) > 0)
+        })
+    }
+
     pub fn table_counts(&self, dbname: &str) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for t in self.tables(dbname)? {
@@ -325,8 +343,9 @@ impl Connection {
 
     /// Put the tables of `loaded` in the place of `live`'s in one atomic
     /// `RENAME TABLE`; `live`'s old tables move to the new database `keep_as`.
-    /// (Views, routines and events are not moved: MySQL cannot rename them
-    /// across databases.)
+    /// Only for databases of plain tables: views, routines, triggers and
+    /// events cannot move across databases, and `restore` reloads such
+    /// databases by copying instead (see `restore::reload_mysql_by_copy`).
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
         self.execute(&format!("CREATE DATABASE {}", quote_ident(keep_as)))?;
         let mut renames: Vec<String> = self

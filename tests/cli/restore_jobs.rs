@@ -75,6 +75,38 @@ fn reload_puts_the_snapshots_mariadb_database_in_place_and_keeps_the_live_one() 
 }
 
 #[test]
+fn reload_of_a_mariadb_database_with_a_view_trigger_and_routine_replaces_all_of_them() {
+    let env = JobEnv::new();
+    let db = MyDatabase::create("objects");
+    let _derived = MyNamesStartingWith(format!("{}_", db.name));
+    db.sql(
+        "CREATE TABLE t (v TEXT);\nCREATE TABLE audit (v TEXT);\n\
+         CREATE TRIGGER t_audit AFTER INSERT ON t FOR EACH ROW INSERT INTO audit VALUES (NEW.v);\n\
+         CREATE VIEW shown AS SELECT v FROM t;\n\
+         CREATE FUNCTION answer() RETURNS INT DETERMINISTIC RETURN 42;\n\
+         INSERT INTO t VALUES ('in the snapshot');",
+    );
+    env.config(&format!("[jobs.shop]\n{}", db.entry("shop"))).init_repo();
+    env.run(&["shop"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');\nDROP VIEW shown;\nCREATE VIEW shown AS SELECT 'changed' AS v;");
+
+    let report = holdfast_json(&env, &["restore", "shop", "--database", &db.name, "--reload"]);
+
+    let kept = report["kept_as"].as_str().unwrap_or_else(|| panic!("the report names the kept database: {report:#}"));
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\n");
+    assert_eq!(db.sql("SELECT v FROM shown;"), "in the snapshot\n", "the view is the snapshot's");
+    assert_eq!(db.sql("SELECT answer();"), "42\n", "the function came back");
+    db.sql("INSERT INTO t VALUES ('after the reload');");
+    assert_eq!(db.sql("SELECT v FROM audit ORDER BY v;"), "after the reload\nin the snapshot\n", "the trigger works");
+    assert_eq!(
+        db.server.sql(Some(kept), "SELECT v FROM t ORDER BY v;"),
+        "added after the backup\nin the snapshot\n",
+        "the old live database is kept as {kept}"
+    );
+    assert_eq!(my_databases_starting_with(&format!("{}_", db.name)), [kept], "nothing else is left behind");
+}
+
+#[test]
 fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
     let env = JobEnv::new();
     let live = env.path("app.db");
