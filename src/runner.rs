@@ -114,7 +114,12 @@ fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::
         let (snaps, _) = r.snapshots()?;
         Ok(snaps.iter().filter(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name)).count())
     });
-    let text = crate::state::metrics(job, state, count.ok(), Some(crate::state::dir_size(&repo_cfg.path)));
+    let sizes: Vec<(String, u64)> = job
+        .repositories
+        .iter()
+        .filter_map(|n| config.repositories.get(n).map(|r| (n.clone(), crate::state::dir_size(&r.path))))
+        .collect();
+    let text = crate::state::metrics(job, state, count.ok(), &sizes);
     crate::state::write_atomically(&dir.join(format!("holdfast-{}.prom", job.name)), text.as_bytes())
 }
 

@@ -74,7 +74,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Prometheus text for one job (node_exporter textfile collector format).
-pub fn metrics(job: &Job, state: &JobState, snapshots: Option<usize>, repository_bytes: Option<u64>) -> String {
+/// `repositories` holds each of the job's repositories by name with its size on disk.
+pub fn metrics(job: &Job, state: &JobState, snapshots: Option<usize>, repositories: &[(String, u64)]) -> String {
     let l = format!("job=\"{}\"", job.name.replace('"', "'"));
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, value: String| {
@@ -99,8 +100,16 @@ pub fn metrics(job: &Job, state: &JobState, snapshots: Option<usize>, repository
     if let Some(n) = snapshots {
         metric("snapshots", "Snapshots of the job in its repository.", n.to_string());
     }
-    if let Some(b) = repository_bytes {
-        metric("repository_bytes", "Size of the job's repository on disk.", b.to_string());
+    if !repositories.is_empty() {
+        out.push_str(
+            "# HELP holdfast_repository_bytes Size of a repository on disk.\n# TYPE holdfast_repository_bytes gauge\n",
+        );
+        for (name, bytes) in repositories {
+            out.push_str(&format!(
+                "holdfast_repository_bytes{{{l},repository=\"{}\"}} {bytes}\n",
+                name.replace('"', "'")
+            ));
+        }
     }
     out
 }

@@ -162,6 +162,7 @@ fn a_run_writes_prometheus_metrics() {
     assert_eq!(metric(&text, "holdfast_snapshots").as_deref(), Some("1"), "{text}");
     assert!(metric(&text, "holdfast_last_run_bytes_read").is_some_and(|v| v != "0"), "{text}");
     assert!(metric(&text, "holdfast_repository_bytes").is_some_and(|v| v != "0"), "{text}");
+    assert!(text.contains("holdfast_repository_bytes{job=\"app\",repository=\"main\"}"), "one per repository: {text}");
 
     env.run(&["app"]).assert_ok();
     let text = fs::read_to_string(&prom).unwrap();
@@ -242,9 +243,13 @@ fn have_systemd_analyze() -> bool {
 }
 
 /// The value of `name{job="app"}` in Prometheus text.
+/// The value of metric `name` of job `app` (whatever other labels it has).
 fn metric(text: &str, name: &str) -> Option<String> {
-    let prefix = format!("{name}{{job=\"app\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::to_string)
+    let prefix = format!("{name}{{job=\"app\"");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split_once("} "))
+        .map(|(_, value)| value.to_string())
 }
 
 /// A file under `dir` whose name contains `needle`.
