@@ -24,6 +24,7 @@ use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
 use crate::restore::{DatabaseAction, RestoreReport, What, restore_job};
 use crate::runner::{RunRecord, RunReport, run_job};
+use crate::units::human;
 use crate::verify::{VerifyReport, verify_job};
 
 #[derive(Debug, Parser)]
@@ -434,7 +435,7 @@ pub fn run() -> Result<ExitCode> {
                 }
             };
             let (source, target) = (open_named(from)?, open_named(to)?);
-            let wanted = |s: &Snapshot| job.as_ref().is_none_or(|j| job_record(s).is_some_and(|r| &r.job == j));
+            let wanted = |s: &Snapshot| job.as_ref().is_none_or(|j| RunRecord::of(s).is_some_and(|r| &r.job == j));
             let report = crate::engine::copy::copy_snapshots(&source, &target, &wanted)?;
             if *json {
                 print_json(&report)?;
@@ -516,7 +517,7 @@ pub fn run() -> Result<ExitCode> {
             let repo = open()?;
             let (mut snaps, bad) = repo.snapshots()?;
             if let Some(job) = job {
-                snaps.retain(|(_, s)| job_record(s).is_some_and(|r| &r.job == job));
+                snaps.retain(|(_, s)| RunRecord::of(s).is_some_and(|r| &r.job == job));
                 if !*json {
                     print_job_snapshots(&snaps);
                     return Ok(ExitCode::SUCCESS);
@@ -811,16 +812,11 @@ fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<
     Ok(if reports.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The job metadata a run recorded in a snapshot.
-pub fn job_record(s: &Snapshot) -> Option<RunRecord> {
-    serde_json::from_value(s.extra.clone()?).ok()
-}
-
 fn print_job_snapshots(snaps: &[(Id, Snapshot)]) {
     println!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
     for (id, s) in snaps {
         let mut holds: Vec<String> = Vec::new();
-        if let Some(r) = job_record(s) {
+        if let Some(r) = RunRecord::of(s) {
             for d in &r.databases {
                 holds.push(format!("{} {} ({})", d.kind.as_str(), d.name, human(d.size)));
             }
@@ -1093,16 +1089,4 @@ fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
 
 fn local_time(t: &jiff::Timestamp) -> String {
     t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %z").to_string()
-}
-
-/// Bytes in binary units, for people.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

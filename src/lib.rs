@@ -25,6 +25,7 @@ pub mod state;
 pub mod status;
 pub mod systemd;
 pub mod template;
+pub mod units;
 pub mod validate;
 pub mod verify;
 

@@ -82,12 +82,12 @@ pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str) -> Result<(Id, Sna
         snaps
             .into_iter()
             .rev()
-            .find(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name))
+            .find(|(_, s)| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name))
             .ok_or_else(|| anyhow!("job {:?} has no snapshot in its repository yet", job.name))?
     } else {
         repo.find_snapshot(spec)?
     };
-    let record = crate::cli::job_record(&snap)
+    let record = crate::runner::RunRecord::of(&snap)
         .filter(|r| r.job == job.name)
         .ok_or_else(|| anyhow!("snapshot {} was not made by job {:?}", id.short(), job.name))?;
     Ok((id, snap, record))

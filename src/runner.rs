@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::human;
 use crate::config::DatabaseLock;
 use crate::config::{Config, Event, Job, Phase, RepositoryConfig};
 use crate::dump::mysql::GlobalReadLock;
@@ -32,6 +31,7 @@ use crate::plan::{Step, When, plan};
 use crate::spool::{JobLock, RunDir};
 use crate::state::{JobState, RunState};
 use crate::template::Vars;
+use crate::units::human;
 
 /// What a job run records in its snapshot (the snapshot's `extra`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,6 +41,13 @@ pub struct RunRecord {
     pub databases: Vec<DumpRecord>,
     pub file_sets: Vec<FileSetRecord>,
     pub hooks: Vec<HookRecord>,
+}
+
+impl RunRecord {
+    /// The record a job's run left in `snapshot`, if a job made it.
+    pub fn of(snapshot: &crate::engine::snapshot::Snapshot) -> Option<RunRecord> {
+        serde_json::from_value(snapshot.extra.clone()?).ok()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,7 +119,7 @@ fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::
     let repo_cfg = &config.repositories[&job.repositories[0]];
     let count = open_repository(repo_cfg).and_then(|r| {
         let (snaps, _) = r.snapshots()?;
-        Ok(snaps.iter().filter(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name)).count())
+        Ok(snaps.iter().filter(|(_, s)| RunRecord::of(s).is_some_and(|r| r.job == job.name)).count())
     });
     let sizes: Vec<(String, u64)> = job
         .repositories
@@ -453,8 +460,7 @@ impl<'a> Attempt<'a> {
                 let (source_name, source) = self.committed_repos.first().context("nothing committed to copy from")?;
                 let (_, target) = self.copy_targets.iter().find(|(n, _)| n == repository).context("copy target")?;
                 let job = self.job.name.clone();
-                let wanted =
-                    |s: &crate::engine::snapshot::Snapshot| crate::cli::job_record(s).is_some_and(|r| r.job == job);
+                let wanted = |s: &crate::engine::snapshot::Snapshot| RunRecord::of(s).is_some_and(|r| r.job == job);
                 let report = crate::engine::copy::copy_snapshots(source, target, &wanted).with_context(|| {
                     format!("copying to repository {repository:?} failed (the next run catches up)")
                 })?;

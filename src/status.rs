@@ -63,7 +63,7 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
             Ok((snaps, _)) => {
                 let mine: Vec<_> = snaps
                     .iter()
-                    .filter(|(_, s)| crate::cli::job_record(s).is_some_and(|r| r.job == job.name))
+                    .filter(|(_, s)| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name))
                     .collect();
                 st.snapshots = mine.len();
                 if let Some((id, s)) = mine.last() {

@@ -177,7 +177,7 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
                         format!(
                             "{what}: reachable; would dump {} ({})",
                             found.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-                            crate::cli::human(total)
+                            crate::units::human(total)
                         ),
                     );
                 }
@@ -350,9 +350,9 @@ fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
                     format!(
                         "spool {} has {} free but the dumps need about {} (databases {} + 50% + 64 MiB)",
                         spool.display(),
-                        crate::cli::human(free),
-                        crate::cli::human(need),
-                        crate::cli::human(db_bytes)
+                        crate::units::human(free),
+                        crate::units::human(need),
+                        crate::units::human(db_bytes)
                     ),
                 );
             } else {
@@ -361,8 +361,8 @@ fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
                     format!(
                         "spool {}: {} free, about {} needed",
                         spool.display(),
-                        crate::cli::human(free),
-                        crate::cli::human(need)
+                        crate::units::human(free),
+                        crate::units::human(need)
                     ),
                 );
             }
@@ -414,7 +414,7 @@ fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
                         DatabaseKind::Sqlite => "SQLite online backup API",
                     };
                     let mut d = vec![tool.to_string()];
-                    d.extend(found.iter().map(|(n, s)| format!("{n}: {} now", crate::cli::human(*s))));
+                    d.extend(found.iter().map(|(n, s)| format!("{n}: {} now", crate::units::human(*s))));
                     d
                 }
                 Step::Capture { repository, paths, optional, .. } => {
@@ -423,7 +423,7 @@ fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
                     let (files, bytes) = tally(paths);
                     let mut d = vec![format!("into repository {repository:?}")];
                     d.extend(paths.iter().map(|p| p.display().to_string()));
-                    d.push(format!("{files} files, {} now", crate::cli::human(bytes)));
+                    d.push(format!("{files} files, {} now", crate::units::human(bytes)));
                     d
                 }
                 Step::Release => vec!["close hold hooks' stdin, SIGTERM after their grace; unlock databases".into()],

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::jobs_util::{JobEnv, MariaDb, PgDatabase, PgRole, Postgres, Ran, q, sqlite_exec, unique};
 use crate::util::{assert_same_tree, parse_json, tree_fingerprint};
+use holdfast::units::human;
 
 /// systemd's PATH for services, which `validate` looks hook programs up on.
 const SYSTEMD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,18 +54,6 @@ fn problem<'a>(all: &'a [Finding], check: &str, text: &str) -> &'a Finding {
     all.iter()
         .find(|f| !f.ok && f.check == check && f.message.contains(text))
         .unwrap_or_else(|| panic!("there should be a {check} PROBLEM saying {text:?}: {all:#?}"))
-}
-
-/// holdfast's way of writing a size (`cli::human`).
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 /// A job `app` with the SQLite database `app.db`, the file set `uploads`,
