@@ -610,13 +610,10 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Verify { all, snapshot, json, jobs } => {
             let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
-            let jobs: Vec<&Job> = if *all {
-                config.jobs.values().collect()
-            } else {
-                jobs.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
-            };
+            // `--all` and job names exclude each other: no names means all.
+            debug_assert!(!*all || jobs.is_empty());
             let mut reports = Vec::new();
-            for job in jobs {
+            for job in select_jobs(config, jobs)? {
                 let report = verify_job(config, job, snapshot)?;
                 if !*json {
                     print_verify_report(&report);
@@ -720,11 +717,7 @@ fn print_status(all: &[crate::status::JobStatus]) {
 
 /// Validate the named jobs (all when none); with `plan`, print what a run would do.
 fn validate_jobs(config: &Config, names: &[String], plan: bool, json: bool) -> Result<ExitCode> {
-    let jobs: Vec<&Job> = if names.is_empty() {
-        config.jobs.values().collect()
-    } else {
-        names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
-    };
+    let jobs = select_jobs(config, names)?;
     let v = crate::validate::validate(config, &jobs, plan);
     if json {
         print_json(&v)?;
@@ -771,11 +764,9 @@ fn step_name(step: &crate::plan::Step) -> String {
 
 /// Run the named jobs (or all), one after the other; fails if any failed.
 fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<ExitCode> {
-    let jobs: Vec<&Job> = if all {
-        config.jobs.values().collect()
-    } else {
-        names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?
-    };
+    // `--all` and job names exclude each other: no names means all.
+    debug_assert!(!all || names.is_empty());
+    let jobs = select_jobs(config, names)?;
     // Dumps and credential files are private whatever the tools create them with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cancel = Arc::new(AtomicBool::new(false));

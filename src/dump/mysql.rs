@@ -65,6 +65,17 @@ impl Connection {
         })
     }
 
+    /// A private options file with the user and password, for the client
+    /// tools' `--defaults-extra-file` (so the password is never in argv).
+    fn options_file(&self, ctx: &DumpContext, name: &str) -> Result<std::path::PathBuf> {
+        let cnf = format!(
+            "[client]\nuser={}\n{}",
+            option_value(&self.user),
+            self.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
+        );
+        ctx.run.write_private(name, cnf.as_bytes())
+    }
+
     pub fn server_version(&self) -> Result<String> {
         self.with_conn(None, async |c| Ok(c.query_first::<String, _>("SELECT VERSION()").await?.unwrap_or_default()))
     }
@@ -93,11 +104,6 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     let server = conn.server_version()?;
     // The options file must be the first argument.
     let mut base = Vec::new();
-    let cnf = format!(
-        "[client]\nuser={}\n{}",
-        option_value(&conn.user),
-        conn.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
-    );
     let mut env = Vec::new();
     if db.run_as.is_some() {
         // The spool is private to holdfast: a tool running as another user
@@ -107,7 +113,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
             env.push(("MYSQL_PWD".to_string(), p.clone()));
         }
     } else {
-        let cnf_path = ctx.run.write_private(&format!("my-{}.cnf", db.entry_name()), cnf.as_bytes())?;
+        let cnf_path = conn.options_file(ctx, &format!("my-{}.cnf", db.entry_name()))?;
         base.push(format!("--defaults-extra-file={}", cnf_path.display()));
     }
     base.extend([
@@ -311,12 +317,7 @@ impl Connection {
     pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
         self.execute(&format!("CREATE DATABASE {}", quote_ident(name)))?;
         let client = if find_program("mariadb").is_some() { "mariadb" } else { "mysql" };
-        let cnf = format!(
-            "[client]\nuser={}\n{}",
-            option_value(&self.user),
-            self.password.as_deref().map(|p| format!("password={}\n", option_value(p))).unwrap_or_default()
-        );
-        let cnf_path = ctx.run.write_private(&format!("my-load-{}.cnf", name.replace('/', "_")), cnf.as_bytes())?;
+        let cnf_path = self.options_file(ctx, &format!("my-load-{}.cnf", name.replace('/', "_")))?;
         let spec = crate::process::ProcessSpec {
             argv: vec![
                 client.to_string(),
