@@ -6,23 +6,26 @@ use std::fs;
 
 use crate::jobs_util::JobEnv;
 
-/// A job `app` backing up `uploads/`, with `extra` (hooks, retries) and a
-/// notify target that appends `{{job}} {{event}}` to `events`.
-fn notifying_job(env: &JobEnv, extra: &str) {
+/// A job `app` backing up `uploads/`, with `extra` (hooks, retries) and the
+/// notify table `target` (keys after `[[jobs.app.notify]]`).
+fn job_with_notify(env: &JobEnv, extra: &str, target: &str) {
     fs::create_dir_all(env.path("uploads")).unwrap();
     fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
     env.config(&format!(
-        r#"[jobs.app]
-{extra}
-[jobs.app.files]
-paths = ["uploads"]
-
-[[jobs.app.notify]]
-events = ["success", "failure", "retry"]
-command = ["/bin/sh", "-c", "echo \"$1\" >> events", "notify", "{{{{job}}}} {{{{event}}}}"]
-"#
+        "[jobs.app]\n{extra}\n[jobs.app.files]\npaths = [\"uploads\"]\n\n[[jobs.app.notify]]\n{target}"
     ))
     .init_repo();
+}
+
+/// [`job_with_notify`] with a command target that appends `{{job}} {{event}}` to `events`.
+fn notifying_job(env: &JobEnv, extra: &str) {
+    job_with_notify(
+        env,
+        extra,
+        r#"events = ["success", "failure", "retry"]
+command = ["/bin/sh", "-c", "echo \"$1\" >> events", "notify", "{{job}} {{event}}"]
+"#,
+    );
 }
 
 const FAILING_HOOK: &str = "[[jobs.app.hooks]]\nphase = \"before\"\nrun = \"exit 1\"\n";
@@ -161,20 +164,7 @@ fn http_recorder(fail: bool) -> (String, std::sync::mpsc::Receiver<(String, Stri
 }
 
 fn webhook_job(env: &JobEnv, url: &str, extra: &str) {
-    fs::create_dir_all(env.path("uploads")).unwrap();
-    fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
-    env.config(&format!(
-        r#"[jobs.app]
-{extra}
-[jobs.app.files]
-paths = ["uploads"]
-
-[[jobs.app.notify]]
-events = ["start", "success", "failure"]
-webhook = "{url}"
-"#
-    ))
-    .init_repo();
+    job_with_notify(env, extra, &format!("events = [\"start\", \"success\", \"failure\"]\nwebhook = \"{url}\"\n"));
 }
 
 #[test]
