@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, Job, RepositoryConfig};
+use crate::engine::backend::Location;
 use crate::engine::backup::{BackupOptions, BackupSource, backup};
 use crate::engine::check::check;
 use crate::engine::chunker::ChunkerParams;
@@ -281,10 +282,15 @@ pub fn run() -> Result<ExitCode> {
         (Some(c), _) => cli.repo.as_ref().and_then(|r| c.repositories.get(&*r.to_string_lossy())).cloned(),
         _ => None,
     };
-    let repo_path = || match &job_repo {
-        Some(r) => Ok(r.path.clone()),
-        None => {
-            cli.repo.clone().ok_or_else(|| anyhow!("no repository given: pass --repo DIR or set HOLDFAST_REPOSITORY"))
+    let repo_path = || -> Result<Location> {
+        match &job_repo {
+            Some(r) => crate::secrets::location(r),
+            None => match &cli.repo {
+                Some(arg) => crate::secrets::location_from_argument(arg),
+                None => {
+                    Err(anyhow!("no repository given: pass --repo DIR|s3://BUCKET/PREFIX or set HOLDFAST_REPOSITORY"))
+                }
+            },
         }
     };
     let passphrase = || match (&job_repo, &cli.passphrase_file) {
@@ -430,7 +436,7 @@ pub fn run() -> Result<ExitCode> {
                     None => {
                         let env = if name == from { "HOLDFAST_FROM_PASSPHRASE" } else { "HOLDFAST_PASSPHRASE" };
                         let pass = read_passphrase(None, env, &format!("Passphrase of {name}"), false)?;
-                        Ok(Repository::open(Path::new(name), &pass)?)
+                        Ok(Repository::open(&crate::secrets::location_from_argument(Path::new(name))?, &pass)?)
                     }
                 }
             };
@@ -474,7 +480,7 @@ pub fn run() -> Result<ExitCode> {
                         &format!("Passphrase of {}", src.display()),
                         false,
                     )?;
-                    let other = Repository::open(src, &pass)?;
+                    let other = Repository::open(&crate::secrets::location_from_argument(src)?, &pass)?;
                     InitOptions { chunker: other.config().chunker, master: Some(other.master_key().clone()), ..opts }
                 }
                 None => opts,
@@ -483,8 +489,8 @@ pub fn run() -> Result<ExitCode> {
             eprintln!(
                 "created repository {} at {}\nKeep its key safe: without the key and passphrase the backups cannot be read.\nExport it now with `holdfast key export --repo {} --paper`.",
                 repo.config().id.short(),
-                path.display(),
-                path.display()
+                path,
+                path
             );
         }
         Command::Backup { tags, no_parent, json, paths } => {
@@ -895,7 +901,7 @@ fn init_logging() {
 
 fn key_command(
     cmd: &KeyCommand,
-    path: &Path,
+    path: &Location,
     passphrase: &dyn Fn() -> Result<Vec<u8>>,
     open: &dyn Fn() -> Result<Repository>,
 ) -> Result<()> {
@@ -919,7 +925,7 @@ fn key_command(
                 KeyFile::from_paper(&text)?
             };
             import_key(path, &key, &passphrase()?)?;
-            eprintln!("key imported into {}", path.display());
+            eprintln!("key imported into {path}");
         }
         KeyCommand::Passwd(np) => {
             let mut repo = open()?;

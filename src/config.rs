@@ -41,7 +41,16 @@ struct RawFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepository {
-    path: PathBuf,
+    /// A local directory…
+    path: Option<PathBuf>,
+    /// …or an S3 bucket and prefix.
+    url: Option<S3Url>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id_file: Option<PathBuf>,
+    secret_access_key_file: Option<PathBuf>,
+    connections: Option<usize>,
+    timeout: Option<DurationSpec>,
     passphrase_file: Option<PathBuf>,
     passphrase_command: Option<CommandLine>,
     /// Inline passphrase: for demos and tests only.
@@ -84,8 +93,64 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct RepositoryConfig {
     pub name: String,
-    pub path: PathBuf,
+    pub place: RepositoryPlace,
     pub passphrase: PassphraseSource,
+}
+
+/// A local directory or a bucket (the credentials are read when it is opened,
+/// see `secrets::location`).
+#[derive(Debug, Clone)]
+pub enum RepositoryPlace {
+    Local(PathBuf),
+    S3(S3Place),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Place {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Files holding the access key id and the secret key; without them,
+    /// `$AWS_ACCESS_KEY_ID` and `$AWS_SECRET_ACCESS_KEY`.
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+    pub connections: usize,
+    pub timeout: Duration,
+}
+
+impl RepositoryConfig {
+    /// The local directory, if it is one.
+    pub fn local_path(&self) -> Option<&Path> {
+        match &self.place {
+            RepositoryPlace::Local(p) => Some(p),
+            RepositoryPlace::S3(_) => None,
+        }
+    }
+
+    /// A path or URL for messages.
+    pub fn describe(&self) -> String {
+        match &self.place {
+            RepositoryPlace::Local(p) => p.display().to_string(),
+            RepositoryPlace::S3(s) if s.prefix.is_empty() => format!("s3://{}", s.bucket),
+            RepositoryPlace::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        }
+    }
+}
+
+/// `s3://bucket/prefix`, checked when the file is read.
+#[derive(Debug, Clone)]
+struct S3Url {
+    bucket: String,
+    prefix: String,
+}
+
+impl<'de> Deserialize<'de> for S3Url {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (bucket, prefix) = crate::engine::backend::S3Settings::parse_url(&s).map_err(serde::de::Error::custom)?;
+        Ok(S3Url { bucket, prefix })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -602,7 +667,49 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
     } else {
         PassphraseSource::Environment
     };
-    Ok(RepositoryConfig { name: name.into(), path: rel(file, &r.path), passphrase })
+    let in_file =
+        |message: String| ConfigError::InFile { file: file.into(), message: format!("repository {name:?}: {message}") };
+    let s3_only = [
+        ("endpoint", r.endpoint.is_some()),
+        ("region", r.region.is_some()),
+        ("access_key_id_file", r.access_key_id_file.is_some()),
+        ("secret_access_key_file", r.secret_access_key_file.is_some()),
+        ("connections", r.connections.is_some()),
+        ("timeout", r.timeout.is_some()),
+    ];
+    let place = match (&r.path, &r.url) {
+        (Some(p), None) => {
+            if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+                return Err(in_file(format!("`{key}` is for S3 repositories (`url = \"s3://…\"`), not for a `path`")));
+            }
+            RepositoryPlace::Local(rel(file, p))
+        }
+        (None, Some(url)) => {
+            if r.connections == Some(0) {
+                return Err(in_file("`connections` must be at least 1".into()));
+            }
+            if r.access_key_id_file.is_some() != r.secret_access_key_file.is_some() {
+                return Err(in_file("give both access_key_id_file and secret_access_key_file, or neither".into()));
+            }
+            RepositoryPlace::S3(S3Place {
+                bucket: url.bucket.clone(),
+                prefix: url.prefix.clone(),
+                endpoint: r.endpoint.clone(),
+                region: r.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                access_key_id_file: r.access_key_id_file.as_ref().map(|f| rel(file, f)),
+                secret_access_key_file: r.secret_access_key_file.as_ref().map(|f| rel(file, f)),
+                connections: r.connections.unwrap_or(crate::engine::backend::S3Settings::DEFAULT_CONNECTIONS),
+                timeout: r.timeout.map_or(crate::engine::backend::S3Settings::DEFAULT_TIMEOUT, |t| t.0),
+            })
+        }
+        (Some(_), Some(_)) => return Err(in_file("give either `path` or `url`, not both".into())),
+        (None, None) => {
+            return Err(in_file(
+                "no `path` (a local directory) or `url` (\"s3://bucket/prefix\") says where it is".into(),
+            ));
+        }
+    };
+    Ok(RepositoryConfig { name: name.into(), place, passphrase })
 }
 
 fn resolve_job(

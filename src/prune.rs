@@ -99,5 +99,5 @@ pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, grace: Duration, dry_run
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
     let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();
-    finish(repo, &repo.path().display().to_string(), None, decisions, grace, dry_run)
+    finish(repo, &repo.location(), None, decisions, grace, dry_run)
 }

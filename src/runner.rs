@@ -73,7 +73,8 @@ pub struct RunReport {
 /// Open a configured repository with its passphrase.
 pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
     let pass = crate::secrets::resolve(&cfg.passphrase, &cfg.name)?;
-    Repository::open(&cfg.path, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
+    let location = crate::secrets::location(cfg)?;
+    Repository::open(&location, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
 }
 
 /// Run `job` to its end: lock, attempts with retries, notifications; then
@@ -124,10 +125,21 @@ fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::
     let sizes: Vec<(String, u64)> = job
         .repositories
         .iter()
-        .filter_map(|n| config.repositories.get(n).map(|r| (n.clone(), crate::state::dir_size(&r.path))))
+        .filter_map(|n| config.repositories.get(n).and_then(|r| Some((n.clone(), stored_bytes(r)?))))
         .collect();
     let text = crate::state::metrics(job, state, count.ok(), &sizes);
     crate::state::write_atomically(&dir.join(format!("holdfast-{}.prom", job.name)), text.as_bytes())
+}
+
+/// Bytes a repository holds: a directory's size, or what a bucket lists.
+fn stored_bytes(repo: &RepositoryConfig) -> Option<u64> {
+    match repo.local_path() {
+        Some(path) => Some(crate::state::dir_size(path)),
+        None => {
+            let backend = crate::secrets::location(repo).ok()?.open_backend().ok()?;
+            crate::engine::backend::stored_bytes(&*backend).ok()
+        }
+    }
 }
 
 /// The attempts of one run, with retries and notifications.

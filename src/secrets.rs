@@ -1,5 +1,6 @@
 //! Where passphrases come from: a file, a command's output, the config
-//! (demos only), `$HOLDFAST_PASSPHRASE`, or systemd's credentials directory.
+//! (demos only), `$HOLDFAST_PASSPHRASE`, or systemd's credentials directory;
+//! and S3 keys, from files or the AWS environment variables.
 //! Nothing here logs or formats a passphrase into an error.
 
 use std::path::Path;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::PassphraseSource;
+use crate::config::{PassphraseSource, RepositoryConfig, RepositoryPlace};
+use crate::engine::backend::{Location, S3Settings};
 use crate::process::{self, ProcessSpec};
 
 /// The credential name holdfast reads from `$CREDENTIALS_DIRECTORY`.
@@ -72,4 +74,70 @@ pub fn resolve(source: &PassphraseSource, repository: &str) -> Result<Vec<u8>> {
             format!("repository {repository:?} has no passphrase_file or passphrase_command, and $HOLDFAST_PASSPHRASE is not set")
         }),
     }
+}
+
+/// Where a configured repository is, with its S3 credentials read from
+/// their files (or `$AWS_ACCESS_KEY_ID` / `$AWS_SECRET_ACCESS_KEY`).
+pub fn location(repo: &RepositoryConfig) -> Result<Location> {
+    match &repo.place {
+        RepositoryPlace::Local(p) => Ok(Location::Local(p.clone())),
+        RepositoryPlace::S3(s) => {
+            let (access_key_id, secret_access_key) = match (&s.access_key_id_file, &s.secret_access_key_file) {
+                (Some(id), Some(secret)) => {
+                    (read_secret_file(id, "access key id")?, read_secret_file(secret, "secret key")?)
+                }
+                _ => s3_keys_from_environment().with_context(|| {
+                    format!("repository {:?} has no access_key_id_file/secret_access_key_file", repo.name)
+                })?,
+            };
+            Ok(Location::S3(S3Settings {
+                bucket: s.bucket.clone(),
+                prefix: s.prefix.clone(),
+                endpoint: s.endpoint.clone(),
+                region: s.region.clone(),
+                access_key_id,
+                secret_access_key,
+                connections: s.connections,
+                request_timeout: s.timeout,
+            }))
+        }
+    }
+}
+
+/// A `--repo` argument: a directory, or `s3://bucket/prefix` with the
+/// endpoint, region and keys from the usual AWS environment variables
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+pub fn location_from_argument(arg: &Path) -> Result<Location> {
+    let text = arg.to_string_lossy();
+    if !text.starts_with("s3://") {
+        return Ok(Location::Local(arg.to_path_buf()));
+    }
+    let (bucket, prefix) = S3Settings::parse_url(&text).map_err(anyhow::Error::msg)?;
+    let (access_key_id, secret_access_key) = s3_keys_from_environment()?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    Ok(Location::S3(S3Settings {
+        bucket,
+        prefix,
+        endpoint: env("AWS_ENDPOINT_URL"),
+        region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
+        access_key_id,
+        secret_access_key,
+        connections: env("HOLDFAST_S3_CONNECTIONS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(S3Settings::DEFAULT_CONNECTIONS),
+        request_timeout: S3Settings::DEFAULT_TIMEOUT,
+    }))
+}
+
+fn s3_keys_from_environment() -> Result<(String, String)> {
+    match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+        (Ok(id), Ok(secret)) if !id.is_empty() && !secret.is_empty() => Ok((id, secret)),
+        _ => bail!("no S3 credentials: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"),
+    }
+}
+
+/// A one-line secret from a file (its content never appears in an error).
+fn read_secret_file(f: &Path, what: &str) -> Result<String> {
+    let bytes = read_passphrase_file(f).with_context(|| format!("reading the S3 {what}"))?;
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the S3 {what} in {} is not text", f.display()))
 }

@@ -51,7 +51,11 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             let mut paths: Vec<PathBuf> = Vec::new();
             for j in &pruned {
                 paths.push(j.spool.clone());
-                paths.extend(j.repositories.iter().filter_map(|r| config.repositories.get(r)).map(|r| r.path.clone()));
+                paths.extend(
+                    j.repositories
+                        .iter()
+                        .filter_map(|r| config.repositories.get(r)?.local_path().map(|p| p.to_path_buf())),
+                );
             }
             paths.sort();
             paths.dedup();
@@ -89,7 +93,7 @@ fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> St
     let mut credentials = Vec::new();
     for name in &job.repositories {
         if let Some(r) = config.repositories.get(name) {
-            writable.push(r.path.clone());
+            writable.extend(r.local_path().map(|p| p.to_path_buf()));
             if let PassphraseSource::File(f) = &r.passphrase {
                 credentials.push(format!("LoadCredential={CREDENTIAL_NAME}-{name}:{}", f.display()));
             }

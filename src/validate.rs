@@ -192,9 +192,11 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
     // Repositories.
     for name in &job.repositories {
         let Some(r) = config.repositories.get(name) else { continue };
-        match crate::secrets::resolve(&r.passphrase, name).and_then(|p| Ok(Repository::open(&r.path, &p)?)) {
+        let opened = crate::secrets::resolve(&r.passphrase, name)
+            .and_then(|p| Ok(Repository::open(&crate::secrets::location(r)?, &p)?));
+        match opened {
             Ok(_) => {
-                c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.path.display()))
+                c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.describe()))
             }
             Err(e) => c.problem("repositories", format!("repository {name:?}: {e:#}")),
         }

@@ -30,8 +30,8 @@ use std::time::Instant;
 use crate::engine::chunker::Chunker;
 use crate::engine::crypto::{Id, Keys, ObjectKind};
 use crate::engine::fsmeta::{NameCache, data_regions, name_bytes, read_metadata};
-use crate::engine::index::{Index, IndexFile, IndexedPack};
-use crate::engine::pack::PackWriter;
+use crate::engine::index::{Index, IndexFile};
+use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
 use crate::engine::repository::{KnownBlobs, PackFiles, Repository};
 use crate::engine::snapshot::{Snapshot, Summary};
 use crate::engine::tree::{Entry, EntryKind, FileContent, Metadata, Piece, Timespec, Tree};
@@ -85,6 +85,8 @@ pub struct BackupOptions {
     pub extra: Option<serde_json::Value>,
     /// Set from elsewhere (a signal handler) to stop the backup early.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// How often packs uploaded so far are indexed while the backup runs.
+    pub checkpoints: Checkpoints,
 }
 
 impl Default for BackupOptions {
@@ -97,6 +99,7 @@ impl Default for BackupOptions {
             exclude: None,
             extra: None,
             cancel: None,
+            checkpoints: Checkpoints::default(),
         }
     }
 }
@@ -211,17 +214,19 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let files = std::mem::take(&mut scan.files);
     let tasks = std::mem::take(&mut scan.tasks);
     let mut summary = std::mem::take(&mut scan.summary);
-    let content = read_contents(repo, files, tasks, known.clone(), opts.threads.max(1), opts.cancel.as_deref())?;
+    let uploader = PackUploader::start(repo.shared_backend(), repo.backend().parallelism(), opts.checkpoints);
+    let content =
+        read_contents(repo, &uploader, files, tasks, known.clone(), opts.threads.max(1), opts.cancel.as_deref())?;
     summary.bytes_read = content.bytes_read;
     summary.warnings.extend(content.warnings);
     let mut stats = content.stats;
 
     // Phase 3: commit — trees, index, snapshot.
-    let mut trees = TreeWriter { repo, known: &known, pack: None, packs: Vec::new(), stats: &mut stats };
+    let mut trees = TreeWriter { repo, uploader: &uploader, known: &known, pack: None, stats: &mut stats };
     let mut files = content.files;
     let root_id = trees.write_dir(root, &mut files)?;
-    let mut new_packs = content.packs;
-    new_packs.extend(trees.finish()?);
+    trees.finish()?;
+    let new_packs = uploader.finish()?;
     if !new_packs.is_empty() {
         repo.write_index_file(&IndexFile { packs: new_packs })?;
     }
@@ -538,7 +543,6 @@ struct BlobStats {
 
 struct ContentResult {
     files: Vec<FileRecord>,
-    packs: Vec<IndexedPack>,
     bytes_read: u64,
     warnings: Vec<String>,
     stats: BlobStats,
@@ -582,6 +586,7 @@ impl Failure {
 
 fn read_contents(
     repo: &Repository,
+    uploader: &PackUploader,
     mut files: Vec<FileRecord>,
     mut tasks: Vec<(u64, Task)>,
     known: Arc<KnownBlobs>,
@@ -601,8 +606,8 @@ fn read_contents(
     let plain_rx = Mutex::new(plain_rx);
     let files_ref = &files;
 
-    let (outcomes, packs, stats) = std::thread::scope(|s| {
-        let writer = s.spawn(|| write_packs(repo, sealed_rx, pack_size, &failure));
+    let (outcomes, stats) = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_packs(repo, uploader, sealed_rx, pack_size, &failure));
         let mut sealers = Vec::new();
         for _ in 0..threads {
             let tx = sealed_tx.clone();
@@ -651,14 +656,14 @@ fn read_contents(
                 failure.set(Error::Invalid("a sealer thread panicked".into()));
             }
         }
-        let (packs, stats) = match writer.join() {
+        let stats = match writer.join() {
             Ok(r) => r,
             Err(_) => {
                 failure.set(Error::Invalid("the pack writer panicked".into()));
-                (Vec::new(), BlobStats::default())
+                BlobStats::default()
             }
         };
-        (outcomes, packs, stats)
+        (outcomes, stats)
     });
     if let Some(e) = failure.take() {
         return Err(e);
@@ -691,7 +696,7 @@ fn read_contents(
             }
         }
     }
-    Ok(ContentResult { files, packs, bytes_read, warnings, stats })
+    Ok(ContentResult { files, bytes_read, warnings, stats })
 }
 
 /// What reading one file produced.
@@ -891,38 +896,28 @@ fn seal_verified(keys: &Keys, kind: ObjectKind, id: &Id, data: &[u8], level: i32
 
 fn write_packs(
     repo: &Repository,
+    uploader: &PackUploader,
     rx: Receiver<SealedBlob>,
     pack_size: u64,
     failure: &Failure,
-) -> (Vec<IndexedPack>, BlobStats) {
-    let mut packs = Vec::new();
+) -> BlobStats {
     let mut stats = BlobStats::default();
-    let mut current: Option<PackWriter> = None;
+    let mut current = PackWriter::new();
     let mut run = || -> Result<()> {
         for blob in rx.iter() {
             if failure.is_set() {
                 continue;
             }
-            let w = match current.as_mut() {
-                Some(w) => w,
-                None => current.insert(PackWriter::new(repo.backend())?),
-            };
-            w.add(blob.id, ObjectKind::Chunk, &blob.sealed, blob.raw_len)?;
+            current.add(blob.id, ObjectKind::Chunk, &blob.sealed, blob.raw_len);
             stats.blobs += 1;
             stats.raw_bytes += blob.raw_len as u64;
             stats.sealed_bytes += blob.sealed.len() as u64;
-            if w.size() >= pack_size
-                && let Some(w) = current.take()
-            {
-                let (pack, blobs) = w.finish(repo.backend(), repo.keys())?;
-                packs.push(IndexedPack { pack, blobs });
+            if current.size() >= pack_size {
+                ship(repo, uploader, std::mem::take(&mut current))?;
             }
         }
-        if !failure.is_set()
-            && let Some(w) = current.take()
-        {
-            let (pack, blobs) = w.finish(repo.backend(), repo.keys())?;
-            packs.push(IndexedPack { pack, blobs });
+        if !failure.is_set() && !current.is_empty() {
+            ship(repo, uploader, std::mem::take(&mut current))?;
         }
         Ok(())
     };
@@ -930,7 +925,17 @@ fn write_packs(
         failure.set(e);
         for _ in rx.iter() {}
     }
-    (packs, stats)
+    stats
+}
+
+/// Finish a pack, hand it to the uploader, and write a checkpoint index
+/// when one is due.
+pub(crate) fn ship(repo: &Repository, uploader: &PackUploader, pack: PackWriter) -> Result<()> {
+    uploader.submit(pack.finish(repo.keys())?)?;
+    if let Some(packs) = uploader.checkpoint() {
+        repo.write_index_file(&IndexFile { packs })?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- commit
@@ -938,9 +943,9 @@ fn write_packs(
 /// Encodes directories bottom-up and stores the trees not yet stored.
 struct TreeWriter<'a> {
     repo: &'a Repository,
+    uploader: &'a PackUploader,
     known: &'a KnownBlobs,
     pack: Option<PackWriter>,
-    packs: Vec<IndexedPack>,
     stats: &'a mut BlobStats,
 }
 
@@ -966,29 +971,24 @@ impl TreeWriter<'_> {
         let id = keys.blob_id(&bytes);
         if self.known.claim(id) {
             let sealed = seal_verified(keys, ObjectKind::Tree, &id, &bytes, self.repo.config().compression_level)?;
-            let w = match self.pack.as_mut() {
-                Some(w) => w,
-                None => self.pack.insert(PackWriter::new(self.repo.backend())?),
-            };
-            w.add(id, ObjectKind::Tree, &sealed, bytes.len())?;
+            let w = self.pack.get_or_insert_with(PackWriter::new);
+            w.add(id, ObjectKind::Tree, &sealed, bytes.len());
             self.stats.blobs += 1;
             self.stats.raw_bytes += bytes.len() as u64;
             self.stats.sealed_bytes += sealed.len() as u64;
             if w.size() >= self.repo.config().pack_size as u64
                 && let Some(w) = self.pack.take()
             {
-                let (pack, blobs) = w.finish(self.repo.backend(), self.repo.keys())?;
-                self.packs.push(IndexedPack { pack, blobs });
+                ship(self.repo, self.uploader, w)?;
             }
         }
         Ok(id)
     }
 
-    fn finish(mut self) -> Result<Vec<IndexedPack>> {
-        if let Some(w) = self.pack.take() {
-            let (pack, blobs) = w.finish(self.repo.backend(), self.repo.keys())?;
-            self.packs.push(IndexedPack { pack, blobs });
+    fn finish(mut self) -> Result<()> {
+        match self.pack.take() {
+            Some(w) => ship(self.repo, self.uploader, w),
+            None => Ok(()),
         }
-        Ok(self.packs)
     }
 }

@@ -61,7 +61,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
 
     // Index files.
     let mut index = Index::default();
-    for name in repo.backend().list(INDEX)? {
+    for name in repo.backend().list(INDEX)?.into_iter().map(|f| f.name) {
         report.index_files += 1;
         match repo.read_index_file(&name) {
             Ok(f) => index.add_file(&f),
@@ -71,15 +71,8 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     report.blobs = index.len();
 
     // Packs on disk against packs in the index.
-    let on_disk: HashMap<Id, u64> = repo
-        .backend()
-        .list(PACKS)?
-        .into_iter()
-        .filter_map(|n| {
-            let id = Id::from_hex(&n)?;
-            Some((id, repo.backend().size(PACKS, &n).ok()?))
-        })
-        .collect();
+    let on_disk: HashMap<Id, u64> =
+        repo.backend().list(PACKS)?.into_iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     report.packs = on_disk.len();
     let mut bad_packs: HashMap<Id, String> = HashMap::new();
     for (pack, end) in index.packs() {
@@ -114,7 +107,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     }
     let mut bad_blobs: HashMap<Id, String> = HashMap::new();
     if read_data {
-        let (packs, blobs, bytes) = read_all_packs(repo, &index, &on_disk, threads);
+        let (packs, blobs, bytes) = read_all_packs(repo, &index, &on_disk, threads.max(repo.backend().parallelism()));
         bad_packs.extend(packs);
         bad_blobs.extend(blobs);
         report.bytes_read = bytes;
@@ -237,7 +230,7 @@ fn read_all_packs(
 }
 
 fn read_pack(repo: &Repository, index: &Index, pack: &Id, blobs: &[Id]) -> (Option<String>, Vec<(Id, String)>, u64) {
-    let bytes = match repo.backend().read(PACKS, &pack.to_hex()) {
+    let bytes = match repo.backend().get(PACKS, &pack.to_hex()) {
         Ok(b) => b,
         Err(e) => return (Some(e.to_string()), Vec::new(), 0),
     };

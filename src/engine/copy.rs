@@ -9,10 +9,10 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::engine::backend::{LocalBackend, PACKS};
+use crate::engine::backup::ship;
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::index::{Index, IndexFile, IndexedPack};
-use crate::engine::pack::PackWriter;
+use crate::engine::index::{Index, IndexFile};
+use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
 use crate::engine::repository::{PackFiles, Repository};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::EntryKind;
@@ -40,8 +40,8 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         return Err(Error::Invalid(format!(
             "{} and {} do not share keys and chunker parameters; create the target with \
              `holdfast init --copy-params-from SOURCE` to copy between them",
-            from.path().display(),
-            to.path().display()
+            from.location(),
+            to.location()
         )));
     }
     // Like a backup: registered before reading marks and the index.
@@ -55,7 +55,8 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let (snaps, _) = from.snapshots()?;
     let mut report = CopyReport::default();
     let mut known: HashSet<Id> = target_index.blob_ids();
-    let mut writer = Writers { data: None, trees: None, packs: Vec::new() };
+    let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
+    let mut writer = Writers { to, uploader: &uploader, data: None, trees: None };
     let mut source_packs = PackFiles::default();
     let mut todo = Vec::new();
     for (_, snap) in snaps.iter().filter(|(_, s)| wanted(s)) {
@@ -78,7 +79,7 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
                     EntryKind::File(c) => {
                         for id in c.pieces.iter().filter_map(|p| p.chunk()) {
                             if known.insert(*id) {
-                                copy_blob(from, &source_index, to, id, &mut source_packs, &mut writer, &mut report)?;
+                                copy_blob(from, &source_index, id, &mut source_packs, &mut writer, &mut report)?;
                             }
                         }
                     }
@@ -86,12 +87,13 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
                 }
             }
             if known.insert(tree_id) {
-                copy_blob(from, &source_index, to, &tree_id, &mut source_packs, &mut writer, &mut report)?;
+                copy_blob(from, &source_index, &tree_id, &mut source_packs, &mut writer, &mut report)?;
             }
         }
         todo.push(snap.clone());
     }
-    let packs = writer.finish(to)?;
+    writer.finish()?;
+    let packs = uploader.finish()?;
     if !packs.is_empty() {
         to.write_index_file(&IndexFile { packs })?;
     }
@@ -102,19 +104,20 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     Ok(report)
 }
 
-struct Writers {
+/// The target's open packs: chunks and trees apart, as in a backup.
+struct Writers<'a> {
+    to: &'a Repository,
+    uploader: &'a PackUploader,
     data: Option<PackWriter>,
     trees: Option<PackWriter>,
-    packs: Vec<IndexedPack>,
 }
 
-impl Writers {
-    fn finish(mut self, to: &Repository) -> Result<Vec<IndexedPack>> {
+impl Writers<'_> {
+    fn finish(mut self) -> Result<()> {
         for w in [self.data.take(), self.trees.take()].into_iter().flatten() {
-            let (pack, blobs) = w.finish(to.backend(), to.keys())?;
-            self.packs.push(IndexedPack { pack, blobs });
+            ship(self.to, self.uploader, w)?;
         }
-        Ok(self.packs)
+        Ok(())
     }
 }
 
@@ -122,33 +125,26 @@ impl Writers {
 fn copy_blob(
     from: &Repository,
     index: &Index,
-    to: &Repository,
     id: &Id,
     packs: &mut PackFiles,
     writers: &mut Writers,
     report: &mut CopyReport,
 ) -> Result<()> {
     let loc = index.get(id).ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
-    let file = packs.get(from.backend(), &loc.pack)?;
-    let path = from.backend().path_of(PACKS, &loc.pack.to_hex());
-    let sealed = LocalBackend::read_at(file, loc.offset as u64, loc.length as usize, &path)?;
+    let sealed = from.read_sealed(loc, packs)?;
     let plain = from.keys().open(loc.kind, id, &sealed)?;
     if from.keys().blob_id(&plain) != *id {
         return Err(Error::damaged(format!("blob {}", id.short()), "content does not match its id"));
     }
     let slot = if loc.kind == ObjectKind::Tree { &mut writers.trees } else { &mut writers.data };
-    let w = match slot.as_mut() {
-        Some(w) => w,
-        None => slot.insert(PackWriter::new(to.backend())?),
-    };
-    w.add(*id, loc.kind, &sealed, plain.len())?;
+    let w = slot.get_or_insert_with(PackWriter::new);
+    w.add(*id, loc.kind, &sealed, plain.len());
     report.blobs_copied += 1;
     report.bytes_copied += sealed.len() as u64;
-    if w.size() >= to.config().pack_size as u64
+    if w.size() >= writers.to.config().pack_size as u64
         && let Some(w) = slot.take()
     {
-        let (pack, blobs) = w.finish(to.backend(), to.keys())?;
-        writers.packs.push(IndexedPack { pack, blobs });
+        ship(writers.to, writers.uploader, w)?;
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::backend::{INDEX, MARKS, PACKS, RUNNING, SNAPSHOTS, TMP};
+use crate::engine::backend::{Backend, INDEX, MARKS, PACKS, RUNNING, SNAPSHOTS, TMP};
 use crate::engine::crypto::Id;
 use crate::engine::index::{Index, IndexFile, IndexedPack};
 use crate::engine::repository::{PackFiles, Repository};
@@ -43,11 +43,20 @@ const MARK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 const LEFTOVER_MIN_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
 
 /// A backup in progress, registered in `running/` until dropped.
-#[derive(Debug)]
 pub struct Running {
-    repo_root: std::path::PathBuf,
+    backend: std::sync::Arc<dyn Backend>,
     name: String,
 }
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Running({})", self.name)
+    }
+}
+
+/// The companion of a `running/` record that says "finished", for
+/// credentials that may not delete (put-only); prune removes both.
+const FINISHED_SUFFIX: &str = ".done";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct RunningRecord {
@@ -58,7 +67,12 @@ struct RunningRecord {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.repo_root.join(RUNNING).join(&self.name));
+        if self.backend.remove(RUNNING, &self.name).is_err() {
+            let done = format!("{}{FINISHED_SUFFIX}", self.name);
+            if let Err(e) = self.backend.put_new(RUNNING, &done, b"") {
+                tracing::warn!("could not record the end of this backup in running/: {e}");
+            }
+        }
     }
 }
 
@@ -67,18 +81,18 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
     let host = crate::engine::backup::hostname();
     let name = format!("{host}-{}-{}", std::process::id(), Id::random()?.short());
     let rec = RunningRecord { host, pid: std::process::id(), started: jiff::Timestamp::now() };
-    repo.backend().write_state(RUNNING, &name, &serde_json::to_vec(&rec).unwrap_or_default())?;
-    Ok(Running { repo_root: repo.path().to_path_buf(), name })
+    repo.backend().put_new(RUNNING, &name, &serde_json::to_vec(&rec).unwrap_or_default())?;
+    Ok(Running { backend: repo.shared_backend(), name })
 }
 
 /// Packs marked for deletion, with when they were marked.
 pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
     let mut out = HashMap::new();
-    for name in repo.backend().list(MARKS)? {
+    for name in names(repo, MARKS)? {
         let Some(id) = Id::from_hex(&name) else { continue };
         let when = repo
             .backend()
-            .read(MARKS, &name)
+            .get(MARKS, &name)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.trim().parse().ok())
@@ -88,14 +102,24 @@ pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
     Ok(out)
 }
 
-/// The oldest start among backups still running (stale records of dead
-/// processes on this host are removed; other hosts' records expire after two days).
+/// The oldest start among backups still running (records of finished
+/// backups and of dead processes on this host are removed; other hosts'
+/// records expire after two days).
 fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
     let host = crate::engine::backup::hostname();
     let now = jiff::Timestamp::now();
     let mut oldest: Option<jiff::Timestamp> = None;
-    for name in repo.backend().list(RUNNING)? {
-        let Ok(bytes) = repo.backend().read(RUNNING, &name) else { continue };
+    let all: HashSet<String> = names(repo, RUNNING)?.into_iter().collect();
+    for name in &all {
+        if let Some(record) = name.strip_suffix(FINISHED_SUFFIX) {
+            let _ = repo.backend().remove(RUNNING, record);
+            let _ = repo.backend().remove(RUNNING, name);
+            continue;
+        }
+        if all.contains(&format!("{name}{FINISHED_SUFFIX}")) {
+            continue;
+        }
+        let Ok(bytes) = repo.backend().get(RUNNING, name) else { continue };
         let Ok(rec) = serde_json::from_slice::<RunningRecord>(&bytes) else { continue };
         let dead = if rec.host == host {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
@@ -103,12 +127,17 @@ fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
             now.duration_since(rec.started) > jiff::SignedDuration::from_hours(48)
         };
         if dead {
-            let _ = repo.backend().remove(RUNNING, &name);
+            let _ = repo.backend().remove(RUNNING, name);
             continue;
         }
         oldest = Some(oldest.map_or(rec.started, |o| o.min(rec.started)));
     }
     Ok(oldest)
+}
+
+/// The names of the files in `dir`.
+fn names(repo: &Repository, dir: &str) -> Result<Vec<String>> {
+    Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())
 }
 
 /// Remove snapshots (they are the only thing a forget touches).
@@ -169,7 +198,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     let mut index = Index::default();
-    for name in repo.backend().list(INDEX)? {
+    for name in names(repo, INDEX)? {
         let f = repo.read_index_file(&name)?;
         index.add_file(&f);
         files.push((name, f));
@@ -181,6 +210,8 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             blobs_of.entry(p.pack).or_default().extend(p.blobs.iter().map(|b| b.id));
         }
     }
+    let listed_packs = repo.backend().list(PACKS)?;
+    let stored: HashMap<Id, u64> = listed_packs.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     let mut delete: HashSet<Id> = HashSet::new();
     for (pack, marked_at) in &marks {
         let Some(blobs) = blobs_of.get(pack) else {
@@ -189,7 +220,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             // reuse it any more. Finish the job: the pack, then its mark.
             if !dry_run {
                 let name = pack.to_hex();
-                if let Ok(size) = repo.backend().size(PACKS, &name) {
+                if let Some(size) = stored.get(pack) {
                     repo.backend().remove(PACKS, &name)?;
                     report.bytes_deleted += size;
                     report.packs_deleted += 1;
@@ -217,7 +248,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
                 // Stamped when written, not when the prune began: a backup
                 // that starts after this time finds the mark.
                 let stamp = jiff::Timestamp::now();
-                repo.backend().write_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())?;
+                repo.backend().put_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())?;
             }
         }
     }
@@ -243,7 +274,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             repo.backend().remove(INDEX, name)?;
         }
         for pack in &delete {
-            report.bytes_deleted += repo.backend().size(PACKS, &pack.to_hex()).unwrap_or(0);
+            report.bytes_deleted += stored.get(pack).copied().unwrap_or(0);
             match repo.backend().remove(PACKS, &pack.to_hex()) {
                 // Already gone: an earlier, interrupted prune got this far.
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -255,17 +286,15 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     // Leftovers of interrupted runs: unindexed packs and tmp files older
     // than the grace period and than every backup still running.
     let cutoff = oldest_running.map_or(now, |r| r.min(now)) - grace.max(LEFTOVER_MIN_AGE);
-    for (dir, candidates) in [(PACKS, repo.backend().list(PACKS)?), (TMP, repo.backend().list(TMP)?)] {
-        for name in candidates {
-            if dir == PACKS && Id::from_hex(&name).is_some_and(|id| blobs_of.contains_key(&id)) {
+    let tmp = repo.backend().list(TMP).unwrap_or_default();
+    for (dir, candidates) in [(PACKS, listed_packs), (TMP, tmp)] {
+        for file in candidates {
+            if dir == PACKS && Id::from_hex(&file.name).is_some_and(|id| blobs_of.contains_key(&id)) {
                 continue;
             }
-            let p = repo.backend().path_of(dir, &name);
-            let Ok(modified) = std::fs::metadata(&p).and_then(|m| m.modified()) else { continue };
-            let Ok(modified) = jiff::Timestamp::try_from(modified) else { continue };
-            if modified < cutoff {
-                report.bytes_deleted += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                repo.backend().remove(dir, &name)?;
+            if file.modified.is_some_and(|m| m < cutoff) {
+                report.bytes_deleted += file.size;
+                repo.backend().remove(dir, &file.name)?;
                 report.leftovers_deleted += 1;
             }
         }

@@ -9,13 +9,17 @@
 //! Chunk blobs and tree blobs go to different packs, so reading every tree
 //! (for `ls`, `check` or an incremental backup) never reads file data.
 
-use std::io::Write;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::backend::{LocalBackend, PACKS, TempFile};
+use crate::engine::backend::{Backend, PACKS};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, ObjectKind};
-use crate::error::{Error, IoContext, Result};
+use crate::engine::index::IndexedPack;
+use crate::error::{Error, Result};
 
 const TRAILER_MAGIC: &[u8; 4] = b"HFPK";
 const TRAILER_LEN: usize = 4 + 4 + 1;
@@ -32,64 +36,204 @@ pub struct PackBlob {
     pub raw_length: u32,
 }
 
-/// A pack being written under `tmp/`.
+/// A pack being assembled in memory (one pack is 16 MiB by default).
+#[derive(Default)]
 pub struct PackWriter {
-    temp: TempFile,
-    file_hash: blake3::Hasher,
+    buf: Vec<u8>,
     data_hash: blake3::Hasher,
-    offset: u64,
     blobs: Vec<PackBlob>,
 }
 
+/// A complete pack, named, ready to upload.
+pub struct FinishedPack {
+    pub id: Id,
+    pub bytes: Vec<u8>,
+    pub blobs: Vec<PackBlob>,
+}
+
 impl PackWriter {
-    pub fn new(backend: &LocalBackend) -> Result<PackWriter> {
-        Ok(PackWriter {
-            temp: backend.temp_file()?,
-            file_hash: blake3::Hasher::new(),
-            data_hash: blake3::Hasher::new(),
-            offset: 0,
-            blobs: Vec::new(),
-        })
+    pub fn new() -> PackWriter {
+        PackWriter::default()
     }
 
     /// Append one sealed blob.
-    pub fn add(&mut self, id: Id, kind: ObjectKind, sealed: &[u8], raw_length: usize) -> Result<()> {
-        self.temp.file.write_all(sealed).at(&self.temp.path)?;
-        self.file_hash.update(sealed);
+    pub fn add(&mut self, id: Id, kind: ObjectKind, sealed: &[u8], raw_length: usize) {
         self.data_hash.update(sealed);
         self.blobs.push(PackBlob {
             id,
             kind,
-            offset: self.offset as u32,
+            offset: self.buf.len() as u32,
             length: sealed.len() as u32,
             raw_length: raw_length as u32,
         });
-        self.offset += sealed.len() as u64;
-        Ok(())
+        self.buf.extend_from_slice(sealed);
     }
 
     pub fn size(&self) -> u64 {
-        self.offset
+        self.buf.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty()
     }
 
-    /// Write the header, make the pack durable and give it its name.
-    pub fn finish(mut self, backend: &LocalBackend, keys: &Keys) -> Result<(Id, Vec<PackBlob>)> {
+    /// Append the sealed header and trailer; the pack's name is the hash of it all.
+    pub fn finish(mut self, keys: &Keys) -> Result<FinishedPack> {
         let header = postcard::to_stdvec(&self.blobs).map_err(|e| Error::Invalid(e.to_string()))?;
         let data_id = Id(*self.data_hash.finalize().as_bytes());
         let sealed = keys.seal(ObjectKind::PackHeader, &data_id, &header, 3)?;
-        let mut tail = sealed;
-        tail.extend_from_slice(&((tail.len()) as u32).to_le_bytes());
-        tail.extend_from_slice(TRAILER_MAGIC);
-        tail.push(FORMAT_VERSION);
-        self.temp.file.write_all(&tail).at(&self.temp.path)?;
-        self.file_hash.update(&tail);
-        let id = Id(*self.file_hash.finalize().as_bytes());
-        backend.commit(self.temp, PACKS, &id.to_hex())?;
-        Ok((id, self.blobs))
+        let header_len = sealed.len() as u32;
+        self.buf.extend_from_slice(&sealed);
+        self.buf.extend_from_slice(&header_len.to_le_bytes());
+        self.buf.extend_from_slice(TRAILER_MAGIC);
+        self.buf.push(FORMAT_VERSION);
+        Ok(FinishedPack { id: Id::of_bytes(&self.buf), bytes: self.buf, blobs: self.blobs })
+    }
+}
+
+/// Stores finished packs on background threads, several in flight, so a
+/// bucket's latency overlaps with reading and sealing. Memory stays bounded:
+/// [`PackUploader::submit`] waits while every thread is busy.
+///
+/// Uploaded packs are handed back in batches for *checkpoint* index files
+/// ([`PackUploader::checkpoint`]), so a backup killed halfway leaves most of
+/// its work indexed and the next backup uploads only what is missing.
+pub struct PackUploader {
+    tx: Option<SyncSender<FinishedPack>>,
+    threads: Vec<JoinHandle<()>>,
+    state: Arc<UploadState>,
+    checkpoint_packs: usize,
+    checkpoint_interval: Duration,
+}
+
+#[derive(Default)]
+struct UploadState {
+    uploaded: Mutex<Vec<IndexedPack>>,
+    failure: Mutex<Option<Error>>,
+    last_checkpoint: Mutex<Option<Instant>>,
+}
+
+/// How often uploaded packs are indexed while a backup runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoints {
+    /// After this many packs (16 MiB each by default)…
+    pub packs: usize,
+    /// …or this long since the last checkpoint, whichever comes first.
+    pub interval: Duration,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Checkpoints { packs: 32, interval: Duration::from_secs(120) }
+    }
+}
+
+impl PackUploader {
+    pub fn start(backend: Arc<dyn Backend>, in_flight: usize, checkpoints: Checkpoints) -> PackUploader {
+        let (tx, rx) = sync_channel::<FinishedPack>(0);
+        let rx = Arc::new(Mutex::new(rx));
+        let state = Arc::new(UploadState::default());
+        let threads = (0..in_flight.max(1))
+            .map(|_| {
+                let (rx, state, backend) = (rx.clone(), state.clone(), backend.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let next = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(pack) = next else { break };
+                        if state.failed() {
+                            continue;
+                        }
+                        match backend.put_new(PACKS, &pack.id.to_hex(), &pack.bytes) {
+                            Ok(_) => state.lock_uploaded().push(IndexedPack { pack: pack.id, blobs: pack.blobs }),
+                            Err(e) => {
+                                if let Ok(mut f) = state.failure.lock() {
+                                    f.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        if let Ok(mut last) = state.last_checkpoint.lock() {
+            *last = Some(Instant::now());
+        }
+        PackUploader {
+            tx: Some(tx),
+            threads,
+            state,
+            checkpoint_packs: checkpoints.packs.max(1),
+            checkpoint_interval: checkpoints.interval,
+        }
+    }
+
+    /// Hand a pack to the next free upload thread (waits for one).
+    pub fn submit(&self, pack: FinishedPack) -> Result<()> {
+        self.check()?;
+        match &self.tx {
+            Some(tx) if tx.send(pack).is_ok() => Ok(()),
+            _ => Err(self.take_failure().unwrap_or_else(|| Error::Invalid("the pack upload threads stopped".into()))),
+        }
+    }
+
+    /// The packs uploaded since the last checkpoint, when it is time to
+    /// index them (enough packs, or enough time).
+    pub fn checkpoint(&self) -> Option<Vec<IndexedPack>> {
+        let mut uploaded = self.state.lock_uploaded();
+        let mut last = self.state.last_checkpoint.lock().ok()?;
+        let due = uploaded.len() >= self.checkpoint_packs
+            || (!uploaded.is_empty() && last.is_some_and(|t| t.elapsed() >= self.checkpoint_interval));
+        if !due {
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(std::mem::take(&mut *uploaded))
+    }
+
+    /// Wait for every upload; the packs not yet handed out by a checkpoint.
+    pub fn finish(mut self) -> Result<Vec<IndexedPack>> {
+        self.stop();
+        self.check()?;
+        Ok(std::mem::take(&mut *self.state.lock_uploaded()))
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.state.failure.lock().ok().and_then(|mut f| f.take())
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PackUploader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl UploadState {
+    fn failed(&self) -> bool {
+        self.failure.lock().map(|f| f.is_some()).unwrap_or(true)
+    }
+
+    fn lock_uploaded(&self) -> std::sync::MutexGuard<'_, Vec<IndexedPack>> {
+        // A poisoned lock only means an upload thread panicked; the list
+        // itself is intact.
+        self.uploaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -121,17 +265,13 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn packs_round_trip(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..20)) {
-            let dir = tempfile::tempdir().unwrap();
-            let backend = LocalBackend::new(dir.path());
-            backend.create_layout().unwrap();
             let keys = Keys::derive(&MasterKey([4; 32]));
-            let mut w = PackWriter::new(&backend).unwrap();
+            let mut w = PackWriter::new();
             for b in &blobs {
                 let id = keys.blob_id(b);
-                w.add(id, ObjectKind::Chunk, &keys.seal(ObjectKind::Chunk, &id, b, 3).unwrap(), b.len()).unwrap();
+                w.add(id, ObjectKind::Chunk, &keys.seal(ObjectKind::Chunk, &id, b, 3).unwrap(), b.len());
             }
-            let (name, written) = w.finish(&backend, &keys).unwrap();
-            let bytes = backend.read(PACKS, &name.to_hex()).unwrap();
+            let FinishedPack { id: name, bytes, blobs: written } = w.finish(&keys).unwrap();
             let header = read_header(&name, &bytes, &keys).unwrap();
             prop_assert_eq!(&header, &written);
             for (entry, b) in header.iter().zip(&blobs) {

@@ -16,14 +16,12 @@
 //! header (`holdfast`, format version, object kind, a 32-byte object id) and
 //! the sealed payload, with the header bound as associated data.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::backend::{INDEX, KEYS, LocalBackend, PACKS, SNAPSHOTS};
+use crate::engine::backend::{Backend, INDEX, KEYS, Location, PACKS, ROOT, ReadCache, SNAPSHOTS, Stored};
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
 use crate::engine::index::{BlobLocation, Index, IndexFile};
@@ -77,7 +75,7 @@ pub type Unreadable = Vec<(String, Error)>;
 
 /// An unlocked repository.
 pub struct Repository {
-    backend: LocalBackend,
+    backend: Arc<dyn Backend>,
     keys: Arc<Keys>,
     master: MasterKey,
     config: RepoConfig,
@@ -86,12 +84,11 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Create a repository in `path` (which must not exist or be empty).
-    pub fn init(path: &Path, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
-        if let Ok(mut entries) = std::fs::read_dir(path)
-            && entries.next().is_some()
-        {
-            return Err(Error::AlreadyExists(path.to_path_buf()));
+    /// Create a repository at `location` (which must not exist or be empty).
+    pub fn init(location: &Location, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
+        let backend = location.open_backend()?;
+        if !backend.is_empty()? {
+            return Err(Error::AlreadyExists(backend.location().into()));
         }
         if !(-7..=22).contains(&opts.compression_level) {
             return Err(Error::Invalid(format!(
@@ -99,7 +96,6 @@ impl Repository {
                 opts.compression_level
             )));
         }
-        let backend = LocalBackend::new(path);
         backend.create_layout()?;
         let master = match &opts.master {
             Some(m) => m.clone(),
@@ -115,29 +111,29 @@ impl Repository {
             pack_size: opts.pack_size,
         };
         let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-        backend.write_new(CONFIG, &seal_file(&keys, ObjectKind::Config, &id, &json)?)?;
+        write_once(&*backend, CONFIG, &seal_file(&keys, ObjectKind::Config, &id, &json)?)?;
         let key = KeyFile::create(passphrase, &id, &master)?;
-        let key_name = backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?.to_hex();
+        let key_name = write_named_by_hash(&*backend, KEYS, key.to_json().as_bytes())?.to_hex();
         let marker = Marker { holdfast_repository: FORMAT_VERSION, id };
-        // The marker goes last: a directory without it is not a repository yet.
-        backend.write_new(MARKER, &serde_json::to_vec_pretty(&marker).unwrap_or_default())?;
+        // The marker goes last: a location without it is not a repository yet.
+        write_once(&*backend, MARKER, &serde_json::to_vec_pretty(&marker).unwrap_or_default())?;
         Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name })
     }
 
-    /// Open the repository at `path` with `passphrase`.
-    pub fn open(path: &Path, passphrase: &[u8]) -> Result<Repository> {
-        let backend = LocalBackend::new(path);
-        let marker = read_marker(path)?;
-        let mut names = backend.list(KEYS).unwrap_or_default();
+    /// Open the repository at `location` with `passphrase`.
+    pub fn open(location: &Location, passphrase: &[u8]) -> Result<Repository> {
+        let backend = location.open_backend()?;
+        let marker = read_marker(&*backend)?;
+        let mut names: Vec<String> = backend.list(KEYS).unwrap_or_default().into_iter().map(|f| f.name).collect();
         names.retain(|n| !n.starts_with('.'));
         if names.is_empty() {
             return Err(Error::NotARepository {
-                path: path.to_path_buf(),
+                path: backend.location().into(),
                 reason: "it has no key files; restore one with `holdfast key import`".into(),
             });
         }
         for name in names {
-            let Ok(bytes) = backend.read(KEYS, &name) else {
+            let Ok(bytes) = backend.get(KEYS, &name) else {
                 continue;
             };
             let Ok(kf) = KeyFile::from_json(&bytes) else {
@@ -148,21 +144,27 @@ impl Repository {
             }
             if let Some(master) = kf.unlock(passphrase)? {
                 let keys = Keys::derive(&master);
-                let sealed = backend.read_root_file(CONFIG)?;
+                let sealed = backend.get(ROOT, CONFIG)?;
                 let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
                 let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
                 return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
             }
         }
-        Err(Error::WrongPassphrase(path.to_path_buf()))
+        Err(Error::WrongPassphrase(backend.location().into()))
     }
 
-    pub fn path(&self) -> &Path {
-        self.backend.root()
+    /// Where it is: a path or an `s3://` URL.
+    pub fn location(&self) -> String {
+        self.backend.location()
     }
 
-    pub fn backend(&self) -> &LocalBackend {
-        &self.backend
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The backend, for threads that outlive a borrow (uploads).
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     pub fn keys(&self) -> &Arc<Keys> {
@@ -185,8 +187,9 @@ impl Repository {
     pub fn load_index(&self) -> Result<(Index, Unreadable)> {
         let mut index = Index::default();
         let mut damaged = Vec::new();
-        for name in self.backend.list(INDEX)? {
-            match self.read_index_file(&name) {
+        let names: Vec<String> = self.backend.list(INDEX)?.into_iter().map(|f| f.name).collect();
+        for (name, file) in self.read_many(names, |name| self.read_index_file(name)) {
+            match file {
                 Ok(file) => index.add_file(&file),
                 Err(e) => damaged.push((name, e)),
             }
@@ -203,13 +206,13 @@ impl Repository {
     pub fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
         let plain = postcard::to_stdvec(file).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = seal_file(&self.keys, ObjectKind::Index, &Id::random()?, &plain)?;
-        self.backend.write_named_by_hash(INDEX, &sealed)
+        write_named_by_hash(&*self.backend, INDEX, &sealed)
     }
 
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
         let json = serde_json::to_vec(snapshot).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = seal_file(&self.keys, ObjectKind::Snapshot, &Id::random()?, &json)?;
-        self.backend.write_named_by_hash(SNAPSHOTS, &sealed)
+        write_named_by_hash(&*self.backend, SNAPSHOTS, &sealed)
     }
 
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
@@ -222,13 +225,15 @@ impl Repository {
     pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for name in self.backend.list(SNAPSHOTS)? {
-            match Id::from_hex(&name) {
-                Some(id) => match self.read_snapshot(&id) {
-                    Ok(s) => good.push((id, s)),
-                    Err(e) => bad.push((name, e)),
-                },
-                None => bad.push((name.clone(), Error::damaged("snapshot", format!("unexpected file {name}")))),
+        let names: Vec<String> = self.backend.list(SNAPSHOTS)?.into_iter().map(|f| f.name).collect();
+        let read = |name: &str| match Id::from_hex(name) {
+            Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
+            None => Err(Error::damaged("snapshot", format!("unexpected file {name}"))),
+        };
+        for (name, result) in self.read_many(names, read) {
+            match result {
+                Ok(found) => good.push(found),
+                Err(e) => bad.push((name, e)),
             }
         }
         good.sort_by_key(|(id, s)| (s.time, *id));
@@ -243,7 +248,7 @@ impl Repository {
         }
         let spec_lc = spec.to_ascii_lowercase();
         let matches: Vec<String> =
-            self.backend.list(SNAPSHOTS)?.into_iter().filter(|n| n.starts_with(&spec_lc)).collect();
+            self.backend.list(SNAPSHOTS)?.into_iter().map(|f| f.name).filter(|n| n.starts_with(&spec_lc)).collect();
         match matches.as_slice() {
             [] => Err(Error::NoSuchSnapshot(spec.into())),
             [one] => {
@@ -256,9 +261,51 @@ impl Repository {
         }
     }
 
+    /// Apply `read` to every name, with as many threads as the backend
+    /// likes transfers in flight (a bucket answers each request slowly, many
+    /// at once quickly); results in name order.
+    fn read_many<T: Send>(
+        &self,
+        names: Vec<String>,
+        read: impl Fn(&str) -> Result<T> + Sync,
+    ) -> Vec<(String, Result<T>)> {
+        let threads = self.backend.parallelism().min(names.len()).max(1);
+        if threads == 1 {
+            return names.into_iter().map(|n| (n.clone(), read(&n))).collect();
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<T>>>> = names.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break };
+                        let r = read(name);
+                        if let Ok(mut slot) = results[i].lock() {
+                            *slot = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        names
+            .into_iter()
+            .zip(results)
+            .map(|(n, slot)| {
+                let r = slot
+                    .into_inner()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Err(Error::Invalid(format!("reading {n} did not finish"))));
+                (n, r)
+            })
+            .collect()
+    }
+
     /// Read a repository file and check that its bytes hash to its name.
     fn read_repo_file(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
-        let bytes = self.backend.read(dir, name)?;
+        let bytes = self.backend.get(dir, name)?;
         if Id::of_bytes(&bytes).to_hex() != name {
             let what = format!("{} {}", dir.trim_end_matches('s'), short(name));
             return Err(Error::damaged(what, "contents do not match the file name (hash)"));
@@ -270,10 +317,39 @@ impl Repository {
 
     /// Read, authenticate and decompress one blob; checks its id.
     pub fn read_blob(&self, id: &Id, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
-        let file = packs.get(&self.backend, &loc.pack)?;
-        let path = self.backend.path_of(PACKS, &loc.pack.to_hex());
-        let sealed = LocalBackend::read_at(file, loc.offset as u64, loc.length as usize, &path)?;
-        let plain = self.keys.open(loc.kind, id, &sealed)?;
+        let sealed = self.read_sealed(loc, packs)?;
+        self.open_blob(id, loc, &sealed)
+    }
+
+    /// Like [`Repository::read_blob`], for a reader that goes on through the
+    /// pack (restore): a remote backend reads ahead.
+    pub fn read_blob_ahead(
+        &self,
+        id: &Id,
+        loc: &BlobLocation,
+        index: &Index,
+        packs: &mut PackFiles,
+    ) -> Result<Vec<u8>> {
+        let ahead_to = index.packs().get(&loc.pack).copied().unwrap_or(0);
+        let sealed = self.backend.get_range(
+            PACKS,
+            &loc.pack.to_hex(),
+            loc.offset as u64,
+            loc.length as usize,
+            ahead_to,
+            packs,
+        )?;
+        self.open_blob(id, loc, &sealed)
+    }
+
+    /// The sealed bytes of a blob, as stored (not yet authenticated).
+    pub fn read_sealed(&self, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
+        self.backend.get_range(PACKS, &loc.pack.to_hex(), loc.offset as u64, loc.length as usize, 0, packs)
+    }
+
+    /// Authenticate and decompress a sealed blob; checks its id.
+    fn open_blob(&self, id: &Id, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+        let plain = self.keys.open(loc.kind, id, sealed)?;
         if self.keys.blob_id(&plain) != *id {
             return Err(Error::damaged(format!("{:?} {}", loc.kind, id.short()), "content does not match its id"));
         }
@@ -290,7 +366,7 @@ impl Repository {
     /// Add a key file for another passphrase; returns its name.
     pub fn add_key(&self, passphrase: &[u8]) -> Result<String> {
         let key = KeyFile::create(passphrase, &self.config.id, &self.master)?;
-        Ok(self.backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?.to_hex())
+        Ok(write_named_by_hash(&*self.backend, KEYS, key.to_json().as_bytes())?.to_hex())
     }
 
     /// Replace the key file that unlocked this repository with one for
@@ -316,43 +392,67 @@ impl Repository {
 
     /// The key file that unlocked this repository.
     pub fn key_file(&self) -> Result<KeyFile> {
-        KeyFile::from_json(&self.backend.read(KEYS, &self.key_name)?)
+        KeyFile::from_json(&self.backend.get(KEYS, &self.key_name)?)
     }
 }
 
 /// Put a key file into a repository that lost its `keys/` (or add one).
 /// Checks that the key belongs to the repository and opens its config.
-pub fn import_key(path: &Path, key: &KeyFile, passphrase: &[u8]) -> Result<()> {
-    let marker = read_marker(path)?;
+pub fn import_key(location: &Location, key: &KeyFile, passphrase: &[u8]) -> Result<()> {
+    let backend = location.open_backend()?;
+    let marker = read_marker(&*backend)?;
     if key.repo_id()? != marker.id {
         return Err(Error::Invalid(format!(
             "this key belongs to repository {}, not to {} ({})",
             key.repo_id()?.short(),
-            path.display(),
+            backend.location(),
             marker.id.short()
         )));
     }
-    let master = key.unlock(passphrase)?.ok_or_else(|| Error::WrongPassphrase(path.to_path_buf()))?;
-    let backend = LocalBackend::new(path);
-    let sealed = backend.read_root_file(CONFIG)?;
+    let master = key.unlock(passphrase)?.ok_or_else(|| Error::WrongPassphrase(backend.location().into()))?;
+    let sealed = backend.get(ROOT, CONFIG)?;
     open_file(&Keys::derive(&master), ObjectKind::Config, &sealed, Some(&marker.id))?;
-    let keys_dir = path.join(KEYS);
-    std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
-    backend.write_named_by_hash(KEYS, key.to_json().as_bytes())?;
+    if let Some(path) = location.local_path() {
+        let keys_dir = path.join(KEYS);
+        std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
+    }
+    write_named_by_hash(&*backend, KEYS, key.to_json().as_bytes())?;
     Ok(())
 }
 
-fn read_marker(path: &Path) -> Result<Marker> {
-    let not_repo = |reason: &str| Error::NotARepository { path: path.to_path_buf(), reason: reason.into() };
-    if !path.is_dir() {
-        return Err(not_repo("no such directory"));
-    }
-    let bytes = std::fs::read(path.join(MARKER)).map_err(|_| not_repo("no holdfast-repository file"))?;
+fn read_marker(backend: &dyn Backend) -> Result<Marker> {
+    let not_repo = |reason: &str| Error::NotARepository { path: backend.location().into(), reason: reason.into() };
+    let bytes = match backend.get(ROOT, MARKER) {
+        Ok(b) => b,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not_repo(if backend.is_empty().unwrap_or(false) {
+                "nothing is there"
+            } else {
+                "no holdfast-repository file"
+            }));
+        }
+        Err(e) => return Err(e),
+    };
     let marker: Marker = serde_json::from_slice(&bytes).map_err(|_| not_repo("unreadable holdfast-repository file"))?;
     if marker.holdfast_repository != FORMAT_VERSION {
         return Err(not_repo(&format!("format {} is not supported", marker.holdfast_repository)));
     }
     Ok(marker)
+}
+
+/// Write `bytes` as `dir/<hash of bytes>` and return that hash.
+fn write_named_by_hash(backend: &dyn Backend, dir: &str, bytes: &[u8]) -> Result<Id> {
+    let id = Id::of_bytes(bytes);
+    backend.put_new(dir, &id.to_hex(), bytes)?;
+    Ok(id)
+}
+
+/// Write a top-level file with a fixed name (config, marker); it must be new.
+fn write_once(backend: &dyn Backend, name: &str, bytes: &[u8]) -> Result<()> {
+    match backend.put_new(ROOT, name, bytes)? {
+        Stored::New => Ok(()),
+        Stored::AlreadyThere => Err(Error::AlreadyExists(backend.location().into())),
+    }
 }
 
 fn short(name: &str) -> String {
@@ -386,24 +486,8 @@ fn open_file(keys: &Keys, kind: ObjectKind, bytes: &[u8], expect_id: Option<&Id>
     keys.open(kind, &id, &bytes[FILE_HEADER_LEN..])
 }
 
-/// Open pack files, kept for repeated positioned reads by one thread.
-#[derive(Default)]
-pub struct PackFiles {
-    open: HashMap<Id, File>,
-}
-
-impl PackFiles {
-    pub fn get(&mut self, backend: &LocalBackend, pack: &Id) -> Result<&File> {
-        if !self.open.contains_key(pack) {
-            if self.open.len() > 64 {
-                self.open.clear();
-            }
-            let f = backend.open(PACKS, &pack.to_hex())?;
-            self.open.insert(*pack, f);
-        }
-        self.open.get(pack).ok_or_else(|| Error::Invalid("pack cache".into()))
-    }
-}
+/// Per-thread read state for blob reads (see [`ReadCache`]).
+pub type PackFiles = ReadCache;
 
 /// A set of blob ids shared by the threads of one backup: the ones already in
 /// the repository or being stored by this run, so each is stored once.

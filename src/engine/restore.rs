@@ -79,7 +79,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     }
     let Walk { files, links, others, dirs, mut summary, .. } = walk;
 
-    write_files(repo, &index, files, opts.threads.max(1))?;
+    write_files(repo, &index, files, opts.threads.max(repo.backend().parallelism()))?;
 
     let mut names = NameCache::default();
     for (path, first) in links {
@@ -298,7 +298,7 @@ fn write_file(
                         let loc = index
                             .get(id)
                             .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
-                        let data = Arc::new(repo.read_blob(id, loc, packs)?);
+                        let data = Arc::new(repo.read_blob_ahead(id, loc, index, packs)?);
                         *cache = Some((*id, data.clone()));
                         data
                     }
@@ -362,7 +362,7 @@ pub fn extract_file(repo: &Repository, snapshot: &Snapshot, path: &Path, out: &m
             Piece::Chunk { id, .. } | Piece::Slice { id, .. } => {
                 let loc =
                     index.get(id).ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
-                let data = repo.read_blob(id, loc, &mut packs)?;
+                let data = repo.read_blob_ahead(id, loc, &index, &mut packs)?;
                 let bytes = match piece {
                     Piece::Slice { offset, len, .. } => data
                         .get(*offset as usize..(*offset + *len) as usize)

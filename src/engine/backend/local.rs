@@ -1,0 +1,194 @@
+//! A repository on a local (or mounted) filesystem.
+//!
+//! How a file reaches the disk safely:
+//!
+//! 1. write it under `tmp/` with a unique name,
+//! 2. `fsync` the file,
+//! 3. hard-link it to its final name (which fails rather than replace an
+//!    existing file, so nothing is ever overwritten in place) and unlink the
+//!    temporary name,
+//! 4. `fsync` the directory, so the new name survives a power cut.
+//!
+//! A crash at any step leaves either nothing new or a complete file; at worst
+//! a stray file in `tmp/`, which `check` reports and nothing reads.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Backend, FileInfo, INDEX, KEYS, MARKS, PACKS, RUNNING, ReadCache, SNAPSHOTS, Stored, TMP, relative_path};
+use crate::engine::crypto::fill_random;
+use crate::error::{Error, IoContext, Result};
+
+/// A repository directory.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    /// Where a file named `name` in `dir` lives.
+    pub fn path_of(&self, dir: &str, name: &str) -> PathBuf {
+        self.root.join(relative_path(dir, name))
+    }
+
+    /// A new, private temporary file under `tmp/`.
+    fn temp_file(&self) -> Result<(File, PathBuf)> {
+        let mut rnd = [0u8; 8];
+        fill_random(&mut rnd)?;
+        let name =
+            format!("{}-{}-{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed), hex::encode(rnd));
+        let path = self.root.join(TMP).join(name);
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).at(&path)?;
+        Ok((file, path))
+    }
+
+    /// `bytes` in a durable temporary file.
+    fn durable_temp(&self, bytes: &[u8]) -> Result<PathBuf> {
+        let (mut file, path) = self.temp_file()?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(Error::io(&path, e));
+        }
+        Ok(path)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn parallelism(&self) -> usize {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        match fs::read_dir(&self.root) {
+            Ok(mut entries) => Ok(entries.next().is_none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::io(&self.root, e)),
+        }
+    }
+
+    fn create_layout(&self) -> Result<()> {
+        for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP, MARKS, RUNNING] {
+            let p = self.root.join(dir);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        Ok(())
+    }
+
+    fn put_new(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<Stored> {
+        let temp = self.durable_temp(bytes)?;
+        let target = self.path_of(dir, name);
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        if !parent.exists() {
+            fs::create_dir_all(&parent).at(&parent)?;
+            sync_dir(parent.parent().unwrap_or(&self.root))?;
+        }
+        let stored = match fs::hard_link(&temp, &target) {
+            Ok(()) => Stored::New,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyThere,
+            Err(_) if !target.exists() => {
+                // A filesystem without hard links: rename cannot lose data here
+                // because the target does not exist.
+                fs::rename(&temp, &target).at(&target)?;
+                sync_dir(&parent)?;
+                return Ok(Stored::New);
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(Error::io(&target, e));
+            }
+        };
+        fs::remove_file(&temp).at(&temp)?;
+        sync_dir(&parent)?;
+        Ok(stored)
+    }
+
+    fn put_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let d = self.root.join(dir);
+        fs::create_dir_all(&d).at(&d)?;
+        let temp = self.durable_temp(bytes)?;
+        let target = d.join(name);
+        fs::rename(&temp, &target).at(&target)?;
+        sync_dir(&d)
+    }
+
+    fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+        let p = self.path_of(dir, name);
+        fs::read(&p).at(&p)
+    }
+
+    fn get_range(
+        &self,
+        dir: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+        _ahead_to: u64,
+        cache: &mut ReadCache,
+    ) -> Result<Vec<u8>> {
+        let p = self.path_of(dir, name);
+        if !cache.files.contains_key(name) {
+            if cache.files.len() > 64 {
+                cache.files.clear();
+            }
+            cache.files.insert(name.to_string(), File::open(&p).at(&p)?);
+        }
+        let file = cache.files.get(name).ok_or_else(|| Error::Invalid("read cache".into()))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).at(&p)?;
+        Ok(buf)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
+        let base = self.root.join(dir);
+        if (dir == MARKS || dir == RUNNING) && !base.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut add = |entry: fs::DirEntry| {
+            let Ok(meta) = entry.metadata() else { return };
+            out.push(FileInfo {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                size: meta.len(),
+                modified: meta.modified().ok().and_then(|m| jiff::Timestamp::try_from(m).ok()),
+            });
+        };
+        for entry in fs::read_dir(&base).at(&base)? {
+            let entry = entry.at(&base)?;
+            if dir == PACKS && entry.file_type().at(entry.path())?.is_dir() {
+                let sub = entry.path();
+                for e in fs::read_dir(&sub).at(&sub)? {
+                    add(e.at(&sub)?);
+                }
+            } else {
+                add(entry);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, dir: &str, name: &str) -> Result<()> {
+        let p = self.path_of(dir, name);
+        fs::remove_file(&p).at(&p)?;
+        sync_dir(p.parent().unwrap_or(&self.root))
+    }
+}
+
+/// `fsync` a directory so that names created in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}

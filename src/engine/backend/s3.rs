@@ -1,0 +1,311 @@
+//! A repository in an S3-compatible bucket (AWS S3, Garage, MinIO, Ceph RGW),
+//! through the `object_store` crate (request signing, retries with backoff
+//! on 5xx/429/connection errors, per-request timeouts).
+//!
+//! Objects have the same names as a local repository's files under the
+//! URL's prefix (`packs/ab/<hash>`, `index/<hash>`, …). New files are
+//! written with `If-None-Match: *`, so a backup never replaces an object and
+//! needs no right to: a 412 answer means the name — the hash of the same
+//! bytes — is already stored. A successful PUT is durable. There is no
+//! `tmp/`: an interrupted upload leaves nothing under the final name.
+//!
+//! The engine is synchronous; each call blocks on a small private tokio
+//! runtime, so several engine threads keep several requests in flight.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+
+use super::{Backend, FileInfo, ReadCache, Stored, relative_path};
+use crate::error::{Error, Result};
+
+/// Everything needed to reach a bucket. The secret never appears in
+/// `Debug` or `Display` output.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`.
+    pub prefix: String,
+    /// `None` for AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Transfers in flight at once (uploads of packs, reads).
+    pub connections: usize,
+    /// Limit for one request, body included.
+    pub request_timeout: Duration,
+}
+
+impl S3Settings {
+    /// Default transfers in flight: enough to hide latency, each holding at
+    /// most one pack (16 MiB) in memory.
+    pub const DEFAULT_CONNECTIONS: usize = 4;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Split `s3://bucket/prefix`.
+    pub fn parse_url(url: &str) -> std::result::Result<(String, String), String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url:?} does not start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !bucket.starts_with(['-', '.'])
+            && !bucket.ends_with(['-', '.']);
+        if !valid {
+            return Err(format!(
+                "{bucket:?} is not a valid bucket name (3 to 63 lowercase letters, digits, '-' or '.')"
+            ));
+        }
+        Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+    }
+
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+impl fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Settings({})", self.url())
+    }
+}
+
+/// A bucket (and prefix) holding a repository.
+pub struct S3Backend {
+    store: AmazonS3,
+    prefix: String,
+    url: String,
+    connections: usize,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The most a sequential reader fetches in one request.
+const READ_AHEAD: u64 = 8 << 20;
+
+/// How many times a conditional PUT is sent again after a timeout (the
+/// library retries it only when the request never left).
+const PUT_ATTEMPTS: u32 = 4;
+
+impl S3Backend {
+    pub fn connect(s: &S3Settings) -> Result<S3Backend> {
+        // reqwest's rustls needs a process-wide provider; ring is the one
+        // already in the build. A second install is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&s.bucket)
+            .with_region(&s.region)
+            .with_access_key_id(&s.access_key_id)
+            .with_secret_access_key(&s.secret_access_key)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(10),
+                    base: 2.0,
+                },
+                max_retries: 6,
+                retry_timeout: s.request_timeout * 2,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(s.request_timeout)
+                    .with_connect_timeout(Duration::from_secs(10).min(s.request_timeout))
+                    .with_allow_http(true),
+            );
+        if let Some(endpoint) = &s.endpoint {
+            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().map_err(|e| Error::Invalid(format!("{}: {e}", s.url())))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("holdfast-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start the S3 client: {e}")))?;
+        Ok(S3Backend { store, prefix: s.prefix.clone(), url: s.url(), connections: s.connections.max(1), runtime })
+    }
+
+    fn key(&self, dir: &str, name: &str) -> ObjectPath {
+        let rel = relative_path(dir, name);
+        if self.prefix.is_empty() { ObjectPath::from(rel) } else { ObjectPath::from(format!("{}/{rel}", self.prefix)) }
+    }
+
+    fn dir_key(&self, dir: &str) -> ObjectPath {
+        match (self.prefix.is_empty(), dir.is_empty()) {
+            (true, _) => ObjectPath::from(dir),
+            (false, true) => ObjectPath::from(self.prefix.as_str()),
+            (false, false) => ObjectPath::from(format!("{}/{dir}", self.prefix)),
+        }
+    }
+
+    /// An `object_store` error as an engine error about `key`.
+    fn error(&self, key: &ObjectPath, e: object_store::Error) -> Error {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+                ErrorKind::AlreadyExists
+            }
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                ErrorKind::PermissionDenied
+            }
+            _ => ErrorKind::Other,
+        };
+        let what = format!("{} ({})", key, self.url);
+        Error::io(what, std::io::Error::new(kind, one_line(&e)))
+    }
+}
+
+/// The library's message, chained causes included, on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text.replace('\n', " ")
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.url.clone()
+    }
+
+    fn parallelism(&self) -> usize {
+        self.connections
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        let prefix = self.dir_key("");
+        let first = self.runtime.block_on(async { self.store.list(Some(&prefix)).next().await });
+        match first {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(self.error(&prefix, e)),
+        }
+    }
+
+    fn create_layout(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn put_new(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<Stored> {
+        let key = self.key(dir, name);
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            let result = self.runtime.block_on(self.store.put_opts(&key, payload.clone(), opts));
+            match result {
+                Ok(_) => return Ok(Stored::New),
+                Err(object_store::Error::AlreadyExists { .. }) => return Ok(Stored::AlreadyThere),
+                // A timeout may hide a PUT that arrived: sending it again is
+                // safe, the name says what the bytes are.
+                Err(e) if attempt < PUT_ATTEMPTS && is_transient(&e) => {
+                    std::thread::sleep(Duration::from_millis(500 << attempt));
+                }
+                Err(e) => return Err(self.error(&key, e)),
+            }
+        }
+    }
+
+    fn put_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let key = self.key(dir, name);
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
+        self.runtime.block_on(self.store.put(&key, payload)).map_err(|e| self.error(&key, e))?;
+        Ok(())
+    }
+
+    fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+        let key = self.key(dir, name);
+        let bytes = self
+            .runtime
+            .block_on(async { self.store.get(&key).await?.bytes().await })
+            .map_err(|e| self.error(&key, e))?;
+        Ok(bytes.to_vec())
+    }
+
+    fn get_range(
+        &self,
+        dir: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+        ahead_to: u64,
+        cache: &mut ReadCache,
+    ) -> Result<Vec<u8>> {
+        let end = offset + len as u64;
+        if let Some((cached, start, bytes)) = &cache.window
+            && cached == name
+            && offset >= *start
+            && end <= start + bytes.len() as u64
+        {
+            return Ok(bytes[(offset - start) as usize..(end - start) as usize].to_vec());
+        }
+        let key = self.key(dir, name);
+        let fetch_end = end.max(ahead_to.min(offset + READ_AHEAD));
+        let bytes =
+            self.runtime.block_on(self.store.get_range(&key, offset..fetch_end)).map_err(|e| self.error(&key, e))?;
+        if bytes.len() as u64 != fetch_end - offset {
+            return Err(Error::io(
+                format!("{key} ({})", self.url),
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
+            ));
+        }
+        if fetch_end > end {
+            cache.window = Some((name.to_string(), offset, bytes.to_vec()));
+        }
+        Ok(bytes[..len].to_vec())
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
+        let prefix = self.dir_key(dir);
+        let metas = self
+            .runtime
+            .block_on(async {
+                let mut out = Vec::new();
+                let mut stream = self.store.list(Some(&prefix));
+                while let Some(meta) = stream.next().await {
+                    out.push(meta?);
+                }
+                Ok::<_, object_store::Error>(out)
+            })
+            .map_err(|e| self.error(&prefix, e))?;
+        let mut out: Vec<FileInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                let modified = jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis()).ok();
+                Some(FileInfo { name, size: m.size, modified })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, dir: &str, name: &str) -> Result<()> {
+        let key = self.key(dir, name);
+        self.runtime.block_on(self.store.delete(&key)).map_err(|e| self.error(&key, e))
+    }
+}
+
+/// Worth sending again: the request timed out or the connection broke.
+fn is_transient(e: &object_store::Error) -> bool {
+    let text = one_line(e).to_ascii_lowercase();
+    matches!(e, object_store::Error::Generic { .. })
+        && (text.contains("timed out") || text.contains("timeout") || text.contains("connection"))
+}
