@@ -583,7 +583,8 @@ pub fn run() -> Result<ExitCode> {
                 };
                 What::Database { name: database.clone().unwrap_or_default(), action }
             };
-            let report = restore_job(config, job, snapshot, &what)?;
+            let from = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
+            let report = restore_job(config, job, from.as_deref(), snapshot, &what)?;
             if *json {
                 print_json(&report)?;
             } else {

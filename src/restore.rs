@@ -117,10 +117,16 @@ pub fn dump_config<'a>(job: &'a Job, dump: &DumpRecord) -> Result<&'a DatabaseCo
     })
 }
 
-/// Restore `what` from the job's snapshot `spec`.
-pub fn restore_job(config: &Config, job: &Job, spec: &str, what: &What) -> Result<RestoreReport> {
+/// Restore `what` from the job's snapshot `spec`, from its first repository
+/// or the one named `from` (an off-site copy, when the first is lost).
+pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, what: &What) -> Result<RestoreReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name)?;
-    let repo_cfg = &config.repositories[&job.repositories[0]];
+    let name = match from {
+        Some(n) if job.repositories.iter().any(|r| r == n) => n,
+        Some(n) => bail!("job {:?} does not use repository {n:?}; it uses {}", job.name, job.repositories.join(", ")),
+        None => &job.repositories[0],
+    };
+    let repo_cfg = &config.repositories[name];
     let repo = open_repository(repo_cfg)?;
     let (id, snap, record) = job_snapshot(&repo, job, spec)?;
     let mut vars = Vars {

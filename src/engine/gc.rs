@@ -65,9 +65,11 @@ struct RunningRecord {
     started: jiff::Timestamp,
 }
 
+/// A finished backup takes its record away; where backups must not delete
+/// (put-only credentials), it adds `<record>.done` and prune removes both.
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.backend.remove(RUNNING, &self.name).is_err() {
+        if self.backend.put_only_backups() || self.backend.remove(RUNNING, &self.name).is_err() {
             let done = format!("{}{FINISHED_SUFFIX}", self.name);
             if let Err(e) = self.backend.put_new(RUNNING, &done, b"") {
                 tracing::warn!("could not record the end of this backup in running/: {e}");

@@ -123,8 +123,12 @@ pub struct Checkpoints {
 }
 
 impl Default for Checkpoints {
+    /// Every 32 packs (512 MiB) or 2 minutes; `$HOLDFAST_CHECKPOINT_PACKS`
+    /// sets the count (small values trade more index files for less
+    /// re-upload after an interruption).
     fn default() -> Self {
-        Checkpoints { packs: 32, interval: Duration::from_secs(120) }
+        let packs = std::env::var("HOLDFAST_CHECKPOINT_PACKS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+        Checkpoints { packs, interval: Duration::from_secs(120) }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `crash`: a backup killed at any moment leaves a usable repository.
 //! - `bad_input`: wrong passphrases, paths and ids fail clearly and harmlessly.
 //! - `keys`: exporting, importing and changing keys.
+//! - `s3`: repositories in a real Garage cluster (started by `garage`).
 //!
 //! One binary (not one per file) so the suite links once; shared helpers are
 //! in `util`.
@@ -38,3 +39,6 @@ mod verify_jobs;
 mod operations;
 mod prune;
 mod validate;
+
+mod garage;
+mod s3;

@@ -63,6 +63,12 @@ pub trait Backend: Send + Sync {
     /// How many transfers are worth having in flight at once.
     fn parallelism(&self) -> usize;
 
+    /// True when a backup must not delete anything here, because its
+    /// credentials may only read and add (object storage; see the README).
+    fn put_only_backups(&self) -> bool {
+        false
+    }
+
     /// True when nothing is stored there yet (`init` refuses otherwise).
     fn is_empty(&self) -> Result<bool>;
 

@@ -188,6 +188,10 @@ impl Backend for S3Backend {
         self.connections
     }
 
+    fn put_only_backups(&self) -> bool {
+        true
+    }
+
     fn is_empty(&self) -> Result<bool> {
         let prefix = self.dir_key("");
         let first = self.runtime.block_on(async { self.store.list(Some(&prefix)).next().await });

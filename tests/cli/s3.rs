@@ -1,0 +1,261 @@
+//! Repositories in S3-compatible object storage, against a real Garage
+//! cluster (3 nodes, replication factor 3, on loopback; see `garage`):
+//! everything a local repository does, a node lost mid-backup, put-only
+//! credentials (through a proxy that refuses DELETE and overwrites), kill -9
+//! mid-upload, and an endpoint that does not answer.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::garage::{Bucket, Garage, PutOnlyProxy};
+use crate::jobs_util::JobEnv;
+use crate::util::{PASSPHRASE, assert_same_tree, holdfast_bin, parse_json, restored, tree_fingerprint, write_random};
+
+/// `holdfast --repo s3://bucket/prefix ARGS` with the bucket's endpoint and
+/// keys in the AWS variables and the passphrase in `$HOLDFAST_PASSPHRASE`.
+fn hf(bucket: &Bucket, prefix: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(holdfast_bin());
+    c.arg("--repo").arg(bucket.url(prefix)).args(args).env("HOLDFAST_PASSPHRASE", PASSPHRASE);
+    bucket.env(&mut c);
+    c
+}
+
+/// Run it; stdout on success, panics with stderr otherwise.
+fn ok(bucket: &Bucket, prefix: &str, args: &[&str]) -> String {
+    let out = hf(bucket, prefix, args).output().expect("run holdfast");
+    assert!(out.status.success(), "holdfast {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn snapshot_count(bucket: &Bucket, prefix: &str) -> usize {
+    match parse_json(&ok(bucket, prefix, &["snapshots", "--json"])) {
+        Value::Array(v) => v.len(),
+        other => panic!("snapshots --json printed {other}"),
+    }
+}
+
+fn check_read_data(bucket: &Bucket, prefix: &str) -> String {
+    ok(bucket, prefix, &["check", "--read-data"])
+}
+
+/// A source tree: one large random file, a few small ones, a subdirectory.
+fn make_source(dir: &Path, large: u64, seed: u64) {
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    write_random(&dir.join("large.bin"), seed, large);
+    for i in 0..20 {
+        fs::write(dir.join("sub").join(format!("small-{i}.txt")), format!("small file {i} of {seed}\n")).unwrap();
+    }
+}
+
+fn restore_and_compare(bucket: &Bucket, prefix: &str, src: &Path, out: &Path) {
+    ok(bucket, prefix, &["restore", "latest", "--to", &out.to_string_lossy()]);
+    assert_same_tree(&tree_fingerprint(src), &tree_fingerprint(&restored(out, src)));
+}
+
+#[test]
+fn an_s3_repository_backs_up_restores_checks_and_prunes() {
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 20 << 20, 1);
+
+    ok(&bucket, "shop", &["init"]);
+    ok(&bucket, "shop", &["backup", &src.to_string_lossy()]);
+    write_random(&src.join("large.bin"), 2, 20 << 20);
+    let second = parse_json(&ok(&bucket, "shop", &["backup", "--json", &src.to_string_lossy()]));
+    assert!(second["summary"]["bytes_added"].as_u64().unwrap() > 10 << 20, "{second:#}");
+    assert_eq!(snapshot_count(&bucket, "shop"), 2);
+    restore_and_compare(&bucket, "shop", &src, &tmp.path().join("out1"));
+    assert!(check_read_data(&bucket, "shop").contains("healthy"));
+
+    // A third, unchanged backup stores (almost) nothing.
+    let third = parse_json(&ok(&bucket, "shop", &["backup", "--json", &src.to_string_lossy()]));
+    assert!(third["summary"]["bytes_added"].as_u64().unwrap() < 64 << 10, "{third:#}");
+
+    // Prune: forget all but the newest, mark, then (grace 0) delete.
+    let before: u64 = bucket.objects("shop/packs").values().map(|(size, _)| size).sum();
+    ok(&bucket, "shop", &["prune", "--keep-last", "1", "--grace", "0s"]);
+    ok(&bucket, "shop", &["prune", "--keep-last", "1", "--grace", "0s"]);
+    let after: u64 = bucket.objects("shop/packs").values().map(|(size, _)| size).sum();
+    assert_eq!(snapshot_count(&bucket, "shop"), 1);
+    // Packs holding only the first large file's chunks go; a pack that also
+    // holds a chunk still in use stays whole (no repacking).
+    assert!(after < before, "no pack was deleted: {before} -> {after} bytes");
+    assert!(check_read_data(&bucket, "shop").contains("healthy"));
+    restore_and_compare(&bucket, "shop", &src, &tmp.path().join("out2"));
+}
+
+#[test]
+fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() {
+    let bucket = Garage::shared().bucket();
+    let env = JobEnv::new();
+    let data = env.path("data");
+    make_source(&data, 6 << 20, 3);
+    let offsite = bucket.repository_toml("offsite", "web", &env.path(""), "");
+    env.config(&format!(
+        "{offsite}\n[jobs.web]\nrepositories = [\"main\", \"offsite\"]\nfiles = {{ paths = [\"{}\"] }}\n",
+        data.display()
+    ));
+    env.init_repo();
+    env.engine(["--repo", "offsite", "init", "--copy-params-from"])
+        .arg(env.repo())
+        .env("HOLDFAST_FROM_PASSPHRASE", PASSPHRASE)
+        .assert()
+        .success();
+    env.run(&["web"]).assert_ok();
+    fs::write(data.join("sub/small-0.txt"), "changed\n").unwrap();
+    env.run(&["web"]).assert_ok();
+
+    let listed = env.engine(["--repo", "offsite", "snapshots", "--json"]).assert().success();
+    let listed = parse_json(&String::from_utf8_lossy(&listed.get_output().stdout));
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed:#}");
+    env.engine(["status"]).assert().success();
+
+    // The local repository is lost: the job restores from the bucket.
+    fs::remove_dir_all(env.repo()).unwrap();
+    let out = env.path("out");
+    env.engine(["--repo", "offsite", "restore", "web", "--files", "--to"]).arg(&out).assert().success();
+    assert_same_tree(&tree_fingerprint(&data), &tree_fingerprint(&restored(&out, &data)));
+    env.engine(["--repo", "offsite", "check", "--read-data"]).assert().success();
+}
+
+#[test]
+fn a_backup_succeeds_when_a_node_dies_in_the_middle_of_it() {
+    let mut garage = Garage::start(3);
+    let bucket = garage.bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 160 << 20, 4);
+    ok(&bucket, "r", &["init"]);
+
+    let mut backup = hf(&bucket, "r", &["backup", &src.to_string_lossy()])
+        .env("HOLDFAST_S3_CONNECTIONS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bucket.objects("r/packs").len() < 2 {
+        assert!(Instant::now() < deadline, "no packs were uploaded");
+        assert!(backup.try_wait().unwrap().is_none(), "the backup ended before a node could be stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    garage.kill_node(2);
+    let out = backup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(bucket.objects("r/packs").len() >= 10);
+    restore_and_compare(&bucket, "r", &src, &tmp.path().join("out"));
+    assert!(check_read_data(&bucket, "r").contains("healthy"));
+}
+
+#[test]
+fn put_only_credentials_back_up_never_delete_or_overwrite_and_cannot_prune() {
+    let bucket = Garage::shared().bucket();
+    let proxy = PutOnlyProxy::start(&bucket);
+    let limited = bucket.via(&proxy.endpoint);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 8 << 20, 5);
+
+    ok(&limited, "p", &["init"]);
+    ok(&limited, "p", &["backup", &src.to_string_lossy()]);
+    let first = bucket.objects("p");
+    fs::write(src.join("sub/small-1.txt"), "edited\n").unwrap();
+    ok(&limited, "p", &["backup", &src.to_string_lossy()]);
+    ok(&limited, "p", &["backup", &src.to_string_lossy()]);
+    let log = proxy.log();
+    assert_eq!(log.refused_deletes, 0, "a backup sent DELETE: {:#?}", log.requests);
+    assert_eq!(log.refused_overwrites, 0, "a backup tried to overwrite: {:#?}", log.requests);
+    assert!(log.requests.iter().any(|r| r.starts_with("PUT ") && r.ends_with(" 200")), "{:#?}", log.requests);
+    let after = bucket.objects("p");
+    for (key, meta) in &first {
+        assert_eq!(after.get(key), Some(meta), "{key} changed or vanished");
+    }
+    // The backups could not delete their running/ records; they left
+    // "finished" companions instead.
+    let running: Vec<&String> = after.keys().filter(|k| k.starts_with("p/running/")).collect();
+    assert_eq!(running.len(), 6, "{running:#?}");
+    assert_eq!(running.iter().filter(|k| k.ends_with(".done")).count(), 3);
+
+    // Prune needs DELETE: through the proxy it fails, clearly and harmlessly.
+    let pruned = hf(&limited, "p", &["prune", "--keep-last", "1", "--grace", "0s"]).output().unwrap();
+    assert!(!pruned.status.success());
+    let err = String::from_utf8_lossy(&pruned.stderr);
+    assert!(err.contains("refused by the put-only policy") || err.to_lowercase().contains("denied"), "{err}");
+    assert!(proxy.log().refused_deletes >= 1);
+    assert_eq!(snapshot_count(&bucket, "p"), 3);
+    assert_eq!(bucket.objects("p"), after, "a refused prune changed the bucket");
+    assert!(check_read_data(&bucket, "p").contains("healthy"));
+
+    // With full rights (elsewhere), prune works and cleans the records up.
+    ok(&bucket, "p", &["prune", "--keep-last", "1"]);
+    assert_eq!(snapshot_count(&bucket, "p"), 1);
+    assert!(bucket.objects("p/running").is_empty());
+    restore_and_compare(&bucket, "p", &src, &tmp.path().join("out"));
+}
+
+#[test]
+fn a_backup_killed_mid_upload_is_resumed_by_the_next_one_without_uploading_it_again() {
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let total: u64 = 128 << 20;
+    make_source(&src, total, 6);
+    ok(&bucket, "k", &["init"]);
+
+    let mut backup = hf(&bucket, "k", &["backup", &src.to_string_lossy()])
+        .env("HOLDFAST_CHECKPOINT_PACKS", "1")
+        .env("HOLDFAST_S3_CONNECTIONS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bucket.objects("k/index").len() < 3 {
+        assert!(Instant::now() < deadline, "no checkpoint index was written");
+        assert!(backup.try_wait().unwrap().is_none(), "the backup ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    backup.kill().unwrap(); // SIGKILL
+    backup.wait().unwrap();
+    let uploaded: u64 = bucket.objects("k/packs").values().map(|(size, _)| size).sum();
+    assert!(uploaded >= 32 << 20, "{uploaded}");
+    assert_eq!(snapshot_count(&bucket, "k"), 0);
+
+    let next = parse_json(&ok(&bucket, "k", &["backup", "--json", &src.to_string_lossy()]));
+    let added = next["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(
+        added + (uploaded - (16 << 20)) <= total + (1 << 20),
+        "the next backup added {added} bytes though {uploaded} were uploaded already"
+    );
+    assert!(check_read_data(&bucket, "k").contains("healthy"));
+    restore_and_compare(&bucket, "k", &src, &tmp.path().join("out"));
+}
+
+#[test]
+fn an_endpoint_that_never_answers_fails_the_run_in_bounded_time_and_finally_still_runs() {
+    // Accepts connections (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let bucket = Bucket { name: "never-there".into(), key_id: "id".into(), secret: "secret".into(), endpoint };
+    let env = JobEnv::new();
+    let data = env.path("data");
+    make_source(&data, 1 << 20, 7);
+    let repo = bucket.repository_toml("offsite", "x", &env.path(""), "timeout = \"2s\"");
+    env.config(&format!(
+        "{repo}\n[jobs.web]\nrepositories = [\"offsite\"]\nfiles = {{ paths = [\"{}\"] }}\n\
+         [[jobs.web.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
+        data.display()
+    ));
+    let started = Instant::now();
+    let ran = env.run(&["web"]);
+    let took = started.elapsed();
+    ran.assert_failed().assert_says("never-there");
+    assert!(took < Duration::from_secs(90), "the run took {took:?}");
+    assert!(env.path("finally-ran").exists(), "the finally hook did not run");
+    drop(silent);
+}
