@@ -56,6 +56,7 @@ struct Node {
     config: PathBuf,
     s3_port: u16,
     child: Option<Child>,
+    watchdog: Option<Child>,
 }
 
 /// A running Garage cluster.
@@ -117,7 +118,7 @@ root_domain = ".s3.garage.localhost"
             )
             .expect("write the Garage config");
             set_private(&config);
-            let mut node = Node { config, s3_port, child: None };
+            let mut node = Node { config, s3_port, child: None, watchdog: None };
             node.spawn();
             nodes.push(node);
         }
@@ -180,7 +181,8 @@ root_domain = ".s3.garage.localhost"
 
     /// Stop node `i` the hard way (SIGKILL), as a crashed machine would.
     pub fn kill_node(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
+        let node = &mut self.nodes[i];
+        for mut child in [node.child.take(), node.watchdog.take()].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -214,7 +216,7 @@ impl Node {
             me = std::process::id(),
             node = child.id()
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -222,6 +224,7 @@ impl Node {
             .spawn()
             .expect("start the Garage watchdog");
         self.child = Some(child);
+        self.watchdog = Some(watchdog);
     }
 }
 
