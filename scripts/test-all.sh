@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every holdfast test on a fresh machine: installs and starts what the
 # tests need when it is missing (PostgreSQL and MariaDB from Debian's
-# packages), then runs the whole suite. CI calls exactly this (.ci/run).
+# packages, Garage from crates.io), then runs the whole suite. CI calls
+# exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql postgresql-cli
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server mariadb-client)
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
@@ -30,6 +32,14 @@ if ! mariadb-admin -h 127.0.0.1 -P 3306 -u root status >/dev/null 2>&1; then
         mariadb-admin -h 127.0.0.1 -P 3306 -u root status >/dev/null 2>&1 && break
         sleep 1
     done
+fi
+
+# Garage, the S3-compatible object store tests/cli/s3.rs runs as a 3-node
+# cluster on loopback (the tests start and stop it themselves). Built once:
+# 20-40 minutes on 2 cores; cargo keeps the binary in its bin directory.
+if ! command -v garage >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
+    echo "== installing Garage 2.5.0 (cargo install garage --locked, once)"
+    cargo install garage --locked --version 2.5.0
 fi
 
 echo "== running the test suite"

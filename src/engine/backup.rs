@@ -182,7 +182,9 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let running = crate::engine::gc::register_backup(repo)?;
     let marked: std::collections::HashSet<Id> = crate::engine::gc::marked_packs(repo)?.into_keys().collect();
     let (index, _damaged) = repo.load_index()?;
-    let index = index.without_packs(&marked);
+    let mut index = index.without_packs(&marked);
+    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &index, &marked)?;
+    index.add_file(&IndexFile { packs: adopted.clone() });
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut packs = PackFiles::default();
     let parent_root = match &parent {
@@ -226,7 +228,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let mut files = content.files;
     let root_id = trees.write_dir(root, &mut files)?;
     trees.finish()?;
-    let new_packs = uploader.finish()?;
+    let mut new_packs = adopted;
+    new_packs.extend(uploader.finish()?);
     if !new_packs.is_empty() {
         repo.write_index_file(&IndexFile { packs: new_packs })?;
     }

@@ -137,6 +137,37 @@ fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
     Ok(oldest)
 }
 
+/// Leftovers younger than this are taken over by the next backup instead of
+/// being stored again (see [`adopt_recent_leftovers`]); well inside
+/// `LEFTOVER_MIN_AGE`, so prune never deletes a pack being adopted.
+const ADOPT_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(50 * 60);
+
+/// Packs that an interrupted backup or copy stored but never indexed, made
+/// in the last 50 minutes, read back and verified: a backup registered as
+/// running lists them in its index instead of uploading their blobs again,
+/// so a run killed mid-upload and started again re-sends only what is
+/// missing. The listing is only a hint (a late listing just adopts less);
+/// the index files stay the truth. Packs that fail verification are left
+/// for prune.
+pub fn adopt_recent_leftovers(repo: &Repository, index: &Index, marked: &HashSet<Id>) -> Result<Vec<IndexedPack>> {
+    let since = jiff::Timestamp::now() - ADOPT_MAX_AGE;
+    let candidates: Vec<String> = repo
+        .backend()
+        .list(PACKS)?
+        .into_iter()
+        .filter(|f| f.modified.is_some_and(|m| m > since))
+        .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.name)))
+        .filter(|(id, _)| !index.packs().contains_key(id) && !marked.contains(id))
+        .map(|(_, name)| name)
+        .collect();
+    let read = |name: &str| -> Result<IndexedPack> {
+        let id = Id::from_hex(name).ok_or_else(|| Error::damaged("pack", name))?;
+        let bytes = repo.backend().get(PACKS, name)?;
+        Ok(IndexedPack { pack: id, blobs: crate::engine::pack::read_header(&id, &bytes, repo.keys())? })
+    };
+    Ok(repo.read_many(candidates, read).into_iter().filter_map(|(_, r)| r.ok()).collect())
+}
+
 /// The names of the files in `dir`.
 fn names(repo: &Repository, dir: &str) -> Result<Vec<String>> {
     Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())

@@ -264,7 +264,7 @@ impl Repository {
     /// Apply `read` to every name, with as many threads as the backend
     /// likes transfers in flight (a bucket answers each request slowly, many
     /// at once quickly); results in name order.
-    fn read_many<T: Send>(
+    pub(crate) fn read_many<T: Send>(
         &self,
         names: Vec<String>,
         read: impl Fn(&str) -> Result<T> + Sync,
