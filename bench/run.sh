@@ -3,11 +3,14 @@
 #
 # Usage:
 #   bench/run.sh [--scale S] [--tools holdfast,restic,borg,bupstash,tar] [--work DIR]
-#                [--no-build]
+#                [--no-build] [--garage-nodes N]
 #
 #   --scale S    data set size; 1.0 = ~0.47 GB of real data plus a 1 GiB sparse file
 #                (default 1.0; use 0.05 for a quick smoke run)
-#   --tools L    comma-separated tools to run, in this order (default: all five)
+#   --tools L    comma-separated tools to run, in this order (default: the five local
+#                ones); holdfast_s3 and restic_s3 back up into a Garage on loopback
+#                (S3 API; started here in WORK/garage, one bucket per tool)
+#   --garage-nodes N  nodes of that Garage (replication factor N; default 1)
 #   --work DIR   scratch directory (default ${TMPDIR:-/tmp}/holdfast-bench); its data/,
 #                repos/, restore/, logs/, cache/ and state/ subdirectories are wiped
 #   --no-build   do not run cargo; use $HOLDFAST_BIN or target/release/holdfast as is
@@ -46,6 +49,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 SCALE=1.0
 TOOLS=holdfast,restic,borg,bupstash,tar
+GARAGE_NODES=1
 WORK=${TMPDIR:-/tmp}/holdfast-bench
 BUILD=1
 
@@ -56,13 +60,14 @@ while [[ $# -gt 0 ]]; do
         --tools) TOOLS=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --garage-nodes) GARAGE_NODES=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
 done
 IFS=, read -r -a TOOL_LIST <<<"$TOOLS"
 for t in "${TOOL_LIST[@]}"; do
-    case $t in holdfast|restic|borg|bupstash|tar) ;;
+    case $t in holdfast|restic|borg|bupstash|tar|holdfast_s3|restic_s3) ;;
         *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;;
     esac
 done
@@ -72,7 +77,8 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 export DATA=$WORK/data REPOS=$WORK/repos STATE=$WORK/state LOGS=$WORK/logs
 RESTORE=$WORK/restore
-rm -rf "$DATA" "$REPOS" "$RESTORE" "$LOGS" "$STATE" "$WORK/cache" "$WORK/config"
+if [[ -f $WORK/garage/pids ]]; then xargs -r kill -9 <"$WORK/garage/pids" 2>/dev/null; fi
+rm -rf "$DATA" "$REPOS" "$RESTORE" "$LOGS" "$STATE" "$WORK/cache" "$WORK/config" "$WORK/garage"
 mkdir -p "$DATA" "$REPOS" "$RESTORE" "$LOGS" "$STATE" "$WORK/cache" "$WORK/config"
 
 # Keep every tool's caches and config inside WORK (not counted in repository sizes).
@@ -106,6 +112,18 @@ holdfast_init() {
 holdfast_backup() { "$HOLDFAST_BIN" backup --repo "$REPOS/holdfast" --tag "phase$1" "$DATA"; }
 holdfast_restore() { "$HOLDFAST_BIN" restore --repo "$REPOS/holdfast" latest --to "$1"; }
 
+holdfast_s3_init() {
+    # shellcheck disable=SC2086
+    "$HOLDFAST_BIN" init --repo "s3://hf-bench-holdfast/repo" $HOLDFAST_BENCH_EXTRA_INIT_ARGS
+}
+holdfast_s3_backup() { "$HOLDFAST_BIN" backup --repo "s3://hf-bench-holdfast/repo" --tag "phase$1" "$DATA"; }
+holdfast_s3_restore() { "$HOLDFAST_BIN" restore --repo "s3://hf-bench-holdfast/repo" latest --to "$1"; }
+
+restic_s3() { restic -o s3.bucket-lookup=path -o s3.region=garage --repo "s3:$AWS_ENDPOINT_URL/hf-bench-restic/repo" "$@"; }
+restic_s3_init() { restic_s3 init --repository-version 2; }
+restic_s3_backup() { restic_s3 backup --compression auto --host holdfast-bench --tag "phase$1" "$DATA"; }
+restic_s3_restore() { restic_s3 restore latest --target "$1"; }
+
 restic_init() { restic init --repo "$REPOS/restic" --repository-version 2; }
 restic_backup() {
     restic --repo "$REPOS/restic" backup --compression auto --host holdfast-bench \
@@ -135,6 +153,8 @@ tar_backup() {
 }
 
 export -f borg_ok holdfast_init holdfast_backup holdfast_restore restic_init restic_backup \
+    holdfast_s3_init holdfast_s3_backup holdfast_s3_restore restic_s3 restic_s3_init \
+    restic_s3_backup restic_s3_restore \
     restic_restore borg_init borg_backup borg_restore bupstash_init bupstash_backup \
     bupstash_restore tar_backup
 
@@ -144,7 +164,27 @@ export -f borg_ok holdfast_init holdfast_backup holdfast_restore restic_init res
 
 say() { printf '%s\n' "$*" >&2; }
 mib() { awk -v b="$1" -v p="${2:-1}" 'BEGIN { printf "%.*f", p, b / 1048576 }'; }
-repo_bytes() { du -sb "$REPOS/$1" | cut -f1; }
+repo_bytes() {
+    case $1 in
+        holdfast_s3) s3_bytes hf-bench-holdfast ;;
+        restic_s3) s3_bytes hf-bench-restic ;;
+        *) du -sb "$REPOS/$1" | cut -f1 ;;
+    esac
+}
+# Sum of the sizes of every object in bucket $1 (S3 ListObjectsV2, signed by curl).
+s3_bytes() {
+    local token="" total=0 body url
+    while :; do
+        url="$AWS_ENDPOINT_URL/$1?list-type=2"
+        [[ -n $token ]] && url+="&continuation-token=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$token")"
+        body=$(curl -s --aws-sigv4 "aws:amz:garage:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+            -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$url")
+        total=$((total + $(grep -o '<Size>[0-9]*</Size>' <<<"$body" | tr -dc '0-9\n' | awk '{ s += $1 } END { print s + 0 }')))
+        token=$(grep -o '<NextContinuationToken>[^<]*' <<<"$body" | sed 's/<NextContinuationToken>//')
+        [[ -z $token ]] && break
+    done
+    echo "$total"
+}
 alive() { [[ -z ${FAIL[$1]:-} ]]; }
 
 # timed TOOL STEP FUNC ARGS...: run FUNC under /usr/bin/time; on success store
@@ -199,6 +239,8 @@ tool_version() {
         borg) borg --version 2>/dev/null ;;
         bupstash) bupstash --version 2>/dev/null ;;
         tar) echo "$(tar --version | head -n 1) + $(zstd --version | grep -o 'v[0-9.]*')" ;;
+        holdfast_s3) echo "$("$HOLDFAST_BIN" --version 2>/dev/null | head -n 1) into $(garage --version | head -n 1), $GARAGE_NODES node(s)" ;;
+        restic_s3) echo "$(restic version 2>/dev/null | cut -d' ' -f1-2) into the same Garage" ;;
     esac
 }
 
@@ -221,9 +263,60 @@ for t in "${TOOL_LIST[@]}"; do
     case $t in
         holdfast) [[ -x $HOLDFAST_BIN ]] || FAIL[holdfast]="binary $HOLDFAST_BIN missing" ;;
         tar) command -v zstd >/dev/null || FAIL[tar]="zstd not installed" ;;
+        holdfast_s3) [[ -x $HOLDFAST_BIN ]] || FAIL[holdfast_s3]="binary $HOLDFAST_BIN missing" ;;
+        restic_s3) command -v restic >/dev/null || FAIL[restic_s3]="restic not installed" ;;
         *) command -v "$t" >/dev/null || FAIL[$t]="$t not installed" ;;
     esac
 done
+
+# A Garage for the S3 tools: GARAGE_NODES nodes on loopback, one bucket per tool.
+start_garage() {
+    local g=$WORK/garage secret ids=() i s3 rpc
+    mkdir -p "$g"
+    secret=$(openssl rand -hex 32)
+    for ((i = 0; i < GARAGE_NODES; i++)); do
+        read -r s3 rpc < <(python3 -c 'import socket
+ps = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ps.append(s.getsockname()[1]); s.close()
+print(*ps)')
+        mkdir -p "$g/n$i"
+        printf '%s\n' "metadata_dir = \"$g/n$i/meta\"" "data_dir = \"$g/n$i/data\"" 'db_engine = "sqlite"' \
+            "replication_factor = $GARAGE_NODES" "rpc_bind_addr = \"127.0.0.1:$rpc\"" \
+            "rpc_public_addr = \"127.0.0.1:$rpc\"" "rpc_secret = \"$secret\"" '[s3_api]' 's3_region = "garage"' \
+            "api_bind_addr = \"127.0.0.1:$s3\"" 'root_domain = ".s3.garage.localhost"' >"$g/n$i/garage.toml"
+        chmod 600 "$g/n$i/garage.toml"
+        [[ $i == 0 ]] && export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
+        garage -c "$g/n$i/garage.toml" server >"$g/n$i/log" 2>&1 &
+        echo $! >>"$g/pids"
+    done
+    local G=(garage -c "$g/n0/garage.toml")
+    for ((i = 0; i < GARAGE_NODES; i++)); do
+        for _ in $(seq 1 50); do
+            ids[i]=$(garage -c "$g/n$i/garage.toml" node id -q 2>/dev/null) && break
+            sleep 0.2
+        done
+        if [[ $i -gt 0 ]]; then "${G[@]}" node connect "${ids[i]}" || return 1; fi
+    done
+    # shellcheck disable=SC2046
+    "${G[@]}" layout assign -z dc1 -c 10G $(for id in "${ids[@]}"; do echo "${id:0:16}"; done) &&
+        "${G[@]}" layout apply --version 1 || return 1
+    "${G[@]}" key create bench >"$g/key" || return 1
+    AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ { print $3 }' "$g/key")
+    AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ { print $3 }' "$g/key")
+    export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=garage AWS_DEFAULT_REGION=garage
+    for b in hf-bench-holdfast hf-bench-restic; do
+        "${G[@]}" bucket create "$b" && "${G[@]}" bucket allow --read --write --owner "$b" --key bench || return 1
+    done
+}
+if in_list holdfast_s3 || in_list restic_s3; then
+    say "== starting Garage ($GARAGE_NODES node(s)) in $WORK/garage"
+    if ! command -v garage >/dev/null || ! start_garage >"$LOGS/garage.log" 2>&1; then
+        FAIL[holdfast_s3]="Garage did not start, see logs/garage.log"
+        FAIL[restic_s3]=${FAIL[holdfast_s3]}
+    fi
+    trap '[[ -f $WORK/garage/pids ]] && xargs -r kill -9 <"$WORK/garage/pids" 2>/dev/null' EXIT
+fi
 
 say "== generating data set (scale $SCALE) into $DATA"
 T0=$(date +%s.%N)

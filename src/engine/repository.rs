@@ -330,21 +330,16 @@ impl Repository {
         index: &Index,
         packs: &mut PackFiles,
     ) -> Result<Vec<u8>> {
-        let ahead_to = index.packs().get(&loc.pack).copied().unwrap_or(0);
-        let sealed = self.backend.get_range(
-            PACKS,
-            &loc.pack.to_hex(),
-            loc.offset as u64,
-            loc.length as usize,
-            ahead_to,
-            packs,
-        )?;
+        let range = blob_range(loc);
+        let pack_end = index.packs().get(&loc.pack).copied().unwrap_or(range.end).max(range.end);
+        let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range.start..pack_end, packs)?;
         self.open_blob(id, loc, &sealed)
     }
 
     /// The sealed bytes of a blob, as stored (not yet authenticated).
     pub fn read_sealed(&self, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
-        self.backend.get_range(PACKS, &loc.pack.to_hex(), loc.offset as u64, loc.length as usize, 0, packs)
+        let range = blob_range(loc);
+        self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range, packs)
     }
 
     /// Authenticate and decompress a sealed blob; checks its id.
@@ -358,7 +353,13 @@ impl Repository {
 
     pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
         let loc = index.get(id).ok_or_else(|| Error::damaged(format!("tree {}", id.short()), "not in the index"))?;
-        Tree::decode(&self.read_blob(id, loc, packs)?)
+        // Trees are read in no particular order and their packs are small:
+        // a remote backend fetches a tree pack whole, once.
+        let range = blob_range(loc);
+        let pack_end = index.packs().get(&loc.pack).copied().unwrap_or(range.end).max(range.end);
+        let worth = if pack_end <= WHOLE_TREE_PACK { 0..pack_end } else { range.clone() };
+        let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)?;
+        Tree::decode(&self.open_blob(id, loc, &sealed)?)
     }
 
     // ----- keys -----
@@ -453,6 +454,14 @@ fn write_once(backend: &dyn Backend, name: &str, bytes: &[u8]) -> Result<()> {
         Stored::New => Ok(()),
         Stored::AlreadyThere => Err(Error::AlreadyExists(backend.location().into())),
     }
+}
+
+/// A tree pack up to this size is fetched whole by a remote backend.
+const WHOLE_TREE_PACK: u64 = 16 << 20;
+
+/// Where a blob's sealed bytes are in its pack.
+fn blob_range(loc: &BlobLocation) -> std::ops::Range<u64> {
+    loc.offset as u64..loc.offset as u64 + loc.length as u64
 }
 
 fn short(name: &str) -> String {

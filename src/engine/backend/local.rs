@@ -14,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,11 +135,11 @@ impl Backend for LocalBackend {
         &self,
         dir: &str,
         name: &str,
-        offset: u64,
-        len: usize,
-        _ahead_to: u64,
+        range: Range<u64>,
+        _worth: Range<u64>,
         cache: &mut ReadCache,
     ) -> Result<Vec<u8>> {
+        let (offset, len) = (range.start, (range.end - range.start) as usize);
         let p = self.path_of(dir, name);
         if !cache.files.contains_key(name) {
             if cache.files.len() > 64 {

@@ -19,6 +19,7 @@ mod local;
 mod s3;
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -84,17 +85,16 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>>;
 
-    /// `len` bytes at `offset` of `dir/name`; `cache` belongs to one thread.
-    /// A caller about to read on up to `ahead_to` says so: a remote backend
-    /// then fetches that much in one request (bounded) and serves the next
-    /// reads from `cache`.
+    /// The bytes `range` of `dir/name`; `cache` belongs to one thread.
+    /// `worth` (which contains `range`) is what the caller will probably
+    /// read next: a remote backend may fetch it in one request and serve
+    /// later reads from `cache` (a local one ignores it).
     fn get_range(
         &self,
         dir: &str,
         name: &str,
-        offset: u64,
-        len: usize,
-        ahead_to: u64,
+        range: Range<u64>,
+        worth: Range<u64>,
         cache: &mut ReadCache,
     ) -> Result<Vec<u8>>;
 
@@ -104,13 +104,16 @@ pub trait Backend: Send + Sync {
     fn remove(&self, dir: &str, name: &str) -> Result<()>;
 }
 
-/// Per-thread state for repeated reads (open local files); create one per
-/// thread with `ReadCache::default()`.
+/// Per-thread state for repeated reads: open local files, or the last few
+/// stretches fetched from a remote object; one per thread
+/// (`ReadCache::default()`).
 #[derive(Default)]
 pub struct ReadCache {
     pub(crate) files: std::collections::HashMap<String, std::fs::File>,
-    /// A remote object's bytes from `start` on (read ahead).
-    pub(crate) window: Option<(String, u64, Vec<u8>)>,
+    /// (object, offset, bytes) fetched ahead, newest last.
+    pub(crate) windows: Vec<(String, u64, Vec<u8>)>,
+    /// Where the previous read of this thread ended (object, offset).
+    pub(crate) last_end: Option<(String, u64)>,
 }
 
 /// Where a repository is, with what is needed to reach it.

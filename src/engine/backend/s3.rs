@@ -13,6 +13,7 @@
 //! runtime, so several engine threads keep several requests in flight.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -89,6 +90,9 @@ pub struct S3Backend {
 
 /// The most a sequential reader fetches in one request.
 const READ_AHEAD: u64 = 8 << 20;
+
+/// Bytes read ahead that one thread keeps (the newest stretch always).
+const READ_CACHE_BYTES: usize = 24 << 20;
 
 /// How many times a conditional PUT is sent again after a timeout (the
 /// library retries it only when the request never left).
@@ -243,37 +247,54 @@ impl Backend for S3Backend {
         Ok(bytes.to_vec())
     }
 
+    /// Reads ahead only what is worth it: a whole small object when the
+    /// caller asks for that (trees), or the stretch after `range` when this
+    /// thread is reading the object in order (restore of a large file).
     fn get_range(
         &self,
         dir: &str,
         name: &str,
-        offset: u64,
-        len: usize,
-        ahead_to: u64,
+        range: Range<u64>,
+        worth: Range<u64>,
         cache: &mut ReadCache,
     ) -> Result<Vec<u8>> {
-        let end = offset + len as u64;
-        if let Some((cached, start, bytes)) = &cache.window
-            && cached == name
-            && offset >= *start
-            && end <= start + bytes.len() as u64
-        {
-            return Ok(bytes[(offset - start) as usize..(end - start) as usize].to_vec());
+        let cached = cache
+            .windows
+            .iter()
+            .find(|(n, start, bytes)| n == name && range.start >= *start && range.end <= start + bytes.len() as u64);
+        if let Some((_, start, bytes)) = cached {
+            let at = (range.start - start) as usize;
+            let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
+            cache.last_end = Some((name.to_string(), range.end));
+            return Ok(out);
         }
+        let in_order = cache.last_end.as_ref().is_some_and(|(n, end)| n == name && *end == range.start);
+        cache.last_end = Some((name.to_string(), range.end));
+        let fetch = if worth.start < range.start {
+            worth
+        } else if in_order {
+            range.start..worth.end.min(range.start + READ_AHEAD).max(range.end)
+        } else {
+            range.clone()
+        };
         let key = self.key(dir, name);
-        let fetch_end = end.max(ahead_to.min(offset + READ_AHEAD));
         let bytes =
-            self.runtime.block_on(self.store.get_range(&key, offset..fetch_end)).map_err(|e| self.error(&key, e))?;
-        if bytes.len() as u64 != fetch_end - offset {
+            self.runtime.block_on(self.store.get_range(&key, fetch.clone())).map_err(|e| self.error(&key, e))?;
+        if bytes.len() as u64 != fetch.end - fetch.start {
             return Err(Error::io(
                 format!("{key} ({})", self.url),
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
             ));
         }
-        if fetch_end > end {
-            cache.window = Some((name.to_string(), offset, bytes.to_vec()));
+        let at = (range.start - fetch.start) as usize;
+        let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
+        if fetch != range {
+            cache.windows.push((name.to_string(), fetch.start, bytes.to_vec()));
+            while cache.windows.iter().map(|(_, _, b)| b.len()).sum::<usize>() > READ_CACHE_BYTES {
+                cache.windows.remove(0);
+            }
         }
-        Ok(bytes[..len].to_vec())
+        Ok(out)
     }
 
     fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
