@@ -83,3 +83,33 @@ fn a_job_defined_in_two_files_of_a_config_directory_names_both_files() {
     ran.assert_failed().assert_says("\"app\" is defined twice");
     ran.assert_says(&shop.display().to_string()).assert_says(&web.display().to_string());
 }
+
+#[test]
+fn a_bad_s3_repository_says_what_is_wrong_and_where() {
+    // A bucket name S3 would refuse: file, line and column of the url.
+    let env = JobEnv::new();
+    let ran = run_with_config(
+        &env,
+        "[repositories.offsite]\nurl = \"s3://Backups_2/shop\"\npassphrase_file = \"passphrase\"\n\n[jobs.app]\n",
+    );
+    let text = fs::read_to_string(env.config_path()).unwrap();
+    let line = line_of(&text, "s3://Backups_2");
+    ran.assert_says(&format!("{}:{line}:7:", env.config_path().display())).assert_says("not a valid bucket name");
+
+    // S3 settings on a local repository, both path and url, or neither.
+    for (repo, says) in [
+        ("path = \"r\"\nendpoint = \"http://127.0.0.1:9\"\n", "`endpoint` is for S3 repositories"),
+        ("path = \"r\"\nurl = \"s3://backups/shop\"\n", "either `path` or `url`, not both"),
+        ("region = \"x\"\n", "no `path`"),
+        ("url = \"s3://backups/shop\"\naccess_key_id_file = \"id\"\n", "give both access_key_id_file"),
+    ] {
+        let env = JobEnv::new();
+        let ran = run_with_config(
+            &env,
+            &format!("[repositories.offsite]\n{repo}passphrase_file = \"passphrase\"\n\n[jobs.app]\n"),
+        );
+        ran.assert_says(&env.config_path().display().to_string())
+            .assert_says("repository \"offsite\"")
+            .assert_says(says);
+    }
+}

@@ -106,13 +106,19 @@ fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() 
         .env("HOLDFAST_FROM_PASSPHRASE", PASSPHRASE)
         .assert()
         .success();
-    env.run(&["web"]).assert_ok();
+    let first = env.run(&["web"]);
+    first.assert_ok();
     fs::write(data.join("sub/small-0.txt"), "changed\n").unwrap();
-    env.run(&["web"]).assert_ok();
+    let second = env.run(&["web"]);
+    second.assert_ok();
 
     let listed = env.engine(["--repo", "offsite", "snapshots", "--json"]).assert().success();
     let listed = parse_json(&String::from_utf8_lossy(&listed.get_output().stdout));
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed:#}");
+    // The secret key is in no output and no snapshot.
+    for text in [&first.stdout, &first.stderr, &second.stdout, &second.stderr, &listed.to_string()] {
+        assert!(!text.contains(&bucket.secret), "the S3 secret key leaked: {text}");
+    }
     env.engine(["status"]).assert().success();
 
     // The local repository is lost: the job restores from the bucket.
