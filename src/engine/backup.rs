@@ -183,7 +183,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let marked: std::collections::HashSet<Id> = crate::engine::gc::marked_packs(repo)?.into_keys().collect();
     let (index, _damaged) = repo.load_index()?;
     let mut index = index.without_packs(&marked);
-    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &index, &marked)?;
+    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &running, &index, &marked)?;
     index.add_file(&IndexFile { packs: adopted.clone() });
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut packs = PackFiles::default();

@@ -108,33 +108,65 @@ pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
 /// backups and of dead processes on this host are removed; other hosts'
 /// records expire after two days).
 fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
+    let mut oldest: Option<jiff::Timestamp> = None;
+    for (name, state) in running_backups(repo)? {
+        match state {
+            RecordState::Live(started) => oldest = Some(oldest.map_or(started, |o| o.min(started))),
+            RecordState::Finished => {
+                let _ = repo.backend().remove(RUNNING, name.trim_end_matches(FINISHED_SUFFIX));
+                let _ = repo.backend().remove(RUNNING, &name);
+            }
+            RecordState::Dead => {
+                let _ = repo.backend().remove(RUNNING, &name);
+            }
+        }
+    }
+    Ok(oldest)
+}
+
+/// What a file in `running/` says.
+enum RecordState {
+    /// A backup still running, started then.
+    Live(jiff::Timestamp),
+    /// A `.done` companion: that backup ended.
+    Finished,
+    /// Its process is gone (this host), or it is older than two days
+    /// (another host), or it is unreadable.
+    Dead,
+}
+
+/// Every file in `running/` and what it says (records with a `.done`
+/// companion are left out; the companion stands for both).
+fn running_backups(repo: &Repository) -> Result<Vec<(String, RecordState)>> {
     let host = crate::engine::backup::hostname();
     let now = jiff::Timestamp::now();
-    let mut oldest: Option<jiff::Timestamp> = None;
     let all: HashSet<String> = names(repo, RUNNING)?.into_iter().collect();
+    let mut out = Vec::new();
     for name in &all {
-        if let Some(record) = name.strip_suffix(FINISHED_SUFFIX) {
-            let _ = repo.backend().remove(RUNNING, record);
-            let _ = repo.backend().remove(RUNNING, name);
+        if name.ends_with(FINISHED_SUFFIX) {
+            out.push((name.clone(), RecordState::Finished));
             continue;
         }
         if all.contains(&format!("{name}{FINISHED_SUFFIX}")) {
             continue;
         }
-        let Ok(bytes) = repo.backend().get(RUNNING, name) else { continue };
-        let Ok(rec) = serde_json::from_slice::<RunningRecord>(&bytes) else { continue };
-        let dead = if rec.host == host {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), None) == Err(nix::errno::Errno::ESRCH)
-        } else {
-            now.duration_since(rec.started) > jiff::SignedDuration::from_hours(48)
+        let rec = repo.backend().get(RUNNING, name).ok().and_then(|b| serde_json::from_slice::<RunningRecord>(&b).ok());
+        let state = match rec {
+            None => RecordState::Dead,
+            Some(rec) if rec.host == host => {
+                let pid = nix::unistd::Pid::from_raw(rec.pid as i32);
+                if nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH) {
+                    RecordState::Dead
+                } else {
+                    RecordState::Live(rec.started)
+                }
+            }
+            Some(rec) if now.duration_since(rec.started) > jiff::SignedDuration::from_hours(48) => RecordState::Dead,
+            Some(rec) => RecordState::Live(rec.started),
         };
-        if dead {
-            let _ = repo.backend().remove(RUNNING, name);
-            continue;
-        }
-        oldest = Some(oldest.map_or(rec.started, |o| o.min(rec.started)));
+        out.push((name.clone(), state));
     }
-    Ok(oldest)
+    Ok(out)
 }
 
 /// Leftovers younger than this are taken over by the next backup instead of
@@ -143,13 +175,25 @@ fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
 const ADOPT_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(50 * 60);
 
 /// Packs that an interrupted backup or copy stored but never indexed, made
-/// in the last 50 minutes, read back and verified: a backup registered as
+/// in the last 50 minutes, read back and verified (only when no other backup
+/// is running): a backup registered as
 /// running lists them in its index instead of uploading their blobs again,
 /// so a run killed mid-upload and started again re-sends only what is
 /// missing. The listing is only a hint (a late listing just adopts less);
 /// the index files stay the truth. Packs that fail verification are left
 /// for prune.
-pub fn adopt_recent_leftovers(repo: &Repository, index: &Index, marked: &HashSet<Id>) -> Result<Vec<IndexedPack>> {
+pub fn adopt_recent_leftovers(
+    repo: &Repository,
+    me: &Running,
+    index: &Index,
+    marked: &HashSet<Id>,
+) -> Result<Vec<IndexedPack>> {
+    // Another backup still running is uploading packs of its own: they are
+    // not leftovers, and reading them would only cost transfer.
+    let others = running_backups(repo)?;
+    if others.iter().any(|(name, state)| *name != me.name && matches!(state, RecordState::Live(_))) {
+        return Ok(Vec::new());
+    }
     let since = jiff::Timestamp::now() - ADOPT_MAX_AGE;
     let candidates: Vec<String> = repo
         .backend()

@@ -342,8 +342,13 @@ impl Repository {
         self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range, packs)
     }
 
+    /// Bytes `range` of a pack, as stored (restore reads many blobs at once).
+    pub fn read_pack_range(&self, pack: &Id, range: std::ops::Range<u64>, packs: &mut PackFiles) -> Result<Vec<u8>> {
+        self.backend.get_range(PACKS, &pack.to_hex(), range.clone(), range, packs)
+    }
+
     /// Authenticate and decompress a sealed blob; checks its id.
-    fn open_blob(&self, id: &Id, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+    pub fn open_blob(&self, id: &Id, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
         let plain = self.keys.open(loc.kind, id, sealed)?;
         if self.keys.blob_id(&plain) != *id {
             return Err(Error::damaged(format!("{:?} {}", loc.kind, id.short()), "content does not match its id"));

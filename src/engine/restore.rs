@@ -1,8 +1,10 @@
 //! Restore: recreate a snapshot's files, or part of them, under a directory.
 //!
 //! The snapshot's trees are walked once (directories are created as they are
-//! met); file contents are then written by all cores, each file with
-//! positioned writes so holes stay holes (a sparse file is restored sparse).
+//! met); file contents are then written pack by pack on several threads —
+//! each blob fetched once, a few MiB per read, and written with positioned
+//! writes wherever it goes, so holes stay holes (a sparse file is restored
+//! sparse).
 //! Hard links, symlinks and special files follow, and directory metadata is
 //! applied last, deepest first, so writing into a directory does not spoil
 //! its restored mtime. Every chunk is authenticated and its id re-checked
@@ -13,13 +15,13 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use nix::sys::stat::SFlag;
 
 use crate::engine::crypto::Id;
 use crate::engine::fsmeta::{NameCache, apply_metadata, make_node};
-use crate::engine::index::Index;
+use crate::engine::index::{BlobLocation, Index};
 use crate::engine::repository::{PackFiles, Repository};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind, Metadata, Piece, Tree};
@@ -217,53 +219,185 @@ impl Walk<'_> {
     }
 }
 
-/// Write file contents with all threads. Files sharing a chunk (small files
-/// of one directory) go to the same thread, which keeps that chunk.
+/// Where some bytes of a blob's plaintext go.
+struct Target {
+    file: usize,
+    /// Offset in the file.
+    at: u64,
+    /// The part of the blob (offset, length); `None` for all of it.
+    slice: Option<(u32, u32)>,
+}
+
+/// Blobs of one pack that one read fetches: `start..end` of the pack.
+struct Span {
+    pack: Id,
+    start: u64,
+    end: u64,
+    blobs: Vec<(Id, BlobLocation)>,
+}
+
+/// Blobs closer than this are fetched with one read (the gap comes along).
+const SPAN_GAP: u64 = 1 << 20;
+/// The most one read fetches (per thread in memory at once).
+const SPAN_MAX: u64 = 8 << 20;
+
+/// Write file contents, pack by pack: every needed blob is read once, in
+/// pack order, a few MiB per request, and written to every place it goes —
+/// what makes a restore from object storage as fast as from a disk. Files
+/// are created at their final length first (holes stay holes) and get their
+/// metadata after all writes.
 fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize) -> Result<()> {
-    let mut groups: Vec<Vec<FileJob>> = Vec::new();
-    let mut last_chunk: Option<Id> = None;
-    for f in files {
-        let first = match &f.entry.kind {
-            EntryKind::File(c) => match c.pieces.first() {
-                Some(Piece::Slice { id, .. }) => Some(*id),
-                _ => None,
-            },
-            _ => None,
-        };
-        match (first, last_chunk, groups.last_mut()) {
-            (Some(a), Some(b), Some(g)) if a == b => g.push(f),
-            _ => groups.push(vec![f]),
+    let mut targets: HashMap<Id, Vec<Target>> = HashMap::new();
+    let mut lengths = Vec::with_capacity(files.len());
+    for (i, job) in files.iter().enumerate() {
+        let mut pos = 0u64;
+        if let EntryKind::File(content) = &job.entry.kind {
+            for piece in &content.pieces {
+                let (id, slice) = match piece {
+                    Piece::Hole { .. } => (None, None),
+                    Piece::Chunk { id, .. } => (Some(id), None),
+                    Piece::Slice { id, offset, len } => (Some(id), Some((*offset, *len))),
+                };
+                if let Some(id) = id {
+                    targets.entry(*id).or_default().push(Target { file: i, at: pos, slice });
+                }
+                pos += piece.len();
+            }
         }
-        last_chunk = first;
+        lengths.push(pos);
     }
-    let queue = Mutex::new(groups.into_iter());
+    let spans = plan_spans(index, &targets, &files)?;
+
+    for_each_parallel(files.len(), threads, |i| {
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&files[i].path).at(&files[i].path)?;
+        file.set_len(lengths[i]).at(&files[i].path)
+    })?;
+    let caches: Vec<Mutex<(PackFiles, HashMap<usize, File>)>> =
+        (0..threads).map(|_| Mutex::new((PackFiles::default(), HashMap::new()))).collect();
+    for_each_parallel_with(spans.len(), &caches, |i, (packs, open)| {
+        write_span(repo, &spans[i], &targets, &files, packs, open)
+    })?;
+    drop(caches);
+    let names: Vec<Mutex<NameCache>> = (0..threads).map(|_| Mutex::new(NameCache::default())).collect();
+    for_each_parallel_with(files.len(), &names, |i, names| {
+        apply_metadata(&files[i].path, &files[i].entry.meta, false, names)
+    })
+}
+
+/// The reads that fetch every blob in `targets`: per pack, in offset order,
+/// neighbours merged up to [`SPAN_MAX`].
+fn plan_spans(index: &Index, targets: &HashMap<Id, Vec<Target>>, files: &[FileJob]) -> Result<Vec<Span>> {
+    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    for (id, t) in targets {
+        let loc = index.get(id).ok_or_else(|| {
+            let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
+            Error::damaged(format!("chunk {} (of {of})", id.short()), "not in the index")
+        })?;
+        by_pack.entry(loc.pack).or_default().push((*id, *loc));
+    }
+    let mut spans = Vec::new();
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(pack, _)| *pack);
+    for (pack, mut blobs) in packs {
+        blobs.sort_by_key(|(_, loc)| loc.offset);
+        let mut current: Option<Span> = None;
+        for (id, loc) in blobs {
+            let (start, end) = (loc.offset as u64, loc.offset as u64 + loc.length as u64);
+            match current.as_mut() {
+                Some(span) if start <= span.end + SPAN_GAP && end - span.start <= SPAN_MAX => {
+                    span.end = span.end.max(end);
+                    span.blobs.push((id, loc));
+                }
+                _ => {
+                    spans.extend(current.take());
+                    current = Some(Span { pack, start, end, blobs: vec![(id, loc)] });
+                }
+            }
+        }
+        spans.extend(current);
+    }
+    Ok(spans)
+}
+
+/// Fetch one span, open each blob (authenticated, id checked) and write it
+/// wherever it goes.
+fn write_span(
+    repo: &Repository,
+    span: &Span,
+    targets: &HashMap<Id, Vec<Target>>,
+    files: &[FileJob],
+    packs: &mut PackFiles,
+    open: &mut HashMap<usize, File>,
+) -> Result<()> {
+    let bytes = repo.read_pack_range(&span.pack, span.start..span.end, packs)?;
+    for (id, loc) in &span.blobs {
+        let places = targets.get(id).map(Vec::as_slice).unwrap_or_default();
+        let of = |e: Error| match e {
+            Error::Damaged { what, detail } => Error::Damaged {
+                what: format!(
+                    "{what} (of {})",
+                    places.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default()
+                ),
+                detail,
+            },
+            other => other,
+        };
+        let at = (loc.offset as u64 - span.start) as usize;
+        let sealed = bytes.get(at..at + loc.length as usize).ok_or_else(|| of(Error::damaged("pack", "short read")))?;
+        let plain = repo.open_blob(id, loc, sealed).map_err(of)?;
+        for t in places {
+            let data = match t.slice {
+                Some((offset, len)) => plain
+                    .get(offset as usize..(offset + len) as usize)
+                    .ok_or_else(|| of(Error::damaged(format!("chunk {}", id.short()), "slice out of range")))?,
+                None => &plain[..],
+            };
+            if open.len() >= 128 && !open.contains_key(&t.file) {
+                open.clear();
+            }
+            let path = &files[t.file].path;
+            let file = match open.entry(t.file) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(OpenOptions::new().write(true).open(path).at(path)?)
+                }
+            };
+            file.write_all_at(data, t.at).at(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Run `work(i)` for `i` in `0..n` on `threads` threads; the first error.
+fn for_each_parallel(n: usize, threads: usize, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let slots: Vec<Mutex<()>> = (0..threads.max(1)).map(|_| Mutex::new(())).collect();
+    for_each_parallel_with(n, &slots, |i, _| work(i))
+}
+
+/// Like [`for_each_parallel`], one thread per element of `state`, each with
+/// its own state (caches).
+fn for_each_parallel_with<S: Send>(
+    n: usize,
+    state: &[Mutex<S>],
+    work: impl Fn(usize, &mut S) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut packs = PackFiles::default();
-                let mut cache: Option<(Id, Arc<Vec<u8>>)> = None;
-                let mut names = NameCache::default();
+        for slot in state.iter().take(n.max(1)) {
+            let (next, first_error, work) = (&next, &first_error, &work);
+            s.spawn(move || {
+                let Ok(mut own) = slot.lock() else { return };
                 loop {
-                    let group = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some(group) = group else { break };
-                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         break;
                     }
-                    for job in group {
-                        if let Err(e) = write_file(repo, index, &job, &mut packs, &mut cache, &mut names) {
-                            let e = match e {
-                                Error::Damaged { what, detail } => Error::Damaged {
-                                    what: format!("{} (of {})", what, job.in_snapshot.display()),
-                                    detail,
-                                },
-                                other => other,
-                            };
-                            if let Ok(mut fe) = first_error.lock() {
-                                fe.get_or_insert(e);
-                            }
-                            break;
+                    if let Err(e) = work(i, &mut own) {
+                        if let Ok(mut fe) = first_error.lock() {
+                            fe.get_or_insert(e);
                         }
+                        break;
                     }
                 }
             });
@@ -273,50 +407,6 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
     }
-}
-
-fn write_file(
-    repo: &Repository,
-    index: &Index,
-    job: &FileJob,
-    packs: &mut PackFiles,
-    cache: &mut Option<(Id, Arc<Vec<u8>>)>,
-    names: &mut NameCache,
-) -> Result<()> {
-    let EntryKind::File(content) = &job.entry.kind else {
-        return Ok(());
-    };
-    let file: File = OpenOptions::new().write(true).create(true).truncate(true).open(&job.path).at(&job.path)?;
-    let mut pos = 0u64;
-    for piece in &content.pieces {
-        match piece {
-            Piece::Hole { len } => pos += len,
-            Piece::Chunk { id, .. } | Piece::Slice { id, .. } => {
-                let data = match cache {
-                    Some((cid, data)) if cid == id => data.clone(),
-                    _ => {
-                        let loc = index
-                            .get(id)
-                            .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
-                        let data = Arc::new(repo.read_blob_ahead(id, loc, index, packs)?);
-                        *cache = Some((*id, data.clone()));
-                        data
-                    }
-                };
-                let bytes = match piece {
-                    Piece::Slice { offset, len, .. } => data
-                        .get(*offset as usize..(*offset + *len) as usize)
-                        .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "slice out of range"))?,
-                    _ => &data[..],
-                };
-                file.write_all_at(bytes, pos).at(&job.path)?;
-                pos += bytes.len() as u64;
-            }
-        }
-    }
-    file.set_len(pos).at(&job.path)?;
-    drop(file);
-    apply_metadata(&job.path, &job.entry.meta, false, names)
 }
 
 /// The entry at `path` (absolute, inside the snapshot), if there is one.

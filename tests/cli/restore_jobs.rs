@@ -358,14 +358,17 @@ fn partial_dirs(env: &JobEnv, name: &str) -> Vec<String> {
     dir_listing(&env.path("")).into_iter().filter(|n| n.starts_with(&prefix)).collect()
 }
 
-/// Bytes of the files under `dir` (0 when it is gone).
+/// Bytes allocated to the files under `dir` (0 when it is gone).
 fn bytes_under(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => bytes_under(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            // Allocated, not apparent: a restore creates files at their final
+            // length first and fills them in.
+            Ok(_) => e.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
             Err(_) => 0,
         })
         .sum()
