@@ -905,7 +905,7 @@ fn write_packs(
     failure: &Failure,
 ) -> BlobStats {
     let mut stats = BlobStats::default();
-    let mut current = PackWriter::new();
+    let mut current = PackWriter::for_size(pack_size);
     let mut run = || -> Result<()> {
         for blob in rx.iter() {
             if failure.is_set() {
@@ -916,7 +916,7 @@ fn write_packs(
             stats.raw_bytes += blob.raw_len as u64;
             stats.sealed_bytes += blob.sealed.len() as u64;
             if current.size() >= pack_size {
-                ship(repo, uploader, std::mem::take(&mut current))?;
+                ship(repo, uploader, std::mem::replace(&mut current, PackWriter::for_size(pack_size)))?;
             }
         }
         if !failure.is_set() && !current.is_empty() {

@@ -137,7 +137,10 @@ fn copy_blob(
         return Err(Error::damaged(format!("blob {}", id.short()), "content does not match its id"));
     }
     let slot = if loc.kind == ObjectKind::Tree { &mut writers.trees } else { &mut writers.data };
-    let w = slot.get_or_insert_with(PackWriter::new);
+    let size = writers.to.config().pack_size as u64;
+    let w = slot.get_or_insert_with(|| {
+        if loc.kind == ObjectKind::Tree { PackWriter::new() } else { PackWriter::for_size(size) }
+    });
     w.add(*id, loc.kind, &sealed, plain.len());
     report.blobs_copied += 1;
     report.bytes_copied += sealed.len() as u64;

@@ -71,7 +71,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if self.backend.put_only_backups() || self.backend.remove(RUNNING, &self.name).is_err() {
             let done = format!("{}{FINISHED_SUFFIX}", self.name);
-            if let Err(e) = self.backend.put_new(RUNNING, &done, b"") {
+            if let Err(e) = self.backend.put_new(RUNNING, &done, Vec::new()) {
                 tracing::warn!("could not record the end of this backup in running/: {e}");
             }
         }
@@ -83,7 +83,7 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
     let host = crate::engine::backup::hostname();
     let name = format!("{host}-{}-{}", std::process::id(), Id::random()?.short());
     let rec = RunningRecord { host, pid: std::process::id(), started: jiff::Timestamp::now() };
-    repo.backend().put_new(RUNNING, &name, &serde_json::to_vec(&rec).unwrap_or_default())?;
+    repo.backend().put_new(RUNNING, &name, serde_json::to_vec(&rec).unwrap_or_default())?;
     Ok(Running { backend: repo.shared_backend(), name })
 }
 

@@ -56,6 +56,13 @@ impl PackWriter {
         PackWriter::default()
     }
 
+    /// A writer whose buffer holds a pack of `size` without growing (a pack
+    /// ends at the first blob that reaches `size`; a blob is at most 2 MiB
+    /// plus its seal).
+    pub fn for_size(size: u64) -> PackWriter {
+        PackWriter { buf: Vec::with_capacity(size as usize + (2 << 20) + 4096), ..Default::default() }
+    }
+
     /// Append one sealed blob.
     pub fn add(&mut self, id: Id, kind: ObjectKind, sealed: &[u8], raw_length: usize) {
         self.data_hash.update(sealed);
@@ -150,7 +157,7 @@ impl PackUploader {
                         if state.failed() {
                             continue;
                         }
-                        match backend.put_new(PACKS, &pack.id.to_hex(), &pack.bytes) {
+                        match backend.put_new(PACKS, &pack.id.to_hex(), pack.bytes) {
                             Ok(_) => state.lock_uploaded().push(IndexedPack { pack: pack.id, blobs: pack.blobs }),
                             Err(e) => {
                                 if let Ok(mut f) = state.failure.lock() {

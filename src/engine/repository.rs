@@ -449,13 +449,13 @@ fn read_marker(backend: &dyn Backend) -> Result<Marker> {
 /// Write `bytes` as `dir/<hash of bytes>` and return that hash.
 fn write_named_by_hash(backend: &dyn Backend, dir: &str, bytes: &[u8]) -> Result<Id> {
     let id = Id::of_bytes(bytes);
-    backend.put_new(dir, &id.to_hex(), bytes)?;
+    backend.put_new(dir, &id.to_hex(), bytes.to_vec())?;
     Ok(id)
 }
 
 /// Write a top-level file with a fixed name (config, marker); it must be new.
 fn write_once(backend: &dyn Backend, name: &str, bytes: &[u8]) -> Result<()> {
-    match backend.put_new(ROOT, name, bytes)? {
+    match backend.put_new(ROOT, name, bytes.to_vec())? {
         Stored::New => Ok(()),
         Stored::AlreadyThere => Err(Error::AlreadyExists(backend.location().into())),
     }

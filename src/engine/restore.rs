@@ -81,7 +81,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     }
     let Walk { files, links, others, dirs, mut summary, .. } = walk;
 
-    write_files(repo, &index, files, opts.threads.max(repo.backend().parallelism()))?;
+    write_files(repo, &index, files, opts.threads.max(1), opts.threads.max(repo.backend().parallelism()))?;
 
     let mut names = NameCache::default();
     for (path, first) in links {
@@ -245,8 +245,9 @@ const SPAN_MAX: u64 = 8 << 20;
 /// pack order, a few MiB per request, and written to every place it goes —
 /// what makes a restore from object storage as fast as from a disk. Files
 /// are created at their final length first (holes stay holes) and get their
-/// metadata after all writes.
-fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize) -> Result<()> {
+/// metadata after all writes. File system work uses `threads`, reads
+/// `transfers` threads (more for a bucket, whose requests wait on the network).
+fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize, transfers: usize) -> Result<()> {
     let mut targets: HashMap<Id, Vec<Target>> = HashMap::new();
     let mut lengths = Vec::with_capacity(files.len());
     for (i, job) in files.iter().enumerate() {
@@ -268,18 +269,18 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
     }
     let spans = plan_spans(index, &targets, &files)?;
 
-    for_each_parallel(files.len(), threads, |i| {
+    for_each_parallel(files.len(), threads, FILES_PER_GRAB, |i| {
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&files[i].path).at(&files[i].path)?;
         file.set_len(lengths[i]).at(&files[i].path)
     })?;
     let caches: Vec<Mutex<(PackFiles, HashMap<usize, File>)>> =
-        (0..threads).map(|_| Mutex::new((PackFiles::default(), HashMap::new()))).collect();
-    for_each_parallel_with(spans.len(), &caches, |i, (packs, open)| {
+        (0..transfers).map(|_| Mutex::new((PackFiles::default(), HashMap::new()))).collect();
+    for_each_parallel_with(spans.len(), &caches, 1, |i, (packs, open)| {
         write_span(repo, &spans[i], &targets, &files, packs, open)
     })?;
     drop(caches);
     let names: Vec<Mutex<NameCache>> = (0..threads).map(|_| Mutex::new(NameCache::default())).collect();
-    for_each_parallel_with(files.len(), &names, |i, names| {
+    for_each_parallel_with(files.len(), &names, FILES_PER_GRAB, |i, names| {
         apply_metadata(&files[i].path, &files[i].entry.meta, false, names)
     })
 }
@@ -368,10 +369,16 @@ fn write_span(
     Ok(())
 }
 
-/// Run `work(i)` for `i` in `0..n` on `threads` threads; the first error.
-fn for_each_parallel(n: usize, threads: usize, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+/// Files a thread takes at a time when creating them or setting their
+/// metadata: neighbours share a directory, and threads working in one
+/// directory contend for its lock.
+const FILES_PER_GRAB: usize = 64;
+
+/// Run `work(i)` for `i` in `0..n` on `threads` threads, each taking `grab`
+/// consecutive items at a time; the first error.
+fn for_each_parallel(n: usize, threads: usize, grab: usize, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
     let slots: Vec<Mutex<()>> = (0..threads.max(1)).map(|_| Mutex::new(())).collect();
-    for_each_parallel_with(n, &slots, |i, _| work(i))
+    for_each_parallel_with(n, &slots, grab, |i, _| work(i))
 }
 
 /// Like [`for_each_parallel`], one thread per element of `state`, each with
@@ -379,6 +386,7 @@ fn for_each_parallel(n: usize, threads: usize, work: impl Fn(usize) -> Result<()
 fn for_each_parallel_with<S: Send>(
     n: usize,
     state: &[Mutex<S>],
+    grab: usize,
     work: impl Fn(usize, &mut S) -> Result<()> + Sync,
 ) -> Result<()> {
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -388,15 +396,20 @@ fn for_each_parallel_with<S: Send>(
             let (next, first_error, work) = (&next, &first_error, &work);
             s.spawn(move || {
                 let Ok(mut own) = slot.lock() else { return };
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n || first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        break;
-                    }
-                    if let Err(e) = work(i, &mut own) {
-                        if let Ok(mut fe) = first_error.lock() {
-                            fe.get_or_insert(e);
+                'grabs: loop {
+                    let first = next.fetch_add(grab.max(1), std::sync::atomic::Ordering::Relaxed);
+                    for i in first..(first + grab.max(1)).min(n) {
+                        if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                            break 'grabs;
                         }
+                        if let Err(e) = work(i, &mut own) {
+                            if let Ok(mut fe) = first_error.lock() {
+                                fe.get_or_insert(e);
+                            }
+                            break 'grabs;
+                        }
+                    }
+                    if first >= n {
                         break;
                     }
                 }

@@ -89,8 +89,9 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    fn put_new(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<Stored> {
-        let temp = self.durable_temp(bytes)?;
+    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored> {
+        let temp = self.durable_temp(&bytes)?;
+        drop(bytes);
         let target = self.path_of(dir, name);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         if !parent.exists() {

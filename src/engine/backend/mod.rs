@@ -76,8 +76,9 @@ pub trait Backend: Send + Sync {
     /// Prepare a new repository's layout (directories, where there are any).
     fn create_layout(&self) -> Result<()>;
 
-    /// Store `bytes` as `dir/name`, durably, unless that name exists.
-    fn put_new(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<Stored>;
+    /// Store `bytes` as `dir/name`, durably, unless that name exists. Takes
+    /// the buffer: a 16 MiB pack goes to the network without a copy.
+    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored>;
 
     /// Store or replace a small state file (prune's marks, `running/`
     /// records). Never called on the backup path for an existing name.

@@ -210,9 +210,9 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    fn put_new(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<Stored> {
+    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored> {
         let key = self.key(dir, name);
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
+        let payload = PutPayload::from(bytes::Bytes::from(bytes));
         let mut attempt = 0;
         loop {
             attempt += 1;
