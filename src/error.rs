@@ -16,12 +16,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The message includes the cause, so it is not also exposed as a
+    /// `source` (which would print it twice in an error chain).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("wrong passphrase: no key file of the repository at {0} opens with it")]
     WrongPassphrase(PathBuf),
     #[error("{} is not a holdfast repository ({reason})", path.display())]
@@ -45,7 +43,7 @@ pub enum Error {
 impl Error {
     /// An I/O error about `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io { path: path.as_ref().to_path_buf(), error: source }
     }
 
     /// Data that failed authentication or decoding.
@@ -57,7 +55,7 @@ impl Error {
 /// An I/O error whose path the caller attaches later (see `IoContext`).
 impl From<std::io::Error> for Error {
     fn from(source: std::io::Error) -> Self {
-        Error::Io { path: PathBuf::new(), source }
+        Error::Io { path: PathBuf::new(), error: source }
     }
 }
 

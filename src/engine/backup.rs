@@ -771,7 +771,7 @@ impl FileReader<'_> {
                         this.store(id, chunk)
                     })
                     .map_err(|e| match e {
-                        Error::Io { source, .. } => Error::io(&rec.path, source),
+                        Error::Io { error, .. } => Error::io(&rec.path, error),
                         other => other,
                     })?;
                 pos = start + n;

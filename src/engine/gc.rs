@@ -354,7 +354,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             report.bytes_deleted += stored.get(pack).copied().unwrap_or(0);
             match repo.backend().remove(PACKS, &pack.to_hex()) {
                 // Already gone: an earlier, interrupted prune got this far.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {}
                 other => other?,
             }
             let _ = repo.backend().remove(MARKS, &pack.to_hex());

@@ -430,7 +430,7 @@ fn read_marker(backend: &dyn Backend) -> Result<Marker> {
     let not_repo = |reason: &str| Error::NotARepository { path: backend.location().into(), reason: reason.into() };
     let bytes = match backend.get(ROOT, MARKER) {
         Ok(b) => b,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(not_repo(if backend.is_empty().unwrap_or(false) {
                 "nothing is there"
             } else {

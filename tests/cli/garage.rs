@@ -5,11 +5,12 @@
 //! [`Garage::shared`] is one 3-node cluster for all tests of this run; a test
 //! that stops a node starts its own.
 //!
-//! [`PutOnlyProxy`] stands in front of Garage for the put-only tests: it
-//! forwards requests as they are (signatures stay valid) but refuses DELETE
-//! and any PUT to a name that already exists, like the bucket policy the
-//! README documents for AWS and MinIO (Garage's own key permissions cannot
-//! say "no overwrite"). It counts what it refused.
+//! [`Proxy`] stands in front of Garage and forwards requests as they are
+//! (signatures stay valid). [`Proxy::put_only`] refuses DELETE and any PUT to
+//! a name that already exists, like the bucket policy the README documents
+//! for AWS and MinIO (Garage's own key permissions cannot say "no
+//! overwrite"), and counts what it refused. [`Proxy::flaky`] answers every
+//! n-th request with 503 SlowDown, as a throttling or failing store does.
 //!
 //! Garage processes die with the test binary: each has a watchdog that kills
 //! it once this process is gone.
@@ -338,7 +339,7 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-// ------------------------------------------------------------ put-only proxy
+// ------------------------------------------------------------ proxies
 
 /// What the proxy saw and refused.
 #[derive(Debug, Default, Clone)]
@@ -347,32 +348,52 @@ pub struct ProxyLog {
     pub requests: Vec<String>,
     pub refused_deletes: usize,
     pub refused_overwrites: usize,
+    /// Requests answered with 503 by a flaky proxy.
+    pub failed: usize,
 }
 
-/// An HTTP proxy in front of one Garage endpoint that refuses DELETE and PUT
-/// over an existing object.
-pub struct PutOnlyProxy {
+/// An HTTP proxy in front of one Garage endpoint.
+pub struct Proxy {
     pub endpoint: String,
     log: Arc<Mutex<ProxyLog>>,
 }
 
-impl PutOnlyProxy {
-    /// Proxy to `bucket`'s endpoint; existence is checked with its key.
-    pub fn start(bucket: &Bucket) -> PutOnlyProxy {
+/// What a [`Proxy`] does besides forwarding.
+#[derive(Clone, Copy)]
+struct Policy {
+    put_only: bool,
+    /// Answer every n-th request with 503 (0: never).
+    fail_every: usize,
+}
+
+impl Proxy {
+    /// Refuse DELETE and PUT over an existing object (existence is checked
+    /// with `bucket`'s key).
+    pub fn put_only(bucket: &Bucket) -> Proxy {
+        Proxy::start(bucket, Policy { put_only: true, fail_every: 0 })
+    }
+
+    /// Answer every `n`-th request with 503 SlowDown instead of forwarding it.
+    pub fn flaky(bucket: &Bucket, n: usize) -> Proxy {
+        Proxy::start(bucket, Policy { put_only: false, fail_every: n })
+    }
+
+    fn start(bucket: &Bucket, policy: Policy) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
         let upstream = bucket.endpoint.trim_start_matches("http://").to_string();
         let log = Arc::new(Mutex::new(ProxyLog::default()));
         let (log2, bucket) = (log.clone(), bucket.clone());
         std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
+            for (n, conn) in listener.incoming().flatten().enumerate() {
                 let (log, upstream, bucket) = (log2.clone(), upstream.clone(), bucket.clone());
+                let fail = policy.fail_every > 0 && (n + 1) % policy.fail_every == 0;
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &upstream, &bucket, &log);
+                    let _ = serve(conn, &upstream, &bucket, &log, policy.put_only, fail);
                 });
             }
         });
-        PutOnlyProxy { endpoint, log }
+        Proxy { endpoint, log }
     }
 
     pub fn log(&self) -> ProxyLog {
@@ -381,7 +402,14 @@ impl PutOnlyProxy {
 }
 
 /// One request per connection: read it, refuse or forward it, answer, close.
-fn serve(mut client: TcpStream, upstream: &str, bucket: &Bucket, log: &Mutex<ProxyLog>) -> std::io::Result<()> {
+fn serve(
+    mut client: TcpStream,
+    upstream: &str,
+    bucket: &Bucket,
+    log: &Mutex<ProxyLog>,
+    put_only: bool,
+    fail: bool,
+) -> std::io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(120)))?;
     let (head, body) = read_message(&mut client)?;
     let text = String::from_utf8_lossy(&head).into_owned();
@@ -392,8 +420,9 @@ fn serve(mut client: TcpStream, upstream: &str, bucket: &Bucket, log: &Mutex<Pro
     // The object key without the leading "/bucket/".
     let key = path.trim_start_matches('/').split_once('/').map(|(_, k)| k.to_string()).unwrap_or_default();
     let refuse = |client: &mut TcpStream, status: &str, code: &str| -> std::io::Result<()> {
+        let why = if fail { "the test proxy fails this request" } else { "refused by the put-only policy" };
         let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>refused by the put-only policy</Message></Error>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{why}</Message></Error>"
         );
         write!(
             client,
@@ -403,14 +432,21 @@ fn serve(mut client: TcpStream, upstream: &str, bucket: &Bucket, log: &Mutex<Pro
     };
     let is_delete =
         method == "DELETE" || (method == "POST" && query.split('&').any(|q| q == "delete" || q.starts_with("delete=")));
-    if is_delete {
+    if fail {
+        if let Ok(mut l) = log.lock() {
+            l.failed += 1;
+            l.requests.push(format!("{method} {path} 503"));
+        }
+        return refuse(&mut client, "503 Service Unavailable", "SlowDown");
+    }
+    if put_only && is_delete {
         if let Ok(mut l) = log.lock() {
             l.refused_deletes += 1;
             l.requests.push(format!("{method} {path} 403"));
         }
         return refuse(&mut client, "403 Forbidden", "AccessDenied");
     }
-    if method == "PUT" && !key.is_empty() && bucket.exists(&key) {
+    if put_only && method == "PUT" && !key.is_empty() && bucket.exists(&key) {
         let conditional = text.lines().any(|l| l.to_ascii_lowercase().starts_with("if-none-match:"));
         if let Ok(mut l) = log.lock() {
             if !conditional {

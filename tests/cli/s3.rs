@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::garage::{Bucket, Garage, PutOnlyProxy};
+use crate::garage::{Bucket, Garage, Proxy};
 use crate::jobs_util::JobEnv;
 use crate::util::{PASSPHRASE, assert_same_tree, holdfast_bin, parse_json, restored, tree_fingerprint, write_random};
 
@@ -161,7 +161,7 @@ fn a_backup_succeeds_when_a_node_dies_in_the_middle_of_it() {
 #[test]
 fn put_only_credentials_back_up_never_delete_or_overwrite_and_cannot_prune() {
     let bucket = Garage::shared().bucket();
-    let proxy = PutOnlyProxy::start(&bucket);
+    let proxy = Proxy::put_only(&bucket);
     let limited = bucket.via(&proxy.endpoint);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -202,6 +202,24 @@ fn put_only_credentials_back_up_never_delete_or_overwrite_and_cannot_prune() {
     assert_eq!(snapshot_count(&bucket, "p"), 1);
     assert!(bucket.objects("p/running").is_empty());
     restore_and_compare(&bucket, "p", &src, &tmp.path().join("out"));
+}
+
+#[test]
+fn failed_and_throttled_requests_are_retried_and_the_backup_succeeds() {
+    let bucket = Garage::shared().bucket();
+    ok(&bucket, "f", &["init"]);
+    // Every third request (uploads, reads, listings) gets 503 SlowDown.
+    let proxy = Proxy::flaky(&bucket, 3);
+    let flaky = bucket.via(&proxy.endpoint);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 40 << 20, 8);
+    ok(&flaky, "f", &["backup", &src.to_string_lossy()]);
+    restore_and_compare(&flaky, "f", &src, &tmp.path().join("out"));
+    let log = proxy.log();
+    assert!(log.failed >= 5, "{:#?}", log.requests);
+    assert!(log.requests.iter().any(|r| r.starts_with("PUT ") && r.contains("/packs/") && r.ends_with(" 503")));
+    assert!(check_read_data(&bucket, "f").contains("healthy"));
 }
 
 #[test]

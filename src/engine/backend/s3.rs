@@ -82,6 +82,7 @@ impl fmt::Debug for S3Settings {
 /// A bucket (and prefix) holding a repository.
 pub struct S3Backend {
     store: AmazonS3,
+    bucket: String,
     prefix: String,
     url: String,
     connections: usize,
@@ -134,12 +135,24 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start the S3 client: {e}")))?;
-        Ok(S3Backend { store, prefix: s.prefix.clone(), url: s.url(), connections: s.connections.max(1), runtime })
+        Ok(S3Backend {
+            store,
+            bucket: s.bucket.clone(),
+            prefix: s.prefix.clone(),
+            url: s.url(),
+            connections: s.connections.max(1),
+            runtime,
+        })
     }
 
     fn key(&self, dir: &str, name: &str) -> ObjectPath {
         let rel = relative_path(dir, name);
         if self.prefix.is_empty() { ObjectPath::from(rel) } else { ObjectPath::from(format!("{}/{rel}", self.prefix)) }
+    }
+
+    /// `s3://bucket/key`, for messages.
+    fn object_url(&self, key: &ObjectPath) -> String {
+        format!("s3://{}/{key}", self.bucket)
     }
 
     fn dir_key(&self, dir: &str) -> ObjectPath {
@@ -163,24 +176,8 @@ impl S3Backend {
             }
             _ => ErrorKind::Other,
         };
-        let what = format!("{} ({})", key, self.url);
-        Error::io(what, std::io::Error::new(kind, one_line(&e)))
+        Error::io(self.object_url(key), std::io::Error::new(kind, message(&e)))
     }
-}
-
-/// The library's message, chained causes included, on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text.replace('\n', " ")
 }
 
 impl Backend for S3Backend {
@@ -282,7 +279,7 @@ impl Backend for S3Backend {
             self.runtime.block_on(self.store.get_range(&key, fetch.clone())).map_err(|e| self.error(&key, e))?;
         if bytes.len() as u64 != fetch.end - fetch.start {
             return Err(Error::io(
-                format!("{key} ({})", self.url),
+                self.object_url(&key),
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
             ));
         }
@@ -328,9 +325,27 @@ impl Backend for S3Backend {
     }
 }
 
+/// The library's message on one line, with the root cause (a refused
+/// connection, a timeout) when the message does not already say it.
+fn message(e: &object_store::Error) -> String {
+    let mut text = e.to_string().replace('\n', " ");
+    let mut root: Option<&dyn std::error::Error> = None;
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        root = Some(cause);
+        next = cause.source();
+    }
+    if let Some(root) = root.map(|r| r.to_string())
+        && !text.contains(&root)
+    {
+        text.push_str(&format!(" ({root})"));
+    }
+    text
+}
+
 /// Worth sending again: the request timed out or the connection broke.
 fn is_transient(e: &object_store::Error) -> bool {
-    let text = one_line(e).to_ascii_lowercase();
+    let text = message(e).to_ascii_lowercase();
     matches!(e, object_store::Error::Generic { .. })
         && (text.contains("timed out") || text.contains("timeout") || text.contains("connection"))
 }
