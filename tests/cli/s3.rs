@@ -51,6 +51,19 @@ fn make_source(dir: &Path, large: u64, seed: u64) {
     }
 }
 
+/// Start `cmd` (its output captured) and wait until `prefix` holds `count`
+/// objects, while it still runs.
+fn start_and_wait_for_objects(mut cmd: Command, bucket: &Bucket, prefix: &str, count: usize) -> std::process::Child {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while bucket.objects(prefix).len() < count {
+        assert!(Instant::now() < deadline, "{prefix} never held {count} objects");
+        assert!(child.try_wait().unwrap().is_none(), "it ended before {prefix} held {count} objects");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn restore_and_compare(bucket: &Bucket, prefix: &str, src: &Path, out: &Path) {
     ok(bucket, prefix, &["restore", "latest", "--to", &out.to_string_lossy()]);
     assert_same_tree(&tree_fingerprint(src), &tree_fingerprint(&restored(out, src)));
@@ -138,18 +151,9 @@ fn a_backup_succeeds_when_a_node_dies_in_the_middle_of_it() {
     make_source(&src, 160 << 20, 4);
     ok(&bucket, "r", &["init"]);
 
-    let mut backup = hf(&bucket, "r", &["backup", &src.to_string_lossy()])
-        .env("HOLDFAST_S3_CONNECTIONS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while bucket.objects("r/packs").len() < 2 {
-        assert!(Instant::now() < deadline, "no packs were uploaded");
-        assert!(backup.try_wait().unwrap().is_none(), "the backup ended before a node could be stopped");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut cmd = hf(&bucket, "r", &["backup", &src.to_string_lossy()]);
+    cmd.env("HOLDFAST_S3_CONNECTIONS", "1");
+    let backup = start_and_wait_for_objects(cmd, &bucket, "r/packs", 2);
     garage.kill_node(2);
     let out = backup.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -231,19 +235,10 @@ fn a_backup_killed_mid_upload_is_resumed_by_the_next_one_without_uploading_it_ag
     make_source(&src, total, 6);
     ok(&bucket, "k", &["init"]);
 
-    let mut backup = hf(&bucket, "k", &["backup", &src.to_string_lossy()])
-        .env("HOLDFAST_CHECKPOINT_PACKS", "1")
-        .env("HOLDFAST_S3_CONNECTIONS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while bucket.objects("k/index").len() < 3 {
-        assert!(Instant::now() < deadline, "no checkpoint index was written");
-        assert!(backup.try_wait().unwrap().is_none(), "the backup ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = hf(&bucket, "k", &["backup", &src.to_string_lossy()]);
+    cmd.env("HOLDFAST_CHECKPOINT_PACKS", "1").env("HOLDFAST_S3_CONNECTIONS", "1");
+    // Three index files: at least two checkpoints are written.
+    let mut backup = start_and_wait_for_objects(cmd, &bucket, "k/index", 3);
     backup.kill().unwrap(); // SIGKILL
     backup.wait().unwrap();
     let uploaded: u64 = bucket.objects("k/packs").values().map(|(size, _)| size).sum();
