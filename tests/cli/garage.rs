@@ -315,6 +315,18 @@ impl Bucket {
         code.trim() == "200"
     }
 
+    /// Delete `key` behind holdfast's back (full-rights key).
+    pub fn delete(&self, key: &str) {
+        self.curl(&["-X", "DELETE", &format!("{}/{}/{key}", self.endpoint, self.name)]);
+    }
+
+    /// Store `bytes` as `key` behind holdfast's back.
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let file = tempfile::NamedTempFile::new().expect("temporary file");
+        std::fs::write(file.path(), bytes).expect("write temporary file");
+        self.curl(&["-T", &file.path().to_string_lossy(), &format!("{}/{}/{key}", self.endpoint, self.name)]);
+    }
+
     fn curl(&self, args: &[&str]) -> String {
         let out = Command::new("curl")
             .args(["-s", "--aws-sigv4", "aws:amz:garage:s3", "--user"])

@@ -103,6 +103,29 @@ fn an_s3_repository_backs_up_restores_checks_and_prunes() {
 }
 
 #[test]
+fn check_tells_a_missing_indexed_pack_from_a_stray_unindexed_one() {
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 20 << 20, 9);
+    ok(&bucket, "c", &["init"]);
+    let id = ok(&bucket, "c", &["backup", &src.to_string_lossy()]);
+    let packs = bucket.objects("c/packs");
+    let largest = packs.iter().max_by_key(|(_, (size, _))| *size).map(|(k, _)| k.clone()).unwrap();
+    bucket.delete(&largest);
+    let stray = "c/packs/00/00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00aa";
+    bucket.put(stray, b"left by something else");
+
+    let out = hf(&bucket, "c", &["check"]).output().unwrap();
+    assert!(!out.status.success());
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let missing = &largest.rsplit('/').next().unwrap()[..8];
+    assert!(report.contains(&format!("pack {missing}")) && report.contains("indexed but missing"), "{report}");
+    assert!(report.contains(&id[..8]), "the damaged snapshot should be named: {report}");
+    assert!(report.contains("pack 00aa00aa is not in any index"), "{report}");
+}
+
+#[test]
 fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() {
     let bucket = Garage::shared().bucket();
     let env = JobEnv::new();
