@@ -290,7 +290,7 @@ for _ in range(2):
 print(*ps)')
         mkdir -p "$g/n$i"
         printf '%s\n' "metadata_dir = \"$g/n$i/meta\"" "data_dir = \"$g/n$i/data\"" 'db_engine = "sqlite"' \
-            "replication_factor = $GARAGE_NODES" "rpc_bind_addr = \"127.0.0.1:$rpc\"" \
+            "replication_factor = $GARAGE_NODES" 'compression_level = "none"' "rpc_bind_addr = \"127.0.0.1:$rpc\"" \
             "rpc_public_addr = \"127.0.0.1:$rpc\"" "rpc_secret = \"$secret\"" '[s3_api]' 's3_region = "garage"' \
             "api_bind_addr = \"127.0.0.1:$s3\"" 'root_domain = ".s3.garage.localhost"' >"$g/n$i/garage.toml"
         chmod 600 "$g/n$i/garage.toml"
