@@ -241,7 +241,7 @@ impl Backend for S3Backend {
             .runtime
             .block_on(async { self.store.get(&key).await?.bytes().await })
             .map_err(|e| self.error(&key, e))?;
-        Ok(bytes.to_vec())
+        Ok(Vec::from(bytes))
     }
 
     /// Reads ahead only what is worth it: a whole small object when the
@@ -283,13 +283,15 @@ impl Backend for S3Backend {
                 std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
             ));
         }
+        if fetch == range {
+            // The response buffer becomes the result without a copy.
+            return Ok(Vec::from(bytes));
+        }
         let at = (range.start - fetch.start) as usize;
         let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
-        if fetch != range {
-            cache.windows.push((name.to_string(), fetch.start, bytes.to_vec()));
-            while cache.windows.iter().map(|(_, _, b)| b.len()).sum::<usize>() > READ_CACHE_BYTES {
-                cache.windows.remove(0);
-            }
+        cache.windows.push((name.to_string(), fetch.start, Vec::from(bytes)));
+        while cache.windows.iter().map(|(_, _, b)| b.len()).sum::<usize>() > READ_CACHE_BYTES {
+            cache.windows.remove(0);
         }
         Ok(out)
     }
