@@ -132,8 +132,7 @@ impl RepositoryConfig {
     pub fn describe(&self) -> String {
         match &self.place {
             RepositoryPlace::Local(p) => p.display().to_string(),
-            RepositoryPlace::S3(s) if s.prefix.is_empty() => format!("s3://{}", s.bucket),
-            RepositoryPlace::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+            RepositoryPlace::S3(s) => crate::engine::backend::s3_url(&s.bucket, &s.prefix),
         }
     }
 }

@@ -331,8 +331,13 @@ impl Repository {
         packs: &mut PackFiles,
     ) -> Result<Vec<u8>> {
         let range = blob_range(loc);
-        let pack_end = index.packs().get(&loc.pack).copied().unwrap_or(range.end).max(range.end);
-        let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range.start..pack_end, packs)?;
+        let sealed = self.backend.get_range(
+            PACKS,
+            &loc.pack.to_hex(),
+            range.clone(),
+            range.start..pack_end(index, loc),
+            packs,
+        )?;
         self.open_blob(id, loc, &sealed)
     }
 
@@ -361,8 +366,8 @@ impl Repository {
         // Trees are read in no particular order and their packs are small:
         // a remote backend fetches a tree pack whole, once.
         let range = blob_range(loc);
-        let pack_end = index.packs().get(&loc.pack).copied().unwrap_or(range.end).max(range.end);
-        let worth = if pack_end <= WHOLE_TREE_PACK { 0..pack_end } else { range.clone() };
+        let end = pack_end(index, loc);
+        let worth = if end <= WHOLE_TREE_PACK { 0..end } else { range.clone() };
         let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)?;
         Tree::decode(&self.open_blob(id, loc, &sealed)?)
     }
@@ -463,6 +468,12 @@ fn write_once(backend: &dyn Backend, name: &str, bytes: &[u8]) -> Result<()> {
 
 /// A tree pack up to this size is fetched whole by a remote backend.
 const WHOLE_TREE_PACK: u64 = 16 << 20;
+
+/// Where the last indexed blob of `loc`'s pack ends.
+fn pack_end(index: &Index, loc: &BlobLocation) -> u64 {
+    let end = blob_range(loc).end;
+    index.packs().get(&loc.pack).copied().unwrap_or(end).max(end)
+}
 
 /// Where a blob's sealed bytes are in its pack.
 fn blob_range(loc: &BlobLocation) -> std::ops::Range<u64> {

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use local::{LocalBackend, sync_dir};
-pub use s3::{S3Backend, S3Settings};
+pub use s3::{S3Backend, S3Settings, s3_url};
 
 use crate::error::Result;
 

@@ -65,12 +65,13 @@ impl S3Settings {
     }
 
     pub fn url(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
-        } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        }
+        s3_url(&self.bucket, &self.prefix)
     }
+}
+
+/// `s3://bucket/prefix` (or `s3://bucket`), for messages.
+pub fn s3_url(bucket: &str, prefix: &str) -> String {
+    if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") }
 }
 
 impl fmt::Debug for S3Settings {
@@ -84,7 +85,6 @@ pub struct S3Backend {
     store: AmazonS3,
     bucket: String,
     prefix: String,
-    url: String,
     connections: usize,
     runtime: tokio::runtime::Runtime,
 }
@@ -139,15 +139,13 @@ impl S3Backend {
             store,
             bucket: s.bucket.clone(),
             prefix: s.prefix.clone(),
-            url: s.url(),
             connections: s.connections.max(1),
             runtime,
         })
     }
 
     fn key(&self, dir: &str, name: &str) -> ObjectPath {
-        let rel = relative_path(dir, name);
-        if self.prefix.is_empty() { ObjectPath::from(rel) } else { ObjectPath::from(format!("{}/{rel}", self.prefix)) }
+        self.under_prefix(&relative_path(dir, name))
     }
 
     /// `s3://bucket/key`, for messages.
@@ -155,11 +153,12 @@ impl S3Backend {
         format!("s3://{}/{key}", self.bucket)
     }
 
-    fn dir_key(&self, dir: &str) -> ObjectPath {
-        match (self.prefix.is_empty(), dir.is_empty()) {
-            (true, _) => ObjectPath::from(dir),
+    /// `rel` (a file or a directory of the repository) under the prefix.
+    fn under_prefix(&self, rel: &str) -> ObjectPath {
+        match (self.prefix.is_empty(), rel.is_empty()) {
+            (true, _) => ObjectPath::from(rel),
             (false, true) => ObjectPath::from(self.prefix.as_str()),
-            (false, false) => ObjectPath::from(format!("{}/{dir}", self.prefix)),
+            (false, false) => ObjectPath::from(format!("{}/{rel}", self.prefix)),
         }
     }
 
@@ -182,7 +181,7 @@ impl S3Backend {
 
 impl Backend for S3Backend {
     fn location(&self) -> String {
-        self.url.clone()
+        s3_url(&self.bucket, &self.prefix)
     }
 
     fn parallelism(&self) -> usize {
@@ -194,7 +193,7 @@ impl Backend for S3Backend {
     }
 
     fn is_empty(&self) -> Result<bool> {
-        let prefix = self.dir_key("");
+        let prefix = self.under_prefix("");
         let first = self.runtime.block_on(async { self.store.list(Some(&prefix)).next().await });
         match first {
             None => Ok(true),
@@ -297,7 +296,7 @@ impl Backend for S3Backend {
     }
 
     fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
-        let prefix = self.dir_key(dir);
+        let prefix = self.under_prefix(dir);
         let metas = self
             .runtime
             .block_on(async {
