@@ -3,7 +3,7 @@
 //! and S3 keys, from files or the AWS environment variables.
 //! Nothing here logs or formats a passphrase into an error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -14,7 +14,11 @@ use crate::engine::backend::{Location, S3Settings};
 use crate::process::{self, ProcessSpec};
 
 /// The credential name holdfast reads from `$CREDENTIALS_DIRECTORY`.
-pub const CREDENTIAL_NAME: &str = "holdfast-passphrase";
+const CREDENTIAL_NAME: &str = "holdfast-passphrase";
+
+/// Credential names of a bucket's access key id and secret key.
+const S3_ID_CREDENTIAL: &str = "holdfast-s3-access-key-id";
+const S3_SECRET_CREDENTIAL: &str = "holdfast-s3-secret-access-key";
 
 /// A passphrase file's content without its final newline.
 pub fn read_passphrase_file(f: &Path) -> Result<Vec<u8>> {
@@ -36,23 +40,14 @@ pub fn passphrase_from_environment() -> Result<Option<Vec<u8>>> {
         }
         return Ok(Some(v.as_bytes().to_vec()));
     }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let f = Path::new(&dir).join(CREDENTIAL_NAME);
-        if f.exists() {
-            return read_passphrase_file(&f).map(Some);
-        }
-    }
-    Ok(None)
+    loaded_credential(CREDENTIAL_NAME).map(|f| read_passphrase_file(&f)).transpose()
 }
 
 /// Resolve a configured passphrase source. Under systemd, a credential
 /// `holdfast-passphrase-<repository>` (from `LoadCredential=`) comes first.
 pub fn resolve(source: &PassphraseSource, repository: &str) -> Result<Vec<u8>> {
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        let f = Path::new(&dir).join(format!("{CREDENTIAL_NAME}-{repository}"));
-        if f.exists() {
-            return read_passphrase_file(&f);
-        }
+    if let Some(f) = loaded_credential(&format!("{CREDENTIAL_NAME}-{repository}")) {
+        return read_passphrase_file(&f);
     }
     match source {
         PassphraseSource::File(f) => read_passphrase_file(f),
@@ -84,7 +79,10 @@ pub fn location(repo: &RepositoryConfig) -> Result<Location> {
         RepositoryPlace::S3(s) => {
             let (access_key_id, secret_access_key) = match (&s.access_key_id_file, &s.secret_access_key_file) {
                 (Some(id), Some(secret)) => {
-                    (read_secret_file(id, "access key id")?, read_secret_file(secret, "secret key")?)
+                    let [id, secret] = [(id, S3_ID_CREDENTIAL), (secret, S3_SECRET_CREDENTIAL)].map(|(f, name)| {
+                        loaded_credential(&format!("{name}-{}", repo.name)).unwrap_or_else(|| f.clone())
+                    });
+                    (read_secret_file(&id, "access key id")?, read_secret_file(&secret, "secret key")?)
                 }
                 _ => s3_keys_from_environment().with_context(|| {
                     format!("repository {:?} has no access_key_id_file/secret_access_key_file", repo.name)
@@ -134,6 +132,30 @@ fn s3_keys_from_environment() -> Result<(String, String)> {
         (Ok(id), Ok(secret)) if !id.is_empty() && !secret.is_empty() => Ok((id, secret)),
         _ => bail!("no S3 credentials: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"),
     }
+}
+
+/// The file systemd's `LoadCredential=` put in `$CREDENTIALS_DIRECTORY`
+/// under `name`, if there is one.
+fn loaded_credential(name: &str) -> Option<PathBuf> {
+    let f = Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY")?).join(name);
+    f.exists().then_some(f)
+}
+
+/// Every secret file of a repository with the credential name holdfast
+/// looks for it under, for `LoadCredential=` in systemd units (a service
+/// that cannot read `/etc/holdfast` itself still gets its secrets).
+pub fn credential_files(repo: &RepositoryConfig) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    if let PassphraseSource::File(f) = &repo.passphrase {
+        out.push((format!("{CREDENTIAL_NAME}-{}", repo.name), f.clone()));
+    }
+    if let RepositoryPlace::S3(s) = &repo.place
+        && let (Some(id), Some(secret)) = (&s.access_key_id_file, &s.secret_access_key_file)
+    {
+        out.push((format!("{S3_ID_CREDENTIAL}-{}", repo.name), id.clone()));
+        out.push((format!("{S3_SECRET_CREDENTIAL}-{}", repo.name), secret.clone()));
+    }
+    out
 }
 
 /// A one-line secret from a file (its content never appears in an error).

@@ -5,14 +5,14 @@
 //! The service runs `holdfast --config <exact path> run JOB`, calls
 //! `recover JOB` from `ExecStopPost=` (so a killed run's `finally` hooks
 //! still run), can write only the job's spool, repositories and metrics
-//! directory, and gets file passphrases through `LoadCredential=`.
+//! directory, and gets secret files (passphrases, S3 keys) through `LoadCredential=`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, Job, PassphraseSource};
-use crate::secrets::CREDENTIAL_NAME;
+use crate::config::{Config, Job};
+use crate::secrets::credential_files;
 
 /// `(file name, contents)` of every unit for `jobs`.
 pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(String, String)>> {
@@ -63,15 +63,11 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
                 svc.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
             }
             svc.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
-            for j in &pruned {
-                for name in &j.repositories {
-                    if let Some(PassphraseSource::File(f)) = config.repositories.get(name).map(|r| &r.passphrase) {
-                        let line = format!("LoadCredential={CREDENTIAL_NAME}-{name}:{}\n", f.display());
-                        if !svc.contains(&line) {
-                            svc.push_str(&line);
-                        }
-                    }
-                }
+            let mut credentials: Vec<String> = pruned.iter().flat_map(|j| load_credentials(config, j)).collect();
+            credentials.sort();
+            credentials.dedup();
+            for c in credentials {
+                svc.push_str(&c);
             }
         }
         out.push(("holdfast-prune.service".into(), svc));
@@ -90,13 +86,9 @@ fn quote(p: &Path) -> String {
 
 fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> String {
     let mut writable: Vec<PathBuf> = vec![job.spool.clone()];
-    let mut credentials = Vec::new();
     for name in &job.repositories {
         if let Some(r) = config.repositories.get(name) {
             writable.extend(r.local_path().map(|p| p.to_path_buf()));
-            if let PassphraseSource::File(f) = &r.passphrase {
-                credentials.push(format!("LoadCredential={CREDENTIAL_NAME}-{name}:{}", f.display()));
-            }
         }
     }
     if let Some(m) = &job.metrics_dir {
@@ -123,12 +115,22 @@ fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> St
         if !under_home {
             s.push_str("ProtectHome=read-only\n");
         }
-        for c in &credentials {
-            s.push_str(c);
-            s.push('\n');
+        for c in load_credentials(config, job) {
+            s.push_str(&c);
         }
     }
     s
+}
+
+/// `LoadCredential=` lines (newline included) for the secret files of the
+/// job's repositories.
+fn load_credentials(config: &Config, job: &Job) -> Vec<String> {
+    job.repositories
+        .iter()
+        .filter_map(|name| config.repositories.get(name))
+        .flat_map(credential_files)
+        .map(|(name, file)| format!("LoadCredential={name}:{}\n", file.display()))
+        .collect()
 }
 
 fn timer(job: &Job, schedule: &str, what: &str, unit: &str) -> String {

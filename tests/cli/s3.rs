@@ -163,6 +163,24 @@ fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() 
     env.engine(["--repo", "offsite", "restore", "web", "--files", "--to"]).arg(&out).assert().success();
     assert_same_tree(&tree_fingerprint(&data), &tree_fingerprint(&restored(&out, &data)));
     env.engine(["--repo", "offsite", "check", "--read-data"]).assert().success();
+
+    // Under systemd the service gets the bucket's keys as credentials, so
+    // it needs no right to read them where they are.
+    let units = env.path("units");
+    env.engine(["systemd", "web", "--output"]).arg(&units).assert().success();
+    let service = fs::read_to_string(units.join("holdfast-web.service")).unwrap();
+    let credentials = env.path("credentials");
+    fs::create_dir(&credentials).unwrap();
+    for (name, file) in [
+        ("holdfast-s3-access-key-id-offsite", "offsite.s3.id"),
+        ("holdfast-s3-secret-access-key-offsite", "offsite.s3.secret"),
+    ] {
+        let line = format!("LoadCredential={name}:{}", env.path(file).display());
+        assert!(service.lines().any(|l| l == line), "{line} missing: {service}");
+        fs::rename(env.path(file), credentials.join(name)).unwrap();
+    }
+    env.engine(["--repo", "offsite", "snapshots"]).assert().failure();
+    env.engine(["--repo", "offsite", "snapshots"]).env("CREDENTIALS_DIRECTORY", &credentials).assert().success();
 }
 
 #[test]
