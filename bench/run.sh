@@ -193,13 +193,30 @@ s3_bytes() {
 }
 alive() { [[ -z ${FAIL[$1]:-} ]]; }
 
+# User+system clock ticks of the Garage processes so far (0 without Garage).
+garage_cpu_ticks() {
+    local total=0 pid
+    [[ -f $WORK/garage/pids ]] || { echo 0; return; }
+    while read -r pid; do
+        [[ -r /proc/$pid/stat ]] && total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done <"$WORK/garage/pids"
+    echo "$total"
+}
+
 # timed TOOL STEP FUNC ARGS...: run FUNC under /usr/bin/time; on success store
 # R[TOOL.STEP.wall|cpu|rss] (s, s, MiB) and return 0; on failure mark TOOL failed.
+# For the S3 tools also R[TOOL.STEP.server_cpu]: the CPU Garage used meanwhile
+# (it runs on the same cores).
 timed() {
     local tool=$1 step=$2; shift 2
-    local tf=$LOGS/$tool.$step.time lf=$LOGS/$tool.$step.log
+    local tf=$LOGS/$tool.$step.time lf=$LOGS/$tool.$step.log server0
+    server0=$(garage_cpu_ticks)
     /usr/bin/time -f '%e %U %S %M' -o "$tf" bash -o pipefail -c '"$@"' _ "$@" >"$lf" 2>&1
     local rc=$?
+    if [[ $tool == *_s3 ]]; then
+        R[$tool.$step.server_cpu]=$(awk -v a="$server0" -v b="$(garage_cpu_ticks)" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { printf "%.2f", (b - a) / hz }')
+    fi
     if [[ $rc -ne 0 ]]; then
         FAIL[$tool]="$step failed (exit $rc), see logs/$tool.$step.log"
         say "  $tool $step: FAILED (exit $rc): $(tail -n 3 "$lf" | tr '\n' ' ')"
@@ -469,6 +486,12 @@ RESULTS=$WORK/results.md
     echo
     in_list tar && echo "tar row: \`tar --sparse -cf - DATA | zstd -3 -T0\`; the repo" \
         "column shows the compressed stream size, for reference."
+    for t in "${TOOL_LIST[@]}"; do
+        [[ $t == *_s3 && -n ${R[$t.restore.server_cpu]:-} ]] || continue
+        echo "- $t: Garage used ${R[$t.backup1.server_cpu]:-?} / ${R[$t.backup2.server_cpu]:-?} /" \
+            "${R[$t.backup3.server_cpu]:-?} / ${R[$t.restore.server_cpu]:-?} s of CPU during backup 1 / 2 / 3 /" \
+            "restore, on the same cores."
+    done
     for t in "${TOOL_LIST[@]}"; do
         [[ -n ${FAIL[$t]:-} ]] && echo "- **$t**: ${FAIL[$t]}"
     done
