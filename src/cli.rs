@@ -619,9 +619,10 @@ pub fn run() -> Result<ExitCode> {
             let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
             // `--all` and job names exclude each other: no names means all.
             debug_assert!(!*all || jobs.is_empty());
+            let from = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
             let mut reports = Vec::new();
             for job in select_jobs(config, jobs)? {
-                let report = verify_job(config, job, snapshot)?;
+                let report = verify_job(config, job, from.as_deref(), snapshot)?;
                 if !*json {
                     print_verify_report(&report);
                 }
@@ -861,9 +862,10 @@ fn print_restore_report(r: &RestoreReport) {
 
 fn print_verify_report(r: &VerifyReport) {
     println!(
-        "job {}: snapshot {} {} in {:.1}s",
+        "job {}: snapshot {} in {} {} in {:.1}s",
         r.job,
         &r.snapshot[..8],
+        r.repository,
         if r.ok { "verified" } else { "FAILED verification" },
         r.duration_secs
     );

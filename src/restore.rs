@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseConfig, DatabaseKind, Expectation, Job, Phase, SmokeQuery};
+use crate::config::{Config, DatabaseConfig, DatabaseKind, Expectation, Job, Phase, RepositoryConfig, SmokeQuery};
 use crate::dump::{DumpContext, DumpRecord, Server, major_version};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
@@ -117,16 +117,23 @@ pub fn dump_config<'a>(job: &'a Job, dump: &DumpRecord) -> Result<&'a DatabaseCo
     })
 }
 
-/// Restore `what` from the job's snapshot `spec`, from its first repository
-/// or the one named `from` (an off-site copy, when the first is lost).
-pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, what: &What) -> Result<RestoreReport> {
-    let _lock = JobLock::acquire(&job.spool, &job.name)?;
+/// The job's repository named `from`, or its first: restores and restore
+/// tests read from there (an off-site copy when the first is lost, or to
+/// prove that the off-site copy restores).
+pub fn job_repository<'a>(config: &'a Config, job: &Job, from: Option<&str>) -> Result<&'a RepositoryConfig> {
     let name = match from {
         Some(n) if job.repositories.iter().any(|r| r == n) => n,
         Some(n) => bail!("job {:?} does not use repository {n:?}; it uses {}", job.name, job.repositories.join(", ")),
         None => &job.repositories[0],
     };
-    let repo_cfg = &config.repositories[name];
+    config.repositories.get(name).ok_or_else(|| anyhow!("repository {name:?} is not configured"))
+}
+
+/// Restore `what` from the job's snapshot `spec`, from its first repository
+/// or the one named `from` (an off-site copy, when the first is lost).
+pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, what: &What) -> Result<RestoreReport> {
+    let _lock = JobLock::acquire(&job.spool, &job.name)?;
+    let repo_cfg = job_repository(config, job, from)?;
     let repo = open_repository(repo_cfg)?;
     let (id, snap, record) = job_snapshot(&repo, job, spec)?;
     let mut vars = Vars {

@@ -17,7 +17,7 @@ use crate::config::{Config, DatabaseKind, Event, Job};
 use crate::dump::{DumpContext, Server};
 use crate::engine::restore::{Comparison, RestoreOptions, compare_restored, restore};
 use crate::notify::notify;
-use crate::restore::{Scratch, SmokeResult, dump_config, extract_dump, job_snapshot, smoke_queries};
+use crate::restore::{Scratch, SmokeResult, dump_config, extract_dump, job_repository, job_snapshot, smoke_queries};
 use crate::runner::open_repository;
 use crate::template::Vars;
 
@@ -35,6 +35,8 @@ pub struct DatabaseCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub job: String,
+    /// The repository the snapshot was read from.
+    pub repository: String,
     pub snapshot: String,
     pub ok: bool,
     pub databases: Vec<DatabaseCheck>,
@@ -43,13 +45,16 @@ pub struct VerifyReport {
     pub duration_secs: f64,
 }
 
-/// Verify `job`'s snapshot `spec` (`latest` for its newest).
-pub fn verify_job(config: &Config, job: &Job, spec: &str) -> Result<VerifyReport> {
+/// Verify `job`'s snapshot `spec` (`latest` for its newest) in its first
+/// repository, or in the one named `from`.
+pub fn verify_job(config: &Config, job: &Job, from: Option<&str>, spec: &str) -> Result<VerifyReport> {
     let started = Instant::now();
-    let repo = open_repository(&config.repositories[&job.repositories[0]])?;
+    let repo_cfg = job_repository(config, job, from)?;
+    let repo = open_repository(repo_cfg)?;
     let (id, snap, record) = job_snapshot(&repo, job, spec)?;
     let mut report = VerifyReport {
         job: job.name.clone(),
+        repository: repo_cfg.name.clone(),
         snapshot: id.to_hex(),
         ok: false,
         databases: Vec::new(),

@@ -163,6 +163,12 @@ fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() 
     env.engine(["--repo", "offsite", "restore", "web", "--files", "--to"]).arg(&out).assert().success();
     assert_same_tree(&tree_fingerprint(&data), &tree_fingerprint(&restored(&out, &data)));
     env.engine(["--repo", "offsite", "check", "--read-data"]).assert().success();
+    // The restore test reads from the bucket too when told to.
+    let verified = env.engine(["--repo", "offsite", "verify", "web", "--json"]).assert().success();
+    let verified = parse_json(&String::from_utf8_lossy(&verified.get_output().stdout));
+    assert_eq!(verified[0]["repository"], "offsite", "{verified:#}");
+    assert_eq!(verified[0]["ok"], true, "{verified:#}");
+    assert!(verified[0]["files"]["files"].as_u64().is_some_and(|n| n >= 21), "{verified:#}");
 
     // Under systemd the service gets the bucket's keys as credentials, so
     // it needs no right to read them where they are.
