@@ -100,6 +100,25 @@ fn an_s3_repository_backs_up_restores_checks_and_prunes() {
     assert!(after < before, "no pack was deleted: {before} -> {after} bytes");
     assert!(check_read_data(&bucket, "shop").contains("healthy"));
     restore_and_compare(&bucket, "shop", &src, &tmp.path().join("out2"));
+
+    // Disaster recovery: the bucket's snapshots copied into a new local
+    // repository, which then restores without the bucket.
+    let local = tmp.path().join("recovered").to_string_lossy().into_owned();
+    let url = bucket.url("shop");
+    let out3 = tmp.path().join("out3").to_string_lossy().into_owned();
+    for args in [
+        vec!["--repo", &local, "init", "--copy-params-from", &url],
+        vec!["copy", "--from", &url, "--to", &local],
+        vec!["--repo", &local, "restore", "latest", "--to", &out3],
+    ] {
+        let mut c = Command::new(holdfast_bin());
+        c.args(&args).env("HOLDFAST_PASSPHRASE", PASSPHRASE).env("HOLDFAST_FROM_PASSPHRASE", PASSPHRASE);
+        bucket.env(&mut c);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "holdfast {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out3 = Path::new(&out3);
+    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(out3, &src)));
 }
 
 #[test]
