@@ -1,19 +1,21 @@
 //! Copy snapshots from one repository to another that shares its keys
 //! (created with `init --copy-params-from`): only the blobs the target lacks
-//! move, as sealed bytes (authenticated on the way, never re-chunked or
-//! re-encrypted); then the target's index, then its snapshots — the same
+//! move, read pack by pack, as sealed bytes (authenticated on the way, never
+//! re-chunked or re-encrypted); then the target's index, then its snapshots — the same
 //! write order as a backup, so an interrupted copy leaves only unreferenced
 //! packs and the next copy catches up.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::engine::backup::ship;
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::index::{Index, IndexFile};
+use crate::engine::index::{BlobLocation, IndexFile};
 use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
-use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::parallel::for_each_parallel_with;
+use crate::engine::repository::{PackFiles, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::EntryKind;
 use crate::error::{Error, Result};
@@ -55,8 +57,7 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let (snaps, _) = from.snapshots()?;
     let mut report = CopyReport::default();
     let mut known: HashSet<Id> = target_index.blob_ids();
-    let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
-    let mut writer = Writers { to, uploader: &uploader, data: None, trees: None };
+    let mut needed = Vec::new();
     let mut source_packs = PackFiles::default();
     let mut todo = Vec::new();
     for (_, snap) in snaps.iter().filter(|(_, s)| wanted(s)) {
@@ -73,26 +74,49 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
                 continue;
             }
             let tree = from.load_tree(&source_index, &tree_id, &mut source_packs)?;
-            for e in &tree.entries {
-                match &e.kind {
-                    EntryKind::Dir { tree } => stack.push(*tree),
-                    EntryKind::File(c) => {
-                        for id in c.pieces.iter().filter_map(|p| p.chunk()) {
-                            if known.insert(*id) {
-                                copy_blob(from, &source_index, id, &mut source_packs, &mut writer, &mut report)?;
-                            }
-                        }
-                    }
-                    _ => {}
+            let chunks = tree.entries.iter().flat_map(|e| match &e.kind {
+                EntryKind::Dir { tree } => {
+                    stack.push(*tree);
+                    Vec::new()
                 }
-            }
-            if known.insert(tree_id) {
-                copy_blob(from, &source_index, &tree_id, &mut source_packs, &mut writer, &mut report)?;
+                EntryKind::File(c) => c.pieces.iter().filter_map(|p| p.chunk()).copied().collect(),
+                _ => Vec::new(),
+            });
+            for id in chunks.chain([tree_id]) {
+                if known.insert(id) {
+                    let loc = source_index
+                        .get(&id)
+                        .ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
+                    needed.push((id, *loc));
+                }
             }
         }
         todo.push(snap.clone());
     }
-    writer.finish()?;
+
+    // The blobs move pack by pack, a few MiB per read, on several threads.
+    let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
+    let writers = Mutex::new(Writers { to, uploader: &uploader, data: None, trees: None, report });
+    let reads = plan_pack_reads(needed);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let caches: Vec<Mutex<PackFiles>> =
+        (0..threads.max(from.backend().parallelism())).map(|_| Mutex::new(PackFiles::default())).collect();
+    for_each_parallel_with(reads.len(), &caches, 1, |i, packs| {
+        let bytes = from.read_pack_range(&reads[i], packs)?;
+        for (id, loc, sealed) in sealed_blobs(&reads[i], &bytes) {
+            let sealed = sealed?;
+            let plain = from.open_blob(id, loc, sealed)?;
+            writers.lock().map_err(|_| Error::Invalid("a copy thread panicked".into()))?.add(
+                id,
+                loc,
+                sealed,
+                plain.len(),
+            )?;
+        }
+        Ok(())
+    })?;
+    let writers = writers.into_inner().map_err(|_| Error::Invalid("a copy thread panicked".into()))?;
+    let mut report = writers.finish()?;
     let packs = uploader.finish()?;
     if !packs.is_empty() {
         to.write_index_file(&IndexFile { packs })?;
@@ -110,44 +134,32 @@ struct Writers<'a> {
     uploader: &'a PackUploader,
     data: Option<PackWriter>,
     trees: Option<PackWriter>,
+    report: CopyReport,
 }
 
 impl Writers<'_> {
-    fn finish(mut self) -> Result<()> {
-        for w in [self.data.take(), self.trees.take()].into_iter().flatten() {
+    /// Add one sealed blob (already checked to open to its id).
+    fn add(&mut self, id: &Id, loc: &BlobLocation, sealed: &[u8], raw_length: usize) -> Result<()> {
+        let size = self.to.config().pack_size as u64;
+        let slot = if loc.kind == ObjectKind::Tree { &mut self.trees } else { &mut self.data };
+        let w = slot.get_or_insert_with(|| {
+            if loc.kind == ObjectKind::Tree { PackWriter::new() } else { PackWriter::for_size(size) }
+        });
+        w.add(*id, loc.kind, sealed, raw_length);
+        self.report.blobs_copied += 1;
+        self.report.bytes_copied += sealed.len() as u64;
+        if w.size() >= size
+            && let Some(w) = slot.take()
+        {
             ship(self.to, self.uploader, w)?;
         }
         Ok(())
     }
-}
 
-/// Move one sealed blob, after checking that it opens to its id.
-fn copy_blob(
-    from: &Repository,
-    index: &Index,
-    id: &Id,
-    packs: &mut PackFiles,
-    writers: &mut Writers,
-    report: &mut CopyReport,
-) -> Result<()> {
-    let loc = index.get(id).ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
-    let sealed = from.read_sealed(loc, packs)?;
-    let plain = from.keys().open(loc.kind, id, &sealed)?;
-    if from.keys().blob_id(&plain) != *id {
-        return Err(Error::damaged(format!("blob {}", id.short()), "content does not match its id"));
+    fn finish(mut self) -> Result<CopyReport> {
+        for w in [self.data.take(), self.trees.take()].into_iter().flatten() {
+            ship(self.to, self.uploader, w)?;
+        }
+        Ok(self.report)
     }
-    let slot = if loc.kind == ObjectKind::Tree { &mut writers.trees } else { &mut writers.data };
-    let size = writers.to.config().pack_size as u64;
-    let w = slot.get_or_insert_with(|| {
-        if loc.kind == ObjectKind::Tree { PackWriter::new() } else { PackWriter::for_size(size) }
-    });
-    w.add(*id, loc.kind, &sealed, plain.len());
-    report.blobs_copied += 1;
-    report.bytes_copied += sealed.len() as u64;
-    if w.size() >= writers.to.config().pack_size as u64
-        && let Some(w) = slot.take()
-    {
-        ship(writers.to, writers.uploader, w)?;
-    }
-    Ok(())
 }

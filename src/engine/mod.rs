@@ -15,6 +15,7 @@ pub mod gc;
 pub mod index;
 pub mod keyfile;
 pub mod pack;
+pub mod parallel;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;

@@ -16,6 +16,7 @@
 //! header (`holdfast`, format version, object kind, a 32-byte object id) and
 //! the sealed payload, with the header bound as associated data.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -347,9 +348,10 @@ impl Repository {
         self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range, packs)
     }
 
-    /// Bytes `range` of a pack, as stored (restore reads many blobs at once).
-    pub fn read_pack_range(&self, pack: &Id, range: std::ops::Range<u64>, packs: &mut PackFiles) -> Result<Vec<u8>> {
-        self.backend.get_range(PACKS, &pack.to_hex(), range.clone(), range, packs)
+    /// The bytes one [`PackRead`] fetches, as stored.
+    pub fn read_pack_range(&self, read: &PackRead, packs: &mut PackFiles) -> Result<Vec<u8>> {
+        let range = read.start..read.end;
+        self.backend.get_range(PACKS, &read.pack.to_hex(), range.clone(), range, packs)
     }
 
     /// Authenticate and decompress a sealed blob; checks its id.
@@ -513,6 +515,64 @@ fn open_file(keys: &Keys, kind: ObjectKind, bytes: &[u8], expect_id: Option<&Id>
 
 /// Per-thread read state for blob reads (see [`ReadCache`]).
 pub type PackFiles = ReadCache;
+
+/// Blobs of one pack that one read fetches: bytes `start..end` of the pack.
+/// Restore and copy read pack by pack, a few MiB per request, instead of
+/// blob by blob: what keeps them fast from object storage.
+pub struct PackRead {
+    pub pack: Id,
+    pub start: u64,
+    pub end: u64,
+    pub blobs: Vec<(Id, BlobLocation)>,
+}
+
+/// Blobs closer than this are fetched with one read (the gap comes along).
+const READ_GAP: u64 = 1 << 20;
+/// The most one read fetches (per thread in memory at once).
+const READ_MAX: u64 = 8 << 20;
+
+/// The reads that fetch every one of `blobs`: per pack, in offset order,
+/// neighbours merged up to [`READ_MAX`].
+pub fn plan_pack_reads(blobs: impl IntoIterator<Item = (Id, BlobLocation)>) -> Vec<PackRead> {
+    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
+    for (id, loc) in blobs {
+        by_pack.entry(loc.pack).or_default().push((id, loc));
+    }
+    let mut reads = Vec::new();
+    let mut packs: Vec<_> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(pack, _)| *pack);
+    for (pack, mut blobs) in packs {
+        blobs.sort_by_key(|(_, loc)| loc.offset);
+        let mut current: Option<PackRead> = None;
+        for (id, loc) in blobs {
+            let (start, end) = (loc.offset as u64, loc.offset as u64 + loc.length as u64);
+            match current.as_mut() {
+                Some(read) if start <= read.end + READ_GAP && end - read.start <= READ_MAX => {
+                    read.end = read.end.max(end);
+                    read.blobs.push((id, loc));
+                }
+                _ => {
+                    reads.extend(current.take());
+                    current = Some(PackRead { pack, start, end, blobs: vec![(id, loc)] });
+                }
+            }
+        }
+        reads.extend(current);
+    }
+    reads
+}
+
+/// The sealed bytes of each blob of `read`, out of the bytes it fetched.
+pub fn sealed_blobs<'a>(
+    read: &'a PackRead,
+    bytes: &'a [u8],
+) -> impl Iterator<Item = (&'a Id, &'a BlobLocation, Result<&'a [u8]>)> {
+    read.blobs.iter().map(move |(id, loc)| {
+        let at = (loc.offset as u64 - read.start) as usize;
+        let sealed = bytes.get(at..at + loc.length as usize).ok_or_else(|| Error::damaged("pack", "short read"));
+        (id, loc, sealed)
+    })
+}
 
 /// A set of blob ids shared by the threads of one backup: the ones already in
 /// the repository or being stored by this run, so each is stored once.

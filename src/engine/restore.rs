@@ -21,8 +21,9 @@ use nix::sys::stat::SFlag;
 
 use crate::engine::crypto::Id;
 use crate::engine::fsmeta::{NameCache, apply_metadata, make_node};
-use crate::engine::index::{BlobLocation, Index};
-use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::index::Index;
+use crate::engine::parallel::{for_each_parallel, for_each_parallel_with};
+use crate::engine::repository::{PackFiles, PackRead, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind, Metadata, Piece, Tree};
 use crate::error::{Error, IoContext, Result};
@@ -228,19 +229,6 @@ struct Target {
     slice: Option<(u32, u32)>,
 }
 
-/// Blobs of one pack that one read fetches: `start..end` of the pack.
-struct Span {
-    pack: Id,
-    start: u64,
-    end: u64,
-    blobs: Vec<(Id, BlobLocation)>,
-}
-
-/// Blobs closer than this are fetched with one read (the gap comes along).
-const SPAN_GAP: u64 = 1 << 20;
-/// The most one read fetches (per thread in memory at once).
-const SPAN_MAX: u64 = 8 << 20;
-
 /// Write file contents, pack by pack: every needed blob is read once, in
 /// pack order, a few MiB per request, and written to every place it goes —
 /// what makes a restore from object storage as fast as from a disk. Files
@@ -267,7 +255,15 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
         }
         lengths.push(pos);
     }
-    let spans = plan_spans(index, &targets, &files)?;
+    let mut blobs = Vec::with_capacity(targets.len());
+    for (id, t) in &targets {
+        let loc = index.get(id).ok_or_else(|| {
+            let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
+            Error::damaged(format!("chunk {} (of {of})", id.short()), "not in the index")
+        })?;
+        blobs.push((*id, *loc));
+    }
+    let reads = plan_pack_reads(blobs);
 
     for_each_parallel(files.len(), threads, FILES_PER_GRAB, |i| {
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&files[i].path).at(&files[i].path)?;
@@ -275,8 +271,8 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
     })?;
     let caches: Vec<Mutex<(PackFiles, HashMap<usize, File>)>> =
         (0..transfers).map(|_| Mutex::new((PackFiles::default(), HashMap::new()))).collect();
-    for_each_parallel_with(spans.len(), &caches, 1, |i, (packs, open)| {
-        write_span(repo, &spans[i], &targets, &files, packs, open)
+    for_each_parallel_with(reads.len(), &caches, 1, |i, (packs, open)| {
+        write_read(repo, &reads[i], &targets, &files, packs, open)
     })?;
     drop(caches);
     let names: Vec<Mutex<NameCache>> = (0..threads).map(|_| Mutex::new(NameCache::default())).collect();
@@ -285,53 +281,18 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
     })
 }
 
-/// The reads that fetch every blob in `targets`: per pack, in offset order,
-/// neighbours merged up to [`SPAN_MAX`].
-fn plan_spans(index: &Index, targets: &HashMap<Id, Vec<Target>>, files: &[FileJob]) -> Result<Vec<Span>> {
-    let mut by_pack: HashMap<Id, Vec<(Id, BlobLocation)>> = HashMap::new();
-    for (id, t) in targets {
-        let loc = index.get(id).ok_or_else(|| {
-            let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
-            Error::damaged(format!("chunk {} (of {of})", id.short()), "not in the index")
-        })?;
-        by_pack.entry(loc.pack).or_default().push((*id, *loc));
-    }
-    let mut spans = Vec::new();
-    let mut packs: Vec<_> = by_pack.into_iter().collect();
-    packs.sort_by_key(|(pack, _)| *pack);
-    for (pack, mut blobs) in packs {
-        blobs.sort_by_key(|(_, loc)| loc.offset);
-        let mut current: Option<Span> = None;
-        for (id, loc) in blobs {
-            let (start, end) = (loc.offset as u64, loc.offset as u64 + loc.length as u64);
-            match current.as_mut() {
-                Some(span) if start <= span.end + SPAN_GAP && end - span.start <= SPAN_MAX => {
-                    span.end = span.end.max(end);
-                    span.blobs.push((id, loc));
-                }
-                _ => {
-                    spans.extend(current.take());
-                    current = Some(Span { pack, start, end, blobs: vec![(id, loc)] });
-                }
-            }
-        }
-        spans.extend(current);
-    }
-    Ok(spans)
-}
-
-/// Fetch one span, open each blob (authenticated, id checked) and write it
-/// wherever it goes.
-fn write_span(
+/// Fetch one pack read, open each blob (authenticated, id checked) and
+/// write it wherever it goes.
+fn write_read(
     repo: &Repository,
-    span: &Span,
+    read: &PackRead,
     targets: &HashMap<Id, Vec<Target>>,
     files: &[FileJob],
     packs: &mut PackFiles,
     open: &mut HashMap<usize, File>,
 ) -> Result<()> {
-    let bytes = repo.read_pack_range(&span.pack, span.start..span.end, packs)?;
-    for (id, loc) in &span.blobs {
+    let bytes = repo.read_pack_range(read, packs)?;
+    for (id, loc, sealed) in sealed_blobs(read, &bytes) {
         let places = targets.get(id).map(Vec::as_slice).unwrap_or_default();
         let of = |e: Error| match e {
             Error::Damaged { what, detail } => Error::Damaged {
@@ -343,8 +304,7 @@ fn write_span(
             },
             other => other,
         };
-        let at = (loc.offset as u64 - span.start) as usize;
-        let sealed = bytes.get(at..at + loc.length as usize).ok_or_else(|| of(Error::damaged("pack", "short read")))?;
+        let sealed = sealed.map_err(of)?;
         let plain = repo.open_blob(id, loc, sealed).map_err(of)?;
         for t in places {
             let data = match t.slice {
@@ -373,54 +333,6 @@ fn write_span(
 /// metadata: neighbours share a directory, and threads working in one
 /// directory contend for its lock.
 const FILES_PER_GRAB: usize = 64;
-
-/// Run `work(i)` for `i` in `0..n` on `threads` threads, each taking `grab`
-/// consecutive items at a time; the first error.
-fn for_each_parallel(n: usize, threads: usize, grab: usize, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
-    let slots: Vec<Mutex<()>> = (0..threads.max(1)).map(|_| Mutex::new(())).collect();
-    for_each_parallel_with(n, &slots, grab, |i, _| work(i))
-}
-
-/// Like [`for_each_parallel`], one thread per element of `state`, each with
-/// its own state (caches).
-fn for_each_parallel_with<S: Send>(
-    n: usize,
-    state: &[Mutex<S>],
-    grab: usize,
-    work: impl Fn(usize, &mut S) -> Result<()> + Sync,
-) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for slot in state.iter().take(n.max(1)) {
-            let (next, first_error, work) = (&next, &first_error, &work);
-            s.spawn(move || {
-                let Ok(mut own) = slot.lock() else { return };
-                'grabs: loop {
-                    let first = next.fetch_add(grab.max(1), std::sync::atomic::Ordering::Relaxed);
-                    for i in first..(first + grab.max(1)).min(n) {
-                        if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                            break 'grabs;
-                        }
-                        if let Err(e) = work(i, &mut own) {
-                            if let Ok(mut fe) = first_error.lock() {
-                                fe.get_or_insert(e);
-                            }
-                            break 'grabs;
-                        }
-                    }
-                    if first >= n {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner() {
-        Ok(Some(e)) => Err(e),
-        _ => Ok(()),
-    }
-}
 
 /// The entry at `path` (absolute, inside the snapshot), if there is one.
 pub fn find_entry(repo: &Repository, index: &Index, snapshot: &Snapshot, path: &Path) -> Result<Option<Entry>> {

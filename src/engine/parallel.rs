@@ -1,0 +1,60 @@
+//! Work spread over a few threads: items taken in order, in small groups,
+//! each thread with its own state (open files, read caches); the first
+//! error stops the rest. Restore and copy read and write this way.
+
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+/// Run `work(i)` for `i` in `0..n` on `threads` threads, each taking `grab`
+/// consecutive items at a time; the first error.
+pub fn for_each_parallel(
+    n: usize,
+    threads: usize,
+    grab: usize,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
+    let slots: Vec<Mutex<()>> = (0..threads.max(1)).map(|_| Mutex::new(())).collect();
+    for_each_parallel_with(n, &slots, grab, |i, _| work(i))
+}
+
+/// Like [`for_each_parallel`], one thread per element of `state`, each with
+/// its own state (caches).
+pub fn for_each_parallel_with<S: Send>(
+    n: usize,
+    state: &[Mutex<S>],
+    grab: usize,
+    work: impl Fn(usize, &mut S) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for slot in state.iter().take(n.max(1)) {
+            let (next, first_error, work) = (&next, &first_error, &work);
+            s.spawn(move || {
+                let Ok(mut own) = slot.lock() else { return };
+                'grabs: loop {
+                    let first = next.fetch_add(grab.max(1), std::sync::atomic::Ordering::Relaxed);
+                    for i in first..(first + grab.max(1)).min(n) {
+                        if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                            break 'grabs;
+                        }
+                        if let Err(e) = work(i, &mut own) {
+                            if let Ok(mut fe) = first_error.lock() {
+                                fe.get_or_insert(e);
+                            }
+                            break 'grabs;
+                        }
+                    }
+                    if first >= n {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
