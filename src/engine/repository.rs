@@ -343,7 +343,7 @@ impl Repository {
     }
 
     /// The sealed bytes of a blob, as stored (not yet authenticated).
-    pub fn read_sealed(&self, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
+    fn read_sealed(&self, loc: &BlobLocation, packs: &mut PackFiles) -> Result<Vec<u8>> {
         let range = blob_range(loc);
         self.backend.get_range(PACKS, &loc.pack.to_hex(), range.clone(), range, packs)
     }
