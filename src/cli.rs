@@ -299,6 +299,8 @@ pub fn run() -> Result<ExitCode> {
     };
     let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?, &passphrase()?)?) };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    // `--repo NAME` for job restores and verifies: which of the job's repositories.
+    let repo_name = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
 
     match &cli.command {
         Command::Recover { job } => {
@@ -583,8 +585,7 @@ pub fn run() -> Result<ExitCode> {
                 };
                 What::Database { name: database.clone().unwrap_or_default(), action }
             };
-            let from = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
-            let report = restore_job(config, job, from.as_deref(), snapshot, &what)?;
+            let report = restore_job(config, job, repo_name.as_deref(), snapshot, &what)?;
             if *json {
                 print_json(&report)?;
             } else {
@@ -619,10 +620,9 @@ pub fn run() -> Result<ExitCode> {
             let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
             // `--all` and job names exclude each other: no names means all.
             debug_assert!(!*all || jobs.is_empty());
-            let from = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
             let mut reports = Vec::new();
             for job in select_jobs(config, jobs)? {
-                let report = verify_job(config, job, from.as_deref(), snapshot)?;
+                let report = verify_job(config, job, repo_name.as_deref(), snapshot)?;
                 if !*json {
                     print_verify_report(&report);
                 }

@@ -46,7 +46,7 @@ pub fn passphrase_from_environment() -> Result<Option<Vec<u8>>> {
 /// Resolve a configured passphrase source. Under systemd, a credential
 /// `holdfast-passphrase-<repository>` (from `LoadCredential=`) comes first.
 pub fn resolve(source: &PassphraseSource, repository: &str) -> Result<Vec<u8>> {
-    if let Some(f) = loaded_credential(&format!("{CREDENTIAL_NAME}-{repository}")) {
+    if let Some(f) = loaded_credential(&credential_name(CREDENTIAL_NAME, repository)) {
         return read_passphrase_file(&f);
     }
     match source {
@@ -80,7 +80,7 @@ pub fn location(repo: &RepositoryConfig) -> Result<Location> {
             let (access_key_id, secret_access_key) = match (&s.access_key_id_file, &s.secret_access_key_file) {
                 (Some(id), Some(secret)) => {
                     let [id, secret] = [(id, S3_ID_CREDENTIAL), (secret, S3_SECRET_CREDENTIAL)].map(|(f, name)| {
-                        loaded_credential(&format!("{name}-{}", repo.name)).unwrap_or_else(|| f.clone())
+                        loaded_credential(&credential_name(name, &repo.name)).unwrap_or_else(|| f.clone())
                     });
                     (read_secret_file(&id, "access key id")?, read_secret_file(&secret, "secret key")?)
                 }
@@ -134,6 +134,11 @@ fn s3_keys_from_environment() -> Result<(String, String)> {
     }
 }
 
+/// A repository's credential: `<what>-<repository>`.
+fn credential_name(what: &str, repository: &str) -> String {
+    format!("{what}-{repository}")
+}
+
 /// The file systemd's `LoadCredential=` put in `$CREDENTIALS_DIRECTORY`
 /// under `name`, if there is one.
 fn loaded_credential(name: &str) -> Option<PathBuf> {
@@ -147,13 +152,13 @@ fn loaded_credential(name: &str) -> Option<PathBuf> {
 pub fn credential_files(repo: &RepositoryConfig) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     if let PassphraseSource::File(f) = &repo.passphrase {
-        out.push((format!("{CREDENTIAL_NAME}-{}", repo.name), f.clone()));
+        out.push((credential_name(CREDENTIAL_NAME, &repo.name), f.clone()));
     }
     if let RepositoryPlace::S3(s) = &repo.place
         && let (Some(id), Some(secret)) = (&s.access_key_id_file, &s.secret_access_key_file)
     {
-        out.push((format!("{S3_ID_CREDENTIAL}-{}", repo.name), id.clone()));
-        out.push((format!("{S3_SECRET_CREDENTIAL}-{}", repo.name), secret.clone()));
+        out.push((credential_name(S3_ID_CREDENTIAL, &repo.name), id.clone()));
+        out.push((credential_name(S3_SECRET_CREDENTIAL, &repo.name), secret.clone()));
     }
     out
 }

@@ -74,22 +74,23 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
                 continue;
             }
             let tree = from.load_tree(&source_index, &tree_id, &mut source_packs)?;
-            let chunks = tree.entries.iter().flat_map(|e| match &e.kind {
-                EntryKind::Dir { tree } => {
-                    stack.push(*tree);
-                    Vec::new()
-                }
-                EntryKind::File(c) => c.pieces.iter().filter_map(|p| p.chunk()).copied().collect(),
-                _ => Vec::new(),
-            });
-            for id in chunks.chain([tree_id]) {
+            let mut want = |id: Id| -> Result<()> {
                 if known.insert(id) {
                     let loc = source_index
                         .get(&id)
                         .ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
                     needed.push((id, *loc));
                 }
+                Ok(())
+            };
+            for e in &tree.entries {
+                match &e.kind {
+                    EntryKind::Dir { tree } => stack.push(*tree),
+                    EntryKind::File(c) => c.pieces.iter().filter_map(|p| p.chunk()).try_for_each(|id| want(*id))?,
+                    _ => {}
+                }
             }
+            want(tree_id)?;
         }
         todo.push(snap.clone());
     }
@@ -106,12 +107,8 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         for (id, loc, sealed) in sealed_blobs(&reads[i], &bytes) {
             let sealed = sealed?;
             let plain = from.open_blob(id, loc, sealed)?;
-            writers.lock().map_err(|_| Error::Invalid("a copy thread panicked".into()))?.add(
-                id,
-                loc,
-                sealed,
-                plain.len(),
-            )?;
+            let mut writers = writers.lock().map_err(|_| Error::Invalid("a copy thread panicked".into()))?;
+            writers.add(id, loc, sealed, plain.len())?;
         }
         Ok(())
     })?;
