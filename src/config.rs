@@ -32,10 +32,28 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    repositories: BTreeMap<String, RawRepository>,
+    repositories: BTreeMap<PlainName, RawRepository>,
     defaults: Option<RawJob>,
     #[serde(default)]
-    jobs: BTreeMap<String, RawJob>,
+    jobs: BTreeMap<PlainName, RawJob>,
+}
+
+/// A job or repository name, checked where it is written: names become
+/// parts of file, systemd unit and credential names, so letters, digits,
+/// '-' and '_' only.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PlainName(String);
+
+impl<'de> Deserialize<'de> for PlainName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a usable name: job and repository names may use letters, digits, '-' and '_' only"
+            )));
+        }
+        Ok(PlainName(s))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -609,7 +627,7 @@ fn resolve(files: Vec<PathBuf>, parsed: Vec<(PathBuf, RawFile)>) -> Result<Confi
             }
             any_defaults = Some((file.clone(), d.clone()));
         }
-        for (name, r) in &raw.repositories {
+        for (PlainName(name), r) in &raw.repositories {
             if let Some(other) = repo_files.insert(name.clone(), file.clone()) {
                 return Err(ConfigError::Other(format!(
                     "repository {name:?} is defined twice: in {} and in {}",
@@ -622,7 +640,7 @@ fn resolve(files: Vec<PathBuf>, parsed: Vec<(PathBuf, RawFile)>) -> Result<Confi
     }
     let mut jobs = BTreeMap::new();
     for (file, raw) in &parsed {
-        for (name, raw_job) in &raw.jobs {
+        for (PlainName(name), raw_job) in &raw.jobs {
             if let Some(other) = job_files.insert(name.clone(), file.clone()) {
                 return Err(ConfigError::Other(format!(
                     "job {name:?} is defined twice: in {} and in {}",
@@ -719,9 +737,6 @@ fn resolve_job(
     repositories: &BTreeMap<String, RepositoryConfig>,
 ) -> Result<Job> {
     let err = |message: String| ConfigError::InFile { file: file.into(), message: format!("job {name:?}: {message}") };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(err("job names may use letters, digits, '-' and '_' only".into()));
-    }
     let d = defaults.map(|(_, d)| d.clone()).unwrap_or_default();
     let dfile = defaults.map(|(f, _)| f).unwrap_or(file);
     // Which file a key came from decides what its relative paths mean.

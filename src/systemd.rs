@@ -1,5 +1,7 @@
 //! systemd units for jobs: a hardened oneshot service and a timer per job
-//! (and a verify pair when the job has a `verify_schedule`), plus one daily
+//! (and a verify pair per repository when the job has a `verify_schedule`:
+//! `holdfast-verify-JOB` for its first, `holdfast-verify-JOB@REPO` for the
+//! others), plus one daily
 //! `holdfast-prune` pair for the jobs that have a retention policy.
 //!
 //! The service runs `holdfast --config <exact path> run JOB`, calls
@@ -20,7 +22,12 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
     let mut out = Vec::new();
     for job in jobs {
         let base = format!("{} --config {}", quote(&exe), quote(config_path));
-        out.push((format!("holdfast-{}.service", job.name), service(config, job, &base, "run", user)));
+        let run = format!("{base} run {}", job.name);
+        let recover = format!("{base} recover {}", job.name);
+        out.push((
+            format!("holdfast-{}.service", job.name),
+            service(config, job, "backup", &run, Some(&recover), user),
+        ));
         if let Some(s) = &job.schedule {
             out.push((
                 format!("holdfast-{}.timer", job.name),
@@ -28,11 +35,21 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             ));
         }
         if let Some(s) = &job.verify_schedule {
-            out.push((format!("holdfast-verify-{}.service", job.name), service(config, job, &base, "verify", user)));
-            out.push((
-                format!("holdfast-verify-{}.timer", job.name),
-                timer(job, s, "restore test", &format!("holdfast-verify-{}.service", job.name)),
-            ));
+            // One restore test per repository: an off-site copy nobody ever
+            // restored from is as untested as any other.
+            for (i, repo) in job.repositories.iter().enumerate() {
+                let (unit, command) = if i == 0 {
+                    (format!("holdfast-verify-{}", job.name), format!("{base} verify {}", job.name))
+                } else {
+                    (
+                        format!("holdfast-verify-{}@{repo}", job.name),
+                        format!("{base} --repo {repo} verify {}", job.name),
+                    )
+                };
+                let what = format!("restore test from {repo}");
+                out.push((format!("{unit}.service"), service(config, job, &what, &command, None, user)));
+                out.push((format!("{unit}.timer"), timer(job, s, &what, &format!("{unit}.service"))));
+            }
         }
     }
     // One prune for all jobs with a retention policy (prune is its own timer,
@@ -84,7 +101,9 @@ fn quote(p: &Path) -> String {
     if s.contains(char::is_whitespace) { format!("\"{s}\"") } else { s }
 }
 
-fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> String {
+/// The hardened oneshot service that runs `command` (and `after_stop` once
+/// it stopped, however it ended).
+fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Option<&str>, user: bool) -> String {
     let mut writable: Vec<PathBuf> = vec![job.spool.clone()];
     for name in &job.repositories {
         if let Some(r) = config.repositories.get(name) {
@@ -95,15 +114,14 @@ fn service(config: &Config, job: &Job, base: &str, verb: &str, user: bool) -> St
         writable.push(m.clone());
     }
     let under_home = writable.iter().any(|p| p.starts_with("/home") || p.starts_with("/root"));
-    let what = if verb == "run" { "backup" } else { "restore test" };
     let mut s = format!(
-        "[Unit]\nDescription=holdfast {what} of job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
+        "[Unit]\nDescription=holdfast {what}: job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
         job.name,
         job.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
     );
-    s.push_str(&format!("ExecStart={base} {verb} {}\n", job.name));
-    if verb == "run" {
-        s.push_str(&format!("ExecStopPost={base} recover {}\n", job.name));
+    s.push_str(&format!("ExecStart={command}\n"));
+    if let Some(after) = after_stop {
+        s.push_str(&format!("ExecStopPost={after}\n"));
     }
     s.push_str("Nice=10\nIOSchedulingClass=idle\n");
     if !user {

@@ -113,3 +113,20 @@ fn a_bad_s3_repository_says_what_is_wrong_and_where() {
             .assert_says(says);
     }
 }
+
+#[test]
+fn a_job_or_repository_name_that_cannot_name_a_unit_is_rejected_where_it_is_written() {
+    // Names become parts of systemd unit and credential names.
+    for (jobs, name) in [
+        ("[repositories.\"my repo\"]\npath = \"r\"\npassphrase_file = \"passphrase\"\n\n[jobs.app]\n", "\"my repo\""),
+        ("[jobs.\"app/2\"]\n", "\"app/2\""),
+    ] {
+        let env = JobEnv::new();
+        let ran = run_with_config(&env, jobs);
+        let text = fs::read_to_string(env.config_path()).unwrap();
+        let line = line_of(&text, name);
+        let column = text.lines().nth(line - 1).and_then(|l| l.find(name)).unwrap() + 1;
+        ran.assert_says(&format!("{}:{line}:{column}:", env.config_path().display()))
+            .assert_says(&format!("{name} is not a usable name"));
+    }
+}

@@ -236,6 +236,64 @@ fn systemd_writes_hardened_units_that_verify() {
     );
 }
 
+#[test]
+fn systemd_tests_restores_from_every_repository_of_a_job() {
+    let env = JobEnv::new();
+    fs::create_dir_all(env.path("uploads")).unwrap();
+    fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
+    env.config(
+        "[repositories.offsite]\npath = \"offsite\"\npassphrase_file = \"passphrase\"\n\n\
+         [jobs.app]\nrepositories = [\"main\", \"offsite\"]\nverify_schedule = \"Sun *-*-* 05:00:00\"\n\
+         [jobs.app.files]\npaths = [\"uploads\"]\n",
+    )
+    .init_repo();
+    env.engine(["--repo", "offsite", "init"]).assert().success();
+    env.run(&["app"]).assert_ok();
+    let out = env.path("units");
+
+    env.engine(["systemd", "app", "--output"]).arg(&out).assert().success();
+
+    let mut names: Vec<String> =
+        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "holdfast-app.service",
+            "holdfast-verify-app.service",
+            "holdfast-verify-app.timer",
+            "holdfast-verify-app@offsite.service",
+            "holdfast-verify-app@offsite.timer"
+        ]
+    );
+    let offsite = fs::read_to_string(out.join("holdfast-verify-app@offsite.service")).unwrap();
+    let exec = offsite.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{offsite}"));
+    assert!(exec.ends_with(" --repo offsite verify app"), "{offsite}");
+    let timer = fs::read_to_string(out.join("holdfast-verify-app@offsite.timer")).unwrap();
+    assert!(timer.lines().any(|l| l == "Unit=holdfast-verify-app@offsite.service"), "{timer}");
+    assert!(timer.lines().any(|l| l == "OnCalendar=Sun *-*-* 05:00:00"), "{timer}");
+
+    // What the unit runs tests the off-site copy: it works with the local
+    // repository gone.
+    fs::remove_dir_all(env.repo()).unwrap();
+    let words: Vec<&str> = exec.split(' ').collect();
+    let ran = Command::new(words[0]).args(&words[1..]).current_dir(env.path(".")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(stdout.contains("verified") && stdout.contains("offsite"), "{stdout}");
+
+    if have_systemd_analyze() {
+        let units: Vec<PathBuf> = names.iter().map(|n| out.join(n)).collect();
+        let v = Command::new("systemd-analyze").arg("verify").args(&units).output().expect("run systemd-analyze");
+        assert!(
+            v.status.success(),
+            "systemd-analyze verify should accept the units:\n{}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+}
+
 // ---------------------------------------------------------------- helpers
 
 fn have_systemd_analyze() -> bool {
