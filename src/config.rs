@@ -63,7 +63,7 @@ struct RawRepository {
     path: Option<PathBuf>,
     /// …or an S3 bucket and prefix.
     url: Option<S3Url>,
-    endpoint: Option<String>,
+    endpoint: Option<S3Endpoint>,
     region: Option<String>,
     access_key_id_file: Option<PathBuf>,
     secret_access_key_file: Option<PathBuf>,
@@ -167,6 +167,18 @@ impl<'de> Deserialize<'de> for S3Url {
         let s = String::deserialize(d)?;
         let (bucket, prefix) = crate::engine::backend::S3Settings::parse_url(&s).map_err(serde::de::Error::custom)?;
         Ok(S3Url { bucket, prefix })
+    }
+}
+
+/// An S3 endpoint URL, checked when the file is read.
+#[derive(Debug, Clone)]
+struct S3Endpoint(String);
+
+impl<'de> Deserialize<'de> for S3Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::engine::backend::S3Settings::check_endpoint(&s).map_err(serde::de::Error::custom)?;
+        Ok(S3Endpoint(s))
     }
 }
 
@@ -711,7 +723,7 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
             RepositoryPlace::S3(S3Place {
                 bucket: url.bucket.clone(),
                 prefix: url.prefix.clone(),
-                endpoint: r.endpoint.clone(),
+                endpoint: r.endpoint.as_ref().map(|e| e.0.clone()),
                 region: r.region.clone().unwrap_or_else(|| "us-east-1".into()),
                 access_key_id_file: r.access_key_id_file.as_ref().map(|f| rel(file, f)),
                 secret_access_key_file: r.secret_access_key_file.as_ref().map(|f| rel(file, f)),

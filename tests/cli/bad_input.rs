@@ -154,3 +154,43 @@ fn a_path_that_is_not_in_the_snapshot_is_a_clear_error() {
     assert!(stderr.contains("not in the snapshot"), "restore: {stderr}");
     assert!(!stderr.contains("restored"), "a failed restore must not report success: {stderr}");
 }
+
+#[test]
+fn a_malformed_s3_endpoint_in_the_environment_is_one_clear_line() {
+    let t = TestRepo::new();
+    for endpoint in ["http://", "garage:3900", "ftp://127.0.0.1:3900"] {
+        let failed = holdfast(Path::new("s3://backups/shop"))
+            .arg("snapshots")
+            .env("HOLDFAST_PASSPHRASE", PASSPHRASE)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "id")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .current_dir(t.path("."))
+            .assert()
+            .failure()
+            .code(1);
+        let stderr = stderr_of(&failed);
+        assert_eq!(stderr.lines().count(), 1, "{endpoint}: one line:\n{stderr}");
+        assert!(stderr.contains(&format!("{endpoint:?} is not an S3 endpoint")), "{endpoint}: {stderr}");
+        assert!(!stderr.contains("not-a-secret"), "{stderr}");
+    }
+    // A key id the HTTP client cannot put in a header, and a region with a space.
+    for (key_id, region, says) in
+        [("id\twith-tab", "garage", "the access key id is empty or holds spaces"), ("id", "eu west", "is not a region")]
+    {
+        let failed = holdfast(Path::new("s3://backups/shop"))
+            .arg("snapshots")
+            .env("HOLDFAST_PASSPHRASE", PASSPHRASE)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_REGION", region)
+            .env("AWS_ACCESS_KEY_ID", key_id)
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .current_dir(t.path("."))
+            .assert()
+            .failure()
+            .code(1);
+        let stderr = stderr_of(&failed);
+        assert!(stderr.contains(says), "{key_id:?} {region:?}: {stderr}");
+        assert!(!stderr.contains("not-a-secret") && !stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -96,6 +96,18 @@ fn a_bad_s3_repository_says_what_is_wrong_and_where() {
     let line = line_of(&text, "s3://Backups_2");
     ran.assert_says(&format!("{}:{line}:7:", env.config_path().display())).assert_says("not a valid bucket name");
 
+    // An endpoint that is no http(s) URL: also located.
+    let env = JobEnv::new();
+    let ran = run_with_config(
+        &env,
+        "[repositories.offsite]\nurl = \"s3://backups/shop\"\nendpoint = \"garage:3900\"\n\
+         passphrase_file = \"passphrase\"\n\n[jobs.app]\n",
+    );
+    let text = fs::read_to_string(env.config_path()).unwrap();
+    let line = line_of(&text, "garage:3900");
+    ran.assert_says(&format!("{}:{line}:12:", env.config_path().display()))
+        .assert_says("\"garage:3900\" is not an S3 endpoint");
+
     // S3 settings on a local repository, both path and url, or neither.
     for (repo, says) in [
         ("path = \"r\"\nendpoint = \"http://127.0.0.1:9\"\n", "`endpoint` is for S3 repositories"),

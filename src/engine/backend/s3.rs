@@ -64,6 +64,23 @@ impl S3Settings {
         Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
     }
 
+    /// Check an endpoint: `http(s)://host[:port][/path]`, nothing else
+    /// (the S3 client would fail on anything else only when it sends).
+    pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), String> {
+        let bad = |why: &str| format!("{endpoint:?} is not an S3 endpoint ({why}); expected http(s)://host[:port]");
+        let url = reqwest::Url::parse(endpoint).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("not http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(bad("it has a query, a fragment or a user name"));
+        }
+        Ok(())
+    }
+
     pub fn url(&self) -> String {
         s3_url(&self.bucket, &self.prefix)
     }
@@ -125,7 +142,22 @@ impl S3Backend {
                     .with_connect_timeout(Duration::from_secs(10).min(s.request_timeout))
                     .with_allow_http(true),
             );
+        // They go into request headers, which the client cannot build from
+        // control characters or spaces (it would stop the process).
+        let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+        for (what, value) in [("access key id", &s.access_key_id), ("secret access key", &s.secret_access_key)] {
+            if !printable(value) {
+                return Err(Error::Invalid(format!(
+                    "{}: the {what} is empty or holds spaces or control characters",
+                    s.url()
+                )));
+            }
+        }
+        if !printable(&s.region) || s.region.contains('/') {
+            return Err(Error::Invalid(format!("{}: {:?} is not a region name", s.url(), s.region)));
+        }
         if let Some(endpoint) = &s.endpoint {
+            S3Settings::check_endpoint(endpoint).map_err(|e| Error::Invalid(format!("{}: {e}", s.url())))?;
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
         let store = builder.build().map_err(|e| Error::Invalid(format!("{}: {e}", s.url())))?;
