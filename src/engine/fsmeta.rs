@@ -11,9 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mknod, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Group, Uid, User, fchownat};
+use nix::unistd::{Gid, Group, Uid, User, fchown, fchownat};
 
 use crate::engine::tree::{Metadata, Timespec};
 use crate::error::{Error, Result};
@@ -131,24 +131,49 @@ pub fn data_regions(file: &File, md: &FsMetadata) -> Option<Vec<(u64, u64)>> {
     Some(regions)
 }
 
-/// Apply owner (as root only), mode, xattrs and times to a restored path.
+/// Apply owner (as root only), mode, xattrs and times to a restored path,
+/// through `open` when the caller holds the file open (no path lookups).
 /// Owner first: `chown` clears setuid bits, so the mode follows it.
-pub fn apply_metadata(path: &Path, meta: &Metadata, is_symlink: bool, names: &mut NameCache) -> Result<()> {
+pub fn apply_metadata(
+    path: &Path,
+    open: Option<&File>,
+    meta: &Metadata,
+    is_symlink: bool,
+    names: &mut NameCache,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use xattr::FileExt;
     let io = |e: nix::Error| Error::io(path, std::io::Error::from(e));
     if nix::unistd::geteuid().is_root() {
-        let (uid, gid) = (names.uid_for(meta), names.gid_for(meta));
-        fchownat(AT_FDCWD, path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(io)?;
+        let (uid, gid) = (Some(Uid::from_raw(names.uid_for(meta))), Some(Gid::from_raw(names.gid_for(meta))));
+        match open {
+            Some(f) => fchown(f, uid, gid),
+            None => fchownat(AT_FDCWD, path, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
+        }
+        .map_err(io)?;
     }
     if !is_symlink {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode)).map_err(|e| Error::io(path, e))?;
+        let mode = std::fs::Permissions::from_mode(meta.mode);
+        match open {
+            Some(f) => f.set_permissions(mode),
+            None => std::fs::set_permissions(path, mode),
+        }
+        .map_err(|e| Error::io(path, e))?;
         for (name, value) in &meta.xattrs {
-            xattr::set(path, OsStr::from_bytes(name), value).map_err(|e| Error::io(path, e))?;
+            let name = OsStr::from_bytes(name);
+            match open {
+                Some(f) => f.set_xattr(name, value),
+                None => xattr::set(path, name, value),
+            }
+            .map_err(|e| Error::io(path, e))?;
         }
     }
     let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
-    utimensat(AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io)
+    match open {
+        Some(f) => futimens(f, &t, &t),
+        None => utimensat(AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink),
+    }
+    .map_err(io)
 }
 
 /// Recreate a FIFO or device node.

@@ -16,13 +16,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::stat::SFlag;
 
 use crate::engine::crypto::Id;
 use crate::engine::fsmeta::{NameCache, apply_metadata, make_node};
 use crate::engine::index::Index;
-use crate::engine::parallel::{for_each_parallel, for_each_parallel_with};
+use crate::engine::parallel::for_each_parallel_with;
 use crate::engine::repository::{PackFiles, PackRead, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind, Metadata, Piece, Tree};
@@ -109,10 +110,10 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
         };
         made?;
         let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
-        apply_metadata(&path, &entry.meta, is_link, &mut names)?;
+        apply_metadata(&path, None, &entry.meta, is_link, &mut names)?;
     }
     for (path, meta) in dirs.iter().rev() {
-        apply_metadata(path, meta, false, &mut names)?;
+        apply_metadata(path, None, meta, false, &mut names)?;
     }
     Ok(summary)
 }
@@ -232,14 +233,16 @@ struct Target {
 /// Write file contents, pack by pack: every needed blob is read once, in
 /// pack order, a few MiB per request, and written to every place it goes —
 /// what makes a restore from object storage as fast as from a disk. Files
-/// are created at their final length first (holes stay holes) and get their
-/// metadata after all writes. File system work uses `threads`, reads
+/// are created at their final length first (holes stay holes); a file gets
+/// its metadata from the thread that writes its last piece, through the
+/// descriptor that wrote it. File system work uses `threads`, reads
 /// `transfers` threads (more for a bucket, whose requests wait on the network).
 fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize, transfers: usize) -> Result<()> {
     let mut targets: HashMap<Id, Vec<Target>> = HashMap::new();
     let mut lengths = Vec::with_capacity(files.len());
+    let mut pieces_left = Vec::with_capacity(files.len());
     for (i, job) in files.iter().enumerate() {
-        let mut pos = 0u64;
+        let (mut pos, mut pieces) = (0u64, 0u32);
         if let EntryKind::File(content) = &job.entry.kind {
             for piece in &content.pieces {
                 let (id, slice) = match piece {
@@ -249,11 +252,13 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
                 };
                 if let Some(id) = id {
                     targets.entry(*id).or_default().push(Target { file: i, at: pos, slice });
+                    pieces += 1;
                 }
                 pos += piece.len();
             }
         }
         lengths.push(pos);
+        pieces_left.push(AtomicU32::new(pieces));
     }
     let mut blobs = Vec::with_capacity(targets.len());
     for (id, t) in &targets {
@@ -265,68 +270,83 @@ fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: u
     }
     let reads = plan_pack_reads(blobs);
 
-    for_each_parallel(files.len(), threads, FILES_PER_GRAB, |i| {
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&files[i].path).at(&files[i].path)?;
-        file.set_len(lengths[i]).at(&files[i].path)
-    })?;
-    let caches: Vec<Mutex<(PackFiles, HashMap<usize, File>)>> =
-        (0..transfers).map(|_| Mutex::new((PackFiles::default(), HashMap::new()))).collect();
-    for_each_parallel_with(reads.len(), &caches, 1, |i, (packs, open)| {
-        write_read(repo, &reads[i], &targets, &files, packs, open)
-    })?;
-    drop(caches);
     let names: Vec<Mutex<NameCache>> = (0..threads).map(|_| Mutex::new(NameCache::default())).collect();
     for_each_parallel_with(files.len(), &names, FILES_PER_GRAB, |i, names| {
-        apply_metadata(&files[i].path, &files[i].entry.meta, false, names)
-    })
+        let FileJob { path, entry, .. } = &files[i];
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(path).at(path)?;
+        file.set_len(lengths[i]).at(path)?;
+        if pieces_left[i].load(Ordering::Relaxed) == 0 {
+            apply_metadata(path, Some(&file), &entry.meta, false, names)?;
+        }
+        Ok(())
+    })?;
+    let writers = Writers { targets: &targets, files: &files, pieces_left: &pieces_left };
+    let caches: Vec<Mutex<WriterState>> = (0..transfers).map(|_| Mutex::new(WriterState::default())).collect();
+    for_each_parallel_with(reads.len(), &caches, 1, |i, state| writers.write_read(repo, &reads[i], state))
 }
 
-/// Fetch one pack read, open each blob (authenticated, id checked) and
-/// write it wherever it goes.
-fn write_read(
-    repo: &Repository,
-    read: &PackRead,
-    targets: &HashMap<Id, Vec<Target>>,
-    files: &[FileJob],
-    packs: &mut PackFiles,
-    open: &mut HashMap<usize, File>,
-) -> Result<()> {
-    let bytes = repo.read_pack_range(read, packs)?;
-    for (id, loc, sealed) in sealed_blobs(read, &bytes) {
-        let places = targets.get(id).map(Vec::as_slice).unwrap_or_default();
-        let of = |e: Error| match e {
-            Error::Damaged { what, detail } => Error::Damaged {
-                what: format!(
-                    "{what} (of {})",
-                    places.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default()
-                ),
-                detail,
-            },
-            other => other,
-        };
-        let sealed = sealed.map_err(of)?;
-        let plain = repo.open_blob(id, loc, sealed).map_err(of)?;
-        for t in places {
-            let data = match t.slice {
-                Some((offset, len)) => plain
-                    .get(offset as usize..(offset + len) as usize)
-                    .ok_or_else(|| of(Error::damaged(format!("chunk {}", id.short()), "slice out of range")))?,
-                None => &plain[..],
+/// What the threads writing file contents share.
+struct Writers<'a> {
+    targets: &'a HashMap<Id, Vec<Target>>,
+    files: &'a [FileJob],
+    /// Pieces of each file not written yet; whoever writes the last one
+    /// applies the file's metadata.
+    pieces_left: &'a [AtomicU32],
+}
+
+/// One writing thread's own state: its reads, its open files, its names.
+#[derive(Default)]
+struct WriterState {
+    packs: PackFiles,
+    open: HashMap<usize, File>,
+    names: NameCache,
+}
+
+impl Writers<'_> {
+    /// Fetch one pack read, open each blob (authenticated, id checked) and
+    /// write it wherever it goes.
+    fn write_read(&self, repo: &Repository, read: &PackRead, state: &mut WriterState) -> Result<()> {
+        let files = self.files;
+        let bytes = repo.read_pack_range(read, &mut state.packs)?;
+        for (id, loc, sealed) in sealed_blobs(read, &bytes) {
+            let places = self.targets.get(id).map(Vec::as_slice).unwrap_or_default();
+            let of = |e: Error| match e {
+                Error::Damaged { what, detail } => Error::Damaged {
+                    what: format!(
+                        "{what} (of {})",
+                        places.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default()
+                    ),
+                    detail,
+                },
+                other => other,
             };
-            if open.len() >= 128 && !open.contains_key(&t.file) {
-                open.clear();
-            }
-            let path = &files[t.file].path;
-            let file = match open.entry(t.file) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(OpenOptions::new().write(true).open(path).at(path)?)
+            let sealed = sealed.map_err(of)?;
+            let plain = repo.open_blob(id, loc, sealed).map_err(of)?;
+            for t in places {
+                let data = match t.slice {
+                    Some((offset, len)) => plain
+                        .get(offset as usize..(offset + len) as usize)
+                        .ok_or_else(|| of(Error::damaged(format!("chunk {}", id.short()), "slice out of range")))?,
+                    None => &plain[..],
+                };
+                if state.open.len() >= 128 && !state.open.contains_key(&t.file) {
+                    state.open.clear();
                 }
-            };
-            file.write_all_at(data, t.at).at(path)?;
+                let FileJob { path, entry, .. } = &files[t.file];
+                let file = match state.open.entry(t.file) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(OpenOptions::new().write(true).open(path).at(path)?)
+                    }
+                };
+                file.write_all_at(data, t.at).at(path)?;
+                if self.pieces_left[t.file].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    apply_metadata(path, Some(file), &entry.meta, false, &mut state.names)?;
+                }
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Files a thread takes at a time when creating them or setting their
