@@ -122,6 +122,42 @@ fn an_s3_repository_backs_up_restores_checks_and_prunes() {
 }
 
 #[test]
+fn keys_are_added_changed_exported_and_listed_on_a_bucket() {
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 1 << 20, 7);
+    ok(&bucket, "k", &["init"]);
+    ok(&bucket, "k", &["backup", &src.to_string_lossy()]);
+    let with = |passphrase: &str, new: Option<&str>, args: &[&str]| {
+        let mut c = hf(&bucket, "k", args);
+        c.env("HOLDFAST_PASSPHRASE", passphrase);
+        if let Some(n) = new {
+            c.env("HOLDFAST_NEW_PASSPHRASE", n);
+        }
+        c.output().unwrap()
+    };
+
+    let added = with(PASSPHRASE, Some("second passphrase, for the other admin"), &["key", "add"]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let changed = with(PASSPHRASE, Some("the first one, changed"), &["key", "passwd"]);
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+
+    for (passphrase, opens) in
+        [(PASSPHRASE, false), ("second passphrase, for the other admin", true), ("the first one, changed", true)]
+    {
+        let ls = with(passphrase, None, &["ls", "latest"]);
+        assert_eq!(ls.status.success(), opens, "{passphrase:?}: {}", String::from_utf8_lossy(&ls.stderr));
+        if opens {
+            assert!(String::from_utf8_lossy(&ls.stdout).contains("small-19.txt"), "{ls:?}");
+        }
+    }
+    let export = with("the first one, changed", None, &["key", "export"]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(!export.stdout.is_empty());
+}
+
+#[test]
 fn check_tells_a_missing_indexed_pack_from_a_stray_unindexed_one() {
     let bucket = Garage::shared().bucket();
     let tmp = tempfile::tempdir().unwrap();
