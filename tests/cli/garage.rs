@@ -12,6 +12,8 @@
 //! overwrite"), and counts what it refused. [`Proxy::flaky`] answers every
 //! n-th request with 503 SlowDown, as a throttling or failing store does.
 //!
+//! [`TlsFront`] puts HTTPS in front of it (socat, a test CA).
+//!
 //! Garage processes die with the test binary: each has a watchdog that kills
 //! it once this process is gone.
 
@@ -211,21 +213,95 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("start garage server");
-        // The watchdog: kill this node once the test binary is gone.
-        let script = format!(
-            "while kill -0 {me} 2>/dev/null && kill -0 {node} 2>/dev/null; do sleep 1; done; kill -9 {node} 2>/dev/null",
-            me = std::process::id(),
-            node = child.id()
-        );
-        let watchdog = Command::new("sh")
-            .args(["-c", &script])
+        self.watchdog = Some(watchdog(&child));
+        self.child = Some(child);
+    }
+}
+
+/// A process that kills `child` once the test binary is gone.
+fn watchdog(child: &Child) -> Child {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
+        me = std::process::id(),
+        child = child.id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a watchdog")
+}
+
+/// An HTTPS endpoint in front of a bucket's Garage, as S3 endpoints on a
+/// network are: `socat` terminates TLS with a certificate for `localhost`
+/// signed by a CA made for this test only (`ca`, to trust or not).
+pub struct TlsFront {
+    pub endpoint: String,
+    pub ca: PathBuf,
+    _dir: TempDir,
+    socat: Child,
+    watchdog: Child,
+}
+
+impl TlsFront {
+    pub fn start(bucket: &Bucket) -> TlsFront {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let at = |f: &str| dir.path().join(f);
+        std::fs::write(
+            at("ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the extensions");
+        for args in [
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=holdfast-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign",
+            "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext",
+        ] {
+            let out = Command::new("openssl")
+                .args(args.split_whitespace())
+                .current_dir(dir.path())
+                .output()
+                .expect("run openssl (the test setup installs it)");
+            assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let upstream = bucket.endpoint.trim_start_matches("http://");
+        let socat = Command::new("socat")
+            .arg(format!(
+                "openssl-listen:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                at("server.pem").display(),
+                at("server.key").display()
+            ))
+            .arg(format!("tcp:{upstream}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the Garage watchdog");
-        self.child = Some(child);
-        self.watchdog = Some(watchdog);
+            .expect("start socat (the test setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsFront {
+            endpoint: format!("https://localhost:{port}"),
+            ca: at("ca.pem"),
+            watchdog: watchdog(&socat),
+            socat,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::garage::{Bucket, Garage, Proxy};
+use crate::garage::{Bucket, Garage, Proxy, TlsFront};
 use crate::jobs_util::JobEnv;
 use crate::util::{PASSPHRASE, assert_same_tree, holdfast_bin, parse_json, restored, tree_fingerprint, write_random};
 
@@ -155,6 +155,34 @@ fn keys_are_added_changed_exported_and_listed_on_a_bucket() {
     let export = with("the first one, changed", None, &["key", "export"]);
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     assert!(!export.stdout.is_empty());
+}
+
+#[test]
+fn an_https_endpoint_is_used_only_when_its_certificate_is_trusted() {
+    let bucket = Garage::shared().bucket();
+    let tls = TlsFront::start(&bucket);
+    let https = bucket.via(&tls.endpoint);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_source(&src, 3 << 20, 11);
+
+    // A certificate from an unknown CA: refused, and nothing is written.
+    let untrusted = hf(&https, "tls", &["init"]).env("SSL_CERT_FILE", "/nonexistent").output().unwrap();
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(bucket.objects("tls").is_empty());
+
+    // Trusted (the CA in the certificates holdfast reads): a round trip.
+    let trusted = |args: &[&str]| {
+        let out = hf(&https, "tls", args).env("SSL_CERT_FILE", &tls.ca).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    trusted(&["init"]);
+    trusted(&["backup", &src.to_string_lossy()]);
+    let out = tmp.path().join("out");
+    trusted(&["restore", "latest", "--to", &out.to_string_lossy()]);
+    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
 }
 
 #[test]
