@@ -184,9 +184,7 @@ fn systemd_writes_hardened_units_that_verify() {
 
     env.engine(["systemd", "app", "--output"]).arg(&out).assert().success();
 
-    let mut names: Vec<String> =
-        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
+    let names = unit_names(&out);
     assert_eq!(
         names,
         ["holdfast-app.service", "holdfast-app.timer", "holdfast-verify-app.service", "holdfast-verify-app.timer"]
@@ -221,19 +219,7 @@ fn systemd_writes_hardened_units_that_verify() {
     assert!(vtimer.lines().any(|l| l == "OnCalendar=Sun *-*-* 05:00:00"), "{vtimer}");
     assert!(vtimer.lines().any(|l| l == "Persistent=true"), "{vtimer}");
 
-    if !have_systemd_analyze() {
-        println!("note: systemd-analyze is not installed; not verifying the units with it");
-        return;
-    }
-    let units: Vec<PathBuf> = names.iter().map(|n| out.join(n)).collect();
-    let v = Command::new("systemd-analyze").arg("verify").args(&units).output().expect("run systemd-analyze");
-    assert!(
-        v.status.success(),
-        "systemd-analyze verify should accept the units ({}):\n{}{}",
-        v.status,
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+    assert_systemd_accepts(&out, &names);
 }
 
 #[test]
@@ -253,9 +239,7 @@ fn systemd_tests_restores_from_every_repository_of_a_job() {
 
     env.engine(["systemd", "app", "--output"]).arg(&out).assert().success();
 
-    let mut names: Vec<String> =
-        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
+    let names = unit_names(&out);
     assert_eq!(
         names,
         [
@@ -282,22 +266,38 @@ fn systemd_tests_restores_from_every_repository_of_a_job() {
     assert!(ran.status.success(), "{stdout}{}", String::from_utf8_lossy(&ran.stderr));
     assert!(stdout.contains("verified") && stdout.contains("offsite"), "{stdout}");
 
-    if have_systemd_analyze() {
-        let units: Vec<PathBuf> = names.iter().map(|n| out.join(n)).collect();
-        let v = Command::new("systemd-analyze").arg("verify").args(&units).output().expect("run systemd-analyze");
-        assert!(
-            v.status.success(),
-            "systemd-analyze verify should accept the units:\n{}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
-    }
+    assert_systemd_accepts(&out, &names);
 }
 
 // ---------------------------------------------------------------- helpers
 
+/// The unit files `systemd --output` wrote into `dir`, sorted.
+fn unit_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
 fn have_systemd_analyze() -> bool {
     Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// `systemd-analyze verify` accepts the units (where it is installed).
+fn assert_systemd_accepts(dir: &Path, names: &[String]) {
+    if !have_systemd_analyze() {
+        println!("note: systemd-analyze is not installed; not verifying the units with it");
+        return;
+    }
+    let units: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    let v = Command::new("systemd-analyze").arg("verify").args(&units).output().expect("run systemd-analyze");
+    assert!(
+        v.status.success(),
+        "systemd-analyze verify should accept the units ({}):\n{}{}",
+        v.status,
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
 }
 
 /// The value of `name{job="app"}` in Prometheus text.
