@@ -70,7 +70,9 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --no-quickack) QUICKACK=0; shift ;;
         --garage-nodes) GARAGE_NODES=$2; shift 2 ;;
-        --garage-compression) GARAGE_COMPRESSION=$2; shift 2 ;;
+        --garage-compression)
+            GARAGE_COMPRESSION=$2; shift 2
+            [[ $GARAGE_COMPRESSION =~ ^(none|-?[0-9]+)$ ]] || { echo "run.sh: --garage-compression: none or a zstd level" >&2; exit 2; } ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
@@ -365,6 +367,8 @@ if in_list holdfast_s3 || in_list restic_s3; then
     if [[ $QUICKACK == 1 ]]; then
         QUICKACK_STATE="not set (needs root and ip)"
         while read -r route; do
+            # As it was (a killed earlier run may have left quickack on).
+            route=$(sed -E 's/ quickack [0-9]+//' <<<"$route")
             # shellcheck disable=SC2086
             if ip route change $route table local quickack 1 2>/dev/null; then
                 CLEANUP+=("ip route change $route table local")

@@ -222,6 +222,10 @@ pub enum Command {
         /// Verify this snapshot instead of the newest.
         #[arg(long, default_value = "latest")]
         snapshot: String,
+        /// Verify each of the job's repositories in turn (the off-site
+        /// copies too), not only its first.
+        #[arg(long)]
+        every_repository: bool,
         #[arg(long)]
         json: bool,
         #[arg(required_unless_present = "all")]
@@ -616,20 +620,39 @@ pub fn run() -> Result<ExitCode> {
                 );
             }
         }
-        Command::Verify { all, snapshot, json, jobs } => {
+        Command::Verify { all, snapshot, every_repository, json, jobs } => {
             let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
             // `--all` and job names exclude each other: no names means all.
             debug_assert!(!*all || jobs.is_empty());
+            if *every_repository && repo_name.is_some() {
+                bail!("give --repo NAME or --every-repository, not both");
+            }
             let mut reports = Vec::new();
+            // A repository that cannot be read does not stop the others' tests.
+            let mut errors = Vec::new();
             for job in select_jobs(config, jobs)? {
-                let report = verify_job(config, job, repo_name.as_deref(), snapshot)?;
-                if !*json {
-                    print_verify_report(&report);
+                let froms: Vec<Option<&str>> = if *every_repository {
+                    job.repositories.iter().map(|r| Some(r.as_str())).collect()
+                } else {
+                    vec![repo_name.as_deref()]
+                };
+                for from in froms {
+                    match verify_job(config, job, from, snapshot) {
+                        Ok(report) => {
+                            if !*json {
+                                print_verify_report(&report);
+                            }
+                            reports.push(report);
+                        }
+                        Err(e) => errors.push(e),
+                    }
                 }
-                reports.push(report);
             }
             if *json {
                 print_json(&reports)?;
+            }
+            if !errors.is_empty() {
+                bail!("{}", errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "));
             }
             if reports.iter().any(|r| !r.ok) {
                 return Ok(ExitCode::FAILURE);

@@ -39,17 +39,20 @@ struct RawFile {
 }
 
 /// A job or repository name, checked where it is written: names become
-/// parts of file, systemd unit and credential names, so letters, digits,
-/// '-' and '_' only.
+/// parts of file, systemd unit and credential names and command lines, so
+/// letters, digits, '-', '_' and '.', starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct PlainName(String);
 
 impl<'de> Deserialize<'de> for PlainName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        let plain = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
             return Err(serde::de::Error::custom(format!(
-                "{s:?} is not a usable name: job and repository names may use letters, digits, '-' and '_' only"
+                "{s:?} is not a usable name: job and repository names start with a letter or digit \
+                 and use letters, digits, '-', '_' and '.'"
             )));
         }
         Ok(PlainName(s))

@@ -1,7 +1,6 @@
 //! systemd units for jobs: a hardened oneshot service and a timer per job
-//! (and a verify pair per repository when the job has a `verify_schedule`:
-//! `holdfast-verify-JOB` for its first, `holdfast-verify-JOB@REPO` for the
-//! others), plus one daily
+//! (and a verify pair that tests every repository of the job when it has a
+//! `verify_schedule`), plus one daily
 //! `holdfast-prune` pair for the jobs that have a retention policy.
 //!
 //! The service runs `holdfast --config <exact path> run JOB`, calls
@@ -35,21 +34,12 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             ));
         }
         if let Some(s) = &job.verify_schedule {
-            // One restore test per repository: an off-site copy nobody ever
-            // restored from is as untested as any other.
-            for (i, repo) in job.repositories.iter().enumerate() {
-                let (unit, command) = if i == 0 {
-                    (format!("holdfast-verify-{}", job.name), format!("{base} verify {}", job.name))
-                } else {
-                    (
-                        format!("holdfast-verify-{}@{repo}", job.name),
-                        format!("{base} --repo {repo} verify {}", job.name),
-                    )
-                };
-                let what = format!("restore test from {repo}");
-                out.push((format!("{unit}.service"), service(config, job, &what, &command, None, user)));
-                out.push((format!("{unit}.timer"), timer(job, s, &what, &format!("{unit}.service"))));
-            }
+            // Every repository in turn: an off-site copy nobody ever restored
+            // from is as untested as any other.
+            let unit = format!("holdfast-verify-{}", job.name);
+            let command = format!("{base} verify --every-repository {}", job.name);
+            out.push((format!("{unit}.service"), service(config, job, "restore test", &command, None, user)));
+            out.push((format!("{unit}.timer"), timer(job, s, "restore test", &format!("{unit}.service"))));
         }
     }
     // One prune for all jobs with a retention policy (prune is its own timer,
@@ -115,7 +105,7 @@ fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Op
     }
     let under_home = writable.iter().any(|p| p.starts_with("/home") || p.starts_with("/root"));
     let mut s = format!(
-        "[Unit]\nDescription=holdfast {what}: job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
+        "[Unit]\nDescription=holdfast {what} of job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
         job.name,
         job.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
     );

@@ -131,9 +131,10 @@ pub fn data_regions(file: &File, md: &FsMetadata) -> Option<Vec<(u64, u64)>> {
     Some(regions)
 }
 
-/// Apply owner (as root only), mode, xattrs and times to a restored path,
+/// Apply owner (as root only), xattrs, mode and times to a restored path,
 /// through `open` when the caller holds the file open (no path lookups).
-/// Owner first: `chown` clears setuid bits, so the mode follows it.
+/// Owner first: `chown` clears setuid bits and capabilities. Xattrs before
+/// the mode: the kernel refuses them on a read-only file to its owner.
 pub fn apply_metadata(
     path: &Path,
     open: Option<&File>,
@@ -153,12 +154,6 @@ pub fn apply_metadata(
         .map_err(io)?;
     }
     if !is_symlink {
-        let mode = std::fs::Permissions::from_mode(meta.mode);
-        match open {
-            Some(f) => f.set_permissions(mode),
-            None => std::fs::set_permissions(path, mode),
-        }
-        .map_err(|e| Error::io(path, e))?;
         for (name, value) in &meta.xattrs {
             let name = OsStr::from_bytes(name);
             match open {
@@ -167,6 +162,12 @@ pub fn apply_metadata(
             }
             .map_err(|e| Error::io(path, e))?;
         }
+        let mode = std::fs::Permissions::from_mode(meta.mode);
+        match open {
+            Some(f) => f.set_permissions(mode),
+            None => std::fs::set_permissions(path, mode),
+        }
+        .map_err(|e| Error::io(path, e))?;
     }
     let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
     match open {

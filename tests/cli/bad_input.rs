@@ -180,6 +180,8 @@ fn malformed_s3_settings_in_the_environment_are_one_clear_line_not_a_crash() {
         let stderr = snapshots(endpoint, "garage", "id");
         assert!(stderr.contains(&format!("{endpoint:?} is not an S3 endpoint")), "{stderr}");
     }
+    let stderr = snapshots("http://admin:hunter2@127.0.0.1:9", "garage", "id");
+    assert!(stderr.contains("holds credentials") && !stderr.contains("hunter2"), "{stderr}");
     // A key id the HTTP client cannot put in a header, and a region with a space.
     let stderr = snapshots("http://127.0.0.1:9", "garage", "id\twith-tab");
     assert!(stderr.contains("the access key id is empty or holds spaces"), "{stderr}");

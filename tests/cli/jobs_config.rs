@@ -132,6 +132,8 @@ fn a_job_or_repository_name_that_cannot_name_a_unit_is_rejected_where_it_is_writ
     for (jobs, name) in [
         ("[repositories.\"my repo\"]\npath = \"r\"\npassphrase_file = \"passphrase\"\n\n[jobs.app]\n", "\"my repo\""),
         ("[jobs.\"app/2\"]\n", "\"app/2\""),
+        // It would read as an option on the command lines of its units.
+        ("[jobs.\"--all\"]\n", "\"--all\""),
     ] {
         let env = JobEnv::new();
         let ran = run_with_config(&env, jobs);
@@ -141,4 +143,8 @@ fn a_job_or_repository_name_that_cannot_name_a_unit_is_rejected_where_it_is_writ
         ran.assert_says(&format!("{}:{line}:{column}:", env.config_path().display()))
             .assert_says(&format!("{name} is not a usable name"));
     }
+    // Dots are fine (a host name, say).
+    let env = JobEnv::new();
+    env.config("[repositories.\"nas.local\"]\npath = \"nas\"\npassphrase_file = \"passphrase\"\n\n[jobs.app]\n");
+    env.engine(["--repo", "nas.local", "init"]).assert().success();
 }

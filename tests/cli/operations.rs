@@ -210,7 +210,7 @@ fn systemd_writes_hardened_units_that_verify() {
         );
     }
     let verify = read("holdfast-verify-app.service");
-    assert!(verify.contains(&format!(" --config {} verify app\n", config.display())), "{verify}");
+    assert!(verify.contains(&format!(" --config {} verify --every-repository app\n", config.display())), "{verify}");
     let timer = read("holdfast-app.timer");
     assert!(timer.lines().any(|l| l == "OnCalendar=*-*-* 03:00:00"), "{timer}");
     assert!(timer.lines().any(|l| l == "Persistent=true"), "{timer}");
@@ -223,7 +223,7 @@ fn systemd_writes_hardened_units_that_verify() {
 }
 
 #[test]
-fn systemd_tests_restores_from_every_repository_of_a_job() {
+fn the_restore_test_unit_tests_every_repository_of_a_job() {
     let env = JobEnv::new();
     fs::create_dir_all(env.path("uploads")).unwrap();
     fs::write(env.path("uploads/a.txt"), "a\n").unwrap();
@@ -240,33 +240,26 @@ fn systemd_tests_restores_from_every_repository_of_a_job() {
     env.engine(["systemd", "app", "--output"]).arg(&out).assert().success();
 
     let names = unit_names(&out);
-    assert_eq!(
-        names,
-        [
-            "holdfast-app.service",
-            "holdfast-verify-app.service",
-            "holdfast-verify-app.timer",
-            "holdfast-verify-app@offsite.service",
-            "holdfast-verify-app@offsite.timer"
-        ]
-    );
-    let offsite = fs::read_to_string(out.join("holdfast-verify-app@offsite.service")).unwrap();
-    let exec = offsite.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{offsite}"));
-    assert!(exec.ends_with(" --repo offsite verify app"), "{offsite}");
-    let timer = fs::read_to_string(out.join("holdfast-verify-app@offsite.timer")).unwrap();
-    assert!(timer.lines().any(|l| l == "Unit=holdfast-verify-app@offsite.service"), "{timer}");
-    assert!(timer.lines().any(|l| l == "OnCalendar=Sun *-*-* 05:00:00"), "{timer}");
-
-    // What the unit runs tests the off-site copy: it works with the local
-    // repository gone.
-    fs::remove_dir_all(env.repo()).unwrap();
-    let words: Vec<&str> = exec.split(' ').collect();
-    let ran = Command::new(words[0]).args(&words[1..]).current_dir(env.path(".")).output().unwrap();
-    let stdout = String::from_utf8_lossy(&ran.stdout);
-    assert!(ran.status.success(), "{stdout}{}", String::from_utf8_lossy(&ran.stderr));
-    assert!(stdout.contains("verified") && stdout.contains("offsite"), "{stdout}");
-
+    assert_eq!(names, ["holdfast-app.service", "holdfast-verify-app.service", "holdfast-verify-app.timer"]);
     assert_systemd_accepts(&out, &names);
+    let unit = fs::read_to_string(out.join("holdfast-verify-app.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap_or_else(|| panic!("{unit}"));
+    assert!(exec.ends_with(" verify --every-repository app"), "{unit}");
+
+    // What the unit runs tests both copies, one after the other.
+    let verify = env.engine(["verify", "--every-repository", "app"]).assert().success();
+    let stdout = String::from_utf8_lossy(&verify.get_output().stdout).into_owned();
+    for repo in ["main", "offsite"] {
+        assert!(stdout.contains(&format!(" in {repo} verified")), "{repo}: {stdout}");
+    }
+    // With the local repository lost, the off-site one is still tested and
+    // the unit fails, naming what is wrong.
+    fs::remove_dir_all(env.repo()).unwrap();
+    let failed = env.engine(["verify", "--every-repository", "app"]).assert().failure();
+    let stdout = String::from_utf8_lossy(&failed.get_output().stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+    assert!(stdout.contains(" in offsite verified"), "{stdout}");
+    assert!(stderr.contains(&env.repo().display().to_string()), "{stderr}");
 }
 
 // ---------------------------------------------------------------- helpers

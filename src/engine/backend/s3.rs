@@ -67,7 +67,17 @@ impl S3Settings {
     /// Check an endpoint: `http(s)://host[:port][/path]`, nothing else
     /// (the S3 client would fail on anything else only when it sends).
     pub fn check_endpoint(endpoint: &str) -> std::result::Result<(), String> {
-        let bad = |why: &str| format!("{endpoint:?} is not an S3 endpoint ({why}); expected http(s)://host[:port]");
+        let bad =
+            |why: &str| format!("{endpoint:?} is not an S3 endpoint ({why}); expected http(s)://host[:port][/path]");
+        if endpoint.contains('@') {
+            // Not echoed: it may hold a password.
+            return Err("the S3 endpoint holds credentials (user:password@); keys go in \
+                        access_key_id_file and secret_access_key_file"
+                .into());
+        }
+        if endpoint.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("it holds spaces or control characters"));
+        }
         let url = reqwest::Url::parse(endpoint).map_err(|e| bad(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("not http or https"));
@@ -75,8 +85,8 @@ impl S3Settings {
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("no host"));
         }
-        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-            return Err(bad("it has a query, a fragment or a user name"));
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("it has a query or a fragment"));
         }
         Ok(())
     }
