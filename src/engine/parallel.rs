@@ -6,20 +6,9 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
-/// Run `work(i)` for `i` in `0..n` on `threads` threads, each taking `grab`
-/// consecutive items at a time; the first error.
-pub fn for_each_parallel(
-    n: usize,
-    threads: usize,
-    grab: usize,
-    work: impl Fn(usize) -> Result<()> + Sync,
-) -> Result<()> {
-    let slots: Vec<Mutex<()>> = (0..threads.max(1)).map(|_| Mutex::new(())).collect();
-    for_each_parallel_with(n, &slots, grab, |i, _| work(i))
-}
-
-/// Like [`for_each_parallel`], one thread per element of `state`, each with
-/// its own state (caches).
+/// Run `work(i, state)` for `i` in `0..n` on one thread per element of
+/// `state` (each thread with its own: caches, open files), each taking
+/// `grab` consecutive items at a time; the first error.
 pub fn for_each_parallel_with<S: Send>(
     n: usize,
     state: &[Mutex<S>],
