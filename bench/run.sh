@@ -3,7 +3,8 @@
 #
 # Usage:
 #   bench/run.sh [--scale S] [--tools holdfast,restic,borg,bupstash,tar] [--work DIR]
-#                [--no-build] [--garage-nodes N]
+#                [--no-build] [--garage-nodes N] [--garage-compression L] [--split-cpus]
+#                [--rtt MS]
 #
 #   --scale S    data set size; 1.0 = ~0.47 GB of real data plus a 1 GiB sparse file
 #                (default 1.0; use 0.05 for a quick smoke run)
@@ -15,6 +16,12 @@
 #                default) or none. With a level Garage checks a block it reads by
 #                zstd's checksum, without, by its BLAKE2 hash: more server CPU per
 #                restore (~0.2 s here), less per backup.
+#   --split-cpus  Garage on the last CPU, every tool's steps on the others (taskset):
+#                stands in for a Garage on another host, as off-site storage is;
+#                without it Garage shares every CPU with the tool it serves
+#   --rtt MS     the S3 tools reach Garage through bench/delay_proxy.py, which adds
+#                MS milliseconds of round-trip time (off-site storage is not on
+#                loopback; there is no netem here); the proxy runs beside Garage
 #   --work DIR   scratch directory (default ${TMPDIR:-/tmp}/holdfast-bench); its data/,
 #                repos/, restore/, logs/, cache/ and state/ subdirectories are wiped
 #   --no-build   do not run cargo; use $HOLDFAST_BIN or target/release/holdfast as is
@@ -60,6 +67,8 @@ GARAGE_COMPRESSION=1
 WORK=${TMPDIR:-/tmp}/holdfast-bench
 BUILD=1
 QUICKACK=1
+SPLIT_CPUS=0
+RTT_MS=0
 
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
@@ -69,6 +78,10 @@ while [[ $# -gt 0 ]]; do
         --work) WORK=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --no-quickack) QUICKACK=0; shift ;;
+        --split-cpus) SPLIT_CPUS=1; shift ;;
+        --rtt)
+            RTT_MS=$2; shift 2
+            [[ $RTT_MS =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: --rtt: milliseconds" >&2; exit 2; } ;;
         --garage-nodes) GARAGE_NODES=$2; shift 2 ;;
         --garage-compression)
             GARAGE_COMPRESSION=$2; shift 2
@@ -84,6 +97,15 @@ for t in "${TOOL_LIST[@]}"; do
     esac
 done
 [[ -x /usr/bin/time ]] || { echo "run.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
+# With --split-cpus: TOOL_CPUS runs every timed step, GARAGE_CPUS the Garage servers.
+TOOL_TASKSET=() GARAGE_TASKSET=() CPU_SPLIT="none: Garage and the tools share all $(nproc) CPUs"
+if [[ $SPLIT_CPUS == 1 ]]; then
+    last=$(($(nproc) - 1))
+    [[ $last -ge 1 ]] || { echo "run.sh: --split-cpus needs at least 2 CPUs" >&2; exit 2; }
+    command -v taskset >/dev/null || { echo "run.sh: --split-cpus needs taskset (util-linux)" >&2; exit 1; }
+    TOOL_TASKSET=(taskset -c "0-$((last - 1))") GARAGE_TASKSET=(taskset -c "$last")
+    CPU_SPLIT="tools on CPU 0-$((last - 1)), Garage on CPU $last (taskset)"
+fi
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
@@ -221,12 +243,12 @@ garage_cpu_ticks() {
 # timed TOOL STEP FUNC ARGS...: run FUNC under /usr/bin/time; on success store
 # R[TOOL.STEP.wall|cpu|rss] (s, s, MiB) and return 0; on failure mark TOOL failed.
 # For the S3 tools also R[TOOL.STEP.server_cpu]: the CPU Garage used meanwhile
-# (it runs on the same cores).
+# (on the same CPUs as the tool unless --split-cpus).
 timed() {
     local tool=$1 step=$2; shift 2
     local tf=$LOGS/$tool.$step.time lf=$LOGS/$tool.$step.log server0
     server0=$(garage_cpu_ticks)
-    /usr/bin/time -f '%e %U %S %M' -o "$tf" bash -o pipefail -c '"$@"' _ "$@" >"$lf" 2>&1
+    "${TOOL_TASKSET[@]}" /usr/bin/time -f '%e %U %S %M' -o "$tf" bash -o pipefail -c '"$@"' _ "$@" >"$lf" 2>&1
     local rc=$?
     if [[ $tool == *_s3 ]]; then
         R[$tool.$step.server_cpu]=$(awk -v a="$server0" -v b="$(garage_cpu_ticks)" -v hz="$(getconf CLK_TCK)" \
@@ -328,7 +350,7 @@ print(*ps)')
             "api_bind_addr = \"127.0.0.1:$s3\"" 'root_domain = ".s3.garage.localhost"' >"$g/n$i/garage.toml"
         chmod 600 "$g/n$i/garage.toml"
         [[ $i == 0 ]] && export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
-        garage -c "$g/n$i/garage.toml" server >"$g/n$i/log" 2>&1 &
+        "${GARAGE_TASKSET[@]}" garage -c "$g/n$i/garage.toml" server >"$g/n$i/log" 2>&1 &
         echo $! >>"$g/pids"
     done
     local G=(retry garage -c "$g/n0/garage.toml")
@@ -349,6 +371,14 @@ print(*ps)')
     for b in hf-bench-holdfast hf-bench-restic; do
         "${G[@]}" bucket create "$b" && "${G[@]}" bucket allow --read --write --owner "$b" --key bench || return 1
     done
+    if [[ $RTT_MS != 0 ]]; then
+        local port ready
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        coproc PROXY { exec "${GARAGE_TASKSET[@]}" python3 "$SCRIPT_DIR/delay_proxy.py" "$port" "${AWS_ENDPOINT_URL#http://}" "$RTT_MS"; }
+        echo "$PROXY_PID" >>"$g/pids"
+        read -r -t 10 ready <&"${PROXY[0]}" && [[ $ready == ready ]] || return 1
+        export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+    fi
 }
 if in_list holdfast_s3 || in_list restic_s3; then
     say "== starting Garage ($GARAGE_NODES node(s)) in $WORK/garage"
@@ -496,6 +526,10 @@ RESULTS=$WORK/results.md
         "sparse/big.img ($(mib "$SPARSE_APPARENT") MiB apparent, ~1 MiB data);" \
         "generated in ${GEN_SECS}s"
     echo "- page cache warm for every step (not dropped); restores into $RESTORE_FS"
+    if in_list holdfast_s3 || in_list restic_s3; then
+        echo "- CPU split: $CPU_SPLIT"
+        [[ $RTT_MS != 0 ]] && echo "- S3 requests through bench/delay_proxy.py: $RTT_MS ms round trip added"
+    fi
     [[ -n $HOLDFAST_BENCH_EXTRA_INIT_ARGS ]] &&
         echo "- holdfast init extra args: \`$HOLDFAST_BENCH_EXTRA_INIT_ARGS\`"
     echo "- versions:"
@@ -523,9 +557,10 @@ RESULTS=$WORK/results.md
         "column shows the compressed stream size, for reference."
     for t in "${TOOL_LIST[@]}"; do
         [[ $t == *_s3 && -n ${R[$t.restore.server_cpu]:-} ]] || continue
-        echo "- $t: Garage used ${R[$t.backup1.server_cpu]:-?} / ${R[$t.backup2.server_cpu]:-?} /" \
+        server=Garage; [[ $RTT_MS != 0 ]] && server="Garage and the delay proxy"
+        echo "- $t: $server used ${R[$t.backup1.server_cpu]:-?} / ${R[$t.backup2.server_cpu]:-?} /" \
             "${R[$t.backup3.server_cpu]:-?} / ${R[$t.restore.server_cpu]:-?} s of CPU during backup 1 / 2 / 3 /" \
-            "restore, on the same cores."
+            "restore."
     done
     [[ -n ${QUICKACK_STATE:-} ]] && echo "- loopback quickack (against Garage's 40 ms delayed-ACK stalls): $QUICKACK_STATE"
     for t in "${TOOL_LIST[@]}"; do

@@ -52,6 +52,29 @@ impl Error {
     }
 }
 
+/// A copy for each of several callers one failure concerns (the trees of one
+/// pack read that failed). An I/O error keeps its kind and message.
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::Io { path, error } => {
+                Error::Io { path: path.clone(), error: std::io::Error::new(error.kind(), error.to_string()) }
+            }
+            Error::WrongPassphrase(p) => Error::WrongPassphrase(p.clone()),
+            Error::NotARepository { path, reason } => {
+                Error::NotARepository { path: path.clone(), reason: reason.clone() }
+            }
+            Error::AlreadyExists(p) => Error::AlreadyExists(p.clone()),
+            Error::NoPassphrase => Error::NoPassphrase,
+            Error::Damaged { what, detail } => Error::Damaged { what: what.clone(), detail: detail.clone() },
+            Error::NoSuchSnapshot(s) => Error::NoSuchSnapshot(s.clone()),
+            Error::AmbiguousSnapshot(s, m) => Error::AmbiguousSnapshot(s.clone(), m.clone()),
+            Error::Interrupted => Error::Interrupted,
+            Error::Invalid(s) => Error::Invalid(s.clone()),
+        }
+    }
+}
+
 /// An I/O error whose path the caller attaches later (see `IoContext`).
 impl From<std::io::Error> for Error {
     fn from(source: std::io::Error) -> Self {

@@ -19,7 +19,7 @@ use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::Index;
 use crate::engine::pack::read_header;
-use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::repository::Repository;
 use crate::engine::tree::EntryKind;
 use crate::error::Result;
 
@@ -122,45 +122,50 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     for (name, e) in unreadable {
         damaged(format!("snapshot {}", short(&name)), e.to_string());
     }
-    let mut packs = PackFiles::default();
-    let mut tree_deps: HashMap<Id, BTreeSet<(String, String)>> = HashMap::new();
-    for (sid, snap) in &snaps {
-        let mut deps: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut stack = vec![snap.root];
-        let mut seen: HashSet<Id> = HashSet::new();
-        while let Some(tid) = stack.pop() {
-            if !seen.insert(tid) {
-                continue;
-            }
-            if let Some(d) = tree_deps.get(&tid) {
-                deps.extend(d.iter().cloned());
-                continue;
-            }
-            report.trees_checked += 1;
-            let mut tdeps = BTreeSet::new();
-            check_blob(&tid, &index, &bad_packs, &bad_blobs, &mut tdeps);
-            match repo.load_tree(&index, &tid, &mut packs) {
-                Err(e) => {
-                    tdeps.insert((format!("tree {}", tid.short()), e.to_string()));
-                }
-                Ok(tree) => {
+    // Every tree of every snapshot, a level at a time: what it needs itself
+    // (its own blob, its files' chunks) and which trees are below it.
+    let mut trees: HashMap<Id, TreeDamage> = HashMap::new();
+    let mut queued: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
+    let mut level: Vec<Id> = queued.iter().copied().collect();
+    while !level.is_empty() {
+        let mut loaded = repo.load_trees(&index, level.iter().copied());
+        let mut next = Vec::new();
+        for tid in level {
+            let mut node = TreeDamage::default();
+            check_blob(&tid, &index, &bad_packs, &bad_blobs, &mut node.own);
+            match loaded.remove(&tid) {
+                Some(Ok(tree)) => {
                     for entry in &tree.entries {
                         match &entry.kind {
-                            EntryKind::Dir { tree } => stack.push(*tree),
+                            EntryKind::Dir { tree } => {
+                                node.subtrees.push(*tree);
+                                if queued.insert(*tree) {
+                                    next.push(*tree);
+                                }
+                            }
                             EntryKind::File(c) => {
                                 for id in c.pieces.iter().filter_map(|p| p.chunk()) {
-                                    check_blob(id, &index, &bad_packs, &bad_blobs, &mut tdeps);
+                                    check_blob(id, &index, &bad_packs, &bad_blobs, &mut node.own);
                                 }
                             }
                             _ => {}
                         }
                     }
                 }
+                Some(Err(e)) => {
+                    node.own.insert((format!("tree {}", tid.short()), e.to_string()));
+                }
+                None => {}
             }
-            deps.extend(tdeps.iter().cloned());
-            tree_deps.insert(tid, tdeps);
+            trees.insert(tid, node);
         }
-        for (object, detail) in deps {
+        level = next;
+    }
+    report.trees_checked = trees.len();
+    // A snapshot depends on everything below its root, shared subtrees included.
+    let mut below: HashMap<Id, BTreeSet<(String, String)>> = HashMap::new();
+    for (sid, snap) in &snaps {
+        for (object, detail) in damage_below(snap.root, &trees, &mut below) {
             damage.entry(object).or_insert_with(|| (detail, BTreeSet::new())).1.insert(sid.short());
         }
     }
@@ -169,6 +174,45 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
         .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })
         .collect();
     Ok(report)
+}
+
+/// One tree as the check saw it.
+#[derive(Default)]
+struct TreeDamage {
+    /// (object, detail) of what this tree itself needs and cannot have.
+    own: BTreeSet<(String, String)>,
+    subtrees: Vec<Id>,
+}
+
+/// Everything damaged at or below tree `root`, remembered per tree in
+/// `below` (a subtree shared by many snapshots is added up once).
+fn damage_below(
+    root: Id,
+    trees: &HashMap<Id, TreeDamage>,
+    below: &mut HashMap<Id, BTreeSet<(String, String)>>,
+) -> BTreeSet<(String, String)> {
+    // Depth first without recursion: a tree is summed up after its subtrees.
+    let mut stack = vec![(root, false)];
+    while let Some((id, subtrees_done)) = stack.pop() {
+        if below.contains_key(&id) {
+            continue;
+        }
+        let Some(node) = trees.get(&id) else {
+            below.insert(id, BTreeSet::new());
+            continue;
+        };
+        if subtrees_done {
+            let mut all = node.own.clone();
+            for sub in &node.subtrees {
+                all.extend(below.get(sub).into_iter().flatten().cloned());
+            }
+            below.insert(id, all);
+        } else {
+            stack.push((id, true));
+            stack.extend(node.subtrees.iter().filter(|s| !below.contains_key(*s)).map(|s| (*s, false)));
+        }
+    }
+    below.get(&root).cloned().unwrap_or_default()
 }
 
 /// Record why blob `id` cannot be read, if it cannot.

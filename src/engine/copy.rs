@@ -58,42 +58,39 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let mut report = CopyReport::default();
     let mut known: HashSet<Id> = target_index.blob_ids();
     let mut needed = Vec::new();
-    let mut source_packs = PackFiles::default();
     let mut todo = Vec::new();
     for (_, snap) in snaps.iter().filter(|(_, s)| wanted(s)) {
         if have.contains(&identity(snap)) {
             report.snapshots_present += 1;
-            continue;
+        } else {
+            todo.push(snap.clone());
         }
-        let mut stack = vec![snap.root];
-        let mut walked: HashSet<Id> = HashSet::new();
-        while let Some(tree_id) = stack.pop() {
-            // Every tree is walked, even one the target has: a tree in the
-            // index does not prove that every chunk below it still is.
-            if !walked.insert(tree_id) {
-                continue;
-            }
-            let tree = from.load_tree(&source_index, &tree_id, &mut source_packs)?;
-            let mut want = |id: Id| -> Result<()> {
-                if known.insert(id) {
-                    let loc = source_index
-                        .get(&id)
-                        .ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
-                    needed.push((id, *loc));
-                }
-                Ok(())
-            };
-            for e in &tree.entries {
-                match &e.kind {
-                    EntryKind::Dir { tree } => stack.push(*tree),
-                    EntryKind::File(c) => c.pieces.iter().filter_map(|p| p.chunk()).try_for_each(|id| want(*id))?,
-                    _ => {}
-                }
-            }
-            want(tree_id)?;
-        }
-        todo.push(snap.clone());
     }
+    // Every tree is walked, even one the target has: a tree in the index
+    // does not prove that every chunk below it still is.
+    let mut walked: HashSet<Id> = todo.iter().map(|s| s.root).collect();
+    let roots = walked.iter().map(|id| (*id, ())).collect();
+    from.walk_trees(&source_index, roots, |tree_id, tree, ()| {
+        let mut want = |id: Id| -> Result<()> {
+            if known.insert(id) {
+                let loc = source_index
+                    .get(&id)
+                    .ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
+                needed.push((id, *loc));
+            }
+            Ok(())
+        };
+        let mut subtrees = Vec::new();
+        for e in &tree.entries {
+            match &e.kind {
+                EntryKind::Dir { tree } if walked.insert(*tree) => subtrees.push((*tree, ())),
+                EntryKind::File(c) => c.pieces.iter().filter_map(|p| p.chunk()).try_for_each(|id| want(*id))?,
+                _ => {}
+            }
+        }
+        want(*tree_id)?;
+        Ok(subtrees)
+    })?;
 
     // The blobs move pack by pack, a few MiB per read, on several threads.
     let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());

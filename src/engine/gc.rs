@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::backend::{Backend, INDEX, MARKS, PACKS, RUNNING, SNAPSHOTS, TMP};
 use crate::engine::crypto::Id;
 use crate::engine::index::{Index, IndexFile, IndexedPack};
-use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::repository::Repository;
 use crate::engine::tree::EntryKind;
 use crate::error::{Error, Result};
 
@@ -204,7 +204,7 @@ pub fn adopt_recent_leftovers(
         .filter(|(id, _)| !index.packs().contains_key(id) && !marked.contains(id))
         .map(|(_, name)| name)
         .collect();
-    let read = |name: &str| -> Result<IndexedPack> {
+    let read = |name: &String| -> Result<IndexedPack> {
         let id = Id::from_hex(name).ok_or_else(|| Error::damaged("pack", name))?;
         let bytes = repo.backend().get(PACKS, name)?;
         Ok(IndexedPack { pack: id, blobs: crate::engine::pack::read_header(&id, &bytes, repo.keys())? })
@@ -243,22 +243,19 @@ fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
     if let Some((name, e)) = unreadable.first() {
         return Err(Error::Invalid(format!("snapshot {name} cannot be read ({e}); not collecting garbage")));
     }
-    let mut seen = HashSet::new();
-    let mut packs = PackFiles::default();
-    let mut stack: Vec<Id> = snaps.iter().map(|(_, s)| s.root).collect();
-    while let Some(tree_id) = stack.pop() {
-        if !seen.insert(tree_id) {
-            continue;
-        }
-        let tree = repo.load_tree(index, &tree_id, &mut packs)?;
-        for e in tree.entries {
-            match e.kind {
-                EntryKind::Dir { tree } => stack.push(tree),
+    let mut seen: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
+    let roots = seen.iter().map(|id| (*id, ())).collect();
+    repo.walk_trees(index, roots, |_, tree, ()| {
+        let mut subtrees = Vec::new();
+        for e in &tree.entries {
+            match &e.kind {
+                EntryKind::Dir { tree } if seen.insert(*tree) => subtrees.push((*tree, ())),
                 EntryKind::File(c) => seen.extend(c.pieces.iter().filter_map(|p| p.chunk().copied())),
                 _ => {}
             }
         }
-    }
+        Ok(subtrees)
+    })?;
     Ok(seen)
 }
 

@@ -227,7 +227,7 @@ impl Repository {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let names: Vec<String> = self.backend.list(SNAPSHOTS)?.into_iter().map(|f| f.name).collect();
-        let read = |name: &str| match Id::from_hex(name) {
+        let read = |name: &String| match Id::from_hex(name) {
             Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
             None => Err(Error::damaged("snapshot", format!("unexpected file {name}"))),
         };
@@ -262,27 +262,27 @@ impl Repository {
         }
     }
 
-    /// Apply `read` to every name, with as many threads as the backend
+    /// Apply `read` to every item, with as many threads as the backend
     /// likes transfers in flight (a bucket answers each request slowly, many
-    /// at once quickly); results in name order.
-    pub(crate) fn read_many<T: Send>(
+    /// at once quickly); results in item order.
+    pub(crate) fn read_many<I: Sync, T: Send>(
         &self,
-        names: Vec<String>,
-        read: impl Fn(&str) -> Result<T> + Sync,
-    ) -> Vec<(String, Result<T>)> {
-        let threads = self.backend.parallelism().min(names.len()).max(1);
+        items: Vec<I>,
+        read: impl Fn(&I) -> Result<T> + Sync,
+    ) -> Vec<(I, Result<T>)> {
+        let threads = self.backend.parallelism().min(items.len()).max(1);
         if threads == 1 {
-            return names.into_iter().map(|n| (n.clone(), read(&n))).collect();
+            return items.into_iter().map(|i| (read(&i), i)).map(|(r, i)| (i, r)).collect();
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<T>>>> = names.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Result<T>>>> = items.iter().map(|_| Mutex::new(None)).collect();
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(name) = names.get(i) else { break };
-                        let r = read(name);
+                        let Some(item) = items.get(i) else { break };
+                        let r = read(item);
                         if let Ok(mut slot) = results[i].lock() {
                             *slot = Some(r);
                         }
@@ -290,16 +290,15 @@ impl Repository {
                 });
             }
         });
-        names
+        items
             .into_iter()
             .zip(results)
-            .map(|(n, slot)| {
-                let r = slot
-                    .into_inner()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| Err(Error::Invalid(format!("reading {n} did not finish"))));
-                (n, r)
+            .map(|(item, slot)| {
+                let r =
+                    slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                        Err(Error::Invalid("a read did not finish (a reading thread failed)".into()))
+                    });
+                (item, r)
             })
             .collect()
     }
@@ -363,15 +362,75 @@ impl Repository {
         Ok(plain)
     }
 
+    /// One tree, for a walk that follows a single path (`find_entry`).
     pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
-        let loc = index.get(id).ok_or_else(|| Error::damaged(format!("tree {}", id.short()), "not in the index"))?;
-        // Trees are read in no particular order and their packs are small:
-        // a remote backend fetches a tree pack whole, once.
+        let loc = index.get(id).ok_or_else(|| tree_not_indexed(id))?;
+        // A remote backend fetches a small tree pack whole, once: the next
+        // tree on the path is probably in it.
         let range = blob_range(loc);
         let end = pack_end(index, loc);
         let worth = if end <= WHOLE_TREE_PACK { 0..end } else { range.clone() };
         let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)?;
         Tree::decode(&self.open_blob(id, loc, &sealed)?)
+    }
+
+    /// Several trees at once: grouped into pack reads (neighbours in one
+    /// request), the reads spread over threads. Each tree's own outcome, so
+    /// `check` can name every damaged one.
+    pub fn load_trees(&self, index: &Index, ids: impl IntoIterator<Item = Id>) -> HashMap<Id, Result<Tree>> {
+        let mut out = HashMap::new();
+        let mut located = HashMap::new();
+        for id in ids {
+            match index.get(&id) {
+                Some(loc) => {
+                    located.insert(id, *loc);
+                }
+                None => {
+                    out.insert(id, Err(tree_not_indexed(&id)));
+                }
+            }
+        }
+        let reads = self.read_many(plan_pack_reads(located), |read| {
+            let bytes = self.read_pack_range(read, &mut PackFiles::default())?;
+            Ok(sealed_blobs(read, &bytes)
+                .map(|(id, loc, sealed)| (*id, sealed.and_then(|s| Tree::decode(&self.open_blob(id, loc, s)?))))
+                .collect::<Vec<_>>())
+        });
+        for (read, trees) in reads {
+            match trees {
+                Ok(trees) => out.extend(trees),
+                Err(e) => out.extend(read.blobs.iter().map(|(id, _)| (*id, Err(e.clone())))),
+            }
+        }
+        out
+    }
+
+    /// Walk trees breadth first from `roots`, a level at a time: each
+    /// level's trees are loaded together ([`Repository::load_trees`]), so a
+    /// walk over a bucket waits about one round trip per level of
+    /// directories instead of one per tree pack. `visit` gets each tree
+    /// with the context its parent gave it and returns the subtrees to visit
+    /// next (with theirs). The first tree that cannot be read ends the walk.
+    pub fn walk_trees<C>(
+        &self,
+        index: &Index,
+        roots: Vec<(Id, C)>,
+        mut visit: impl FnMut(&Id, &Tree, C) -> Result<Vec<(Id, C)>>,
+    ) -> Result<()> {
+        let mut level = roots;
+        while !level.is_empty() {
+            let trees = self.load_trees(index, level.iter().map(|(id, _)| *id));
+            let mut next = Vec::new();
+            for (id, context) in level {
+                match trees.get(&id) {
+                    Some(Ok(tree)) => next.extend(visit(&id, tree, context)?),
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => return Err(tree_not_indexed(&id)),
+                }
+            }
+            level = next;
+        }
+        Ok(())
     }
 
     // ----- keys -----
@@ -480,6 +539,10 @@ fn pack_end(index: &Index, loc: &BlobLocation) -> u64 {
 /// Where a blob's sealed bytes are in its pack.
 fn blob_range(loc: &BlobLocation) -> std::ops::Range<u64> {
     loc.offset as u64..loc.offset as u64 + loc.length as u64
+}
+
+fn tree_not_indexed(id: &Id) -> Error {
+    Error::damaged(format!("tree {}", id.short()), "not in the index")
 }
 
 fn short(name: &str) -> String {

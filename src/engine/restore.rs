@@ -62,9 +62,6 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     std::fs::create_dir_all(&opts.target).at(&opts.target)?;
     let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
     let mut walk = Walk {
-        repo,
-        index: &index,
-        packs: PackFiles::default(),
         include,
         files: Vec::new(),
         links: Vec::new(),
@@ -74,7 +71,8 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
         summary: RestoreSummary::default(),
         selected: 0,
     };
-    walk.dir(&snapshot.root, &opts.target, &mut Vec::new())?;
+    let root = (snapshot.root, (opts.target.clone(), Vec::new()));
+    repo.walk_trees(&index, vec![root], |id, tree, (target, path)| walk.dir(id, tree, &target, path))?;
     if walk.selected == 0 && !opts.include.is_empty() {
         return Err(Error::Invalid(format!(
             "{} is not in the snapshot; nothing was written",
@@ -112,6 +110,7 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
         let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
         apply_metadata(&path, None, &entry.meta, is_link, &mut names)?;
     }
+    // Created parents first; reversed, every directory comes before its parent.
     for (path, meta) in dirs.iter().rev() {
         apply_metadata(path, None, meta, false, &mut names)?;
     }
@@ -128,20 +127,21 @@ fn components(p: &Path) -> Vec<Vec<u8>> {
 }
 
 /// The walk over the snapshot's trees that plans the restore.
-struct Walk<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
-    packs: PackFiles,
+struct Walk {
     include: Vec<Vec<Vec<u8>>>,
     files: Vec<FileJob>,
     links: Vec<(PathBuf, PathBuf)>,
     others: Vec<(PathBuf, Entry)>,
+    /// Directories in the order they were created (parents first).
     dirs: Vec<(PathBuf, Metadata)>,
     seen_links: HashMap<u64, PathBuf>,
     summary: RestoreSummary,
     /// Entries inside the included paths (not counting their ancestors).
     selected: u64,
 }
+
+/// Where a directory of the snapshot goes, and its path in the snapshot.
+type DirContext = (PathBuf, Vec<Vec<u8>>);
 
 enum Selected {
     /// Inside an included path: restore it and everything below.
@@ -151,7 +151,7 @@ enum Selected {
     No,
 }
 
-impl Walk<'_> {
+impl Walk {
     fn select(&self, path: &[Vec<u8>]) -> Selected {
         if self.include.is_empty() {
             return Selected::All;
@@ -168,14 +168,22 @@ impl Walk<'_> {
         sel
     }
 
-    fn dir(&mut self, tree_id: &Id, target: &Path, path: &mut Vec<Vec<u8>>) -> Result<()> {
-        let tree: Tree = self.repo.load_tree(self.index, tree_id, &mut self.packs)?;
-        for entry in tree.entries {
+    /// Plan one directory whose tree is `tree`: create its subdirectories
+    /// and return them, to be walked next.
+    fn dir(
+        &mut self,
+        tree_id: &Id,
+        tree: &Tree,
+        target: &Path,
+        mut path: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Id, DirContext)>> {
+        let mut subdirs = Vec::new();
+        for entry in &tree.entries {
             if entry.name.is_empty() || entry.name == b"." || entry.name == b".." || entry.name.contains(&b'/') {
                 return Err(Error::damaged(format!("tree {}", tree_id.short()), "an entry has an unsafe name"));
             }
             path.push(entry.name.clone());
-            let selected = self.select(path);
+            let selected = self.select(&path);
             if matches!(selected, Selected::All) {
                 self.selected += 1;
             }
@@ -189,9 +197,8 @@ impl Walk<'_> {
                         Err(e) => return Err(Error::io(&dest, e)),
                     }
                     self.summary.dirs += 1;
-                    let tree = *tree;
-                    self.dir(&tree, &dest, path)?;
-                    self.dirs.push((dest, entry.meta));
+                    self.dirs.push((dest.clone(), entry.meta.clone()));
+                    subdirs.push((*tree, (dest, path.clone())));
                 }
                 (Selected::Ancestor, _) => {}
                 (Selected::All, EntryKind::File(content)) => {
@@ -208,16 +215,16 @@ impl Walk<'_> {
                     let in_snapshot: PathBuf = std::iter::once(Path::new("/").to_path_buf())
                         .chain(path.iter().map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c))))
                         .collect();
-                    self.files.push(FileJob { path: dest, in_snapshot, entry });
+                    self.files.push(FileJob { path: dest, in_snapshot, entry: entry.clone() });
                 }
                 (Selected::All, _) => {
                     self.summary.other += 1;
-                    self.others.push((dest, entry));
+                    self.others.push((dest, entry.clone()));
                 }
             }
             path.pop();
         }
-        Ok(())
+        Ok(subdirs)
     }
 }
 
@@ -479,17 +486,16 @@ pub fn compare_restored(
 ) -> Result<Comparison> {
     use std::io::Read;
     let (index, _) = repo.load_index()?;
-    let mut packs = PackFiles::default();
     let mut cmp = Comparison::default();
-    let mut stack: Vec<(PathBuf, Id)> = vec![(PathBuf::from("/"), snapshot.root)];
     let wanted = |p: &Path| include.is_empty() || include.iter().any(|i| p.starts_with(i));
     let leads = |p: &Path| include.iter().any(|i| i.starts_with(p));
-    while let Some((dir, id)) = stack.pop() {
-        let tree = repo.load_tree(&index, &id, &mut packs)?;
+    let root_dir = (snapshot.root, PathBuf::from("/"));
+    repo.walk_trees(&index, vec![root_dir], |_, tree, dir| {
+        let mut subdirs = Vec::new();
         for e in &tree.entries {
             let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
             match &e.kind {
-                EntryKind::Dir { tree } if wanted(&path) || leads(&path) => stack.push((path, *tree)),
+                EntryKind::Dir { tree } if wanted(&path) || leads(&path) => subdirs.push((*tree, path)),
                 EntryKind::File(content) if wanted(&path) => {
                     cmp.files += 1;
                     let local = root.join(path.strip_prefix("/").unwrap_or(&path));
@@ -547,6 +553,7 @@ pub fn compare_restored(
                 _ => {}
             }
         }
-    }
+        Ok(subdirs)
+    })?;
     Ok(cmp)
 }

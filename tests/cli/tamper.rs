@@ -190,3 +190,34 @@ fn restoring_from_a_damaged_data_pack_fails_and_does_not_report_success() {
     f.t.restore(&f.b.short_id, &out);
     assert_same_tree(&tree_fingerprint(&f.b.src), &tree_fingerprint(&restored(&out, &f.b.src)));
 }
+
+#[test]
+fn damage_below_a_directory_two_snapshots_share_is_pinned_on_both() {
+    // Two backups of the same tree: only top.txt changes, so the second
+    // snapshot reuses the first one's tree of shared/ and everything below it.
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("shared/deeper")).unwrap();
+    write_random(&src.join("shared/deeper/data.bin"), 7, 1_500_000);
+    fs::write(src.join("top.txt"), "first\n").unwrap();
+    let packs_dir = t.repo().join("packs");
+    let first = t.backup(&[&src]);
+    let mut packs: Vec<PathBuf> = files_in(&packs_dir).into_iter().collect();
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let data_pack = packs.last().unwrap().clone();
+    fs::write(src.join("top.txt"), "second\n").unwrap();
+    let second = t.backup(&[&src]);
+
+    flip_byte_in_the_middle(&data_pack);
+
+    let (ok, report) = t.check(true);
+    assert!(!ok, "check --read-data must fail:\n{report}");
+    let damaged: Vec<&str> = report.lines().filter(|l| l.starts_with("DAMAGED")).collect();
+    for snapshot in [&first, &second] {
+        assert!(
+            damaged.iter().any(|l| l.contains(&snapshot[..8])),
+            "both snapshots need shared/deeper/data.bin, so the report must name {}:\n{report}",
+            &snapshot[..8]
+        );
+    }
+}
