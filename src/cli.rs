@@ -302,7 +302,7 @@ pub fn run() -> Result<ExitCode> {
         _ => read_passphrase(cli.passphrase_file.as_deref(), "HOLDFAST_PASSPHRASE", "Repository passphrase", false),
     };
     let open = || -> Result<Repository> { Ok(Repository::open(&repo_path()?, &passphrase()?)?) };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = crate::engine::parallel::cpus();
     // `--repo NAME` for job restores and verifies: which of the job's repositories.
     let repo_name = cli.repo.as_ref().map(|r| r.to_string_lossy().into_owned());
 

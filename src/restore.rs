@@ -186,7 +186,7 @@ fn restore_files(
     if include.is_empty() {
         bail!("the snapshot holds no file sets");
     }
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = crate::engine::parallel::cpus();
     let opts = RestoreOptions { target: to.to_path_buf(), include, threads };
     report.files = Some(restore_staged(repo, snap, &opts, overwrite)?);
     report.target = to.display().to_string();

@@ -110,7 +110,7 @@ pub fn verify_job(config: &Config, job: &Job, from: Option<&str>, spec: &str) ->
     let include: Vec<_> = record.file_sets.iter().flat_map(|f| f.paths.iter().cloned()).collect();
     if !include.is_empty() {
         let target = scratch.0.root.join("files");
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = crate::engine::parallel::cpus();
         let result =
             restore(&repo, &snap, &RestoreOptions { target: target.clone(), include: include.clone(), threads })
                 .map_err(anyhow::Error::from)

@@ -95,7 +95,7 @@ impl Default for BackupOptions {
             tags: Vec::new(),
             host: hostname(),
             use_parent: true,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: crate::engine::parallel::cpus(),
             exclude: None,
             extra: None,
             cancel: None,

@@ -96,7 +96,7 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
     let writers = Mutex::new(Writers { to, uploader: &uploader, data: None, trees: None, report });
     let reads = plan_pack_reads(needed);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let threads = crate::engine::parallel::cpus();
     let caches: Vec<Mutex<PackFiles>> =
         (0..threads.max(from.backend().parallelism())).map(|_| Mutex::new(PackFiles::default())).collect();
     for_each_parallel_with(reads.len(), &caches, 1, |i, packs| {

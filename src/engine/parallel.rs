@@ -47,3 +47,8 @@ pub fn for_each_parallel_with<S: Send>(
         _ => Ok(()),
     }
 }
+
+/// The CPUs this process may use (its affinity mask counts; 2 when unknown).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}

@@ -70,7 +70,7 @@ impl Backend for LocalBackend {
     }
 
     fn parallelism(&self) -> usize {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        crate::engine::parallel::cpus()
     }
 
     fn is_empty(&self) -> Result<bool> {
