@@ -19,7 +19,7 @@ use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::Index;
 use crate::engine::pack::read_header;
-use crate::engine::repository::Repository;
+use crate::engine::repository::{Repository, TreePacks};
 use crate::engine::tree::EntryKind;
 use crate::error::Result;
 
@@ -127,8 +127,9 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     let mut trees: HashMap<Id, TreeDamage> = HashMap::new();
     let mut queued: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
     let mut level: Vec<Id> = queued.iter().copied().collect();
+    let mut kept = TreePacks::default();
     while !level.is_empty() {
-        let mut loaded = repo.load_trees(&index, level.iter().copied());
+        let mut loaded = repo.load_trees(&index, level.iter().copied(), &mut kept);
         let mut next = Vec::new();
         for tid in level {
             let mut node = TreeDamage::default();

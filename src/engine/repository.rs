@@ -374,35 +374,74 @@ impl Repository {
         Tree::decode(&self.open_blob(id, loc, &sealed)?)
     }
 
-    /// Several trees at once: grouped into pack reads (neighbours in one
-    /// request), the reads spread over threads. Each tree's own outcome, so
-    /// `check` can name every damaged one.
-    pub fn load_trees(&self, index: &Index, ids: impl IntoIterator<Item = Id>) -> HashMap<Id, Result<Tree>> {
+    /// Several trees at once, each with its own outcome (so `check` can name
+    /// every damaged one). Small tree packs are fetched whole and kept in
+    /// `kept` for the next call (the next level's trees are mostly in the
+    /// same packs); other trees are grouped into pack reads. The reads run
+    /// on several threads.
+    pub fn load_trees(
+        &self,
+        index: &Index,
+        ids: impl IntoIterator<Item = Id>,
+        kept: &mut TreePacks,
+    ) -> HashMap<Id, Result<Tree>> {
         let mut out = HashMap::new();
-        let mut located = HashMap::new();
+        let mut from_kept = Vec::new();
+        let mut whole: HashMap<Id, PackRead> = HashMap::new();
+        let mut ranged = Vec::new();
+        let mut room = TREE_PACKS_KEPT.saturating_sub(kept.bytes);
+        let ids: std::collections::HashSet<Id> = ids.into_iter().collect();
         for id in ids {
-            match index.get(&id) {
-                Some(loc) => {
-                    located.insert(id, *loc);
-                }
-                None => {
-                    out.insert(id, Err(tree_not_indexed(&id)));
-                }
+            let Some(loc) = index.get(&id) else {
+                out.insert(id, Err(tree_not_indexed(&id)));
+                continue;
+            };
+            if kept.packs.contains_key(&loc.pack) {
+                from_kept.push((id, *loc));
+            } else if let Some(read) = whole.get_mut(&loc.pack) {
+                read.blobs.push((id, *loc));
+            } else if pack_end(index, loc) <= WHOLE_TREE_PACK.min(room) {
+                let end = pack_end(index, loc);
+                room -= end;
+                whole.insert(loc.pack, PackRead { pack: loc.pack, start: 0, end, blobs: vec![(id, *loc)] });
+            } else {
+                ranged.push((id, *loc));
             }
         }
-        let reads = self.read_many(plan_pack_reads(located), |read| {
+        let reads: Vec<(bool, PackRead)> = whole
+            .into_values()
+            .map(|read| (true, read))
+            .chain(plan_pack_reads(ranged).into_iter().map(|read| (false, read)))
+            .collect();
+        let fetched = self.read_many(reads, |(_, read)| {
             let bytes = self.read_pack_range(read, &mut PackFiles::default())?;
-            Ok(sealed_blobs(read, &bytes)
-                .map(|(id, loc, sealed)| (*id, sealed.and_then(|s| Tree::decode(&self.open_blob(id, loc, s)?))))
-                .collect::<Vec<_>>())
+            let trees: Vec<_> =
+                sealed_blobs(read, &bytes).map(|(id, loc, sealed)| (*id, self.open_tree(id, loc, sealed))).collect();
+            Ok((bytes, trees))
         });
-        for (read, trees) in reads {
-            match trees {
-                Ok(trees) => out.extend(trees),
+        for ((keep, read), result) in fetched {
+            match result {
+                Ok((bytes, trees)) => {
+                    out.extend(trees);
+                    if keep {
+                        kept.bytes += bytes.len() as u64;
+                        kept.packs.insert(read.pack, bytes);
+                    }
+                }
                 Err(e) => out.extend(read.blobs.iter().map(|(id, _)| (*id, Err(e.clone())))),
             }
         }
+        for (id, loc) in from_kept {
+            let bytes = kept.packs.get(&loc.pack).map(Vec::as_slice).unwrap_or_default();
+            let sealed = bytes.get(blob_range(&loc).start as usize..blob_range(&loc).end as usize);
+            out.insert(id, self.open_tree(&id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read"))));
+        }
         out
+    }
+
+    /// A tree out of its sealed bytes.
+    fn open_tree(&self, id: &Id, loc: &BlobLocation, sealed: Result<&[u8]>) -> Result<Tree> {
+        Tree::decode(&self.open_blob(id, loc, sealed?)?)
     }
 
     /// Walk trees breadth first from `roots`, a level at a time: each
@@ -417,9 +456,10 @@ impl Repository {
         roots: Vec<(Id, C)>,
         mut visit: impl FnMut(&Id, &Tree, C) -> Result<Vec<(Id, C)>>,
     ) -> Result<()> {
+        let mut kept = TreePacks::default();
         let mut level = roots;
         while !level.is_empty() {
-            let trees = self.load_trees(index, level.iter().map(|(id, _)| *id));
+            let trees = self.load_trees(index, level.iter().map(|(id, _)| *id), &mut kept);
             let mut next = Vec::new();
             for (id, context) in level {
                 match trees.get(&id) {
@@ -527,8 +567,19 @@ fn write_once(backend: &dyn Backend, name: &str, bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// A tree pack up to this size is fetched whole by a remote backend.
+/// A tree pack up to this size is fetched whole: by a remote backend on a
+/// single tree's path, by every backend in a walk.
 const WHOLE_TREE_PACK: u64 = 16 << 20;
+
+/// Tree packs one walk fetched whole, kept until it ends, up to
+/// [`TREE_PACKS_KEPT`] bytes (beyond that, trees are read range by range).
+#[derive(Default)]
+pub struct TreePacks {
+    packs: HashMap<Id, Vec<u8>>,
+    bytes: u64,
+}
+
+const TREE_PACKS_KEPT: u64 = 64 << 20;
 
 /// Where the last indexed blob of `loc`'s pack ends.
 fn pack_end(index: &Index, loc: &BlobLocation) -> u64 {
