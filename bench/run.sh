@@ -103,8 +103,9 @@ if [[ $SPLIT_CPUS == 1 ]]; then
     last=$(($(nproc) - 1))
     [[ $last -ge 1 ]] || { echo "run.sh: --split-cpus needs at least 2 CPUs" >&2; exit 2; }
     command -v taskset >/dev/null || { echo "run.sh: --split-cpus needs taskset (util-linux)" >&2; exit 1; }
-    TOOL_TASKSET=(taskset -c "0-$((last - 1))") GARAGE_TASKSET=(taskset -c "$last")
-    CPU_SPLIT="tools on CPU 0-$((last - 1)), Garage on CPU $last (taskset)"
+    tool_cpus=0; [[ $last -gt 1 ]] && tool_cpus=0-$((last - 1))
+    TOOL_TASKSET=(taskset -c "$tool_cpus") GARAGE_TASKSET=(taskset -c "$last")
+    CPU_SPLIT="tools on CPU $tool_cpus, Garage on CPU $last (taskset)"
 fi
 
 mkdir -p "$WORK"
@@ -352,6 +353,7 @@ print(*ps)')
         [[ $i == 0 ]] && export AWS_ENDPOINT_URL=http://127.0.0.1:$s3
         "${GARAGE_TASKSET[@]}" garage -c "$g/n$i/garage.toml" server >"$g/n$i/log" 2>&1 &
         echo $! >>"$g/pids"
+        disown   # killed by CLEANUP, without a "Killed" line from bash
     done
     local G=(retry garage -c "$g/n0/garage.toml")
     for ((i = 0; i < GARAGE_NODES; i++)); do
@@ -375,6 +377,7 @@ print(*ps)')
         local port ready
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         coproc PROXY { exec "${GARAGE_TASKSET[@]}" python3 "$SCRIPT_DIR/delay_proxy.py" "$port" "${AWS_ENDPOINT_URL#http://}" "$RTT_MS"; }
+        disown "$PROXY_PID" 2>/dev/null
         echo "$PROXY_PID" >>"$g/pids"
         read -r -t 10 ready <&"${PROXY[0]}" && [[ $ready == ready ]] || return 1
         export AWS_ENDPOINT_URL=http://127.0.0.1:$port

@@ -186,17 +186,13 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &running, &index, &marked)?;
     index.add_file(&IndexFile { packs: adopted.clone() });
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
-    let mut packs = PackFiles::default();
-    let parent_root = match &parent {
-        Some((_, snap)) => repo.load_tree(&index, &snap.root, &mut packs).ok(),
-        None => None,
-    };
+    let mut parent_trees = ParentTrees::new(repo, &index, parent.as_ref().map(|(_, snap)| snap.root));
+    let parent_root = parent.as_ref().and_then(|(_, snap)| parent_trees.get(&snap.root));
 
     // Phase 1: scan.
     let mut scan = Scanner {
-        repo,
         index: &index,
-        packs,
+        parent_trees,
         names: NameCache::default(),
         files: Vec::new(),
         tasks: Vec::new(),
@@ -309,9 +305,8 @@ enum Task {
 }
 
 struct Scanner<'a> {
-    repo: &'a Repository,
     index: &'a Index,
-    packs: PackFiles,
+    parent_trees: ParentTrees<'a>,
     names: NameCache,
     files: Vec<FileRecord>,
     tasks: Vec<(u64, Task)>,
@@ -320,6 +315,62 @@ struct Scanner<'a> {
     batch_target: u64,
     summary: Summary,
     exclude: Option<&'a ExcludeFn>,
+}
+
+/// The parent snapshot's trees, which tell the scan which files are
+/// unchanged. From a bucket they are all fetched before the scan, a
+/// directory level at a time (one round trip per level rather than one per
+/// tree pack); each is handed out as often as the parent refers to it, then
+/// dropped. From a local repository, and for any tree that could not be
+/// fetched, the scan reads them as it reaches them. A tree that cannot be
+/// read at all means no parent there: those files are read in full.
+struct ParentTrees<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    packs: PackFiles,
+    /// Fetched tree and how many more times the parent refers to it.
+    fetched: HashMap<Id, (Tree, usize)>,
+}
+
+impl<'a> ParentTrees<'a> {
+    fn new(repo: &'a Repository, index: &'a Index, root: Option<Id>) -> Self {
+        let mut fetched = HashMap::new();
+        if let Some(root) = root
+            && repo.backend().is_remote()
+        {
+            let mut uses: HashMap<Id, usize> = HashMap::from([(root, 1)]);
+            // Whatever was fetched before a failure is still used.
+            let _ = repo.walk_trees(index, vec![(root, ())], |id, tree, ()| {
+                let mut subtrees = Vec::new();
+                for entry in &tree.entries {
+                    if let EntryKind::Dir { tree: sub } = entry.kind {
+                        let n = uses.entry(sub).or_default();
+                        *n += 1;
+                        if *n == 1 {
+                            subtrees.push((sub, ()));
+                        }
+                    }
+                }
+                fetched.insert(*id, (tree.clone(), 0));
+                Ok(subtrees)
+            });
+            for (id, (_, left)) in fetched.iter_mut() {
+                *left = uses.get(id).copied().unwrap_or(1);
+            }
+        }
+        ParentTrees { repo, index, packs: PackFiles::default(), fetched }
+    }
+
+    fn get(&mut self, id: &Id) -> Option<Tree> {
+        match self.fetched.get_mut(id) {
+            Some((tree, left)) if *left > 1 => {
+                *left -= 1;
+                Some(tree.clone())
+            }
+            Some(_) => self.fetched.remove(id).map(|(tree, _)| tree),
+            None => self.repo.load_tree(self.index, id, &mut self.packs).ok(),
+        }
+    }
 }
 
 impl Scanner<'_> {
@@ -372,7 +423,7 @@ impl Scanner<'_> {
     /// Child tree `name` of `tree`, when it is a directory there.
     fn child_tree(&mut self, tree: Option<&Tree>, name: &[u8]) -> Option<Tree> {
         match &tree?.find(name)?.kind {
-            EntryKind::Dir { tree } => self.repo.load_tree(self.index, tree, &mut self.packs).ok(),
+            EntryKind::Dir { tree } => self.parent_trees.get(tree),
             _ => None,
         }
     }
@@ -430,7 +481,7 @@ impl Scanner<'_> {
         if ft.is_dir() {
             self.summary.dirs += 1;
             let prev_tree = match prev.map(|e| &e.kind) {
-                Some(EntryKind::Dir { tree }) => self.repo.load_tree(self.index, tree, &mut self.packs).ok(),
+                Some(EntryKind::Dir { tree }) => self.parent_trees.get(tree),
                 _ => None,
             };
             return Ok(Some(Node::Dir(self.scan_dir(path, meta, prev_tree.as_ref())?)));

@@ -209,7 +209,7 @@ pub fn adopt_recent_leftovers(
         let bytes = repo.backend().get(PACKS, name)?;
         Ok(IndexedPack { pack: id, blobs: crate::engine::pack::read_header(&id, &bytes, repo.keys())? })
     };
-    Ok(repo.read_many(candidates, read).into_iter().filter_map(|(_, r)| r.ok()).collect())
+    Ok(repo.read_many(candidates, repo.backend().parallelism(), read).into_iter().filter_map(|(_, r)| r.ok()).collect())
 }
 
 /// The names of the files in `dir`.

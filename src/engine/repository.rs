@@ -189,7 +189,7 @@ impl Repository {
         let mut index = Index::default();
         let mut damaged = Vec::new();
         let names: Vec<String> = self.backend.list(INDEX)?.into_iter().map(|f| f.name).collect();
-        for (name, file) in self.read_many(names, |name| self.read_index_file(name)) {
+        for (name, file) in self.read_many(names, self.small_reads(), |name| self.read_index_file(name)) {
             match file {
                 Ok(file) => index.add_file(&file),
                 Err(e) => damaged.push((name, e)),
@@ -231,7 +231,7 @@ impl Repository {
             Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
             None => Err(Error::damaged("snapshot", format!("unexpected file {name}"))),
         };
-        for (name, result) in self.read_many(names, read) {
+        for (name, result) in self.read_many(names, self.small_reads(), read) {
             match result {
                 Ok(found) => good.push(found),
                 Err(e) => bad.push((name, e)),
@@ -262,15 +262,23 @@ impl Repository {
         }
     }
 
-    /// Apply `read` to every item, with as many threads as the backend
-    /// likes transfers in flight (a bucket answers each request slowly, many
-    /// at once quickly); results in item order.
+    /// Reads of small files (index files, snapshots) worth having in flight:
+    /// a bucket answers each slowly and many at once quickly, and they hold
+    /// little memory.
+    fn small_reads(&self) -> usize {
+        let n = self.backend.parallelism();
+        if self.backend.is_remote() { (4 * n).max(16) } else { n }
+    }
+
+    /// Apply `read` to every item on up to `threads` threads (each waiting
+    /// on its own request); results in item order.
     pub(crate) fn read_many<I: Sync, T: Send>(
         &self,
         items: Vec<I>,
+        threads: usize,
         read: impl Fn(&I) -> Result<T> + Sync,
     ) -> Vec<(I, Result<T>)> {
-        let threads = self.backend.parallelism().min(items.len()).max(1);
+        let threads = threads.min(items.len()).max(1);
         if threads == 1 {
             return items.into_iter().map(|i| (read(&i), i)).map(|(r, i)| (i, r)).collect();
         }
@@ -408,12 +416,15 @@ impl Repository {
                 ranged.push((id, *loc));
             }
         }
+        // Whole packs in flight are bounded by `room`; ranged reads (up to
+        // 8 MiB each) by the backend's transfers.
+        let threads = if ranged.is_empty() { self.small_reads() } else { self.backend.parallelism() };
         let reads: Vec<(bool, PackRead)> = whole
             .into_values()
             .map(|read| (true, read))
             .chain(plan_pack_reads(ranged).into_iter().map(|read| (false, read)))
             .collect();
-        let fetched = self.read_many(reads, |(_, read)| {
+        let fetched = self.read_many(reads, threads, |(_, read)| {
             let bytes = self.read_pack_range(read, &mut PackFiles::default())?;
             let trees: Vec<_> =
                 sealed_blobs(read, &bytes).map(|(id, loc, sealed)| (*id, self.open_tree(id, loc, sealed))).collect();

@@ -75,6 +75,11 @@ fn an_s3_repository_backs_up_restores_checks_and_prunes() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_source(&src, 20 << 20, 1);
+    // More directory levels, and two empty directories that share one tree.
+    fs::create_dir_all(src.join("sub/deeper/deepest")).unwrap();
+    fs::write(src.join("sub/deeper/deepest/leaf.txt"), "leaf\n").unwrap();
+    fs::create_dir_all(src.join("empty-a")).unwrap();
+    fs::create_dir_all(src.join("empty-b")).unwrap();
 
     ok(&bucket, "shop", &["init"]);
     ok(&bucket, "shop", &["backup", &src.to_string_lossy()]);
@@ -85,8 +90,11 @@ fn an_s3_repository_backs_up_restores_checks_and_prunes() {
     restore_and_compare(&bucket, "shop", &src, &tmp.path().join("out1"));
     assert!(check_read_data(&bucket, "shop").contains("healthy"));
 
-    // A third, unchanged backup stores (almost) nothing.
+    // A third, unchanged backup finds every file in its parent's trees
+    // (fetched from the bucket before the scan): it reads and stores nothing.
     let third = parse_json(&ok(&bucket, "shop", &["backup", "--json", &src.to_string_lossy()]));
+    assert_eq!(third["summary"]["bytes_read"], 0, "{third:#}");
+    assert_eq!(third["summary"]["files_unchanged"], third["summary"]["files"], "{third:#}");
     assert!(third["summary"]["bytes_added"].as_u64().unwrap() < 64 << 10, "{third:#}");
 
     // Prune: forget all but the newest, mark, then (grace 0) delete.

@@ -64,6 +64,12 @@ pub trait Backend: Send + Sync {
     /// How many transfers are worth having in flight at once.
     fn parallelism(&self) -> usize;
 
+    /// True when every request waits on a network round trip: callers
+    /// fetch ahead what they will need, many small files at once.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// True when a backup must not delete anything here, because its
     /// credentials may only read and add (object storage; see the README).
     fn put_only_backups(&self) -> bool {

@@ -230,6 +230,10 @@ impl Backend for S3Backend {
         self.connections
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn put_only_backups(&self) -> bool {
         true
     }
