@@ -280,7 +280,13 @@ impl Repository {
     ) -> Vec<(I, Result<T>)> {
         let threads = threads.min(items.len()).max(1);
         if threads == 1 {
-            return items.into_iter().map(|i| (read(&i), i)).map(|(r, i)| (i, r)).collect();
+            return items
+                .into_iter()
+                .map(|item| {
+                    let r = read(&item);
+                    (item, r)
+                })
+                .collect();
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<T>>>> = items.iter().map(|_| Mutex::new(None)).collect();
