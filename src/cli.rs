@@ -19,7 +19,7 @@ use crate::engine::check::check;
 use crate::engine::chunker::ChunkerParams;
 use crate::engine::crypto::Id;
 use crate::engine::keyfile::KeyFile;
-use crate::engine::repository::{InitOptions, PackFiles, Repository, import_key};
+use crate::engine::repository::{InitOptions, Repository, import_key};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
@@ -1047,13 +1047,11 @@ struct LsEntry {
 
 fn list(repo: &Repository, snap: &Snapshot, under: Option<&Path>) -> Result<Vec<LsEntry>> {
     let (index, _) = repo.load_index()?;
-    let mut packs = PackFiles::default();
     let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, Id)> = vec![(PathBuf::from("/"), snap.root)];
     let under = under.map(|p| Path::new("/").join(p));
-    while let Some((dir, tree_id)) = stack.pop() {
-        let tree = repo.load_tree(&index, &tree_id, &mut packs)?;
-        for e in tree.entries.iter().rev() {
+    repo.walk_trees(&index, vec![(snap.root, PathBuf::from("/"))], |_, tree, dir| {
+        let mut subdirs = Vec::new();
+        for e in &tree.entries {
             use std::os::unix::ffi::OsStrExt;
             let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
             let wanted = under.as_ref().is_none_or(|u| path.starts_with(u));
@@ -1061,13 +1059,14 @@ fn list(repo: &Repository, snap: &Snapshot, under: Option<&Path>) -> Result<Vec<
             if let EntryKind::Dir { tree } = &e.kind
                 && (wanted || leads_there)
             {
-                stack.push((path.clone(), *tree));
+                subdirs.push((*tree, path.clone()));
             }
             if wanted {
                 out.push(ls_entry(&path, e));
             }
         }
-    }
+        Ok(subdirs)
+    })?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     if out.is_empty()
         && let Some(u) = &under
