@@ -339,9 +339,11 @@ impl<'a> ParentTrees<'a> {
             && repo.backend().is_remote()
         {
             let mut uses: HashMap<Id, usize> = HashMap::from([(root, 1)]);
-            // Whatever was fetched before a failure is still used.
-            let _ = repo.walk_trees(index, vec![(root, ())], |id, tree, ()| {
+            // A tree that cannot be fetched is left out (nor are its subtrees
+            // fetched); the visit itself never fails.
+            let _ = repo.walk_trees_tolerant(index, vec![(root, ())], |id, tree, ()| {
                 let mut subtrees = Vec::new();
+                let Ok(tree) = tree else { return Ok(subtrees) };
                 for entry in &tree.entries {
                     if let EntryKind::Dir { tree: sub } = entry.kind {
                         let n = uses.entry(sub).or_default();

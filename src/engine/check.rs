@@ -19,7 +19,7 @@ use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::Index;
 use crate::engine::pack::read_header;
-use crate::engine::repository::{Repository, TreePacks};
+use crate::engine::repository::Repository;
 use crate::engine::tree::EntryKind;
 use crate::error::Result;
 
@@ -126,42 +126,37 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     // (its own blob, its files' chunks) and which trees are below it.
     let mut trees: HashMap<Id, TreeDamage> = HashMap::new();
     let mut queued: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
-    let mut level: Vec<Id> = queued.iter().copied().collect();
-    let mut kept = TreePacks::default();
-    while !level.is_empty() {
-        let mut loaded = repo.load_trees(&index, level.iter().copied(), &mut kept);
+    let roots = queued.iter().map(|id| (*id, ())).collect();
+    repo.walk_trees_tolerant(&index, roots, |tid, tree, ()| {
+        let mut node = TreeDamage::default();
         let mut next = Vec::new();
-        for tid in level {
-            let mut node = TreeDamage::default();
-            check_blob(&tid, &index, &bad_packs, &bad_blobs, &mut node.own);
-            match loaded.remove(&tid) {
-                Some(Ok(tree)) => {
-                    for entry in &tree.entries {
-                        match &entry.kind {
-                            EntryKind::Dir { tree } => {
-                                node.subtrees.push(*tree);
-                                if queued.insert(*tree) {
-                                    next.push(*tree);
-                                }
+        check_blob(tid, &index, &bad_packs, &bad_blobs, &mut node.own);
+        match tree {
+            Ok(tree) => {
+                for entry in &tree.entries {
+                    match &entry.kind {
+                        EntryKind::Dir { tree } => {
+                            node.subtrees.push(*tree);
+                            if queued.insert(*tree) {
+                                next.push((*tree, ()));
                             }
-                            EntryKind::File(c) => {
-                                for id in c.pieces.iter().filter_map(|p| p.chunk()) {
-                                    check_blob(id, &index, &bad_packs, &bad_blobs, &mut node.own);
-                                }
-                            }
-                            _ => {}
                         }
+                        EntryKind::File(c) => {
+                            for id in c.pieces.iter().filter_map(|p| p.chunk()) {
+                                check_blob(id, &index, &bad_packs, &bad_blobs, &mut node.own);
+                            }
+                        }
+                        _ => {}
                     }
                 }
-                Some(Err(e)) => {
-                    node.own.insert((format!("tree {}", tid.short()), e.to_string()));
-                }
-                None => {}
             }
-            trees.insert(tid, node);
+            Err(e) => {
+                node.own.insert((format!("tree {}", tid.short()), e.to_string()));
+            }
         }
-        level = next;
-    }
+        trees.insert(*tid, node);
+        Ok(next)
+    })?;
     report.trees_checked = trees.len();
     // A snapshot depends on everything below its root, shared subtrees included.
     let mut below: HashMap<Id, BTreeSet<(String, String)>> = HashMap::new();

@@ -376,7 +376,8 @@ impl Repository {
         Ok(plain)
     }
 
-    /// One tree, for a walk that follows a single path (`find_entry`).
+    /// One tree, for a walk that follows a single path (`find_entry`) or
+    /// reads trees as it needs them (a backup's parent, locally).
     pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
         let loc = index.get(id).ok_or_else(|| tree_not_indexed(id))?;
         // A remote backend fetches a small tree pack whole, once: the next
@@ -388,12 +389,11 @@ impl Repository {
         Tree::decode(&self.open_blob(id, loc, &sealed)?)
     }
 
-    /// Several trees at once, each with its own outcome (so `check` can name
-    /// every damaged one). Small tree packs are fetched whole and kept in
+    /// Several trees at once, each with its own outcome. Small tree packs are fetched whole and kept in
     /// `kept` for the next call (the next level's trees are mostly in the
     /// same packs); other trees are grouped into pack reads. The reads run
     /// on several threads.
-    pub fn load_trees(
+    fn load_trees(
         &self,
         index: &Index,
         ids: impl IntoIterator<Item = Id>,
@@ -414,8 +414,9 @@ impl Repository {
                 from_kept.push((id, *loc));
             } else if let Some(read) = whole.get_mut(&loc.pack) {
                 read.blobs.push((id, *loc));
-            } else if pack_end(index, loc) <= WHOLE_TREE_PACK.min(room) {
-                let end = pack_end(index, loc);
+            } else if let end = pack_end(index, loc)
+                && end <= WHOLE_TREE_PACK.min(room)
+            {
                 room -= end;
                 whole.insert(loc.pack, PackRead { pack: loc.pack, start: 0, end, blobs: vec![(id, *loc)] });
             } else {
@@ -450,7 +451,8 @@ impl Repository {
         }
         for (id, loc) in from_kept {
             let bytes = kept.packs.get(&loc.pack).map(Vec::as_slice).unwrap_or_default();
-            let sealed = bytes.get(blob_range(&loc).start as usize..blob_range(&loc).end as usize);
+            let range = blob_range(&loc);
+            let sealed = bytes.get(range.start as usize..range.end as usize);
             out.insert(id, self.open_tree(&id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read"))));
         }
         out
@@ -473,17 +475,33 @@ impl Repository {
         roots: Vec<(Id, C)>,
         mut visit: impl FnMut(&Id, &Tree, C) -> Result<Vec<(Id, C)>>,
     ) -> Result<()> {
+        self.walk_trees_tolerant(index, roots, |id, tree, context| visit(id, tree.map_err(Error::clone)?, context))
+    }
+
+    /// Like [`Repository::walk_trees`], but `visit` also gets the trees
+    /// that cannot be read, with the reason, and the walk goes on (`check`
+    /// names every damaged tree; a backup does without a parent's tree).
+    pub fn walk_trees_tolerant<C>(
+        &self,
+        index: &Index,
+        roots: Vec<(Id, C)>,
+        mut visit: impl FnMut(&Id, std::result::Result<&Tree, &Error>, C) -> Result<Vec<(Id, C)>>,
+    ) -> Result<()> {
         let mut kept = TreePacks::default();
         let mut level = roots;
         while !level.is_empty() {
             let trees = self.load_trees(index, level.iter().map(|(id, _)| *id), &mut kept);
             let mut next = Vec::new();
             for (id, context) in level {
-                match trees.get(&id) {
-                    Some(Ok(tree)) => next.extend(visit(&id, tree, context)?),
-                    Some(Err(e)) => return Err(e.clone()),
-                    None => return Err(tree_not_indexed(&id)),
-                }
+                let missing;
+                let tree = match trees.get(&id) {
+                    Some(loaded) => loaded.as_ref(),
+                    None => {
+                        missing = tree_not_indexed(&id);
+                        Err(&missing)
+                    }
+                };
+                next.extend(visit(&id, tree, context)?);
             }
             level = next;
         }
@@ -591,7 +609,7 @@ const WHOLE_TREE_PACK: u64 = 16 << 20;
 /// Tree packs one walk fetched whole, kept until it ends, up to
 /// [`TREE_PACKS_KEPT`] bytes (beyond that, trees are read range by range).
 #[derive(Default)]
-pub struct TreePacks {
+struct TreePacks {
     packs: HashMap<Id, Vec<u8>>,
     bytes: u64,
 }
