@@ -3,14 +3,18 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use crate::exit::{EXIT_CODES_HELP, Exit, Interrupt, Usage};
+
+/// `println!` that returns an error instead of panicking when stdout is
+/// gone (`holdfast ls | head`): `main` ends quietly on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
 
 use crate::config::{Config, Job, RepositoryConfig};
 use crate::engine::backend::Location;
@@ -23,7 +27,7 @@ use crate::engine::repository::{InitOptions, Repository, import_key};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
-use crate::restore::{DatabaseAction, RestoreReport, What, restore_job};
+use crate::restore::{DatabaseAction, RestoreReport, Source, What, restore_job};
 use crate::runner::{RunRecord, RunReport, run_job};
 use crate::units::human;
 use crate::verify::{VerifyReport, verify_job};
@@ -32,7 +36,8 @@ use crate::verify::{VerifyReport, verify_job};
 #[command(
     name = "holdfast",
     version,
-    about = "Application-consistent backups into an encrypted, deduplicating repository"
+    about = "Application-consistent backups into an encrypted, deduplicating repository",
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     /// The job configuration: a TOML file or a directory of them.
@@ -118,8 +123,9 @@ pub enum Command {
     Recover { job: String },
     /// Create a repository and its first key.
     Init {
-        /// zstd level for stored data (1-22; 0 stores uncompressed).
-        #[arg(long, default_value_t = 3)]
+        /// zstd level for stored data (-7 to 22: negative levels are faster,
+        /// 0 stores uncompressed).
+        #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
         compression_level: i32,
         /// Average chunk size in bytes (a power of two, 4 KiB to 4 MiB).
         #[arg(long, default_value_t = ChunkerParams::DEFAULT_AVG)]
@@ -127,10 +133,12 @@ pub enum Command {
         /// Target pack size in bytes.
         #[arg(long, default_value_t = 16 << 20, hide = true)]
         pack_size: u32,
-        /// Share keys and chunker with this repository, so `copy` can move
-        /// snapshots between them without re-encrypting (asks for its passphrase
-        /// via --from-passphrase-file or $HOLDFAST_FROM_PASSPHRASE).
-        #[arg(long, value_name = "DIR")]
+        /// Share keys and chunker with this repository (a directory, an
+        /// s3:// URL, or a repository name from the config), so `copy` can
+        /// move snapshots between them without re-encrypting. Its passphrase:
+        /// the configured source for a name, else --from-passphrase-file or
+        /// $HOLDFAST_FROM_PASSPHRASE.
+        #[arg(long, value_name = "REPO")]
         copy_params_from: Option<PathBuf>,
         #[arg(long, value_name = "FILE")]
         from_passphrase_file: Option<PathBuf>,
@@ -176,6 +184,10 @@ pub enum Command {
         snapshot: String,
         /// Only this path (and what is below it).
         path: Option<PathBuf>,
+        /// With `latest`: take the newest readable snapshot even if some
+        /// snapshot cannot be read (it might be newer).
+        #[arg(long)]
+        skip_damaged: bool,
         #[arg(long)]
         json: bool,
     },
@@ -208,9 +220,13 @@ pub enum Command {
         /// Replace the live database: load into a temporary one, then swap.
         #[arg(long, requires = "database", conflicts_with = "dump_to")]
         reload: bool,
-        /// Write the dump to FILE.
+        /// Write the dump to FILE (created 0600; it must not exist).
         #[arg(long, value_name = "FILE", requires = "database")]
         dump_to: Option<PathBuf>,
+        /// With `latest`: take the newest readable snapshot even if some
+        /// snapshot cannot be read (it might be newer).
+        #[arg(long)]
+        skip_damaged: bool,
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +242,10 @@ pub enum Command {
         /// copies too), not only its first.
         #[arg(long)]
         every_repository: bool,
+        /// With `latest`: take the newest readable snapshot even if some
+        /// snapshot cannot be read (it might be newer).
+        #[arg(long)]
+        skip_damaged: bool,
         #[arg(long)]
         json: bool,
         #[arg(required_unless_present = "all")]
@@ -241,6 +261,46 @@ pub enum Command {
     /// Manage the repository's keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Repair a damaged repository: rebuild its index from the packs, or
+    /// write snapshots without what can no longer be read.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+    /// Remove snapshots by id (prefix); `prune` then frees their space.
+    Forget {
+        #[arg(required = true, value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
+        /// Say what would be forgotten; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs themselves (after index files were
+    /// lost or damaged); recreates missing repository directories.
+    Index {
+        /// Read the packs and say what would be indexed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// For every snapshot that needs something that cannot be read, write a
+    /// new snapshot without it (tagged `repaired`, naming what was lost).
+    /// The damaged snapshots stay until you `forget` them.
+    Snapshots {
+        /// Say what would be lost; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also read and authenticate every pack (finds damaged blobs).
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,14 +329,30 @@ pub struct NewPassphrase {
     new_passphrase_file: Option<PathBuf>,
 }
 
-/// Parse the command line and run it.
-pub fn run() -> Result<ExitCode> {
+/// Parse the command line and run it; the exit code it stands for.
+pub fn run() -> Result<Exit> {
     let cli = Cli::parse();
     init_logging();
+    // Everything holdfast creates for itself (spool, state, dumps, keys,
+    // restore staging) starts private; wider modes are set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let config = match &cli.config {
         Some(p) => Some(Config::load(p)?),
         None => None,
     };
+    if let Some(c) = &config {
+        crate::process::declare_secret_variables(c.secret_variables());
+    }
+    // Commands that stop cleanly on SIGTERM/SIGINT take the signals.
+    let interrupt = match &cli.command {
+        Command::Run { dry_run: false, .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Verify { .. }
+        | Command::Copy { .. } => Interrupt::install().context("installing the signal handlers")?,
+        _ => Interrupt::none(),
+    };
+    let needs_config = |cmd: &str| Usage(format!("`{cmd}` needs --config PATH (or $HOLDFAST_CONFIG)"));
     // `--repo NAME` names a configured repository; anything else is a path.
     let job_repo: Option<RepositoryConfig> = match (&config, &cli.command) {
         (Some(c), Command::Snapshots { job: Some(j), .. }) => {
@@ -308,24 +384,26 @@ pub fn run() -> Result<ExitCode> {
 
     match &cli.command {
         Command::Recover { job } => {
-            let config = config.as_ref().context("`recover` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let config = config.as_ref().ok_or_else(|| needs_config("recover"))?;
             let job = config.job(job)?;
-            let _lock = crate::spool::JobLock::acquire(&job.spool, &job.name)?;
+            let _lock = crate::spool::JobLock::acquire(&job.spool, &job.name, "recovery")?;
             match crate::journal::recover(job)? {
-                Some(r) => println!(
-                    "job {}: run {} (pid {}) had not finished; ran {} owed finally hook(s), {} failed",
-                    job.name, r.run_id, r.pid, r.hooks_run, r.hooks_failed
-                ),
-                None => println!("job {}: nothing to recover", job.name),
+                Some(r) => {
+                    outln!("job {}: {}", job.name, r.describe());
+                    if r.hooks_failed > 0 {
+                        return Ok(Exit::Failed);
+                    }
+                }
+                None => outln!("job {}: nothing to recover", job.name),
             }
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Exit::Success);
         }
         Command::Run { all, json, jobs, dry_run } => {
-            let config = config.as_ref().context("`run` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let config = config.as_ref().ok_or_else(|| needs_config("run"))?;
             if *dry_run {
                 return validate_jobs(config, if *all { &[] } else { jobs }, true, *json);
             }
-            return run_jobs(config, *all, jobs, *json);
+            return run_jobs(config, *all, jobs, *json, &interrupt);
         }
         Command::Prune {
             jobs,
@@ -359,9 +437,11 @@ pub fn run() -> Result<ExitCode> {
                         within: keep_within.map(crate::config::DurationSpec),
                     };
                     if policy.is_empty() {
-                        bail!(
+                        return Err(Usage(
                             "say what to keep: --keep-last, --keep-daily, ... (without one, prune would keep only the newest)"
-                        );
+                                .into(),
+                        )
+                        .into());
                     }
                     vec![crate::prune::prune_ad_hoc(&open()?, &policy, *grace, *dry_run)?]
                 }
@@ -370,7 +450,7 @@ pub fn run() -> Result<ExitCode> {
                 print_json(&reports)?;
             } else {
                 for r in &reports {
-                    println!(
+                    outln!(
                         "repository {}{}{}:",
                         r.repository,
                         r.job.as_deref().map(|j| format!(", job {j}")).unwrap_or_default(),
@@ -379,13 +459,13 @@ pub fn run() -> Result<ExitCode> {
                     for d in &r.decisions {
                         let when = local_time(&d.time);
                         if d.keep {
-                            println!("  keep   {} {when}  ({})", &d.id[..8], d.reasons.join(", "));
+                            outln!("  keep   {} {when}  ({})", &d.id[..8], d.reasons.join(", "));
                         } else {
-                            println!("  forget {} {when}", &d.id[..8]);
+                            outln!("  forget {} {when}", &d.id[..8]);
                         }
                     }
                     let g = &r.gc;
-                    println!(
+                    outln!(
                         "  {} snapshot(s) {}; packs: {} newly marked unused, {} unmarked (in use again), {} waiting out the grace period, {} deleted; {} leftovers deleted; {} freed",
                         r.forgotten,
                         if r.dry_run { "would be forgotten" } else { "forgotten" },
@@ -400,39 +480,40 @@ pub fn run() -> Result<ExitCode> {
             }
         }
         Command::Status { json, jobs } => {
-            let config = config.as_ref().context("`status` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let config = config.as_ref().ok_or_else(|| needs_config("status"))?;
             let jobs = select_jobs(config, jobs)?;
             let all = crate::status::status(config, &jobs)?;
             if *json {
                 print_json(&all)?;
             } else {
-                print_status(&all);
+                print_status(&all)?;
             }
-            return Ok(if all.iter().all(|s| s.healthy()) { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(all.iter().map(|s| s.exit()).fold(Exit::Success, Exit::worst));
         }
         Command::Systemd { output, user, jobs } => {
-            let config = config.as_ref().context("`systemd` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let config = config.as_ref().ok_or_else(|| needs_config("systemd"))?;
             let config_path = std::path::absolute(cli.config.as_ref().context("no config path")?)?;
             let jobs = select_jobs(config, jobs)?;
             let units = crate::systemd::units(config, &config_path, &jobs, *user)?;
             match output {
                 Some(dir) => {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    crate::fsutil::create_dir_all(dir, 0o755)?;
                     for (name, text) in &units {
                         let p = dir.join(name);
-                        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-                        println!("wrote {}", p.display());
+                        // Units hold no secret (credentials are loaded by path).
+                        crate::fsutil::write_atomically(&p, text.as_bytes(), 0o644)?;
+                        outln!("wrote {}", p.display());
                     }
                 }
                 None => {
                     for (name, text) in &units {
-                        println!("# {name}\n{text}");
+                        outln!("# {name}\n{text}");
                     }
                 }
             }
         }
         Command::Validate { json, jobs } => {
-            let config = config.as_ref().context("`validate` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+            let config = config.as_ref().ok_or_else(|| needs_config("validate"))?;
             return validate_jobs(config, jobs, false, *json);
         }
         Command::Copy { from, to, job, json } => {
@@ -452,7 +533,7 @@ pub fn run() -> Result<ExitCode> {
             if *json {
                 print_json(&report)?;
             } else {
-                println!(
+                outln!(
                     "copied {} snapshot(s) ({} already there): {} blobs, {}",
                     report.snapshots_copied,
                     report.snapshots_present,
@@ -480,13 +561,27 @@ pub fn run() -> Result<ExitCode> {
             };
             let opts = match copy_params_from {
                 Some(src) => {
-                    let pass = read_passphrase(
-                        from_passphrase_file.as_deref(),
-                        "HOLDFAST_FROM_PASSPHRASE",
-                        &format!("Passphrase of {}", src.display()),
-                        false,
-                    )?;
-                    let other = Repository::open(&crate::secrets::location_from_argument(src)?, &pass)?;
+                    // A configured repository's name opens it with its own
+                    // passphrase source; a path or URL asks for one.
+                    let configured = config.as_ref().and_then(|c| c.repositories.get(&*src.to_string_lossy()));
+                    let other = match (configured, from_passphrase_file) {
+                        (Some(r), None) => crate::runner::open_repository(r)?,
+                        (configured, file) => {
+                            let location = match configured {
+                                Some(r) => crate::secrets::location(r)?,
+                                None => crate::secrets::location_from_argument(src)?,
+                            };
+                            let pass = read_passphrase(
+                                file.as_deref(),
+                                "HOLDFAST_FROM_PASSPHRASE",
+                                &format!("Passphrase of {}", src.display()),
+                                false,
+                            )?;
+                            Repository::open(&location, &pass).with_context(|| {
+                                format!("opening {} (the repository to copy parameters from)", src.display())
+                            })?
+                        }
+                    };
                     InitOptions { chunker: other.config().chunker, master: Some(other.master_key().clone()), ..opts }
                 }
                 None => opts,
@@ -502,7 +597,13 @@ pub fn run() -> Result<ExitCode> {
         Command::Backup { tags, no_parent, json, paths } => {
             let repo = open()?;
             let sources = paths.iter().map(|p| BackupSource::same_path(p)).collect::<Result<Vec<_>, _>>()?;
-            let opts = BackupOptions { tags: tags.clone(), use_parent: !no_parent, threads, ..Default::default() };
+            let opts = BackupOptions {
+                tags: tags.clone(),
+                use_parent: !no_parent,
+                threads,
+                cancel: Some(interrupt.flag().clone()),
+                ..Default::default()
+            };
             let result = backup(&repo, &sources, &opts)?;
             for w in &result.snapshot.summary.warnings {
                 eprintln!("warning: {w}");
@@ -522,28 +623,39 @@ pub fn run() -> Result<ExitCode> {
                     human(s.bytes_added),
                     s.duration_secs
                 );
-                println!("{}", result.id);
+                outln!("{}", result.id);
+            }
+            if result.snapshot.summary.incomplete {
+                eprintln!(
+                    "warning: snapshot {} is INCOMPLETE: {} file(s) could not be backed up as they were (see the warnings above)",
+                    result.id.short(),
+                    s_count(&result.snapshot.summary)
+                );
+                return Ok(Exit::Warnings);
             }
         }
         Command::Snapshots { job, json } => {
             let repo = open()?;
             let (mut snaps, bad) = repo.snapshots()?;
+            for (name, e) in &bad {
+                eprintln!(
+                    "warning: snapshot {} cannot be read: {e} (`holdfast check` says more)",
+                    &name[..name.len().min(8)]
+                );
+            }
             if let Some(job) = job {
                 snaps.retain(|(_, s)| RunRecord::of(s).is_some_and(|r| &r.job == job));
                 if !*json {
-                    print_job_snapshots(&snaps);
-                    return Ok(ExitCode::SUCCESS);
+                    print_job_snapshots(&snaps)?;
+                    return Ok(Exit::Success);
                 }
-            }
-            for (name, e) in &bad {
-                eprintln!("warning: snapshot {name} cannot be read: {e}");
             }
             if *json {
                 print_json(&snaps.iter().map(|(id, s)| SnapshotView::new(id, s)).collect::<Vec<_>>())?;
             } else {
-                println!("{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags");
+                outln!("{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags");
                 for (id, s) in &snaps {
-                    println!(
+                    outln!(
                         "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
                         id.short(),
                         local_time(&s.time),
@@ -555,9 +667,9 @@ pub fn run() -> Result<ExitCode> {
                 }
             }
         }
-        Command::Ls { snapshot, path, json } => {
+        Command::Ls { snapshot, path, skip_damaged, json } => {
             let repo = open()?;
-            let (_, snap) = repo.find_snapshot(snapshot)?;
+            let (_, snap) = repo.find_snapshot(snapshot, *skip_damaged)?;
             let entries = list(&repo, &snap, path.as_deref())?;
             if *json {
                 print_json(&entries)?;
@@ -567,42 +679,69 @@ pub fn run() -> Result<ExitCode> {
                     writeln!(
                         out,
                         "{} {:>8} {:>8} {:>12} {}  {}",
-                        e.mode_string, e.user, e.group, e.size, e.mtime, e.path
+                        e.mode_string,
+                        escape_text(e.user.as_bytes()),
+                        escape_text(e.group.as_bytes()),
+                        e.size,
+                        e.mtime,
+                        escape_text(&e.path_bytes)
                     )?;
                 }
             }
         }
-        Command::Restore { target, snapshot, files, to, paths, overwrite, database, into, reload, dump_to, json }
-            if config.as_ref().is_some_and(|c| c.jobs.contains_key(target)) =>
-        {
+        Command::Restore {
+            target,
+            snapshot,
+            files,
+            to,
+            paths,
+            overwrite,
+            database,
+            into,
+            reload,
+            dump_to,
+            skip_damaged,
+            json,
+        } if config.as_ref().is_some_and(|c| c.jobs.contains_key(target)) => {
             let config = config.as_ref().context("no config")?;
             let job = config.job(target)?;
             let what = if *files || database.is_none() {
-                let to = to.clone().context("restoring files needs --to DIR")?;
+                let to = to.clone().ok_or_else(|| Usage("restoring files needs --to DIR".into()))?;
                 What::Files { paths: paths.clone(), to, overwrite: *overwrite }
             } else {
                 let action = match (into, reload, dump_to) {
                     (Some(n), _, _) => DatabaseAction::Into(n.clone()),
                     (_, true, _) => DatabaseAction::Reload,
                     (_, _, Some(f)) => DatabaseAction::DumpTo(f.clone()),
-                    _ => bail!("with --database, say where it goes: --into NEWNAME, --reload or --dump-to FILE"),
+                    _ => {
+                        return Err(Usage(
+                            "with --database, say where it goes: --into NEWNAME, --reload or --dump-to FILE".into(),
+                        )
+                        .into());
+                    }
                 };
                 What::Database { name: database.clone().unwrap_or_default(), action }
             };
-            let report = restore_job(config, job, repo_name.as_deref(), snapshot, &what)?;
+            let source = Source { repository: repo_name.as_deref(), snapshot, skip_damaged: *skip_damaged };
+            let report = restore_job(config, job, &source, &what, interrupt.flag())?;
             if *json {
                 print_json(&report)?;
             } else {
-                print_restore_report(&report);
+                print_restore_report(&report)?;
             }
         }
-        Command::Restore { target: snapshot, to, paths, json, .. } => {
-            let to = to.as_ref().context("restore needs --to DIR")?;
+        Command::Restore { target: snapshot, to, paths, skip_damaged, json, .. } => {
+            let to = to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
             let repo = open()?;
-            let (id, snap) = repo.find_snapshot(snapshot)?;
+            let (id, snap) = repo.find_snapshot(snapshot, *skip_damaged)?;
             let started = std::time::Instant::now();
-            let summary =
-                restore(&repo, &snap, &RestoreOptions { target: to.clone(), include: paths.clone(), threads })?;
+            let opts = RestoreOptions {
+                target: to.clone(),
+                include: paths.clone(),
+                threads,
+                cancel: Some(interrupt.flag().clone()),
+            };
+            let summary = restore(&repo, &snap, &opts)?;
             for w in &summary.warnings {
                 eprintln!("warning: {w}");
             }
@@ -620,12 +759,12 @@ pub fn run() -> Result<ExitCode> {
                 );
             }
         }
-        Command::Verify { all, snapshot, every_repository, json, jobs } => {
-            let config = config.as_ref().context("`verify` needs --config PATH (or $HOLDFAST_CONFIG)")?;
+        Command::Verify { all, snapshot, every_repository, skip_damaged, json, jobs } => {
+            let config = config.as_ref().ok_or_else(|| needs_config("verify"))?;
             // `--all` and job names exclude each other: no names means all.
             debug_assert!(!*all || jobs.is_empty());
             if *every_repository && repo_name.is_some() {
-                bail!("give --repo NAME or --every-repository, not both");
+                return Err(Usage("give --repo NAME or --every-repository, not both".into()).into());
             }
             let mut reports = Vec::new();
             // A repository that cannot be read does not stop the others' tests.
@@ -637,10 +776,11 @@ pub fn run() -> Result<ExitCode> {
                     vec![repo_name.as_deref()]
                 };
                 for from in froms {
-                    match verify_job(config, job, from, snapshot) {
+                    let source = Source { repository: from, snapshot, skip_damaged: *skip_damaged };
+                    match verify_job(config, job, &source) {
                         Ok(report) => {
                             if !*json {
-                                print_verify_report(&report);
+                                print_verify_report(&report)?;
                             }
                             reports.push(report);
                         }
@@ -652,10 +792,13 @@ pub fn run() -> Result<ExitCode> {
                 print_json(&reports)?;
             }
             if !errors.is_empty() {
-                bail!("{}", errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; "));
+                for e in &errors {
+                    eprintln!("holdfast: error: {e:#}");
+                }
+                return Ok(errors.iter().map(|e| Exit::of_error(e, Some(&interrupt))).fold(Exit::Failed, Exit::worst));
             }
             if reports.iter().any(|r| !r.ok) {
-                return Ok(ExitCode::FAILURE);
+                return Ok(Exit::Failed);
             }
         }
         Command::Check { read_data, json } => {
@@ -665,7 +808,7 @@ pub fn run() -> Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 for n in &report.notes {
-                    println!("note: {n}");
+                    outln!("note: {n}");
                 }
                 for p in &report.problems {
                     let deps = if p.snapshots.is_empty() {
@@ -673,9 +816,9 @@ pub fn run() -> Result<ExitCode> {
                     } else {
                         format!("snapshots that depend on it: {}", p.snapshots.join(", "))
                     };
-                    println!("DAMAGED {}: {}; {}", p.object, p.detail, deps);
+                    outln!("DAMAGED {}: {}; {}", p.object, p.detail, deps);
                 }
-                println!(
+                outln!(
                     "{}: {} snapshots, {} index files, {} packs, {} blobs, {} trees checked{}",
                     if report.healthy() { "healthy" } else { "NOT HEALTHY" },
                     report.snapshots,
@@ -691,12 +834,119 @@ pub fn run() -> Result<ExitCode> {
                 );
             }
             if !report.healthy() {
-                return Ok(ExitCode::FAILURE);
+                return Ok(Exit::Failed);
             }
         }
         Command::Key(k) => key_command(k, &repo_path()?, &passphrase, &open)?,
+        Command::Repair(RepairCommand::Index { dry_run, json }) => {
+            let repo = open()?;
+            let r = crate::engine::repair::repair_index(&repo, *dry_run)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                print_index_repair(&r)?;
+            }
+            if r.blobs_still_missing > 0 || !r.packs_unreadable.is_empty() {
+                return Ok(Exit::Failed);
+            }
+        }
+        Command::Repair(RepairCommand::Snapshots { dry_run, read_data, json }) => {
+            let repo = open()?;
+            let repairs = crate::engine::repair::repair_snapshots(&repo, *dry_run, *read_data)?;
+            if *json {
+                print_json(&repairs)?;
+            } else {
+                print_snapshot_repairs(&repairs, *dry_run)?;
+            }
+            if repairs.iter().any(|r| r.error.is_some()) {
+                return Ok(Exit::Failed);
+            }
+        }
+        Command::Forget { snapshots, dry_run, json } => {
+            let repo = open()?;
+            let mut ids = Vec::new();
+            for spec in snapshots {
+                let id = repo.snapshot_id(spec)?;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            if !*dry_run {
+                crate::engine::gc::forget(&repo, &ids)?;
+            }
+            let hex: Vec<String> = ids.iter().map(Id::to_hex).collect();
+            if *json {
+                print_json(&serde_json::json!({ "dry_run": dry_run, "forgotten": hex }))?;
+            } else {
+                for id in &ids {
+                    outln!("{} {}", if *dry_run { "would forget" } else { "forgot" }, id);
+                }
+                if !*dry_run {
+                    eprintln!("run `holdfast prune` to free the space only they used");
+                }
+            }
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
+}
+
+/// How many files a warning-bearing summary left out or marked.
+fn s_count(s: &crate::engine::snapshot::Summary) -> usize {
+    s.warnings.len()
+}
+
+fn print_index_repair(r: &crate::engine::repair::IndexRepair) -> Result<()> {
+    let verb = if r.dry_run { "would index" } else { "indexed" };
+    for dir in &r.directories_recreated {
+        outln!("directory {dir}/ was missing; {}", if r.dry_run { "would recreate it" } else { "recreated" });
+    }
+    for (name, why) in &r.packs_unreadable {
+        outln!("UNREADABLE pack {}: {why}", &name[..name.len().min(8)]);
+    }
+    outln!(
+        "{verb} {} of {} packs ({} blobs; {} pack(s) were in no readable index); {} old index file(s) {}",
+        r.packs_indexed,
+        r.packs_read,
+        r.blobs_indexed,
+        r.packs_recovered,
+        r.index_files_replaced,
+        if r.dry_run { "would be replaced" } else { "replaced" }
+    );
+    if r.blobs_still_missing > 0 {
+        outln!(
+            "{} blob(s) the snapshots need are in no readable pack: run `holdfast repair snapshots` to keep what can be read",
+            r.blobs_still_missing
+        );
+    } else {
+        outln!("every blob the snapshots need is indexed");
+    }
+    Ok(())
+}
+
+fn print_snapshot_repairs(repairs: &[crate::engine::repair::SnapshotRepair], dry_run: bool) -> Result<()> {
+    if repairs.is_empty() {
+        outln!("every snapshot can be read whole; nothing to repair");
+    }
+    for r in repairs {
+        let short = &r.snapshot[..r.snapshot.len().min(8)];
+        match (&r.error, &r.repaired_as) {
+            (Some(e), _) => outln!("snapshot {short}: cannot be repaired: {e}"),
+            (None, Some(new)) => outln!(
+                "snapshot {short}: wrote repaired snapshot {} without {} lost path(s); `holdfast forget {short}` when you are satisfied",
+                &new[..8],
+                r.lost.len()
+            ),
+            (None, None) => outln!(
+                "snapshot {short}: {} path(s) cannot be read{}",
+                r.lost.len(),
+                if dry_run { "; would write a repaired snapshot without them" } else { "" }
+            ),
+        }
+        for p in &r.lost {
+            outln!("  lost: {}", escape_text(p.as_bytes()));
+        }
+    }
+    Ok(())
 }
 
 /// The named jobs, or all when none is named.
@@ -707,16 +957,24 @@ fn select_jobs<'a>(config: &'a Config, names: &[String]) -> Result<Vec<&'a Job>>
     Ok(names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?)
 }
 
-fn print_status(all: &[crate::status::JobStatus]) {
-    println!(
-        "{:<16} {:<10} {:<9} {:<20} {:>10} {:>9} {:>10} {:>10}  next run",
-        "job", "repo", "last run", "newest snapshot", "age", "snapshots", "added", "max age"
+fn print_status(all: &[crate::status::JobStatus]) -> Result<()> {
+    outln!(
+        "{:<16} {:<10} {:<10} {:<20} {:>10} {:>9} {:>10} {:>10}  next run",
+        "job",
+        "repo",
+        "last run",
+        "newest snapshot",
+        "age",
+        "snapshots",
+        "added",
+        "max age"
     );
     let age =
         |s: i64| if s >= 86400 { format!("{:.1}d", s as f64 / 86400.0) } else { format!("{:.1}h", s as f64 / 3600.0) };
     for s in all {
         let last = match &s.last_run {
             Some(r) if r.ok => "ok",
+            Some(r) if r.incomplete => "INCOMPLETE",
             Some(_) => "FAILED",
             None => "never",
         };
@@ -724,8 +982,8 @@ fn print_status(all: &[crate::status::JobStatus]) {
             (Some(id), Some(t)) => format!("{} {}", &id[..8], t.strftime("%m-%d %H:%M")),
             _ => "none".into(),
         };
-        println!(
-            "{:<16} {:<10} {:<9} {:<20} {:>10} {:>9} {:>10} {:>10}  {}{}",
+        outln!(
+            "{:<16} {:<10} {:<10} {:<20} {:>10} {:>9} {:>10} {:>10}  {}{}",
             s.job,
             s.repository,
             last,
@@ -738,45 +996,46 @@ fn print_status(all: &[crate::status::JobStatus]) {
             if s.stale { "  STALE" } else { "" }
         );
         for p in &s.problems {
-            println!("    PROBLEM: {p}");
+            outln!("    PROBLEM: {p}");
         }
         if let Some(e) = s.last_run.as_ref().and_then(|r| r.error.as_ref()) {
-            println!("    last error: {e}");
+            outln!("    last error: {e}");
         }
     }
+    Ok(())
 }
 
 /// Validate the named jobs (all when none); with `plan`, print what a run would do.
-fn validate_jobs(config: &Config, names: &[String], plan: bool, json: bool) -> Result<ExitCode> {
+fn validate_jobs(config: &Config, names: &[String], plan: bool, json: bool) -> Result<Exit> {
     let jobs = select_jobs(config, names)?;
     let v = crate::validate::validate(config, &jobs, plan);
     if json {
         print_json(&v)?;
     } else {
         for p in &v.plans {
-            println!("plan of job {}:", p.job);
+            outln!("plan of job {}:", p.job);
             for (i, line) in p.steps.iter().enumerate() {
                 let when = match line.step.when {
                     crate::plan::When::Ok => "",
                     crate::plan::When::Failed => " [only after a failure]",
                     crate::plan::When::Always => " [always]",
                 };
-                println!("  {:>2}. {}{when}", i + 1, step_name(&line.step.step));
+                outln!("  {:>2}. {}{when}", i + 1, step_name(&line.step.step));
                 for d in &line.details {
-                    println!("        {d}");
+                    outln!("        {d}");
                 }
             }
         }
         for f in &v.findings {
-            println!("{} {} [{}]: {}", if f.ok { "ok     " } else { "PROBLEM" }, f.job, f.check, f.message);
+            outln!("{} {} [{}]: {}", if f.ok { "ok     " } else { "PROBLEM" }, f.job, f.check, f.message);
         }
         let problems = v.findings.iter().filter(|f| !f.ok).count();
-        println!(
+        outln!(
             "{}",
             if problems == 0 { "valid: no problems found".to_string() } else { format!("{problems} problem(s) found") }
         );
     }
-    Ok(if v.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if v.ok() { Exit::Success } else { Exit::Failed })
 }
 
 fn step_name(step: &crate::plan::Step) -> String {
@@ -793,35 +1052,21 @@ fn step_name(step: &crate::plan::Step) -> String {
     }
 }
 
-/// Run the named jobs (or all), one after the other; fails if any failed.
-fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<ExitCode> {
+/// Run the named jobs (or all), one after the other; the worst outcome is
+/// the exit code.
+fn run_jobs(config: &Config, all: bool, names: &[String], json: bool, interrupt: &Interrupt) -> Result<Exit> {
     // `--all` and job names exclude each other: no names means all.
     debug_assert!(!all || names.is_empty());
     let jobs = select_jobs(config, names)?;
-    // Dumps and credential files are private whatever the tools create them with.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, cancel.clone()).context("installing the signal handler")?;
-    }
     let mut reports = Vec::new();
     for job in jobs {
-        let report = match run_job(config, job, &cancel) {
+        let report = match run_job(config, job, interrupt) {
             Ok(r) => r,
-            Err(e) => RunReport {
-                job: job.name.clone(),
-                ok: false,
-                snapshot: None,
-                error: Some(format!("{e:#}")),
-                attempts: 0,
-                summary: format!("job {}: not run: {e:#}", job.name),
-                bytes_read: 0,
-                bytes_added: 0,
-            },
+            Err(e) => RunReport::not_run(&job.name, &e, interrupt),
         };
         if !json {
             if report.ok {
-                println!("{}", report.summary);
+                outln!("{}", report.summary);
             } else {
                 eprintln!("{}", report.summary);
             }
@@ -831,11 +1076,11 @@ fn run_jobs(config: &Config, all: bool, names: &[String], json: bool) -> Result<
     if json {
         print_json(&reports)?;
     }
-    Ok(if reports.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(reports.iter().map(|r| r.exit).fold(Exit::Success, Exit::worst))
 }
 
-fn print_job_snapshots(snaps: &[(Id, Snapshot)]) {
-    println!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
+fn print_job_snapshots(snaps: &[(Id, Snapshot)]) -> Result<()> {
+    outln!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
     for (id, s) in snaps {
         let mut holds: Vec<String> = Vec::new();
         if let Some(r) = RunRecord::of(s) {
@@ -846,22 +1091,30 @@ fn print_job_snapshots(snaps: &[(Id, Snapshot)]) {
                 holds.extend(f.paths.iter().map(|p| p.display().to_string()));
             }
         }
-        println!(
-            "{:<8}  {:<25}  {:>10}  {}",
+        let mut flags = String::new();
+        if s.summary.incomplete {
+            flags.push_str("  [INCOMPLETE]");
+        }
+        if s.repaired.is_some() {
+            flags.push_str("  [repaired]");
+        }
+        outln!(
+            "{:<8}  {:<25}  {:>10}  {}{flags}",
             id.short(),
             local_time(&s.time),
             human(s.summary.bytes),
-            holds.join(", ")
+            escape_text(holds.join(", ").as_bytes())
         );
     }
+    Ok(())
 }
 
-fn print_restore_report(r: &RestoreReport) {
+fn print_restore_report(r: &RestoreReport) -> Result<()> {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
     match (&r.files, &r.database) {
-        (Some(f), _) => println!(
+        (Some(f), _) => outln!(
             "job {}: restored {} files, {} dirs, {} from snapshot {} into {}",
             r.job,
             f.files,
@@ -871,20 +1124,21 @@ fn print_restore_report(r: &RestoreReport) {
             r.target
         ),
         (_, Some(db)) => {
-            println!("job {}: restored database {db} from snapshot {} into {}", r.job, &r.snapshot[..8], r.target);
+            outln!("job {}: restored database {db} from snapshot {} into {}", r.job, &r.snapshot[..8], r.target);
             if let Some(k) = &r.kept_as {
-                println!("the previous database is kept as {k}; drop it when you are satisfied");
+                outln!("the previous database is kept as {k}; drop it when you are satisfied");
             }
         }
         _ => {}
     }
     for s in &r.smoke {
-        println!("  {s}");
+        outln!("  {s}");
     }
+    Ok(())
 }
 
-fn print_verify_report(r: &VerifyReport) {
-    println!(
+fn print_verify_report(r: &VerifyReport) -> Result<()> {
+    outln!(
         "job {}: snapshot {} in {} {} in {:.1}s",
         r.job,
         &r.snapshot[..8],
@@ -894,7 +1148,7 @@ fn print_verify_report(r: &VerifyReport) {
     );
     for d in &r.databases {
         let rows: u64 = d.tables.iter().map(|t| t.1).sum();
-        println!(
+        outln!(
             "  database {}: loaded into scratch {} in {:.1}s, {} tables, {} rows{}",
             d.name,
             d.scratch,
@@ -904,15 +1158,16 @@ fn print_verify_report(r: &VerifyReport) {
             d.error.as_deref().map(|e| format!(" — ERROR: {e}")).unwrap_or_default()
         );
         for s in &d.smoke {
-            println!("    {s}");
+            outln!("    {s}");
         }
     }
     if let Some(f) = &r.files {
-        println!("  files: {} files, {} read back and compared with their recorded hashes", f.files, human(f.bytes));
+        outln!("  files: {} files, {} read back and compared with their recorded hashes", f.files, human(f.bytes));
     }
     for p in &r.problems {
-        println!("  PROBLEM: {p}");
+        outln!("  PROBLEM: {p}");
     }
+    Ok(())
 }
 
 /// Log lines go to stderr (journald adds its own timestamps under systemd).
@@ -937,10 +1192,11 @@ fn key_command(
             let text = if *paper { key.to_paper()? } else { key.to_json() + "\n" };
             match output {
                 Some(f) => {
-                    std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
-                    eprintln!("key written to {}", f.display());
+                    // A key is a key: 0600 from the first byte, whatever was there.
+                    crate::fsutil::write_atomically(f, text.as_bytes(), crate::fsutil::PRIVATE_FILE)?;
+                    eprintln!("key written to {} (mode 0600)", f.display());
                 }
-                None => print!("{text}"),
+                None => write!(std::io::stdout(), "{text}")?,
             }
         }
         KeyCommand::Import { file } => {
@@ -1029,7 +1285,13 @@ impl<'a> SnapshotView<'a> {
 /// One line of `ls`.
 #[derive(Serialize)]
 struct LsEntry {
+    /// The path as text (invalid UTF-8 replaced: see `path_base64`).
     path: String,
+    /// The path's exact bytes, when they are not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_base64: Option<String>,
+    #[serde(skip)]
+    path_bytes: Vec<u8>,
     #[serde(rename = "type")]
     kind: &'static str,
     mode: u32,
@@ -1041,8 +1303,39 @@ struct LsEntry {
     mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     link_target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_target_base64: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     changed_while_read: bool,
+}
+
+/// Base64 of `bytes` when they are not valid UTF-8 (JSON carries text only).
+fn bytes_field(bytes: &[u8]) -> Option<String> {
+    use base64::Engine;
+    std::str::from_utf8(bytes).is_err().then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Bytes for a terminal: control characters, backslashes and invalid UTF-8
+/// escaped (`\n`, `\x1b`), so a file name cannot move the cursor or forge
+/// a line of output.
+fn escape_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 fn list(repo: &Repository, snap: &Snapshot, under: Option<&Path>) -> Result<Vec<LsEntry>> {
@@ -1092,8 +1385,16 @@ fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
     }
     let mtime =
         jiff::Timestamp::new(e.meta.mtime.secs, e.meta.mtime.nanos as i32).map(|t| local_time(&t)).unwrap_or_default();
+    use std::os::unix::ffi::OsStrExt;
+    let path_bytes = path.as_os_str().as_bytes().to_vec();
+    let target = match &e.kind {
+        EntryKind::Symlink { target } => Some(target.as_slice()),
+        _ => None,
+    };
     LsEntry {
         path: path.to_string_lossy().into_owned(),
+        path_base64: bytes_field(&path_bytes),
+        path_bytes,
         kind,
         mode: e.meta.mode,
         mode_string,
@@ -1101,10 +1402,8 @@ fn ls_entry(path: &Path, e: &Entry) -> LsEntry {
         group: e.meta.group.clone().unwrap_or_else(|| e.meta.gid.to_string()),
         size: e.meta.size,
         mtime,
-        link_target: match &e.kind {
-            EntryKind::Symlink { target } => Some(String::from_utf8_lossy(target).into_owned()),
-            _ => None,
-        },
+        link_target: target.map(|t| String::from_utf8_lossy(t).into_owned()),
+        link_target_base64: target.and_then(bytes_field),
         changed_while_read: matches!(&e.kind, EntryKind::File(c) if c.changed_while_read),
     }
 }

@@ -59,20 +59,73 @@ impl<'de> Deserialize<'de> for PlainName {
     }
 }
 
+/// A one-line string: values that reach generated systemd units and log
+/// lines (descriptions, schedules) may not hold control characters — a
+/// newline there would write extra unit directives. Refused where written,
+/// with file, line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line(String);
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_line(&s).map_err(serde::de::Error::custom)?;
+        Ok(Line(s))
+    }
+}
+
+/// A path that may reach a generated unit (spool, repositories, secret
+/// files): like [`Line`], no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LinePath(PathBuf);
+
+impl<'de> Deserialize<'de> for LinePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let Line(s) = Line::deserialize(d)?;
+        Ok(LinePath(PathBuf::from(s)))
+    }
+}
+
+/// Refuse control characters (newlines, tabs, escapes, NUL).
+pub fn check_line(s: &str) -> std::result::Result<(), String> {
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => {
+            Err(format!("{s:?} holds a control character ({c:?}); this value must be a single line of printable text"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A file mode written as an octal string (`"0640"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+            Ok(m) if m <= 0o777 && s.len() <= 5 => Ok(FileMode(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not a file mode: expected octal permission bits like \"0644\" or \"0640\""
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepository {
     /// A local directory…
-    path: Option<PathBuf>,
+    path: Option<LinePath>,
     /// …or an S3 bucket and prefix.
     url: Option<S3Url>,
     endpoint: Option<S3Endpoint>,
     region: Option<String>,
-    access_key_id_file: Option<PathBuf>,
-    secret_access_key_file: Option<PathBuf>,
+    access_key_id_file: Option<LinePath>,
+    secret_access_key_file: Option<LinePath>,
     connections: Option<usize>,
     timeout: Option<DurationSpec>,
-    passphrase_file: Option<PathBuf>,
+    passphrase_file: Option<LinePath>,
     passphrase_command: Option<CommandLine>,
     /// Inline passphrase: for demos and tests only.
     passphrase: Option<String>,
@@ -82,20 +135,22 @@ struct RawRepository {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawJob {
-    description: Option<String>,
-    schedule: Option<String>,
+    description: Option<Line>,
+    schedule: Option<Line>,
     retries: Option<u32>,
     retry_delay: Option<DurationSpec>,
     max_age: Option<DurationSpec>,
-    spool: Option<PathBuf>,
+    spool: Option<LinePath>,
+    state_dir: Option<LinePath>,
     repositories: Option<Vec<String>>,
     tags: Option<Vec<String>>,
     hooks: Option<Vec<HookConfig>>,
     databases: Option<Vec<DatabaseConfig>>,
     files: Option<FilesConfig>,
     notify: Option<Vec<NotifyConfig>>,
-    metrics_dir: Option<PathBuf>,
-    verify_schedule: Option<String>,
+    metrics_dir: Option<LinePath>,
+    metrics_mode: Option<FileMode>,
+    verify_schedule: Option<Line>,
     retention: Option<crate::retention::Policy>,
     prune_after_backup: Option<bool>,
 }
@@ -206,6 +261,9 @@ pub struct Job {
     pub retry_delay: Duration,
     pub max_age: Option<Duration>,
     pub spool: PathBuf,
+    /// Where `run` records what happened (`<state_dir>/<job>/state.json`),
+    /// for `status` and metrics: not the spool (`/var/lib/holdfast`).
+    pub state_dir: PathBuf,
     pub repositories: Vec<String>,
     pub tags: Vec<String>,
     pub hooks: Vec<HookConfig>,
@@ -214,6 +272,9 @@ pub struct Job {
     pub notify: Vec<NotifyConfig>,
     /// Where to write `holdfast-<job>.prom` for node_exporter's textfile collector.
     pub metrics_dir: Option<PathBuf>,
+    /// The mode of the metrics files (they hold no secret; readable by the
+    /// node_exporter user): 0644 unless set.
+    pub metrics_mode: u32,
     /// When `verify` runs (OnCalendar syntax), for the generated timer.
     pub verify_schedule: Option<String>,
     /// Which of the job's snapshots `prune` keeps (empty: all).
@@ -467,6 +528,9 @@ pub enum Event {
     Retry,
     VerifyFailed,
     Stale,
+    /// A snapshot was committed but is incomplete (unreadable files, files
+    /// changed while read).
+    Warning,
 }
 
 impl Event {
@@ -478,6 +542,7 @@ impl Event {
             Event::Retry => "retry",
             Event::VerifyFailed => "verify_failed",
             Event::Stale => "stale",
+            Event::Warning => "warning",
         }
     }
 }
@@ -566,6 +631,31 @@ impl Config {
             parsed.push((f.clone(), parse_file(f, &text)?));
         }
         resolve(files, parsed)
+    }
+
+    /// Environment variables the config names as holding secrets (every
+    /// `password_env`): no child process inherits them.
+    pub fn secret_variables(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.jobs.values().flat_map(|j| j.databases.iter().filter_map(|d| d.password_env.clone())).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// What a restore must never replace: the local repositories, the
+    /// job's spool and state, and the config files in use, each with what
+    /// it is (for the refusal's message).
+    pub fn protected_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = self
+            .repositories
+            .values()
+            .filter_map(|r| r.local_path().map(|p| (format!("repository {:?}", r.name), p.to_path_buf())))
+            .collect();
+        out.push(("the spool".into(), job.spool.clone()));
+        out.push(("holdfast's state".into(), job.state_dir.clone()));
+        out.extend(self.files.iter().map(|f| ("the config in use".into(), f.clone())));
+        out
     }
 
     pub fn job(&self, name: &str) -> Result<&Job> {
@@ -690,7 +780,7 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
             ),
         });
     }
-    let passphrase = if let Some(f) = &r.passphrase_file {
+    let passphrase = if let Some(LinePath(f)) = &r.passphrase_file {
         PassphraseSource::File(rel(file, f))
     } else if let Some(c) = &r.passphrase_command {
         PassphraseSource::Command(c.clone())
@@ -710,7 +800,7 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
         ("timeout", r.timeout.is_some()),
     ];
     let place = match (&r.path, &r.url) {
-        (Some(p), None) => {
+        (Some(LinePath(p)), None) => {
             if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
                 return Err(in_file(format!("`{key}` is for S3 repositories (`url = \"s3://…\"`), not for a `path`")));
             }
@@ -728,8 +818,8 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
                 prefix: url.prefix.clone(),
                 endpoint: r.endpoint.as_ref().map(|e| e.0.clone()),
                 region: r.region.clone().unwrap_or_else(|| "us-east-1".into()),
-                access_key_id_file: r.access_key_id_file.as_ref().map(|f| rel(file, f)),
-                secret_access_key_file: r.secret_access_key_file.as_ref().map(|f| rel(file, f)),
+                access_key_id_file: r.access_key_id_file.as_ref().map(|f| rel(file, &f.0)),
+                secret_access_key_file: r.secret_access_key_file.as_ref().map(|f| rel(file, &f.0)),
                 connections: r.connections.unwrap_or(crate::engine::backend::S3Settings::DEFAULT_CONNECTIONS),
                 timeout: r.timeout.map_or(crate::engine::backend::S3Settings::DEFAULT_TIMEOUT, |t| t.0),
             })
@@ -755,12 +845,13 @@ fn resolve_job(
     let d = defaults.map(|(_, d)| d.clone()).unwrap_or_default();
     let dfile = defaults.map(|(f, _)| f).unwrap_or(file);
     // Which file a key came from decides what its relative paths mean.
-    let pick_path = |own: &Option<PathBuf>, def: &Option<PathBuf>| match (own, def) {
-        (Some(p), _) => Some(rel(file, p)),
-        (None, Some(p)) => Some(rel(dfile, p)),
+    let pick_path = |own: &Option<LinePath>, def: &Option<LinePath>| match (own, def) {
+        (Some(p), _) => Some(rel(file, &p.0)),
+        (None, Some(p)) => Some(rel(dfile, &p.0)),
         _ => None,
     };
     let spool = pick_path(&job.spool, &d.spool).unwrap_or_else(|| PathBuf::from("/var/spool/holdfast"));
+    let state_dir = pick_path(&job.state_dir, &d.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/holdfast"));
     let repos = job.repositories.clone().or(d.repositories).unwrap_or_default();
     if repos.is_empty() {
         return Err(err("no repositories: set `repositories = [\"NAME\"]` in the job or in [defaults]".into()));
@@ -847,12 +938,13 @@ fn resolve_job(
     Ok(Job {
         name: name.into(),
         file: file.into(),
-        description: job.description.clone().or(d.description),
-        schedule: job.schedule.clone().or(d.schedule),
+        description: job.description.clone().or(d.description).map(|l| l.0),
+        schedule: job.schedule.clone().or(d.schedule).map(|l| l.0),
         retries: job.retries.or(d.retries).unwrap_or(0),
         retry_delay: job.retry_delay.or(d.retry_delay).map_or(Duration::from_secs(300), |d| d.0),
         max_age: job.max_age.or(d.max_age).map(|d| d.0),
         spool,
+        state_dir,
         repositories: repos,
         tags: job.tags.clone().or(d.tags).unwrap_or_default(),
         hooks,
@@ -860,7 +952,8 @@ fn resolve_job(
         files,
         notify,
         metrics_dir: pick_path(&job.metrics_dir, &d.metrics_dir),
-        verify_schedule: job.verify_schedule.clone().or(d.verify_schedule),
+        metrics_mode: job.metrics_mode.or(d.metrics_mode).map_or(0o644, |m| m.0),
+        verify_schedule: job.verify_schedule.clone().or(d.verify_schedule).map(|l| l.0),
         retention: job.retention.clone().or(d.retention).unwrap_or_default(),
         prune_after_backup: job.prune_after_backup.or(d.prune_after_backup).unwrap_or(false),
     })

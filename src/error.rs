@@ -22,6 +22,10 @@ pub enum Error {
     Io { path: PathBuf, error: std::io::Error },
     #[error("wrong passphrase: no key file of the repository at {0} opens with it")]
     WrongPassphrase(PathBuf),
+    /// No key file could be used, and at least one is damaged: the
+    /// passphrase may well be right. Says which and what to do.
+    #[error("{0}")]
+    KeyUnusable(String),
     #[error("{} is not a holdfast repository ({reason})", path.display())]
     NotARepository { path: PathBuf, reason: String },
     #[error("{} already exists and is not empty; refusing to create a repository there", .0.display())]
@@ -41,6 +45,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// True for the errors about keys and passphrases (exit code 4).
+    pub fn is_key_problem(&self) -> bool {
+        matches!(self, Error::WrongPassphrase(_) | Error::KeyUnusable(_) | Error::NoPassphrase)
+    }
+
     /// An I/O error about `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), error: source }
@@ -61,6 +70,7 @@ impl Clone for Error {
                 Error::Io { path: path.clone(), error: std::io::Error::new(error.kind(), error.to_string()) }
             }
             Error::WrongPassphrase(p) => Error::WrongPassphrase(p.clone()),
+            Error::KeyUnusable(s) => Error::KeyUnusable(s.clone()),
             Error::NotARepository { path, reason } => {
                 Error::NotARepository { path: path.clone(), reason: reason.clone() }
             }

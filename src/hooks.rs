@@ -3,6 +3,7 @@
 //! runs in its own process group with a timeout (past which the whole group
 //! is killed and the run fails); its output goes to the run's log.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
@@ -30,19 +31,45 @@ pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env),
     Ok((argv, env))
 }
 
-/// A hook's rendered command as a process, and its record so far.
-fn prepare(hook: &HookConfig, vars: &Vars) -> Result<(HookRecord, ProcessSpec), (HookRecord, anyhow::Error)> {
+/// The run's variables as every hook gets them in its environment (the
+/// README lists them); a hook's own `env` comes after and may override.
+fn run_variables(vars: &Vars, phase: Phase) -> Env {
+    [
+        ("HOLDFAST_JOB", vars.job.as_str()),
+        ("HOLDFAST_RUN_ID", &vars.run_id),
+        ("HOLDFAST_PHASE", phase_name(phase)),
+        ("HOLDFAST_SPOOL", &vars.spool),
+        ("HOLDFAST_SNAPSHOT", &vars.snapshot),
+        ("HOLDFAST_ERROR", &vars.error),
+        ("HOLDFAST_TIME", &vars.time),
+        ("HOLDFAST_HOST", &vars.host),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A hook's rendered command as a process, and its record so far. With
+/// `track_in`, the running hook is recorded there (see `process::end_leftovers`).
+fn prepare(
+    hook: &HookConfig,
+    vars: &Vars,
+    track_in: Option<&Path>,
+) -> Result<(HookRecord, ProcessSpec), (HookRecord, anyhow::Error)> {
     let mut record =
         HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
     match render_hook(hook, vars) {
-        Ok((argv, env)) => {
+        Ok((argv, own_env)) => {
             record.command = argv.join(" ");
+            let mut env = run_variables(vars, hook.phase);
+            env.extend(own_env);
             let spec = ProcessSpec {
                 argv,
                 cwd: hook.cwd.clone(),
                 env,
                 timeout: hook.timeout(),
                 user: hook.user.clone(),
+                track_in: track_in.map(Path::to_path_buf),
                 ..Default::default()
             };
             Ok((record, spec))
@@ -56,8 +83,9 @@ pub fn run_hook(
     hook: &HookConfig,
     vars: &Vars,
     cancel: &AtomicBool,
+    track_in: Option<&Path>,
 ) -> Result<HookRecord, (HookRecord, anyhow::Error)> {
-    let (mut record, spec) = prepare(hook, vars)?;
+    let (mut record, spec) = prepare(hook, vars, track_in)?;
     let result = (|| -> Result<()> {
         if let Some(cwd) = &spec.cwd
             && !cwd.is_dir()
@@ -104,8 +132,9 @@ pub fn start_hold(
     hook: &HookConfig,
     vars: &Vars,
     cancel: &AtomicBool,
+    track_in: Option<&Path>,
 ) -> Result<HeldHook, (HookRecord, anyhow::Error)> {
-    let (record, spec) = prepare(hook, vars)?;
+    let (record, spec) = prepare(hook, vars, track_in)?;
     let ready = hook.ready.clone().unwrap_or_default();
     let started = std::time::Instant::now();
     match HeldProcess::start(&spec, &ready, cancel) {

@@ -10,6 +10,8 @@ pub mod config;
 pub mod dump;
 pub mod engine;
 pub mod error;
+pub mod exit;
+pub mod fsutil;
 pub mod hooks;
 pub mod journal;
 pub mod notify;

@@ -2,16 +2,75 @@
 //! (never a shell unless asked), its own process group (so a timeout kills
 //! everything it started), a timeout and a cancellation flag as parameters,
 //! stderr captured for the error message, stdout captured or sent to a file.
+//!
+//! Every child gets an environment built here, never simply inherited
+//! ([`child_environment`]): holdfast's own secret variables and every
+//! variable the config names as a secret are left out, and a child that runs
+//! as another user gets only a minimal environment of its own.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// Environment variables for a child, in addition to the inherited ones.
+/// Environment variables for a child, in addition to its base environment.
 pub type Env = Vec<(String, String)>;
+
+/// Variables that hold holdfast's own secrets: never passed to a child.
+pub const SECRET_VARIABLES: &[&str] = &[
+    "HOLDFAST_PASSPHRASE",
+    "HOLDFAST_FROM_PASSPHRASE",
+    "HOLDFAST_NEW_PASSPHRASE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// Variables the config names as secrets (`password_env`), declared once
+/// when the config is loaded.
+static DECLARED_SECRETS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Declare the variables the configuration names as holding secrets, so no
+/// child ever inherits them. Called once, after the config is loaded.
+pub fn declare_secret_variables(names: Vec<String>) {
+    let _ = DECLARED_SECRETS.set(names);
+}
+
+/// Whether `name` must never reach a child.
+pub fn is_secret_variable(name: &str) -> bool {
+    SECRET_VARIABLES.contains(&name) || DECLARED_SECRETS.get().is_some_and(|d| d.iter().any(|n| n == name))
+}
+
+/// The variables a child running as another user keeps from holdfast's
+/// environment (besides the ones set for it and that user's HOME, USER,
+/// LOGNAME and SHELL).
+const MINIMAL_VARIABLES: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+
+/// The whole environment of a child: holdfast's own without its secrets,
+/// or (`user`: a child that drops privileges) a minimal one; then `extra`.
+pub fn child_environment(user: Option<&nix::unistd::User>, extra: &Env) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = match user {
+        None => std::env::vars().filter(|(k, _)| !is_secret_variable(k)).collect(),
+        Some(u) => {
+            let mut env: BTreeMap<String, String> =
+                std::env::vars().filter(|(k, _)| MINIMAL_VARIABLES.contains(&k.as_str())).collect();
+            env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
+            env.insert("HOME".into(), u.dir.display().to_string());
+            env.insert("USER".into(), u.name.clone());
+            env.insert("LOGNAME".into(), u.name.clone());
+            env.insert("SHELL".into(), u.shell.display().to_string());
+            env
+        }
+    };
+    for (k, v) in extra {
+        env.insert(k.clone(), v.clone());
+    }
+    env
+}
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]
@@ -26,15 +85,27 @@ pub struct ProcessSpec {
     pub user: Option<String>,
     /// Read stdin from this file (else /dev/null).
     pub stdin_file: Option<PathBuf>,
+    /// Record the child here while it runs (a file named by its pid), so
+    /// that if holdfast itself is killed, recovery can end what it left
+    /// running ([`end_leftovers`]).
+    pub track_in: Option<PathBuf>,
 }
 
-/// uid and gid of an OS user, for running a child as that user.
-pub fn lookup_user(name: &str) -> std::io::Result<(u32, u32)> {
+/// An OS user, for running a child as that user.
+pub fn lookup_user(name: &str) -> std::io::Result<nix::unistd::User> {
     match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(Some(u)) => Ok(u),
         Ok(None) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no OS user named {name:?}"))),
         Err(e) => Err(std::io::Error::from(e)),
     }
+}
+
+/// A `Command` for a short query of a tool (`--version`, `systemd-analyze`)
+/// with the same scrubbed environment as every other child.
+pub fn command(program: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.env_clear().envs(child_environment(None, &Vec::new()));
+    cmd
 }
 
 /// Make `cmd` a process group leader, running as `user` if given. std drops
@@ -104,10 +175,9 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     if let Some(d) = &spec.cwd {
         expr = expr.dir(d);
     }
-    for (k, v) in &spec.env {
-        expr = expr.env(k, v);
-    }
     let user = spec.user.as_deref().map(lookup_user).transpose()?;
+    expr = expr.full_env(child_environment(user.as_ref(), &spec.env));
+    let user = user.map(|u| (u.uid.as_raw(), u.gid.as_raw()));
     let expr = expr.before_spawn(move |c| {
         prepare(c, user);
         Ok(())
@@ -115,6 +185,7 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     let started = Instant::now();
     let handle = expr.start()?;
     let pgid = handle.pids().first().map(|p| Pid::from_raw(*p as i32));
+    let _tracked = Tracked::new(spec.track_in.as_deref(), pgid);
     let mut nap = Duration::from_millis(1);
     let (mut timed_out, mut cancelled) = (false, false);
     let mut term_sent: Option<Instant> = None;
@@ -187,6 +258,7 @@ pub struct HeldProcess {
     lines: std::sync::mpsc::Receiver<String>,
     pub output: Vec<String>,
     started: Instant,
+    _tracked: Tracked,
 }
 
 impl HeldProcess {
@@ -203,8 +275,9 @@ impl HeldProcess {
         if let Some(d) = &spec.cwd {
             cmd.current_dir(d);
         }
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-        prepare(&mut cmd, spec.user.as_deref().map(lookup_user).transpose()?);
+        let user = spec.user.as_deref().map(lookup_user).transpose()?;
+        cmd.env_clear().envs(child_environment(user.as_ref(), &spec.env));
+        prepare(&mut cmd, user.map(|u| (u.uid.as_raw(), u.gid.as_raw())));
         let mut child = cmd.spawn()?;
         let (tx, lines) = std::sync::mpsc::channel();
         // stdout and stderr are read by threads that end when the pipes close.
@@ -224,7 +297,9 @@ impl HeldProcess {
             });
         }
         let stdin = child.stdin.take();
-        let mut held = HeldProcess { child, stdin, lines, output: Vec::new(), started: Instant::now() };
+        let tracked = Tracked::new(spec.track_in.as_deref(), Some(Pid::from_raw(child.id() as i32)));
+        let mut held =
+            HeldProcess { child, stdin, lines, output: Vec::new(), started: Instant::now(), _tracked: tracked };
         loop {
             match held.lines.recv_timeout(Duration::from_millis(20)) {
                 Ok(line) => {
@@ -313,4 +388,69 @@ impl HeldProcess {
         let tail = &self.output[self.output.len().saturating_sub(5)..];
         if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" | ")) }
     }
+}
+
+/// A child's record in a tracking directory, removed when it ended: the
+/// pid (its process group) and its start time, so a recycled pid is never
+/// mistaken for it.
+struct Tracked(Option<PathBuf>);
+
+impl Tracked {
+    fn new(dir: Option<&std::path::Path>, pid: Option<Pid>) -> Tracked {
+        let (Some(dir), Some(pid)) = (dir, pid) else { return Tracked(None) };
+        let Some(start) = start_time(pid) else { return Tracked(None) };
+        let file = dir.join(pid.as_raw().to_string());
+        let written = crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR).and_then(|()| {
+            crate::fsutil::write_atomically(&file, start.to_string().as_bytes(), crate::fsutil::PRIVATE_FILE)
+        });
+        match written {
+            Ok(()) => Tracked(Some(file)),
+            Err(e) => {
+                tracing::warn!("could not record child {pid} for recovery: {e}");
+                Tracked(None)
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// When a process started (clock ticks since boot, `/proc/PID/stat`).
+fn start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// End the process groups of children a killed holdfast left running (their
+/// records in `dir`): SIGTERM, then SIGKILL after a grace period. Returns a
+/// line per group ended.
+pub fn end_leftovers(dir: &std::path::Path) -> Vec<String> {
+    let mut ended = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return ended };
+    for e in entries.flatten() {
+        let path = e.path();
+        let recorded = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        let pid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()).map(Pid::from_raw);
+        if let (Some(pid), Some(recorded)) = (pid, recorded)
+            && start_time(pid) == Some(recorded)
+        {
+            let _ = killpg(pid, Signal::SIGTERM);
+            let end = Instant::now() + GRACE;
+            while Instant::now() < end && killpg(pid, None).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = killpg(pid, Signal::SIGKILL);
+            ended.push(format!("process group {pid}"));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    ended
 }

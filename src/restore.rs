@@ -75,17 +75,17 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
 }
 
-/// The job's snapshot named by `spec` (`latest` = the job's newest).
-pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str) -> Result<(Id, Snapshot, RunRecord)> {
+/// The job's snapshot named by `spec` (`latest` = the job's newest; while
+/// a snapshot cannot be read it might be that one, so `latest` fails unless
+/// `skip_damaged`).
+pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str, skip_damaged: bool) -> Result<(Id, Snapshot, RunRecord)> {
     let (id, snap) = if spec == "latest" {
-        let (snaps, _) = repo.snapshots()?;
-        snaps
-            .into_iter()
-            .rev()
-            .find(|(_, s)| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name))
-            .ok_or_else(|| anyhow!("job {:?} has no snapshot in its repository yet", job.name))?
+        let (snaps, unreadable) = repo.snapshots()?;
+        let mine = |s: &Snapshot| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name);
+        crate::engine::repository::newest(snaps, &unreadable, skip_damaged, mine)
+            .ok_or_else(|| anyhow!("job {:?} has no snapshot in its repository yet", job.name))??
     } else {
-        repo.find_snapshot(spec)?
+        repo.find_snapshot(spec, skip_damaged)?
     };
     let record = crate::runner::RunRecord::of(&snap)
         .filter(|r| r.job == job.name)
@@ -129,13 +129,30 @@ pub fn job_repository<'a>(config: &'a Config, job: &Job, from: Option<&str>) -> 
     config.repositories.get(name).ok_or_else(|| anyhow!("repository {name:?} is not configured"))
 }
 
-/// Restore `what` from the job's snapshot `spec`, from its first repository
-/// or the one named `from` (an off-site copy, when the first is lost).
-pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, what: &What) -> Result<RestoreReport> {
-    let _lock = JobLock::acquire(&job.spool, &job.name)?;
-    let repo_cfg = job_repository(config, job, from)?;
+/// Which snapshot of a job to restore from, and from where.
+#[derive(Debug, Clone, Default)]
+pub struct Source<'a> {
+    /// One of the job's repositories (else its first).
+    pub repository: Option<&'a str>,
+    /// A snapshot id prefix, or `latest`.
+    pub snapshot: &'a str,
+    /// `latest` may skip snapshots that cannot be read.
+    pub skip_damaged: bool,
+}
+
+/// Restore `what` from the job's snapshot `source`, from its first
+/// repository or the one named there (an off-site copy, when the first is lost).
+pub fn restore_job(
+    config: &Config,
+    job: &Job,
+    source: &Source,
+    what: &What,
+    cancel: &std::sync::Arc<AtomicBool>,
+) -> Result<RestoreReport> {
+    let _lock = JobLock::acquire(&job.spool, &job.name, "restore")?;
+    let repo_cfg = job_repository(config, job, source.repository)?;
     let repo = open_repository(repo_cfg)?;
-    let (id, snap, record) = job_snapshot(&repo, job, spec)?;
+    let (id, snap, record) = job_snapshot(&repo, job, source.snapshot, source.skip_damaged)?;
     let mut vars = Vars {
         job: job.name.clone(),
         run_id: record.run_id.clone(),
@@ -148,7 +165,8 @@ pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, w
     let mut report = RestoreReport { job: job.name.clone(), snapshot: id.to_hex(), ..Default::default() };
     let result = run_hooks(job, Phase::BeforeRestore, &vars, &never).and_then(|()| match what {
         What::Files { paths, to, overwrite } => {
-            restore_files(&repo, &snap, &record, paths, to, *overwrite, &mut report)
+            let target = Target { to, overwrite: *overwrite, protected: config.protected_paths(job), cancel };
+            restore_files(&repo, &snap, &record, paths, &target, &mut report)
         }
         What::Database { name, action } => restore_database(job, &repo, &snap, &record, name, action, &mut report),
     });
@@ -164,9 +182,18 @@ pub fn restore_job(config: &Config, job: &Job, from: Option<&str>, spec: &str, w
 fn run_hooks(job: &Job, phase: Phase, vars: &Vars, cancel: &AtomicBool) -> Result<()> {
     for hook in job.hooks.iter().filter(|h| h.phase == phase) {
         tracing::info!("job {}: {} hook: {}", job.name, phase_name(phase), hook.run.display());
-        run_hook(hook, vars, cancel).map_err(|(_, e)| e)?;
+        run_hook(hook, vars, cancel, None).map_err(|(_, e)| e)?;
     }
     Ok(())
+}
+
+/// Where restored files go, and what that place must not destroy.
+struct Target<'a> {
+    to: &'a Path,
+    overwrite: bool,
+    /// Repositories, spool, state, config: never replaced.
+    protected: Vec<(String, PathBuf)>,
+    cancel: &'a std::sync::Arc<AtomicBool>,
 }
 
 fn restore_files(
@@ -174,8 +201,7 @@ fn restore_files(
     snap: &Snapshot,
     record: &RunRecord,
     paths: &[PathBuf],
-    to: &Path,
-    overwrite: bool,
+    target: &Target,
     report: &mut RestoreReport,
 ) -> Result<()> {
     let include: Vec<PathBuf> = if paths.is_empty() {
@@ -187,9 +213,12 @@ fn restore_files(
         bail!("the snapshot holds no file sets");
     }
     let threads = crate::engine::parallel::cpus();
-    let opts = RestoreOptions { target: to.to_path_buf(), include, threads };
-    report.files = Some(restore_staged(repo, snap, &opts, overwrite)?);
-    report.target = to.display().to_string();
+    let opts =
+        RestoreOptions { target: target.to.to_path_buf(), include, threads, cancel: Some(target.cancel.clone()) };
+    let summary = restore_staged(repo, snap, &opts, target.overwrite, &target.protected)?;
+    report.warnings.extend(summary.warnings.iter().cloned());
+    report.files = Some(summary);
+    report.target = target.to.display().to_string();
     Ok(())
 }
 
@@ -213,7 +242,7 @@ impl Drop for Scratch {
 pub fn extract_dump(repo: &Repository, snap: &Snapshot, dump: &DumpRecord, dir: &Path) -> Result<PathBuf> {
     let name = Path::new(&dump.file).file_name().context("dump record without a file name")?;
     let out = dir.join(name);
-    let mut f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut f = crate::fsutil::create_private(&out)?;
     extract_file(repo, snap, Path::new(&dump.file), &mut f)?;
     f.sync_all()?;
     Ok(out)
@@ -245,12 +274,17 @@ fn restore_database(
     let dump = find_dump(record, name)?;
     report.database = Some(dump.name.clone());
     if let DatabaseAction::DumpTo(file) = action {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(file)
+        // The dump is the database: private (0600) from its first byte. A
+        // dump that fails half-way is removed, never left looking whole.
+        let mut f = crate::fsutil::create_private(file)
             .with_context(|| format!("creating {} (it must not exist)", file.display()))?;
-        extract_file(repo, snap, Path::new(&dump.file), &mut f)?;
+        if let Err(e) = extract_file(repo, snap, Path::new(&dump.file), &mut f)
+            .and_then(|_| f.sync_all().map_err(|e| crate::Error::io(file, e)))
+        {
+            drop(f);
+            let _ = std::fs::remove_file(file);
+            return Err(e.into());
+        }
         report.target = file.display().to_string();
         return Ok(());
     }

@@ -24,6 +24,7 @@ use crate::dump::{self, DumpContext, DumpRecord, SNAPSHOT_PREFIX};
 use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture, hostname};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
+use crate::exit::{Exit, Interrupt};
 use crate::hooks::{HeldHook, HookRecord, phase_name, run_hook, start_hold};
 use crate::journal::{Journal, recover};
 use crate::notify::notify;
@@ -61,13 +62,44 @@ pub struct FileSetRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub job: String,
+    /// A complete snapshot was committed and every step succeeded.
     pub ok: bool,
+    /// A snapshot was committed but is incomplete (see `warnings`).
+    pub incomplete: bool,
     pub snapshot: Option<String>,
     pub error: Option<String>,
     pub attempts: u32,
     pub summary: String,
     pub bytes_read: u64,
     pub bytes_added: u64,
+    /// What was not backed up as it was.
+    pub warnings: Vec<String>,
+    /// The exit code this outcome stands for.
+    pub exit_code: u8,
+    #[serde(skip)]
+    pub exit: Exit,
+}
+
+impl RunReport {
+    /// The report of a job that could not even start (its lock is held,
+    /// its config cannot be used).
+    pub fn not_run(job: &str, error: &anyhow::Error, interrupt: &Interrupt) -> RunReport {
+        let exit = Exit::of_error(error, Some(interrupt));
+        RunReport {
+            job: job.to_string(),
+            ok: false,
+            incomplete: false,
+            snapshot: None,
+            error: Some(format!("{error:#}")),
+            attempts: 0,
+            summary: format!("job {job}: not run: {error:#}"),
+            bytes_read: 0,
+            bytes_added: 0,
+            warnings: Vec::new(),
+            exit_code: exit.code(),
+            exit,
+        }
+    }
 }
 
 /// Open a configured repository with its passphrase.
@@ -79,16 +111,17 @@ pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
 
 /// Run `job` to its end: lock, attempts with retries, notifications; then
 /// record the outcome in the job's state (and metrics).
-pub fn run_job(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
-    let _lock = JobLock::acquire(&job.spool, &job.name)?;
+pub fn run_job(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+    let _lock = JobLock::acquire(&job.spool, &job.name, "run")?;
     let started = jiff::Timestamp::now();
-    let report = run_attempts(config, job, cancel)?;
+    let report = run_attempts(config, job, interrupt)?;
     let finished = jiff::Timestamp::now();
     let mut state = JobState::load(job).unwrap_or_default();
     state.record(RunState {
         started,
         finished,
         ok: report.ok,
+        incomplete: report.incomplete,
         duration_secs: finished.duration_since(started).as_secs_f64(),
         snapshot: report.snapshot.clone(),
         error: report.error.clone(),
@@ -128,7 +161,7 @@ fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::
         .filter_map(|n| config.repositories.get(n).and_then(|r| Some((n.clone(), stored_bytes(r)?))))
         .collect();
     let text = crate::state::metrics(job, state, count.ok(), &sizes);
-    crate::state::write_atomically(&dir.join(format!("holdfast-{}.prom", job.name)), text.as_bytes())
+    crate::state::write_metrics_file(job, dir, &text)
 }
 
 /// Bytes a repository holds: a directory's size, or what a bucket lists.
@@ -143,16 +176,10 @@ fn stored_bytes(repo: &RepositoryConfig) -> Option<u64> {
 }
 
 /// The attempts of one run, with retries and notifications.
-fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<RunReport> {
+fn run_attempts(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+    let cancel = interrupt.flag();
     if let Some(r) = recover(job)? {
-        tracing::warn!(
-            "job {}: recovered from run {} (pid {}): ran {} owed finally hook(s), {} failed",
-            job.name,
-            r.run_id,
-            r.pid,
-            r.hooks_run,
-            r.hooks_failed
-        );
+        tracing::warn!("job {}: {}", job.name, r.describe());
     }
     let started = Instant::now();
     let mut vars = Vars {
@@ -168,7 +195,7 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
         let run_id = new_run_id();
         vars.run_id = run_id.clone();
         tracing::info!("job {}: run {run_id} (attempt {attempt} of {})", job.name, job.retries + 1);
-        let outcome = Attempt::new(config, job, &run_id, vars.clone(), cancel).execute();
+        let outcome = Attempt::new(config, job, &run_id, vars.clone(), interrupt.flag()).execute();
         match outcome {
             Ok(done) => {
                 let (_, first) = done.committed[0];
@@ -176,8 +203,21 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
                 let ids: Vec<String> = done.committed.iter().map(|(_, id)| id.short()).collect();
                 let repos: Vec<String> = done.committed.iter().map(|(r, _)| format!("{r:?}")).collect();
                 let took = started.elapsed().as_secs_f64();
+                let exit = match &done.error {
+                    Some(e) => Exit::of_error(e, Some(interrupt)),
+                    None if done.totals.incomplete => Exit::Warnings,
+                    None => Exit::Success,
+                };
                 let error = done.error.map(|e| format!("{e:#}"));
+                let warnings = done.totals.warnings.clone();
                 match &error {
+                    None if done.totals.incomplete => {
+                        vars.error = format!(
+                            "snapshot committed but incomplete: {}",
+                            warnings.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                        );
+                        notify(&job.notify, Event::Warning, &vars);
+                    }
                     None => notify(&job.notify, Event::Success, &vars),
                     Some(e) => {
                         vars.error = e.clone();
@@ -185,6 +225,15 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
                     }
                 }
                 let summary = match &error {
+                    None if done.totals.incomplete => format!(
+                        "job {}: INCOMPLETE snapshot {} committed to {} in {took:.1}s: {}; {} warning(s): {}",
+                        job.name,
+                        ids.join(", "),
+                        repos.join(", "),
+                        done.summary,
+                        warnings.len(),
+                        warnings.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+                    ),
                     None => format!(
                         "job {}: snapshot {} committed to {} in {took:.1}s: {}",
                         job.name,
@@ -202,19 +251,24 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
                 };
                 return Ok(RunReport {
                     job: job.name.clone(),
-                    ok: error.is_none(),
+                    ok: exit == Exit::Success,
+                    incomplete: done.totals.incomplete,
                     snapshot: Some(first.to_hex()),
                     error,
                     attempts: attempt,
                     summary,
                     bytes_read: done.totals.bytes_read,
                     bytes_added: done.totals.bytes_added,
+                    warnings,
+                    exit_code: exit.code(),
+                    exit,
                 });
             }
             Err(e) => {
                 let msg = format!("{e:#}");
                 vars.error = msg.clone();
                 let interrupted = cancel.load(Ordering::Relaxed);
+                let exit = Exit::of_error(&e, Some(interrupt));
                 if attempt <= job.retries && !interrupted {
                     tracing::warn!("job {}: run failed: {msg}; retrying in {:?}", job.name, job.retry_delay);
                     notify(&job.notify, Event::Retry, &vars);
@@ -226,11 +280,15 @@ fn run_attempts(config: &Config, job: &Job, cancel: &Arc<AtomicBool>) -> Result<
                 return Ok(RunReport {
                     job: job.name.clone(),
                     ok: false,
+                    incomplete: false,
                     snapshot: None,
                     error: Some(msg.clone()),
                     attempts: attempt,
                     bytes_read: 0,
                     bytes_added: 0,
+                    warnings: Vec::new(),
+                    exit_code: exit.code(),
+                    exit,
                     summary: format!(
                         "job {}: FAILED after {} attempt(s) in {:.1}s, no snapshot committed: {msg}",
                         job.name,
@@ -280,6 +338,8 @@ struct Attempt<'a> {
     vars: Vars,
     cancel: &'a Arc<AtomicBool>,
     run_dir: Option<RunDir>,
+    /// What a recovery would owe if holdfast died now.
+    journal: Option<Journal>,
     /// Captured, not yet committed: repository name, repository, capture,
     /// and when its file sets were read.
     captures: Vec<(String, Repository, Capture, FileSetRecord)>,
@@ -305,6 +365,7 @@ impl<'a> Attempt<'a> {
             vars,
             cancel,
             run_dir: None,
+            journal: None,
             captures: Vec::new(),
             dumps: Vec::new(),
             hooks: Vec::new(),
@@ -361,13 +422,16 @@ impl<'a> Attempt<'a> {
             Step::PrepareSpool => {
                 let dir = RunDir::create(&self.job.spool, &self.job.name, &self.run_id)?;
                 self.vars.spool = dir.root.display().to_string();
-                Journal {
+                let journal = Journal {
                     run_id: self.run_id.clone(),
                     pid: std::process::id(),
                     vars: self.vars.clone(),
                     run_dir: dir.root.clone(),
-                }
-                .write(self.job)?;
+                    finally_started: Vec::new(),
+                    finally_done: Vec::new(),
+                };
+                journal.write(self.job)?;
+                self.journal = Some(journal);
                 self.run_dir = Some(dir);
             }
             Step::Hold { .. } => {
@@ -378,7 +442,7 @@ impl<'a> Attempt<'a> {
                         hook.run.display(),
                         hook.ready.as_deref().unwrap_or("")
                     );
-                    match start_hold(hook, &self.vars, cancel) {
+                    match start_hold(hook, &self.vars, cancel, self.children()) {
                         Ok(h) => self.holds.push(h),
                         Err((r, e)) => {
                             self.hooks.push(r);
@@ -531,12 +595,23 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    /// Run every hook of `phase` in order; the first failure stops the phase.
+    /// Where the run's children are recorded while they run.
+    fn children(&self) -> Option<&std::path::Path> {
+        self.run_dir.as_ref().map(|d| d.children.as_path())
+    }
+
+    /// Run every hook of `phase` in order; the first failure stops the
+    /// phase. `finally` hooks are recorded in the journal as they start and
+    /// end, so a recovery runs only what was owed.
     fn hooks_of(&mut self, phase: Phase, cancel: &AtomicBool) -> Result<()> {
-        let hooks: Vec<_> = self.job.hooks.iter().filter(|h| h.phase == phase).cloned().collect();
-        for hook in hooks {
+        let hooks: Vec<(usize, _)> =
+            self.job.hooks.iter().enumerate().filter(|(_, h)| h.phase == phase).map(|(i, h)| (i, h.clone())).collect();
+        for (i, hook) in hooks {
             tracing::info!("job {}: {} hook: {}", self.job.name, phase_name(phase), hook.run.display());
-            match run_hook(&hook, &self.vars, cancel) {
+            self.journal_finally(phase, |j| j.finally_started.push(i));
+            let result = run_hook(&hook, &self.vars, cancel, self.children());
+            self.journal_finally(phase, |j| j.finally_done.push(i));
+            match result {
                 Ok(r) => self.hooks.push(r),
                 Err((r, e)) => {
                     self.hooks.push(r);
@@ -545,6 +620,19 @@ impl<'a> Attempt<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Record progress of the `finally` hooks in the journal (durably).
+    fn journal_finally(&mut self, phase: Phase, change: impl FnOnce(&mut Journal)) {
+        if phase != Phase::Finally {
+            return;
+        }
+        if let Some(j) = self.journal.as_mut() {
+            change(j);
+            if let Err(e) = j.write(self.job) {
+                tracing::warn!("job {}: could not update the run journal: {e:#}", self.job.name);
+            }
+        }
     }
 
     fn summary(&self) -> String {

@@ -7,9 +7,9 @@
 //! for the dump tools; never backed up). The run directory is removed after
 //! the run, whatever its outcome. The job's lock file lives in `<spool>/<job>/`.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -17,12 +17,18 @@ use nix::fcntl::{Flock, FlockArg};
 
 /// Create `dir` (and missing parents) with mode 0700, then check it is private.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR)
         .with_context(|| format!("creating the spool directory {}", dir.display()))?;
     check_private(dir)
+}
+
+/// The job is locked by a run in progress (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("job {job:?} is already running (pid {holder}); this {what} was not started")]
+pub struct JobBusy {
+    pub job: String,
+    pub holder: String,
+    pub what: &'static str,
 }
 
 /// Refuse a directory that others can read or that another user owns.
@@ -53,6 +59,9 @@ pub struct RunDir {
     pub root: PathBuf,
     pub dumps: PathBuf,
     pub private: PathBuf,
+    /// Where the run's children are recorded while they run (see
+    /// `process::end_leftovers`): `<run>/children/`.
+    pub children: PathBuf,
 }
 
 impl RunDir {
@@ -64,7 +73,8 @@ impl RunDir {
         let private = root.join("private");
         ensure_private_dir(&dumps)?;
         ensure_private_dir(&private)?;
-        Ok(RunDir { root, dumps, private })
+        let children = root.join("children");
+        Ok(RunDir { root, dumps, private, children })
     }
 
     /// Remove the run directory and everything in it.
@@ -96,8 +106,9 @@ pub struct JobLock {
 }
 
 impl JobLock {
-    /// Take the lock of `job` in `spool`, or fail at once naming the holder.
-    pub fn acquire(spool: &Path, job: &str) -> Result<JobLock> {
+    /// Take the lock of `job` in `spool`, or fail at once naming the holder
+    /// ([`JobBusy`]; `what` the caller was about to do).
+    pub fn acquire(spool: &Path, job: &str, what: &'static str) -> Result<JobLock> {
         let dir = spool.join(job);
         ensure_private_dir(spool)?;
         ensure_private_dir(&dir)?;
@@ -120,10 +131,8 @@ impl JobLock {
             Err((mut file, _)) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                bail!(
-                    "job {job:?} is already running (pid {}); this run was not started",
-                    if holder.trim().is_empty() { "unknown" } else { holder.trim() }
-                )
+                let holder = if holder.trim().is_empty() { "unknown".to_string() } else { holder.trim().to_string() };
+                Err(JobBusy { job: job.to_string(), holder, what }.into())
             }
         }
     }

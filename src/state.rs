@@ -1,12 +1,13 @@
 //! What `run` remembers about each job, for `status` and for metrics.
 //!
-//! `<spool>/<job>/state.json` holds the last run (time, outcome, duration,
-//! figures), the last success and whether the job's staleness was already
-//! notified. `run` writes it after every run (atomically); `status` reads it
-//! and cross-checks the repository. With `metrics_dir`, the run also writes
-//! Prometheus text for node_exporter's textfile collector.
+//! `<state_dir>/<job>/state.json` (`/var/lib/holdfast` by default, never
+//! the spool) holds the last run (time, outcome, duration, figures), the
+//! last success and whether the job's staleness was already notified. `run`
+//! writes it after every run (atomically, 0600, in directories created
+//! 0700); `status` reads it and cross-checks the repository. With
+//! `metrics_dir`, the run also writes Prometheus text for node_exporter's
+//! textfile collector, with the job's `metrics_mode` (0644: it holds no secret).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -27,7 +28,11 @@ pub struct JobState {
 pub struct RunState {
     pub started: jiff::Timestamp,
     pub finished: jiff::Timestamp,
+    /// A snapshot was committed and is complete.
     pub ok: bool,
+    /// A snapshot was committed but is incomplete (not `ok`).
+    #[serde(default)]
+    pub incomplete: bool,
     pub duration_secs: f64,
     pub snapshot: Option<String>,
     pub error: Option<String>,
@@ -36,7 +41,7 @@ pub struct RunState {
 }
 
 fn path(job: &Job) -> PathBuf {
-    job.spool.join(&job.name).join("state.json")
+    job.state_dir.join(&job.name).join("state.json")
 }
 
 impl JobState {
@@ -49,12 +54,18 @@ impl JobState {
     }
 
     pub fn save(&self, job: &Job) -> Result<()> {
-        write_atomically(&path(job), &serde_json::to_vec_pretty(self)?)
+        let p = path(job);
+        if let Some(dir) = p.parent() {
+            crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR)?;
+        }
+        crate::fsutil::write_atomically(&p, &serde_json::to_vec_pretty(self)?, crate::fsutil::PRIVATE_FILE)?;
+        Ok(())
     }
 
-    /// Record a finished run.
+    /// Record a finished run. An incomplete snapshot still counts as the
+    /// newest backup (`last_success`), but the run is not `ok`.
     pub fn record(&mut self, run: RunState) {
-        if run.ok {
+        if run.ok || run.incomplete {
             self.last_success = Some(run.clone());
             self.stale_notified = false;
         }
@@ -62,15 +73,16 @@ impl JobState {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+/// Write a job's metrics file into `dir` with the job's `metrics_mode`
+/// (the directory, if holdfast makes it, gets the matching search bits, so
+/// the exporter can reach the file).
+pub fn write_metrics_file(job: &Job, dir: &Path, text: &str) -> Result<()> {
+    let readable_by_others = job.metrics_mode & 0o044;
+    let dir_mode = crate::fsutil::PRIVATE_DIR | readable_by_others | (readable_by_others >> 2);
+    crate::fsutil::create_dir_all(dir, dir_mode).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!("holdfast-{}.prom", job.name));
+    crate::fsutil::write_atomically(&file, text.as_bytes(), job.metrics_mode)?;
+    Ok(())
 }
 
 /// Prometheus text for one job (node_exporter textfile collector format).
@@ -94,6 +106,11 @@ pub fn metrics(job: &Job, state: &JobState, snapshots: Option<usize>, repositori
         metric("last_run_timestamp_seconds", "When the job's last run ended.", r.finished.as_second().to_string());
         metric("last_run_duration_seconds", "How long the job's last run took.", format!("{:.3}", r.duration_secs));
         metric("last_run_success", "1 if the job's last run succeeded, else 0.", u8::from(r.ok).to_string());
+        metric(
+            "last_run_incomplete",
+            "1 if the job's last run committed an incomplete snapshot (unreadable files), else 0.",
+            u8::from(r.incomplete).to_string(),
+        );
         metric("last_run_bytes_read", "Bytes the last run read from files and dumps.", r.bytes_read.to_string());
         metric("last_run_bytes_added", "Bytes the last run added to the repository.", r.bytes_added.to_string());
     }

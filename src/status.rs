@@ -28,12 +28,27 @@ pub struct JobStatus {
     pub next_run: Option<String>,
     pub stale: bool,
     pub failed: bool,
+    /// The last run committed an incomplete snapshot (not "ok").
+    pub incomplete: bool,
     pub problems: Vec<String>,
 }
 
 impl JobStatus {
     pub fn healthy(&self) -> bool {
-        !self.stale && !self.failed && self.problems.is_empty()
+        !self.stale && !self.failed && !self.incomplete && self.problems.is_empty()
+    }
+
+    /// The exit code this status stands for: 3 when the only trouble is an
+    /// incomplete last run, 1 for anything worse.
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
+        if self.stale || self.failed || !self.problems.is_empty() {
+            Exit::Failed
+        } else if self.incomplete {
+            Exit::Warnings
+        } else {
+            Exit::Success
+        }
     }
 }
 
@@ -56,7 +71,8 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
             schedule: job.schedule.clone(),
             next_run: job.schedule.as_deref().and_then(next_elapse),
             stale: false,
-            failed: state.last_run.as_ref().is_some_and(|r| !r.ok),
+            failed: state.last_run.as_ref().is_some_and(|r| !r.ok && !r.incomplete),
+            incomplete: state.last_run.as_ref().is_some_and(|r| r.incomplete),
             problems: Vec::new(),
         };
         match open_repository(&config.repositories[&repo_name]).and_then(|r| Ok(r.snapshots()?)) {
@@ -114,7 +130,7 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
 
 /// The next time an OnCalendar expression elapses, from `systemd-analyze`.
 pub fn next_elapse(schedule: &str) -> Option<String> {
-    let out = std::process::Command::new("systemd-analyze").args(["calendar", schedule]).output().ok()?;
+    let out = crate::process::command("systemd-analyze").args(["calendar", schedule]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| l.trim().strip_prefix("Next elapse:").map(|v| v.trim().to_string()))
 }

@@ -5,8 +5,15 @@
 //!
 //! The service runs `holdfast --config <exact path> run JOB`, calls
 //! `recover JOB` from `ExecStopPost=` (so a killed run's `finally` hooks
-//! still run), can write only the job's spool, repositories and metrics
-//! directory, and gets secret files (passphrases, S3 keys) through `LoadCredential=`.
+//! still run), can write only the job's spool, state, repositories and
+//! metrics directory, and gets secret files (passphrases, S3 keys) through
+//! `LoadCredential=`.
+//!
+//! Every value written into a unit is checked and escaped here: control
+//! characters are refused (the config already refuses them where they are
+//! written), `%` specifiers and `$` expansions are escaped, and command
+//! arguments and paths are quoted by systemd's rules. A description or path
+//! can never add a directive.
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +25,16 @@ use crate::secrets::credential_files;
 /// `(file name, contents)` of every unit for `jobs`.
 pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(String, String)>> {
     let exe = std::env::current_exe().context("finding the holdfast binary")?;
+    checked("the holdfast binary's path", &exe.to_string_lossy())?;
+    checked("the config's path", &config_path.to_string_lossy())?;
     let mut out = Vec::new();
     for job in jobs {
+        for p in unit_paths(config, job) {
+            checked(&format!("job {}: path", job.name), &p.to_string_lossy())?;
+        }
+        for v in [&job.description, &job.schedule, &job.verify_schedule].into_iter().flatten() {
+            checked(&format!("job {}", job.name), v)?;
+        }
         let base = format!("{} --config {}", quote(&exe), quote(config_path));
         let run = format!("{base} run {}", job.name);
         let recover = format!("{base} recover {}", job.name);
@@ -67,7 +82,7 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             paths.sort();
             paths.dedup();
             for p in paths {
-                svc.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
+                svc.push_str(&format!("ReadWritePaths={}\n", quote_word(&format!("-{}", p.display()))));
             }
             svc.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
             let mut credentials: Vec<String> = pruned.iter().flat_map(|j| load_credentials(config, j)).collect();
@@ -86,15 +101,39 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
     Ok(out)
 }
 
+/// One word of a command line or path list, as systemd reads it back:
+/// specifiers (`%`) and variable expansions (`$`) escaped; quoted, with C
+/// escapes for `\` and `"`, unless it is plain.
+fn quote_word(s: &str) -> String {
+    let escaped = s.replace('%', "%%").replace('$', "$$");
+    let plain = !escaped.is_empty() && escaped.chars().all(|c| c.is_ascii_alphanumeric() || "/_.:@+=,-%$".contains(c));
+    if plain { escaped } else { format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\"")) }
+}
+
 fn quote(p: &Path) -> String {
-    let s = p.display().to_string();
-    if s.contains(char::is_whitespace) { format!("\"{s}\"") } else { s }
+    quote_word(&p.to_string_lossy())
+}
+
+/// Free text for `Description=`: specifiers escaped, no line continuation.
+fn text(s: &str) -> String {
+    let mut t = s.replace('%', "%%");
+    if t.ends_with('\\') {
+        t.push(' ');
+    }
+    t
+}
+
+/// Refuse a value that would break a unit's line structure.
+fn checked<'a>(what: &str, value: &'a str) -> Result<&'a str> {
+    crate::config::check_line(value).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(value)
 }
 
 /// The hardened oneshot service that runs `command` (and `after_stop` once
 /// it stopped, however it ended).
-fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Option<&str>, user: bool) -> String {
-    let mut writable: Vec<PathBuf> = vec![job.spool.clone()];
+/// The paths a job's units name: what they may write.
+fn unit_paths(config: &Config, job: &Job) -> Vec<PathBuf> {
+    let mut writable: Vec<PathBuf> = vec![job.spool.clone(), job.state_dir.clone()];
     for name in &job.repositories {
         if let Some(r) = config.repositories.get(name) {
             writable.extend(r.local_path().map(|p| p.to_path_buf()));
@@ -103,21 +142,28 @@ fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Op
     if let Some(m) = &job.metrics_dir {
         writable.push(m.clone());
     }
+    writable
+}
+
+fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Option<&str>, user: bool) -> String {
+    let writable = unit_paths(config, job);
     let under_home = writable.iter().any(|p| p.starts_with("/home") || p.starts_with("/root"));
     let mut s = format!(
         "[Unit]\nDescription=holdfast {what} of job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
         job.name,
-        job.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+        job.description.as_deref().map(|d| format!(" ({})", text(d))).unwrap_or_default()
     );
     s.push_str(&format!("ExecStart={command}\n"));
     if let Some(after) = after_stop {
         s.push_str(&format!("ExecStopPost={after}\n"));
     }
+    // Exit code 3 (committed but incomplete) fails the unit too: an
+    // incomplete backup is not "ok" (OnFailure= hears of it).
     s.push_str("Nice=10\nIOSchedulingClass=idle\n");
     if !user {
         s.push_str("ProtectSystem=strict\n");
         for p in &writable {
-            s.push_str(&format!("ReadWritePaths=-{}\n", p.display()));
+            s.push_str(&format!("ReadWritePaths={}\n", quote_word(&format!("-{}", p.display()))));
         }
         s.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
         if !under_home {
@@ -137,13 +183,30 @@ fn load_credentials(config: &Config, job: &Job) -> Vec<String> {
         .iter()
         .filter_map(|name| config.repositories.get(name))
         .flat_map(credential_files)
-        .map(|(name, file)| format!("LoadCredential={name}:{}\n", file.display()))
+        .map(|(name, file)| format!("LoadCredential={name}:{}\n", file.display().to_string().replace('%', "%%")))
         .collect()
 }
 
 fn timer(job: &Job, schedule: &str, what: &str, unit: &str) -> String {
     format!(
-        "[Unit]\nDescription=holdfast {what} of job {} on schedule\n\n[Timer]\nOnCalendar={schedule}\nPersistent=true\nRandomizedDelaySec=5m\nUnit={unit}\n\n[Install]\nWantedBy=timers.target\n",
-        job.name
+        "[Unit]\nDescription=holdfast {what} of job {} on schedule\n\n[Timer]\nOnCalendar={}\nPersistent=true\nRandomizedDelaySec=5m\nUnit={unit}\n\n[Install]\nWantedBy=timers.target\n",
+        job.name,
+        text(schedule)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_quoted_and_escaped_by_systemds_rules() {
+        assert_eq!(quote_word("/usr/bin/holdfast"), "/usr/bin/holdfast");
+        assert_eq!(quote_word("/srv/my backups"), "\"/srv/my backups\"");
+        assert_eq!(quote_word("/srv/100%"), "/srv/100%%");
+        assert_eq!(quote_word("/a\"b\\c"), "\"/a\\\"b\\\\c\"");
+        assert_eq!(quote_word("$HOME"), "$$HOME");
+        assert!(checked("x", "one\nExecStartPre=/bin/evil").is_err());
+        assert_eq!(text("50% done"), "50%% done");
+    }
 }

@@ -147,7 +147,7 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
     // Schedules (OnCalendar syntax), checked by systemd itself when it is here.
     for (key, expr) in [("schedule", &job.schedule), ("verify_schedule", &job.verify_schedule)] {
         let Some(expr) = expr else { continue };
-        match std::process::Command::new("systemd-analyze").args(["calendar", expr]).output() {
+        match crate::process::command("systemd-analyze").args(["calendar", expr]).output() {
             Ok(out) if out.status.success() => {
                 c.ok("schedule", format!("{key} {expr:?} is a valid OnCalendar expression"))
             }

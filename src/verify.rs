@@ -47,11 +47,11 @@ pub struct VerifyReport {
 
 /// Verify `job`'s snapshot `spec` (`latest` for its newest) in its first
 /// repository, or in the one named `from`.
-pub fn verify_job(config: &Config, job: &Job, from: Option<&str>, spec: &str) -> Result<VerifyReport> {
+pub fn verify_job(config: &Config, job: &Job, source: &crate::restore::Source) -> Result<VerifyReport> {
     let started = Instant::now();
-    let repo_cfg = job_repository(config, job, from)?;
+    let repo_cfg = job_repository(config, job, source.repository)?;
     let repo = open_repository(repo_cfg)?;
-    let (id, snap, record) = job_snapshot(&repo, job, spec)?;
+    let (id, snap, record) = job_snapshot(&repo, job, source.snapshot, source.skip_damaged)?;
     let mut report = VerifyReport {
         job: job.name.clone(),
         repository: repo_cfg.name.clone(),
@@ -111,10 +111,13 @@ pub fn verify_job(config: &Config, job: &Job, from: Option<&str>, spec: &str) ->
     if !include.is_empty() {
         let target = scratch.0.root.join("files");
         let threads = crate::engine::parallel::cpus();
-        let result =
-            restore(&repo, &snap, &RestoreOptions { target: target.clone(), include: include.clone(), threads })
-                .map_err(anyhow::Error::from)
-                .and_then(|_| Ok(compare_restored(&repo, &snap, &include, &target)?));
+        let result = restore(
+            &repo,
+            &snap,
+            &RestoreOptions { target: target.clone(), include: include.clone(), threads, cancel: None },
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(compare_restored(&repo, &snap, &include, &target)?));
         match result {
             Ok(cmp) => {
                 report.problems.extend(cmp.mismatches.iter().map(|m| format!("file {m}")));

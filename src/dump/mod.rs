@@ -53,7 +53,7 @@ pub fn dump(db: &DatabaseConfig, ctx: &DumpContext) -> Result<Vec<DumpRecord>> {
     match db.kind {
         DatabaseKind::Postgresql => postgres::dump(db, &dir, ctx),
         DatabaseKind::Mysql => mysql::dump(db, &dir, ctx),
-        DatabaseKind::Sqlite => sqlite::dump(db, &dir),
+        DatabaseKind::Sqlite => sqlite::dump(db, &dir, ctx.cancel),
     }
 }
 
@@ -91,6 +91,7 @@ pub(crate) fn run_tool(
         user: db.run_as.clone(),
         // Another user may not be able to enter holdfast's working directory.
         cwd: db.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
+        track_in: Some(ctx.run.children.clone()),
         ..Default::default()
     };
     let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;
@@ -106,7 +107,7 @@ pub(crate) fn run_tool(
 
 /// The first line of `TOOL --version`.
 pub(crate) fn tool_version(tool: &str) -> Result<String> {
-    let out = std::process::Command::new(tool)
+    let out = crate::process::command(tool)
         .arg("--version")
         .output()
         .with_context(|| format!("{tool} is not installed or not on PATH"))?;

@@ -329,6 +329,7 @@ impl Connection {
             ],
             stdin_file: Some(file.to_path_buf()),
             timeout,
+            track_in: Some(ctx.run.children.clone()),
             ..Default::default()
         };
         let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {client}"))?;

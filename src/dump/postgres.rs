@@ -260,6 +260,7 @@ impl Connection {
             stdin_file: Some(file.to_path_buf()),
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
             cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
+            track_in: Some(ctx.run.children.clone()),
         };
         let out = crate::process::run(&spec, ctx.cancel).context("running psql")?;
         if !out.success() {

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::{DumpRecord, record};
 use crate::config::DatabaseConfig;
 
-pub fn dump(db: &DatabaseConfig, dir: &Path) -> Result<Vec<DumpRecord>> {
+pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DumpRecord>> {
     let Some(src_path) = &db.path else { bail!("sqlite database entry {:?} has no path", db.entry_name()) };
     let started = jiff::Timestamp::now();
     let src = open_existing(src_path)?;
@@ -29,6 +29,9 @@ pub fn dump(db: &DatabaseConfig, dir: &Path) -> Result<Vec<DumpRecord>> {
             use rusqlite::backup::StepResult;
             match backup.step(-1).with_context(|| format!("backing up {}", src_path.display()))? {
                 StepResult::Done => break,
+                _ if cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                    bail!("backing up {}: interrupted", src_path.display())
+                }
                 _ if std::time::Instant::now() > deadline => {
                     bail!("backing up {}: the database stayed locked until the timeout", src_path.display())
                 }

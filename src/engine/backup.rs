@@ -155,6 +155,7 @@ impl Capture {
             parent: self.parent,
             summary,
             extra,
+            repaired: None,
         };
         let id = repo.write_snapshot(&snapshot)?;
         Ok(BackupResult { id, snapshot })
@@ -167,15 +168,35 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     if sources.is_empty() {
         return Err(Error::Invalid("nothing to back up: no paths given".into()));
     }
-    let mut paths: Vec<String> = Vec::new();
     for s in sources {
         if !s.at.is_absolute() {
             return Err(Error::Invalid(format!("{} is not an absolute path", s.at.display())));
         }
-        paths.push(s.at.to_string_lossy().into_owned());
     }
-    paths.sort();
-    paths.dedup();
+    // A path given twice, or inside another given path, is backed up once.
+    let mut sorted: Vec<&BackupSource> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.at.cmp(&b.at));
+    let mut kept: Vec<&BackupSource> = Vec::new();
+    for s in sorted {
+        match kept.iter().find(|k| s.at.starts_with(&k.at)) {
+            Some(k) if k.at == s.at && k.local != s.local => {
+                return Err(Error::Invalid(format!(
+                    "{} and {} would both be stored as {}",
+                    k.local.display(),
+                    s.local.display(),
+                    s.at.display()
+                )));
+            }
+            Some(k) if k.local == k.at && s.local == s.at => {}
+            Some(k) => {
+                return Err(Error::Invalid(format!("{} overlaps {}", s.at.display(), k.at.display())));
+            }
+            None => kept.push(s),
+        }
+    }
+    let sources: Vec<BackupSource> = kept.into_iter().cloned().collect();
+    let sources = &sources[..];
+    let paths: Vec<String> = sources.iter().map(|s| s.at.to_string_lossy().into_owned()).collect();
 
     // Register first, then read marks and index: a prune deletes no pack
     // marked after this backup started until it has finished.
@@ -201,6 +222,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         batch_target: repo.config().chunker.avg_size as u64,
         summary: Summary::default(),
         exclude: opts.exclude.as_deref(),
+        cancel: opts.cancel.as_deref(),
     };
     let mut root = DirNode::synthetic();
     for s in sources {
@@ -217,6 +239,14 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         read_contents(repo, &uploader, files, tasks, known.clone(), opts.threads.max(1), opts.cancel.as_deref())?;
     summary.bytes_read = content.bytes_read;
     summary.warnings.extend(content.warnings);
+    for rec in content.files.iter().filter(|r| r.skipped) {
+        summary.files -= 1;
+        summary.bytes -= rec.entry.meta.size;
+    }
+    summary.skipped = content.skipped;
+    // Anything not backed up as it was (unreadable, vanished, changed while
+    // read) makes the snapshot incomplete: the run says so (exit code 3).
+    summary.incomplete = !summary.warnings.is_empty();
     let mut stats = content.stats;
 
     // Phase 3: commit — trees, index, snapshot.
@@ -292,8 +322,14 @@ impl DirNode {
 struct FileRecord {
     path: PathBuf,
     entry: Entry,
+    /// The device the scan saw it on (with `entry.meta.inode`: which file
+    /// the reader must find when it opens the path).
+    dev: u64,
     /// Index of an earlier record of the same inode (a hard link).
     same_as: Option<usize>,
+    /// It could not be read (vanished, unreadable, replaced since the
+    /// scan): left out of the snapshot, which is then incomplete.
+    skipped: bool,
 }
 
 /// A unit of reading for the content phase.
@@ -315,6 +351,7 @@ struct Scanner<'a> {
     batch_target: u64,
     summary: Summary,
     exclude: Option<&'a ExcludeFn>,
+    cancel: Option<&'a AtomicBool>,
 }
 
 /// The parent snapshot's trees, which tell the scan which files are
@@ -431,6 +468,9 @@ impl Scanner<'_> {
     }
 
     fn scan_dir(&mut self, path: &Path, meta: Metadata, parent: Option<&Tree>) -> Result<DirNode> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
         let mut node = DirNode { meta, children: BTreeMap::new() };
         let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
         match std::fs::read_dir(path) {
@@ -553,7 +593,9 @@ impl Scanner<'_> {
         self.files.push(FileRecord {
             path: path.to_path_buf(),
             entry: Entry { name, kind: EntryKind::File(content), meta },
+            dev: md.dev(),
             same_as,
+            skipped: false,
         });
         if needs_read {
             if size < self.small_limit {
@@ -601,6 +643,8 @@ struct ContentResult {
     files: Vec<FileRecord>,
     bytes_read: u64,
     warnings: Vec<String>,
+    /// Files left out of the snapshot (could not be read).
+    skipped: Vec<String>,
     stats: BlobStats,
 }
 
@@ -676,7 +720,7 @@ fn read_contents(
             let tx = plain_tx.clone();
             let (queue, chunker, keys, known, failure) = (&queue, &chunker, &keys, &known, &failure);
             readers.push(s.spawn(move || {
-                let mut reader = FileReader { chunker, keys, known, tx, buf: Vec::new() };
+                let mut reader = FileReader { chunker, keys, known, tx, buf: Vec::new(), cancel };
                 let mut out = Vec::new();
                 loop {
                     let task = match queue.lock() {
@@ -726,9 +770,16 @@ fn read_contents(
     }
     let mut bytes_read = 0;
     let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     for o in outcomes {
         bytes_read += o.bytes_read;
         let rec = &mut files[o.file];
+        if let Some(why) = o.skipped {
+            rec.skipped = true;
+            warnings.push(format!("{}: {why}; not backed up (left out of the snapshot)", rec.path.display()));
+            skipped.push(rec.path.display().to_string());
+            continue;
+        }
         if let EntryKind::File(c) = &mut rec.entry.kind {
             c.pieces = o.pieces;
             c.changed_while_read = o.changed;
@@ -737,13 +788,15 @@ fn read_contents(
         if o.changed {
             warnings.push(format!("{}: changed while it was read; stored as read and marked", rec.path.display()));
         }
-        if let Some(w) = o.warning {
-            warnings.push(w);
-        }
     }
-    // Hard links share the content of the first link read.
+    // Hard links share the content of the first link read (and its fate).
     for i in 0..files.len() {
         if let Some(first) = files[i].same_as {
+            if files[first].skipped {
+                files[i].skipped = true;
+                skipped.push(files[i].path.display().to_string());
+                continue;
+            }
             let (kind, size) = (files[first].entry.kind.clone(), files[first].entry.meta.size);
             if let (EntryKind::File(src), EntryKind::File(dst)) = (kind, &mut files[i].entry.kind) {
                 dst.pieces = src.pieces;
@@ -752,17 +805,19 @@ fn read_contents(
             }
         }
     }
-    Ok(ContentResult { files, bytes_read, warnings, stats })
+    Ok(ContentResult { files, bytes_read, warnings, skipped, stats })
 }
 
 /// What reading one file produced.
+#[derive(Default)]
 struct FileOutcome {
     file: usize,
     pieces: Vec<Piece>,
     size: u64,
     bytes_read: u64,
     changed: bool,
-    warning: Option<String>,
+    /// Why it could not be read (it is left out of the snapshot).
+    skipped: Option<String>,
 }
 
 struct FileReader<'a> {
@@ -771,6 +826,7 @@ struct FileReader<'a> {
     known: &'a KnownBlobs,
     tx: SyncSender<PlainBlob>,
     buf: Vec<u8>,
+    cancel: Option<&'a AtomicBool>,
 }
 
 impl FileReader<'_> {
@@ -792,16 +848,16 @@ impl FileReader<'_> {
     }
 
     fn read_large(&mut self, idx: usize, rec: &FileRecord) -> Result<FileOutcome> {
-        let mut out =
-            FileOutcome { file: idx, pieces: Vec::new(), size: 0, bytes_read: 0, changed: false, warning: None };
-        let (mut file, before) = match open_for_backup(&rec.path) {
+        let mut out = FileOutcome { file: idx, ..Default::default() };
+        let (mut file, before) = match open_for_backup(rec) {
             Ok(f) => f,
             Err(e) => {
-                out.warning = Some(format!("{}: {e}; not backed up", rec.path.display()));
+                out.skipped = Some(e.to_string());
                 return Ok(out);
             }
         };
         let regions = data_regions(&file, &before);
+        let sparse = regions.is_some();
         let mut pos = 0u64;
         let mut pieces = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
@@ -816,34 +872,40 @@ impl FileReader<'_> {
                     Some(l) => Box::new(Read::by_ref(file).take(l)),
                     None => Box::new(Read::by_ref(file)),
                 };
-                let n = this
-                    .chunker
-                    .chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
-                        let id = this.keys.blob_id(chunk);
-                        pieces.push(Piece::Chunk { id, len: chunk.len() as u32 });
-                        this.store(id, chunk)
-                    })
-                    .map_err(|e| match e {
-                        Error::Io { error, .. } => Error::io(&rec.path, error),
-                        other => other,
-                    })?;
+                let n = this.chunker.chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
+                    if this.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                        return Err(Error::Interrupted);
+                    }
+                    let id = this.keys.blob_id(chunk);
+                    pieces.push(Piece::Chunk { id, len: chunk.len() as u32 });
+                    this.store(id, chunk)
+                })?;
                 pos = start + n;
                 Ok(n)
             };
         let mut read = 0;
-        match regions {
-            Some(regions) => {
-                for (start, end) in regions {
-                    read += chunk_region(&mut file, start, Some(end - start), &mut pieces)?;
-                }
-                if before.len() > pos {
-                    pieces.push(Piece::Hole { len: before.len() - pos });
-                    pos = before.len();
-                }
-            }
-            None => read += chunk_region(&mut file, 0, None, &mut pieces)?,
-        }
+        let result = match regions {
+            Some(regions) => regions.into_iter().try_for_each(|(start, end)| {
+                read += chunk_region(&mut file, start, Some(end - start), &mut pieces)?;
+                Ok(())
+            }),
+            None => chunk_region(&mut file, 0, None, &mut pieces).map(|n| read += n),
+        };
         self.buf = buf;
+        match result {
+            Ok(()) => {}
+            // A file that cannot be read to its end (an I/O error, a file
+            // system that went away) is left out; the backup goes on.
+            Err(Error::Io { error, .. }) => {
+                out.skipped = Some(format!("reading failed: {error}"));
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+        if sparse && before.len() > pos {
+            pieces.push(Piece::Hole { len: before.len() - pos });
+            pos = before.len();
+        }
         let after = file.metadata().at(&rec.path)?;
         out.changed = changed(&before, &after) || pos != before.len();
         out.pieces = pieces;
@@ -858,20 +920,26 @@ impl FileReader<'_> {
         let limit = self.chunker.params().max_size as u64;
         for &idx in list {
             let rec = &files[idx];
-            let mut out =
-                FileOutcome { file: idx, pieces: Vec::new(), size: 0, bytes_read: 0, changed: false, warning: None };
-            match open_for_backup(&rec.path) {
+            let mut out = FileOutcome { file: idx, ..Default::default() };
+            match open_for_backup(rec) {
                 Ok((file, before)) => {
                     let start = data.len();
-                    (&file).take(limit).read_to_end(&mut data).at(&rec.path)?;
-                    let after = file.metadata();
-                    let len = (data.len() - start) as u64;
-                    out.size = len;
-                    out.bytes_read = len;
-                    out.changed = after.map_or(true, |a| changed(&before, &a)) || len != before.len();
-                    out.pieces = vec![Piece::Slice { id: Id::ZERO, offset: start as u32, len: len as u32 }];
+                    match (&file).take(limit).read_to_end(&mut data) {
+                        Ok(_) => {
+                            let after = file.metadata();
+                            let len = (data.len() - start) as u64;
+                            out.size = len;
+                            out.bytes_read = len;
+                            out.changed = after.map_or(true, |a| changed(&before, &a)) || len != before.len();
+                            out.pieces = vec![Piece::Slice { id: Id::ZERO, offset: start as u32, len: len as u32 }];
+                        }
+                        Err(e) => {
+                            data.truncate(start);
+                            out.skipped = Some(format!("reading failed: {e}"));
+                        }
+                    }
                 }
-                Err(e) => out.warning = Some(format!("{}: {e}; not backed up", rec.path.display())),
+                Err(e) => out.skipped = Some(e.to_string()),
             }
             outs.push(out);
         }
@@ -894,14 +962,30 @@ impl FileReader<'_> {
     }
 }
 
-/// Open a file without following a symlink swapped in since the scan, and
-/// without updating its access time where the kernel allows that.
-fn open_for_backup(path: &Path) -> std::io::Result<(File, std::fs::Metadata)> {
-    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-    let file = open(nix::libc::O_NOFOLLOW | nix::libc::O_NOATIME).or_else(|_| open(nix::libc::O_NOFOLLOW))?;
+/// Open a file for reading, safely whatever it became since the scan:
+/// `O_NOFOLLOW` (a symlink swapped in is not followed), `O_NONBLOCK` and
+/// `O_NOCTTY` (a FIFO or terminal swapped in neither blocks the backup nor
+/// becomes its terminal), `O_NOATIME` where the kernel allows it; then the
+/// open file must be the regular file the scan saw (same device and inode).
+fn open_for_backup(rec: &FileRecord) -> std::io::Result<(File, std::fs::Metadata)> {
+    use nix::libc::{O_NOATIME, O_NOCTTY, O_NOFOLLOW, O_NONBLOCK};
+    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(&rec.path);
+    let base = O_NOFOLLOW | O_NONBLOCK | O_NOCTTY;
+    let file = match open(base | O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => open(base),
+        other => other,
+    }
+    .map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::ELOOP) => std::io::Error::other("replaced by a symlink since it was scanned"),
+        Some(nix::libc::ENOENT) => std::io::Error::other("vanished since it was scanned"),
+        _ => e,
+    })?;
     let md = file.metadata()?;
     if !md.is_file() {
-        return Err(std::io::Error::other("no longer a regular file"));
+        return Err(std::io::Error::other("replaced by something that is not a regular file since it was scanned"));
+    }
+    if md.dev() != rec.dev || md.ino() != rec.entry.meta.inode {
+        return Err(std::io::Error::other("replaced by another file since it was scanned"));
     }
     Ok((file, md))
 }
@@ -1014,6 +1098,7 @@ impl TreeWriter<'_> {
                     let meta = d.meta.clone();
                     Entry { name, kind: EntryKind::Dir { tree: self.write_dir(d, files)? }, meta }
                 }
+                Node::File(i) if files[i].skipped => continue,
                 Node::File(i) => {
                     let mut e = files[i].entry.clone();
                     e.name = name;

@@ -59,13 +59,28 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
         damage.entry(object).or_insert_with(|| (detail, BTreeSet::new()));
     };
 
+    // The repository's directories: a backup needs every one of them.
+    for dir in repo.backend().missing_layout()? {
+        damaged(
+            format!("directory {dir}/"),
+            "missing: backups cannot write into the repository; `holdfast repair index` recreates it".into(),
+        );
+    }
+
     // Index files.
     let mut index = Index::default();
+    let mut index_damaged = false;
     for name in repo.backend().list(INDEX)?.into_iter().map(|f| f.name) {
         report.index_files += 1;
         match repo.read_index_file(&name) {
             Ok(f) => index.add_file(&f),
-            Err(e) => damaged(format!("index {}", short(&name)), e.to_string()),
+            Err(e) => {
+                index_damaged = true;
+                damaged(
+                    format!("index {}", short(&name)),
+                    format!("{e}; the packs it lists may hold needed blobs: run `holdfast repair index`"),
+                )
+            }
         }
     }
     report.blobs = index.len();
@@ -86,14 +101,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             _ => {}
         }
     }
-    for pack in on_disk.keys() {
-        if !index.packs().contains_key(pack) {
-            report.notes.push(format!(
-                "pack {} is not in any index (left by an interrupted backup; harmless, prune removes it)",
-                pack.short()
-            ));
-        }
-    }
+    let unindexed: Vec<Id> = on_disk.keys().filter(|p| !index.packs().contains_key(*p)).copied().collect();
     if let Ok(tmp) = repo.backend().list(TMP)
         && !tmp.is_empty()
     {
@@ -130,7 +138,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     repo.walk_trees_tolerant(&index, roots, |tid, tree, ()| {
         let mut node = TreeDamage::default();
         let mut next = Vec::new();
-        check_blob(tid, &index, &bad_packs, &bad_blobs, &mut node.own);
+        check_blob(tid, &index, &bad_packs, &bad_blobs, &mut node);
         match tree {
             Ok(tree) => {
                 for entry in &tree.entries {
@@ -143,7 +151,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
                         }
                         EntryKind::File(c) => {
                             for id in c.pieces.iter().filter_map(|p| p.chunk()) {
-                                check_blob(id, &index, &bad_packs, &bad_blobs, &mut node.own);
+                                check_blob(id, &index, &bad_packs, &bad_blobs, &mut node);
                             }
                         }
                         _ => {}
@@ -165,6 +173,57 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             damage.entry(object).or_insert_with(|| (detail, BTreeSet::new())).1.insert(sid.short());
         }
     }
+    // Packs no index lists: harmless leftovers of an interrupted run, unless
+    // snapshots need blobs that no index places — then such a pack may hold
+    // them, and is looked into.
+    let needed_unplaced: HashSet<Id> = trees.values().flat_map(|t| t.unplaced.iter().copied()).collect();
+    for pack in unindexed {
+        if needed_unplaced.is_empty() && !index_damaged {
+            report.notes.push(format!(
+                "pack {} is not in any index (left by an interrupted backup; harmless, prune removes it)",
+                pack.short()
+            ));
+            continue;
+        }
+        let held = repo.backend().get(PACKS, &pack.to_hex()).and_then(|bytes| read_header(&pack, &bytes, repo.keys()));
+        match held {
+            Ok(blobs) => {
+                let needed = blobs.iter().filter(|b| needed_unplaced.contains(&b.id)).count();
+                if needed > 0 {
+                    damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
+                        (
+                            format!(
+                                "holds {needed} blob(s) that snapshots need but is in no index \
+                                 (an index file was lost): run `holdfast repair index`; prune refuses to run until then"
+                            ),
+                            BTreeSet::new(),
+                        )
+                    });
+                } else if index_damaged {
+                    report.notes.push(format!(
+                        "pack {} is not in any readable index; `holdfast repair index` lists it again",
+                        pack.short()
+                    ));
+                } else {
+                    report.notes.push(format!(
+                        "pack {} is not in any index and holds nothing the snapshots need (harmless, prune removes it)",
+                        pack.short()
+                    ));
+                }
+            }
+            Err(e) => {
+                damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
+                    (
+                        format!(
+                            "is in no index and cannot be read ({e}); snapshots need blobs that no index places \
+                             and it may have held them"
+                        ),
+                        BTreeSet::new(),
+                    )
+                });
+            }
+        }
+    }
     report.problems = damage
         .into_iter()
         .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })
@@ -178,6 +237,8 @@ struct TreeDamage {
     /// (object, detail) of what this tree itself needs and cannot have.
     own: BTreeSet<(String, String)>,
     subtrees: Vec<Id>,
+    /// Blobs it needs that no index places.
+    unplaced: Vec<Id>,
 }
 
 /// Everything damaged at or below tree `root`, remembered per tree in
@@ -217,11 +278,17 @@ fn check_blob(
     index: &Index,
     bad_packs: &HashMap<Id, String>,
     bad_blobs: &HashMap<Id, String>,
-    deps: &mut BTreeSet<(String, String)>,
+    node: &mut TreeDamage,
 ) {
+    let deps = &mut node.own;
     match index.get(id) {
         None => {
-            deps.insert((format!("blob {}", id.short()), "referenced but not in any index".into()));
+            node.unplaced.push(*id);
+            deps.insert((
+                format!("blob {}", id.short()),
+                "referenced but not in any index: run `holdfast repair index` (it may be in a pack no index lists)"
+                    .into(),
+            ));
         }
         Some(loc) => {
             if let Some(why) = bad_packs.get(&loc.pack) {
@@ -235,7 +302,7 @@ fn check_blob(
 }
 
 /// Read every indexed pack: damaged packs and damaged blobs, and bytes read.
-fn read_all_packs(
+pub(crate) fn read_all_packs(
     repo: &Repository,
     index: &Index,
     on_disk: &HashMap<Id, u64>,

@@ -10,8 +10,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use std::os::fd::BorrowedFd;
+
 use nix::fcntl::{AT_FDCWD, AtFlags};
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, mknod, utimensat};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Group, Uid, User, fchown, fchownat};
 
@@ -131,55 +133,81 @@ pub fn data_regions(file: &File, md: &FsMetadata) -> Option<Vec<(u64, u64)>> {
     Some(regions)
 }
 
-/// Apply owner (as root only), xattrs, mode and times to a restored path,
-/// through `open` when the caller holds the file open (no path lookups).
+/// Apply owner (as root only), xattrs, mode and times to a restored file or
+/// directory through its open descriptor (no path lookup can be redirected).
 /// Owner first: `chown` clears setuid bits and capabilities. Xattrs before
-/// the mode: the kernel refuses them on a read-only file to its owner.
-pub fn apply_metadata(
-    path: &Path,
-    open: Option<&File>,
+/// the mode: the kernel refuses them on a read-only file to its owner. The
+/// mode comes last but one, so the file was never more open than it ends.
+pub fn apply_to_file(file: &File, meta: &Metadata, names: &mut NameCache, shown: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use xattr::FileExt;
+    let io = |e: nix::Error| Error::io(shown, std::io::Error::from(e));
+    if nix::unistd::geteuid().is_root() {
+        let (uid, gid) = (Some(Uid::from_raw(names.uid_for(meta))), Some(Gid::from_raw(names.gid_for(meta))));
+        fchown(file, uid, gid).map_err(io)?;
+    }
+    for (name, value) in &meta.xattrs {
+        file.set_xattr(OsStr::from_bytes(name), value).map_err(|e| Error::io(shown, e))?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(meta.mode)).map_err(|e| Error::io(shown, e))?;
+    let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
+    futimens(file, &t, &t).map_err(io)
+}
+
+/// Apply owner, mode and times to a symlink, FIFO or device node `name` in
+/// `dir`, never following it (a symlink keeps no mode of its own; special
+/// files take no `user.` xattrs).
+pub fn apply_to_special(
+    dir: BorrowedFd,
+    name: &OsStr,
     meta: &Metadata,
     is_symlink: bool,
     names: &mut NameCache,
+    shown: &Path,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    use xattr::FileExt;
-    let io = |e: nix::Error| Error::io(path, std::io::Error::from(e));
+    let io = |e: nix::Error| Error::io(shown, std::io::Error::from(e));
     if nix::unistd::geteuid().is_root() {
         let (uid, gid) = (Some(Uid::from_raw(names.uid_for(meta))), Some(Gid::from_raw(names.gid_for(meta))));
-        match open {
-            Some(f) => fchown(f, uid, gid),
-            None => fchownat(AT_FDCWD, path, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
-        }
-        .map_err(io)?;
+        fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)?;
     }
     if !is_symlink {
-        for (name, value) in &meta.xattrs {
-            let name = OsStr::from_bytes(name);
-            match open {
-                Some(f) => f.set_xattr(name, value),
-                None => xattr::set(path, name, value),
-            }
-            .map_err(|e| Error::io(path, e))?;
+        // chmod has no "do not follow": change the mode through a handle on
+        // the node itself (O_PATH opens it without opening the device).
+        let node = nix::fcntl::openat(
+            dir,
+            name,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
+        match nix::sys::stat::fchmodat(
+            AT_FDCWD,
+            proc_path.as_str(),
+            Mode::from_bits_truncate(meta.mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        ) {
+            Ok(()) => {}
+            // No /proc: the name itself (the node was just made in a
+            // directory this restore created or was given).
+            Err(nix::errno::Errno::ENOENT) => nix::sys::stat::fchmodat(
+                dir,
+                name,
+                Mode::from_bits_truncate(meta.mode),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(io)?,
+            Err(e) => return Err(io(e)),
         }
-        let mode = std::fs::Permissions::from_mode(meta.mode);
-        match open {
-            Some(f) => f.set_permissions(mode),
-            None => std::fs::set_permissions(path, mode),
-        }
-        .map_err(|e| Error::io(path, e))?;
     }
     let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
-    match open {
-        Some(f) => futimens(f, &t, &t),
-        None => utimensat(AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink),
-    }
-    .map_err(io)
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io)
 }
 
-/// Recreate a FIFO or device node.
-pub fn make_node(path: &Path, kind: SFlag, rdev: u64) -> Result<()> {
-    mknod(path, kind, Mode::from_bits_truncate(0o600), rdev).map_err(|e| Error::io(path, std::io::Error::from(e)))
+/// Recreate a FIFO or device node as `name` in `dir`, mode 0600 to begin with.
+pub fn make_node(dir: BorrowedFd, name: &OsStr, kind: SFlag, rdev: u64, shown: &Path) -> Result<()> {
+    nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(0o600), rdev)
+        .map_err(|e| Error::io(shown, std::io::Error::from(e)))
 }
 
 pub fn name_bytes(name: &OsStr) -> Vec<u8> {

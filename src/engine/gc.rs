@@ -237,16 +237,32 @@ pub struct GcReport {
 }
 
 /// Every blob (chunks and trees) the repository's snapshots reference.
-/// Fails if any snapshot or tree cannot be read: never delete when unsure.
+/// Fails if any snapshot or tree cannot be read, or if a referenced blob is
+/// in no index: never delete when unsure. (A lost index file leaves its
+/// packs looking unreferenced and unindexed; deleting them would lose data
+/// that `repair index` can bring back.)
 fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
     let (snaps, unreadable) = repo.snapshots()?;
     if let Some((name, e)) = unreadable.first() {
-        return Err(Error::Invalid(format!("snapshot {name} cannot be read ({e}); not collecting garbage")));
+        return Err(Error::Invalid(format!(
+            "snapshot {} cannot be read ({e}); not collecting garbage (nothing was deleted). \
+             `holdfast check` says more; `holdfast forget {}` removes it if it is beyond repair",
+            &name[..name.len().min(8)],
+            &name[..name.len().min(8)]
+        )));
     }
     let mut seen: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
     let roots = seen.iter().map(|id| (*id, ())).collect();
-    repo.walk_trees(index, roots, |_, tree, ()| {
+    let mut unreadable_trees = Vec::new();
+    repo.walk_trees_tolerant(index, roots, |id, tree, ()| {
         let mut subtrees = Vec::new();
+        let tree = match tree {
+            Ok(t) => t,
+            Err(e) => {
+                unreadable_trees.push(format!("tree {} ({e})", id.short()));
+                return Ok(subtrees);
+            }
+        };
         for e in &tree.entries {
             match &e.kind {
                 EntryKind::Dir { tree } if seen.insert(*tree) => subtrees.push((*tree, ())),
@@ -256,6 +272,25 @@ fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
         }
         Ok(subtrees)
     })?;
+    let unplaced = seen.iter().filter(|id| !index.contains(id)).count();
+    if !unreadable_trees.is_empty() || unplaced > 0 {
+        let mut what = Vec::new();
+        if unplaced > 0 {
+            what.push(format!("{unplaced} blob(s) that snapshots need are in no readable index"));
+        }
+        if !unreadable_trees.is_empty() {
+            what.push(format!(
+                "{} tree(s) cannot be read: {}",
+                unreadable_trees.len(),
+                unreadable_trees.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Err(Error::Invalid(format!(
+            "{}; not collecting garbage (nothing was deleted): packs that look unused may hold them. \
+             Run `holdfast repair index` (rebuilds the index from the packs), then `holdfast check`",
+            what.join("; ")
+        )));
+    }
     Ok(seen)
 }
 
@@ -273,7 +308,11 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     let mut index = Index::default();
     for name in names(repo, INDEX)? {
-        let f = repo.read_index_file(&name)?;
+        let f = repo.read_index_file(&name).map_err(|e| {
+            Error::Invalid(format!(
+                "{e}; not collecting garbage (nothing was deleted): run `holdfast repair index`, then prune again"
+            ))
+        })?;
         index.add_file(&f);
         files.push((name, f));
     }

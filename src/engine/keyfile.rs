@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 const DEFAULT_M_KIB: u32 = 64 * 1024;
 const DEFAULT_T: u32 = 2;
 const DEFAULT_P: u32 = 1;
+/// The most a key file may ask for: 4 GiB, 64 passes, 16 lanes.
+const MAX_M_KIB: u32 = 4 << 20;
+const MAX_T: u32 = 64;
+const MAX_P: u32 = 16;
 
 /// The serialised key file (JSON; it contains no secret in the clear).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +185,17 @@ fn line_checksum(n: usize, bytes: &[u8]) -> String {
 fn derive_wrapping_key(passphrase: &[u8], kdf: &KdfParams) -> Result<[u8; 32]> {
     if kdf.algorithm != "argon2id" {
         return Err(Error::damaged("key file", format!("unknown KDF {:?}", kdf.algorithm)));
+    }
+    // A key file comes from the repository's storage: its costs are bounded
+    // so a planted one cannot make `open` take all memory or hours.
+    if kdf.memory_kib > MAX_M_KIB || kdf.iterations > MAX_T || kdf.parallelism > MAX_P {
+        return Err(Error::damaged(
+            "key file",
+            format!(
+                "argon2 parameters out of bounds (memory {} KiB, {} passes, {} lanes)",
+                kdf.memory_kib, kdf.iterations, kdf.parallelism
+            ),
+        ));
     }
     let salt = hex::decode(&kdf.salt).map_err(|e| Error::damaged("key file", e))?;
     let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod beneath;
 pub mod check;
 pub mod chunker;
 pub mod copy;
@@ -16,6 +17,7 @@ pub mod index;
 pub mod keyfile;
 pub mod pack;
 pub mod parallel;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;

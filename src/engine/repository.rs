@@ -121,11 +121,23 @@ impl Repository {
         Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name })
     }
 
-    /// Open the repository at `location` with `passphrase`.
+    /// Open the repository at `location` with `passphrase`. A key file that
+    /// cannot be used is never mistaken for a wrong passphrase: when no key
+    /// opens and some are damaged, the error names them and says what to do.
     pub fn open(location: &Location, passphrase: &[u8]) -> Result<Repository> {
         let backend = location.open_backend()?;
         let marker = read_marker(&*backend)?;
-        let mut names: Vec<String> = backend.list(KEYS).unwrap_or_default().into_iter().map(|f| f.name).collect();
+        let listed = match backend.list(KEYS) {
+            Ok(files) => files,
+            Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(Error::Invalid(format!(
+                    "cannot list the key files of the repository at {} ({e}); nothing was changed",
+                    backend.location()
+                )));
+            }
+        };
+        let mut names: Vec<String> = listed.into_iter().map(|f| f.name).collect();
         names.retain(|n| !n.starts_with('.'));
         if names.is_empty() {
             return Err(Error::NotARepository {
@@ -133,25 +145,59 @@ impl Repository {
                 reason: "it has no key files; restore one with `holdfast key import`".into(),
             });
         }
+        let mut unusable: Vec<String> = Vec::new();
         for name in names {
-            let Ok(bytes) = backend.get(KEYS, &name) else {
-                continue;
+            let bytes = match backend.get(KEYS, &name) {
+                Ok(b) => b,
+                Err(e) => {
+                    unusable.push(format!("{} (cannot be read: {e})", short(&name)));
+                    continue;
+                }
             };
-            let Ok(kf) = KeyFile::from_json(&bytes) else {
-                continue;
+            let renamed = Id::of_bytes(&bytes).to_hex() != name;
+            let kf = match KeyFile::from_json(&bytes) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    unusable.push(format!("{} ({e})", short(&name)));
+                    continue;
+                }
             };
             if kf.repo_id().ok() != Some(marker.id) {
+                unusable.push(format!("{} (belongs to another repository)", short(&name)));
                 continue;
             }
-            if let Some(master) = kf.unlock(passphrase)? {
-                let keys = Keys::derive(&master);
-                let sealed = backend.get(ROOT, CONFIG)?;
-                let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
-                let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
-                return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
+            match kf.unlock(passphrase) {
+                Ok(Some(master)) => {
+                    let keys = Keys::derive(&master);
+                    let sealed = backend.get(ROOT, CONFIG).map_err(|e| {
+                        Error::damaged(
+                            "config",
+                            format!("cannot be read ({e}); the repository cannot be used without it"),
+                        )
+                    })?;
+                    let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
+                    let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
+                    return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
+                }
+                // The content no longer matches the name it was stored
+                // under: damaged, not (necessarily) the wrong passphrase.
+                Ok(None) if renamed => {
+                    unusable.push(format!("{} (its content does not match its name: damaged)", short(&name)))
+                }
+                Ok(None) => {}
+                Err(e) => unusable.push(format!("{} ({e})", short(&name))),
             }
         }
-        Err(Error::WrongPassphrase(backend.location().into()))
+        if unusable.is_empty() {
+            return Err(Error::WrongPassphrase(backend.location().into()));
+        }
+        Err(Error::KeyUnusable(format!(
+            "no key file of the repository at {} opens with this passphrase, and key file(s) {} cannot be used, \
+             so the passphrase may be right: import an exported key with `holdfast key import` \
+             (`holdfast check` cannot run without a key)",
+            backend.location(),
+            unusable.join(", ")
+        )))
     }
 
     /// Where it is: a path or an `s3://` URL.
@@ -237,25 +283,44 @@ impl Repository {
                 Err(e) => bad.push((name, e)),
             }
         }
-        good.sort_by_key(|(id, s)| (s.time, *id));
+        // A repaired snapshot keeps its original's time and sorts after it.
+        good.sort_by_key(|(id, s)| (s.time, s.repaired.is_some(), *id));
         Ok((good, bad))
     }
 
-    /// Resolve `latest` or a unique id prefix.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+    /// Resolve `latest` or a unique id prefix. `latest` fails while some
+    /// snapshot cannot be read (it may be the newest) unless
+    /// `skip_damaged`; then it is the newest readable one.
+    pub fn find_snapshot(&self, spec: &str, skip_damaged: bool) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
-            let (mut all, _) = self.snapshots()?;
-            return all.pop().ok_or_else(|| Error::NoSuchSnapshot(spec.into()));
+            let (all, bad) = self.snapshots()?;
+            return newest(all, &bad, skip_damaged, |_| true).ok_or_else(|| Error::NoSuchSnapshot(spec.into()))?;
         }
+        let id = self.snapshot_id(spec)?;
+        let snapshot = self.read_snapshot(&id).map_err(|e| {
+            Error::damaged(
+                format!("snapshot {}", id.short()),
+                format!(
+                    "cannot be read ({e}); `holdfast check` says more, `holdfast forget {}` removes it",
+                    id.short()
+                ),
+            )
+        })?;
+        Ok((id, snapshot))
+    }
+
+    /// The snapshot whose id starts with `spec` (read or not: a damaged
+    /// snapshot can still be named, to forget it).
+    pub fn snapshot_id(&self, spec: &str) -> Result<Id> {
         let spec_lc = spec.to_ascii_lowercase();
+        if spec_lc.is_empty() || !spec_lc.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NoSuchSnapshot(spec.into()));
+        }
         let matches: Vec<String> =
             self.backend.list(SNAPSHOTS)?.into_iter().map(|f| f.name).filter(|n| n.starts_with(&spec_lc)).collect();
         match matches.as_slice() {
             [] => Err(Error::NoSuchSnapshot(spec.into())),
-            [one] => {
-                let id = Id::from_hex(one).ok_or_else(|| Error::NoSuchSnapshot(spec.into()))?;
-                Ok((id, self.read_snapshot(&id)?))
-            }
+            [one] => Id::from_hex(one).ok_or_else(|| Error::NoSuchSnapshot(spec.into())),
             many => {
                 Err(Error::AmbiguousSnapshot(spec.into(), many.iter().map(|n| short(n)).collect::<Vec<_>>().join(", ")))
             }
@@ -541,6 +606,36 @@ impl Repository {
     pub fn key_file(&self) -> Result<KeyFile> {
         KeyFile::from_json(&self.backend.get(KEYS, &self.key_name)?)
     }
+}
+
+/// The newest of `snapshots` that `wanted` accepts. `None` when there is
+/// none; an error when some snapshot could not be read (`unreadable`) and
+/// so might be the newest, unless `skip_damaged`.
+pub fn newest(
+    snapshots: Vec<(Id, Snapshot)>,
+    unreadable: &Unreadable,
+    skip_damaged: bool,
+    wanted: impl Fn(&Snapshot) -> bool,
+) -> Option<Result<(Id, Snapshot)>> {
+    if let Some((name, e)) = unreadable.first()
+        && !skip_damaged
+    {
+        return Some(Err(Error::damaged(
+            format!("snapshot {}", short(name)),
+            format!(
+                "cannot be read ({e}); it may be the newest, so `latest` is not certain: \
+                 name a snapshot, pass --skip-damaged to take the newest readable one, \
+                 or `holdfast forget {}` if it is beyond repair{}",
+                short(name),
+                if unreadable.len() > 1 {
+                    format!(" ({} snapshots cannot be read)", unreadable.len())
+                } else {
+                    String::new()
+                }
+            ),
+        )));
+    }
+    snapshots.into_iter().rev().find(|(_, s)| wanted(s)).map(Ok)
 }
 
 /// Put a key file into a repository that lost its `keys/` (or add one).

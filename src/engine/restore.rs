@@ -9,19 +9,35 @@
 //! applied last, deepest first, so writing into a directory does not spoil
 //! its restored mtime. Every chunk is authenticated and its id re-checked
 //! before its bytes reach a file.
+//!
+//! Safety, by construction:
+//! - every path is resolved beneath the target through [`Beneath`]: nothing
+//!   already in the target (a symlink on the way, a FIFO where a file goes)
+//!   is followed or opened; non-directories in the way are replaced;
+//! - everything is created private (files 0600, directories 0700) and gets
+//!   its recorded mode only when complete, so another user never reads a
+//!   0600 file while it is written;
+//! - files, links and special files are made under temporary names
+//!   (`.hf-<run>-<n>`) and renamed into place when complete: an interrupted
+//!   restore leaves no full-size file with partial content under a real
+//!   name (and removes its temporary files when it can).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use nix::sys::stat::SFlag;
 
+use crate::engine::beneath::{self, Beneath, Found, name};
 use crate::engine::crypto::Id;
-use crate::engine::fsmeta::{NameCache, apply_metadata, make_node};
+use crate::engine::fsmeta::{NameCache, apply_to_file, apply_to_special, make_node};
 use crate::engine::index::Index;
 use crate::engine::parallel::for_each_parallel_with;
 use crate::engine::repository::{PackFiles, PackRead, Repository, plan_pack_reads, sealed_blobs};
@@ -30,12 +46,16 @@ use crate::engine::tree::{Entry, EntryKind, Metadata, Piece, Tree};
 use crate::error::{Error, IoContext, Result};
 
 /// What to restore and where.
+#[derive(Clone, Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore (with everything under them);
     /// empty means everything.
     pub include: Vec<PathBuf>,
     pub threads: usize,
+    /// Set from elsewhere (a signal handler) to stop the restore early; its
+    /// temporary files are removed.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// Figures of a restore.
@@ -48,73 +68,75 @@ pub struct RestoreSummary {
     pub warnings: Vec<String>,
 }
 
-/// A file to write.
+/// A directory of the restore, relative to the target.
+struct DirPlan {
+    rel: PathBuf,
+    /// Its recorded metadata (none for the target itself).
+    meta: Option<Metadata>,
+}
+
+/// A file to write: in directory `dir`, as `tmp` until complete, then `name`.
 struct FileJob {
-    path: PathBuf,
+    dir: usize,
+    name: Vec<u8>,
+    tmp: Vec<u8>,
     /// Its path inside the snapshot, for messages.
     in_snapshot: PathBuf,
     entry: Entry,
 }
 
+/// A hard link to the file `first` (an index into the files), or a
+/// symlink / special file: made as `tmp`, renamed to `name` in `dir`.
+struct NodeJob {
+    dir: usize,
+    name: Vec<u8>,
+    tmp: Vec<u8>,
+    kind: NodeKind,
+}
+
+enum NodeKind {
+    Link { first: usize },
+    Other(Entry),
+}
+
 /// Restore `snapshot` according to `opts`.
 pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let (index, _) = repo.load_index()?;
-    std::fs::create_dir_all(&opts.target).at(&opts.target)?;
-    let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
+    crate::fsutil::create_dir_all(&opts.target, crate::fsutil::PRIVATE_DIR)?;
+    let target = Beneath::open(&opts.target)?;
     let mut walk = Walk {
-        include,
+        target: &target,
+        include: opts.include.iter().map(|p| components(p)).collect(),
+        tag: Id::random()?.short(),
+        temporaries: 0,
+        dirs: vec![DirPlan { rel: PathBuf::new(), meta: None }],
         files: Vec::new(),
-        links: Vec::new(),
-        others: Vec::new(),
-        dirs: Vec::new(),
+        nodes: Vec::new(),
         seen_links: HashMap::new(),
         summary: RestoreSummary::default(),
         selected: 0,
+        cancel: opts.cancel.as_deref(),
     };
-    let root = (snapshot.root, (opts.target.clone(), Vec::new()));
-    repo.walk_trees(&index, vec![root], |id, tree, (target, path)| walk.dir(id, tree, &target, path))?;
+    let root = (snapshot.root, (0usize, Vec::new()));
+    repo.walk_trees(&index, vec![root], |id, tree, (dir, path)| walk.dir(id, tree, dir, path))?;
     if walk.selected == 0 && !opts.include.is_empty() {
         return Err(Error::Invalid(format!(
             "{} is not in the snapshot; nothing was written",
             opts.include.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let Walk { files, links, others, dirs, mut summary, .. } = walk;
-
-    write_files(repo, &index, files, opts.threads.max(1), opts.threads.max(repo.backend().parallelism()))?;
-
-    let mut names = NameCache::default();
-    for (path, first) in links {
-        std::fs::hard_link(&first, &path).at(&path)?;
+    let Walk { files, nodes, dirs, mut summary, .. } = walk;
+    let done: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
+    let job =
+        RestoreJob { repo, target: &target, dirs: &dirs, files: &files, done: &done, cancel: opts.cancel.as_deref() };
+    let result = job
+        .write_files(&index, opts.threads.max(1), opts.threads.max(repo.backend().parallelism()))
+        .and_then(|()| job.make_nodes(&nodes, &mut summary))
+        .and_then(|()| job.finish_dirs());
+    if result.is_err() {
+        job.remove_temporaries(&nodes);
     }
-    for (path, entry) in others {
-        let made = match &entry.kind {
-            EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path).at(&path)
-            }
-            EntryKind::Fifo => make_node(&path, SFlag::S_IFIFO, 0),
-            EntryKind::CharDevice { rdev } | EntryKind::BlockDevice { rdev } => {
-                if !nix::unistd::geteuid().is_root() {
-                    summary
-                        .warnings
-                        .push(format!("{}: device node recreated only when restoring as root", path.display()));
-                    continue;
-                }
-                let kind =
-                    if matches!(entry.kind, EntryKind::CharDevice { .. }) { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-                make_node(&path, kind, *rdev)
-            }
-            _ => continue,
-        };
-        made?;
-        let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
-        apply_metadata(&path, None, &entry.meta, is_link, &mut names)?;
-    }
-    // Created parents first; reversed, every directory comes before its parent.
-    for (path, meta) in dirs.iter().rev() {
-        apply_metadata(path, None, meta, false, &mut names)?;
-    }
-    Ok(summary)
+    result.map(|()| summary)
 }
 
 fn components(p: &Path) -> Vec<Vec<u8>> {
@@ -126,22 +148,28 @@ fn components(p: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The walk over the snapshot's trees that plans the restore.
-struct Walk {
+/// The walk over the snapshot's trees that plans the restore (and creates
+/// its directories).
+struct Walk<'a> {
+    target: &'a Beneath,
     include: Vec<Vec<Vec<u8>>>,
-    files: Vec<FileJob>,
-    links: Vec<(PathBuf, PathBuf)>,
-    others: Vec<(PathBuf, Entry)>,
+    /// This restore's mark in temporary names.
+    tag: String,
+    temporaries: u64,
     /// Directories in the order they were created (parents first).
-    dirs: Vec<(PathBuf, Metadata)>,
-    seen_links: HashMap<u64, PathBuf>,
+    dirs: Vec<DirPlan>,
+    files: Vec<FileJob>,
+    nodes: Vec<NodeJob>,
+    seen_links: HashMap<u64, usize>,
     summary: RestoreSummary,
     /// Entries inside the included paths (not counting their ancestors).
     selected: u64,
+    cancel: Option<&'a AtomicBool>,
 }
 
-/// Where a directory of the snapshot goes, and its path in the snapshot.
-type DirContext = (PathBuf, Vec<Vec<u8>>);
+/// Where a directory of the snapshot goes (its index in the plan), and its
+/// path in the snapshot.
+type DirContext = (usize, Vec<Vec<u8>>);
 
 enum Selected {
     /// Inside an included path: restore it and everything below.
@@ -151,7 +179,7 @@ enum Selected {
     No,
 }
 
-impl Walk {
+impl Walk<'_> {
     fn select(&self, path: &[Vec<u8>]) -> Selected {
         if self.include.is_empty() {
             return Selected::All;
@@ -168,18 +196,28 @@ impl Walk {
         sel
     }
 
-    /// Plan one directory whose tree is `tree`: create its subdirectories
-    /// and return them, to be walked next.
-    fn dir(
-        &mut self,
-        tree_id: &Id,
-        tree: &Tree,
-        target: &Path,
-        mut path: Vec<Vec<u8>>,
-    ) -> Result<Vec<(Id, DirContext)>> {
+    /// A new temporary name, short whatever the final name's length.
+    fn temporary(&mut self) -> Vec<u8> {
+        self.temporaries += 1;
+        format!(".hf-{}-{}", self.tag, self.temporaries).into_bytes()
+    }
+
+    /// Plan one directory (index `dir`) whose tree is `tree`: create its
+    /// subdirectories and return them, to be walked next.
+    fn dir(&mut self, tree_id: &Id, tree: &Tree, dir: usize, mut path: Vec<Vec<u8>>) -> Result<Vec<(Id, DirContext)>> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
+        let rel = self.dirs[dir].rel.clone();
+        let parent = self.target.dir(&rel)?;
         let mut subdirs = Vec::new();
         for entry in &tree.entries {
-            if entry.name.is_empty() || entry.name == b"." || entry.name == b".." || entry.name.contains(&b'/') {
+            let unsafe_name = entry.name.is_empty()
+                || entry.name == b"."
+                || entry.name == b".."
+                || entry.name.contains(&b'/')
+                || entry.name.contains(&0);
+            if unsafe_name {
                 return Err(Error::damaged(format!("tree {}", tree_id.short()), "an entry has an unsafe name"));
             }
             path.push(entry.name.clone());
@@ -187,39 +225,58 @@ impl Walk {
             if matches!(selected, Selected::All) {
                 self.selected += 1;
             }
-            let dest = target.join(std::ffi::OsStr::from_bytes(&entry.name));
+            let dest = rel.join(name(&entry.name));
+            let shown = self.target.display(&dest);
             match (&selected, &entry.kind) {
-                (Selected::No, _) => {}
+                (Selected::No, _) | (Selected::Ancestor, EntryKind::File(_)) => {}
                 (_, EntryKind::Dir { tree }) => {
-                    match std::fs::create_dir(&dest) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
-                        Err(e) => return Err(Error::io(&dest, e)),
-                    }
+                    beneath::ensure_dir(beneath::fd(&parent), name(&entry.name), &shown)?;
                     self.summary.dirs += 1;
-                    self.dirs.push((dest.clone(), entry.meta.clone()));
-                    subdirs.push((*tree, (dest, path.clone())));
+                    self.dirs.push(DirPlan { rel: dest, meta: Some(entry.meta.clone()) });
+                    subdirs.push((*tree, (self.dirs.len() - 1, path.clone())));
                 }
                 (Selected::Ancestor, _) => {}
                 (Selected::All, EntryKind::File(content)) => {
+                    // A directory where the snapshot has a file: say so now,
+                    // before any content is written.
+                    if beneath::lookup(beneath::fd(&parent), name(&entry.name), &shown)? == Found::Dir {
+                        return Err(Error::Invalid(format!(
+                            "{}: a directory is in the way of a file of the snapshot; remove it or restore elsewhere",
+                            shown.display()
+                        )));
+                    }
                     self.summary.files += 1;
                     self.summary.bytes += entry.meta.size;
+                    let tmp = self.temporary();
                     if let Some(group) = content.hardlink {
                         if let Some(first) = self.seen_links.get(&group) {
-                            self.links.push((dest, first.clone()));
+                            let kind = NodeKind::Link { first: *first };
+                            self.nodes.push(NodeJob { dir, name: entry.name.clone(), tmp, kind });
                             path.pop();
                             continue;
                         }
-                        self.seen_links.insert(group, dest.clone());
+                        self.seen_links.insert(group, self.files.len());
                     }
                     let in_snapshot: PathBuf = std::iter::once(Path::new("/").to_path_buf())
-                        .chain(path.iter().map(|c| PathBuf::from(std::ffi::OsStr::from_bytes(c))))
+                        .chain(path.iter().map(|c| PathBuf::from(name(c))))
                         .collect();
-                    self.files.push(FileJob { path: dest, in_snapshot, entry: entry.clone() });
+                    self.files.push(FileJob { dir, name: entry.name.clone(), tmp, in_snapshot, entry: entry.clone() });
+                }
+                (Selected::All, EntryKind::Socket) => {
+                    self.summary.warnings.push(format!(
+                        "{}: a socket; not restored (the program that listens on it creates it)",
+                        shown.display()
+                    ));
                 }
                 (Selected::All, _) => {
                     self.summary.other += 1;
-                    self.others.push((dest, entry.clone()));
+                    let tmp = self.temporary();
+                    self.nodes.push(NodeJob {
+                        dir,
+                        name: entry.name.clone(),
+                        tmp,
+                        kind: NodeKind::Other(entry.clone()),
+                    });
                 }
             }
             path.pop();
@@ -237,98 +294,268 @@ struct Target {
     slice: Option<(u32, u32)>,
 }
 
-/// Write file contents, pack by pack: every needed blob is read once, in
-/// pack order, a few MiB per request, and written to every place it goes —
-/// what makes a restore from object storage as fast as from a disk. Files
-/// are created at their final length first (holes stay holes); a file gets
-/// its metadata from the thread that writes its last piece, through the
-/// descriptor that wrote it. File system work uses `threads`, reads
-/// `transfers` threads (more for a bucket, whose requests wait on the network).
-fn write_files(repo: &Repository, index: &Index, files: Vec<FileJob>, threads: usize, transfers: usize) -> Result<()> {
-    let mut targets: HashMap<Id, Vec<Target>> = HashMap::new();
-    let mut lengths = Vec::with_capacity(files.len());
-    let mut pieces_left = Vec::with_capacity(files.len());
-    for (i, job) in files.iter().enumerate() {
-        let (mut pos, mut pieces) = (0u64, 0u32);
-        if let EntryKind::File(content) = &job.entry.kind {
-            for piece in &content.pieces {
-                let (id, slice) = match piece {
-                    Piece::Hole { .. } => (None, None),
-                    Piece::Chunk { id, .. } => (Some(id), None),
-                    Piece::Slice { id, offset, len } => (Some(id), Some((*offset, *len))),
-                };
-                if let Some(id) = id {
-                    targets.entry(*id).or_default().push(Target { file: i, at: pos, slice });
-                    pieces += 1;
-                }
-                pos += piece.len();
-            }
-        }
-        lengths.push(pos);
-        pieces_left.push(AtomicU32::new(pieces));
-    }
-    let mut blobs = Vec::with_capacity(targets.len());
-    for (id, t) in &targets {
-        let loc = index.get(id).ok_or_else(|| {
-            let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
-            Error::damaged(format!("chunk {} (of {of})", id.short()), "not in the index")
-        })?;
-        blobs.push((*id, *loc));
-    }
-    let reads = plan_pack_reads(blobs);
+/// What the phases after the walk share.
+struct RestoreJob<'a> {
+    repo: &'a Repository,
+    target: &'a Beneath,
+    dirs: &'a [DirPlan],
+    files: &'a [FileJob],
+    /// Files renamed to their final name.
+    done: &'a [AtomicBool],
+    cancel: Option<&'a AtomicBool>,
+}
 
-    let names: Vec<Mutex<NameCache>> = (0..threads).map(|_| Mutex::new(NameCache::default())).collect();
-    for_each_parallel_with(files.len(), &names, FILES_PER_GRAB, |i, names| {
-        let FileJob { path, entry, .. } = &files[i];
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(path).at(path)?;
-        file.set_len(lengths[i]).at(path)?;
-        if pieces_left[i].load(Ordering::Relaxed) == 0 {
-            apply_metadata(path, Some(&file), &entry.meta, false, names)?;
+/// Open directories of the restore, per thread (a few, reused).
+struct DirHandles {
+    open: HashMap<usize, OwnedFd>,
+}
+
+impl DirHandles {
+    fn new() -> Self {
+        DirHandles { open: HashMap::new() }
+    }
+
+    fn get(&mut self, job: &RestoreJob, dir: usize) -> Result<&OwnedFd> {
+        if !self.open.contains_key(&dir) {
+            if self.open.len() >= 64 {
+                self.open.clear();
+            }
+            self.open.insert(dir, job.target.dir(&job.dirs[dir].rel)?);
+        }
+        self.open.get(&dir).ok_or_else(|| Error::Invalid("directory handle".into()))
+    }
+}
+
+impl RestoreJob<'_> {
+    fn cancelled(&self) -> Result<()> {
+        match self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where a file or node of the plan is, for messages.
+    fn shown(&self, dir: usize, file_name: &[u8]) -> PathBuf {
+        self.target.display(&self.dirs[dir].rel.join(name(file_name)))
+    }
+
+    /// A complete file gets its metadata through the descriptor that wrote
+    /// it, then its final name.
+    fn complete(&self, i: usize, file: &File, dirs: &mut DirHandles, names: &mut NameCache) -> Result<()> {
+        let job = &self.files[i];
+        let shown = self.shown(job.dir, &job.name);
+        apply_to_file(file, &job.entry.meta, names, &shown)?;
+        let parent = dirs.get(self, job.dir)?;
+        beneath::rename_into_place(beneath::fd(parent), name(&job.tmp), name(&job.name), &shown)?;
+        self.done[i].store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Write file contents, pack by pack: every needed blob is read once, in
+    /// pack order, a few MiB per request, and written to every place it goes
+    /// — what makes a restore from object storage as fast as from a disk.
+    /// Files are created at their final length first (holes stay holes); a
+    /// file is completed by the thread that writes its last piece. File
+    /// system work uses `threads`, reads `transfers` threads (more for a
+    /// bucket, whose requests wait on the network).
+    fn write_files(&self, index: &Index, threads: usize, transfers: usize) -> Result<()> {
+        let files = self.files;
+        let mut targets: HashMap<Id, Vec<Target>> = HashMap::new();
+        let mut lengths = Vec::with_capacity(files.len());
+        let mut pieces_left = Vec::with_capacity(files.len());
+        for (i, job) in files.iter().enumerate() {
+            let (mut pos, mut pieces) = (0u64, 0u32);
+            if let EntryKind::File(content) = &job.entry.kind {
+                for piece in &content.pieces {
+                    let (id, slice) = match piece {
+                        Piece::Hole { .. } => (None, None),
+                        Piece::Chunk { id, .. } => (Some(id), None),
+                        Piece::Slice { id, offset, len } => (Some(id), Some((*offset, *len))),
+                    };
+                    if let Some(id) = id {
+                        targets.entry(*id).or_default().push(Target { file: i, at: pos, slice });
+                        pieces += 1;
+                    }
+                    pos += piece.len();
+                }
+            }
+            lengths.push(pos);
+            pieces_left.push(AtomicU32::new(pieces));
+        }
+        let mut blobs = Vec::with_capacity(targets.len());
+        for (id, t) in &targets {
+            let loc = index.get(id).ok_or_else(|| {
+                let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
+                Error::damaged(
+                    format!("chunk {} (of {of})", id.short()),
+                    "not in the index; run `holdfast check`, then `holdfast repair index`",
+                )
+            })?;
+            blobs.push((*id, *loc));
+        }
+        let reads = plan_pack_reads(blobs);
+
+        let state: Vec<Mutex<(DirHandles, NameCache)>> =
+            (0..threads).map(|_| Mutex::new((DirHandles::new(), NameCache::default()))).collect();
+        for_each_parallel_with(files.len(), &state, FILES_PER_GRAB, |i, (dirs, names)| {
+            self.cancelled()?;
+            let job = &files[i];
+            let shown = self.shown(job.dir, &job.name);
+            let parent = dirs.get(self, job.dir)?;
+            let file = beneath::create_file(beneath::fd(parent), name(&job.tmp), &shown)?;
+            file.set_len(lengths[i]).map_err(|e| Error::io(&shown, e))?;
+            if pieces_left[i].load(Ordering::Relaxed) == 0 {
+                self.complete(i, &file, dirs, names)?;
+            }
+            Ok(())
+        })?;
+        let writers = Writers { job: self, targets: &targets, pieces_left: &pieces_left };
+        let caches: Vec<Mutex<WriterState>> = (0..transfers).map(|_| Mutex::new(WriterState::default())).collect();
+        for_each_parallel_with(reads.len(), &caches, 1, |i, state| writers.write_read(&reads[i], state))
+    }
+
+    /// Hard links, symlinks, FIFOs and device nodes (as root), each made
+    /// under its temporary name, given its metadata, then renamed into place.
+    fn make_nodes(&self, nodes: &[NodeJob], summary: &mut RestoreSummary) -> Result<()> {
+        let mut dirs = DirHandles::new();
+        let mut names = NameCache::default();
+        for node in nodes {
+            self.cancelled()?;
+            let shown = self.shown(node.dir, &node.name);
+            let tmp = name(&node.tmp);
+            let io = |e: nix::Error| Error::io(&shown, std::io::Error::from(e));
+            let parent =
+                beneath::fd(dirs.get(self, node.dir)?).try_clone_to_owned().map_err(|e| Error::io(&shown, e))?;
+            let parent = beneath::fd(&parent);
+            match &node.kind {
+                NodeKind::Link { first } => {
+                    let f = &self.files[*first];
+                    let from = dirs.get(self, f.dir)?;
+                    nix::unistd::linkat(beneath::fd(from), name(&f.name), parent, tmp, nix::fcntl::AtFlags::empty())
+                        .map_err(io)?;
+                }
+                NodeKind::Other(entry) => {
+                    match &entry.kind {
+                        EntryKind::Symlink { target } => {
+                            nix::unistd::symlinkat(OsStr::from_bytes(target), parent, tmp).map_err(io)?
+                        }
+                        EntryKind::Fifo => make_node(parent, tmp, SFlag::S_IFIFO, 0, &shown)?,
+                        EntryKind::CharDevice { rdev } | EntryKind::BlockDevice { rdev } => {
+                            if !nix::unistd::geteuid().is_root() {
+                                summary.warnings.push(format!(
+                                    "{}: device node recreated only when restoring as root",
+                                    shown.display()
+                                ));
+                                continue;
+                            }
+                            let kind = if matches!(entry.kind, EntryKind::CharDevice { .. }) {
+                                SFlag::S_IFCHR
+                            } else {
+                                SFlag::S_IFBLK
+                            };
+                            make_node(parent, tmp, kind, *rdev, &shown)?
+                        }
+                        _ => continue,
+                    }
+                    let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
+                    apply_to_special(parent, tmp, &entry.meta, is_link, &mut names, &shown)?;
+                }
+            }
+            beneath::rename_into_place(parent, tmp, name(&node.name), &shown)?;
         }
         Ok(())
-    })?;
-    let writers = Writers { targets: &targets, files: &files, pieces_left: &pieces_left };
-    let caches: Vec<Mutex<WriterState>> = (0..transfers).map(|_| Mutex::new(WriterState::default())).collect();
-    for_each_parallel_with(reads.len(), &caches, 1, |i, state| writers.write_read(repo, &reads[i], state))
+    }
+
+    /// Directory metadata, deepest first (created parents come first in
+    /// the plan; reversed, every directory comes before its parent), each
+    /// through a handle opened beneath the target.
+    fn finish_dirs(&self) -> Result<()> {
+        let mut names = NameCache::default();
+        for plan in self.dirs.iter().rev() {
+            let Some(meta) = &plan.meta else { continue };
+            let dir = File::from(self.target.dir(&plan.rel)?);
+            apply_to_file(&dir, meta, &mut names, &self.target.display(&plan.rel))?;
+        }
+        Ok(())
+    }
+
+    /// After a failure: remove the temporary names of what was not finished.
+    fn remove_temporaries(&self, nodes: &[NodeJob]) {
+        let mut dirs = DirHandles::new();
+        let unfinished = self
+            .files
+            .iter()
+            .zip(self.done)
+            .filter(|(_, done)| !done.load(Ordering::Acquire))
+            .map(|(f, _)| (f.dir, &f.tmp))
+            .chain(nodes.iter().map(|n| (n.dir, &n.tmp)));
+        for (dir, tmp) in unfinished {
+            if let Ok(parent) = dirs.get(self, dir) {
+                beneath::remove_temporary(beneath::fd(parent), name(tmp));
+            }
+        }
+    }
 }
 
 /// What the threads writing file contents share.
 struct Writers<'a> {
+    job: &'a RestoreJob<'a>,
     targets: &'a HashMap<Id, Vec<Target>>,
-    files: &'a [FileJob],
     /// Pieces of each file not written yet; whoever writes the last one
-    /// applies the file's metadata.
+    /// completes the file.
     pieces_left: &'a [AtomicU32],
 }
 
 /// One writing thread's own state: its reads, its open files, its names.
-#[derive(Default)]
 struct WriterState {
     packs: PackFiles,
     open: HashMap<usize, File>,
     names: NameCache,
+    dirs: DirHandles,
+}
+
+impl Default for WriterState {
+    fn default() -> Self {
+        WriterState {
+            packs: PackFiles::default(),
+            open: HashMap::new(),
+            names: NameCache::default(),
+            dirs: DirHandles::new(),
+        }
+    }
 }
 
 impl Writers<'_> {
     /// Fetch one pack read, open each blob (authenticated, id checked) and
     /// write it wherever it goes.
-    fn write_read(&self, repo: &Repository, read: &PackRead, state: &mut WriterState) -> Result<()> {
-        let files = self.files;
-        let bytes = repo.read_pack_range(read, &mut state.packs)?;
+    fn write_read(&self, read: &PackRead, state: &mut WriterState) -> Result<()> {
+        let job = self.job;
+        job.cancelled()?;
+        let files = job.files;
+        let first_file = |id: &Id| {
+            self.targets
+                .get(id)
+                .and_then(|t| t.first())
+                .map(|t| files[t.file].in_snapshot.display().to_string())
+                .unwrap_or_default()
+        };
+        let bytes = job.repo.read_pack_range(read, &mut state.packs).map_err(|e| {
+            let needed = read.blobs.first().map(|(id, _)| first_file(id)).unwrap_or_default();
+            Error::damaged(
+                format!("pack {}", read.pack.short()),
+                format!("cannot be read ({e}); {needed} and others need it; run `holdfast check`"),
+            )
+        })?;
         for (id, loc, sealed) in sealed_blobs(read, &bytes) {
             let places = self.targets.get(id).map(Vec::as_slice).unwrap_or_default();
             let of = |e: Error| match e {
-                Error::Damaged { what, detail } => Error::Damaged {
-                    what: format!(
-                        "{what} (of {})",
-                        places.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default()
-                    ),
-                    detail,
-                },
+                Error::Damaged { what, detail } => {
+                    Error::Damaged { what: format!("{what} (of {})", first_file(id)), detail }
+                }
                 other => other,
             };
             let sealed = sealed.map_err(of)?;
-            let plain = repo.open_blob(id, loc, sealed).map_err(of)?;
+            let plain = job.repo.open_blob(id, loc, sealed).map_err(of)?;
             for t in places {
                 let data = match t.slice {
                     Some((offset, len)) => plain
@@ -339,16 +566,19 @@ impl Writers<'_> {
                 if state.open.len() >= 128 && !state.open.contains_key(&t.file) {
                     state.open.clear();
                 }
-                let FileJob { path, entry, .. } = &files[t.file];
+                let f = &files[t.file];
+                let shown = job.shown(f.dir, &f.name);
                 let file = match state.open.entry(t.file) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(OpenOptions::new().write(true).open(path).at(path)?)
+                        let parent = state.dirs.get(job, f.dir)?;
+                        e.insert(beneath::reopen_file(beneath::fd(parent), name(&f.tmp), &shown)?)
                     }
                 };
-                file.write_all_at(data, t.at).at(path)?;
+                file.write_all_at(data, t.at).map_err(|e| Error::io(&shown, e))?;
                 if self.pieces_left[t.file].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    apply_metadata(path, Some(file), &entry.meta, false, &mut state.names)?;
+                    let file = state.open.remove(&t.file).ok_or_else(|| Error::Invalid("open file".into()))?;
+                    job.complete(t.file, &file, &mut state.dirs, &mut state.names)?;
                 }
             }
         }
@@ -420,28 +650,69 @@ pub fn extract_file(repo: &Repository, snapshot: &Snapshot, path: &Path, out: &m
 }
 
 /// Restore into `opts.target` so that an interrupted restore never leaves a
-/// half-old tree: everything is written into a staging directory beside the
-/// target, which then takes the target's place in one rename (an atomic
-/// exchange when the target exists and `overwrite` allows replacing it).
+/// half-old tree: everything is written into a private staging directory
+/// beside the target, which then takes the target's place in one rename (an
+/// atomic exchange when the target exists and `overwrite` allows replacing
+/// it). Refused before anything moves: an existing target without
+/// `overwrite` (a non-empty directory, or anything that is not a
+/// directory), and any target that holds one of `protected` (the
+/// repository, the spool, the config in use: `(what, path)`).
 pub fn restore_staged(
     repo: &Repository,
     snapshot: &Snapshot,
     opts: &RestoreOptions,
     overwrite: bool,
+    protected: &[(String, PathBuf)],
 ) -> Result<RestoreSummary> {
     let target = &opts.target;
-    let non_empty = std::fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if non_empty && !overwrite {
-        return Err(Error::Invalid(format!(
-            "{} exists and is not empty; pass --overwrite to replace it, or restore elsewhere",
-            target.display()
-        )));
-    }
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).at(parent)?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
-    let staging = parent.join(format!(".{name}.holdfast-partial-{}", Id::random()?.short()));
-    let staged = RestoreOptions { target: staging.clone(), include: opts.include.clone(), threads: opts.threads };
+    let Some(file_name) = target.file_name() else {
+        return Err(Error::Invalid(format!("{}: restore into a named directory", target.display())));
+    };
+    // The target as it will be replaced: the name itself, not where a
+    // symlink there points.
+    let resolved = std::fs::canonicalize(parent).map(|p| p.join(file_name)).unwrap_or_else(|_| target.clone());
+    for (what, path) in protected {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if path.starts_with(&resolved) {
+            return Err(Error::Invalid(format!(
+                "{} holds {what} ({}); restoring there would destroy it; restore elsewhere",
+                target.display(),
+                path.display()
+            )));
+        }
+    }
+    let existing = match std::fs::symlink_metadata(target) {
+        Ok(md) => Some(md),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(target, e)),
+    };
+    match &existing {
+        Some(md) if md.is_dir() => {
+            let non_empty =
+                std::fs::read_dir(target).map(|mut d| d.next().is_some()).map_err(|e| Error::io(target, e))?;
+            if non_empty && !overwrite {
+                return Err(Error::Invalid(format!(
+                    "{} exists and is not empty; pass --overwrite to replace it, or restore elsewhere",
+                    target.display()
+                )));
+            }
+        }
+        Some(md) if !overwrite => {
+            let kind = if md.file_type().is_symlink() { "a symlink" } else { "not a directory" };
+            return Err(Error::Invalid(format!(
+                "{} exists and is {kind}; pass --overwrite to replace it (the {} itself, not what it points to), \
+                 or restore elsewhere",
+                target.display(),
+                if md.file_type().is_symlink() { "link" } else { "file" }
+            )));
+        }
+        _ => {}
+    }
+    crate::fsutil::create_dir_all(parent, crate::fsutil::PRIVATE_DIR)?;
+    let shown_name = file_name.to_string_lossy();
+    let staging = parent.join(format!(".{shown_name}.holdfast-partial-{}", Id::random()?.short()));
+    let staged = RestoreOptions { target: staging.clone(), ..opts.clone() };
     let summary = match restore(repo, snapshot, &staged) {
         Ok(s) => s,
         Err(e) => {
@@ -449,7 +720,7 @@ pub fn restore_staged(
             return Err(e);
         }
     };
-    if target.exists() {
+    if existing.is_some() {
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &staging,
@@ -458,10 +729,12 @@ pub fn restore_staged(
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
         )
         .map_err(|e| Error::io(target, std::io::Error::from(e)))?;
-        // The old tree now sits at the staging path.
-        std::fs::remove_dir_all(&staging).at(&staging)?;
+        // What was there now sits at the staging path.
+        let old_was_dir = existing.as_ref().is_some_and(|md| md.is_dir());
+        if old_was_dir { std::fs::remove_dir_all(&staging) } else { std::fs::remove_file(&staging) }
+            .map_err(|e| Error::io(&staging, e))?;
     } else {
-        std::fs::rename(&staging, target).at(target)?;
+        std::fs::rename(&staging, target).map_err(|e| Error::io(target, e))?;
     }
     crate::engine::backend::sync_dir(parent)?;
     Ok(summary)

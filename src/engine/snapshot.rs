@@ -23,6 +23,19 @@ pub struct Snapshot {
     pub summary: Summary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Value>,
+    /// Written by `repair snapshots`: the damaged snapshot this one
+    /// replaces, and what could not be carried over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<Repaired>,
+}
+
+/// What `repair snapshots` recorded in a repaired snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repaired {
+    /// The damaged snapshot (kept until the user forgets it).
+    pub from: Id,
+    /// Paths that could not be read and were left out.
+    pub lost: Vec<String>,
 }
 
 /// Figures of the run that made a snapshot.
@@ -43,6 +56,13 @@ pub struct Summary {
     pub bytes_added: u64,
     pub duration_secs: f64,
     pub warnings: Vec<String>,
+    /// Something was not backed up as it was (see `warnings`): files left
+    /// out because they could not be read, files changed while read.
+    #[serde(default)]
+    pub incomplete: bool,
+    /// Files left out of the snapshot because they could not be read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 impl Snapshot {

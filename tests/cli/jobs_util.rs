@@ -32,6 +32,7 @@ passphrase_file = "passphrase"
 
 [defaults]
 spool = "spool"
+state_dir = "state"
 repositories = ["main"]
 retries = 0
 "#;

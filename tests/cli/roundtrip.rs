@@ -503,7 +503,8 @@ fn a_file_that_changes_while_it_is_read_is_stored_with_a_warning_and_marked() {
     let appended = writer.join().unwrap();
     assert!(appended > 0);
 
-    let result = result.success();
+    // Committed but incomplete: exit code 3, not 0.
+    let result = result.code(3);
     let stderr = stderr_of(&result);
     let path = growing.display().to_string();
     assert!(

@@ -48,7 +48,17 @@ impl LocalBackend {
         let name =
             format!("{}-{}-{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed), hex::encode(rnd));
         let path = self.root.join(TMP).join(name);
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).at(&path)?;
+        let create = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+        let file = match create() {
+            // `tmp/` itself was removed (an admin cleaning up): make it again
+            // (`check` reports it), but only inside an existing repository.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.root.is_dir() => {
+                crate::fsutil::create_dir_all(&self.root.join(TMP), crate::fsutil::PRIVATE_DIR)?;
+                create()
+            }
+            other => other,
+        }
+        .at(&path)?;
         Ok((file, path))
     }
 
@@ -83,10 +93,22 @@ impl Backend for LocalBackend {
 
     fn create_layout(&self) -> Result<()> {
         for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP, MARKS, RUNNING] {
-            let p = self.root.join(dir);
-            fs::create_dir_all(&p).at(&p)?;
+            crate::fsutil::create_dir_all(&self.root.join(dir), crate::fsutil::PRIVATE_DIR)?;
         }
         Ok(())
+    }
+
+    fn missing_layout(&self) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP] {
+            match fs::symlink_metadata(self.root.join(dir)) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => missing.push(dir.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(dir.to_string()),
+                Err(e) => return Err(Error::io(self.root.join(dir), e)),
+            }
+        }
+        Ok(missing)
     }
 
     fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored> {

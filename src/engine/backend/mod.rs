@@ -79,8 +79,15 @@ pub trait Backend: Send + Sync {
     /// True when nothing is stored there yet (`init` refuses otherwise).
     fn is_empty(&self) -> Result<bool>;
 
-    /// Prepare a new repository's layout (directories, where there are any).
+    /// Prepare a new repository's layout (directories, where there are any);
+    /// also recreates missing ones in an existing repository (`repair`).
     fn create_layout(&self) -> Result<()>;
+
+    /// The layout's directories that are missing (a medium without
+    /// directories has none to miss).
+    fn missing_layout(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// Store `bytes` as `dir/name`, durably, unless that name exists. Takes
     /// the buffer: a 16 MiB pack goes to the network without a copy.

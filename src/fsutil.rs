@@ -1,0 +1,77 @@
+//! Files and directories holdfast creates for itself, private by
+//! construction: every directory is made by [`create_dir_all`] (mode 0700
+//! unless a caller says why not), every file by [`write_atomically`] (mode
+//! given, applied before a byte is written, then renamed into place).
+//!
+//! Not for: restored files (the engine's restore gives those their recorded
+//! modes, see `engine::restore`).
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// The mode of every directory holdfast creates for itself.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// The mode of every file holdfast writes for itself.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Create `dir` and its missing parents, each with `mode` (0700 unless the
+/// directory is meant to be read by others, like a metrics directory).
+/// Existing directories are left as they are.
+pub fn create_dir_all(dir: &Path, mode: u32) -> Result<()> {
+    DirBuilder::new().recursive(true).mode(mode).create(dir).at(dir)?;
+    Ok(())
+}
+
+/// Write `bytes` to `path` through a temporary file that has `mode` from
+/// its creation on, fsynced and renamed over `path`: a reader sees the old
+/// file or the new one, never a part, and never a wider mode than asked.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        // The umask may have narrowed it, and an old temporary file keeps
+        // its mode: set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.at(path)
+}
+
+/// Create `path`, which must not exist, with mode 0600, and write into it
+/// (dump files, key exports: a reader never sees them wider).
+pub fn create_private(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE).open(path).at(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn created_directories_and_files_have_exactly_their_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("a/b/c");
+        create_dir_all(&deep, PRIVATE_DIR).unwrap();
+        for d in ["a", "a/b", "a/b/c"] {
+            assert_eq!(std::fs::metadata(t.path().join(d)).unwrap().mode() & 0o777, 0o700, "{d}");
+        }
+        let f = deep.join("state.json");
+        write_atomically(&f, b"one", 0o644).unwrap();
+        write_atomically(&f, b"two", PRIVATE_FILE).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert!(create_private(&f).is_err(), "never over an existing file");
+    }
+}
