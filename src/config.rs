@@ -658,6 +658,12 @@ impl Config {
         out
     }
 
+    /// A config from the text of one file named `file` (relative paths are
+    /// relative to its directory).
+    pub fn from_text(file: &Path, text: &str) -> Result<Config> {
+        resolve(vec![file.to_path_buf()], vec![(file.to_path_buf(), parse_file(file, text)?)])
+    }
+
     pub fn job(&self, name: &str) -> Result<&Job> {
         self.jobs.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();

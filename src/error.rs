@@ -50,6 +50,15 @@ impl Error {
         matches!(self, Error::WrongPassphrase(_) | Error::KeyUnusable(_) | Error::NoPassphrase)
     }
 
+    /// The message without the object it names, for a caller that names
+    /// the object itself (`check`'s "DAMAGED tree X: ...").
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Damaged { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// An I/O error about `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), error: source }

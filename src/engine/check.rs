@@ -159,7 +159,8 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
                 }
             }
             Err(e) => {
-                node.own.insert((format!("tree {}", tid.short()), e.to_string()));
+                node.unreadable = true;
+                node.own.insert((format!("tree {}", tid.short()), e.detail()));
             }
         }
         trees.insert(*tid, node);
@@ -177,8 +178,9 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     // snapshots need blobs that no index places — then such a pack may hold
     // them, and is looked into.
     let needed_unplaced: HashSet<Id> = trees.values().flat_map(|t| t.unplaced.iter().copied()).collect();
+    let needs_unknown = trees.values().any(|t| t.unreadable);
     for pack in unindexed {
-        if needed_unplaced.is_empty() && !index_damaged {
+        if needed_unplaced.is_empty() && !index_damaged && !needs_unknown {
             report.notes.push(format!(
                 "pack {} is not in any index (left by an interrupted backup; harmless, prune removes it)",
                 pack.short()
@@ -199,11 +201,21 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
                             BTreeSet::new(),
                         )
                     });
-                } else if index_damaged {
+                } else if index_damaged && !needs_unknown {
                     report.notes.push(format!(
-                        "pack {} is not in any readable index; `holdfast repair index` lists it again",
+                        "pack {} is not in any readable index and holds nothing the snapshots need; \
+                         `holdfast repair index` lists it again",
                         pack.short()
                     ));
+                } else if needs_unknown {
+                    damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
+                        (
+                            "is in no readable index, and some trees cannot be read, so it may hold what they need: \
+                             run `holdfast repair index`; prune refuses to run until then"
+                                .into(),
+                            BTreeSet::new(),
+                        )
+                    });
                 } else {
                     report.notes.push(format!(
                         "pack {} is not in any index and holds nothing the snapshots need (harmless, prune removes it)",
@@ -239,6 +251,8 @@ struct TreeDamage {
     subtrees: Vec<Id>,
     /// Blobs it needs that no index places.
     unplaced: Vec<Id>,
+    /// The tree itself could not be read: what it needs is unknown.
+    unreadable: bool,
 }
 
 /// Everything damaged at or below tree `root`, remembered per tree in

@@ -731,7 +731,7 @@ fn short(name: &str) -> String {
 }
 
 /// Seal a repository file: cleartext header, then the sealed payload.
-fn seal_file(keys: &Keys, kind: ObjectKind, id: &Id, plain: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn seal_file(keys: &Keys, kind: ObjectKind, id: &Id, plain: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(FILE_HEADER_LEN + plain.len());
     out.extend_from_slice(FILE_MAGIC);
     out.push(FORMAT_VERSION);
@@ -742,7 +742,7 @@ fn seal_file(keys: &Keys, kind: ObjectKind, id: &Id, plain: &[u8]) -> Result<Vec
 }
 
 /// Open a repository file of `kind`; with `expect_id`, its object id must match.
-fn open_file(keys: &Keys, kind: ObjectKind, bytes: &[u8], expect_id: Option<&Id>) -> Result<Vec<u8>> {
+pub(crate) fn open_file(keys: &Keys, kind: ObjectKind, bytes: &[u8], expect_id: Option<&Id>) -> Result<Vec<u8>> {
     let what = format!("{kind:?}").to_lowercase();
     if bytes.len() < FILE_HEADER_LEN || &bytes[..8] != FILE_MAGIC {
         return Err(Error::damaged(what, "not a holdfast object"));
