@@ -1248,7 +1248,12 @@ fn read_passphrase(file: Option<&Path>, env: &str, prompt: &str, confirm: bool) 
         return Ok(v.as_bytes().to_vec());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(crate::Error::NoPassphrase.into());
+        let option = match env {
+            "HOLDFAST_FROM_PASSPHRASE" => "--from-passphrase-file",
+            "HOLDFAST_NEW_PASSPHRASE" => "--new-passphrase-file",
+            _ => "--passphrase-file",
+        };
+        return Err(crate::Error::NoPassphrase(format!("set ${env} or pass {option}")).into());
     }
     let first = rpassword::prompt_password(format!("{prompt}: "))?;
     if confirm && rpassword::prompt_password("Repeat it: ")? != first {

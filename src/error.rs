@@ -30,8 +30,9 @@ pub enum Error {
     NotARepository { path: PathBuf, reason: String },
     #[error("{} already exists and is not empty; refusing to create a repository there", .0.display())]
     AlreadyExists(PathBuf),
-    #[error("no passphrase given: set HOLDFAST_PASSPHRASE or pass --passphrase-file")]
-    NoPassphrase,
+    /// No passphrase could be had: names the variable (or option) to set.
+    #[error("no passphrase given: {0}")]
+    NoPassphrase(String),
     #[error("damaged {what}: {detail}")]
     Damaged { what: String, detail: String },
     #[error("no snapshot matches {0:?}")]
@@ -47,7 +48,7 @@ pub enum Error {
 impl Error {
     /// True for the errors about keys and passphrases (exit code 4).
     pub fn is_key_problem(&self) -> bool {
-        matches!(self, Error::WrongPassphrase(_) | Error::KeyUnusable(_) | Error::NoPassphrase)
+        matches!(self, Error::WrongPassphrase(_) | Error::KeyUnusable(_) | Error::NoPassphrase(_))
     }
 
     /// The message without the object it names, for a caller that names
@@ -84,7 +85,7 @@ impl Clone for Error {
                 Error::NotARepository { path: path.clone(), reason: reason.clone() }
             }
             Error::AlreadyExists(p) => Error::AlreadyExists(p.clone()),
-            Error::NoPassphrase => Error::NoPassphrase,
+            Error::NoPassphrase(how) => Error::NoPassphrase(how.clone()),
             Error::Damaged { what, detail } => Error::Damaged { what: what.clone(), detail: detail.clone() },
             Error::NoSuchSnapshot(s) => Error::NoSuchSnapshot(s.clone()),
             Error::AmbiguousSnapshot(s, m) => Error::AmbiguousSnapshot(s.clone(), m.clone()),

@@ -236,6 +236,21 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             }
         }
     }
+    // A damaged or missing pack that no snapshot needs loses nothing: a
+    // note, with how it goes away.
+    let unneeded: Vec<String> = bad_packs
+        .keys()
+        .map(|p| format!("pack {}", p.short()))
+        .filter(|o| damage.get(o).is_some_and(|(_, snaps)| snaps.is_empty()))
+        .collect();
+    for object in unneeded {
+        if let Some((detail, _)) = damage.remove(&object) {
+            report.notes.push(format!(
+                "{object}: {detail}; no snapshot needs it (prune removes an unused pack; \
+                 `holdfast repair index` drops a missing one from the index)"
+            ));
+        }
+    }
     report.problems = damage
         .into_iter()
         .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })

@@ -33,9 +33,11 @@ mod jobs_util;
 
 mod hold;
 mod p34_util;
+mod restore_attacks;
 mod restore_jobs;
 mod verify_jobs;
 
+mod hardening;
 mod operations;
 mod prune;
 mod validate;
