@@ -15,7 +15,7 @@ use crate::config::DatabaseConfig;
 pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DumpRecord>> {
     let Some(src_path) = &db.path else { bail!("sqlite database entry {:?} has no path", db.entry_name()) };
     let started = jiff::Timestamp::now();
-    let src = open_existing(src_path)?;
+    let src = open_waiting(src_path, cancel, db.timeout())?;
     let file_name = src_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "database".into());
     let out = super::dump_file(dir, file_name.trim_start_matches('.'), "sqlite");
     let mut dst = Connection::open(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -46,15 +46,33 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicB
 
 /// Open an existing SQLite database read-only, checking that it is one.
 pub fn open_existing(path: &Path) -> Result<Connection> {
+    open_waiting(path, &std::sync::atomic::AtomicBool::new(false), Duration::from_secs(30))
+}
+
+/// [`open_existing`], waiting up to `timeout` while a writer holds the
+/// database locked — in short steps, so `cancel` (SIGTERM) stops the wait
+/// (SQLite's own busy timeout would not let it).
+fn open_waiting(path: &Path, cancel: &std::sync::atomic::AtomicBool, timeout: Duration) -> Result<Connection> {
     if !path.is_file() {
         bail!("the SQLite database {} does not exist", path.display());
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-        .with_context(|| format!("{} is not a SQLite database", path.display()))?;
-    Ok(conn)
+    conn.busy_timeout(Duration::from_millis(50))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+            Ok(_) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline
+                    && !cancel.load(std::sync::atomic::Ordering::Relaxed) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                bail!("{}: the database stayed locked by another process (or the run was interrupted)", path.display())
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("{} is not a SQLite database", path.display()))),
+        }
+    }
 }
 
 /// Copy the SQLite database file `dump` to a new database at `target`

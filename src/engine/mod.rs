@@ -11,6 +11,8 @@ pub mod check;
 pub mod chunker;
 pub mod copy;
 pub mod crypto;
+#[cfg(test)]
+mod decoder_fuzz;
 pub mod fsmeta;
 pub mod gc;
 pub mod index;

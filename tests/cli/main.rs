@@ -39,8 +39,11 @@ mod verify_jobs;
 
 mod hardening;
 mod operations;
+mod signals;
 mod prune;
 mod validate;
+
+mod faults;
 
 mod garage;
 mod s3;

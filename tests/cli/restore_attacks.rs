@@ -12,7 +12,6 @@
 //! holdfast itself) as `nobody` with `setpriv`.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -150,11 +149,11 @@ fn public_tree(root: &Path, dirs: usize, per_dir: usize, big: u64) {
 /// A process running as `nobody` that walks `root` over and over, opening
 /// (non-blocking, not following symlinks) and reading every entry it finds
 /// — temporary names included — until the stop file appears, then makes a
-/// last pass and prints, as JSON, everything it managed to read and every
+/// last pass and writes, as JSON, everything it managed to read and every
 /// name it saw.
 const SPY: &str = r#"
 import json, os, sys
-root, stop, ready = sys.argv[1:4]
+root, stop, ready, result = sys.argv[1:5]
 read, names, passes = set(), set(), 0
 open(ready, 'w').close()
 while True:
@@ -178,12 +177,15 @@ while True:
     passes += 1
     if last:
         break
-json.dump({'passes': passes, 'read': sorted(read), 'names': sorted(names)}, sys.stdout)
+with open(result + '.tmp', 'w') as f:
+    json.dump({'passes': passes, 'read': sorted(read), 'names': sorted(names)}, f)
+os.rename(result + '.tmp', result)
 "#;
 
 struct Spy {
     child: Child,
     stop: PathBuf,
+    result: PathBuf,
 }
 
 /// What the spy saw.
@@ -196,11 +198,11 @@ struct Seen {
 
 impl Spy {
     /// Start watching `root`; `spool` is a directory the spy may write to
-    /// (its ready mark). Returns once the spy runs.
+    /// (its ready mark and what it saw). Returns once the spy runs.
     fn start(root: &Path, spool: &Path) -> Spy {
         fs::create_dir_all(spool).unwrap();
         set_mode(spool, 0o777);
-        let (stop, ready) = (spool.join("stop"), spool.join("ready"));
+        let (stop, ready, result) = (spool.join("stop"), spool.join("ready"), spool.join("seen.json"));
         let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
         let child = as_nobody(python)
             .arg("-c")
@@ -208,11 +210,11 @@ impl Spy {
             .arg(root)
             .arg(&stop)
             .arg(&ready)
+            .arg(&result)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .spawn()
             .expect("start the spy as nobody");
-        let mut spy = Spy { child, stop };
+        let mut spy = Spy { child, stop, result };
         wait_for("the spy to start", Duration::from_secs(20), || {
             assert!(spy.child.try_wait().unwrap().is_none(), "the spy died at its start");
             ready.exists()
@@ -228,8 +230,7 @@ impl Spy {
             assert!(Instant::now() < end, "the spy did not stop");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let mut out = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let out = fs::read_to_string(&self.result).expect("the spy's findings");
         let v = crate::util::parse_json(&out);
         let pairs = v["read"].as_array().unwrap().iter().map(|p| {
             let p = p.as_array().unwrap();
@@ -257,7 +258,7 @@ impl Seen {
     #[track_caller]
     fn assert_never_read(&self, secret: &str) {
         let leaks: Vec<&(String, String)> = self.read.iter().filter(|(_, data)| data.contains(secret)).collect();
-        assert!(leaks.is_empty(), "nobody read the secret during the restore, in {leaks:?}");
+        assert!(leaks.is_empty(), "the spy (user nobody) read the secret during the restore: {leaks:?}");
     }
 
     fn read_any(&self, text: &str) -> bool {
