@@ -70,7 +70,9 @@ fn open_waiting(path: &Path, cancel: &std::sync::atomic::AtomicBool, timeout: Du
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
                 bail!("{}: the database stayed locked by another process (or the run was interrupted)", path.display())
             }
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("{} is not a SQLite database", path.display()))),
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!("{} is not a SQLite database", path.display())));
+            }
         }
     }
 }

@@ -85,7 +85,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,7 +137,9 @@ fn cases() -> usize {
 
 fn seed_for(decoder: &str) -> u64 {
     let base = match std::env::var("HOLDFAST_FUZZ_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| u64::from_le_bytes(blake3::hash(s.as_bytes()).as_bytes()[..8].try_into().unwrap())),
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| u64::from_le_bytes(blake3::hash(s.as_bytes()).as_bytes()[..8].try_into().unwrap())),
         Err(_) if std::env::var_os("HOLDFAST_FUZZ_CASES").is_some() => {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
         }
@@ -272,11 +274,10 @@ impl Watchdog {
             while !s.stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
                 let over = s.over_cap.load(Ordering::SeqCst);
-                let stuck = s
-                    .current
-                    .lock()
-                    .ok()
-                    .and_then(|c| c.as_ref().filter(|(_, t)| over || t.elapsed() > HUNG_CASE).map(|(i, _)| i.clone()));
+                let stuck =
+                    s.current.lock().ok().and_then(|c| {
+                        c.as_ref().filter(|(_, t)| over || t.elapsed() > HUNG_CASE).map(|(i, _)| i.clone())
+                    });
                 let Some(input) = stuck else { continue };
                 let path = save_crash(s.decoder, &input);
                 let why = if over { "allocated more than the hard cap" } else { "did not finish" };
@@ -362,11 +363,36 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 // ------------------------------------------------------------ harness
 
-/// What a decoder made of an input (a rule it broke is an `Err(String)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a decoder made of an input (a rule it broke is an `Err(String)`),
+/// with a fingerprint of the value or of the kind of error: an input whose
+/// fingerprint is new joins the pool of inputs to mutate (a cheap stand-in
+/// for coverage guidance: new values and new error paths are worth more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Outcome {
-    Decoded,
-    Refused,
+    Decoded(u64),
+    Refused(u64),
+}
+
+impl Outcome {
+    fn decoded(&self) -> bool {
+        matches!(self, Outcome::Decoded(_))
+    }
+}
+
+fn fingerprint(text: &str) -> u64 {
+    u64::from_le_bytes(blake3::hash(text.as_bytes()).as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+/// Decoded into `value`.
+fn decoded(value: &impl std::fmt::Debug) -> Outcome {
+    Outcome::Decoded(fingerprint(&format!("{value:?}")))
+}
+
+/// Refused with `error`: its kind is its message without numbers, cut short
+/// (positions and quoted input would make every message new).
+fn refused(error: &impl std::fmt::Display) -> Outcome {
+    let kind: String = error.to_string().chars().filter(|c| !c.is_ascii_digit()).take(60).collect();
+    Outcome::Refused(fingerprint(&kind))
 }
 
 type Decode<'a> = dyn Fn(&[u8]) -> Result<Outcome, String> + 'a;
@@ -395,7 +421,7 @@ struct Failure {
     message: String,
 }
 
-fn exec(watch: &Watchdog, t: &Target, input: &[u8]) -> Result<Outcome, Failure> {
+fn exec(watch: &Watchdog, t: &Target, input: &[u8], max_peak: &mut i64) -> Result<Outcome, Failure> {
     watch.begin(input);
     PANIC_AT.with(|p| p.borrow_mut().take());
     LIVE.with(|l| l.set(0));
@@ -406,12 +432,16 @@ fn exec(watch: &Watchdog, t: &Target, input: &[u8]) -> Result<Outcome, Failure> 
     TRACKED.with(|c| c.set(false));
     let took = start.elapsed();
     let peak = PEAK.with(Cell::get);
+    *max_peak = (*max_peak).max(peak);
     watch.end();
     let budget = BUDGET_BASE + t.per_byte * input.len() as i64 + (t.allowance)(input);
     match result {
         Err(payload) => {
             let at = PANIC_AT.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "unknown place".into());
-            Err(Failure { key: format!("panic at {at}"), message: format!("panicked at {at}: {}", panic_text(&*payload)) })
+            Err(Failure {
+                key: format!("panic at {at}"),
+                message: format!("panicked at {at}: {}", panic_text(&*payload)),
+            })
         }
         Ok(Err(rule)) => Err(Failure {
             key: format!("rule {}", rule.split(':').next().unwrap_or_default()),
@@ -421,10 +451,9 @@ fn exec(watch: &Watchdog, t: &Target, input: &[u8]) -> Result<Outcome, Failure> 
             key: "memory".into(),
             message: format!("held {peak} bytes at its peak for a {}-byte input (budget {budget})", input.len()),
         }),
-        Ok(Ok(_)) if took > SLOW_CASE => Err(Failure {
-            key: "slow".into(),
-            message: format!("took {took:?} for a {}-byte input", input.len()),
-        }),
+        Ok(Ok(_)) if took > SLOW_CASE => {
+            Err(Failure { key: "slow".into(), message: format!("took {took:?} for a {}-byte input", input.len()) })
+        }
         Ok(Ok(outcome)) => Ok(outcome),
     }
 }
@@ -432,7 +461,7 @@ fn exec(watch: &Watchdog, t: &Target, input: &[u8]) -> Result<Outcome, Failure> 
 /// Remove chunks of `input` while it still fails with `key` (bounded).
 fn shrink(watch: &Watchdog, t: &Target, input: Vec<u8>, key: &str) -> Vec<u8> {
     let mut best = input;
-    let mut tries = 3000;
+    let mut tries = 1000;
     let mut chunk = best.len().div_ceil(2);
     while chunk >= 1 && tries > 0 {
         let mut i = 0;
@@ -440,7 +469,7 @@ fn shrink(watch: &Watchdog, t: &Target, input: Vec<u8>, key: &str) -> Vec<u8> {
         while i < best.len() && tries > 0 {
             tries -= 1;
             let candidate: Vec<u8> = best[..i].iter().chain(&best[(i + chunk).min(best.len())..]).copied().collect();
-            match exec(watch, t, &candidate) {
+            match exec(watch, t, &candidate, &mut 0) {
                 Err(f) if f.key == key => {
                     best = candidate;
                     progressed = true;
@@ -485,19 +514,29 @@ fn fuzz(t: Target) {
     let watch = Watchdog::start(t.name);
     let mut failures: Vec<String> = Vec::new();
     let mut pool: Vec<Vec<u8>> = t.seeds.clone();
+    // Failures the corpus already reproduces are not saved again.
+    let mut known: HashSet<String> = HashSet::new();
+    let mut fingerprints: HashSet<Outcome> = HashSet::new();
+    let mut max_peak = 0i64;
 
     let files = corpus(t.name);
     if !files.iter().any(|(name, _)| name.starts_with("ok-")) {
         failures.push(format!("tests/corpus/{}/ has no ok-* file (run write_seed_corpus)", t.name));
     }
     for (name, bytes) in &files {
-        let outcome = exec(&watch, &t, bytes);
+        let outcome = exec(&watch, &t, bytes, &mut max_peak);
+        if let Ok(o) = outcome {
+            fingerprints.insert(o);
+        }
         match outcome {
-            Err(f) => failures.push(format!("corpus file {name}: {}", f.message)),
-            Ok(Outcome::Refused) if name.starts_with("ok-") => {
+            Err(f) => {
+                failures.push(format!("corpus file {name}: {}", f.message));
+                known.insert(f.key);
+            }
+            Ok(o) if !o.decoded() && name.starts_with("ok-") => {
                 failures.push(format!("corpus file {name} no longer decodes (format compatibility)"))
             }
-            Ok(Outcome::Decoded) if name.starts_with("bad-") => {
+            Ok(o) if o.decoded() && name.starts_with("bad-") => {
                 failures.push(format!("corpus file {name} is accepted; it must be refused"))
             }
             Ok(_) => {}
@@ -524,22 +563,28 @@ fn fuzz(t: Target) {
                 mutate(&mut rng, base, &pool, t.dict)
             }
         };
-        match exec(&watch, &t, &input) {
-            Ok(Outcome::Decoded) => {
-                decoded += 1;
-                if pool.len() < POOL_MAX {
-                    pool.push(input);
+        match exec(&watch, &t, &input, &mut max_peak) {
+            Ok(outcome) => {
+                if outcome.decoded() {
+                    decoded += 1;
                 } else {
-                    let i = fixed + rng.below(POOL_MAX - fixed);
-                    pool[i] = input;
+                    refused += 1;
+                }
+                if fingerprints.insert(outcome) {
+                    if pool.len() < POOL_MAX {
+                        pool.push(input);
+                    } else {
+                        let i = fixed + rng.below(POOL_MAX - fixed);
+                        pool[i] = input;
+                    }
                 }
             }
-            Ok(Outcome::Refused) => refused += 1,
+            Err(f) if known.contains(&f.key) => {}
             Err(f) => match seen.get_mut(&f.key) {
                 Some((count, _, _)) => *count += 1,
                 None => {
                     let small = shrink(&watch, &t, input, &f.key);
-                    let message = exec(&watch, &t, &small).err().map_or(f.message, |f| f.message);
+                    let message = exec(&watch, &t, &small, &mut 0).err().map_or(f.message, |f| f.message);
                     let path = save_crash(t.name, &small);
                     seen.insert(f.key.clone(), (1, path, message));
                 }
@@ -549,11 +594,14 @@ fn fuzz(t: Target) {
     drop(watch);
     QUIET.with(|q| q.set(false));
     eprintln!(
-        "decoder_fuzz {}: seed {seed}, {} corpus files, {} mutants ({decoded} decoded, {refused} refused) in {:?}",
+        "decoder_fuzz {}: seed {seed}, {} corpus files, {} mutants ({decoded} decoded, {refused} refused, \
+         {} distinct outcomes) in {:?}, peak {} KiB",
         t.name,
         files.len(),
         cases(),
-        started.elapsed()
+        fingerprints.len(),
+        started.elapsed(),
+        max_peak >> 10
     );
     for (key, (count, path, message)) in seen {
         failures.push(format!("{count} mutant(s): {message} [{key}]; shrunk input saved as {}", path.display()));
@@ -937,12 +985,12 @@ impl TestRepo {
                     .seal(ObjectKind::Chunk, &id, &sample, repo.config().compression_level)
                     .map_err(|e| format!("seal at the config's compression level: {e}"))?;
                 match repo.keys().open(ObjectKind::Chunk, &id, &sealed) {
-                    Ok(back) if back == sample => Ok(Outcome::Decoded),
+                    Ok(back) if back == sample => Ok(decoded(repo.config())),
                     _ => Err("seal: a chunk sealed at the config's level does not open".into()),
                 }
             }
             Err(Error::WrongPassphrase(_)) => Err("wrong passphrase: the right passphrase was refused".into()),
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     }
 }
@@ -953,7 +1001,8 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let bytes = postcard::to_stdvec(v).map_err(|e| format!("re-encode: {e}"))?;
-    let back: T = postcard::from_bytes(&bytes).map_err(|e| format!("re-decode: a re-encoded value does not decode: {e}"))?;
+    let back: T =
+        postcard::from_bytes(&bytes).map_err(|e| format!("re-decode: a re-encoded value does not decode: {e}"))?;
     if &back != v {
         return Err("re-decode: a re-encoded value decodes differently".into());
     }
@@ -1083,12 +1132,20 @@ fn sample_tree() -> Tree {
             meta: meta(0o100644, Some("alice")),
         },
         Entry { name: b"dir".to_vec(), kind: EntryKind::Dir { tree: id(3) }, meta: meta(0o40755, None) },
-        Entry { name: b"link".to_vec(), kind: EntryKind::Symlink { target: b"../x".to_vec() }, meta: meta(0o120777, None) },
+        Entry {
+            name: b"link".to_vec(),
+            kind: EntryKind::Symlink { target: b"../x".to_vec() },
+            meta: meta(0o120777, None),
+        },
         Entry { name: b"fifo".to_vec(), kind: EntryKind::Fifo, meta: meta(0o10600, None) },
         Entry { name: b"tty".to_vec(), kind: EntryKind::CharDevice { rdev: 0x0501 }, meta: meta(0o20620, None) },
         Entry { name: b"sda".to_vec(), kind: EntryKind::BlockDevice { rdev: 0x0800 }, meta: meta(0o60660, None) },
         Entry { name: b"sock".to_vec(), kind: EntryKind::Socket, meta: meta(0o140755, None) },
-        Entry { name: vec![0xff, 0xfe, b'n'], kind: EntryKind::File(FileContent::default()), meta: meta(0o100600, None) },
+        Entry {
+            name: vec![0xff, 0xfe, b'n'],
+            kind: EntryKind::File(FileContent::default()),
+            meta: meta(0o100600, None),
+        },
     ];
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Tree { entries }
@@ -1181,7 +1238,9 @@ fn sample_snapshot() -> Snapshot {
             incomplete: true,
             skipped: vec!["/srv/shop/unreadable".into()],
         },
-        extra: Some(serde_json::json!({"job": "shop", "dumps": [{"db": "shop", "bytes": 123, "ratio": 0.5}], "n": null})),
+        extra: Some(
+            serde_json::json!({"job": "shop", "dumps": [{"db": "shop", "bytes": 123, "ratio": 0.5}], "n": null}),
+        ),
         repaired: Some(Repaired { from: Id([6; 32]), lost: vec!["/srv/shop/lost".into()] }),
     }
 }
@@ -1383,7 +1442,11 @@ fn edge_cases() -> Vec<(&'static str, String, Vec<u8>)> {
     add("key_file", "edge-unknown-kdf", scrypt.to_json().into_bytes());
     // Paper keys: no end line, a line out of order.
     let paper = cheap.to_paper().unwrap();
-    add("paper_key", "bad-no-end", paper.lines().filter(|l| !l.starts_with("end ")).collect::<Vec<_>>().join("\n").into());
+    add(
+        "paper_key",
+        "bad-no-end",
+        paper.lines().filter(|l| !l.starts_with("end ")).collect::<Vec<_>>().join("\n").into(),
+    );
     let mut lines: Vec<&str> = paper.lines().collect();
     let first = lines.iter().position(|l| l.starts_with("01:")).unwrap();
     lines.swap(first, first + 1);
@@ -1392,7 +1455,11 @@ fn edge_cases() -> Vec<(&'static str, String, Vec<u8>)> {
     // Markers: a newer format, not JSON, a u8 overflow.
     add("marker", "bad-format-2", format!("{{\"holdfast_repository\":2,\"id\":\"{}\"}}", TEST_REPO.to_hex()).into());
     add("marker", "bad-not-json", b"holdfast".to_vec());
-    add("marker", "bad-format-256", format!("{{\"holdfast_repository\":256,\"id\":\"{}\"}}", TEST_REPO.to_hex()).into());
+    add(
+        "marker",
+        "bad-format-256",
+        format!("{{\"holdfast_repository\":256,\"id\":\"{}\"}}", TEST_REPO.to_hex()).into(),
+    );
     // Repository configs: chunk sizes and pack sizes no `init` accepts.
     for (name, min, avg, max) in [
         ("edge-chunker-zero", 0, 0, 0),
@@ -1473,7 +1540,8 @@ const TOML_TOKENS: &[&[u8]] = &[
     b"\t",
 ];
 
-const PAPER_TOKENS: &[&[u8]] = &[b"end ", b" | ", b": ", b"\n", b"\r\n", b"00", b"ff", b"01:", b"99:", b"-1:", b"|", b"repository "];
+const PAPER_TOKENS: &[&[u8]] =
+    &[b"end ", b" | ", b": ", b"\n", b"\r\n", b"00", b"ff", b"01:", b"99:", b"-1:", b"|", b"repository "];
 
 /// Key files whose argon2 cost is this small are unlocked (microseconds).
 fn cheap_to_unlock(kf: &KeyFile) -> bool {
@@ -1492,8 +1560,8 @@ fn pack() {
             return Err("name: a pack was accepted under a name that is not its hash".into());
         }
         match read_header(&Id::of_bytes(input), input, &keys) {
-            Ok(blobs) => postcard_round_trip(&blobs).map(|_| Outcome::Decoded),
-            Err(_) => Ok(Outcome::Refused),
+            Ok(blobs) => postcard_round_trip(&blobs).map(|_| decoded(&blobs)),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1516,10 +1584,11 @@ fn pack_header() {
         match read_header(&Id::of_bytes(&pack), &pack, &keys) {
             Ok(blobs) => {
                 postcard_round_trip(&blobs)?;
+                let outcome = decoded(&blobs);
                 index_consumers(&IndexFile { packs: vec![IndexedPack { pack: Id::of_bytes(&pack), blobs }] })?;
-                Ok(Outcome::Decoded)
+                Ok(outcome)
             }
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1537,11 +1606,18 @@ fn pack_header() {
 fn repo_file() {
     let keys = keys();
     let decode = |input: &[u8]| -> Result<Outcome, String> {
-        let mut outcome = Outcome::Refused;
+        let mut outcome = None;
+        let mut errors = String::new();
         for kind in [ObjectKind::Index, ObjectKind::Snapshot, ObjectKind::Config] {
             for expect in [None, Some(&TEST_REPO)] {
-                let Ok(plain) = open_file(&keys, kind, input, expect) else { continue };
-                outcome = Outcome::Decoded;
+                let plain = match open_file(&keys, kind, input, expect) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        errors.push_str(&e.to_string());
+                        continue;
+                    }
+                };
+                outcome = Some(decoded(&(kind, expect.is_some(), &plain)));
                 match kind {
                     ObjectKind::Index => {
                         if let Ok(file) = postcard::from_bytes::<IndexFile>(&plain) {
@@ -1557,7 +1633,7 @@ fn repo_file() {
                 }
             }
         }
-        Ok(outcome)
+        Ok(outcome.unwrap_or_else(|| refused(&errors)))
     };
     fuzz(Target {
         name: "repo_file",
@@ -1585,9 +1661,9 @@ fn sealed() {
                 if plain.len() as u64 > MAX_PLAINTEXT {
                     return Err(format!("zstd: opened to {} bytes, more than MAX_PLAINTEXT", plain.len()));
                 }
-                Ok(Outcome::Decoded)
+                Ok(decoded(&plain))
             }
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1620,9 +1696,9 @@ fn tree() {
                         let _: u64 = f.pieces.iter().map(|p| p.len()).fold(0, u64::saturating_add);
                     }
                 }
-                Ok(Outcome::Decoded)
+                Ok(decoded(&tree))
             }
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1646,9 +1722,9 @@ fn index() {
             Ok(file) => {
                 postcard_round_trip(&file)?;
                 index_consumers(&file)?;
-                Ok(Outcome::Decoded)
+                Ok(decoded(&file))
             }
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1678,9 +1754,9 @@ fn snapshot() {
                 if !same_json(&a, &b) {
                     return Err("re-decode: a snapshot changes when written back".into());
                 }
-                Ok(Outcome::Decoded)
+                Ok(decoded(&snap))
             }
-            Err(_) => Ok(Outcome::Refused),
+            Err(e) => Ok(refused(&e)),
         }
     };
     fuzz(Target {
@@ -1697,7 +1773,10 @@ fn snapshot() {
 #[test]
 fn key_file() {
     let decode = |json: &[u8]| -> Result<Outcome, String> {
-        let Ok(kf) = KeyFile::from_json(json) else { return Ok(Outcome::Refused) };
+        let kf = match KeyFile::from_json(json) {
+            Ok(kf) => kf,
+            Err(e) => return Ok(refused(&e)),
+        };
         let again = KeyFile::from_json(kf.to_json().as_bytes()).map_err(|e| format!("re-decode: {e}"))?;
         if again != kf {
             return Err("re-encode: a key file changes when written back".into());
@@ -1709,7 +1788,7 @@ fn key_file() {
         if cheap_to_unlock(&kf) {
             let _ = kf.unlock(PASSPHRASE);
         }
-        Ok(Outcome::Decoded)
+        Ok(decoded(&kf))
     };
     fuzz(Target {
         name: "key_file",
@@ -1726,7 +1805,10 @@ fn key_file() {
 fn paper_key() {
     let decode = |text: &[u8]| -> Result<Outcome, String> {
         let text = String::from_utf8_lossy(text);
-        let Ok(kf) = KeyFile::from_paper(&text) else { return Ok(Outcome::Refused) };
+        let kf = match KeyFile::from_paper(&text) {
+            Ok(kf) => kf,
+            Err(e) => return Ok(refused(&e)),
+        };
         let paper = kf.to_paper().map_err(|e| format!("re-encode: a paper key read back cannot be written: {e}"))?;
         let back = KeyFile::from_paper(&paper).map_err(|e| format!("paper round trip: {e}"))?;
         if back != kf {
@@ -1735,7 +1817,7 @@ fn paper_key() {
         if cheap_to_unlock(&kf) {
             let _ = kf.unlock(PASSPHRASE);
         }
-        Ok(Outcome::Decoded)
+        Ok(decoded(&kf))
     };
     // Mutate the binary behind a paper key, then write it with correct
     // checksums, so the parse behind them is reached.
@@ -1802,7 +1884,10 @@ fn config_toml() {
         if format!("{first:?}") != format!("{second:?}") {
             return Err("determinism: the same text parses two ways".into());
         }
-        Ok(if first.is_ok() { Outcome::Decoded } else { Outcome::Refused })
+        Ok(match &first {
+            Ok(config) => decoded(config),
+            Err(e) => refused(e),
+        })
     };
     fuzz(Target {
         name: "config_toml",
@@ -1834,7 +1919,7 @@ fn helpers_match_the_product() {
     assert_eq!(render_paper(&paper_bin(&kf)).lines().last(), kf.to_paper().unwrap().lines().last());
     assert_eq!(KeyFile::from_paper(&render_paper(&paper_bin(&kf))).unwrap(), kf);
     let repo = TestRepo::new();
-    assert_eq!(repo.open(), Ok(Outcome::Decoded), "the test repository opens");
+    assert!(repo.open().is_ok_and(|o| o.decoded()), "the test repository opens");
 }
 
 /// The corpus stays small enough to keep in the repository.

@@ -39,8 +39,9 @@ mod verify_jobs;
 
 mod hardening;
 mod operations;
-mod signals;
 mod prune;
+mod secret_audit;
+mod signals;
 mod validate;
 
 mod faults;

@@ -542,12 +542,12 @@ fn restoring_twice_into_the_same_target_gives_the_same_tree() {
 /// readable by another user.
 const SECRET: &str = "HF-SPY-SECRET 7e1f0c: the launch codes";
 
-/// A source for the spy tests: 3000 public files and a 48 MiB file (a
+/// A source for the spy tests: 2000 public files and a 32 MiB file (a
 /// restore that takes a noticeable time), with a root-owned 0600 file
 /// holding [`SECRET`] in the middle of them, all in directories anyone may
 /// enter.
 fn spy_source(src: &Path) {
-    public_tree(src, 30, 100, 48 << 20);
+    public_tree(src, 20, 100, 32 << 20);
     write(&src.join("d15/secret.key"), &format!("{SECRET}\n"));
     set_mode(&src.join("d15/secret.key"), 0o600);
     set_mode(&src.join("d15"), 0o755);
@@ -574,7 +574,8 @@ fn another_user_never_reads_a_private_file_during_an_engine_restore() {
     let seen = spy.finish();
 
     seen.assert_never_read(SECRET);
-    assert!(seen.read_any("public 29 99"), "the spy reads what is public: it was looking ({} passes)", seen.passes);
+    eprintln!("DEBUG hf names {} passes {}", seen.names.iter().filter(|n| n.contains(".hf-")).count(), seen.passes);
+    assert!(seen.read_any("public 19 99"), "the spy reads what is public: it was looking ({} passes)", seen.passes);
     let secret = restored(&out, &src.join("d15/secret.key"));
     assert_eq!(fs::read_to_string(&secret).unwrap(), format!("{SECRET}\n"));
     assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);

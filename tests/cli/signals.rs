@@ -51,7 +51,8 @@ fn job_stalling_in(env: &JobEnv, phase: Phase) -> String {
     }
     let db = env.path("app.sqlite");
     crate::jobs_util::sqlite_exec(&db, "CREATE TABLE t (x); INSERT INTO t VALUES (1);");
-    let stall = |p: Phase| if p == phase { format!("if [ -e stall ]; then touch stalled; {sleep}; fi") } else { String::new() };
+    let stall =
+        |p: Phase| if p == phase { format!("if [ -e stall ]; then touch stalled; {sleep}; fi") } else { String::new() };
     let mut hooks = format!(
         "[[jobs.app.hooks]]\nphase = \"before\"\nrun = {}\n\n\
          [[jobs.app.hooks]]\nphase = \"after_dumps\"\nrun = \"touch dumped\"\n\n\
