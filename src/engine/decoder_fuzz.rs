@@ -829,6 +829,208 @@ fn mutate_once(rng: &mut Rng, v: &mut Vec<u8>, pool: &[Vec<u8>], dict: &[&[u8]])
     }
 }
 
+// ---------------------------------------------- structure-aware mutation
+
+/// A JSON mutant that is still JSON: one to three nodes of a pool entry
+/// replaced, removed, duplicated or renamed, so the typed decoding behind
+/// the parser (field types, ranges, ids, timestamps) is what gets tested.
+fn mutate_json(rng: &mut Rng, pool: &[Vec<u8>]) -> Vec<u8> {
+    let base = rng.pick(pool).clone();
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&base) else {
+        return mutate(rng, &base, pool, JSON_TOKENS);
+    };
+    for _ in 0..1 + rng.below(3) {
+        mutate_json_node(rng, &mut value, 0);
+    }
+    let out = if rng.one_in(2) { serde_json::to_vec(&value) } else { serde_json::to_vec_pretty(&value) };
+    out.unwrap_or(base)
+}
+
+fn mutate_json_node(rng: &mut Rng, v: &mut serde_json::Value, depth: usize) {
+    use serde_json::Value;
+    let descend = depth < 32 && rng.below(4) != 0;
+    match v {
+        Value::Object(map) if descend && !map.is_empty() => {
+            let key = map.keys().nth(rng.below(map.len())).cloned().unwrap_or_default();
+            if let Some(child) = map.get_mut(&key) {
+                return mutate_json_node(rng, child, depth + 1);
+            }
+        }
+        Value::Array(items) if descend && !items.is_empty() => {
+            let i = rng.below(items.len());
+            return mutate_json_node(rng, &mut items[i], depth + 1);
+        }
+        _ => {}
+    }
+    match v {
+        Value::Object(map) if rng.one_in(2) => {
+            let key = map.keys().nth(rng.below(map.len().max(1))).cloned();
+            match (rng.below(3), key) {
+                (0, Some(key)) => {
+                    map.remove(&key);
+                }
+                (1, Some(key)) => {
+                    if let Some(child) = map.remove(&key) {
+                        map.insert(mutate_name(rng, &key), child);
+                    }
+                }
+                _ => {
+                    map.insert("unexpected".into(), interesting_json(rng));
+                }
+            }
+        }
+        Value::Array(items) if rng.one_in(2) => match rng.below(3) {
+            0 if !items.is_empty() => {
+                items.remove(rng.below(items.len()));
+            }
+            1 if !items.is_empty() => {
+                let item = items[rng.below(items.len())].clone();
+                let times = 1 + rng.below(if rng.one_in(8) { 1000 } else { 3 });
+                items.extend(std::iter::repeat_n(item, times));
+            }
+            _ => items.push(interesting_json(rng)),
+        },
+        _ => *v = interesting_json(rng),
+    }
+}
+
+/// A key or name changed a little: a character swapped, dropped or added
+/// (a backtick or a multibyte one too: error messages quote names).
+fn mutate_name(rng: &mut Rng, name: &str) -> String {
+    let mut chars: Vec<char> = name.chars().collect();
+    let at = rng.below(chars.len() + 1);
+    match rng.below(4) {
+        0 if at < chars.len() => {
+            chars.remove(at);
+        }
+        1 if at < chars.len() => chars[at] = *rng.pick(&['x', '_', '`', 'é', ' ', '\u{0}']),
+        _ => chars.insert(at, *rng.pick(&['s', '`', 'é', '日', '-', '.'])),
+    }
+    chars.into_iter().collect()
+}
+
+fn interesting_json(rng: &mut Rng) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let hex = |n: usize| Value::String("a".repeat(n));
+    match rng.below(26) {
+        0 => Value::Null,
+        1 => json!(true),
+        2 => json!(0),
+        3 => json!(-1),
+        4 => json!(255),
+        5 => json!(256),
+        6 => json!(u32::MAX),
+        7 => json!(u32::MAX as u64 + 1),
+        8 => json!(u64::MAX),
+        9 => json!(i64::MIN),
+        10 => json!(0.5),
+        11 => json!(1e300),
+        12 => json!(""),
+        13 => hex(64),
+        14 => hex(63),
+        15 => Value::String("x".repeat(10_000)),
+        16 => json!("é\u{0}\u{7}日本"),
+        17 => json!("2026-13-45T00:00:00Z"),
+        18 => json!("-009999-01-01T00:00:00Z"),
+        19 => json!("9999-12-31T23:59:59.999999999Z"),
+        20 => json!([]),
+        21 => json!({}),
+        22 => (0..60).fold(json!(1), |inner, _| json!([inner])),
+        23 => json!({"a": [1, "b", null]}),
+        24 => json!("argon2id"),
+        _ => json!(4096),
+    }
+}
+
+/// A TOML mutant that is still TOML: a value replaced, a key renamed or
+/// dropped, or an unknown key added, so the config's resolution (not just
+/// the parser) sees odd but well-formed files.
+fn mutate_toml(rng: &mut Rng, pool: &[Vec<u8>]) -> Vec<u8> {
+    let base = rng.pick(pool).clone();
+    let text = String::from_utf8_lossy(&base);
+    let Ok(mut table) = toml::from_str::<toml::Table>(&text) else {
+        return mutate(rng, &base, pool, TOML_TOKENS);
+    };
+    for _ in 0..1 + rng.below(3) {
+        mutate_toml_table(rng, &mut table, 0);
+    }
+    toml::to_string(&table).map(String::into_bytes).unwrap_or(base)
+}
+
+fn mutate_toml_table(rng: &mut Rng, table: &mut toml::Table, depth: usize) {
+    let Some(key) = table.keys().nth(rng.below(table.len().max(1))).cloned() else {
+        table.insert("unexpected".into(), interesting_toml(rng));
+        return;
+    };
+    if depth < 8 && rng.below(3) != 0 {
+        match table.get_mut(&key) {
+            Some(toml::Value::Table(t)) => return mutate_toml_table(rng, t, depth + 1),
+            Some(toml::Value::Array(items)) if !items.is_empty() => {
+                let i = rng.below(items.len());
+                if let toml::Value::Table(t) = &mut items[i] {
+                    return mutate_toml_table(rng, t, depth + 1);
+                }
+                items[i] = interesting_toml(rng);
+                return;
+            }
+            _ => {}
+        }
+    }
+    match rng.below(5) {
+        0 => {
+            table.remove(&key);
+        }
+        1 => {
+            if let Some(v) = table.remove(&key) {
+                table.insert(mutate_name(rng, &key), v);
+            }
+        }
+        2 => {
+            table.insert(mutate_name(rng, &key), interesting_toml(rng));
+        }
+        _ => {
+            table.insert(key, interesting_toml(rng));
+        }
+    }
+}
+
+fn interesting_toml(rng: &mut Rng) -> toml::Value {
+    use toml::Value;
+    let s = |t: &str| Value::String(t.into());
+    match rng.below(30) {
+        0 => Value::Integer(0),
+        1 => Value::Integer(-1),
+        2 => Value::Integer(i64::MAX),
+        3 => Value::Integer(u32::MAX as i64 + 1),
+        4 => Value::Integer(65536),
+        5 => Value::Float(f64::NAN),
+        6 => Value::Float(f64::INFINITY),
+        7 => Value::Float(0.5),
+        8 => Value::Boolean(true),
+        9 => s(""),
+        10 => s("a\nb"),
+        11 => s("é日本\u{7}"),
+        12 => s("0777"),
+        13 => s("08"),
+        14 => s("99999999999h"),
+        15 => s("1h30m"),
+        16 => s("-5m"),
+        17 => s("*-*-* 03:15:00"),
+        18 => s("s3://"),
+        19 => s("s3://bucket/"),
+        20 => s("http://[::1]:99999"),
+        21 => s("{{job"),
+        22 => s("{{#each x}}"),
+        23 => s(".."),
+        24 => s("/"),
+        25 => Value::Array(vec![]),
+        26 => Value::Array(vec![s("main"), s("main")]),
+        27 => Value::Table(toml::Table::new()),
+        28 => s(">= x"),
+        _ => s("all"),
+    }
+}
+
 // --------------------------------------------------------- test fixtures
 
 /// The test master key: every sealed corpus file is sealed with it.
@@ -1766,7 +1968,7 @@ fn snapshot() {
         dict: JSON_TOKENS,
         per_byte: 64,
         allowance: &no_allowance,
-        generate: None,
+        generate: Some(&mutate_json),
     });
 }
 
@@ -1797,7 +1999,7 @@ fn key_file() {
         dict: JSON_TOKENS,
         per_byte: 64,
         allowance: &no_allowance,
-        generate: None,
+        generate: Some(&mutate_json),
     });
 }
 
@@ -1852,7 +2054,7 @@ fn marker() {
         dict: JSON_TOKENS,
         per_byte: 64,
         allowance: &no_allowance,
-        generate: None,
+        generate: Some(&mutate_json),
     });
 }
 
@@ -1870,7 +2072,7 @@ fn repo_config() {
         dict: JSON_TOKENS,
         per_byte: 64,
         allowance: &no_allowance,
-        generate: None,
+        generate: Some(&mutate_json),
     });
 }
 
@@ -1896,7 +2098,7 @@ fn config_toml() {
         dict: TOML_TOKENS,
         per_byte: 256,
         allowance: &no_allowance,
-        generate: None,
+        generate: Some(&mutate_toml),
     });
 }
 

@@ -319,31 +319,42 @@ fn a_symlink_where_a_directory_goes_is_replaced_and_never_followed() {
     }
 }
 
-/// A file's path in the target is a symlink to a file outside (and another
-/// is a dangling symlink to a path outside): the outside file is not
-/// written, truncated or chmodded, nothing is created where the dangling
-/// link points, and the target holds the restored regular files.
+/// A file's path in the target is a symlink to a file outside, another is
+/// a dangling symlink to a path outside, a third a hard link to a file
+/// outside: the outside files are not written, truncated or chmodded,
+/// nothing is created where the dangling link points, and the target holds
+/// the restored regular files.
 #[test]
-fn a_symlink_where_a_file_goes_is_replaced_and_its_target_untouched() {
+fn a_link_where_a_file_goes_is_replaced_and_what_it_links_to_untouched() {
     let t = TestRepo::init();
     let src = small_source(&t);
+    write(&src.join("sub/linked.txt"), "restored over a hard link\n");
     set_mode(&src.join("top.txt"), 0o604);
+    set_mode(&src.join("sub/linked.txt"), 0o604);
     t.backup(&[&src]);
-    let outside = t.path("outside.txt");
-    write(&outside, "an outside file: never to be written\n");
-    set_mode(&outside, 0o640);
-    let before = tree_fingerprint(&outside);
+    let (outside, hard) = (t.path("outside.txt"), t.path("outside-hard.txt"));
+    for f in [&outside, &hard] {
+        write(f, "an outside file: never to be written\n");
+        set_mode(f, 0o640);
+    }
+    let before = [tree_fingerprint(&outside), tree_fingerprint(&hard)];
     let nowhere = t.path("created-through-a-link");
     let out = t.path("out");
     fs::create_dir_all(restored(&out, &src.join("sub"))).unwrap();
     symlink(&outside, restored(&out, &src.join("top.txt"))).unwrap();
     symlink(&nowhere, restored(&out, &src.join("sub/deeper.txt"))).unwrap();
+    fs::hard_link(&hard, restored(&out, &src.join("sub/linked.txt"))).unwrap();
 
     t.restore("latest", &out);
 
-    assert_same_tree(&before, &tree_fingerprint(&outside));
+    assert_same_tree(&before[0], &tree_fingerprint(&outside));
+    // Its link count went back to 1: compare everything else.
+    let hard_after: Vec<Node> =
+        tree_fingerprint(&hard).into_iter().map(|n| Node { hard_link_group: None, ..n }).collect();
+    let hard_before: Vec<Node> = before[1].iter().cloned().map(|n| Node { hard_link_group: None, ..n }).collect();
+    assert_same_tree(&hard_before, &hard_after);
     assert_eq!(kind(&nowhere), "nothing", "nothing was created through the dangling link");
-    for f in ["top.txt", "sub/deeper.txt"] {
+    for f in ["top.txt", "sub/deeper.txt", "sub/linked.txt"] {
         assert_eq!(kind(&restored(&out, &src.join(f))), "file", "{f} is now a regular file");
     }
     assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
@@ -356,11 +367,13 @@ fn a_symlink_where_a_file_goes_is_replaced_and_its_target_untouched() {
 /// writing) and replaces them. A character device (a copy of /dev/full,
 /// made with mknod) where a file goes is replaced and never written: a
 /// write to it fails with "no space left", which would fail the restore.
+/// A listening socket where a file goes is replaced too.
 #[test]
 fn fifos_and_devices_in_the_way_are_replaced_never_opened() {
     let t = TestRepo::init();
     let src = small_source(&t);
     write(&src.join("device.txt"), "where the device was\n");
+    write(&src.join("socket.txt"), "where the socket was\n");
     t.backup(&[&src]);
     let out = t.path("out");
     let at = |rel: &str| restored(&out, &src.join(rel));
@@ -374,12 +387,14 @@ fn fifos_and_devices_in_the_way_are_replaced_never_opened() {
         Some(nix::libc::ENOSPC),
         "the node is /dev/full"
     );
+    let _listener = std::os::unix::net::UnixListener::bind(at("socket.txt")).unwrap();
 
     t.cmd(["restore", "latest", "--to"]).arg(&out).timeout(Duration::from_secs(30)).assert().success();
 
     assert_eq!(kind(&at("top.txt")), "file");
     assert_eq!(kind(&at("sub")), "dir");
     assert_eq!(kind(&at("device.txt")), "file");
+    assert_eq!(kind(&at("socket.txt")), "file");
     assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&at("")));
 }
 
@@ -556,7 +571,8 @@ fn spy_source(src: &Path) {
 /// `nobody`, walking and reading everything under the target over and over
 /// during two restores into it (the first into an empty target, the second
 /// over the first, while the tree is already open to all), never reads the
-/// root-owned 0600 secret, though it reads the public files.
+/// root-owned 0600 secret, though it reads the public files and sees the
+/// temporary files of the second restore.
 #[test]
 fn another_user_never_reads_a_private_file_during_an_engine_restore() {
     let t = TestRepo::init();
@@ -574,8 +590,14 @@ fn another_user_never_reads_a_private_file_during_an_engine_restore() {
     let seen = spy.finish();
 
     seen.assert_never_read(SECRET);
-    eprintln!("DEBUG hf names {} passes {}", seen.names.iter().filter(|n| n.contains(".hf-")).count(), seen.passes);
-    assert!(seen.read_any("public 19 99"), "the spy reads what is public: it was looking ({} passes)", seen.passes);
+    // It was looking, at the right places and times: it read the public
+    // files, and saw the second restore's temporary files come and go.
+    assert!(seen.read_any("public 19 99"), "the spy reads what is public ({} passes)", seen.passes);
+    assert!(
+        seen.names.iter().any(|n| n.rsplit('/').next().unwrap_or_default().starts_with(".hf-")),
+        "the spy saw temporary files ({} passes)",
+        seen.passes
+    );
     let secret = restored(&out, &src.join("d15/secret.key"));
     assert_eq!(fs::read_to_string(&secret).unwrap(), format!("{SECRET}\n"));
     assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);
@@ -770,6 +792,29 @@ fn names_under(dir: &Path) -> Vec<String> {
         .filter(|n| n.kind != crate::util::Kind::File || !String::from_utf8_lossy(&n.path).contains("lock"))
         .map(|n| String::from_utf8_lossy(&n.path).into_owned())
         .collect()
+}
+
+/// `--overwrite` into a directory inside the repository (its `snapshots`
+/// or `packs`) or inside the spool is refused like one that holds them:
+/// replacing it would destroy the repository's snapshots or data, or the
+/// job's spool. The repository still lists its snapshot afterwards.
+#[test]
+fn a_job_restore_never_overwrites_a_directory_inside_the_repository_or_spool() {
+    let env = JobEnv::new();
+    job_with_files(&env, None);
+    let repo_before = names_under(&env.repo());
+
+    for (to, says) in [
+        (env.repo().join("snapshots"), "repository"),
+        (env.repo().join("packs"), "repository"),
+        (env.spool().join("app"), "spool"),
+    ] {
+        assert_refused(env.engine(["restore", "app", "--files", "--overwrite", "--to"]).arg(&to), &[says]);
+    }
+
+    assert_eq!(names_under(&env.repo()), repo_before, "nothing in the repository moved");
+    assert_eq!(env.snapshots_json("app").len(), 1, "the repository still lists its snapshot");
+    assert_eq!(staging_dirs(&env.repo()), Vec::<String>::new());
 }
 
 // ---------------------------------------------------------------- sockets
