@@ -189,6 +189,7 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
     // Spool.
     let needed: u64 = sizes.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| *s)).sum();
     check_spool(c, &job.spool, needed);
+    check_state_dir(c, &job.state_dir);
     // Repositories.
     for name in &job.repositories {
         let Some(r) = config.repositories.get(name) else { continue };
@@ -307,6 +308,30 @@ fn check_database(db: &crate::config::DatabaseConfig) -> Result<(Found, Vec<Stri
 /// omitted), so ask for 50% more plus 64 MiB.
 fn spool_needed(db_bytes: u64) -> u64 {
     db_bytes + db_bytes / 2 + (64 << 20)
+}
+
+/// The state directory must be writable (it is created 0700 if missing).
+fn check_state_dir(c: &mut Checker, dir: &Path) {
+    let mut existing = dir.to_path_buf();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let flags = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    if nix::unistd::access(&existing, flags).is_err() {
+        c.problem(
+            "state",
+            format!(
+                "state_dir {}: {} is not writable; `run` could not record its outcome for `status`",
+                dir.display(),
+                existing.display()
+            ),
+        );
+    } else {
+        c.ok("state", format!("state_dir {} is writable", dir.display()));
+    }
 }
 
 fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {

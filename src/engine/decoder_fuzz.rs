@@ -557,7 +557,11 @@ fn fuzz(t: Target) {
     let started = Instant::now();
     for _ in 0..cases() {
         let input = match t.generate {
-            Some(g) if rng.one_in(3) => g(&mut rng, &pool),
+            Some(g) if rng.one_in(3) => {
+                let mut made = g(&mut rng, &pool);
+                made.truncate(MAX_INPUT);
+                made
+            }
             _ => {
                 let base = &pool[rng.below(pool.len())];
                 mutate(&mut rng, base, &pool, t.dict)
@@ -885,12 +889,46 @@ fn mutate_json_node(rng: &mut Rng, v: &mut serde_json::Value, depth: usize) {
             }
             1 if !items.is_empty() => {
                 let item = items[rng.below(items.len())].clone();
-                let times = 1 + rng.below(if rng.one_in(8) { 1000 } else { 3 });
+                let most = if rng.one_in(8) { 1000 } else { 3 };
+                let times = 1 + rng.below(most);
                 items.extend(std::iter::repeat_n(item, times));
             }
             _ => items.push(interesting_json(rng)),
         },
+        _ if rng.one_in(2) => *v = similar_json(rng, v),
         _ => *v = interesting_json(rng),
+    }
+}
+
+/// A value of the same type as `v` (so the decoding goes on past it), but
+/// an odd one.
+fn similar_json(rng: &mut Rng, v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match v {
+        Value::Number(_) => match rng.below(12) {
+            0 => json!(0),
+            1 => json!(1),
+            2 => json!(-1),
+            3 => json!(7),
+            4 => json!(255),
+            5 => json!(256),
+            6 => json!(65536),
+            7 => json!(u32::MAX),
+            8 => json!(u32::MAX as u64 + 1),
+            9 => json!(u64::MAX),
+            10 => json!(i64::MIN),
+            _ => json!(1.5),
+        },
+        Value::String(s) => Value::String(match rng.below(6) {
+            0 => mutate_name(rng, s),
+            1 => String::new(),
+            2 => s.repeat(1 + rng.below(64)),
+            3 => s.to_uppercase(),
+            4 => s.chars().rev().collect(),
+            _ => format!("{s}0"),
+        }),
+        Value::Bool(b) => Value::Bool(!b),
+        _ => interesting_json(rng),
     }
 }
 
@@ -976,9 +1014,29 @@ fn mutate_toml_table(rng: &mut Rng, table: &mut toml::Table, depth: usize) {
             _ => {}
         }
     }
-    match rng.below(5) {
+    match rng.below(7) {
         0 => {
             table.remove(&key);
+        }
+        5 | 6 => {
+            let similar = match table.get(&key) {
+                Some(toml::Value::String(s)) => toml::Value::String(mutate_name(rng, s)),
+                Some(toml::Value::Integer(n)) => toml::Value::Integer(match rng.below(4) {
+                    0 => -n,
+                    1 => n.saturating_mul(1 << 20),
+                    2 => n.saturating_add(1),
+                    _ => 0,
+                }),
+                Some(toml::Value::Array(items)) => {
+                    let mut items = items.clone();
+                    if let Some(first) = items.first().cloned() {
+                        items.push(first);
+                    }
+                    toml::Value::Array(items)
+                }
+                _ => interesting_toml(rng),
+            };
+            table.insert(key, similar);
         }
         1 => {
             if let Some(v) = table.remove(&key) {

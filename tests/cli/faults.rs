@@ -186,12 +186,6 @@ impl Cmd {
         Cmd::ForgetDryRun,
         Cmd::KeyExport,
     ];
-
-    /// Commands that change the repository run on a copy of their own, so
-    /// every command of a case sees the damage as the fault left it.
-    fn writes(self) -> bool {
-        matches!(self, Cmd::Prune | Cmd::RepairIndexThenCheck | Cmd::RepairSnapshots | Cmd::Backup)
-    }
 }
 
 /// One damaged copy and the commands run on it.
@@ -441,8 +435,8 @@ impl Fixture {
 
     fn tree(&self, w: Which) -> &[Node] {
         match w {
-            Which::A => &self.tree_a,
-            Which::B => &self.tree_b,
+            Which::A => &self.tree_b,
+            Which::B => &self.tree_a,
         }
     }
 
@@ -840,7 +834,7 @@ impl Run<'_> {
         for (rel, hash) in &self.state {
             let needed = match FileKind::of(rel) {
                 FileKind::Pack => self.fx.live_packs.contains(rel),
-                FileKind::Snapshot | FileKind::Key | FileKind::Config | FileKind::Marker => true,
+                FileKind::Snapshot | FileKind::Key | FileKind::Config | FileKind::Marker | FileKind::Index => true,
                 _ => false,
             };
             if needed && after.get(rel) != Some(hash) {
@@ -916,7 +910,7 @@ impl Run<'_> {
                             "SILENT: listed `latest` while the newest snapshot cannot be read",
                         ),
                         Some(w) => {
-                            let want = if w == Which::A { &fx.ls_a } else { &fx.ls_b };
+                            let want = if w == Which::A { &fx.ls_b } else { &fx.ls_a };
                             match serde_json::from_str::<Value>(&ran.stdout) {
                                 Ok(got) if got == *want => {}
                                 Ok(_) => self.violation(

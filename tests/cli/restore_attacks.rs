@@ -98,9 +98,12 @@ fn assert_refused(c: &mut assert_cmd::Command, says: &[&str]) -> String {
     let out = c.output().expect("run holdfast");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let code = out.status.code();
-    assert!(matches!(code, Some(1) | Some(2)), "holdfast should refuse (exit 1 or 2), exited {code:?}:\n{stderr}");
+    assert!(
+        matches!(code, Some(1) | Some(2)),
+        "holdfast should refuse (exit 1 or 2), exited {code:?}: {c:?}\n{stderr}"
+    );
     for s in says {
-        assert!(stderr.contains(s), "the refusal should say {s:?}:\n{stderr}");
+        assert!(stderr.contains(s), "the refusal should say {s:?}: {c:?}\n{stderr}");
     }
     stderr
 }
