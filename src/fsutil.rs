@@ -18,11 +18,31 @@ pub const PRIVATE_DIR: u32 = 0o700;
 /// The mode of every file holdfast writes for itself.
 pub const PRIVATE_FILE: u32 = 0o600;
 
-/// Create `dir` and its missing parents, each with `mode` (0700 unless the
-/// directory is meant to be read by others, like a metrics directory).
-/// Existing directories are left as they are.
+/// Create `dir` and its missing parents, each with exactly `mode` (0700
+/// unless the directory is meant to be read by others, like a metrics
+/// directory; the umask does not narrow it). Existing directories are left
+/// as they are.
 pub fn create_dir_all(dir: &Path, mode: u32) -> Result<()> {
-    DirBuilder::new().recursive(true).mode(mode).create(dir).at(dir)?;
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while std::fs::symlink_metadata(at).is_err() {
+        missing.push(at);
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).at(d)?,
+            // Made by someone else meanwhile: theirs, left as it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(crate::Error::io(d, e)),
+        }
+    }
+    if !dir.is_dir() {
+        return Err(crate::Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")));
+    }
     Ok(())
 }
 

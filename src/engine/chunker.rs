@@ -32,6 +32,19 @@ impl ChunkerParams {
         }
         Ok(ChunkerParams { min_size: avg / 4, avg_size: avg, max_size: avg * 4 })
     }
+
+    /// Whether these parameters are ones `with_average` makes: a
+    /// repository's config is checked with this when it is opened, so a
+    /// damaged or forged one is an error, not a panic in the chunker.
+    pub fn check(&self) -> Result<(), String> {
+        match ChunkerParams::with_average(self.avg_size) {
+            Ok(p) if p == *self => Ok(()),
+            _ => Err(format!(
+                "chunker parameters {}/{}/{} are not ones holdfast makes",
+                self.min_size, self.avg_size, self.max_size
+            )),
+        }
+    }
 }
 
 impl Default for ChunkerParams {

@@ -1148,6 +1148,45 @@ fn declared_size(body: &[u8]) -> i64 {
     }
 }
 
+/// A zstd body whose frame header is rewritten to declare another content
+/// size (an 8-byte field, single segment), the blocks left as they were:
+/// sizes up to `MAX_PLAINTEXT` are reserved by `Keys::open` before it
+/// decompresses, larger ones go to the streaming decoder.
+fn forge_content_size(rng: &mut Rng, _pool: &[Vec<u8>]) -> Vec<u8> {
+    let text: Vec<u8> = (0..rng.below(5000)).map(|i| (i % 7) as u8 + rng.below(2) as u8).collect();
+    let frame = zstd::bulk::compress(&text, 3).unwrap_or_default();
+    if frame.len() < 6 {
+        return frame;
+    }
+    let fhd = frame[4];
+    let single_segment = fhd & 0x20 != 0;
+    let fcs_len = match fhd >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let header_len = 5 + usize::from(!single_segment) + [0, 1, 2, 4][(fhd & 3) as usize] + fcs_len;
+    let real = text.len() as u64;
+    let declared = match rng.below(10) {
+        0 => real.wrapping_sub(1),
+        1 => real + 1,
+        2 => real,
+        3 => 1 << 20,
+        4 => MAX_PLAINTEXT,
+        5 => MAX_PLAINTEXT + 1,
+        6 => u32::MAX as u64,
+        7 => u64::MAX,
+        _ => rng.next() % MAX_PLAINTEXT,
+    };
+    let mut out = vec![1u8];
+    out.extend_from_slice(&frame[..4]);
+    out.push(0xe0 | (fhd & 0x04));
+    out.extend_from_slice(&declared.to_le_bytes());
+    out.extend_from_slice(frame.get(header_len..).unwrap_or_default());
+    out
+}
+
 /// The key file `Repository::open` uses in the marker and config targets:
 /// a tiny argon2 cost (8 KiB, 1 pass), so opening takes microseconds.
 fn cheap_key_file(repo: &Id) -> KeyFile {
@@ -1233,6 +1272,13 @@ impl TestRepo {
     fn open(&self) -> Result<Outcome, String> {
         match Repository::open(&Location::Local(self.root.clone()), PASSPHRASE) {
             Ok(repo) => {
+                if repo.config().id != TEST_REPO {
+                    return Err(format!(
+                        "config id: opened with a config naming repository {}, not the marker's {}",
+                        repo.config().id.short(),
+                        TEST_REPO.short()
+                    ));
+                }
                 let sample: Vec<u8> = (0..64u32 << 10).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
                 let chunker = repo.chunker();
                 let cut = chunker.cut(&sample);
@@ -1933,7 +1979,7 @@ fn sealed() {
         dict: &[&[0x28, 0xb5, 0x2f, 0xfd], &[0x50, 0x2a, 0x4d, 0x18], &[0xff; 8], &[0x00], &[0x01]],
         per_byte: 64,
         allowance: &declared_size,
-        generate: None,
+        generate: Some(&forge_content_size),
     });
 }
 

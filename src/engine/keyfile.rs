@@ -90,6 +90,11 @@ impl KeyFile {
     /// A printable form: the key file's fields in hex, 16 bytes a line, each
     /// line with a checksum so a typing mistake is found at its line.
     pub fn to_paper(&self) -> Result<String> {
+        // The paper form has room for argon2id and a salt of up to 255
+        // bytes; anything else would read back as another key.
+        if self.kdf.algorithm != "argon2id" {
+            return Err(Error::damaged("key file", format!("unknown KDF {:?}", self.kdf.algorithm)));
+        }
         let mut bin = Vec::new();
         bin.push(self.holdfast_key);
         bin.extend_from_slice(&self.repo_id()?.0);
@@ -98,7 +103,8 @@ impl KeyFile {
         }
         let salt = hex::decode(&self.kdf.salt).map_err(|e| Error::damaged("key file", e))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|e| Error::damaged("key file", e))?;
-        bin.push(salt.len() as u8);
+        let salt_len = u8::try_from(salt.len()).map_err(|_| Error::damaged("key file", "salt longer than 255 bytes"))?;
+        bin.push(salt_len);
         bin.extend_from_slice(&salt);
         bin.extend_from_slice(&wrapped);
         let mut out = String::from(

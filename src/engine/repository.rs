@@ -53,6 +53,20 @@ pub struct RepoConfig {
     pub pack_size: u32,
 }
 
+impl RepoConfig {
+    /// Values only holdfast's `init` makes: anything else is damage.
+    pub fn check(&self) -> Result<()> {
+        self.chunker.check().map_err(|e| Error::damaged("config", e))?;
+        if !(-7..=22).contains(&self.compression_level) {
+            return Err(Error::damaged("config", format!("compression level {}", self.compression_level)));
+        }
+        if !((1 << 20)..=(256 << 20)).contains(&self.pack_size) {
+            return Err(Error::damaged("config", format!("pack size {}", self.pack_size)));
+        }
+        Ok(())
+    }
+}
+
 /// Options for `init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -96,6 +110,9 @@ impl Repository {
                 "compression level must be between -7 and 22, not {}",
                 opts.compression_level
             )));
+        }
+        if !((1 << 20)..=(256 << 20)).contains(&opts.pack_size) {
+            return Err(Error::Invalid(format!("pack size must be between 1 MiB and 256 MiB, not {}", opts.pack_size)));
         }
         backend.create_layout()?;
         let master = match &opts.master {
@@ -177,6 +194,7 @@ impl Repository {
                     })?;
                     let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
                     let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
+                    config.check()?;
                     return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
                 }
                 // The content no longer matches the name it was stored

@@ -209,6 +209,7 @@ fn metrics_files_get_their_configured_mode() {
     ))
     .init_repo();
     env.run(&["a", "b"]).assert_ok();
+    assert_eq!(mode_of(&env.path("metrics")), 0o755, "the exporter can reach the files");
     assert_eq!(mode_of(&env.path("metrics/holdfast-a.prom")), 0o644);
     assert_eq!(mode_of(&env.path("metrics/holdfast-b.prom")), 0o640);
     assert_eq!(mode_of(&env.path("state/a/state.json")), 0o600);
