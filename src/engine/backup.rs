@@ -203,8 +203,19 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let running = crate::engine::gc::register_backup(repo)?;
     let marked: std::collections::HashSet<Id> = crate::engine::gc::marked_packs(repo)?.into_keys().collect();
     let (index, _damaged) = repo.load_index()?;
-    let mut index = index.without_packs(&marked);
-    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &running, &index, &marked)?;
+    // Blobs are reused only from packs that are there, whole: a pack lost
+    // or cut short since it was indexed makes its blobs stored again.
+    let listed = repo.backend().list(crate::engine::backend::PACKS)?;
+    let sizes: HashMap<Id, u64> = listed.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
+    let unusable: std::collections::HashSet<Id> = index
+        .packs()
+        .iter()
+        .filter(|(p, end)| sizes.get(*p).is_none_or(|size| size < *end))
+        .map(|(p, _)| *p)
+        .chain(marked.iter().copied())
+        .collect();
+    let mut index = index.without_packs(&unusable);
+    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &running, &index, &marked, &listed)?;
     index.add_file(&IndexFile { packs: adopted.clone() });
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut parent_trees = ParentTrees::new(repo, &index, parent.as_ref().map(|(_, snap)| snap.root));

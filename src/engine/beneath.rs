@@ -112,15 +112,21 @@ pub fn lookup(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<Found> {
 }
 
 /// Make sure `name` in `dir` is a directory, creating it 0700 (it gets its
-/// recorded mode when the restore ends). A non-directory in the way — a
-/// file, a symlink, a FIFO — is removed, never followed. Returns whether it
-/// was created.
+/// recorded mode when the restore ends). A directory already there is
+/// narrowed to 0700 too while the restore writes into it (a private file of
+/// the snapshot must not show through a wider directory that was there,
+/// and a read-only one must take the new files). A non-directory in the way
+/// — a file, a symlink, a FIFO — is removed, never followed. Returns whether
+/// it was created.
 pub fn ensure_dir(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<bool> {
     for _ in 0..3 {
         match mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => return Ok(true),
             Err(Errno::EEXIST) => match lookup(dir, name, shown)? {
-                Found::Dir => return Ok(false),
+                Found::Dir => {
+                    narrow_dir(dir, name, shown)?;
+                    return Ok(false);
+                }
                 Found::Nothing => continue,
                 Found::Other(_) => unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(|e| errno(shown, e))?,
             },
@@ -128,6 +134,20 @@ pub fn ensure_dir(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<bool> {
         }
     }
     Err(Error::Invalid(format!("{}: keeps changing while the restore creates it", shown.display())))
+}
+
+/// Give an existing directory mode 0700 (not following a symlink). One
+/// that is not ours to change (another user's, as non-root) is left as it is.
+fn narrow_dir(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<()> {
+    let fd = match openat(dir, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::EACCES) => return Ok(()),
+        Err(e) => return Err(errno(shown, e)),
+    };
+    match nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EPERM) => Ok(()),
+        Err(e) => Err(errno(shown, e)),
+    }
 }
 
 /// Create a new file `name` in `dir`, mode 0600, failing if anything is

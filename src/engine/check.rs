@@ -67,6 +67,24 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
         );
     }
 
+    // Key files: named by the hash of their bytes, so damage shows without
+    // a passphrase (a damaged key no longer opens the repository).
+    for name in repo.backend().list(crate::engine::backend::KEYS)?.into_iter().map(|f| f.name) {
+        let problem = match repo.backend().get(crate::engine::backend::KEYS, &name) {
+            Err(e) => Some(format!("cannot be read ({e})")),
+            Ok(bytes) if Id::of_bytes(&bytes).to_hex() != name => Some("its content does not match its name".into()),
+            Ok(bytes) => crate::engine::keyfile::KeyFile::from_json(&bytes).err().map(|e| e.detail()),
+        };
+        if let Some(why) = problem {
+            damaged(
+                format!("key file {}", short(&name)),
+                format!(
+                    "{why}: it no longer opens the repository; remove it and `holdfast key add` (or `key import` an export)"
+                ),
+            );
+        }
+    }
+
     // Index files.
     let mut index = Index::default();
     let mut index_damaged = false;

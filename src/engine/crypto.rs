@@ -48,6 +48,19 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// What it is called in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Chunk => "chunk",
+            ObjectKind::Tree => "tree",
+            ObjectKind::PackHeader => "pack header",
+            ObjectKind::Index => "index",
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Config => "config",
+            ObjectKind::MasterKey => "key",
+        }
+    }
+
     /// Chunk contents use the data key; everything else the metadata key.
     fn uses_data_key(self) -> bool {
         matches!(self, ObjectKind::Chunk)
@@ -202,7 +215,7 @@ impl Keys {
 
     /// Authenticate, decrypt and decompress a sealed object of `kind` named `id`.
     pub fn open(&self, kind: ObjectKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
-        let what = || format!("{kind:?} {}", id.short());
+        let what = || format!("{} {}", kind.name(), id.short());
         if sealed.len() < NONCE_LEN + TAG_LEN + 1 {
             return Err(Error::damaged(what(), "too short"));
         }
@@ -258,7 +271,7 @@ fn compress_into(data: &[u8], out: &mut Vec<u8>, level: i32) -> bool {
 fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(n)) if n <= MAX_PLAINTEXT => n as usize,
-        _ => return zstd::stream::decode_all(frame),
+        _ => return decompress_capped(frame),
     };
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
@@ -267,9 +280,22 @@ fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
         }
         match z.decompressor.as_mut() {
             Some(d) => d.decompress(frame, size),
-            None => zstd::stream::decode_all(frame),
+            None => decompress_capped(frame),
         }
     })
+}
+
+/// A frame that does not declare its size (holdfast's own always do):
+/// stream it, but never past [`MAX_PLAINTEXT`] (a small authentic object
+/// must not unpack into gigabytes).
+fn decompress_capped(frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(frame)?.take(MAX_PLAINTEXT + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_PLAINTEXT {
+        return Err(std::io::Error::other("decompresses to more than an object may hold"));
+    }
+    Ok(out)
 }
 
 fn associated_data(kind: ObjectKind, id: &Id) -> [u8; 42] {

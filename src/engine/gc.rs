@@ -187,6 +187,7 @@ pub fn adopt_recent_leftovers(
     me: &Running,
     index: &Index,
     marked: &HashSet<Id>,
+    listed: &[crate::engine::backend::FileInfo],
 ) -> Result<Vec<IndexedPack>> {
     // Another backup still running is uploading packs of its own: they are
     // not leftovers, and reading them would only cost transfer.
@@ -195,12 +196,10 @@ pub fn adopt_recent_leftovers(
         return Ok(Vec::new());
     }
     let since = jiff::Timestamp::now() - ADOPT_MAX_AGE;
-    let candidates: Vec<String> = repo
-        .backend()
-        .list(PACKS)?
-        .into_iter()
+    let candidates: Vec<String> = listed
+        .iter()
         .filter(|f| f.modified.is_some_and(|m| m > since))
-        .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.name)))
+        .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.name.clone())))
         .filter(|(id, _)| !index.packs().contains_key(id) && !marked.contains(id))
         .map(|(_, name)| name)
         .collect();
@@ -210,6 +209,15 @@ pub fn adopt_recent_leftovers(
         Ok(IndexedPack { pack: id, blobs: crate::engine::pack::read_header(&id, &bytes, repo.keys())? })
     };
     Ok(repo.read_many(candidates, repo.backend().parallelism(), read).into_iter().filter_map(|(_, r)| r.ok()).collect())
+}
+
+/// Remove `dir/name`; already gone is fine (an interrupted prune, or one
+/// running at the same time, got there first).
+fn remove_if_there(repo: &Repository, dir: &str, name: &str) -> Result<()> {
+    match repo.backend().remove(dir, name) {
+        Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The names of the files in `dir`.
@@ -326,6 +334,8 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     let listed_packs = repo.backend().list(PACKS)?;
     let stored: HashMap<Id, u64> = listed_packs.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     let mut delete: HashSet<Id> = HashSet::new();
+    // Packs this prune already removed (so the leftover sweep skips them).
+    let mut removed: HashSet<Id> = HashSet::new();
     for (pack, marked_at) in &marks {
         let Some(blobs) = blobs_of.get(pack) else {
             // Marked and in no index: an interrupted prune already took it
@@ -334,7 +344,8 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             if !dry_run {
                 let name = pack.to_hex();
                 if let Some(size) = stored.get(pack) {
-                    repo.backend().remove(PACKS, &name)?;
+                    remove_if_there(repo, PACKS, &name)?;
+                    removed.insert(*pack);
                     report.bytes_deleted += size;
                     report.packs_deleted += 1;
                 }
@@ -402,12 +413,15 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     let tmp = repo.backend().list(TMP).unwrap_or_default();
     for (dir, candidates) in [(PACKS, listed_packs), (TMP, tmp)] {
         for file in candidates {
-            if dir == PACKS && Id::from_hex(&file.name).is_some_and(|id| blobs_of.contains_key(&id)) {
+            let id = Id::from_hex(&file.name);
+            if dir == PACKS
+                && id.is_some_and(|id| blobs_of.contains_key(&id) || removed.contains(&id) || delete.contains(&id))
+            {
                 continue;
             }
             if file.modified.is_some_and(|m| m < cutoff) {
                 report.bytes_deleted += file.size;
-                repo.backend().remove(dir, &file.name)?;
+                remove_if_there(repo, dir, &file.name)?;
                 report.leftovers_deleted += 1;
             }
         }

@@ -103,7 +103,8 @@ impl KeyFile {
         }
         let salt = hex::decode(&self.kdf.salt).map_err(|e| Error::damaged("key file", e))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|e| Error::damaged("key file", e))?;
-        let salt_len = u8::try_from(salt.len()).map_err(|_| Error::damaged("key file", "salt longer than 255 bytes"))?;
+        let salt_len =
+            u8::try_from(salt.len()).map_err(|_| Error::damaged("key file", "salt longer than 255 bytes"))?;
         bin.push(salt_len);
         bin.extend_from_slice(&salt);
         bin.extend_from_slice(&wrapped);

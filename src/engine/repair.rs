@@ -137,9 +137,19 @@ pub struct SnapshotRepair {
 /// blobs in no index, in a missing or truncated pack, or (with `read_data`,
 /// which reads every pack) whose bytes do not authenticate.
 pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Result<Vec<SnapshotRepair>> {
-    let (index, _) = repo.load_index()?;
+    let (index, damaged_index) = repo.load_index()?;
     let on_disk: HashMap<Id, u64> =
         repo.backend().list(PACKS)?.into_iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
+    // What looks lost may only be unindexed: never drop it from a snapshot
+    // while the index itself is in doubt.
+    let unindexed = on_disk.keys().filter(|p| !index.packs().contains_key(*p)).count();
+    let index_in_doubt = (!damaged_index.is_empty() || unindexed > 0).then(|| {
+        format!(
+            "{} index file(s) cannot be read and {unindexed} pack(s) are in no index: what looks lost may only be \
+             unindexed. Run `holdfast repair index` first, then `holdfast repair snapshots`",
+            damaged_index.len()
+        )
+    });
     let mut bad_packs: HashSet<Id> = index
         .packs()
         .iter()
@@ -168,16 +178,15 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
             )),
         })
         .collect();
-    let mut rewriter = Rewriter {
-        repo,
-        index: &index,
-        readable: &readable,
-        done: HashMap::new(),
-        pack: None,
-        packs: Vec::new(),
-        stored: HashSet::new(),
-        dry_run,
-    };
+    if let Some(why) = &index_in_doubt {
+        let mut probe = Rewriter::new(repo, &index, &readable, true);
+        for (_, snap) in &snaps {
+            if !probe.tree(&snap.root)?.1.is_empty() {
+                return Err(Error::Invalid(format!("{why}; nothing was written")));
+            }
+        }
+    }
+    let mut rewriter = Rewriter::new(repo, &index, &readable, dry_run);
     for (id, snap) in &snaps {
         if already.contains(id) {
             continue;
@@ -235,7 +244,20 @@ struct Rewriter<'a, F: Fn(&Id) -> bool> {
     dry_run: bool,
 }
 
-impl<F: Fn(&Id) -> bool> Rewriter<'_, F> {
+impl<'a, F: Fn(&Id) -> bool> Rewriter<'a, F> {
+    fn new(repo: &'a Repository, index: &'a Index, readable: &'a F, dry_run: bool) -> Self {
+        Rewriter {
+            repo,
+            index,
+            readable,
+            done: HashMap::new(),
+            pack: None,
+            packs: Vec::new(),
+            stored: HashSet::new(),
+            dry_run,
+        }
+    }
+
     /// The tree `id` without what cannot be read: its new id (the same when
     /// nothing was lost; `None` when the tree itself cannot be read) and the
     /// lost paths, relative to it.

@@ -60,7 +60,7 @@ impl RepoConfig {
         if !(-7..=22).contains(&self.compression_level) {
             return Err(Error::damaged("config", format!("compression level {}", self.compression_level)));
         }
-        if !((1 << 20)..=(256 << 20)).contains(&self.pack_size) {
+        if !((64 << 10)..=(256 << 20)).contains(&self.pack_size) {
             return Err(Error::damaged("config", format!("pack size {}", self.pack_size)));
         }
         Ok(())
@@ -111,8 +111,11 @@ impl Repository {
                 opts.compression_level
             )));
         }
-        if !((1 << 20)..=(256 << 20)).contains(&opts.pack_size) {
-            return Err(Error::Invalid(format!("pack size must be between 1 MiB and 256 MiB, not {}", opts.pack_size)));
+        if !((64 << 10)..=(256 << 20)).contains(&opts.pack_size) {
+            return Err(Error::Invalid(format!(
+                "pack size must be between 64 KiB and 256 MiB, not {}",
+                opts.pack_size
+            )));
         }
         backend.create_layout()?;
         let master = match &opts.master {
@@ -195,6 +198,12 @@ impl Repository {
                     let json = open_file(&keys, ObjectKind::Config, &sealed, Some(&marker.id))?;
                     let config: RepoConfig = serde_json::from_slice(&json).map_err(|e| Error::damaged("config", e))?;
                     config.check()?;
+                    if config.id != marker.id {
+                        return Err(Error::damaged(
+                            "config",
+                            "belongs to another repository (its id differs from the marker's)",
+                        ));
+                    }
                     return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
                 }
                 // The content no longer matches the name it was stored
@@ -452,9 +461,15 @@ impl Repository {
 
     /// Authenticate and decompress a sealed blob; checks its id.
     pub fn open_blob(&self, id: &Id, loc: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
-        let plain = self.keys.open(loc.kind, id, sealed)?;
+        let what = || format!("{} {} in pack {}", loc.kind.name(), id.short(), loc.pack.short());
+        let plain = self.keys.open(loc.kind, id, sealed).map_err(|e| {
+            Error::damaged(what(), format!("{}; `holdfast check --read-data` finds what depends on it", e.detail()))
+        })?;
         if self.keys.blob_id(&plain) != *id {
-            return Err(Error::damaged(format!("{:?} {}", loc.kind, id.short()), "content does not match its id"));
+            return Err(Error::damaged(
+                what(),
+                "content does not match its id; `holdfast check --read-data` says more",
+            ));
         }
         Ok(plain)
     }
@@ -468,7 +483,10 @@ impl Repository {
         let range = blob_range(loc);
         let end = pack_end(index, loc);
         let worth = if end <= WHOLE_TREE_PACK { 0..end } else { range.clone() };
-        let sealed = self.backend.get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)?;
+        let sealed = self
+            .backend
+            .get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)
+            .map_err(|e| tree_pack_unreadable(id, &loc.pack, &e))?;
         Tree::decode(&self.open_blob(id, loc, &sealed)?)
     }
 
@@ -529,7 +547,9 @@ impl Repository {
                         kept.packs.insert(read.pack, bytes);
                     }
                 }
-                Err(e) => out.extend(read.blobs.iter().map(|(id, _)| (*id, Err(e.clone())))),
+                Err(e) => {
+                    out.extend(read.blobs.iter().map(|(id, _)| (*id, Err(tree_pack_unreadable(id, &read.pack, &e)))))
+                }
             }
         }
         for (id, loc) in from_kept {
@@ -740,8 +760,19 @@ fn blob_range(loc: &BlobLocation) -> std::ops::Range<u64> {
     loc.offset as u64..loc.offset as u64 + loc.length as u64
 }
 
+/// A tree whose pack could not be read: names both, and what to do.
+fn tree_pack_unreadable(id: &Id, pack: &Id, e: &Error) -> Error {
+    Error::damaged(
+        format!("tree {} in pack {}", id.short(), pack.short()),
+        format!("the pack cannot be read ({e}); `holdfast check` says which snapshots need it"),
+    )
+}
+
 fn tree_not_indexed(id: &Id) -> Error {
-    Error::damaged(format!("tree {}", id.short()), "not in the index")
+    Error::damaged(
+        format!("tree {}", id.short()),
+        "not in the index; `holdfast check` says more, `holdfast repair index` may bring it back",
+    )
 }
 
 fn short(name: &str) -> String {

@@ -681,6 +681,13 @@ pub fn restore_staged(
                 path.display()
             )));
         }
+        if resolved.starts_with(&path) {
+            return Err(Error::Invalid(format!(
+                "{} is inside {what} ({}); restoring there would damage it; restore elsewhere",
+                target.display(),
+                path.display()
+            )));
+        }
     }
     let existing = match std::fs::symlink_metadata(target) {
         Ok(md) => Some(md),
@@ -713,13 +720,18 @@ pub fn restore_staged(
     let shown_name = file_name.to_string_lossy();
     let staging = parent.join(format!(".{shown_name}.holdfast-partial-{}", Id::random()?.short()));
     let staged = RestoreOptions { target: staging.clone(), ..opts.clone() };
-    let summary = match restore(repo, snapshot, &staged) {
+    let mut summary = match restore(repo, snapshot, &staged) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
+    // Say where things are once the restore is done, not where they were staged.
+    let (from, to) = (staging.display().to_string(), target.display().to_string());
+    for w in &mut summary.warnings {
+        *w = w.replace(&from, &to);
+    }
     if existing.is_some() {
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,

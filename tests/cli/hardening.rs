@@ -298,7 +298,7 @@ fn an_unreadable_file_is_left_out_and_the_snapshot_marked_incomplete() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("readable"), b"fine").unwrap();
     fs::write(src.join("secret"), b"root's only").unwrap();
-    fs::set_permissions(&src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     for p in [t.path(""), src.clone()] {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     }

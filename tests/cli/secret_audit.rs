@@ -123,7 +123,7 @@ fn no_secret_reaches_a_child_an_output_a_file_or_the_repository() {
          [jobs.app]\nrepositories = [\"main\", \"second\", \"third\", \"fourth\"]\n\
          files = {{ paths = [\"data\"] }}\n\
          notify = [{{ events = [\"start\", \"success\", \"failure\", \"warning\"], command = [\"sh\", \"-c\", {notify}] }}]\n\n\
-         [[jobs.app.databases]]\nkind = \"postgresql\"\nname = {pgname}\n{pgconn}password_env = \"AUDIT_PG_PASSWORD\"\nuser = {pguser}\n\n\
+         [[jobs.app.databases]]\nkind = \"postgresql\"\nname = {pgname}\nhost = {pghost}\nport = {pgport}\npassword_env = \"AUDIT_PG_PASSWORD\"\nuser = {pguser}\n\n\
          [[jobs.app.databases]]\nkind = \"mysql\"\nname = {myname}\nhost = {myhost}\nport = {myport}\nuser = {myuser}\npassword_file = {mypass}\n\n\
          [[jobs.app.hooks]]\nphase = \"before\"\nrun = {root_hook}\n\n\
          [[jobs.app.hooks]]\nphase = \"before\"\nuser = \"nobody\"\nenv = {{ APP_MODE = \"maintenance\" }}\nrun = {nobody_hook}\n\n\
@@ -131,7 +131,8 @@ fn no_secret_reaches_a_child_an_output_a_file_or_the_repository() {
         cmd = q(&cmd_file),
         notify = q(format!("env > {}; echo \"$0 $@\" >> {}", out("notify-{{event}}.env"), out("argv"))),
         pgname = q(&pg.name),
-        pgconn = format!("host = {}\nport = {}\n", q(&pg.server.host), pg.server.port),
+        pghost = q(&pg.server.host),
+        pgport = pg.server.port,
         pguser = q(&role.name),
         myname = q(&my.name),
         myhost = q(&my.server.host),
