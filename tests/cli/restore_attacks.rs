@@ -574,8 +574,7 @@ fn spy_source(src: &Path) {
 /// `nobody`, walking and reading everything under the target over and over
 /// during two restores into it (the first into an empty target, the second
 /// over the first, while the tree is already open to all), never reads the
-/// root-owned 0600 secret, though it reads the public files and sees the
-/// temporary files of the second restore.
+/// root-owned 0600 secret, though it reads the public files.
 #[test]
 fn another_user_never_reads_a_private_file_during_an_engine_restore() {
     let t = TestRepo::init();
@@ -593,14 +592,10 @@ fn another_user_never_reads_a_private_file_during_an_engine_restore() {
     let seen = spy.finish();
 
     seen.assert_never_read(SECRET);
-    // It was looking, at the right places and times: it read the public
-    // files, and saw the second restore's temporary files come and go.
+    // It was looking: it read the public files between the restores. (It
+    // never sees the temporary files: a restore narrows every directory it
+    // writes into to 0700 until it is done, even one that was already there.)
     assert!(seen.read_any("public 19 99"), "the spy reads what is public ({} passes)", seen.passes);
-    assert!(
-        seen.names.iter().any(|n| n.rsplit('/').next().unwrap_or_default().starts_with(".hf-")),
-        "the spy saw temporary files ({} passes)",
-        seen.passes
-    );
     let secret = restored(&out, &src.join("d15/secret.key"));
     assert_eq!(fs::read_to_string(&secret).unwrap(), format!("{SECRET}\n"));
     assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);
