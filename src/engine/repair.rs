@@ -201,7 +201,12 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
                 snapshot: id.to_hex(),
                 repaired_as: None,
                 lost,
-                error: Some("its root tree cannot be read: nothing is left to keep".into()),
+                error: Some(format!(
+                    "its root tree {} cannot be read (in no index, or its pack is missing or damaged): nothing \
+                     is left to keep; `holdfast repair index` if an index file was lost, else `holdfast forget {}`",
+                    snap.root.short(),
+                    id.short()
+                )),
             });
             continue;
         };
