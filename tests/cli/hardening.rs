@@ -51,6 +51,12 @@ fn age_packs(repo: &Path) {
     }
 }
 
+/// The largest pack (relative to `packs/`): the one with the big file's chunks.
+fn largest_pack(repo: &Path) -> PathBuf {
+    let packs = repo.join("packs");
+    files_in(&packs).into_iter().max_by_key(|p| fs::metadata(packs.join(p)).unwrap().len()).unwrap()
+}
+
 fn mode_of(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
@@ -132,7 +138,7 @@ fn repair_snapshots_keeps_what_can_be_read_and_names_what_was_lost() {
     let damaged = t.backup(&[&src]);
     // The big file's chunks are in the largest pack: lose it.
     let packs = t.repo().join("packs");
-    let largest = files_in(&packs).into_iter().max_by_key(|p| fs::metadata(packs.join(p)).unwrap().len()).unwrap();
+    let largest = largest_pack(t.repo());
     fs::remove_file(packs.join(&largest)).unwrap();
 
     let dry = t.cmd(["repair", "snapshots", "--dry-run"]).assert().success();
@@ -471,7 +477,7 @@ fn a_missing_pack_or_tmp_is_named_with_what_needs_it() {
     let src = source(&t);
     t.backup(&[&src]);
     let packs = t.repo().join("packs");
-    let largest = files_in(&packs).into_iter().max_by_key(|p| fs::metadata(packs.join(p)).unwrap().len()).unwrap();
+    let largest = largest_pack(t.repo());
     fs::remove_file(packs.join(&largest)).unwrap();
     let err = stderr_of(&t.cmd(["restore", "latest", "--to"]).arg(t.path("out")).assert().code(1));
     let short = &largest.file_name().unwrap().to_string_lossy()[..8];
