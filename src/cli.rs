@@ -659,10 +659,10 @@ pub fn run() -> Result<Exit> {
                         "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
                         id.short(),
                         local_time(&s.time),
-                        s.host,
+                        escape_text(s.host.as_bytes()),
                         human(s.summary.bytes),
-                        s.tags.join(","),
-                        s.paths.join(" ")
+                        escape_text(s.tags.join(",").as_bytes()),
+                        escape_text(s.paths.join(" ").as_bytes())
                     );
                 }
             }
