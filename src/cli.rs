@@ -27,8 +27,9 @@ use crate::engine::repository::{InitOptions, Repository, import_key};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind};
+use crate::record::RunRecord;
 use crate::restore::{DatabaseAction, RestoreReport, Source, What, restore_job};
-use crate::runner::{RunRecord, RunReport, run_job};
+use crate::runner::{RunReport, run_job};
 use crate::units::human;
 use crate::verify::{VerifyReport, verify_job};
 
@@ -85,10 +86,10 @@ pub enum Command {
         #[arg(long)]
         keep_yearly: Option<usize>,
         /// Keep every snapshot younger than this before the newest (e.g. 2d).
-        #[arg(long, value_parser = crate::config::parse_duration)]
+        #[arg(long, value_parser = crate::units::parse_duration)]
         keep_within: Option<std::time::Duration>,
         /// Delete packs only after they were marked unreferenced this long ago.
-        #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = crate::units::parse_duration)]
         grace: std::time::Duration,
         /// Say what would go and why the rest stays; change nothing.
         #[arg(long)]
@@ -434,7 +435,7 @@ pub fn run() -> Result<Exit> {
                         weekly: *keep_weekly,
                         monthly: *keep_monthly,
                         yearly: *keep_yearly,
-                        within: keep_within.map(crate::config::DurationSpec),
+                        within: keep_within.map(crate::units::DurationSpec),
                     };
                     if policy.is_empty() {
                         return Err(Usage(
@@ -519,7 +520,7 @@ pub fn run() -> Result<Exit> {
         Command::Copy { from, to, job, json } => {
             let open_named = |name: &str| -> Result<Repository> {
                 match config.as_ref().and_then(|c| c.repositories.get(name)) {
-                    Some(r) => crate::runner::open_repository(r),
+                    Some(r) => crate::secrets::open_repository(r),
                     None => {
                         let env = if name == from { "HOLDFAST_FROM_PASSPHRASE" } else { "HOLDFAST_PASSPHRASE" };
                         let pass = read_passphrase(None, env, &format!("Passphrase of {name}"), false)?;
@@ -565,7 +566,7 @@ pub fn run() -> Result<Exit> {
                     // passphrase source; a path or URL asks for one.
                     let configured = config.as_ref().and_then(|c| c.repositories.get(&*src.to_string_lossy()));
                     let other = match (configured, from_passphrase_file) {
-                        (Some(r), None) => crate::runner::open_repository(r)?,
+                        (Some(r), None) => crate::secrets::open_repository(r)?,
                         (configured, file) => {
                             let location = match configured {
                                 Some(r) => crate::secrets::location(r)?,

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::units::DurationSpec;
+
 /// A configuration error, located where possible.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -557,51 +559,6 @@ pub struct NotifyConfig {
     pub timeout: Option<DurationSpec>,
 }
 
-/// A duration written as `90s`, `5m`, `2h`, `1d`, `500ms` or a combination
-/// (`1h30m`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DurationSpec(pub Duration);
-
-impl<'de> Deserialize<'de> for DurationSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(DurationSpec).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parse `1h30m`, `5m`, `26h`, `2d`, `500ms`, `30s`.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let bad =
-        || format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"5m\" or \"1h30m\"");
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "ms" => {
-                total += Duration::from_millis(n);
-                rest = &rest[unit_len..];
-                continue;
-            }
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            "w" => 7 * 86400,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs(n.checked_mul(secs).ok_or_else(bad)?);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 // ------------------------------------------------------------ loading
 
 impl Config {
@@ -968,17 +925,6 @@ fn resolve_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("26h").unwrap(), Duration::from_secs(26 * 3600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn an_unknown_key_suggests_the_closest_known_one() {

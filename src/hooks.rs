@@ -7,22 +7,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{HookConfig, Phase};
 use crate::process::{self, Env, HeldProcess, ProcessSpec};
+use crate::record::HookRecord;
 use crate::template::{Vars, render};
-
-/// What a hook did; recorded in the snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HookRecord {
-    pub phase: Phase,
-    pub command: String,
-    /// Exit status; `None` when it was killed or could not start.
-    pub exit_status: Option<i32>,
-    pub duration_secs: f64,
-    pub ok: bool,
-}
 
 /// Render a hook's command line and environment with `vars`.
 pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env), String> {

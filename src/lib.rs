@@ -18,6 +18,7 @@ pub mod notify;
 pub mod plan;
 pub mod process;
 pub mod prune;
+pub mod record;
 pub mod restore;
 pub mod retention;
 pub mod runner;

@@ -17,7 +17,7 @@ use crate::engine::gc::{GcReport, collect_garbage, forget};
 use crate::engine::repository::Repository;
 use crate::engine::snapshot::Snapshot;
 use crate::retention::{Policy, apply};
-use crate::runner::open_repository;
+use crate::secrets::open_repository;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotDecision {
@@ -77,7 +77,7 @@ pub fn prune_job(config: &Config, job: &Job, grace: Duration, dry_run: bool) -> 
         let repo = open_repository(&config.repositories[name])?;
         let (snaps, _) = repo.snapshots()?;
         let mine: Vec<&(Id, Snapshot)> =
-            snaps.iter().filter(|(_, s)| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name)).collect();
+            snaps.iter().filter(|(_, s)| crate::record::RunRecord::of(s).is_some_and(|r| r.job == job.name)).collect();
         let decisions = if job.retention.is_empty() {
             // No policy: keep everything, only collect garbage.
             decide(&mine, &Policy { last: Some(usize::MAX), ..Default::default() })
@@ -95,7 +95,7 @@ pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, grace: Duration, dry_run
     // Snapshots of the same host and paths form one timeline.
     type Timeline<'a> = Vec<&'a (Id, Snapshot)>;
     let mut groups: BTreeMap<(String, Vec<String>), Timeline> = BTreeMap::new();
-    for s in snaps.iter().filter(|(_, s)| crate::runner::RunRecord::of(s).is_none()) {
+    for s in snaps.iter().filter(|(_, s)| crate::record::RunRecord::of(s).is_none()) {
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
     let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();

@@ -15,13 +15,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::config::{Config, DatabaseConfig, DatabaseKind, Expectation, Job, Phase, RepositoryConfig, SmokeQuery};
-use crate::dump::{DumpContext, DumpRecord, Server, major_version};
+use crate::dump::{DumpContext, Server, major_version};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
 use crate::engine::restore::{RestoreOptions, RestoreSummary, extract_file, restore_staged};
 use crate::engine::snapshot::Snapshot;
 use crate::hooks::{phase_name, run_hook};
-use crate::runner::{RunRecord, open_repository};
+use crate::record::{DumpRecord, RunRecord};
+use crate::secrets::open_repository;
+
 use crate::spool::{JobLock, RunDir};
 use crate::template::Vars;
 
@@ -81,13 +83,13 @@ pub struct RestoreReport {
 pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str, skip_damaged: bool) -> Result<(Id, Snapshot, RunRecord)> {
     let (id, snap) = if spec == "latest" {
         let (snaps, unreadable) = repo.snapshots()?;
-        let mine = |s: &Snapshot| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name);
+        let mine = |s: &Snapshot| crate::record::RunRecord::of(s).is_some_and(|r| r.job == job.name);
         crate::engine::repository::newest(snaps, &unreadable, skip_damaged, mine)
             .ok_or_else(|| anyhow!("job {:?} has no snapshot in its repository yet", job.name))??
     } else {
         repo.find_snapshot(spec, skip_damaged)?
     };
-    let record = crate::runner::RunRecord::of(&snap)
+    let record = crate::record::RunRecord::of(&snap)
         .filter(|r| r.job == job.name)
         .ok_or_else(|| anyhow!("snapshot {} was not made by job {:?}", id.short(), job.name))?;
     Ok((id, snap, record))
@@ -158,7 +160,7 @@ pub fn restore_job(
         run_id: record.run_id.clone(),
         snapshot: id.to_hex(),
         time: jiff::Timestamp::now().to_string(),
-        host: crate::engine::backup::hostname(),
+        host: crate::engine::running::hostname(),
         ..Default::default()
     };
     let never = AtomicBool::new(false);

@@ -15,48 +15,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::DatabaseLock;
 use crate::config::{Config, Event, Job, Phase, RepositoryConfig};
 use crate::dump::mysql::GlobalReadLock;
-use crate::dump::{self, DumpContext, DumpRecord, SNAPSHOT_PREFIX};
-use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture, hostname};
+use crate::dump::{self, DumpContext};
+use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
+use crate::engine::running::hostname;
 use crate::exit::{Exit, Interrupt};
-use crate::hooks::{HeldHook, HookRecord, phase_name, run_hook, start_hold};
+use crate::hooks::{HeldHook, phase_name, run_hook, start_hold};
 use crate::journal::{Journal, recover};
 use crate::notify::notify;
 use crate::plan::{Step, When, plan};
+use crate::record::{DumpRecord, FileSetRecord, HookRecord, RECORD_VERSION, RunRecord, SNAPSHOT_PREFIX};
+use crate::secrets::open_repository;
 use crate::spool::{JobLock, RunDir};
 use crate::state::{JobState, RunState};
 use crate::template::Vars;
 use crate::units::human;
-
-/// What a job run records in its snapshot (the snapshot's `extra`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunRecord {
-    pub job: String,
-    pub run_id: String,
-    pub databases: Vec<DumpRecord>,
-    pub file_sets: Vec<FileSetRecord>,
-    pub hooks: Vec<HookRecord>,
-}
-
-impl RunRecord {
-    /// The record a job's run left in `snapshot`, if a job made it.
-    pub fn of(snapshot: &crate::engine::snapshot::Snapshot) -> Option<RunRecord> {
-        serde_json::from_value(snapshot.extra.clone()?).ok()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FileSetRecord {
-    pub paths: Vec<PathBuf>,
-    pub capture_started: jiff::Timestamp,
-    pub capture_finished: jiff::Timestamp,
-}
 
 /// The outcome of `run` for one job.
 #[derive(Debug, Clone, Serialize)]
@@ -100,13 +79,6 @@ impl RunReport {
             exit,
         }
     }
-}
-
-/// Open a configured repository with its passphrase.
-pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
-    let pass = crate::secrets::resolve(&cfg.passphrase, &cfg.name)?;
-    let location = crate::secrets::location(cfg)?;
-    Repository::open(&location, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
 }
 
 /// Run `job` to its end: lock, attempts with retries, notifications; then
@@ -558,6 +530,7 @@ impl<'a> Attempt<'a> {
                 let (name, repo_owned, cap, file_set) = self.captures.remove(i);
                 let repo = &repo_owned;
                 let record = RunRecord {
+                    version: RECORD_VERSION,
                     job: self.job.name.clone(),
                     run_id: self.run_id.clone(),
                     databases: self.dumps.clone(),

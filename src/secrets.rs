@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::config::{PassphraseSource, RepositoryConfig, RepositoryPlace};
 use crate::engine::backend::{Location, S3Settings};
+use crate::engine::repository::Repository;
 use crate::process::{self, ProcessSpec};
 
 /// The credential name holdfast reads from `$CREDENTIALS_DIRECTORY`.
@@ -167,4 +168,11 @@ pub fn credential_files(repo: &RepositoryConfig) -> Vec<(String, PathBuf)> {
 fn read_secret_file(f: &Path, what: &str) -> Result<String> {
     let bytes = read_passphrase_file(f).with_context(|| format!("reading the S3 {what}"))?;
     String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the S3 {what} in {} is not text", f.display()))
+}
+
+/// Open a configured repository with its passphrase.
+pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
+    let pass = crate::secrets::resolve(&cfg.passphrase, &cfg.name)?;
+    let location = crate::secrets::location(cfg)?;
+    Repository::open(&location, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
 }

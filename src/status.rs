@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Event, Job};
 use crate::notify::notify;
-use crate::runner::open_repository;
+use crate::secrets::open_repository;
 use crate::state::{JobState, RunState};
 use crate::template::Vars;
 
@@ -79,7 +79,7 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
             Ok((snaps, _)) => {
                 let mine: Vec<_> = snaps
                     .iter()
-                    .filter(|(_, s)| crate::runner::RunRecord::of(s).is_some_and(|r| r.job == job.name))
+                    .filter(|(_, s)| crate::record::RunRecord::of(s).is_some_and(|r| r.job == job.name))
                     .collect();
                 st.snapshots = mine.len();
                 if let Some((id, s)) = mine.last() {
@@ -113,7 +113,7 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
                     None => "the job has no snapshot".into(),
                 },
                 time: now.to_string(),
-                host: crate::engine::backup::hostname(),
+                host: crate::engine::running::hostname(),
                 ..Default::default()
             };
             notify(&job.notify, Event::Stale, &vars);

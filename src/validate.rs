@@ -69,7 +69,7 @@ fn sample_vars(job: &Job) -> Vars {
         event: "failure".into(),
         error: "ERROR".into(),
         time: jiff::Timestamp::now().to_string(),
-        host: crate::engine::backup::hostname(),
+        host: crate::engine::running::hostname(),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::dump::{DumpContext, Server};
 use crate::engine::restore::{Comparison, RestoreOptions, compare_restored, restore};
 use crate::notify::notify;
 use crate::restore::{Scratch, SmokeResult, dump_config, extract_dump, job_repository, job_snapshot, smoke_queries};
-use crate::runner::open_repository;
+use crate::secrets::open_repository;
 use crate::template::Vars;
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,7 +136,7 @@ pub fn verify_job(config: &Config, job: &Job, source: &crate::restore::Source) -
             snapshot: id.to_hex(),
             error: report.problems.join("; "),
             time: jiff::Timestamp::now().to_string(),
-            host: crate::engine::backup::hostname(),
+            host: crate::engine::running::hostname(),
             ..Default::default()
         };
         notify(&job.notify, Event::VerifyFailed, &vars);

@@ -14,31 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
 use crate::process::{self, Env, ProcessOutcome, ProcessSpec};
+use crate::record::{DumpRecord, SNAPSHOT_PREFIX};
 use crate::spool::RunDir;
-
-/// What one dump produced; recorded in the snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DumpRecord {
-    pub entry: String,
-    pub kind: DatabaseKind,
-    /// The database's name (for SQLite, the file's path).
-    pub name: String,
-    /// The dump's path inside the snapshot.
-    pub file: String,
-    pub tool: String,
-    pub tool_version: String,
-    pub server_version: Option<String>,
-    pub started: jiff::Timestamp,
-    pub finished: jiff::Timestamp,
-    pub size: u64,
-}
-
-/// Where dumps appear inside a snapshot.
-pub const SNAPSHOT_PREFIX: &str = "/.holdfast/databases";
 
 /// Everything a driver needs for one run.
 pub struct DumpContext<'a> {

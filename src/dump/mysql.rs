@@ -12,9 +12,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use mysql_async::prelude::Queryable;
 
-use super::{DumpContext, DumpRecord, dump_file, password, record, run_tool, runtime, tool_version};
+use super::{DumpContext, dump_file, password, record, run_tool, runtime, tool_version};
 use crate::config::DatabaseConfig;
 use crate::process::find_program;
+use crate::record::DumpRecord;
 
 /// Schemas that belong to the server, not to an application.
 const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "mysql", "sys"];

@@ -12,9 +12,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{DumpContext, DumpRecord, dump_file, password, record, run_tool, runtime, tool_version};
+use super::{DumpContext, dump_file, password, record, run_tool, runtime, tool_version};
 use crate::config::DatabaseConfig;
 use crate::process::Env;
+use crate::record::DumpRecord;
 
 /// Resolved connection settings.
 #[derive(Debug, Clone)]

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
-use super::{DumpRecord, record};
+use super::record;
 use crate::config::DatabaseConfig;
+use crate::record::DumpRecord;
 
 pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DumpRecord>> {
     let Some(src_path) = &db.path else { bail!("sqlite database entry {:?} has no path", db.entry_name()) };

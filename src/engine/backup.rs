@@ -93,7 +93,7 @@ impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
             tags: Vec::new(),
-            host: hostname(),
+            host: crate::engine::running::hostname(),
             use_parent: true,
             threads: crate::engine::parallel::cpus(),
             exclude: None,
@@ -109,11 +109,6 @@ impl Default for BackupOptions {
 pub struct BackupResult {
     pub id: Id,
     pub snapshot: Snapshot,
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
 /// Back up `sources` into `repo` as one snapshot.
@@ -134,7 +129,7 @@ pub struct Capture {
     summary: Summary,
     started: Instant,
     /// Registered as running until the snapshot is committed.
-    _running: crate::engine::gc::Running,
+    _running: crate::engine::running::Running,
 }
 
 impl Capture {
@@ -200,8 +195,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
 
     // Register first, then read marks and index: a prune deletes no pack
     // marked after this backup started until it has finished.
-    let running = crate::engine::gc::register_backup(repo)?;
-    let marked: std::collections::HashSet<Id> = crate::engine::gc::marked_packs(repo)?.into_keys().collect();
+    let running = crate::engine::running::register_backup(repo)?;
+    let marked: std::collections::HashSet<Id> = crate::engine::running::marked_packs(repo)?.into_keys().collect();
     let (index, _damaged) = repo.load_index()?;
     // Blobs are reused only from packs that are there, whole: a pack lost
     // or cut short since it was indexed makes its blobs stored again.
@@ -215,7 +210,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         .chain(marked.iter().copied())
         .collect();
     let mut index = index.without_packs(&unusable);
-    let adopted = crate::engine::gc::adopt_recent_leftovers(repo, &running, &index, &marked, &listed)?;
+    let adopted = crate::engine::running::adopt_recent_leftovers(repo, &running, &index, &marked, &listed)?;
     index.add_file(&IndexFile { packs: adopted.clone() });
     let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut parent_trees = ParentTrees::new(repo, &index, parent.as_ref().map(|(_, snap)| snap.root));

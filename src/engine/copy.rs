@@ -47,8 +47,8 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         )));
     }
     // Like a backup: registered before reading marks and the index.
-    let _running = crate::engine::gc::register_backup(to)?;
-    let marked: HashSet<Id> = crate::engine::gc::marked_packs(to)?.into_keys().collect();
+    let _running = crate::engine::running::register_backup(to)?;
+    let marked: HashSet<Id> = crate::engine::running::marked_packs(to)?.into_keys().collect();
     let (target_index, _) = to.load_index()?;
     let target_index = target_index.without_packs(&marked);
     let (source_index, _) = from.load_index()?;

@@ -11,18 +11,12 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::pack::PackBlob;
+use crate::engine::pack::IndexedPack;
 
 /// One index file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexFile {
     pub packs: Vec<IndexedPack>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexedPack {
-    pub pack: Id,
-    pub blobs: Vec<PackBlob>,
 }
 
 /// Where to find a blob.

@@ -22,5 +22,6 @@ pub mod parallel;
 pub mod repair;
 pub mod repository;
 pub mod restore;
+pub mod running;
 pub mod snapshot;
 pub mod tree;

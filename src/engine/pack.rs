@@ -18,11 +18,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::{Backend, PACKS};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, ObjectKind};
-use crate::engine::index::IndexedPack;
 use crate::error::{Error, Result};
 
 const TRAILER_MAGIC: &[u8; 4] = b"HFPK";
 const TRAILER_LEN: usize = 4 + 4 + 1;
+
+/// A pack and the blobs its header lists: what an index file records per pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedPack {
+    pub pack: Id,
+    pub blobs: Vec<PackBlob>,
+}
 
 /// Where one blob sits in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::engine::backend::PACKS;
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::index::{Index, IndexFile, IndexedPack};
+use crate::engine::index::{Index, IndexFile};
+use crate::engine::pack::IndexedPack;
 use crate::engine::pack::{PackWriter, read_header};
 use crate::engine::repository::{PackFiles, Repository};
 use crate::engine::snapshot::{Repaired, Snapshot};
