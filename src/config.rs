@@ -423,40 +423,77 @@ pub struct SmokeQuery {
     pub sql: String,
     /// `= N`, `>= N`, `<= N`, `> N`, `< N`, `non-empty`, or a regular
     /// expression the value (as text) must match. Without it: non-empty.
-    pub expect: Option<String>,
+    /// Parsed when the config is read, so a bad one is reported with its
+    /// file, line and column, never at restore time.
+    #[serde(default)]
+    pub expect: Expectation,
 }
 
-/// A parsed expectation of a smoke query.
+/// What a smoke query's value must be, parsed; shown as it was written.
 #[derive(Debug, Clone)]
-pub enum Expectation {
+pub struct Expectation {
+    text: String,
+    test: Test,
+}
+
+#[derive(Debug, Clone)]
+enum Test {
     Compare(&'static str, f64),
     NonEmpty,
     Matches(regex::Regex),
 }
 
+impl Default for Expectation {
+    fn default() -> Self {
+        Expectation { text: "non-empty".into(), test: Test::NonEmpty }
+    }
+}
+
+impl std::fmt::Display for Expectation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Expectation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expectation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Expectation::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Expectation {
-    pub fn parse(s: Option<&str>) -> std::result::Result<Expectation, String> {
-        let Some(s) = s.map(str::trim) else { return Ok(Expectation::NonEmpty) };
-        if s == "non-empty" {
-            return Ok(Expectation::NonEmpty);
-        }
-        for op in [">=", "<=", "=", ">", "<"] {
-            if let Some(rest) = s.strip_prefix(op)
-                && let Ok(n) = rest.trim().parse::<f64>()
-            {
-                return Ok(Expectation::Compare(op, n));
-            }
-        }
-        regex::Regex::new(s).map(Expectation::Matches).map_err(|e| {
-            format!("expect {s:?}: not a comparison (= N, >= N, <= N), `non-empty`, or a valid regular expression: {e}")
-        })
+    pub fn parse(text: &str) -> std::result::Result<Expectation, String> {
+        let s = text.trim();
+        let test = if s == "non-empty" {
+            Some(Test::NonEmpty)
+        } else {
+            [">=", "<=", "=", ">", "<"].into_iter().find_map(|op| {
+                let n = s.strip_prefix(op)?.trim().parse::<f64>().ok()?;
+                Some(Test::Compare(op, n))
+            })
+        };
+        let test = match test {
+            Some(t) => t,
+            None => regex::Regex::new(s).map(Test::Matches).map_err(|e| {
+                format!(
+                    "expect {s:?}: not a comparison (= N, >= N, <= N), `non-empty`, or a valid regular expression: {e}"
+                )
+            })?,
+        };
+        Ok(Expectation { text: s.to_string(), test })
     }
 
     /// Whether `value` (the query's first column of its first row) meets it.
     pub fn check(&self, value: Option<&str>) -> bool {
-        match (self, value) {
-            (Expectation::NonEmpty, v) => v.is_some_and(|v| !v.is_empty()),
-            (Expectation::Compare(op, n), Some(v)) => match v.trim().parse::<f64>() {
+        match (&self.test, value) {
+            (Test::NonEmpty, v) => v.is_some_and(|v| !v.is_empty()),
+            (Test::Compare(op, n), Some(v)) => match v.trim().parse::<f64>() {
                 Ok(x) => match *op {
                     ">=" => x >= *n,
                     "<=" => x <= *n,
@@ -466,7 +503,7 @@ impl Expectation {
                 },
                 Err(_) => false,
             },
-            (Expectation::Matches(re), Some(v)) => re.is_match(v),
+            (Test::Matches(re), Some(v)) => re.is_match(v),
             (_, None) => false,
         }
     }
@@ -517,7 +554,51 @@ pub struct FilesConfig {
     pub optional: Vec<PathBuf>,
     /// Glob patterns (`**/cache/**`) matched against absolute paths.
     #[serde(default)]
-    pub exclude: Vec<String>,
+    pub exclude: Excludes,
+}
+
+/// Exclude patterns, compiled when the config is read (a bad one is
+/// reported with its file, line and column); shown as written.
+#[derive(Debug, Clone, Default)]
+pub struct Excludes {
+    patterns: Vec<String>,
+    set: globset::GlobSet,
+}
+
+impl Excludes {
+    pub fn new(patterns: Vec<String>) -> std::result::Result<Excludes, String> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in &patterns {
+            b.add(globset::Glob::new(p).map_err(|e| format!("exclude pattern {p:?}: {e}"))?);
+        }
+        let set = b.build().map_err(|e| format!("exclude patterns: {e}"))?;
+        Ok(Excludes { patterns, set })
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Whether `path` (absolute) is excluded.
+    pub fn is_match(&self, path: &Path) -> bool {
+        self.set.is_match(path)
+    }
+}
+
+impl Serialize for Excludes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.patterns.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Excludes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Excludes::new(Vec::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Events a notification can be sent for.
@@ -865,9 +946,6 @@ fn resolve_job(
         if let Some(p) = &db.password_file {
             db.password_file = Some(rel(base, p));
         }
-        for q in &db.verify {
-            Expectation::parse(q.expect.as_deref()).map_err(|e| err(format!("{where_}: verify: {e}")))?;
-        }
         if db.lock.is_some() && db.kind != DatabaseKind::Mysql {
             return Err(err(format!("{where_}: `lock = \"global-read\"` is for mysql entries only")));
         }
@@ -889,9 +967,6 @@ fn resolve_job(
     let mut files = job.files.clone().or(d.files).unwrap_or_default();
     files.paths = files.paths.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
     files.optional = files.optional.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
-    for pattern in &files.exclude {
-        globset::Glob::new(pattern).map_err(|e| err(format!("exclude pattern {pattern:?}: {e}")))?;
-    }
     let notify = job.notify.clone().or(d.notify).unwrap_or_default();
     for (i, n) in notify.iter().enumerate() {
         if n.command.is_some() == n.webhook.is_some() {
@@ -936,5 +1011,83 @@ mod tests {
     fn line_and_column_are_one_based() {
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("x", 0), (1, 1));
+    }
+
+    const FILE: &str = "/etc/holdfast/jobs.d/shop.toml";
+
+    /// A job `shop` with `tail` appended to its TOML.
+    fn shop(tail: &str) -> Result<Config> {
+        let text =
+            format!("[repositories.local]\npath = \"/srv/repo\"\n\n[jobs.shop]\nrepositories = [\"local\"]\n{tail}");
+        Config::from_text(Path::new(FILE), &text)
+    }
+
+    fn error_of(tail: &str) -> String {
+        match shop(tail) {
+            Ok(_) => panic!("accepted:\n{tail}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_job_is_resolved_with_its_defaults_and_paths_relative_to_its_file() {
+        let config = shop("spool = \"spool\"\n[jobs.shop.files]\npaths = [\"data\", \"/abs\"]\n").unwrap();
+        let job = config.job("shop").unwrap();
+        assert_eq!(job.spool, Path::new("/etc/holdfast/jobs.d/spool"));
+        assert_eq!(job.state_dir, Path::new("/var/lib/holdfast"));
+        assert_eq!(job.files.paths, [Path::new("/etc/holdfast/jobs.d/data"), Path::new("/abs")]);
+        assert_eq!(job.metrics_mode, 0o644);
+        assert_eq!(job.repositories, ["local"]);
+    }
+
+    #[test]
+    fn a_bad_smoke_expectation_is_reported_at_its_file_line_and_column() {
+        let e = error_of(
+            "[[jobs.shop.databases]]\nkind = \"sqlite\"\npath = \"/srv/app.db\"\n\
+             [[jobs.shop.databases.verify]]\nsql = \"select 1\"\nexpect = \">= (\"\n",
+        );
+        assert!(e.starts_with(&format!("{FILE}:11:")), "{e}");
+        assert!(e.contains("not a comparison"), "{e}");
+    }
+
+    #[test]
+    fn smoke_expectations_are_parsed_once_and_shown_as_written() {
+        let config = shop(
+            "[[jobs.shop.databases]]\nkind = \"sqlite\"\npath = \"/srv/app.db\"\n\
+             [[jobs.shop.databases.verify]]\nsql = \"select count(*) from t\"\nexpect = \">= 2\"\n\
+             [[jobs.shop.databases.verify]]\nsql = \"select name from t\"\n",
+        )
+        .unwrap();
+        let verify = &config.job("shop").unwrap().databases[0].verify;
+        assert_eq!(verify[0].expect.to_string(), ">= 2");
+        assert!(verify[0].expect.check(Some("2")) && !verify[0].expect.check(Some("1")));
+        assert!(!verify[0].expect.check(Some("many")), "a value that is no number fails a comparison");
+        assert_eq!(verify[1].expect.to_string(), "non-empty");
+        assert!(
+            verify[1].expect.check(Some("x")) && !verify[1].expect.check(Some("")) && !verify[1].expect.check(None)
+        );
+    }
+
+    #[test]
+    fn a_bad_exclude_pattern_is_reported_at_its_file_line_and_column() {
+        let e = error_of("[jobs.shop.files]\npaths = [\"/srv\"]\nexclude = [\"**/cache/**\", \"a[\"]\n");
+        assert!(e.starts_with(&format!("{FILE}:8:")), "{e}");
+        assert!(e.contains("exclude pattern \"a[\""), "{e}");
+        let config = shop("[jobs.shop.files]\npaths = [\"/srv\"]\nexclude = [\"**/cache/**\"]\n").unwrap();
+        let ex = &config.job("shop").unwrap().files.exclude;
+        assert!(ex.is_match(Path::new("/srv/app/cache/x")) && !ex.is_match(Path::new("/srv/app/data")));
+    }
+
+    #[test]
+    fn a_control_character_in_a_unit_value_is_refused_where_it_is() {
+        let e = error_of("description = \"shop\\nExecStartPre=/bin/evil\"\n");
+        assert!(e.starts_with(&format!("{FILE}:6:")), "{e}");
+    }
+
+    #[test]
+    fn a_job_naming_an_undefined_repository_is_refused_with_the_defined_ones() {
+        let text = "[repositories.local]\npath = \"/srv/repo\"\n[jobs.shop]\nrepositories = [\"offsite\"]\n";
+        let e = Config::from_text(Path::new(FILE), text).unwrap_err().to_string();
+        assert!(e.contains("\"offsite\" is not defined (defined: local)"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod hooks;
 pub mod journal;
+pub mod listing;
 pub mod notify;
 pub mod plan;
 pub mod process;

@@ -105,3 +105,76 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
     add(When::Always, Step::CleanSpool);
     steps
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn job(tail: &str) -> crate::config::Job {
+        let text = format!(
+            "[repositories.local]\npath = \"/srv/repo\"\n[repositories.offsite]\npath = \"/mnt/offsite\"\n\
+             [jobs.shop]\nrepositories = [\"local\", \"offsite\"]\n{tail}"
+        );
+        let config = Config::from_text(std::path::Path::new("/etc/holdfast/shop.toml"), &text).unwrap();
+        config.jobs["shop"].clone()
+    }
+
+    fn names(steps: &[PlannedStep]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match &s.step {
+                Step::Hooks { phase, .. } => format!("hooks {}", crate::hooks::phase_name(*phase)),
+                Step::Dump { entry, .. } => format!("dump {entry}"),
+                Step::Capture { repository, .. } => format!("capture {repository}"),
+                Step::Commit { repository } => format!("commit {repository}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_files_only_job_captures_then_commits_every_repository_and_always_cleans_the_spool() {
+        let steps = plan(&job("[jobs.shop.files]\npaths = [\"/srv/shop\"]\n"));
+        assert_eq!(
+            names(&steps),
+            ["PrepareSpool", "capture local", "capture offsite", "commit local", "commit offsite", "CleanSpool"]
+        );
+        assert_eq!(steps.last().map(|s| s.when), Some(When::Always));
+        assert!(steps.iter().all(|s| s.when == When::Always || s.step != Step::CleanSpool));
+    }
+
+    #[test]
+    fn dumps_and_files_are_captured_while_held_and_released_whatever_happens() {
+        let steps = plan(&job("[[jobs.shop.hooks]]\nphase = \"before\"\nrun = [\"true\"]\n\
+             [[jobs.shop.hooks]]\nphase = \"hold\"\nrun = [\"hold\"]\nready = \"held\"\n\
+             [[jobs.shop.hooks]]\nphase = \"on_failure\"\nrun = [\"alert\"]\n\
+             [[jobs.shop.hooks]]\nphase = \"finally\"\nrun = [\"wake\"]\n\
+             [[jobs.shop.databases]]\nkind = \"sqlite\"\npath = \"/srv/shop.db\"\n\
+             [jobs.shop.files]\npaths = [\"/srv/shop\"]\n"));
+        let n = names(&steps);
+        let at =
+            |name: &str| n.iter().position(|s| s.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {n:?}"));
+        assert!(at("hooks before") < at("Hold") && at("Hold") < at("dump shop"));
+        assert!(at("dump") < at("capture local") && at("capture offsite") < at("Release"));
+        assert!(at("Release") < at("commit local"), "snapshots are committed after the application is released");
+        let when = |name: &str| steps[at(name)].when;
+        assert_eq!(when("Release"), When::Always);
+        assert_eq!(when("hooks on_failure"), When::Failed);
+        assert_eq!(when("hooks finally"), When::Always);
+        assert!(at("hooks finally") < at("CleanSpool"));
+        match &steps[at("capture local")].step {
+            Step::Capture { dumps, paths, .. } => assert!(*dumps && paths == &[PathBuf::from("/srv/shop")]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn phases_without_hooks_and_holds_without_hooks_or_locks_are_left_out() {
+        let n = names(&plan(&job("[jobs.shop.files]\npaths = [\"/srv\"]\n")));
+        assert!(
+            !n.iter().any(|s| s.starts_with("hooks") || s == "Hold { hooks: 0, locks: 0 }" || s == "Release"),
+            "{n:?}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseConfig, DatabaseKind, Expectation, Job, Phase, RepositoryConfig, SmokeQuery};
+use crate::config::{Config, DatabaseConfig, DatabaseKind, Job, Phase, RepositoryConfig, SmokeQuery};
 use crate::dump::{DumpContext, Server, major_version};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
@@ -392,17 +392,13 @@ pub fn smoke_queries(server: &Server, name: &str, queries: &[SmokeQuery]) -> Vec
     queries
         .iter()
         .map(|q| {
-            let expect = q.expect.clone().unwrap_or_else(|| "non-empty".into());
             let value = server.scalar(name, &q.sql);
-            let ok = match (&value, Expectation::parse(q.expect.as_deref())) {
-                (Ok(v), Ok(e)) => e.check(v.as_deref()),
-                _ => false,
-            };
+            let ok = value.as_ref().is_ok_and(|v| q.expect.check(v.as_deref()));
             let value = match value {
                 Ok(v) => v,
                 Err(e) => Some(format!("error: {e:#}")),
             };
-            SmokeResult { sql: q.sql.clone(), expect, value, ok }
+            SmokeResult { sql: q.sql.clone(), expect: q.expect.to_string(), value, ok }
         })
         .collect()
 }

@@ -485,7 +485,12 @@ impl<'a> Attempt<'a> {
                     }
                 }
                 let paths = &captured;
-                let exclude = exclude_matcher(&self.job.files.exclude)?;
+                let exclude: Option<Box<crate::engine::backup::ExcludeFn>> = if self.job.files.exclude.is_empty() {
+                    None
+                } else {
+                    let excludes = self.job.files.exclude.clone();
+                    Some(Box::new(move |p: &std::path::Path| excludes.is_match(p)))
+                };
                 let mut tags = vec![self.job.name.clone()];
                 tags.extend(self.job.tags.iter().cloned());
                 let opts = BackupOptions { tags, exclude, cancel: Some(self.cancel.clone()), ..Default::default() };
@@ -620,17 +625,4 @@ impl<'a> Attempt<'a> {
             human(s.bytes_added)
         )
     }
-}
-
-/// A predicate for the job's exclude patterns, if it has any.
-fn exclude_matcher(patterns: &[String]) -> Result<Option<Box<crate::engine::backup::ExcludeFn>>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        b.add(globset::Glob::new(p).with_context(|| format!("exclude pattern {p:?}"))?);
-    }
-    let set = b.build()?;
-    Ok(Some(Box::new(move |p: &std::path::Path| set.is_match(p))))
 }

@@ -176,3 +176,78 @@ pub fn open_repository(cfg: &RepositoryConfig) -> Result<Repository> {
     let location = crate::secrets::location(cfg)?;
     Repository::open(&location, &pass).with_context(|| format!("opening repository {:?}", cfg.name))
 }
+
+/// A passphrase from a file, the environment, or (on a terminal) a prompt.
+pub fn read_passphrase(file: Option<&Path>, env: &str, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(f) = file {
+        return read_passphrase_file(f);
+    }
+    if env == "HOLDFAST_PASSPHRASE" {
+        if let Some(p) = passphrase_from_environment()? {
+            return Ok(p);
+        }
+    } else if let Some(v) = std::env::var_os(env) {
+        use std::os::unix::ffi::OsStrExt;
+        if v.is_empty() {
+            bail!("${env} is set but empty");
+        }
+        return Ok(v.as_bytes().to_vec());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let option = match env {
+            "HOLDFAST_FROM_PASSPHRASE" => "--from-passphrase-file",
+            "HOLDFAST_NEW_PASSPHRASE" => "--new-passphrase-file",
+            _ => "--passphrase-file",
+        };
+        return Err(crate::Error::NoPassphrase(format!("set ${env} or pass {option}")).into());
+    }
+    let first = rpassword::prompt_password(format!("{prompt}: "))?;
+    if confirm && rpassword::prompt_password("Repeat it: ")? != first {
+        bail!("the passphrases differ");
+    }
+    if first.is_empty() {
+        bail!("empty passphrase");
+    }
+    Ok(first.into_bytes())
+}
+
+/// The repository a command names with `--repo`: a configured one (by its
+/// name) or a directory / `s3://` URL given directly.
+#[derive(Debug, Clone)]
+pub enum RepositoryRef<'a> {
+    Configured(&'a RepositoryConfig),
+    Given(PathBuf),
+}
+
+impl<'a> RepositoryRef<'a> {
+    /// `arg` as the name of a repository of `config` when there is one by
+    /// that name, else as a path or URL.
+    pub fn resolve(config: Option<&'a crate::config::Config>, arg: &Path) -> RepositoryRef<'a> {
+        match config.and_then(|c| c.repositories.get(&*arg.to_string_lossy())) {
+            Some(r) => RepositoryRef::Configured(r),
+            None => RepositoryRef::Given(arg.to_path_buf()),
+        }
+    }
+
+    pub fn location(&self) -> Result<Location> {
+        match self {
+            RepositoryRef::Configured(r) => location(r),
+            RepositoryRef::Given(p) => location_from_argument(p),
+        }
+    }
+
+    /// Its passphrase: a configured repository's own source unless `file`
+    /// is given; else `file`, `$HOLDFAST_PASSPHRASE`, or a prompt.
+    pub fn passphrase(&self, file: Option<&Path>, prompt: &str, confirm: bool) -> Result<Vec<u8>> {
+        match (self, file) {
+            (RepositoryRef::Configured(r), None) => resolve(&r.passphrase, &r.name),
+            _ => read_passphrase(file, "HOLDFAST_PASSPHRASE", prompt, confirm),
+        }
+    }
+
+    /// Open it with its passphrase (see [`RepositoryRef::passphrase`]).
+    pub fn open(&self, passphrase_file: Option<&Path>) -> Result<Repository> {
+        let pass = self.passphrase(passphrase_file, "Repository passphrase", false)?;
+        Ok(Repository::open(&self.location()?, &pass)?)
+    }
+}

@@ -61,6 +61,11 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(total)
 }
 
+/// A time as people read it: local, to the second, with the offset.
+pub fn local_time(t: &jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %z").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,292 @@
+//! The command line: global options, one module per command (its `Args`
+//! and a `run` that calls the library and prints what it returns, as text
+//! or as JSON with `--json`), and the [`Context`] every command shares.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{Config, Job};
+use crate::engine::repository::Repository;
+use crate::exit::{EXIT_CODES_HELP, Exit, Interrupt, Usage};
+use crate::secrets::RepositoryRef;
+
+/// `println!` that returns an error instead of panicking when stdout is
+/// gone (`holdfast ls | head`): `main` ends quietly on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
+
+mod backup;
+mod check;
+mod copy;
+mod forget;
+mod init;
+mod key;
+mod ls;
+mod prune;
+mod recover;
+mod repair;
+mod restore;
+mod run;
+mod snapshots;
+mod status;
+mod systemd;
+mod validate;
+mod verify;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Application-consistent backups into an encrypted, deduplicating repository",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// The job configuration: a TOML file or a directory of them.
+    #[arg(long, global = true, env = "HOLDFAST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The repository: a directory, or a repository name from the config.
+    #[arg(long, global = true, env = "HOLDFAST_REPOSITORY", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Read the passphrase from this file (else $HOLDFAST_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs: dumps, hooks and files as one snapshot per job.
+    Run(run::Args),
+    /// Forget snapshots by retention rules and collect garbage; with
+    /// --config, each named job's (all when none) by its `retention`.
+    Prune(prune::Args),
+    /// Per job: last run, newest snapshot and its age, next run; exits
+    /// non-zero when a job is stale (older than max_age) or failing.
+    Status(status::Args),
+    /// Write systemd service and timer units for jobs.
+    Systemd(systemd::Args),
+    /// Check jobs (all when none is named) without changing anything.
+    Validate(validate::Args),
+    /// Run the `finally` hooks a killed run of JOB still owes (for systemd's ExecStopPost=).
+    Recover(recover::Args),
+    /// Create a repository and its first key.
+    Init(init::Args),
+    /// Copy snapshots (only what the target lacks) to a repository created
+    /// with `init --copy-params-from`.
+    Copy(copy::Args),
+    /// Back up paths as one snapshot; prints the snapshot id.
+    Backup(backup::Args),
+    /// List snapshots (with --config, of one job: `snapshots JOB`).
+    Snapshots(snapshots::Args),
+    /// List the contents of a snapshot.
+    Ls(ls::Args),
+    /// Restore a snapshot (or some paths of it) into a directory; with
+    /// --config and a job name: restore that job's files or reload one of
+    /// its databases.
+    Restore(restore::Args),
+    /// Test that jobs' newest snapshots restore: dumps load and pass their
+    /// smoke queries, files match their recorded hashes.
+    Verify(verify::Args),
+    /// Check the repository's structure; with --read-data, every blob.
+    Check(check::Args),
+    /// Manage the repository's keys.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Repair a damaged repository: rebuild its index from the packs, or
+    /// write snapshots without what can no longer be read.
+    #[command(subcommand)]
+    Repair(repair::Command),
+    /// Remove snapshots by id (prefix); `prune` then frees their space.
+    Forget(forget::Args),
+}
+
+impl Command {
+    /// Commands that stop cleanly on SIGTERM/SIGINT (the others end at once).
+    fn takes_signals(&self) -> bool {
+        match self {
+            Command::Run(args) => !args.dry_run,
+            Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Copy(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What every command may use: the loaded config, the global options and
+/// the signal flags.
+pub struct Context {
+    config: Option<Config>,
+    config_path: Option<PathBuf>,
+    repo: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+    pub interrupt: Interrupt,
+    /// Worker threads for engine work.
+    pub threads: usize,
+}
+
+impl Context {
+    /// The config, or the error that says `command` needs one.
+    pub fn config(&self, command: &str) -> Result<&Config> {
+        self.config
+            .as_ref()
+            .ok_or_else(|| Usage(format!("`{command}` needs --config PATH (or $HOLDFAST_CONFIG)")).into())
+    }
+
+    /// The config when one was given.
+    pub fn config_if_given(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// The config's path, as given.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// `--repo` as given (a path, URL, or configured name).
+    pub fn repo_arg(&self) -> Option<&Path> {
+        self.repo.as_deref()
+    }
+
+    /// `--repo NAME` for job commands: which of the job's repositories.
+    pub fn repo_name(&self) -> Option<String> {
+        self.repo.as_ref().map(|r| r.to_string_lossy().into_owned())
+    }
+
+    pub fn passphrase_file(&self) -> Option<&Path> {
+        self.passphrase_file.as_deref()
+    }
+
+    /// The repository `--repo` names.
+    pub fn repository(&self) -> Result<RepositoryRef<'_>> {
+        let arg = self.repo.as_deref().ok_or_else(|| {
+            anyhow!("no repository given: pass --repo DIR|s3://BUCKET/PREFIX or set HOLDFAST_REPOSITORY")
+        })?;
+        Ok(RepositoryRef::resolve(self.config.as_ref(), arg))
+    }
+
+    /// Open the repository `--repo` names.
+    pub fn open(&self) -> Result<Repository> {
+        self.repository()?.open(self.passphrase_file())
+    }
+
+    /// The named jobs, or all when none is named.
+    pub fn jobs<'a>(&self, config: &'a Config, names: &[String]) -> Result<Vec<&'a Job>> {
+        if names.is_empty() {
+            return Ok(config.jobs.values().collect());
+        }
+        Ok(names.iter().map(|n| config.job(n)).collect::<Result<_, _>>()?)
+    }
+}
+
+/// Parse the command line and run it; the exit code it stands for.
+pub fn run() -> Result<Exit> {
+    let cli = Cli::parse();
+    init_logging();
+    // Everything holdfast creates for itself (spool, state, dumps, keys,
+    // restore staging) starts private; wider modes are set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let config = match &cli.config {
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    if let Some(c) = &config {
+        crate::process::declare_secret_variables(c.secret_variables());
+    }
+    let interrupt = if cli.command.takes_signals() {
+        Interrupt::install().context("installing the signal handlers")?
+    } else {
+        Interrupt::none()
+    };
+    let ctx = Context {
+        config,
+        config_path: cli.config,
+        repo: cli.repo,
+        passphrase_file: cli.passphrase_file,
+        interrupt,
+        threads: crate::engine::parallel::cpus(),
+    };
+    match &cli.command {
+        Command::Run(args) => run::run(args, &ctx),
+        Command::Prune(args) => prune::run(args, &ctx),
+        Command::Status(args) => status::run(args, &ctx),
+        Command::Systemd(args) => systemd::run(args, &ctx),
+        Command::Validate(args) => validate::run(args, &ctx),
+        Command::Recover(args) => recover::run(args, &ctx),
+        Command::Init(args) => init::run(args, &ctx),
+        Command::Copy(args) => copy::run(args, &ctx),
+        Command::Backup(args) => backup::run(args, &ctx),
+        Command::Snapshots(args) => snapshots::run(args, &ctx),
+        Command::Ls(args) => ls::run(args, &ctx),
+        Command::Restore(args) => restore::run(args, &ctx),
+        Command::Verify(args) => verify::run(args, &ctx),
+        Command::Check(args) => check::run(args, &ctx),
+        Command::Key(cmd) => key::run(cmd, &ctx),
+        Command::Repair(cmd) => repair::run(cmd, &ctx),
+        Command::Forget(args) => forget::run(args, &ctx),
+    }
+}
+
+/// Log lines go to stderr (journald adds its own timestamps under systemd).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Bytes for a terminal: control characters, backslashes and invalid UTF-8
+/// escaped (`\n`, `\x1b`), so a file name cannot move the cursor or forge
+/// a line of output.
+fn escape_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The first eight characters of an id in hex (or all of a shorter name).
+fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(8)]
+}
+
+/// A snapshot as shown by `snapshots --json` and `backup --json`.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    id: String,
+    short_id: String,
+    #[serde(flatten)]
+    snapshot: &'a crate::engine::snapshot::Snapshot,
+}
+
+impl<'a> SnapshotView<'a> {
+    fn new(id: &crate::engine::crypto::Id, snapshot: &'a crate::engine::snapshot::Snapshot) -> Self {
+        SnapshotView { id: id.to_hex(), short_id: id.short(), snapshot }
+    }
+}

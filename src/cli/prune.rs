@@ -1,0 +1,127 @@
+//! `holdfast prune`: forget snapshots by retention rules (a job's, or the
+//! `--keep-*` flags) and collect garbage.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{Context, print_json, short};
+use crate::exit::{Exit, Usage};
+use crate::prune::{PruneReport, prune_ad_hoc, prune_job};
+use crate::retention::Policy;
+use crate::units::{DurationSpec, human, local_time, parse_duration};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    pub jobs: Vec<String>,
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    #[arg(long)]
+    pub keep_hourly: Option<usize>,
+    #[arg(long)]
+    pub keep_daily: Option<usize>,
+    #[arg(long)]
+    pub keep_weekly: Option<usize>,
+    #[arg(long)]
+    pub keep_monthly: Option<usize>,
+    #[arg(long)]
+    pub keep_yearly: Option<usize>,
+    /// Keep every snapshot younger than this before the newest (e.g. 2d).
+    #[arg(long, value_parser = parse_duration)]
+    pub keep_within: Option<Duration>,
+    /// Delete packs only after they were marked unreferenced this long ago.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Say what would go and why the rest stays; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// The retention policy the `--keep-*` flags give.
+    fn policy(&self) -> Policy {
+        Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within.map(DurationSpec),
+        }
+    }
+}
+
+pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
+    // With a config (and no --repo outside it), jobs prune by their own
+    // retention; otherwise the flags say what to keep in --repo.
+    let by_jobs = match ctx.config_if_given() {
+        Some(config)
+            if ctx.repo_arg().is_none() || ctx.repo_name().is_some_and(|n| config.repositories.contains_key(&n)) =>
+        {
+            (args.jobs.is_empty() || config.jobs.contains_key(&args.jobs[0])).then_some(config)
+        }
+        _ => None,
+    };
+    let reports = match by_jobs {
+        Some(config) => {
+            let mut all = Vec::new();
+            for job in ctx.jobs(config, &args.jobs)? {
+                all.extend(prune_job(config, job, args.grace, args.dry_run)?);
+            }
+            all
+        }
+        None => {
+            let policy = args.policy();
+            if policy.is_empty() {
+                return Err(Usage(
+                    "say what to keep: --keep-last, --keep-daily, ... (without one, prune would keep only the newest)"
+                        .into(),
+                )
+                .into());
+            }
+            vec![prune_ad_hoc(&ctx.open()?, &policy, args.grace, args.dry_run)?]
+        }
+    };
+    if args.json {
+        print_json(&reports)?;
+    } else {
+        for r in &reports {
+            print_report(r)?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn print_report(r: &PruneReport) -> Result<()> {
+    outln!(
+        "repository {}{}{}:",
+        r.repository,
+        r.job.as_deref().map(|j| format!(", job {j}")).unwrap_or_default(),
+        if r.dry_run { " (dry run: nothing changed)" } else { "" }
+    );
+    for d in &r.decisions {
+        let when = local_time(&d.time);
+        if d.keep {
+            outln!("  keep   {} {when}  ({})", short(&d.id), d.reasons.join(", "));
+        } else {
+            outln!("  forget {} {when}", short(&d.id));
+        }
+    }
+    let g = &r.gc;
+    outln!(
+        "  {} snapshot(s) {}; packs: {} newly marked unused, {} unmarked (in use again), {} waiting out the grace period, {} deleted; {} leftovers deleted; {} freed",
+        r.forgotten,
+        if r.dry_run { "would be forgotten" } else { "forgotten" },
+        g.packs_marked,
+        g.packs_unmarked,
+        g.packs_waiting,
+        g.packs_deleted,
+        g.leftovers_deleted,
+        human(g.bytes_deleted)
+    );
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `holdfast restore`: a snapshot (or paths of it) into a directory; with
+//! `--config` and a job name, that job's files or one of its databases.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::{Context, print_json, short};
+use crate::engine::restore::{RestoreOptions, restore};
+use crate::exit::{Exit, Usage};
+use crate::restore::{DatabaseAction, RestoreReport, Source, What, restore_job};
+use crate::units::human;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A snapshot id prefix or `latest`; with --config, a job name.
+    pub target: String,
+    /// With a job: the snapshot (id prefix or `latest`, the default).
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// With a job: restore its file sets (all, or the --path ones).
+    #[arg(long, conflicts_with = "database")]
+    pub files: bool,
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Restore only this path of the snapshot (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// With a job and --files: replace a non-empty --to directory.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// With a job: the database to restore (its name, or its entry).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Load the dump into a new database (SQLite: a new file).
+    #[arg(long, value_name = "NEWNAME", requires = "database", conflicts_with_all = ["reload", "dump_to"])]
+    pub into: Option<String>,
+    /// Replace the live database: load into a temporary one, then swap.
+    #[arg(long, requires = "database", conflicts_with = "dump_to")]
+    pub reload: bool,
+    /// Write the dump to FILE (created 0600; it must not exist).
+    #[arg(long, value_name = "FILE", requires = "database")]
+    pub dump_to: Option<PathBuf>,
+    /// With `latest`: take the newest readable snapshot even if some
+    /// snapshot cannot be read (it might be newer).
+    #[arg(long)]
+    pub skip_damaged: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    /// What a job restore is asked to bring back.
+    fn what(&self) -> Result<What> {
+        if self.files || self.database.is_none() {
+            let to = self.to.clone().ok_or_else(|| Usage("restoring files needs --to DIR".into()))?;
+            return Ok(What::Files { paths: self.paths.clone(), to, overwrite: self.overwrite });
+        }
+        let action = match (&self.into, self.reload, &self.dump_to) {
+            (Some(n), _, _) => DatabaseAction::Into(n.clone()),
+            (_, true, _) => DatabaseAction::Reload,
+            (_, _, Some(f)) => DatabaseAction::DumpTo(f.clone()),
+            _ => {
+                return Err(Usage(
+                    "with --database, say where it goes: --into NEWNAME, --reload or --dump-to FILE".into(),
+                )
+                .into());
+            }
+        };
+        Ok(What::Database { name: self.database.clone().unwrap_or_default(), action })
+    }
+}
+
+pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
+    match ctx.config_if_given() {
+        Some(config) if config.jobs.contains_key(&args.target) => {
+            let job = config.job(&args.target)?;
+            let repository = ctx.repo_name();
+            let source =
+                Source { repository: repository.as_deref(), snapshot: &args.snapshot, skip_damaged: args.skip_damaged };
+            let report = restore_job(config, job, &source, &args.what()?, ctx.interrupt.flag())?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print_report(&report)?;
+            }
+        }
+        _ => restore_snapshot(args, ctx)?,
+    }
+    Ok(Exit::Success)
+}
+
+/// A plain restore: `target` is a snapshot of `--repo`.
+fn restore_snapshot(args: &Args, ctx: &Context) -> Result<()> {
+    let to = args.to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
+    let repo = ctx.open()?;
+    let (id, snap) = repo.find_snapshot(&args.target, args.skip_damaged)?;
+    let started = std::time::Instant::now();
+    let opts = RestoreOptions {
+        target: to.clone(),
+        include: args.paths.clone(),
+        threads: ctx.threads,
+        cancel: Some(ctx.interrupt.flag().clone()),
+    };
+    let summary = restore(&repo, &snap, &opts)?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.json {
+        print_json(&summary)?;
+    } else {
+        eprintln!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} in {:.1}s",
+            id.short(),
+            to.display(),
+            summary.files,
+            summary.dirs,
+            human(summary.bytes),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn print_report(r: &RestoreReport) -> Result<()> {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    match (&r.files, &r.database) {
+        (Some(f), _) => outln!(
+            "job {}: restored {} files, {} dirs, {} from snapshot {} into {}",
+            r.job,
+            f.files,
+            f.dirs,
+            human(f.bytes),
+            short(&r.snapshot),
+            r.target
+        ),
+        (_, Some(db)) => {
+            outln!("job {}: restored database {db} from snapshot {} into {}", r.job, short(&r.snapshot), r.target);
+            if let Some(k) = &r.kept_as {
+                outln!("the previous database is kept as {k}; drop it when you are satisfied");
+            }
+        }
+        _ => {}
+    }
+    for s in &r.smoke {
+        outln!("  {s}");
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! `holdfast snapshots [JOB]`: list a repository's snapshots, or one job's
+//! with what each holds.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::{Context, SnapshotView, escape_text, print_json, short};
+use crate::engine::crypto::Id;
+use crate::engine::snapshot::Snapshot;
+use crate::exit::Exit;
+use crate::record::RunRecord;
+use crate::secrets::RepositoryRef;
+use crate::units::{human, local_time};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this job's snapshots, in the job's repository.
+    pub job: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
+    // A job's snapshots live in its first repository (with --config).
+    let repo = match (ctx.config_if_given(), &args.job) {
+        (Some(config), Some(name)) => {
+            let job = config.job(name)?;
+            RepositoryRef::Configured(&config.repositories[&job.repositories[0]]).open(ctx.passphrase_file())?
+        }
+        _ => ctx.open()?,
+    };
+    let (mut snaps, bad) = repo.snapshots()?;
+    for (name, e) in &bad {
+        eprintln!("warning: snapshot {} cannot be read: {e} (`holdfast check` says more)", short(name));
+    }
+    if let Some(job) = &args.job {
+        snaps.retain(|(_, s)| RunRecord::of(s).is_some_and(|r| &r.job == job));
+        if !args.json {
+            print_job_snapshots(&snaps)?;
+            return Ok(Exit::Success);
+        }
+    }
+    if args.json {
+        print_json(&snaps.iter().map(|(id, s)| SnapshotView::new(id, s)).collect::<Vec<_>>())?;
+        return Ok(Exit::Success);
+    }
+    outln!("{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags");
+    for (id, s) in &snaps {
+        outln!(
+            "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
+            id.short(),
+            local_time(&s.time),
+            escape_text(s.host.as_bytes()),
+            human(s.summary.bytes),
+            escape_text(s.tags.join(",").as_bytes()),
+            escape_text(s.paths.join(" ").as_bytes())
+        );
+    }
+    Ok(Exit::Success)
+}
+
+fn print_job_snapshots(snaps: &[(Id, Snapshot)]) -> Result<()> {
+    outln!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
+    for (id, s) in snaps {
+        let mut holds: Vec<String> = Vec::new();
+        if let Some(r) = RunRecord::of(s) {
+            for d in &r.databases {
+                holds.push(format!("{} {} ({})", d.kind.as_str(), d.name, human(d.size)));
+            }
+            for f in &r.file_sets {
+                holds.extend(f.paths.iter().map(|p| p.display().to_string()));
+            }
+        }
+        let mut flags = String::new();
+        if s.summary.incomplete {
+            flags.push_str("  [INCOMPLETE]");
+        }
+        if s.repaired.is_some() {
+            flags.push_str("  [repaired]");
+        }
+        outln!(
+            "{:<8}  {:<25}  {:>10}  {}{flags}",
+            id.short(),
+            local_time(&s.time),
+            human(s.summary.bytes),
+            escape_text(holds.join(", ").as_bytes())
+        );
+    }
+    Ok(())
+}
