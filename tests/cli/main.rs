@@ -45,6 +45,7 @@ mod signals;
 mod validate;
 
 mod faults;
+mod format_fixture;
 
 mod garage;
 mod s3;
