@@ -123,7 +123,7 @@ fn write() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     let r = repo.to_str().unwrap();
-    run_ok(&mut holdfast(&["--repo", r, "init"]).args(["--avg-chunk-size", "65536"]));
+    run_ok(holdfast(&["--repo", r, "init"]).args(["--avg-chunk-size", "65536"]));
     run_ok(&mut holdfast(&["--repo", r, "backup", "--tag", "fixture", SOURCE]));
     let db = work.path().join("shop.db");
     let sql = "create table orders(id integer primary key, item text); \
