@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, bail};
 
-use crate::config::{HookConfig, Phase};
+use crate::config::{HookConfig, Job, Phase};
 use crate::process::{self, Env, HeldProcess, ProcessSpec};
 use crate::record::HookRecord;
 use crate::template::{Vars, render};
@@ -114,6 +114,58 @@ pub struct HeldHook {
     started: std::time::Instant,
     /// Output lines already logged.
     logged: usize,
+}
+
+/// Where a phase's hooks are, for callers that record them (the runner's
+/// journal): the hook's index in the job, and its record once it ended.
+#[derive(Clone, Copy)]
+pub enum HookProgress<'a> {
+    Started(usize),
+    Finished(usize, &'a HookRecord),
+}
+
+/// Run every hook of `phase` in the order the job declares them; the first
+/// failure stops the phase. `children` is where the run tracks its child
+/// processes (see `process`), when it does.
+pub fn run_phase(
+    job: &Job,
+    phase: Phase,
+    vars: &Vars,
+    cancel: &AtomicBool,
+    children: Option<&Path>,
+    mut progress: impl FnMut(HookProgress),
+) -> Result<()> {
+    for (i, hook) in job.hooks.iter().enumerate().filter(|(_, h)| h.phase == phase) {
+        tracing::info!("job {}: {} hook: {}", job.name, phase_name(phase), hook.run.display());
+        progress(HookProgress::Started(i));
+        let (record, result) = match run_hook(hook, vars, cancel, children) {
+            Ok(r) => (r, Ok(())),
+            Err((r, e)) => (r, Err(e)),
+        };
+        progress(HookProgress::Finished(i, &record));
+        result?;
+    }
+    Ok(())
+}
+
+/// One hook lifecycle around `body`: the `before` hooks, then `body` if they
+/// all succeeded, then the `after` hooks whatever happened (with the error
+/// in `HOLDFAST_ERROR`). The first error is the outcome.
+pub fn around<T>(
+    job: &Job,
+    (before, after): (Phase, Phase),
+    vars: &mut Vars,
+    cancel: &AtomicBool,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let result = run_phase(job, before, vars, cancel, None, |_| {}).and_then(|()| body());
+    if let Err(e) = &result {
+        vars.error = format!("{e:#}");
+    }
+    let after_result = run_phase(job, after, vars, cancel, None, |_| {});
+    let value = result?;
+    after_result?;
+    Ok(value)
 }
 
 /// Start a `hold` hook and wait for its ready line.

@@ -20,7 +20,6 @@ use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
 use crate::engine::restore::{RestoreOptions, RestoreSummary, extract_file, restore_staged};
 use crate::engine::snapshot::Snapshot;
-use crate::hooks::{phase_name, run_hook};
 use crate::record::{DumpRecord, RunRecord};
 use crate::secrets::open_repository;
 
@@ -165,28 +164,14 @@ pub fn restore_job(
     };
     let never = AtomicBool::new(false);
     let mut report = RestoreReport { job: job.name.clone(), snapshot: id.to_hex(), ..Default::default() };
-    let result = run_hooks(job, Phase::BeforeRestore, &vars, &never).and_then(|()| match what {
+    crate::hooks::around(job, (Phase::BeforeRestore, Phase::AfterRestore), &mut vars, &never, || match what {
         What::Files { paths, to, overwrite } => {
             let target = Target { to, overwrite: *overwrite, protected: config.protected_paths(job), cancel };
             restore_files(&repo, &snap, &record, paths, &target, &mut report)
         }
         What::Database { name, action } => restore_database(job, &repo, &snap, &record, name, action, &mut report),
-    });
-    if let Err(e) = &result {
-        vars.error = format!("{e:#}");
-    }
-    let after = run_hooks(job, Phase::AfterRestore, &vars, &never);
-    result?;
-    after?;
+    })?;
     Ok(report)
-}
-
-fn run_hooks(job: &Job, phase: Phase, vars: &Vars, cancel: &AtomicBool) -> Result<()> {
-    for hook in job.hooks.iter().filter(|h| h.phase == phase) {
-        tracing::info!("job {}: {} hook: {}", job.name, phase_name(phase), hook.run.display());
-        run_hook(hook, vars, cancel, None).map_err(|(_, e)| e)?;
-    }
-    Ok(())
 }
 
 /// Where restored files go, and what that place must not destroy.

@@ -26,7 +26,7 @@ use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
 use crate::engine::running::hostname;
 use crate::exit::{Exit, Interrupt};
-use crate::hooks::{HeldHook, phase_name, run_hook, start_hold};
+use crate::hooks::{HeldHook, HookProgress, start_hold};
 use crate::journal::{Journal, recover};
 use crate::notify::notify;
 use crate::plan::{Step, When, plan};
@@ -578,39 +578,25 @@ impl<'a> Attempt<'a> {
         self.run_dir.as_ref().map(|d| d.children.as_path())
     }
 
-    /// Run every hook of `phase` in order; the first failure stops the
-    /// phase. `finally` hooks are recorded in the journal as they start and
-    /// end, so a recovery runs only what was owed.
+    /// Run every hook of `phase`, recording each; `finally` hooks are
+    /// recorded in the journal (durably) as they start and end, so a
+    /// recovery runs only what was owed.
     fn hooks_of(&mut self, phase: Phase, cancel: &AtomicBool) -> Result<()> {
-        let hooks: Vec<(usize, _)> =
-            self.job.hooks.iter().enumerate().filter(|(_, h)| h.phase == phase).map(|(i, h)| (i, h.clone())).collect();
-        for (i, hook) in hooks {
-            tracing::info!("job {}: {} hook: {}", self.job.name, phase_name(phase), hook.run.display());
-            self.journal_finally(phase, |j| j.finally_started.push(i));
-            let result = run_hook(&hook, &self.vars, cancel, self.children());
-            self.journal_finally(phase, |j| j.finally_done.push(i));
-            match result {
-                Ok(r) => self.hooks.push(r),
-                Err((r, e)) => {
-                    self.hooks.push(r);
-                    return Err(e);
-                }
+        let children = self.children().map(std::path::Path::to_path_buf);
+        let (job, journal, records) = (self.job, &mut self.journal, &mut self.hooks);
+        crate::hooks::run_phase(job, phase, &self.vars, cancel, children.as_deref(), |progress| {
+            if let HookProgress::Finished(_, record) = progress {
+                records.push(record.clone());
             }
-        }
-        Ok(())
-    }
-
-    /// Record progress of the `finally` hooks in the journal (durably).
-    fn journal_finally(&mut self, phase: Phase, change: impl FnOnce(&mut Journal)) {
-        if phase != Phase::Finally {
-            return;
-        }
-        if let Some(j) = self.journal.as_mut() {
-            change(j);
-            if let Err(e) = j.write(self.job) {
-                tracing::warn!("job {}: could not update the run journal: {e:#}", self.job.name);
+            let Some(j) = journal.as_mut().filter(|_| phase == Phase::Finally) else { return };
+            match progress {
+                HookProgress::Started(i) => j.finally_started.push(i),
+                HookProgress::Finished(i, _) => j.finally_done.push(i),
             }
-        }
+            if let Err(e) = j.write(job) {
+                tracing::warn!("job {}: could not update the run journal: {e:#}", job.name);
+            }
+        })
     }
 
     fn summary(&self) -> String {
