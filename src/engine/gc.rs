@@ -46,7 +46,7 @@ const LEFTOVER_MIN_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3
 
 /// Remove `dir/name`; already gone is fine (an interrupted prune, or one
 /// running at the same time, got there first).
-fn remove_if_there(repo: &Repository, dir: &str, name: &str) -> Result<()> {
+fn remove_if_there(repo: &Repository, dir: crate::engine::backend::Dir, name: &str) -> Result<()> {
     match repo.backend().remove(dir, name) {
         Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,
@@ -54,7 +54,7 @@ fn remove_if_there(repo: &Repository, dir: &str, name: &str) -> Result<()> {
 }
 
 /// The names of the files in `dir`.
-fn names(repo: &Repository, dir: &str) -> Result<Vec<String>> {
+fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<String>> {
     Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())
 }
 

@@ -410,10 +410,10 @@ impl Repository {
     }
 
     /// Read a repository file and check that its bytes hash to its name.
-    fn read_repo_file(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+    fn read_repo_file(&self, dir: crate::engine::backend::Dir, name: &str) -> Result<Vec<u8>> {
         let bytes = self.backend.get(dir, name)?;
         if Id::of_bytes(&bytes).to_hex() != name {
-            let what = format!("{} {}", dir.trim_end_matches('s'), short(name));
+            let what = format!("{} {}", dir.one(), short(name));
             return Err(Error::damaged(what, "contents do not match the file name (hash)"));
         }
         Ok(bytes)
@@ -721,7 +721,7 @@ fn read_marker(backend: &dyn Backend) -> Result<Marker> {
 }
 
 /// Write `bytes` as `dir/<hash of bytes>` and return that hash.
-fn write_named_by_hash(backend: &dyn Backend, dir: &str, bytes: &[u8]) -> Result<Id> {
+fn write_named_by_hash(backend: &dyn Backend, dir: crate::engine::backend::Dir, bytes: &[u8]) -> Result<Id> {
     let id = Id::of_bytes(bytes);
     backend.put_new(dir, &id.to_hex(), bytes.to_vec())?;
     Ok(id)

@@ -184,7 +184,7 @@ pub fn adopt_recent_leftovers(
 }
 
 /// The names of the files in `dir`.
-fn names(repo: &Repository, dir: &str) -> Result<Vec<String>> {
+fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<String>> {
     Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())
 }
 

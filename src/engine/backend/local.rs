@@ -19,7 +19,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, FileInfo, INDEX, KEYS, MARKS, PACKS, RUNNING, ReadCache, SNAPSHOTS, Stored, TMP, relative_path};
+use super::{
+    Backend, Dir, FileInfo, INDEX, KEYS, MARKS, PACKS, RUNNING, ReadCache, SNAPSHOTS, Stored, TMP, relative_path,
+};
 use crate::engine::crypto::fill_random;
 use crate::error::{Error, IoContext, Result};
 
@@ -37,7 +39,7 @@ impl LocalBackend {
     }
 
     /// Where a file named `name` in `dir` lives.
-    pub fn path_of(&self, dir: &str, name: &str) -> PathBuf {
+    pub fn path_of(&self, dir: Dir, name: &str) -> PathBuf {
         self.root.join(relative_path(dir, name))
     }
 
@@ -92,7 +94,7 @@ impl Backend for LocalBackend {
     }
 
     fn create_layout(&self) -> Result<()> {
-        for dir in [PACKS, INDEX, SNAPSHOTS, KEYS, TMP, MARKS, RUNNING] {
+        for dir in Dir::LAYOUT {
             crate::fsutil::create_dir_all(&self.root.join(dir), crate::fsutil::PRIVATE_DIR)?;
         }
         Ok(())
@@ -111,7 +113,7 @@ impl Backend for LocalBackend {
         Ok(missing)
     }
 
-    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored> {
+    fn put_new(&self, dir: Dir, name: &str, bytes: Vec<u8>) -> Result<Stored> {
         let temp = self.durable_temp(&bytes)?;
         drop(bytes);
         let target = self.path_of(dir, name);
@@ -140,7 +142,7 @@ impl Backend for LocalBackend {
         Ok(stored)
     }
 
-    fn put_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    fn put_state(&self, dir: Dir, name: &str, bytes: &[u8]) -> Result<()> {
         let d = self.root.join(dir);
         fs::create_dir_all(&d).at(&d)?;
         let temp = self.durable_temp(bytes)?;
@@ -149,14 +151,14 @@ impl Backend for LocalBackend {
         sync_dir(&d)
     }
 
-    fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+    fn get(&self, dir: Dir, name: &str) -> Result<Vec<u8>> {
         let p = self.path_of(dir, name);
         fs::read(&p).at(&p)
     }
 
     fn get_range(
         &self,
-        dir: &str,
+        dir: Dir,
         name: &str,
         range: Range<u64>,
         _worth: Range<u64>,
@@ -164,19 +166,20 @@ impl Backend for LocalBackend {
     ) -> Result<Vec<u8>> {
         let (offset, len) = (range.start, (range.end - range.start) as usize);
         let p = self.path_of(dir, name);
-        if !cache.files.contains_key(name) {
-            if cache.files.len() > 64 {
-                cache.files.clear();
+        let open: &mut OpenFiles = cache.state();
+        if !open.0.contains_key(name) {
+            if open.0.len() > 64 {
+                open.0.clear();
             }
-            cache.files.insert(name.to_string(), File::open(&p).at(&p)?);
+            open.0.insert(name.to_string(), File::open(&p).at(&p)?);
         }
-        let file = cache.files.get(name).ok_or_else(|| Error::Invalid("read cache".into()))?;
+        let file = open.0.get(name).ok_or_else(|| Error::Invalid("read cache".into()))?;
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset).at(&p)?;
         Ok(buf)
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
+    fn list(&self, dir: Dir) -> Result<Vec<FileInfo>> {
         let base = self.root.join(dir);
         if (dir == MARKS || dir == RUNNING) && !base.exists() {
             return Ok(Vec::new());
@@ -205,7 +208,7 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
-    fn remove(&self, dir: &str, name: &str) -> Result<()> {
+    fn remove(&self, dir: Dir, name: &str) -> Result<()> {
         let p = self.path_of(dir, name);
         fs::remove_file(&p).at(&p)?;
         sync_dir(p.parent().unwrap_or(&self.root))
@@ -216,3 +219,8 @@ impl Backend for LocalBackend {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
+
+/// A reading thread's open files (by name), so reading many blobs of one
+/// pack opens it once.
+#[derive(Default)]
+struct OpenFiles(std::collections::HashMap<String, File>);

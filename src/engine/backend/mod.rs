@@ -28,17 +28,70 @@ pub use s3::{S3Backend, S3Settings, s3_url};
 
 use crate::error::Result;
 
-/// Directory names inside a repository ("" is the top level).
-pub const ROOT: &str = "";
-pub const PACKS: &str = "packs";
-pub const INDEX: &str = "index";
-pub const SNAPSHOTS: &str = "snapshots";
-pub const KEYS: &str = "keys";
-pub const TMP: &str = "tmp";
-/// Packs marked for deletion by prune (see `engine::gc`).
-pub const MARKS: &str = "marks";
-/// One file per backup in progress (see `engine::gc`).
-pub const RUNNING: &str = "running";
+/// The kinds of file a repository holds, each in its own directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// The top level: the marker and the config.
+    Root,
+    Packs,
+    Index,
+    Snapshots,
+    Keys,
+    /// Files being written (renamed into place when complete).
+    Tmp,
+    /// Packs marked for deletion by prune (see `engine::gc`).
+    Marks,
+    /// One file per backup in progress (see `engine::running`).
+    Running,
+}
+
+impl Dir {
+    /// Every directory of a repository's layout (all but the top level).
+    pub const LAYOUT: [Dir; 7] =
+        [Dir::Packs, Dir::Index, Dir::Snapshots, Dir::Keys, Dir::Tmp, Dir::Marks, Dir::Running];
+
+    /// Its name inside the repository ("" for the top level).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dir::Root => "",
+            Dir::Packs => "packs",
+            Dir::Index => "index",
+            Dir::Snapshots => "snapshots",
+            Dir::Keys => "keys",
+            Dir::Tmp => "tmp",
+            Dir::Marks => "marks",
+            Dir::Running => "running",
+        }
+    }
+}
+
+impl Dir {
+    /// What one file of it is called in messages ("pack", "snapshot").
+    pub fn one(self) -> &'static str {
+        self.as_str().trim_end_matches('s')
+    }
+}
+
+impl AsRef<std::path::Path> for Dir {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(self.as_str())
+    }
+}
+
+impl fmt::Display for Dir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub const ROOT: Dir = Dir::Root;
+pub const PACKS: Dir = Dir::Packs;
+pub const INDEX: Dir = Dir::Index;
+pub const SNAPSHOTS: Dir = Dir::Snapshots;
+pub const KEYS: Dir = Dir::Keys;
+pub const TMP: Dir = Dir::Tmp;
+pub const MARKS: Dir = Dir::Marks;
+pub const RUNNING: Dir = Dir::Running;
 
 /// One listed file.
 #[derive(Debug, Clone)]
@@ -91,13 +144,13 @@ pub trait Backend: Send + Sync {
 
     /// Store `bytes` as `dir/name`, durably, unless that name exists. Takes
     /// the buffer: a 16 MiB pack goes to the network without a copy.
-    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored>;
+    fn put_new(&self, dir: Dir, name: &str, bytes: Vec<u8>) -> Result<Stored>;
 
     /// Store or replace a small state file (prune's marks, `running/`
     /// records). Never called on the backup path for an existing name.
-    fn put_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()>;
+    fn put_state(&self, dir: Dir, name: &str, bytes: &[u8]) -> Result<()>;
 
-    fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>>;
+    fn get(&self, dir: Dir, name: &str) -> Result<Vec<u8>>;
 
     /// The bytes `range` of `dir/name`; `cache` belongs to one thread.
     /// `worth` (which contains `range`) is what the caller will probably
@@ -105,7 +158,7 @@ pub trait Backend: Send + Sync {
     /// later reads from `cache` (a local one ignores it).
     fn get_range(
         &self,
-        dir: &str,
+        dir: Dir,
         name: &str,
         range: Range<u64>,
         worth: Range<u64>,
@@ -113,21 +166,28 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<u8>>;
 
     /// The files in `dir` (for packs, across the fan-out), sorted by name.
-    fn list(&self, dir: &str) -> Result<Vec<FileInfo>>;
+    fn list(&self, dir: Dir) -> Result<Vec<FileInfo>>;
 
-    fn remove(&self, dir: &str, name: &str) -> Result<()>;
+    fn remove(&self, dir: Dir, name: &str) -> Result<()>;
 }
 
-/// Per-thread state for repeated reads: open local files, or the last few
-/// stretches fetched from a remote object; one per thread
-/// (`ReadCache::default()`).
+/// Per-thread state for repeated reads, owned by one thread
+/// (`ReadCache::default()`) and kept by the backend that reads with it:
+/// open local files, or stretches of a remote object fetched ahead.
 #[derive(Default)]
 pub struct ReadCache {
-    pub(crate) files: std::collections::HashMap<String, std::fs::File>,
-    /// (object, offset, bytes) fetched ahead, newest last.
-    pub(crate) windows: Vec<(String, u64, Vec<u8>)>,
-    /// Where the previous read of this thread ended (object, offset).
-    pub(crate) last_end: Option<(String, u64)>,
+    state: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl ReadCache {
+    /// The reading backend's own state, made on first use (a cache handed
+    /// to another kind of backend starts afresh).
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.state.as_ref().is_some_and(|s| s.is::<T>()) {
+            self.state = Some(Box::new(T::default()));
+        }
+        self.state.as_mut().and_then(|s| s.downcast_mut::<T>()).expect("the state was just made of this type")
+    }
 }
 
 /// Where a repository is, with what is needed to reach it.
@@ -180,10 +240,10 @@ pub fn stored_bytes(backend: &dyn Backend) -> Result<u64> {
 }
 
 /// The object's name under a directory: packs fan out by two hex digits.
-pub fn relative_path(dir: &str, name: &str) -> String {
+pub fn relative_path(dir: Dir, name: &str) -> String {
     if dir == PACKS && name.len() > 2 {
         format!("{dir}/{}/{name}", &name[..2])
-    } else if dir.is_empty() {
+    } else if dir == Dir::Root {
         name.to_string()
     } else {
         format!("{dir}/{name}")

@@ -21,7 +21,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
-use super::{Backend, FileInfo, ReadCache, Stored, relative_path};
+use super::{Backend, Dir, FileInfo, ReadCache, Stored, relative_path};
 use crate::error::{Error, Result};
 
 /// Everything needed to reach a bucket. The secret never appears in
@@ -186,7 +186,7 @@ impl S3Backend {
         })
     }
 
-    fn key(&self, dir: &str, name: &str) -> ObjectPath {
+    fn key(&self, dir: Dir, name: &str) -> ObjectPath {
         self.under_prefix(&relative_path(dir, name))
     }
 
@@ -252,7 +252,7 @@ impl Backend for S3Backend {
         Ok(())
     }
 
-    fn put_new(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<Stored> {
+    fn put_new(&self, dir: Dir, name: &str, bytes: Vec<u8>) -> Result<Stored> {
         let key = self.key(dir, name);
         let payload = PutPayload::from(bytes::Bytes::from(bytes));
         let mut attempt = 0;
@@ -273,14 +273,14 @@ impl Backend for S3Backend {
         }
     }
 
-    fn put_state(&self, dir: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    fn put_state(&self, dir: Dir, name: &str, bytes: &[u8]) -> Result<()> {
         let key = self.key(dir, name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(bytes));
         self.runtime.block_on(self.store.put(&key, payload)).map_err(|e| self.error(&key, e))?;
         Ok(())
     }
 
-    fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+    fn get(&self, dir: Dir, name: &str) -> Result<Vec<u8>> {
         let key = self.key(dir, name);
         let bytes = self
             .runtime
@@ -294,12 +294,13 @@ impl Backend for S3Backend {
     /// thread is reading the object in order (restore of a large file).
     fn get_range(
         &self,
-        dir: &str,
+        dir: Dir,
         name: &str,
         range: Range<u64>,
         worth: Range<u64>,
         cache: &mut ReadCache,
     ) -> Result<Vec<u8>> {
+        let cache: &mut ReadAhead = cache.state();
         let cached = cache
             .windows
             .iter()
@@ -341,8 +342,8 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
-    fn list(&self, dir: &str) -> Result<Vec<FileInfo>> {
-        let prefix = self.under_prefix(dir);
+    fn list(&self, dir: Dir) -> Result<Vec<FileInfo>> {
+        let prefix = self.under_prefix(dir.as_str());
         let metas = self
             .runtime
             .block_on(async {
@@ -366,7 +367,7 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
-    fn remove(&self, dir: &str, name: &str) -> Result<()> {
+    fn remove(&self, dir: Dir, name: &str) -> Result<()> {
         let key = self.key(dir, name);
         self.runtime.block_on(self.store.delete(&key)).map_err(|e| self.error(&key, e))
     }
@@ -395,4 +396,14 @@ fn is_transient(e: &object_store::Error) -> bool {
     let text = message(e).to_ascii_lowercase();
     matches!(e, object_store::Error::Generic { .. })
         && (text.contains("timed out") || text.contains("timeout") || text.contains("connection"))
+}
+
+/// A reading thread's last few stretches fetched ahead and where its
+/// previous read ended, so reading a pack in order costs few requests.
+#[derive(Default)]
+struct ReadAhead {
+    /// (object, offset, bytes) fetched ahead, newest last.
+    windows: Vec<(String, u64, Vec<u8>)>,
+    /// Where the previous read ended (object, offset).
+    last_end: Option<(String, u64)>,
 }
