@@ -170,71 +170,7 @@ fn run_attempts(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<Run
         let outcome = Attempt::new(config, job, &run_id, vars.clone(), interrupt.flag()).execute();
         match outcome {
             Ok(done) => {
-                let (_, first) = done.committed[0];
-                vars.snapshot = first.to_hex();
-                let ids: Vec<String> = done.committed.iter().map(|(_, id)| id.short()).collect();
-                let repos: Vec<String> = done.committed.iter().map(|(r, _)| format!("{r:?}")).collect();
-                let took = started.elapsed().as_secs_f64();
-                let exit = match &done.error {
-                    Some(e) => Exit::of_error(e, Some(interrupt)),
-                    None if done.totals.incomplete => Exit::Warnings,
-                    None => Exit::Success,
-                };
-                let error = done.error.map(|e| format!("{e:#}"));
-                let warnings = done.totals.warnings.clone();
-                match &error {
-                    None if done.totals.incomplete => {
-                        vars.error = format!(
-                            "snapshot committed but incomplete: {}",
-                            warnings.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
-                        );
-                        notify(&job.notify, Event::Warning, &vars);
-                    }
-                    None => notify(&job.notify, Event::Success, &vars),
-                    Some(e) => {
-                        vars.error = e.clone();
-                        notify(&job.notify, Event::Failure, &vars);
-                    }
-                }
-                let summary = match &error {
-                    None if done.totals.incomplete => format!(
-                        "job {}: INCOMPLETE snapshot {} committed to {} in {took:.1}s: {}; {} warning(s): {}",
-                        job.name,
-                        ids.join(", "),
-                        repos.join(", "),
-                        done.summary,
-                        warnings.len(),
-                        warnings.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
-                    ),
-                    None => format!(
-                        "job {}: snapshot {} committed to {} in {took:.1}s: {}",
-                        job.name,
-                        ids.join(", "),
-                        repos.join(", "),
-                        done.summary
-                    ),
-                    Some(e) => format!(
-                        "job {}: FAILED: snapshot {} was committed to {} ({}), but a later step failed: {e}",
-                        job.name,
-                        ids.join(", "),
-                        repos.join(", "),
-                        done.summary
-                    ),
-                };
-                return Ok(RunReport {
-                    job: job.name.clone(),
-                    ok: exit == Exit::Success,
-                    incomplete: done.totals.incomplete,
-                    snapshot: Some(first.to_hex()),
-                    error,
-                    attempts: attempt,
-                    summary,
-                    bytes_read: done.totals.bytes_read,
-                    bytes_added: done.totals.bytes_added,
-                    warnings,
-                    exit_code: exit.code(),
-                    exit,
-                });
+                return Ok(committed_report(job, done, attempt, started.elapsed().as_secs_f64(), &mut vars, interrupt));
             }
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -270,6 +206,82 @@ fn run_attempts(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<Run
                 });
             }
         }
+    }
+}
+
+/// The report of an attempt that committed its snapshot(s), notified as a
+/// success, a warning (incomplete) or a failure (a step after the commit).
+fn committed_report(
+    job: &Job,
+    done: Done,
+    attempt: u32,
+    took: f64,
+    vars: &mut Vars,
+    interrupt: &Interrupt,
+) -> RunReport {
+    let (_, first) = done.committed[0];
+    vars.snapshot = first.to_hex();
+    let ids: Vec<String> = done.committed.iter().map(|(_, id)| id.short()).collect();
+    let repos: Vec<String> = done.committed.iter().map(|(r, _)| format!("{r:?}")).collect();
+    let exit = match &done.error {
+        Some(e) => Exit::of_error(e, Some(interrupt)),
+        None if done.totals.incomplete => Exit::Warnings,
+        None => Exit::Success,
+    };
+    let error = done.error.map(|e| format!("{e:#}"));
+    let warnings = done.totals.warnings.clone();
+    match &error {
+        None if done.totals.incomplete => {
+            vars.error = format!(
+                "snapshot committed but incomplete: {}",
+                warnings.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            );
+            notify(&job.notify, Event::Warning, vars);
+        }
+        None => notify(&job.notify, Event::Success, vars),
+        Some(e) => {
+            vars.error = e.clone();
+            notify(&job.notify, Event::Failure, vars);
+        }
+    }
+    let summary = match &error {
+        None if done.totals.incomplete => format!(
+            "job {}: INCOMPLETE snapshot {} committed to {} in {took:.1}s: {}; {} warning(s): {}",
+            job.name,
+            ids.join(", "),
+            repos.join(", "),
+            done.summary,
+            warnings.len(),
+            warnings.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+        ),
+        None => format!(
+            "job {}: snapshot {} committed to {} in {took:.1}s: {}",
+            job.name,
+            ids.join(", "),
+            repos.join(", "),
+            done.summary
+        ),
+        Some(e) => format!(
+            "job {}: FAILED: snapshot {} was committed to {} ({}), but a later step failed: {e}",
+            job.name,
+            ids.join(", "),
+            repos.join(", "),
+            done.summary
+        ),
+    };
+    RunReport {
+        job: job.name.clone(),
+        ok: exit == Exit::Success,
+        incomplete: done.totals.incomplete,
+        snapshot: Some(first.to_hex()),
+        error,
+        attempts: attempt,
+        summary,
+        bytes_read: done.totals.bytes_read,
+        bytes_added: done.totals.bytes_added,
+        warnings,
+        exit_code: exit.code(),
+        exit,
     }
 }
 
@@ -312,20 +324,24 @@ struct Attempt<'a> {
     run_dir: Option<RunDir>,
     /// What a recovery would owe if holdfast died now.
     journal: Option<Journal>,
-    /// Captured, not yet committed: repository name, repository, capture,
-    /// and when its file sets were read.
-    captures: Vec<(String, Repository, Capture, FileSetRecord)>,
     dumps: Vec<DumpRecord>,
     hooks: Vec<HookRecord>,
     holds: Vec<HeldHook>,
     locks: Vec<GlobalReadLock>,
-    /// Committed snapshots: repository name and snapshot id.
-    committed: Vec<(String, Id)>,
-    /// Repositories committed to, for copies.
-    committed_repos: Vec<(String, Repository)>,
-    /// Repositories sharing the first one's keys: they get copies.
-    copy_targets: Vec<(String, Repository)>,
+    /// The job's repositories, in the job's order, as far as they got.
+    targets: Vec<(String, Target)>,
     totals: Option<crate::engine::snapshot::Summary>,
+}
+
+/// Where one of the job's repositories stands in an attempt.
+enum Target {
+    /// Its dumps and files are read in; not yet a snapshot.
+    Captured { repo: Repository, capture: Box<Capture>, file_set: FileSetRecord },
+    /// It shares the keys of the first repository: at commit it gets a copy
+    /// of that snapshot (and any it missed) instead of a second reading.
+    CopyPending { repo: Repository },
+    /// Its snapshot exists.
+    Committed { repo: Repository, id: Id },
 }
 
 impl<'a> Attempt<'a> {
@@ -338,16 +354,24 @@ impl<'a> Attempt<'a> {
             cancel,
             run_dir: None,
             journal: None,
-            captures: Vec::new(),
             dumps: Vec::new(),
             hooks: Vec::new(),
             holds: Vec::new(),
             locks: Vec::new(),
-            committed: Vec::new(),
-            committed_repos: Vec::new(),
-            copy_targets: Vec::new(),
+            targets: Vec::new(),
             totals: None,
         }
+    }
+
+    /// The snapshots committed so far: repository name and snapshot id.
+    fn committed(&self) -> Vec<(String, Id)> {
+        self.targets
+            .iter()
+            .filter_map(|(name, t)| match t {
+                Target::Committed { id, .. } => Some((name.clone(), *id)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn execute(mut self) -> Result<Done> {
@@ -381,7 +405,7 @@ impl<'a> Attempt<'a> {
             }
         }
         let summary = self.summary();
-        let committed = std::mem::take(&mut self.committed);
+        let committed = self.committed();
         match (failure, committed.is_empty()) {
             (error, false) => Ok(Done { committed, summary, totals: self.totals.clone().unwrap_or_default(), error }),
             (Some(e), true) => Err(e),
@@ -391,149 +415,160 @@ impl<'a> Attempt<'a> {
 
     fn step(&mut self, step: &Step, cancel: &AtomicBool) -> Result<()> {
         match step {
-            Step::PrepareSpool => {
-                let dir = RunDir::create(&self.job.spool, &self.job.name, &self.run_id)?;
-                self.vars.spool = dir.root.display().to_string();
-                let journal = Journal {
-                    run_id: self.run_id.clone(),
-                    pid: std::process::id(),
-                    vars: self.vars.clone(),
-                    run_dir: dir.root.clone(),
-                    finally_started: Vec::new(),
-                    finally_done: Vec::new(),
-                };
-                journal.write(self.job)?;
-                self.journal = Some(journal);
-                self.run_dir = Some(dir);
-            }
-            Step::Hold { .. } => {
-                for hook in self.job.hooks.iter().filter(|h| h.phase == Phase::Hold) {
-                    tracing::info!(
-                        "job {}: hold hook: {} (waiting for {:?})",
-                        self.job.name,
-                        hook.run.display(),
-                        hook.ready.as_deref().unwrap_or("")
-                    );
-                    match start_hold(hook, &self.vars, cancel, self.children()) {
-                        Ok(h) => self.holds.push(h),
-                        Err((r, e)) => {
-                            self.hooks.push(r);
-                            return Err(e);
-                        }
-                    }
-                }
-                for db in self.job.databases.iter().filter(|d| d.lock == Some(DatabaseLock::GlobalRead)) {
-                    tracing::info!("job {}: taking the global read lock of {:?}", self.job.name, db.entry_name());
-                    self.locks.push(GlobalReadLock::acquire(db)?);
-                }
-            }
+            Step::PrepareSpool => self.prepare_spool(),
+            Step::Hold { .. } => self.hold(cancel),
             Step::Release => {
-                for lock in self.locks.drain(..).rev() {
-                    lock.release();
+                self.release();
+                Ok(())
+            }
+            Step::Hooks { phase, .. } => self.hooks_of(*phase, cancel),
+            Step::Dump { index, .. } => self.dump(*index, cancel),
+            Step::Capture { repository, dumps, paths, optional } => self.capture(repository, *dumps, paths, optional),
+            Step::Commit { repository } => self.commit(repository),
+            Step::CleanSpool => {
+                if let Some(dir) = self.run_dir.take() {
+                    dir.remove()?;
                 }
-                for hold in self.holds.drain(..).rev() {
-                    self.hooks.push(hold.release());
+                Ok(Journal::clear(self.job)?)
+            }
+        }
+    }
+
+    /// The run's private directory, and the journal that says what a
+    /// recovery would owe.
+    fn prepare_spool(&mut self) -> Result<()> {
+        let dir = RunDir::create(&self.job.spool, &self.job.name, &self.run_id)?;
+        self.vars.spool = dir.root.display().to_string();
+        let journal = Journal {
+            run_id: self.run_id.clone(),
+            pid: std::process::id(),
+            vars: self.vars.clone(),
+            run_dir: dir.root.clone(),
+            finally_started: Vec::new(),
+            finally_done: Vec::new(),
+        };
+        journal.write(self.job)?;
+        self.journal = Some(journal);
+        self.run_dir = Some(dir);
+        Ok(())
+    }
+
+    /// Start the `hold` hooks (each until its ready line) and take the
+    /// databases' native locks.
+    fn hold(&mut self, cancel: &AtomicBool) -> Result<()> {
+        for hook in self.job.hooks.iter().filter(|h| h.phase == Phase::Hold) {
+            tracing::info!(
+                "job {}: hold hook: {} (waiting for {:?})",
+                self.job.name,
+                hook.run.display(),
+                hook.ready.as_deref().unwrap_or("")
+            );
+            match start_hold(hook, &self.vars, cancel, self.children()) {
+                Ok(h) => self.holds.push(h),
+                Err((r, e)) => {
+                    self.hooks.push(r);
+                    return Err(e);
                 }
             }
-            Step::Hooks { phase, .. } => self.hooks_of(*phase, cancel)?,
-            Step::Dump { index, .. } => {
-                self.check_holds()?;
-                let db = &self.job.databases[*index];
-                let run = self.run_dir.as_ref().context("no spool directory")?;
-                tracing::info!("job {}: dumping {} database {:?}", self.job.name, db.kind.as_str(), db.entry_name());
-                let records = dump::dump(db, &DumpContext { run, cancel })
-                    .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))?;
-                self.dumps.extend(records);
+        }
+        for db in self.job.databases.iter().filter(|d| d.lock == Some(DatabaseLock::GlobalRead)) {
+            tracing::info!("job {}: taking the global read lock of {:?}", self.job.name, db.entry_name());
+            self.locks.push(GlobalReadLock::acquire(db)?);
+        }
+        Ok(())
+    }
+
+    /// Let go of what `hold` holds, last taken first.
+    fn release(&mut self) {
+        for lock in self.locks.drain(..).rev() {
+            lock.release();
+        }
+        for hold in self.holds.drain(..).rev() {
+            self.hooks.push(hold.release());
+        }
+    }
+
+    fn dump(&mut self, index: usize, cancel: &AtomicBool) -> Result<()> {
+        self.check_holds()?;
+        let db = &self.job.databases[index];
+        let run = self.run_dir.as_ref().context("no spool directory")?;
+        tracing::info!("job {}: dumping {} database {:?}", self.job.name, db.kind.as_str(), db.entry_name());
+        let records = dump::dump(db, &DumpContext { run, cancel })
+            .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))?;
+        self.dumps.extend(records);
+        Ok(())
+    }
+
+    /// Read the dumps and file sets into `repository` (not yet a snapshot);
+    /// a repository sharing the first one's keys waits for a copy instead.
+    fn capture(&mut self, repository: &str, dumps: bool, paths: &[PathBuf], optional: &[PathBuf]) -> Result<()> {
+        let repo_cfg = self
+            .config
+            .repositories
+            .get(repository)
+            .with_context(|| format!("repository {repository:?} is not defined"))?;
+        let repo = open_repository(repo_cfg)?;
+        if let Some((first, Target::Captured { repo: first_repo, .. })) = self.targets.first()
+            && repo.shares_keys_with(first_repo)
+        {
+            tracing::info!("job {}: repository {repository:?} will get a copy from {first:?}", self.job.name);
+            self.targets.push((repository.to_string(), Target::CopyPending { repo }));
+            return Ok(());
+        }
+        let mut sources = Vec::new();
+        if dumps {
+            let run = self.run_dir.as_ref().context("no spool directory")?;
+            sources.push(BackupSource { local: run.dumps.clone(), at: PathBuf::from(SNAPSHOT_PREFIX) });
+        }
+        let mut captured = paths.to_vec();
+        for p in paths {
+            if !p.exists() {
+                bail!("file set path {} does not exist (list it under `optional` if it may be absent)", p.display());
             }
-            Step::Capture { repository, dumps, paths, optional } => {
-                let repo_cfg = self
-                    .config
-                    .repositories
-                    .get(repository)
-                    .with_context(|| format!("repository {repository:?} is not defined"))?;
-                let repo = open_repository(repo_cfg)?;
-                if let Some((first, first_repo, ..)) = self.captures.first()
-                    && repo.shares_keys_with(first_repo)
-                {
-                    // Same keys: the commit copies the snapshot (and any the
-                    // target missed before) instead of reading everything again.
-                    tracing::info!("job {}: repository {repository:?} will get a copy from {first:?}", self.job.name);
-                    self.copy_targets.push((repository.clone(), repo));
-                    return Ok(());
-                }
-                let mut sources = Vec::new();
-                if *dumps {
-                    let run = self.run_dir.as_ref().context("no spool directory")?;
-                    sources.push(BackupSource { local: run.dumps.clone(), at: PathBuf::from(SNAPSHOT_PREFIX) });
-                }
-                let mut captured = paths.clone();
-                for p in paths {
-                    if !p.exists() {
-                        bail!(
-                            "file set path {} does not exist (list it under `optional` if it may be absent)",
-                            p.display()
-                        );
-                    }
-                    sources.push(BackupSource::same_path(p)?);
-                }
-                for p in optional {
-                    if p.exists() {
-                        sources.push(BackupSource::same_path(p)?);
-                        captured.push(p.clone());
-                    } else {
-                        tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
-                    }
-                }
-                let paths = &captured;
-                let exclude: Option<Box<crate::engine::backup::ExcludeFn>> = if self.job.files.exclude.is_empty() {
-                    None
-                } else {
-                    let excludes = self.job.files.exclude.clone();
-                    Some(Box::new(move |p: &std::path::Path| excludes.is_match(p)))
-                };
-                let mut tags = vec![self.job.name.clone()];
-                tags.extend(self.job.tags.iter().cloned());
-                let opts = BackupOptions { tags, exclude, cancel: Some(self.cancel.clone()), ..Default::default() };
-                let started = jiff::Timestamp::now();
-                tracing::info!("job {}: reading dumps and files into repository {repository:?}", self.job.name);
-                let cap = capture(&repo, &sources, &opts).map_err(|e| anyhow!(e)).context("backup failed")?;
-                // What was held must have been held for the whole capture.
-                self.check_holds()?;
-                for w in &cap.summary().warnings {
-                    tracing::warn!("job {}: {w}", self.job.name);
-                }
-                let file_set = FileSetRecord {
-                    paths: paths.clone(),
-                    capture_started: started,
-                    capture_finished: jiff::Timestamp::now(),
-                };
-                self.captures.push((repository.clone(), repo, cap, file_set));
+            sources.push(BackupSource::same_path(p)?);
+        }
+        for p in optional {
+            if p.exists() {
+                sources.push(BackupSource::same_path(p)?);
+                captured.push(p.clone());
+            } else {
+                tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
             }
-            Step::Commit { repository } if self.copy_targets.iter().any(|(n, _)| n == repository) => {
-                let (source_name, source) = self.committed_repos.first().context("nothing committed to copy from")?;
-                let (_, target) = self.copy_targets.iter().find(|(n, _)| n == repository).context("copy target")?;
-                let job = self.job.name.clone();
-                let wanted = |s: &crate::engine::snapshot::Snapshot| RunRecord::of(s).is_some_and(|r| r.job == job);
-                let report = crate::engine::copy::copy_snapshots(source, target, &wanted).with_context(|| {
-                    format!("copying to repository {repository:?} failed (the next run catches up)")
-                })?;
-                tracing::info!(
-                    "job {}: copied {} snapshot(s) from {source_name:?} to {repository:?} ({} new blobs)",
-                    self.job.name,
-                    report.snapshots_copied,
-                    report.blobs_copied
-                );
-                let id = report.copied.last().and_then(|h| Id::from_hex(h)).context("the copy wrote no snapshot")?;
-                self.committed.push((repository.clone(), id));
-            }
-            Step::Commit { repository } => {
-                let i = self
-                    .captures
-                    .iter()
-                    .position(|(name, ..)| name == repository)
-                    .with_context(|| format!("nothing captured for repository {repository:?}"))?;
-                let (name, repo_owned, cap, file_set) = self.captures.remove(i);
-                let repo = &repo_owned;
+        }
+        let exclude: Option<Box<crate::engine::backup::ExcludeFn>> = if self.job.files.exclude.is_empty() {
+            None
+        } else {
+            let excludes = self.job.files.exclude.clone();
+            Some(Box::new(move |p: &std::path::Path| excludes.is_match(p)))
+        };
+        let mut tags = vec![self.job.name.clone()];
+        tags.extend(self.job.tags.iter().cloned());
+        let opts = BackupOptions { tags, exclude, cancel: Some(self.cancel.clone()), ..Default::default() };
+        let started = jiff::Timestamp::now();
+        tracing::info!("job {}: reading dumps and files into repository {repository:?}", self.job.name);
+        let capture = capture(&repo, &sources, &opts).map_err(|e| anyhow!(e)).context("backup failed")?;
+        // What was held must have been held for the whole capture.
+        self.check_holds()?;
+        for w in &capture.summary().warnings {
+            tracing::warn!("job {}: {w}", self.job.name);
+        }
+        let file_set =
+            FileSetRecord { paths: captured, capture_started: started, capture_finished: jiff::Timestamp::now() };
+        self.targets.push((repository.to_string(), Target::Captured { repo, capture: Box::new(capture), file_set }));
+        Ok(())
+    }
+
+    /// Make `repository`'s snapshot exist: commit its capture with the run
+    /// record, or copy the first repository's snapshot there.
+    fn commit(&mut self, repository: &str) -> Result<()> {
+        let i = self
+            .targets
+            .iter()
+            .position(|(name, _)| name == repository)
+            .with_context(|| format!("nothing captured for repository {repository:?}"))?;
+        let (name, target) = self.targets.remove(i);
+        let (repo, id) = match target {
+            Target::Captured { repo, capture, file_set } => {
                 let record = RunRecord {
                     version: RECORD_VERSION,
                     job: self.job.name.clone(),
@@ -542,24 +577,47 @@ impl<'a> Attempt<'a> {
                     file_sets: vec![file_set],
                     hooks: self.hooks.clone(),
                 };
-                let result = cap
-                    .commit(repo, Some(serde_json::to_value(&record)?))
+                let result = capture
+                    .commit(&repo, Some(serde_json::to_value(&record)?))
                     .with_context(|| format!("committing the snapshot to repository {name:?}"))?;
-                if self.committed.is_empty() {
+                if self.committed().is_empty() {
                     self.vars.snapshot = result.id.to_hex();
                 }
-                self.committed.push((name.clone(), result.id));
-                self.committed_repos.push((name, repo_owned));
                 self.totals = Some(result.snapshot.summary.clone());
+                (repo, result.id)
             }
-            Step::CleanSpool => {
-                if let Some(dir) = self.run_dir.take() {
-                    dir.remove()?;
-                }
-                Journal::clear(self.job)?;
+            Target::CopyPending { repo } => {
+                let id = self.copy_to(&name, &repo)?;
+                (repo, id)
             }
-        }
+            Target::Committed { .. } => bail!("repository {name:?} was committed to twice"),
+        };
+        self.targets.insert(i, (name, Target::Committed { repo, id }));
         Ok(())
+    }
+
+    /// Copy the job's snapshots that `target` lacks from the first
+    /// repository committed to; the id of the newest copied.
+    fn copy_to(&self, name: &str, target: &Repository) -> Result<Id> {
+        let (source_name, source) = self
+            .targets
+            .iter()
+            .find_map(|(n, t)| match t {
+                Target::Committed { repo, .. } => Some((n, repo)),
+                _ => None,
+            })
+            .context("nothing committed to copy from")?;
+        let job = self.job.name.clone();
+        let wanted = |s: &crate::engine::snapshot::Snapshot| RunRecord::of(s).is_some_and(|r| r.job == job);
+        let report = crate::engine::copy::copy_snapshots(source, target, &wanted)
+            .with_context(|| format!("copying to repository {name:?} failed (the next run catches up)"))?;
+        tracing::info!(
+            "job {}: copied {} snapshot(s) from {source_name:?} to {name:?} ({} new blobs)",
+            self.job.name,
+            report.snapshots_copied,
+            report.blobs_copied
+        );
+        report.copied.last().and_then(|h| Id::from_hex(h)).context("the copy wrote no snapshot")
     }
 
     /// Fails if a `hold` hook stopped holding or a database lock was lost.
