@@ -46,6 +46,7 @@ mod validate;
 
 mod faults;
 mod format_fixture;
+mod layout;
 
 mod garage;
 mod s3;
