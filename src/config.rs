@@ -266,7 +266,13 @@ pub struct Job {
     /// Where `run` records what happened (`<state_dir>/<job>/state.json`),
     /// for `status` and metrics: not the spool (`/var/lib/holdfast`).
     pub state_dir: PathBuf,
-    pub repositories: Vec<String>,
+    /// The job's repositories, resolved (the first is where runs commit and
+    /// restores read by default).
+    pub repositories: Vec<RepositoryConfig>,
+    /// What a restore of this job must never replace: the config's local
+    /// repositories, the job's spool and state, the config files in use —
+    /// each with what it is (for the refusal's message).
+    pub protected: Vec<(String, PathBuf)>,
     pub tags: Vec<String>,
     pub hooks: Vec<HookConfig>,
     pub databases: Vec<DatabaseConfig>,
@@ -342,8 +348,10 @@ pub struct HookConfig {
     pub phase: Phase,
     pub run: CommandLine,
     pub cwd: Option<PathBuf>,
-    /// Default 5 minutes.
-    pub timeout: Option<DurationSpec>,
+    /// For ordinary hooks the longest run; for `hold` hooks the longest wait
+    /// for the ready line. Default 5 minutes.
+    #[serde(default = "DurationSpec::five_minutes")]
+    pub timeout: DurationSpec,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Run as this OS user (holdfast must run as root).
@@ -352,20 +360,11 @@ pub struct HookConfig {
     pub ready: Option<String>,
     /// `hold` hooks: how long to wait after closing its stdin before SIGTERM
     /// (default 10 s).
-    pub grace: Option<DurationSpec>,
+    #[serde(default = "DurationSpec::ten_seconds")]
+    pub grace: DurationSpec,
 }
 
-impl HookConfig {
-    /// For ordinary hooks the longest run; for `hold` hooks the longest wait
-    /// for the ready line.
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(Duration::from_secs(300), |d| d.0)
-    }
-
-    pub fn grace(&self) -> Duration {
-        self.grace.map_or(Duration::from_secs(10), |d| d.0)
-    }
-}
+impl HookConfig {}
 
 /// A lock a database entry holds from before its dump until the files are captured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,8 +402,9 @@ pub struct DatabaseConfig {
     /// Extra arguments for the dump tool.
     #[serde(default)]
     pub dump_args: Vec<String>,
-    /// Longest a dump may take (default 6 hours).
-    pub timeout: Option<DurationSpec>,
+    /// Longest a dump (or a load of it) may take (default 6 hours).
+    #[serde(default = "DurationSpec::six_hours")]
+    pub timeout: DurationSpec,
     /// Hold a lock from before the dump until the files are captured.
     pub lock: Option<DatabaseLock>,
     /// Run the dump tool as this OS user (e.g. `postgres`, for peer
@@ -528,10 +528,6 @@ impl DatabaseConfig {
             (kind, None, _) => kind.as_str().to_string(),
         }
     }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(Duration::from_secs(6 * 3600), |d| d.0)
-    }
 }
 
 impl DatabaseKind {
@@ -637,7 +633,8 @@ pub struct NotifyConfig {
     pub command: Option<CommandLine>,
     pub webhook: Option<String>,
     /// Default 30 seconds.
-    pub timeout: Option<DurationSpec>,
+    #[serde(default = "DurationSpec::thirty_seconds")]
+    pub timeout: DurationSpec,
 }
 
 // ------------------------------------------------------------ loading
@@ -684,7 +681,7 @@ impl Config {
     /// What a restore must never replace: the local repositories, the
     /// job's spool and state, and the config files in use, each with what
     /// it is (for the refusal's message).
-    pub fn protected_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
+    fn protected_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = self
             .repositories
             .values()
@@ -801,7 +798,12 @@ fn resolve(files: Vec<PathBuf>, parsed: Vec<(PathBuf, RawFile)>) -> Result<Confi
             jobs.insert(name.clone(), resolve_job(file, name, raw_job, defaults, &repositories)?);
         }
     }
-    Ok(Config { files, repositories, jobs })
+    let mut config = Config { files, repositories, jobs: BTreeMap::new() };
+    for (name, mut job) in jobs {
+        job.protected = config.protected_paths(&job);
+        config.jobs.insert(name, job);
+    }
+    Ok(config)
 }
 
 fn base_dir(file: &Path) -> PathBuf {
@@ -983,7 +985,8 @@ fn resolve_job(
         max_age: job.max_age.or(d.max_age).map(|d| d.0),
         spool,
         state_dir,
-        repositories: repos,
+        repositories: repos.iter().map(|r| repositories[r].clone()).collect(),
+        protected: Vec::new(),
         tags: job.tags.clone().or(d.tags).unwrap_or_default(),
         hooks,
         databases,
@@ -1037,7 +1040,7 @@ mod tests {
         assert_eq!(job.state_dir, Path::new("/var/lib/holdfast"));
         assert_eq!(job.files.paths, [Path::new("/etc/holdfast/jobs.d/data"), Path::new("/abs")]);
         assert_eq!(job.metrics_mode, 0o644);
-        assert_eq!(job.repositories, ["local"]);
+        assert_eq!(job.repositories.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["local"]);
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn prepare(
                 argv,
                 cwd: hook.cwd.clone(),
                 env,
-                timeout: hook.timeout(),
+                timeout: hook.timeout.0,
                 user: hook.user.clone(),
                 track_in: track_in.map(Path::to_path_buf),
                 ..Default::default()
@@ -184,7 +184,7 @@ pub fn start_hold(
                 tracing::info!("hook hold: {line}");
             }
             let logged = process.output.len();
-            Ok(HeldHook { process, record, grace: hook.grace(), started, logged })
+            Ok(HeldHook { process, record, grace: hook.grace.0, started, logged })
         }
         Err(e) => {
             let msg = format!("hold hook {:?} {e}", record.command);

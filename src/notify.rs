@@ -18,7 +18,7 @@ pub fn notify(targets: &[NotifyConfig], event: Event, vars: &Vars) {
     let mut vars = vars.clone();
     vars.event = event.as_str().to_string();
     for target in targets.iter().filter(|t| t.events.contains(&event)) {
-        let timeout = target.timeout.map_or(Duration::from_secs(30), |d| d.0);
+        let timeout = target.timeout.0;
         let result = if let Some(cmd) = &target.command {
             send_command(cmd, &vars, timeout)
         } else if let Some(url) = &target.webhook {

@@ -85,7 +85,7 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
         add(
             When::Ok,
             Step::Capture {
-                repository: repository.clone(),
+                repository: repository.name.clone(),
                 dumps: !job.databases.is_empty(),
                 paths: job.files.paths.clone(),
                 optional: job.files.optional.clone(),
@@ -97,7 +97,7 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
     }
     hook_step(&mut add, When::Ok, Phase::AfterFiles);
     for repository in &job.repositories {
-        add(When::Ok, Step::Commit { repository: repository.clone() });
+        add(When::Ok, Step::Commit { repository: repository.name.clone() });
     }
     hook_step(&mut add, When::Ok, Phase::OnSuccess);
     hook_step(&mut add, When::Failed, Phase::OnFailure);

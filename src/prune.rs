@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Job};
+use crate::config::Job;
 use crate::engine::crypto::Id;
 use crate::engine::gc::{GcReport, collect_garbage, forget};
 use crate::engine::repository::Repository;
@@ -71,10 +71,10 @@ fn finish(
 }
 
 /// Prune `job`'s snapshots in each of its repositories.
-pub fn prune_job(config: &Config, job: &Job, grace: Duration, dry_run: bool) -> Result<Vec<PruneReport>> {
+pub fn prune_job(job: &Job, grace: Duration, dry_run: bool) -> Result<Vec<PruneReport>> {
     let mut out = Vec::new();
-    for name in &job.repositories {
-        let repo = open_repository(&config.repositories[name])?;
+    for repository in &job.repositories {
+        let repo = open_repository(repository)?;
         let (snaps, _) = repo.snapshots()?;
         let mine: Vec<&(Id, Snapshot)> =
             snaps.iter().filter(|(_, s)| crate::record::RunRecord::of(s).is_some_and(|r| r.job == job.name)).collect();
@@ -84,7 +84,7 @@ pub fn prune_job(config: &Config, job: &Job, grace: Duration, dry_run: bool) -> 
         } else {
             decide(&mine, &job.retention)
         };
-        out.push(finish(&repo, name, Some(&job.name), decisions, grace, dry_run)?);
+        out.push(finish(&repo, &repository.name, Some(&job.name), decisions, grace, dry_run)?);
     }
     Ok(out)
 }

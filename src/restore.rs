@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseConfig, DatabaseKind, Job, Phase, RepositoryConfig, SmokeQuery};
+use crate::config::{DatabaseConfig, DatabaseKind, Job, Phase, RepositoryConfig, SmokeQuery};
 use crate::dump::{DumpContext, Server, major_version};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
@@ -121,13 +121,14 @@ pub fn dump_config<'a>(job: &'a Job, dump: &DumpRecord) -> Result<&'a DatabaseCo
 /// The job's repository named `from`, or its first: restores and restore
 /// tests read from there (an off-site copy when the first is lost, or to
 /// prove that the off-site copy restores).
-pub fn job_repository<'a>(config: &'a Config, job: &Job, from: Option<&str>) -> Result<&'a RepositoryConfig> {
-    let name = match from {
-        Some(n) if job.repositories.iter().any(|r| r == n) => n,
-        Some(n) => bail!("job {:?} does not use repository {n:?}; it uses {}", job.name, job.repositories.join(", ")),
-        None => &job.repositories[0],
-    };
-    config.repositories.get(name).ok_or_else(|| anyhow!("repository {name:?} is not configured"))
+pub fn job_repository<'a>(job: &'a Job, from: Option<&str>) -> Result<&'a RepositoryConfig> {
+    match from {
+        None => Ok(&job.repositories[0]),
+        Some(n) => job.repositories.iter().find(|r| r.name == n).ok_or_else(|| {
+            let names: Vec<&str> = job.repositories.iter().map(|r| r.name.as_str()).collect();
+            anyhow!("job {:?} does not use repository {n:?}; it uses {}", job.name, names.join(", "))
+        }),
+    }
 }
 
 /// Which snapshot of a job to restore from, and from where.
@@ -144,14 +145,13 @@ pub struct Source<'a> {
 /// Restore `what` from the job's snapshot `source`, from its first
 /// repository or the one named there (an off-site copy, when the first is lost).
 pub fn restore_job(
-    config: &Config,
     job: &Job,
     source: &Source,
     what: &What,
     cancel: &std::sync::Arc<AtomicBool>,
 ) -> Result<RestoreReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name, "restore")?;
-    let repo_cfg = job_repository(config, job, source.repository)?;
+    let repo_cfg = job_repository(job, source.repository)?;
     let repo = open_repository(repo_cfg)?;
     let (id, snap, record) = job_snapshot(&repo, job, source.snapshot, source.skip_damaged)?;
     let mut vars = Vars {
@@ -166,7 +166,7 @@ pub fn restore_job(
     let mut report = RestoreReport { job: job.name.clone(), snapshot: id.to_hex(), ..Default::default() };
     crate::hooks::around(job, (Phase::BeforeRestore, Phase::AfterRestore), &mut vars, &never, || match what {
         What::Files { paths, to, overwrite } => {
-            let target = Target { to, overwrite: *overwrite, protected: config.protected_paths(job), cancel };
+            let target = Target { to, overwrite: *overwrite, protected: job.protected.clone(), cancel };
             restore_files(&repo, &snap, &record, paths, &target, &mut report)
         }
         What::Database { name, action } => restore_database(job, &repo, &snap, &record, name, action, &mut report),
@@ -298,7 +298,7 @@ fn restore_database(
             if server.exists(new)? {
                 bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
             }
-            if let Err(e) = server.load(new, &file, &ctx, db.timeout()) {
+            if let Err(e) = server.load(new, &file, &ctx, db.timeout.0) {
                 let _ = server.drop_database(new);
                 return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
             }
@@ -314,7 +314,7 @@ fn restore_database(
                     derived_name(&live, &format!("_before_{stamp}")),
                 ),
             };
-            if let Err(e) = server.load(&loaded, &file, &ctx, db.timeout()) {
+            if let Err(e) = server.load(&loaded, &file, &ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
             }
@@ -363,10 +363,10 @@ fn reload_mysql_by_copy(
     crate::spool::ensure_private_dir(&dir)?;
     let old = crate::dump::mysql::dump(&live_cfg, &dir, ctx).context("copying the live database aside")?;
     let old_file = dir.join(Path::new(&old[0].file).file_name().context("dump file name")?);
-    conn.load(keep, &old_file, ctx, db.timeout())
+    conn.load(keep, &old_file, ctx, db.timeout.0)
         .with_context(|| format!("copying the live database to {keep:?}; the live database is untouched"))?;
     conn.drop_database(live)?;
-    conn.load(live, dump, ctx, db.timeout()).with_context(|| {
+    conn.load(live, dump, ctx, db.timeout.0).with_context(|| {
         format!("loading the snapshot into {live:?} failed after it was emptied; its previous state is in {keep:?}")
     })?;
     conn.drop_database(loaded)

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::config::DatabaseLock;
-use crate::config::{Config, Event, Job, Phase, RepositoryConfig};
+use crate::config::{Event, Job, Phase, RepositoryConfig};
 use crate::dump::mysql::GlobalReadLock;
 use crate::dump::{self, DumpContext};
 use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture};
@@ -83,10 +83,10 @@ impl RunReport {
 
 /// Run `job` to its end: lock, attempts with retries, notifications; then
 /// record the outcome in the job's state (and metrics).
-pub fn run_job(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+pub fn run_job(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name, "run")?;
     let started = jiff::Timestamp::now();
-    let report = run_attempts(config, job, interrupt)?;
+    let report = run_attempts(job, interrupt)?;
     let finished = jiff::Timestamp::now();
     let mut state = JobState::load(job).unwrap_or_default();
     state.record(RunState {
@@ -104,7 +104,7 @@ pub fn run_job(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunR
         tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
     }
     if report.ok && job.prune_after_backup {
-        match crate::prune::prune_job(config, job, Duration::from_secs(3600), false) {
+        match crate::prune::prune_job(job, Duration::from_secs(3600), false) {
             Ok(reports) => {
                 let forgotten: usize = reports.iter().map(|r| r.forgotten).sum();
                 tracing::info!("job {}: pruned: {forgotten} snapshot(s) forgotten", job.name);
@@ -113,7 +113,7 @@ pub fn run_job(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunR
         }
     }
     if let Some(dir) = &job.metrics_dir
-        && let Err(e) = write_metrics(config, job, &state, dir)
+        && let Err(e) = write_metrics(job, &state, dir)
     {
         tracing::warn!("job {}: could not write metrics: {e:#}", job.name);
     }
@@ -121,17 +121,13 @@ pub fn run_job(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunR
 }
 
 /// Write `holdfast-<job>.prom` into `dir`, atomically.
-fn write_metrics(config: &Config, job: &Job, state: &JobState, dir: &std::path::Path) -> Result<()> {
-    let repo_cfg = &config.repositories[&job.repositories[0]];
-    let count = open_repository(repo_cfg).and_then(|r| {
+fn write_metrics(job: &Job, state: &JobState, dir: &std::path::Path) -> Result<()> {
+    let count = open_repository(&job.repositories[0]).and_then(|r| {
         let (snaps, _) = r.snapshots()?;
         Ok(snaps.iter().filter(|(_, s)| RunRecord::of(s).is_some_and(|r| r.job == job.name)).count())
     });
-    let sizes: Vec<(String, u64)> = job
-        .repositories
-        .iter()
-        .filter_map(|n| config.repositories.get(n).and_then(|r| Some((n.clone(), stored_bytes(r)?))))
-        .collect();
+    let sizes: Vec<(String, u64)> =
+        job.repositories.iter().filter_map(|r| Some((r.name.clone(), stored_bytes(r)?))).collect();
     let text = crate::state::metrics(job, state, count.ok(), &sizes);
     crate::state::write_metrics_file(job, dir, &text)
 }
@@ -148,7 +144,7 @@ fn stored_bytes(repo: &RepositoryConfig) -> Option<u64> {
 }
 
 /// The attempts of one run, with retries and notifications.
-fn run_attempts(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+fn run_attempts(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
     let cancel = interrupt.flag();
     if let Some(r) = recover(job)? {
         tracing::warn!("job {}: {}", job.name, r.describe());
@@ -167,7 +163,7 @@ fn run_attempts(config: &Config, job: &Job, interrupt: &Interrupt) -> Result<Run
         let run_id = new_run_id();
         vars.run_id = run_id.clone();
         tracing::info!("job {}: run {run_id} (attempt {attempt} of {})", job.name, job.retries + 1);
-        let outcome = Attempt::new(config, job, &run_id, vars.clone(), interrupt.flag()).execute();
+        let outcome = Attempt::new(job, &run_id, vars.clone(), interrupt.flag()).execute();
         match outcome {
             Ok(done) => {
                 return Ok(committed_report(job, done, attempt, started.elapsed().as_secs_f64(), &mut vars, interrupt));
@@ -316,7 +312,6 @@ struct Done {
 
 /// One attempt: the plan's steps and what they produced.
 struct Attempt<'a> {
-    config: &'a Config,
     job: &'a Job,
     run_id: String,
     vars: Vars,
@@ -345,9 +340,8 @@ enum Target {
 }
 
 impl<'a> Attempt<'a> {
-    fn new(config: &'a Config, job: &'a Job, run_id: &str, vars: Vars, cancel: &'a Arc<AtomicBool>) -> Self {
+    fn new(job: &'a Job, run_id: &str, vars: Vars, cancel: &'a Arc<AtomicBool>) -> Self {
         Attempt {
-            config,
             job,
             run_id: run_id.to_string(),
             vars,
@@ -503,10 +497,11 @@ impl<'a> Attempt<'a> {
     /// a repository sharing the first one's keys waits for a copy instead.
     fn capture(&mut self, repository: &str, dumps: bool, paths: &[PathBuf], optional: &[PathBuf]) -> Result<()> {
         let repo_cfg = self
-            .config
+            .job
             .repositories
-            .get(repository)
-            .with_context(|| format!("repository {repository:?} is not defined"))?;
+            .iter()
+            .find(|r| r.name == repository)
+            .with_context(|| format!("repository {repository:?} is not one of the job's"))?;
         let repo = open_repository(repo_cfg)?;
         if let Some((first, Target::Captured { repo: first_repo, .. })) = self.targets.first()
             && repo.shares_keys_with(first_repo)

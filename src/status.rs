@@ -8,7 +8,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Event, Job};
+use crate::config::{Event, Job};
 use crate::notify::notify;
 use crate::secrets::open_repository;
 use crate::state::{JobState, RunState};
@@ -53,12 +53,12 @@ impl JobStatus {
 }
 
 /// The status of `jobs`; notifies `stale` for newly stale ones.
-pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
+pub fn status(jobs: &[&Job]) -> Result<Vec<JobStatus>> {
     let now = jiff::Timestamp::now();
     let mut out = Vec::new();
     for job in jobs {
         let mut state = JobState::load(job).unwrap_or_default();
-        let repo_name = job.repositories[0].clone();
+        let repo_name = job.repositories[0].name.clone();
         let mut st = JobStatus {
             job: job.name.clone(),
             repository: repo_name.clone(),
@@ -75,7 +75,7 @@ pub fn status(config: &Config, jobs: &[&Job]) -> Result<Vec<JobStatus>> {
             incomplete: state.last_run.as_ref().is_some_and(|r| r.incomplete),
             problems: Vec::new(),
         };
-        match open_repository(&config.repositories[&repo_name]).and_then(|r| Ok(r.snapshots()?)) {
+        match open_repository(&job.repositories[0]).and_then(|r| Ok(r.snapshots()?)) {
             Ok((snaps, _)) => {
                 let mine: Vec<_> = snaps
                     .iter()

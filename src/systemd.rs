@@ -19,17 +19,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::config::{Config, Job};
+use crate::config::Job;
 use crate::secrets::credential_files;
 
 /// `(file name, contents)` of every unit for `jobs`.
-pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(String, String)>> {
+pub fn units(config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(String, String)>> {
     let exe = std::env::current_exe().context("finding the holdfast binary")?;
     checked("the holdfast binary's path", &exe.to_string_lossy())?;
     checked("the config's path", &config_path.to_string_lossy())?;
     let mut out = Vec::new();
     for job in jobs {
-        for p in unit_paths(config, job) {
+        for p in unit_paths(job) {
             checked(&format!("job {}: path", job.name), &p.to_string_lossy())?;
         }
         for v in [&job.description, &job.schedule, &job.verify_schedule].into_iter().flatten() {
@@ -38,10 +38,7 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
         let base = format!("{} --config {}", quote(&exe), quote(config_path));
         let run = format!("{base} run {}", job.name);
         let recover = format!("{base} recover {}", job.name);
-        out.push((
-            format!("holdfast-{}.service", job.name),
-            service(config, job, "backup", &run, Some(&recover), user),
-        ));
+        out.push((format!("holdfast-{}.service", job.name), service(job, "backup", &run, Some(&recover), user)));
         if let Some(s) = &job.schedule {
             out.push((
                 format!("holdfast-{}.timer", job.name),
@@ -53,7 +50,7 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             // from is as untested as any other.
             let unit = format!("holdfast-verify-{}", job.name);
             let command = format!("{base} verify --every-repository {}", job.name);
-            out.push((format!("{unit}.service"), service(config, job, "restore test", &command, None, user)));
+            out.push((format!("{unit}.service"), service(job, "restore test", &command, None, user)));
             out.push((format!("{unit}.timer"), timer(job, s, "restore test", &format!("{unit}.service"))));
         }
     }
@@ -73,11 +70,7 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
             let mut paths: Vec<PathBuf> = Vec::new();
             for j in &pruned {
                 paths.push(j.spool.clone());
-                paths.extend(
-                    j.repositories
-                        .iter()
-                        .filter_map(|r| config.repositories.get(r)?.local_path().map(|p| p.to_path_buf())),
-                );
+                paths.extend(j.repositories.iter().filter_map(|r| r.local_path().map(|p| p.to_path_buf())));
             }
             paths.sort();
             paths.dedup();
@@ -85,7 +78,7 @@ pub fn units(config: &Config, config_path: &Path, jobs: &[&Job], user: bool) -> 
                 svc.push_str(&format!("ReadWritePaths={}\n", quote_word(&format!("-{}", p.display()))));
             }
             svc.push_str("PrivateTmp=true\nNoNewPrivileges=true\n");
-            let mut credentials: Vec<String> = pruned.iter().flat_map(|j| load_credentials(config, j)).collect();
+            let mut credentials: Vec<String> = pruned.iter().flat_map(|j| load_credentials(j)).collect();
             credentials.sort();
             credentials.dedup();
             for c in credentials {
@@ -132,12 +125,10 @@ fn checked<'a>(what: &str, value: &'a str) -> Result<&'a str> {
 /// The hardened oneshot service that runs `command` (and `after_stop` once
 /// it stopped, however it ended).
 /// The paths a job's units name: what they may write.
-fn unit_paths(config: &Config, job: &Job) -> Vec<PathBuf> {
+fn unit_paths(job: &Job) -> Vec<PathBuf> {
     let mut writable: Vec<PathBuf> = vec![job.spool.clone(), job.state_dir.clone()];
-    for name in &job.repositories {
-        if let Some(r) = config.repositories.get(name) {
-            writable.extend(r.local_path().map(|p| p.to_path_buf()));
-        }
+    for r in &job.repositories {
+        writable.extend(r.local_path().map(|p| p.to_path_buf()));
     }
     if let Some(m) = &job.metrics_dir {
         writable.push(m.clone());
@@ -145,8 +136,8 @@ fn unit_paths(config: &Config, job: &Job) -> Vec<PathBuf> {
     writable
 }
 
-fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Option<&str>, user: bool) -> String {
-    let writable = unit_paths(config, job);
+fn service(job: &Job, what: &str, command: &str, after_stop: Option<&str>, user: bool) -> String {
+    let writable = unit_paths(job);
     let under_home = writable.iter().any(|p| p.starts_with("/home") || p.starts_with("/root"));
     let mut s = format!(
         "[Unit]\nDescription=holdfast {what} of job {}{}\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nType=oneshot\n",
@@ -169,7 +160,7 @@ fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Op
         if !under_home {
             s.push_str("ProtectHome=read-only\n");
         }
-        for c in load_credentials(config, job) {
+        for c in load_credentials(job) {
             s.push_str(&c);
         }
     }
@@ -178,10 +169,9 @@ fn service(config: &Config, job: &Job, what: &str, command: &str, after_stop: Op
 
 /// `LoadCredential=` lines (newline included) for the secret files of the
 /// job's repositories.
-fn load_credentials(config: &Config, job: &Job) -> Vec<String> {
+fn load_credentials(job: &Job) -> Vec<String> {
     job.repositories
         .iter()
-        .filter_map(|name| config.repositories.get(name))
         .flat_map(credential_files)
         .map(|(name, file)| format!("LoadCredential={name}:{}\n", file.display().to_string().replace('%', "%%")))
         .collect()

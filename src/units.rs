@@ -21,6 +21,22 @@ pub fn human(bytes: u64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DurationSpec(pub Duration);
 
+/// The defaults the config applies when a duration is not given.
+impl DurationSpec {
+    pub fn ten_seconds() -> Self {
+        DurationSpec(Duration::from_secs(10))
+    }
+    pub fn thirty_seconds() -> Self {
+        DurationSpec(Duration::from_secs(30))
+    }
+    pub fn five_minutes() -> Self {
+        DurationSpec(Duration::from_secs(300))
+    }
+    pub fn six_hours() -> Self {
+        DurationSpec(Duration::from_secs(6 * 3600))
+    }
+}
+
 impl<'de> Deserialize<'de> for DurationSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;

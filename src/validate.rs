@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseKind, Job, Phase};
+use crate::config::{DatabaseKind, Job, Phase};
 use crate::dump::{self, mysql, postgres};
 use crate::engine::repository::Repository;
 use crate::hooks::render_hook;
@@ -90,12 +90,12 @@ impl Checker<'_> {
     }
 }
 
-/// Validate `jobs` of `config`; with `with_plan`, also describe each run.
-pub fn validate(config: &Config, jobs: &[&Job], with_plan: bool) -> Validation {
+/// Validate `jobs`; with `with_plan`, also describe each run.
+pub fn validate(jobs: &[&Job], with_plan: bool) -> Validation {
     let mut v = Validation::default();
     for job in jobs {
         let mut c = Checker { job, findings: Vec::new() };
-        let sizes = check_job(config, job, &mut c);
+        let sizes = check_job(job, &mut c);
         v.findings.extend(c.findings);
         if with_plan {
             v.plans.push(plan_view(job, &sizes));
@@ -109,7 +109,7 @@ type Found = Vec<(String, u64)>;
 /// Database entry index → what it would dump.
 type Sizes = Vec<(usize, Found)>;
 
-fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
+fn check_job(job: &Job, c: &mut Checker) -> Sizes {
     let vars = sample_vars(job);
     // Templates and hooks.
     for (i, hook) in job.hooks.iter().enumerate() {
@@ -191,8 +191,8 @@ fn check_job(config: &Config, job: &Job, c: &mut Checker) -> Sizes {
     check_spool(c, &job.spool, needed);
     check_state_dir(c, &job.state_dir);
     // Repositories.
-    for name in &job.repositories {
-        let Some(r) = config.repositories.get(name) else { continue };
+    for r in &job.repositories {
+        let name = &r.name;
         let opened = crate::secrets::resolve(&r.passphrase, name)
             .and_then(|p| Ok(Repository::open(&crate::secrets::location(r)?, &p)?));
         match opened {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, DatabaseKind, Event, Job};
+use crate::config::{DatabaseKind, Event, Job};
 use crate::dump::{DumpContext, Server};
 use crate::engine::restore::{Comparison, RestoreOptions, compare_restored, restore};
 use crate::notify::notify;
@@ -47,9 +47,9 @@ pub struct VerifyReport {
 
 /// Verify `job`'s snapshot `spec` (`latest` for its newest) in its first
 /// repository, or in the one named `from`.
-pub fn verify_job(config: &Config, job: &Job, source: &crate::restore::Source) -> Result<VerifyReport> {
+pub fn verify_job(job: &Job, source: &crate::restore::Source) -> Result<VerifyReport> {
     let started = Instant::now();
-    let repo_cfg = job_repository(config, job, source.repository)?;
+    let repo_cfg = job_repository(job, source.repository)?;
     let repo = open_repository(repo_cfg)?;
     let (id, snap, record) = job_snapshot(&repo, job, source.snapshot, source.skip_damaged)?;
     let mut report = VerifyReport {
@@ -86,7 +86,7 @@ pub fn verify_job(config: &Config, job: &Job, source: &crate::restore::Source) -
             };
             let t = Instant::now();
             let ctx = DumpContext { run: &scratch.0, cancel: &never };
-            let loaded = server.load(&check.scratch, &file, &ctx, db.timeout());
+            let loaded = server.load(&check.scratch, &file, &ctx, db.timeout.0);
             check.load_secs = t.elapsed().as_secs_f64();
             let outcome = loaded.and_then(|()| {
                 check.tables = server.table_counts(&check.scratch)?;

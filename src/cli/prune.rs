@@ -70,7 +70,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         Some(config) => {
             let mut all = Vec::new();
             for job in ctx.jobs(config, &args.jobs)? {
-                all.extend(prune_job(config, job, args.grace, args.dry_run)?);
+                all.extend(prune_job(job, args.grace, args.dry_run)?);
             }
             all
         }

@@ -79,7 +79,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
             let repository = ctx.repo_name();
             let source =
                 Source { repository: repository.as_deref(), snapshot: &args.snapshot, skip_damaged: args.skip_damaged };
-            let report = restore_job(config, job, &source, &args.what()?, ctx.interrupt.flag())?;
+            let report = restore_job(job, &source, &args.what()?, ctx.interrupt.flag())?;
             if args.json {
                 print_json(&report)?;
             } else {

@@ -29,11 +29,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     // `--all` and job names exclude each other: no names means all.
     let jobs = ctx.jobs(config, &args.jobs)?;
     if args.dry_run {
-        return super::validate::show(config, &jobs, true, args.json);
+        return super::validate::show(&jobs, true, args.json);
     }
     let mut reports = Vec::new();
     for job in jobs {
-        let report = match run_job(config, job, &ctx.interrupt) {
+        let report = match run_job(job, &ctx.interrupt) {
             Ok(r) => r,
             Err(e) => RunReport::not_run(&job.name, &e, &ctx.interrupt),
         };

@@ -26,7 +26,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let repo = match (ctx.config_if_given(), &args.job) {
         (Some(config), Some(name)) => {
             let job = config.job(name)?;
-            RepositoryRef::Configured(&config.repositories[&job.repositories[0]]).open(ctx.passphrase_file())?
+            RepositoryRef::Configured(&job.repositories[0]).open(ctx.passphrase_file())?
         }
         _ => ctx.open()?,
     };

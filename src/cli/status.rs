@@ -19,7 +19,7 @@ pub struct Args {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let config = ctx.config("status")?;
-    let all = crate::status::status(config, &ctx.jobs(config, &args.jobs)?)?;
+    let all = crate::status::status(&ctx.jobs(config, &args.jobs)?)?;
     if args.json {
         print_json(&all)?;
     } else {

@@ -22,7 +22,7 @@ pub struct Args {
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let config = ctx.config("systemd")?;
     let config_path = std::path::absolute(ctx.config_path().context("no config path")?)?;
-    let units = crate::systemd::units(config, &config_path, &ctx.jobs(config, &args.jobs)?, args.user)?;
+    let units = crate::systemd::units(&config_path, &ctx.jobs(config, &args.jobs)?, args.user)?;
     match &args.output {
         Some(dir) => {
             crate::fsutil::create_dir_all(dir, 0o755)?;

@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::{Context, print_json};
-use crate::config::{Config, Job};
+use crate::config::Job;
 use crate::exit::Exit;
 use crate::plan::{Step, When};
 
@@ -19,12 +19,12 @@ pub struct Args {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let config = ctx.config("validate")?;
-    show(config, &ctx.jobs(config, &args.jobs)?, false, args.json)
+    show(&ctx.jobs(config, &args.jobs)?, false, args.json)
 }
 
 /// Validate `jobs`; with `plan`, print what a run would do.
-pub fn show(config: &Config, jobs: &[&Job], plan: bool, json: bool) -> Result<Exit> {
-    let v = crate::validate::validate(config, jobs, plan);
+pub fn show(jobs: &[&Job], plan: bool, json: bool) -> Result<Exit> {
+    let v = crate::validate::validate(jobs, plan);
     if json {
         print_json(&v)?;
     } else {

@@ -44,13 +44,13 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     // `--all` and job names exclude each other: no names means all.
     for job in ctx.jobs(config, &args.jobs)? {
         let repositories: Vec<Option<&str>> = if args.every_repository {
-            job.repositories.iter().map(|r| Some(r.as_str())).collect()
+            job.repositories.iter().map(|r| Some(r.name.as_str())).collect()
         } else {
             vec![repo_name.as_deref()]
         };
         for repository in repositories {
             let source = Source { repository, snapshot: &args.snapshot, skip_damaged: args.skip_damaged };
-            match verify_job(config, job, &source) {
+            match verify_job(job, &source) {
                 Ok(report) => {
                     if !args.json {
                         print_report(&report)?;

@@ -66,7 +66,7 @@ pub(crate) fn run_tool(
     let spec = ProcessSpec {
         argv,
         env,
-        timeout: db.timeout(),
+        timeout: db.timeout.0,
         stdout_file: Some(out.to_path_buf()),
         user: db.run_as.clone(),
         // Another user may not be able to enter holdfast's working directory.

@@ -16,7 +16,7 @@ use crate::record::DumpRecord;
 pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicBool) -> Result<Vec<DumpRecord>> {
     let Some(src_path) = &db.path else { bail!("sqlite database entry {:?} has no path", db.entry_name()) };
     let started = jiff::Timestamp::now();
-    let src = open_waiting(src_path, cancel, db.timeout())?;
+    let src = open_waiting(src_path, cancel, db.timeout.0)?;
     let file_name = src_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "database".into());
     let out = super::dump_file(dir, file_name.trim_start_matches('.'), "sqlite");
     let mut dst = Connection::open(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -25,7 +25,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicB
             .with_context(|| format!("starting the backup of {}", src_path.display()))?;
         // -1: every page in one step, under one read transaction. A writer
         // holding a lock makes the step report Busy; wait for it (bounded).
-        let deadline = std::time::Instant::now() + db.timeout();
+        let deadline = std::time::Instant::now() + db.timeout.0;
         loop {
             use rusqlite::backup::StepResult;
             match backup.step(-1).with_context(|| format!("backing up {}", src_path.display()))? {
