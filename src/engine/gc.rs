@@ -261,3 +261,97 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     }
     Ok(report)
 }
+
+/// The backup ↔ prune protocol, on a repository in memory.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::backend::{Backend, Dir, MemoryBackend};
+    use crate::engine::backup::{BackupOptions, BackupSource, backup};
+    use crate::engine::repository::InitOptions;
+
+    fn repository() -> (Arc<MemoryBackend>, Repository) {
+        let store = Arc::new(MemoryBackend::default());
+        let repo = Repository::init_on(store.clone(), b"test passphrase", &InitOptions::default()).unwrap();
+        (store, repo)
+    }
+
+    /// A directory holding one file of `seed`-made bytes.
+    fn files(seed: u8) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed).collect();
+        std::fs::write(dir.path().join("data"), bytes).unwrap();
+        dir
+    }
+
+    fn back_up(repo: &Repository, dir: &Path) -> Id {
+        let opts = BackupOptions { use_parent: false, ..Default::default() };
+        backup(repo, &[BackupSource::same_path(dir).unwrap()], &opts).unwrap().id
+    }
+
+    fn healthy(repo: &Repository) -> bool {
+        crate::engine::check::check(repo, true, 2).unwrap().healthy()
+    }
+
+    #[test]
+    fn a_pack_marked_while_a_backup_runs_is_deleted_only_after_that_backup_ended() {
+        let (store, repo) = repository();
+        let dir = files(1);
+        let first = back_up(&repo, dir.path());
+        forget(&repo, &[first]).unwrap();
+        let running = crate::engine::running::register_backup(&repo).unwrap();
+        let marked = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        assert!(marked.packs_marked > 0 && marked.packs_deleted == 0, "{marked:?}");
+        let waiting = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        assert_eq!(waiting.packs_deleted, 0, "a backup that started before the mark may still reference them");
+        assert!(waiting.packs_waiting > 0, "{waiting:?}");
+        drop(running);
+        let deleted = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        assert!(deleted.packs_deleted > 0, "{deleted:?}");
+        assert!(store.names(Dir::Packs).is_empty() && store.names(Dir::Marks).is_empty());
+        assert!(healthy(&repo));
+    }
+
+    #[test]
+    fn a_backup_stores_again_what_only_a_marked_pack_holds_so_deleting_it_loses_nothing() {
+        let (store, repo) = repository();
+        let dir = files(2);
+        let first = back_up(&repo, dir.path());
+        forget(&repo, &[first]).unwrap();
+        assert!(collect_garbage(&repo, Duration::ZERO, false).unwrap().packs_marked > 0);
+        let marked = store.names(Dir::Marks);
+        // The same content again: its blobs are only in marked packs, so
+        // the backup writes packs of its own instead of reusing them.
+        let packs_before = store.names(Dir::Packs).len();
+        let second = back_up(&repo, dir.path());
+        assert!(store.names(Dir::Packs).len() >= packs_before + marked.len(), "no blob of a marked pack reused");
+        // The old packs' blobs are referenced again (by id), so they stay:
+        // nothing is lost, at the cost of the duplicate.
+        collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        for mark in &marked {
+            store.remove(Dir::Packs, mark).ok();
+        }
+        assert!(healthy(&repo), "snapshot {second:?} reads whole without the once-marked packs");
+    }
+
+    #[test]
+    fn prune_refuses_while_a_kept_blob_is_in_no_index_and_repair_brings_the_index_back() {
+        let (store, repo) = repository();
+        let dir = files(3);
+        back_up(&repo, dir.path());
+        let packs = store.names(Dir::Packs);
+        for name in store.names(Dir::Index) {
+            store.remove(Dir::Index, &name).unwrap();
+        }
+        let refused = collect_garbage(&repo, Duration::ZERO, false).unwrap_err().to_string();
+        assert!(refused.contains("repair"), "{refused}");
+        assert_eq!(store.names(Dir::Packs), packs, "nothing deleted");
+        crate::engine::repair::repair_index(&repo, false).unwrap();
+        let report = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        assert_eq!((report.packs_marked, report.packs_deleted), (0, 0), "{report:?}");
+        assert!(healthy(&repo));
+    }
+}

@@ -101,7 +101,11 @@ pub struct Repository {
 impl Repository {
     /// Create a repository at `location` (which must not exist or be empty).
     pub fn init(location: &Location, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
-        let backend = location.open_backend()?;
+        Repository::init_on(location.open_backend()?, passphrase, opts)
+    }
+
+    /// Create a repository on `backend` (which must hold nothing yet).
+    pub fn init_on(backend: Arc<dyn Backend>, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
         if !backend.is_empty()? {
             return Err(Error::AlreadyExists(backend.location().into()));
         }
@@ -145,7 +149,11 @@ impl Repository {
     /// cannot be used is never mistaken for a wrong passphrase: when no key
     /// opens and some are damaged, the error names them and says what to do.
     pub fn open(location: &Location, passphrase: &[u8]) -> Result<Repository> {
-        let backend = location.open_backend()?;
+        Repository::open_on(location.open_backend()?, passphrase)
+    }
+
+    /// Open the repository on `backend` with `passphrase` (see [`Repository::open`]).
+    pub fn open_on(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
         let marker = read_marker(&*backend)?;
         let listed = match backend.list(KEYS) {
             Ok(files) => files,

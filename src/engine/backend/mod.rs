@@ -16,6 +16,7 @@
 //!   listings serve `check`, `prune` and the repository's own bookkeeping.
 
 mod local;
+mod memory;
 mod s3;
 
 use std::fmt;
@@ -24,12 +25,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use local::{LocalBackend, sync_dir};
+pub use memory::MemoryBackend;
 pub use s3::{S3Backend, S3Settings, s3_url};
 
 use crate::error::Result;
 
 /// The kinds of file a repository holds, each in its own directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dir {
     /// The top level: the marker and the config.
     Root,
