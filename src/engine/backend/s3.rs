@@ -391,11 +391,37 @@ fn message(e: &object_store::Error) -> String {
     text
 }
 
-/// Worth sending again: the request timed out or the connection broke.
+/// Worth sending again: the request timed out or the connection broke
+/// (found by the kind of the HTTP or I/O error under it, never by text).
 fn is_transient(e: &object_store::Error) -> bool {
-    let text = message(e).to_ascii_lowercase();
-    matches!(e, object_store::Error::Generic { .. })
-        && (text.contains("timed out") || text.contains("timeout") || text.contains("connection"))
+    use object_store::client::{HttpError, HttpErrorKind};
+    use std::io::ErrorKind;
+    // Answers of the server (not found, denied, exists) are never transient.
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(http) = s.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Connect | HttpErrorKind::Request | HttpErrorKind::Timeout | HttpErrorKind::Interrupted
+            );
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::TimedOut
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::ConnectionRefused
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A reading thread's last few stretches fetched ahead and where its
@@ -406,4 +432,30 @@ struct ReadAhead {
     windows: Vec<(String, u64, Vec<u8>)>,
     /// Where the previous read ended (object, offset).
     last_end: Option<(String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: Box::new(source) }
+    }
+
+    #[test]
+    fn timeouts_and_broken_connections_are_transient_by_their_kind() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let io = |kind: std::io::ErrorKind| std::io::Error::new(kind, "no words are looked at");
+        assert!(is_transient(&generic(HttpError::new(HttpErrorKind::Timeout, io(std::io::ErrorKind::Other)))));
+        assert!(is_transient(&generic(HttpError::new(HttpErrorKind::Connect, io(std::io::ErrorKind::Other)))));
+        assert!(!is_transient(&generic(HttpError::new(HttpErrorKind::Decode, io(std::io::ErrorKind::Other)))));
+        assert!(is_transient(&generic(io(std::io::ErrorKind::ConnectionReset))));
+        // A message that merely mentions a timeout is not one.
+        assert!(!is_transient(&generic(io(std::io::ErrorKind::InvalidData))));
+        let denied = object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: Box::new(io(std::io::ErrorKind::TimedOut)),
+        };
+        assert!(!is_transient(&denied), "an answer of the server is not sent again");
+    }
 }
