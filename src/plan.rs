@@ -5,11 +5,24 @@
 //! runs: on the success path, only after a failure, or always — which is how
 //! `on_failure` and `finally` hooks and the spool cleanup survive any failure.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::config::{DatabaseKind, Job, Phase};
+use crate::engine::repository::Repository;
+
+/// The job's repositories that get a copy of another's snapshot instead of
+/// reading the dumps and files again (they share its keys): target → source.
+pub type Copies = BTreeMap<String, String>;
+
+/// Which of the job's opened repositories (in the job's order) share the
+/// first one's keys: each gets a copy from it (only new blobs move).
+pub fn copies(repositories: &[(String, &Repository)]) -> Copies {
+    let Some(((first, first_repo), rest)) = repositories.split_first() else { return Copies::new() };
+    rest.iter().filter(|(_, r)| r.shares_keys_with(first_repo)).map(|(n, _)| (n.clone(), first.clone())).collect()
+}
 
 /// When a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +54,9 @@ pub enum Step {
     Capture { repository: String, dumps: bool, paths: Vec<PathBuf>, optional: Vec<PathBuf> },
     /// Write the snapshot: from here on the run's backup exists.
     Commit { repository: String },
+    /// Copy the snapshot just committed to `from` (and any the target
+    /// missed before) into a repository sharing its keys.
+    Copy { repository: String, from: String },
     /// Remove the run's spool directory (dumps are plaintext secrets).
     CleanSpool,
 }
@@ -52,8 +68,9 @@ pub struct PlannedStep {
     pub step: Step,
 }
 
-/// The steps of one attempt of `job`, in order.
-pub fn plan(job: &Job) -> Vec<PlannedStep> {
+/// The steps of one attempt of `job`, in order; `copies` are the
+/// repositories that get a copy rather than a capture of their own.
+pub fn plan(job: &Job, copies: &Copies) -> Vec<PlannedStep> {
     let mut steps = Vec::new();
     let mut add = |when, step| steps.push(PlannedStep { when, step });
     let hooks = |phase: Phase| job.hooks.iter().filter(|h| h.phase == phase).count();
@@ -81,7 +98,7 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
     hook_step(&mut add, When::Ok, Phase::AfterDumps);
     // Every repository gets the same dumps and files; each commits only
     // after all were captured and the `after_files` hooks ran.
-    for repository in &job.repositories {
+    for repository in job.repositories.iter().filter(|r| !copies.contains_key(&r.name)) {
         add(
             When::Ok,
             Step::Capture {
@@ -97,7 +114,11 @@ pub fn plan(job: &Job) -> Vec<PlannedStep> {
     }
     hook_step(&mut add, When::Ok, Phase::AfterFiles);
     for repository in &job.repositories {
-        add(When::Ok, Step::Commit { repository: repository.name.clone() });
+        let step = match copies.get(&repository.name) {
+            Some(from) => Step::Copy { repository: repository.name.clone(), from: from.clone() },
+            None => Step::Commit { repository: repository.name.clone() },
+        };
+        add(When::Ok, step);
     }
     hook_step(&mut add, When::Ok, Phase::OnSuccess);
     hook_step(&mut add, When::Failed, Phase::OnFailure);
@@ -120,6 +141,10 @@ mod tests {
         config.jobs["shop"].clone()
     }
 
+    fn plan_of(job: &crate::config::Job) -> Vec<PlannedStep> {
+        plan(job, &Copies::new())
+    }
+
     fn names(steps: &[PlannedStep]) -> Vec<String> {
         steps
             .iter()
@@ -128,6 +153,7 @@ mod tests {
                 Step::Dump { entry, .. } => format!("dump {entry}"),
                 Step::Capture { repository, .. } => format!("capture {repository}"),
                 Step::Commit { repository } => format!("commit {repository}"),
+                Step::Copy { repository, from } => format!("copy {from} to {repository}"),
                 other => format!("{other:?}"),
             })
             .collect()
@@ -135,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_files_only_job_captures_then_commits_every_repository_and_always_cleans_the_spool() {
-        let steps = plan(&job("[jobs.shop.files]\npaths = [\"/srv/shop\"]\n"));
+        let steps = plan_of(&job("[jobs.shop.files]\npaths = [\"/srv/shop\"]\n"));
         assert_eq!(
             names(&steps),
             ["PrepareSpool", "capture local", "capture offsite", "commit local", "commit offsite", "CleanSpool"]
@@ -146,7 +172,7 @@ mod tests {
 
     #[test]
     fn dumps_and_files_are_captured_while_held_and_released_whatever_happens() {
-        let steps = plan(&job("[[jobs.shop.hooks]]\nphase = \"before\"\nrun = [\"true\"]\n\
+        let steps = plan_of(&job("[[jobs.shop.hooks]]\nphase = \"before\"\nrun = [\"true\"]\n\
              [[jobs.shop.hooks]]\nphase = \"hold\"\nrun = [\"hold\"]\nready = \"held\"\n\
              [[jobs.shop.hooks]]\nphase = \"on_failure\"\nrun = [\"alert\"]\n\
              [[jobs.shop.hooks]]\nphase = \"finally\"\nrun = [\"wake\"]\n\
@@ -171,10 +197,20 @@ mod tests {
 
     #[test]
     fn phases_without_hooks_and_holds_without_hooks_or_locks_are_left_out() {
-        let n = names(&plan(&job("[jobs.shop.files]\npaths = [\"/srv\"]\n")));
+        let n = names(&plan_of(&job("[jobs.shop.files]\npaths = [\"/srv\"]\n")));
         assert!(
             !n.iter().any(|s| s.starts_with("hooks") || s == "Hold { hooks: 0, locks: 0 }" || s == "Release"),
             "{n:?}"
+        );
+    }
+
+    #[test]
+    fn a_repository_sharing_the_first_ones_keys_gets_a_copy_and_no_capture_of_its_own() {
+        let copies = Copies::from([("offsite".to_string(), "local".to_string())]);
+        let steps = plan(&job("[jobs.shop.files]\npaths = [\"/srv/shop\"]\n"), &copies);
+        assert_eq!(
+            names(&steps),
+            ["PrepareSpool", "capture local", "commit local", "copy local to offsite", "CleanSpool"]
         );
     }
 }

@@ -323,6 +323,8 @@ struct Attempt<'a> {
     hooks: Vec<HookRecord>,
     holds: Vec<HeldHook>,
     locks: Vec<GlobalReadLock>,
+    /// The job's repositories, opened, until a step takes them over.
+    opened: Vec<(String, Repository)>,
     /// The job's repositories, in the job's order, as far as they got.
     targets: Vec<(String, Target)>,
     totals: Option<crate::engine::snapshot::Summary>,
@@ -332,9 +334,6 @@ struct Attempt<'a> {
 enum Target {
     /// Its dumps and files are read in; not yet a snapshot.
     Captured { repo: Repository, capture: Box<Capture>, file_set: FileSetRecord },
-    /// It shares the keys of the first repository: at commit it gets a copy
-    /// of that snapshot (and any it missed) instead of a second reading.
-    CopyPending { repo: Repository },
     /// Its snapshot exists.
     Committed { repo: Repository, id: Id },
 }
@@ -352,6 +351,7 @@ impl<'a> Attempt<'a> {
             hooks: Vec::new(),
             holds: Vec::new(),
             locks: Vec::new(),
+            opened: Vec::new(),
             targets: Vec::new(),
             totals: None,
         }
@@ -369,8 +369,26 @@ impl<'a> Attempt<'a> {
     }
 
     fn execute(mut self) -> Result<Done> {
+        // Every repository opens before anything runs: one that cannot
+        // fails the attempt before the application is touched (only the
+        // steps that run after a failure run, `finally` among them), and
+        // the plan knows which repositories get a copy.
         let mut failure: Option<anyhow::Error> = None;
-        for planned in plan(self.job) {
+        let opened: Result<Vec<(String, Repository)>> =
+            self.job.repositories.iter().map(|r| Ok((r.name.clone(), open_repository(r)?))).collect();
+        let copies = match opened {
+            Ok(opened) => {
+                let copies = crate::plan::copies(&opened.iter().map(|(n, r)| (n.clone(), r)).collect::<Vec<_>>());
+                self.opened = opened;
+                copies
+            }
+            Err(e) => {
+                tracing::error!("job {}: {e:#}", self.job.name);
+                failure = Some(e);
+                crate::plan::Copies::new()
+            }
+        };
+        for planned in plan(self.job, &copies) {
             let run = match planned.when {
                 When::Ok => failure.is_none(),
                 When::Failed => failure.is_some(),
@@ -419,6 +437,7 @@ impl<'a> Attempt<'a> {
             Step::Dump { index, .. } => self.dump(*index, cancel),
             Step::Capture { repository, dumps, paths, optional } => self.capture(repository, *dumps, paths, optional),
             Step::Commit { repository } => self.commit(repository),
+            Step::Copy { repository, from } => self.copy(repository, from),
             Step::CleanSpool => {
                 if let Some(dir) = self.run_dir.take() {
                     dir.remove()?;
@@ -493,23 +512,15 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    /// Read the dumps and file sets into `repository` (not yet a snapshot);
-    /// a repository sharing the first one's keys waits for a copy instead.
+    /// The opened repository `name`, taken over by the step that uses it.
+    fn take_opened(&mut self, name: &str) -> Result<Repository> {
+        let i = self.opened.iter().position(|(n, _)| n == name);
+        Ok(self.opened.remove(i.with_context(|| format!("repository {name:?} is not one of the job's"))?).1)
+    }
+
+    /// Read the dumps and file sets into `repository` (not yet a snapshot).
     fn capture(&mut self, repository: &str, dumps: bool, paths: &[PathBuf], optional: &[PathBuf]) -> Result<()> {
-        let repo_cfg = self
-            .job
-            .repositories
-            .iter()
-            .find(|r| r.name == repository)
-            .with_context(|| format!("repository {repository:?} is not one of the job's"))?;
-        let repo = open_repository(repo_cfg)?;
-        if let Some((first, Target::Captured { repo: first_repo, .. })) = self.targets.first()
-            && repo.shares_keys_with(first_repo)
-        {
-            tracing::info!("job {}: repository {repository:?} will get a copy from {first:?}", self.job.name);
-            self.targets.push((repository.to_string(), Target::CopyPending { repo }));
-            return Ok(());
-        }
+        let repo = self.take_opened(repository)?;
         let mut sources = Vec::new();
         if dumps {
             let run = self.run_dir.as_ref().context("no spool directory")?;
@@ -554,7 +565,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// Make `repository`'s snapshot exist: commit its capture with the run
-    /// record, or copy the first repository's snapshot there.
+    /// record.
     fn commit(&mut self, repository: &str) -> Result<()> {
         let i = self
             .targets
@@ -581,27 +592,31 @@ impl<'a> Attempt<'a> {
                 self.totals = Some(result.snapshot.summary.clone());
                 (repo, result.id)
             }
-            Target::CopyPending { repo } => {
-                let id = self.copy_to(&name, &repo)?;
-                (repo, id)
-            }
             Target::Committed { .. } => bail!("repository {name:?} was committed to twice"),
         };
         self.targets.insert(i, (name, Target::Committed { repo, id }));
         Ok(())
     }
 
-    /// Copy the job's snapshots that `target` lacks from the first
-    /// repository committed to; the id of the newest copied.
-    fn copy_to(&self, name: &str, target: &Repository) -> Result<Id> {
-        let (source_name, source) = self
+    /// Copy the job's snapshots that `name` lacks from `from`, where this
+    /// attempt committed: the new snapshot and any an earlier run missed.
+    fn copy(&mut self, name: &str, from: &str) -> Result<()> {
+        let target = self.take_opened(name)?;
+        let id = self.copy_snapshots(name, &target, from)?;
+        self.targets.push((name.to_string(), Target::Committed { repo: target, id }));
+        Ok(())
+    }
+
+    /// The id of the newest snapshot copied into `target` from `source_name`.
+    fn copy_snapshots(&self, name: &str, target: &Repository, source_name: &str) -> Result<Id> {
+        let source = self
             .targets
             .iter()
             .find_map(|(n, t)| match t {
-                Target::Committed { repo, .. } => Some((n, repo)),
+                Target::Committed { repo, .. } if n == source_name => Some(repo),
                 _ => None,
             })
-            .context("nothing committed to copy from")?;
+            .with_context(|| format!("nothing committed to {source_name:?} to copy from"))?;
         let job = self.job.name.clone();
         let wanted = |s: &crate::engine::snapshot::Snapshot| RunRecord::of(s).is_some_and(|r| r.job == job);
         let report = crate::engine::copy::copy_snapshots(source, target, &wanted)

@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use crate::config::{DatabaseKind, Job, Phase};
 use crate::dump::{self, mysql, postgres};
-use crate::engine::repository::Repository;
 use crate::hooks::render_hook;
 use crate::plan::{PlannedStep, Step, plan};
 use crate::process::find_program_in;
@@ -95,10 +94,10 @@ pub fn validate(jobs: &[&Job], with_plan: bool) -> Validation {
     let mut v = Validation::default();
     for job in jobs {
         let mut c = Checker { job, findings: Vec::new() };
-        let sizes = check_job(job, &mut c);
+        let (sizes, copies) = check_job(job, &mut c);
         v.findings.extend(c.findings);
         if with_plan {
-            v.plans.push(plan_view(job, &sizes));
+            v.plans.push(plan_view(job, &sizes, &copies));
         }
     }
     v
@@ -109,7 +108,9 @@ type Found = Vec<(String, u64)>;
 /// Database entry index → what it would dump.
 type Sizes = Vec<(usize, Found)>;
 
-fn check_job(job: &Job, c: &mut Checker) -> Sizes {
+/// Checks `job`; what its dumps would hold and which of its repositories
+/// would get a copy (from the repositories that open).
+fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
     let vars = sample_vars(job);
     // Templates and hooks.
     for (i, hook) in job.hooks.iter().enumerate() {
@@ -191,17 +192,24 @@ fn check_job(job: &Job, c: &mut Checker) -> Sizes {
     check_spool(c, &job.spool, needed);
     check_state_dir(c, &job.state_dir);
     // Repositories.
+    let mut opened = Vec::new();
     for r in &job.repositories {
         let name = &r.name;
-        let opened = crate::secrets::resolve(&r.passphrase, name)
-            .and_then(|p| Ok(Repository::open(&crate::secrets::location(r)?, &p)?));
-        match opened {
-            Ok(_) => {
-                c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.describe()))
+        match crate::secrets::open_repository(r) {
+            Ok(repo) => {
+                c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.describe()));
+                opened.push((name.clone(), repo));
             }
             Err(e) => c.problem("repositories", format!("repository {name:?}: {e:#}")),
         }
     }
+    // A copy comes from the first repository, so only when that one opens.
+    let copies = match opened.first() {
+        Some((first, _)) if *first == job.repositories[0].name => {
+            crate::plan::copies(&opened.iter().map(|(n, r)| (n.clone(), r)).collect::<Vec<_>>())
+        }
+        _ => crate::plan::Copies::new(),
+    };
     // Files.
     for p in &job.files.paths {
         if p.exists() {
@@ -216,7 +224,7 @@ fn check_job(job: &Job, c: &mut Checker) -> Sizes {
     for p in &job.files.optional {
         c.ok("files", format!("optional {} {}", p.display(), if p.exists() { "exists" } else { "is absent: skipped" }));
     }
-    sizes
+    (sizes, copies)
 }
 
 fn check_program(c: &mut Checker, what: &str, argv: &[String], cwd: Option<&Path>) {
@@ -416,9 +424,9 @@ fn tally(paths: &[PathBuf]) -> (u64, u64) {
     (files, bytes)
 }
 
-fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
+fn plan_view(job: &Job, sizes: &Sizes, copies: &crate::plan::Copies) -> PlanView {
     let vars = sample_vars(job);
-    let steps = plan(job)
+    let steps = plan(job, copies)
         .into_iter()
         .map(|step| {
             let details = match &step.step {
@@ -455,6 +463,9 @@ fn plan_view(job: &Job, sizes: &Sizes) -> PlanView {
                 }
                 Step::Release => vec!["close hold hooks' stdin, SIGTERM after their grace; unlock databases".into()],
                 Step::Commit { repository } => vec![format!("write the snapshot to {repository:?}")],
+                Step::Copy { repository, from } => vec![format!(
+                    "{repository:?} shares the keys of {from:?}: it gets a copy of the new snapshot (and any it missed); only new blobs move"
+                )],
                 Step::CleanSpool => vec![format!("remove {}", vars.spool)],
             };
             PlanLine { step, details }

@@ -63,6 +63,7 @@ fn step_name(step: &Step) -> String {
         Step::Dump { entry, kind, name, .. } => format!("dump {} {name} (entry {entry})", kind.as_str()),
         Step::Capture { .. } => "read dumps and files into the repository".into(),
         Step::Commit { .. } => "commit the snapshot".into(),
+        Step::Copy { .. } => "copy the snapshot".into(),
         Step::CleanSpool => "clean the spool".into(),
     }
 }
