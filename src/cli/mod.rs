@@ -117,6 +117,15 @@ impl Command {
     }
 }
 
+/// The arguments of commands that look at jobs: their names (all when
+/// none) and `--json`.
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    #[arg(long)]
+    pub json: bool,
+    pub jobs: Vec<String>,
+}
+
 /// What every command may use: the loaded config, the global options and
 /// the signal flags.
 pub struct Context {

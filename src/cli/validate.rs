@@ -10,12 +10,7 @@ use crate::config::Job;
 use crate::exit::Exit;
 use crate::plan::{Step, When};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[arg(long)]
-    pub json: bool,
-    pub jobs: Vec<String>,
-}
+pub type Args = super::JobsArgs;
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let config = ctx.config("validate")?;
