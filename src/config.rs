@@ -146,8 +146,8 @@ struct RawJob {
     state_dir: Option<LinePath>,
     repositories: Option<Vec<String>>,
     tags: Option<Vec<String>>,
-    hooks: Option<Vec<HookConfig>>,
-    databases: Option<Vec<DatabaseConfig>>,
+    hooks: Option<Vec<Checked<HookConfig>>>,
+    databases: Option<Vec<Checked<DatabaseConfig>>>,
     files: Option<FilesConfig>,
     notify: Option<Vec<NotifyConfig>>,
     metrics_dir: Option<LinePath>,
@@ -155,6 +155,59 @@ struct RawJob {
     verify_schedule: Option<Line>,
     retention: Option<crate::retention::Policy>,
     prune_after_backup: Option<bool>,
+}
+
+/// A table checked as it is read, so that what is wrong with it on its own
+/// is reported at its file, line and column (checks that need the rest of
+/// the config happen in `resolve`).
+#[derive(Debug, Clone)]
+struct Checked<T>(T);
+
+/// What is wrong with a value on its own; may fill in derived defaults.
+trait Check {
+    fn check(&mut self) -> std::result::Result<(), String>;
+}
+
+impl<'de, T: Deserialize<'de> + Check> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut value = T::deserialize(d)?;
+        value.check().map_err(serde::de::Error::custom)?;
+        Ok(Checked(value))
+    }
+}
+
+impl Check for HookConfig {
+    fn check(&mut self) -> std::result::Result<(), String> {
+        match (self.phase, &self.ready) {
+            (Phase::Hold, None) => Err("a `hold` hook needs `ready`, the line it prints once it holds".into()),
+            (p, Some(_)) if p != Phase::Hold => Err("`ready` is only for `hold` hooks".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Check for DatabaseConfig {
+    fn check(&mut self) -> std::result::Result<(), String> {
+        let kind = self.kind.as_str();
+        match self.kind {
+            DatabaseKind::Sqlite if self.path.is_none() => return Err("a sqlite entry needs `path`".into()),
+            DatabaseKind::Postgresql | DatabaseKind::Mysql if self.name.is_none() => {
+                return Err(format!("a {kind} entry needs `name` (a database, or \"all\")"));
+            }
+            _ => {}
+        }
+        if self.lock.is_some() && self.kind != DatabaseKind::Mysql {
+            return Err("`lock = \"global-read\"` is for mysql entries only".into());
+        }
+        let entry = self.entry_name();
+        if entry.is_empty() || entry.contains('/') || entry.starts_with('.') {
+            return Err(format!("database entry name {entry:?} cannot be used as a directory name; set `entry`"));
+        }
+        if self.run_as.is_some() && self.user.is_none() && self.kind != DatabaseKind::Sqlite {
+            self.user = self.run_as.clone();
+        }
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------ resolved shape
@@ -912,55 +965,24 @@ fn resolve_job(
         }
     }
     let from_job = job.hooks.is_some();
-    let mut hooks = job.hooks.clone().or(d.hooks).unwrap_or_default();
+    let mut hooks: Vec<HookConfig> =
+        job.hooks.clone().or(d.hooks).unwrap_or_default().into_iter().map(|h| h.0).collect();
     for h in &mut hooks {
         if let Some(c) = &h.cwd {
             h.cwd = Some(rel(if from_job { file } else { dfile }, c));
         }
     }
-    for (i, h) in hooks.iter().enumerate() {
-        match (h.phase, &h.ready) {
-            (Phase::Hold, None) => {
-                return Err(err(format!("hooks[{i}]: a `hold` hook needs `ready`, the line it prints once it holds")));
-            }
-            (p, Some(_)) if p != Phase::Hold => {
-                return Err(err(format!("hooks[{i}]: `ready` is only for `hold` hooks")));
-            }
-            _ => {}
-        }
-    }
     let from_job = job.databases.is_some();
-    let mut databases = job.databases.clone().or(d.databases).unwrap_or_default();
-    for (i, db) in databases.iter_mut().enumerate() {
+    let mut databases: Vec<DatabaseConfig> =
+        job.databases.clone().or(d.databases).unwrap_or_default().into_iter().map(|d| d.0).collect();
+    for db in &mut databases {
         let base = if from_job { file } else { dfile };
-        let where_ = format!("databases[{i}] ({})", db.kind.as_str());
-        match db.kind {
-            DatabaseKind::Sqlite => {
-                let Some(p) = &db.path else { return Err(err(format!("{where_}: sqlite needs `path`"))) };
-                db.path = Some(rel(base, p));
-            }
-            _ => {
-                if db.name.is_none() {
-                    return Err(err(format!("{where_}: needs `name` (a database, or \"all\")")));
-                }
-            }
-        }
-        if let Some(p) = &db.password_file {
-            db.password_file = Some(rel(base, p));
-        }
-        if db.lock.is_some() && db.kind != DatabaseKind::Mysql {
-            return Err(err(format!("{where_}: `lock = \"global-read\"` is for mysql entries only")));
-        }
-        if db.run_as.is_some() && db.user.is_none() && db.kind != DatabaseKind::Sqlite {
-            db.user = db.run_as.clone();
-        }
+        db.path = db.path.as_ref().map(|p| rel(base, p));
+        db.password_file = db.password_file.as_ref().map(|p| rel(base, p));
     }
     let mut entries = std::collections::BTreeSet::new();
     for db in &databases {
         let e = db.entry_name();
-        if e.is_empty() || e.contains('/') || e.starts_with('.') {
-            return Err(err(format!("database entry name {e:?} cannot be used as a directory name; set `entry`")));
-        }
         if !entries.insert(e.clone()) {
             return Err(err(format!("two databases share the entry name {e:?}; give one an `entry = \"...\"`")));
         }
@@ -1092,5 +1114,15 @@ mod tests {
         let text = "[repositories.local]\npath = \"/srv/repo\"\n[jobs.shop]\nrepositories = [\"offsite\"]\n";
         let e = Config::from_text(Path::new(FILE), text).unwrap_err().to_string();
         assert!(e.contains("\"offsite\" is not defined (defined: local)"), "{e}");
+    }
+
+    #[test]
+    fn what_is_wrong_with_a_hook_or_a_database_entry_is_reported_where_it_is_written() {
+        let e = error_of("[[jobs.shop.hooks]]\nphase = \"hold\"\nrun = [\"hold-it\"]\n");
+        assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("needs `ready`"), "{e}");
+        let e = error_of("[[jobs.shop.databases]]\nkind = \"postgresql\"\nname = \"shop\"\nlock = \"global-read\"\n");
+        assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("mysql entries only"), "{e}");
+        let e = error_of("[[jobs.shop.databases]]\nkind = \"mysql\"\n");
+        assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("needs `name`"), "{e}");
     }
 }
