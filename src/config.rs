@@ -34,10 +34,10 @@ type Result<T, E = ConfigError> = std::result::Result<T, E>;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
-    repositories: BTreeMap<PlainName, RawRepository>,
+    repositories: BTreeMap<PlainName, toml::Spanned<RawRepository>>,
     defaults: Option<RawJob>,
     #[serde(default)]
-    jobs: BTreeMap<PlainName, RawJob>,
+    jobs: BTreeMap<PlainName, toml::Spanned<RawJob>>,
 }
 
 /// A job or repository name, checked where it is written: names become
@@ -144,12 +144,12 @@ struct RawJob {
     max_age: Option<DurationSpec>,
     spool: Option<LinePath>,
     state_dir: Option<LinePath>,
-    repositories: Option<Vec<String>>,
+    repositories: Option<toml::Spanned<Vec<String>>>,
     tags: Option<Vec<String>>,
     hooks: Option<Vec<Checked<HookConfig>>>,
-    databases: Option<Vec<Checked<DatabaseConfig>>>,
+    databases: Option<Vec<toml::Spanned<Checked<DatabaseConfig>>>>,
     files: Option<FilesConfig>,
-    notify: Option<Vec<NotifyConfig>>,
+    notify: Option<Vec<Checked<NotifyConfig>>>,
     metrics_dir: Option<LinePath>,
     metrics_mode: Option<FileMode>,
     verify_schedule: Option<Line>,
@@ -183,6 +183,15 @@ impl Check for HookConfig {
             (p, Some(_)) if p != Phase::Hold => Err("`ready` is only for `hold` hooks".into()),
             _ => Ok(()),
         }
+    }
+}
+
+impl Check for NotifyConfig {
+    fn check(&mut self) -> std::result::Result<(), String> {
+        if self.command.is_some() == self.webhook.is_some() {
+            return Err("give exactly one of `command` and `webhook`".into());
+        }
+        Ok(())
     }
 }
 
@@ -716,7 +725,8 @@ impl Config {
         for f in &files {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| ConfigError::InFile { file: f.clone(), message: e.to_string() })?;
-            parsed.push((f.clone(), parse_file(f, &text)?));
+            let raw = parse_file(f, &text)?;
+            parsed.push(Parsed { file: f.clone(), text, raw });
         }
         resolve(files, parsed)
     }
@@ -749,7 +759,8 @@ impl Config {
     /// A config from the text of one file named `file` (relative paths are
     /// relative to its directory).
     pub fn from_text(file: &Path, text: &str) -> Result<Config> {
-        resolve(vec![file.to_path_buf()], vec![(file.to_path_buf(), parse_file(file, text)?)])
+        let parsed = Parsed { file: file.to_path_buf(), text: text.to_string(), raw: parse_file(file, text)? };
+        resolve(vec![file.to_path_buf()], vec![parsed])
     }
 
     pub fn job(&self, name: &str) -> Result<&Job> {
@@ -810,45 +821,60 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn resolve(files: Vec<PathBuf>, parsed: Vec<(PathBuf, RawFile)>) -> Result<Config> {
+/// One config file as read: its path, its text (for lines and columns)
+/// and its keys.
+struct Parsed {
+    file: PathBuf,
+    text: String,
+    raw: RawFile,
+}
+
+impl Parsed {
+    /// An error at `span` of this file.
+    fn at(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        let (line, column) = line_col(&self.text, span.start);
+        ConfigError::At { file: self.file.clone(), line, column, message }
+    }
+}
+
+fn resolve(files: Vec<PathBuf>, parsed: Vec<Parsed>) -> Result<Config> {
     let mut repositories = BTreeMap::new();
     let mut repo_files: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut job_files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut any_defaults: Option<(PathBuf, RawJob)> = None;
-    for (file, raw) in &parsed {
-        if let Some(d) = &raw.defaults {
-            if let Some((other, _)) = &any_defaults {
+    let mut defaults: Option<&Parsed> = None;
+    for p in &parsed {
+        if p.raw.defaults.is_some() {
+            if let Some(other) = defaults {
                 return Err(ConfigError::Other(format!(
                     "[defaults] is declared in both {} and {}; declare it once",
-                    other.display(),
-                    file.display()
+                    other.file.display(),
+                    p.file.display()
                 )));
             }
-            any_defaults = Some((file.clone(), d.clone()));
+            defaults = Some(p);
         }
-        for (PlainName(name), r) in &raw.repositories {
-            if let Some(other) = repo_files.insert(name.clone(), file.clone()) {
+        for (PlainName(name), r) in &p.raw.repositories {
+            if let Some(other) = repo_files.insert(name.clone(), p.file.clone()) {
                 return Err(ConfigError::Other(format!(
                     "repository {name:?} is defined twice: in {} and in {}",
                     other.display(),
-                    file.display()
+                    p.file.display()
                 )));
             }
-            repositories.insert(name.clone(), resolve_repository(file, name, r)?);
+            repositories.insert(name.clone(), resolve_repository(p, name, r)?);
         }
     }
     let mut jobs = BTreeMap::new();
-    for (file, raw) in &parsed {
-        for (PlainName(name), raw_job) in &raw.jobs {
-            if let Some(other) = job_files.insert(name.clone(), file.clone()) {
+    for p in &parsed {
+        for (PlainName(name), raw_job) in &p.raw.jobs {
+            if let Some(other) = job_files.insert(name.clone(), p.file.clone()) {
                 return Err(ConfigError::Other(format!(
                     "job {name:?} is defined twice: in {} and in {}",
                     other.display(),
-                    file.display()
+                    p.file.display()
                 )));
             }
-            let defaults = any_defaults.as_ref().map(|(f, d)| (f.as_path(), d));
-            jobs.insert(name.clone(), resolve_job(file, name, raw_job, defaults, &repositories)?);
+            jobs.insert(name.clone(), resolve_job(p, name, raw_job, defaults, &repositories)?);
         }
     }
     let mut config = Config { files, repositories, jobs: BTreeMap::new() };
@@ -869,15 +895,12 @@ fn rel(file: &Path, p: &Path) -> PathBuf {
     crate::engine::backup::normalize(&if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) })
 }
 
-fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<RepositoryConfig> {
+fn resolve_repository(source: &Parsed, name: &str, spanned: &toml::Spanned<RawRepository>) -> Result<RepositoryConfig> {
+    let (file, r) = (source.file.as_path(), spanned.get_ref());
+    let in_file = |message: String| source.at(spanned.span(), format!("repository {name:?}: {message}"));
     let sources = [r.passphrase_file.is_some(), r.passphrase_command.is_some(), r.passphrase.is_some()];
     if sources.iter().filter(|b| **b).count() > 1 {
-        return Err(ConfigError::InFile {
-            file: file.into(),
-            message: format!(
-                "repository {name:?}: give only one of passphrase_file, passphrase_command and passphrase"
-            ),
-        });
+        return Err(in_file("give only one of passphrase_file, passphrase_command and passphrase".into()));
     }
     let passphrase = if let Some(LinePath(f)) = &r.passphrase_file {
         PassphraseSource::File(rel(file, f))
@@ -888,8 +911,6 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
     } else {
         PassphraseSource::Environment
     };
-    let in_file =
-        |message: String| ConfigError::InFile { file: file.into(), message: format!("repository {name:?}: {message}") };
     let s3_only = [
         ("endpoint", r.endpoint.is_some()),
         ("region", r.region.is_some()),
@@ -934,15 +955,17 @@ fn resolve_repository(file: &Path, name: &str, r: &RawRepository) -> Result<Repo
 }
 
 fn resolve_job(
-    file: &Path,
+    source: &Parsed,
     name: &str,
-    job: &RawJob,
-    defaults: Option<(&Path, &RawJob)>,
+    spanned: &toml::Spanned<RawJob>,
+    defaults: Option<&Parsed>,
     repositories: &BTreeMap<String, RepositoryConfig>,
 ) -> Result<Job> {
-    let err = |message: String| ConfigError::InFile { file: file.into(), message: format!("job {name:?}: {message}") };
-    let d = defaults.map(|(_, d)| d.clone()).unwrap_or_default();
-    let dfile = defaults.map(|(f, _)| f).unwrap_or(file);
+    let (file, job) = (source.file.as_path(), spanned.get_ref());
+    let at = |from: &Parsed, span, message: String| from.at(span, format!("job {name:?}: {message}"));
+    let d = defaults.and_then(|p| p.raw.defaults.clone()).unwrap_or_default();
+    let d_source = defaults.unwrap_or(source);
+    let dfile = d_source.file.as_path();
     // Which file a key came from decides what its relative paths mean.
     let pick_path = |own: &Option<LinePath>, def: &Option<LinePath>| match (own, def) {
         (Some(p), _) => Some(rel(file, &p.0)),
@@ -951,17 +974,22 @@ fn resolve_job(
     };
     let spool = pick_path(&job.spool, &d.spool).unwrap_or_else(|| PathBuf::from("/var/spool/holdfast"));
     let state_dir = pick_path(&job.state_dir, &d.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/holdfast"));
-    let repos = job.repositories.clone().or(d.repositories).unwrap_or_default();
-    if repos.is_empty() {
-        return Err(err("no repositories: set `repositories = [\"NAME\"]` in the job or in [defaults]".into()));
+    let (repos_source, repos) = match (&job.repositories, &d.repositories) {
+        (Some(r), _) => (source, r),
+        (None, Some(r)) => (d_source, r),
+        (None, None) => {
+            let message = "no repositories: set `repositories = [\"NAME\"]` in the job or in [defaults]";
+            return Err(at(source, spanned.span(), message.into()));
+        }
+    };
+    if repos.get_ref().is_empty() {
+        return Err(at(repos_source, repos.span(), "no repositories: name at least one".into()));
     }
-    for r in &repos {
+    for r in repos.get_ref() {
         if !repositories.contains_key(r) {
             let known: Vec<&str> = repositories.keys().map(String::as_str).collect();
-            return Err(err(format!(
-                "repository {r:?} is not defined (defined: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            )));
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(at(repos_source, repos.span(), format!("repository {r:?} is not defined (defined: {known})")));
         }
     }
     let from_job = job.hooks.is_some();
@@ -972,31 +1000,30 @@ fn resolve_job(
             h.cwd = Some(rel(if from_job { file } else { dfile }, c));
         }
     }
-    let from_job = job.databases.is_some();
-    let mut databases: Vec<DatabaseConfig> =
-        job.databases.clone().or(d.databases).unwrap_or_default().into_iter().map(|d| d.0).collect();
-    for db in &mut databases {
-        let base = if from_job { file } else { dfile };
-        db.path = db.path.as_ref().map(|p| rel(base, p));
-        db.password_file = db.password_file.as_ref().map(|p| rel(base, p));
-    }
+    let (db_source, raw_databases) = match (&job.databases, &d.databases) {
+        (Some(dbs), _) => (source, dbs.clone()),
+        (None, Some(dbs)) => (d_source, dbs.clone()),
+        (None, None) => (source, Vec::new()),
+    };
+    let mut databases = Vec::new();
     let mut entries = std::collections::BTreeSet::new();
-    for db in &databases {
+    for spanned_db in raw_databases {
+        let span = spanned_db.span();
+        let mut db = spanned_db.into_inner().0;
+        db.path = db.path.as_ref().map(|p| rel(&db_source.file, p));
+        db.password_file = db.password_file.as_ref().map(|p| rel(&db_source.file, p));
         let e = db.entry_name();
         if !entries.insert(e.clone()) {
-            return Err(err(format!("two databases share the entry name {e:?}; give one an `entry = \"...\"`")));
+            let message = format!("two databases share the entry name {e:?}; give one an `entry = \"...\"`");
+            return Err(at(db_source, span, message));
         }
+        databases.push(db);
     }
     let from_job = job.files.is_some();
     let mut files = job.files.clone().or(d.files).unwrap_or_default();
     files.paths = files.paths.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
     files.optional = files.optional.iter().map(|p| rel(if from_job { file } else { dfile }, p)).collect();
-    let notify = job.notify.clone().or(d.notify).unwrap_or_default();
-    for (i, n) in notify.iter().enumerate() {
-        if n.command.is_some() == n.webhook.is_some() {
-            return Err(err(format!("notify[{i}]: give exactly one of `command` and `webhook`")));
-        }
-    }
+    let notify = job.notify.clone().or(d.notify).unwrap_or_default().into_iter().map(|n| n.0).collect();
     Ok(Job {
         name: name.into(),
         file: file.into(),
@@ -1007,7 +1034,7 @@ fn resolve_job(
         max_age: job.max_age.or(d.max_age).map(|d| d.0),
         spool,
         state_dir,
-        repositories: repos.iter().map(|r| repositories[r].clone()).collect(),
+        repositories: repos.get_ref().iter().map(|r| repositories[r].clone()).collect(),
         protected: Vec::new(),
         tags: job.tags.clone().or(d.tags).unwrap_or_default(),
         hooks,
@@ -1113,6 +1140,7 @@ mod tests {
     fn a_job_naming_an_undefined_repository_is_refused_with_the_defined_ones() {
         let text = "[repositories.local]\npath = \"/srv/repo\"\n[jobs.shop]\nrepositories = [\"offsite\"]\n";
         let e = Config::from_text(Path::new(FILE), text).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{FILE}:4:")), "{e}");
         assert!(e.contains("\"offsite\" is not defined (defined: local)"), "{e}");
     }
 
@@ -1124,5 +1152,27 @@ mod tests {
         assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("mysql entries only"), "{e}");
         let e = error_of("[[jobs.shop.databases]]\nkind = \"mysql\"\n");
         assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("needs `name`"), "{e}");
+    }
+
+    #[test]
+    fn checks_across_entries_are_reported_where_the_second_one_is_written() {
+        let e = error_of(
+            "[[jobs.shop.databases]]\nkind = \"sqlite\"\npath = \"/a/app.db\"\n\
+             [[jobs.shop.databases]]\nkind = \"sqlite\"\npath = \"/b/app.db\"\n",
+        );
+        assert!(e.starts_with(&format!("{FILE}:9:")) && e.contains("share the entry name \"app\""), "{e}");
+        let e = error_of("[[jobs.shop.notify]]\nevents = [\"failure\"]\n");
+        assert!(e.starts_with(&format!("{FILE}:6:")) && e.contains("exactly one of `command` and `webhook`"), "{e}");
+        let e = Config::from_text(Path::new(FILE), "[jobs.shop]\nretries = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{FILE}:1:")) && e.contains("no repositories"), "{e}");
+    }
+
+    #[test]
+    fn a_repository_that_says_too_much_or_too_little_is_refused_where_it_is() {
+        let text = "[repositories.a]\npath = \"/srv/a\"\n\n[repositories.b]\npath = \"/srv/b\"\nregion = \"x\"\n";
+        let e = Config::from_text(Path::new(FILE), text).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{FILE}:4:")) && e.contains("`region` is for S3 repositories"), "{e}");
+        let e = Config::from_text(Path::new(FILE), "[repositories.c]\n").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{FILE}:1:")) && e.contains("no `path`"), "{e}");
     }
 }
