@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Result, bail};
 
 use crate::config::{HookConfig, Job, Phase};
+use crate::plan::When;
 use crate::process::{self, Env, HeldProcess, ProcessSpec};
 use crate::record::HookRecord;
 use crate::template::{Vars, render};
@@ -148,9 +149,10 @@ pub fn run_phase(
     Ok(())
 }
 
-/// One hook lifecycle around `body`: the `before` hooks, then `body` if they
-/// all succeeded, then the `after` hooks whatever happened (with the error
-/// in `HOLDFAST_ERROR`). The first error is the outcome.
+/// The run's lifecycle (`plan::execute`) around `body`: the `before` hooks,
+/// then `body` if they all succeeded, then the `after` hooks whatever
+/// happened (with the error in `HOLDFAST_ERROR`). The first error is the
+/// outcome.
 pub fn around<T>(
     job: &Job,
     (before, after): (Phase, Phase),
@@ -158,14 +160,33 @@ pub fn around<T>(
     cancel: &AtomicBool,
     body: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let result = run_phase(job, before, vars, cancel, None, |_| {}).and_then(|()| body());
-    if let Err(e) = &result {
-        vars.error = format!("{e:#}");
+    enum Part {
+        Before,
+        Body,
+        After,
     }
-    let after_result = run_phase(job, after, vars, cancel, None, |_| {});
-    let value = result?;
-    after_result?;
-    Ok(value)
+    let mut body = Some(body);
+    let mut value = None;
+    let parts = [(When::Ok, Part::Before), (When::Ok, Part::Body), (When::Always, Part::After)];
+    let failure = crate::plan::execute(None, parts, |_, part, failed| {
+        if let Some(e) = failed {
+            vars.error = format!("{e:#}");
+        }
+        match part {
+            Part::Before => run_phase(job, before, vars, cancel, None, |_| {}),
+            Part::Body => {
+                let body = body.take().ok_or_else(|| anyhow::anyhow!("the body runs once"))?;
+                value = Some(body()?);
+                Ok(())
+            }
+            Part::After => run_phase(job, after, vars, cancel, None, |_| {}),
+        }
+    });
+    match (failure, value) {
+        (Some(e), _) => Err(e),
+        (None, Some(v)) => Ok(v),
+        (None, None) => bail!("the body did not run"),
+    }
 }
 
 /// Start a `hold` hook and wait for its ready line.

@@ -61,6 +61,37 @@ pub enum Step {
     CleanSpool,
 }
 
+/// Runs steps by their `When` — the one lifecycle of runs and restores:
+/// `Ok` steps while nothing has failed, `Failed` steps once something has,
+/// `Always` steps in any case (so `finally` hooks and cleanups survive any
+/// failure). `run` gets each step and the first failure so far (for
+/// `HOLDFAST_ERROR`); that first failure is the outcome, later ones are
+/// logged. `failed` is a failure from before the first step.
+pub fn execute<S>(
+    failed: Option<anyhow::Error>,
+    steps: impl IntoIterator<Item = (When, S)>,
+    mut run: impl FnMut(When, S, Option<&anyhow::Error>) -> anyhow::Result<()>,
+) -> Option<anyhow::Error> {
+    let mut failure = failed;
+    for (when, step) in steps {
+        let due = match when {
+            When::Ok => failure.is_none(),
+            When::Failed => failure.is_some(),
+            When::Always => true,
+        };
+        if !due {
+            continue;
+        }
+        if let Err(e) = run(when, step, failure.as_ref()) {
+            match &failure {
+                None => failure = Some(e),
+                Some(_) => tracing::error!("(while handling an earlier failure) {e:#}"),
+            }
+        }
+    }
+    failure
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedStep {
     pub when: When,
@@ -212,5 +243,39 @@ mod tests {
             names(&steps),
             ["PrepareSpool", "capture local", "commit local", "copy local to offsite", "CleanSpool"]
         );
+    }
+
+    #[test]
+    fn execute_runs_ok_steps_until_a_failure_then_the_failure_and_always_steps_with_it() {
+        let mut ran: Vec<(&str, Option<String>)> = Vec::new();
+        let steps = [
+            (When::Ok, "a"),
+            (When::Ok, "b"),
+            (When::Ok, "c"),
+            (When::Failed, "on_failure"),
+            (When::Always, "finally"),
+            (When::Always, "cleanup"),
+        ];
+        let failure = execute(None, steps, |_, step, failed| {
+            ran.push((step, failed.map(|e| e.to_string())));
+            match step {
+                "b" => anyhow::bail!("b broke"),
+                "finally" => anyhow::bail!("finally broke too"),
+                _ => Ok(()),
+            }
+        });
+        assert_eq!(failure.map(|e| e.to_string()).as_deref(), Some("b broke"), "the first failure is the outcome");
+        let broke = Some("b broke".to_string());
+        assert_eq!(
+            ran,
+            [("a", None), ("b", None), ("on_failure", broke.clone()), ("finally", broke.clone()), ("cleanup", broke)]
+        );
+        let mut ran = Vec::new();
+        let ok = execute(None, steps, |_, step, _| {
+            ran.push(step);
+            Ok(())
+        });
+        assert!(ok.is_none());
+        assert_eq!(ran, ["a", "b", "c", "finally", "cleanup"]);
     }
 }

@@ -388,34 +388,20 @@ impl<'a> Attempt<'a> {
                 crate::plan::Copies::new()
             }
         };
-        for planned in plan(self.job, &copies) {
-            let run = match planned.when {
-                When::Ok => failure.is_none(),
-                When::Failed => failure.is_some(),
-                When::Always => true,
-            };
-            if !run {
-                continue;
-            }
+        let steps = plan(self.job, &copies).into_iter().map(|p| (p.when, p.step));
+        let failure = crate::plan::execute(failure, steps, |when, step, failed| {
             // Steps that clean up must not be cut short by the signal that
             // stopped the run.
             let never = AtomicBool::new(false);
-            let cancel: &AtomicBool = if planned.when == When::Ok { self.cancel } else { &never };
-            if planned.when == When::Ok && cancel.load(Ordering::Relaxed) {
-                failure = Some(anyhow!("interrupted (SIGTERM or SIGINT)"));
-                continue;
+            let cancel: &AtomicBool = if when == When::Ok { self.cancel } else { &never };
+            if when == When::Ok && cancel.load(Ordering::Relaxed) {
+                bail!("interrupted (SIGTERM or SIGINT)");
             }
-            if let Some(e) = &failure {
+            if let Some(e) = failed {
                 self.vars.error = format!("{e:#}");
             }
-            if let Err(e) = self.step(&planned.step, cancel) {
-                tracing::error!("job {}: {e:#}", self.job.name);
-                match &failure {
-                    None => failure = Some(e),
-                    Some(_) => tracing::error!("job {}: (while handling an earlier failure)", self.job.name),
-                }
-            }
-        }
+            self.step(&step, cancel).inspect_err(|e| tracing::error!("job {}: {e:#}", self.job.name))
+        });
         let summary = self.summary();
         let committed = self.committed();
         match (failure, committed.is_empty()) {
