@@ -45,23 +45,57 @@ fn run_watching(env: &JobEnv, mut cmd: std::process::Command, secrets: &[String]
     let me = run.pid();
     let holdfast = crate::util::holdfast_bin().display().to_string();
     let mut seen = BTreeSet::new();
+    // The shared test passphrase is in every test's environment: only this
+    // run's descendants are held to it. The other secrets are this test's
+    // own: any process holding one leaked it.
+    let shared = crate::util::PASSPHRASE;
     while run.is_running() {
         for (pid, argv, environ) in processes() {
             // holdfast itself, and its children between fork and exec (they
             // show holdfast's argv and environment until they exec; a child
             // that drops privileges is not dumpable then, so no other user
-            // can read them).
+            // can read them). A process caught in the middle of an exec
+            // shows no argv yet: read it again, now that its environment
+            // was read.
+            let argv = if argv.is_empty() { read_argv(pid) } else { argv };
             if pid == me || pid == std::process::id() || argv.starts_with(&holdfast) {
                 continue;
             }
-            for s in secrets {
+            for s in secrets.iter().filter(|s| s.as_str() != shared || descends_from(pid, me)) {
                 if argv.contains(s.as_str()) || environ.contains(s.as_str()) {
-                    seen.insert(format!("{pid}: {argv}"));
+                    let parent = if descends_from(pid, me) { "a descendant of holdfast" } else { "another process" };
+                    seen.insert(format!("{pid} ({parent}): {argv:?} holds {s}"));
                 }
             }
         }
     }
     (run.wait(), seen)
+}
+
+/// `pid`'s argv as text (empty when it is gone).
+fn read_argv(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants (by parent pids).
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        if at == ancestor {
+            return true;
+        }
+        let Ok(stat) = fs::read_to_string(format!("/proc/{at}/stat")) else { return false };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        else {
+            return false;
+        };
+        if ppid <= 1 {
+            return false;
+        }
+        at = ppid;
+    }
+    false
 }
 
 /// The variables a hook running as another user may see: the documented
