@@ -892,7 +892,7 @@ fn base_dir(file: &Path) -> PathBuf {
 
 /// `p` made absolute relative to the directory of `file`.
 fn rel(file: &Path, p: &Path) -> PathBuf {
-    crate::engine::backup::normalize(&if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) })
+    crate::fsutil::normalize(&if p.is_absolute() { p.to_path_buf() } else { base_dir(file).join(p) })
 }
 
 fn resolve_repository(source: &Parsed, name: &str, spanned: &toml::Spanned<RawRepository>) -> Result<RepositoryConfig> {

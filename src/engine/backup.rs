@@ -50,24 +50,9 @@ impl BackupSource {
     /// Back up `path` under its own absolute path (`.`, `..` and trailing
     /// slashes resolved lexically, symlinks left as they are).
     pub fn same_path(path: &Path) -> Result<BackupSource> {
-        let abs = normalize(&std::path::absolute(path).at(path)?);
+        let abs = crate::fsutil::normalize(&std::path::absolute(path).at(path)?);
         Ok(BackupSource { local: abs.clone(), at: abs })
     }
-}
-
-/// An absolute path with `.` and `..` resolved lexically.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
 }
 
 /// Decides whether a path is left out of a backup.
