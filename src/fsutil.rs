@@ -74,6 +74,22 @@ pub fn create_private(path: &Path) -> Result<std::fs::File> {
     OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE).open(path).at(path)
 }
 
+/// An absolute path with `.` and `..` resolved lexically.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,20 +110,4 @@ mod tests {
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
         assert!(create_private(&f).is_err(), "never over an existing file");
     }
-}
-
-/// An absolute path with `.` and `..` resolved lexically.
-pub fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
 }
