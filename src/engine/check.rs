@@ -50,25 +50,62 @@ impl CheckReport {
     }
 }
 
+/// What is damaged: object → (what is wrong, the snapshots that need it).
+#[derive(Default)]
+struct Damage(BTreeMap<String, (String, BTreeSet<String>)>);
+
+impl Damage {
+    /// Record `object` as damaged (the first detail given stays).
+    fn add(&mut self, object: String, detail: String) {
+        self.0.entry(object).or_insert_with(|| (detail, BTreeSet::new()));
+    }
+}
+
 /// Check `repo`; with `read_data`, read and authenticate every blob.
 pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    // object -> (detail, dependent snapshots)
-    let mut damage: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    let mut damaged = |object: String, detail: String| {
-        damage.entry(object).or_insert_with(|| (detail, BTreeSet::new()));
-    };
+    let mut damage = Damage::default();
+    check_layout_and_keys(repo, &mut damage)?;
+    let (index, index_damaged) = read_index(repo, &mut report, &mut damage)?;
+    let (bad_packs, bad_blobs, unindexed) = check_packs(repo, &index, read_data, threads, &mut report)?;
+    for (pack, why) in &bad_packs {
+        damage.add(format!("pack {}", pack.short()), why.clone());
+    }
+    let trees = check_snapshots(repo, &index, &bad_packs, &bad_blobs, &mut report, &mut damage)?;
+    look_into_unindexed(repo, unindexed, &trees, index_damaged, &mut report, &mut damage);
+    // A damaged or missing pack that no snapshot needs loses nothing: a
+    // note, with how it goes away.
+    let unneeded: Vec<String> = bad_packs
+        .keys()
+        .map(|p| format!("pack {}", p.short()))
+        .filter(|o| damage.0.get(o).is_some_and(|(_, snaps)| snaps.is_empty()))
+        .collect();
+    for object in unneeded {
+        if let Some((detail, _)) = damage.0.remove(&object) {
+            report.notes.push(format!(
+                "{object}: {detail}; no snapshot needs it (prune removes an unused pack; \
+                 `holdfast repair index` drops a missing one from the index)"
+            ));
+        }
+    }
+    report.problems = damage
+        .0
+        .into_iter()
+        .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })
+        .collect();
+    Ok(report)
+}
 
-    // The repository's directories: a backup needs every one of them.
+/// The repository's directories (a backup needs every one of them) and its
+/// key files (named by the hash of their bytes, so damage shows without a
+/// passphrase; a damaged key no longer opens the repository).
+fn check_layout_and_keys(repo: &Repository, damage: &mut Damage) -> Result<()> {
     for dir in repo.backend().missing_layout()? {
-        damaged(
+        damage.add(
             format!("directory {dir}/"),
             "missing: backups cannot write into the repository; `holdfast repair index` recreates it".into(),
         );
     }
-
-    // Key files: named by the hash of their bytes, so damage shows without
-    // a passphrase (a damaged key no longer opens the repository).
     for name in repo.backend().list(crate::engine::backend::KEYS)?.into_iter().map(|f| f.name) {
         let problem = match repo.backend().get(crate::engine::backend::KEYS, &name) {
             Err(e) => Some(format!("cannot be read ({e})")),
@@ -76,7 +113,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             Ok(bytes) => crate::engine::keyfile::KeyFile::from_json(&bytes).err().map(|e| e.detail()),
         };
         if let Some(why) = problem {
-            damaged(
+            damage.add(
                 format!("key file {}", short(&name)),
                 format!(
                     "{why}: it no longer opens the repository; remove it and `holdfast key add` (or `key import` an export)"
@@ -84,8 +121,11 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             );
         }
     }
+    Ok(())
+}
 
-    // Index files.
+/// Every readable index file, and whether any could not be read.
+fn read_index(repo: &Repository, report: &mut CheckReport, damage: &mut Damage) -> Result<(Index, bool)> {
     let mut index = Index::default();
     let mut index_damaged = false;
     for name in repo.backend().list(INDEX)?.into_iter().map(|f| f.name) {
@@ -94,7 +134,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             Ok(f) => index.add_file(&f),
             Err(e) => {
                 index_damaged = true;
-                damaged(
+                damage.add(
                     format!("index {}", short(&name)),
                     format!("{e}; the packs it lists may hold needed blobs: run `holdfast repair index`"),
                 )
@@ -102,8 +142,22 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
         }
     }
     report.blobs = index.len();
+    Ok((index, index_damaged))
+}
 
-    // Packs on disk against packs in the index.
+/// Packs that are damaged or missing (with why), blobs that fail to read
+/// (`read_data`), and the packs on disk that no index lists.
+type PackFindings = (HashMap<Id, String>, HashMap<Id, String>, Vec<Id>);
+
+/// The packs on disk against the packs in the index (and, with
+/// `read_data`, every byte of them); leftovers noted.
+fn check_packs(
+    repo: &Repository,
+    index: &Index,
+    read_data: bool,
+    threads: usize,
+    report: &mut CheckReport,
+) -> Result<PackFindings> {
     let on_disk: HashMap<Id, u64> =
         repo.backend().list(PACKS)?.into_iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     report.packs = on_disk.len();
@@ -125,7 +179,6 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     {
         report.notes.push(format!("{} unfinished file(s) in tmp/ (left by an interrupted run; harmless)", tmp.len()));
     }
-
     if let Ok(marks) = repo.backend().list(crate::engine::backend::MARKS)
         && !marks.is_empty()
     {
@@ -133,30 +186,37 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     }
     let mut bad_blobs: HashMap<Id, String> = HashMap::new();
     if read_data {
-        let (packs, blobs, bytes) = read_all_packs(repo, &index, &on_disk, threads.max(repo.backend().parallelism()));
+        let (packs, blobs, bytes) = read_all_packs(repo, index, &on_disk, threads.max(repo.backend().parallelism()));
         bad_packs.extend(packs);
         bad_blobs.extend(blobs);
         report.bytes_read = bytes;
     }
-    for (pack, why) in &bad_packs {
-        damaged(format!("pack {}", pack.short()), why.clone());
-    }
+    Ok((bad_packs, bad_blobs, unindexed))
+}
 
-    // Snapshots and their trees.
+/// Every snapshot and every tree below it, a level at a time: what each
+/// tree needs itself (its own blob, its files' chunks) and which trees are
+/// below it; each damaged object is charged to the snapshots that need it.
+fn check_snapshots(
+    repo: &Repository,
+    index: &Index,
+    bad_packs: &HashMap<Id, String>,
+    bad_blobs: &HashMap<Id, String>,
+    report: &mut CheckReport,
+    damage: &mut Damage,
+) -> Result<HashMap<Id, TreeDamage>> {
     let (snaps, unreadable) = repo.snapshots()?;
     report.snapshots = snaps.len() + unreadable.len();
     for (name, e) in unreadable {
-        damaged(format!("snapshot {}", short(&name)), e.to_string());
+        damage.add(format!("snapshot {}", short(&name)), e.to_string());
     }
-    // Every tree of every snapshot, a level at a time: what it needs itself
-    // (its own blob, its files' chunks) and which trees are below it.
     let mut trees: HashMap<Id, TreeDamage> = HashMap::new();
     let mut queued: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
     let roots = queued.iter().map(|id| (*id, ())).collect();
-    repo.walk_trees_tolerant(&index, roots, |tid, tree, ()| {
+    repo.walk_trees_tolerant(index, roots, |tid, tree, ()| {
         let mut node = TreeDamage::default();
         let mut next = Vec::new();
-        check_blob(tid, &index, &bad_packs, &bad_blobs, &mut node);
+        check_blob(tid, index, bad_packs, bad_blobs, &mut node);
         match tree {
             Ok(tree) => {
                 for entry in &tree.entries {
@@ -169,7 +229,7 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
                         }
                         EntryKind::File(c) => {
                             for id in c.pieces.iter().filter_map(|p| p.chunk()) {
-                                check_blob(id, &index, &bad_packs, &bad_blobs, &mut node);
+                                check_blob(id, index, bad_packs, bad_blobs, &mut node);
                             }
                         }
                         _ => {}
@@ -189,19 +249,30 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
     let mut below: HashMap<Id, BTreeSet<(String, String)>> = HashMap::new();
     for (sid, snap) in &snaps {
         for (object, detail) in damage_below(snap.root, &trees, &mut below) {
-            damage.entry(object).or_insert_with(|| (detail, BTreeSet::new())).1.insert(sid.short());
+            damage.0.entry(object).or_insert_with(|| (detail, BTreeSet::new())).1.insert(sid.short());
         }
     }
-    // Packs no index lists: harmless leftovers of an interrupted run, unless
-    // snapshots need blobs that no index places — then such a pack may hold
-    // them, and is looked into.
+    Ok(trees)
+}
+
+/// Packs no index lists: harmless leftovers of an interrupted run, unless
+/// snapshots need blobs that no index places — then such a pack may hold
+/// them, and is looked into.
+fn look_into_unindexed(
+    repo: &Repository,
+    unindexed: Vec<Id>,
+    trees: &HashMap<Id, TreeDamage>,
+    index_damaged: bool,
+    report: &mut CheckReport,
+    damage: &mut Damage,
+) {
     let needed_unplaced: HashSet<Id> = trees.values().flat_map(|t| t.unplaced.iter().copied()).collect();
     let needs_unknown = trees.values().any(|t| t.unreadable);
     for pack in unindexed {
+        let object = format!("pack {}", pack.short());
         if needed_unplaced.is_empty() && !index_damaged && !needs_unknown {
             report.notes.push(format!(
-                "pack {} is not in any index (left by an interrupted backup; harmless, prune removes it)",
-                pack.short()
+                "{object} is not in any index (left by an interrupted backup; harmless, prune removes it)"
             ));
             continue;
         }
@@ -210,70 +281,40 @@ pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<Check
             Ok(blobs) => {
                 let needed = blobs.iter().filter(|b| needed_unplaced.contains(&b.id)).count();
                 if needed > 0 {
-                    damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
-                        (
-                            format!(
-                                "holds {needed} blob(s) that snapshots need but is in no index \
-                                 (an index file was lost): run `holdfast repair index`; prune refuses to run until then"
-                            ),
-                            BTreeSet::new(),
-                        )
-                    });
+                    damage.add(
+                        object,
+                        format!(
+                            "holds {needed} blob(s) that snapshots need but is in no index \
+                             (an index file was lost): run `holdfast repair index`; prune refuses to run until then"
+                        ),
+                    );
                 } else if index_damaged && !needs_unknown {
                     report.notes.push(format!(
-                        "pack {} is not in any readable index and holds nothing the snapshots need; \
-                         `holdfast repair index` lists it again",
-                        pack.short()
+                        "{object} is not in any readable index and holds nothing the snapshots need; \
+                         `holdfast repair index` lists it again"
                     ));
                 } else if needs_unknown {
-                    damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
-                        (
-                            "is in no readable index, and some trees cannot be read, so it may hold what they need: \
-                             run `holdfast repair index`; prune refuses to run until then"
-                                .into(),
-                            BTreeSet::new(),
-                        )
-                    });
+                    damage.add(
+                        object,
+                        "is in no readable index, and some trees cannot be read, so it may hold what they need: \
+                         run `holdfast repair index`; prune refuses to run until then"
+                            .into(),
+                    );
                 } else {
                     report.notes.push(format!(
-                        "pack {} is not in any index and holds nothing the snapshots need (harmless, prune removes it)",
-                        pack.short()
+                        "{object} is not in any index and holds nothing the snapshots need (harmless, prune removes it)"
                     ));
                 }
             }
-            Err(e) => {
-                damage.entry(format!("pack {}", pack.short())).or_insert_with(|| {
-                    (
-                        format!(
-                            "is in no index and cannot be read ({e}); snapshots need blobs that no index places \
-                             and it may have held them"
-                        ),
-                        BTreeSet::new(),
-                    )
-                });
-            }
+            Err(e) => damage.add(
+                object,
+                format!(
+                    "is in no index and cannot be read ({e}); snapshots need blobs that no index places \
+                     and it may have held them"
+                ),
+            ),
         }
     }
-    // A damaged or missing pack that no snapshot needs loses nothing: a
-    // note, with how it goes away.
-    let unneeded: Vec<String> = bad_packs
-        .keys()
-        .map(|p| format!("pack {}", p.short()))
-        .filter(|o| damage.get(o).is_some_and(|(_, snaps)| snaps.is_empty()))
-        .collect();
-    for object in unneeded {
-        if let Some((detail, _)) = damage.remove(&object) {
-            report.notes.push(format!(
-                "{object}: {detail}; no snapshot needs it (prune removes an unused pack; \
-                 `holdfast repair index` drops a missing one from the index)"
-            ));
-        }
-    }
-    report.problems = damage
-        .into_iter()
-        .map(|(object, (detail, snaps))| Problem { object, detail, snapshots: snaps.into_iter().collect() })
-        .collect();
-    Ok(report)
 }
 
 /// One tree as the check saw it.
