@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, Job};
+use crate::engine::backend::short_name as short;
 use crate::engine::repository::Repository;
 use crate::exit::{EXIT_CODES_HELP, Exit, Interrupt, Usage};
 use crate::secrets::RepositoryRef;
@@ -278,11 +279,6 @@ fn escape_text(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The first eight characters of an id in hex (or all of a shorter name).
-fn short(hex: &str) -> &str {
-    &hex[..hex.len().min(8)]
 }
 
 /// A snapshot as shown by `snapshots --json` and `backup --json`.

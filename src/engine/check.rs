@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::engine::backend::short_name as short;
 use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::Index;
@@ -451,8 +452,4 @@ fn read_pack(repo: &Repository, index: &Index, pack: &Id, blobs: &[Id]) -> (Opti
         }
     }
     (bad_pack, bad, bytes.len() as u64)
-}
-
-fn short(name: &str) -> String {
-    name.chars().take(8).collect()
 }

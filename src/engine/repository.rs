@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::backend::short_name as short;
 use crate::engine::backend::{Backend, INDEX, KEYS, Location, PACKS, ROOT, ReadCache, SNAPSHOTS, Stored};
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
@@ -781,10 +782,6 @@ fn tree_not_indexed(id: &Id) -> Error {
         format!("tree {}", id.short()),
         "not in the index; `holdfast check` says more, `holdfast repair index` may bring it back",
     )
-}
-
-fn short(name: &str) -> String {
-    name.chars().take(8).collect()
 }
 
 /// Seal a repository file: cleartext header, then the sealed payload.

@@ -616,3 +616,21 @@ fn exit_codes_say_what_went_wrong() {
     second.assert_says("already running");
     first.wait().assert_ok();
 }
+
+#[test]
+fn a_stray_file_with_a_non_ascii_name_in_the_repository_is_named_not_a_crash() {
+    let t = TestRepo::init();
+    t.backup(&[source(&t)]);
+    // Three-byte characters where an id's first eight hex digits would be:
+    // byte 8 falls inside one.
+    fs::write(t.repo().join("snapshots/€€€€€€€€€"), b"not a snapshot").unwrap();
+    fs::write(t.repo().join("index/€€€€€€€€€"), b"not an index").unwrap();
+    for args in [&["snapshots"][..], &["check"], &["ls", "latest", "--skip-damaged"]] {
+        let out = t.cmd(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+    }
+    let check = t.cmd(["check"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("€€€€€€€€"), "the stray file is named");
+}

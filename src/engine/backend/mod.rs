@@ -241,6 +241,13 @@ pub fn stored_bytes(backend: &dyn Backend) -> Result<u64> {
     Ok(total)
 }
 
+/// The first eight characters of a stored file's name, for messages. Names
+/// are hex ids, but a stray file may be called anything (so characters,
+/// not bytes).
+pub fn short_name(name: &str) -> &str {
+    name.char_indices().nth(8).map_or(name, |(i, _)| &name[..i])
+}
+
 /// The object's name under a directory: packs fan out by two hex digits.
 pub fn relative_path(dir: Dir, name: &str) -> String {
     if dir == PACKS && name.len() > 2 {
