@@ -19,7 +19,7 @@ pub type Copies = BTreeMap<String, String>;
 
 /// Which of the job's opened repositories (in the job's order) share the
 /// first one's keys: each gets a copy from it (only new blobs move).
-pub fn copies(repositories: &[(String, &Repository)]) -> Copies {
+pub fn copies(repositories: &[(String, Repository)]) -> Copies {
     let Some(((first, first_repo), rest)) = repositories.split_first() else { return Copies::new() };
     rest.iter().filter(|(_, r)| r.shares_keys_with(first_repo)).map(|(n, _)| (n.clone(), first.clone())).collect()
 }

@@ -378,7 +378,7 @@ impl<'a> Attempt<'a> {
             self.job.repositories.iter().map(|r| Ok((r.name.clone(), open_repository(r)?))).collect();
         let copies = match opened {
             Ok(opened) => {
-                let copies = crate::plan::copies(&opened.iter().map(|(n, r)| (n.clone(), r)).collect::<Vec<_>>());
+                let copies = crate::plan::copies(&opened);
                 self.opened = opened;
                 copies
             }

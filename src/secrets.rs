@@ -247,6 +247,9 @@ impl<'a> RepositoryRef<'a> {
 
     /// Open it with its passphrase (see [`RepositoryRef::passphrase`]).
     pub fn open(&self, passphrase_file: Option<&Path>) -> Result<Repository> {
+        if let (RepositoryRef::Configured(r), None) = (self, passphrase_file) {
+            return open_repository(r);
+        }
         let pass = self.passphrase(passphrase_file, "Repository passphrase", false)?;
         Ok(Repository::open(&self.location()?, &pass)?)
     }

@@ -205,9 +205,7 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
     }
     // A copy comes from the first repository, so only when that one opens.
     let copies = match opened.first() {
-        Some((first, _)) if *first == job.repositories[0].name => {
-            crate::plan::copies(&opened.iter().map(|(n, r)| (n.clone(), r)).collect::<Vec<_>>())
-        }
+        Some((first, _)) if *first == job.repositories[0].name => crate::plan::copies(&opened),
         _ => crate::plan::Copies::new(),
     };
     // Files.
