@@ -200,7 +200,8 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
                 c.ok("repositories", format!("repository {name:?} at {}: opens with its passphrase", r.describe()));
                 opened.push((name.clone(), repo));
             }
-            Err(e) => c.problem("repositories", format!("repository {name:?}: {e:#}")),
+            // The error names the repository ("opening repository …").
+            Err(e) => c.problem("repositories", format!("{e:#}")),
         }
     }
     // A copy comes from the first repository, so only when that one opens.

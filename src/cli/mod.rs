@@ -157,11 +157,6 @@ impl Context {
         self.config_path.as_deref()
     }
 
-    /// `--repo` as given (a path, URL, or configured name).
-    pub fn repo_arg(&self) -> Option<&Path> {
-        self.repo.as_deref()
-    }
-
     /// `--repo NAME` for job commands: which of the job's repositories.
     pub fn repo_name(&self) -> Option<String> {
         self.repo.as_ref().map(|r| r.to_string_lossy().into_owned())

@@ -59,9 +59,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     // With a config (and no --repo outside it), jobs prune by their own
     // retention; otherwise the flags say what to keep in --repo.
     let by_jobs = match ctx.config_if_given() {
-        Some(config)
-            if ctx.repo_arg().is_none() || ctx.repo_name().is_some_and(|n| config.repositories.contains_key(&n)) =>
-        {
+        Some(config) if ctx.repo_name().is_none_or(|n| config.repositories.contains_key(&n)) => {
             (args.jobs.is_empty() || config.jobs.contains_key(&args.jobs[0])).then_some(config)
         }
         _ => None,
