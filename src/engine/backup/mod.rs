@@ -1,0 +1,383 @@
+//! Backup: turn directory trees into a snapshot.
+//!
+//! A backup scans and reads at the same time:
+//!
+//! - **Scan** ([`scan`], one thread): walk the sources depth first in name
+//!   order, record every entry's metadata, and compare each file with the
+//!   parent snapshot (the newest one of the same paths and host). A file
+//!   whose size, mtime, ctime and inode are unchanged reuses its recorded
+//!   pieces and is not read; the others become tasks for the pipeline. A
+//!   directory's tree is written as soon as its scan is done and its files
+//!   are read, so memory holds the directories in progress, not the tree.
+//! - **Content** ([`content`], all cores): readers read and chunk files and
+//!   hash each chunk; a chunk not yet in the repository goes to the
+//!   sealers, which compress, encrypt, then decrypt, decompress and re-hash
+//!   it (a fault in zstd or RAM is caught before anything is written); one
+//!   writer appends sealed chunks to packs. Small files of one directory are
+//!   read into one shared chunk, so they compress together.
+//! - **Commit**: the directories above the sources, then the index of the
+//!   new packs, then the snapshot. A run that fails or is killed before the
+//!   snapshot leaves only unreferenced packs.
+
+mod content;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+pub(crate) use content::ship;
+use content::with_pipeline;
+use scan::{ParentTrees, ScanSettings, Scanned, Scanner, TreeWriter};
+
+use crate::engine::crypto::Id;
+use crate::engine::fsmeta::{NameCache, name_bytes, read_metadata};
+use crate::engine::index::IndexFile;
+use crate::engine::pack::{Checkpoints, PackUploader};
+use crate::engine::repository::{KnownBlobs, Repository};
+use crate::engine::snapshot::{Snapshot, Summary};
+use crate::engine::tree::{Entry, EntryKind, Metadata, Timespec, Tree};
+use crate::error::{Error, IoContext, Result};
+
+/// A path to back up, and where it appears inside the snapshot.
+#[derive(Debug, Clone)]
+pub struct BackupSource {
+    pub local: PathBuf,
+    /// Absolute path inside the snapshot; usually the same as `local`.
+    pub at: PathBuf,
+}
+
+impl BackupSource {
+    /// Back up `path` under its own absolute path.
+    /// Back up `path` under its own absolute path (`.`, `..` and trailing
+    /// slashes resolved lexically, symlinks left as they are).
+    pub fn same_path(path: &Path) -> Result<BackupSource> {
+        let abs = crate::fsutil::normalize(&std::path::absolute(path).at(path)?);
+        Ok(BackupSource { local: abs.clone(), at: abs })
+    }
+}
+
+/// Decides whether a path is left out of a backup.
+pub type ExcludeFn = dyn Fn(&Path) -> bool + Send + Sync;
+
+/// What else a backup needs to know.
+pub struct BackupOptions {
+    pub tags: Vec<String>,
+    pub host: String,
+    /// Reuse unchanged files from the newest snapshot of the same paths and host.
+    pub use_parent: bool,
+    pub threads: usize,
+    pub exclude: Option<Box<ExcludeFn>>,
+    /// Opaque data recorded in the snapshot (the job runner's metadata).
+    pub extra: Option<serde_json::Value>,
+    /// Set from elsewhere (a signal handler) to stop the backup early.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// How often packs uploaded so far are indexed while the backup runs.
+    pub checkpoints: Checkpoints,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            tags: Vec::new(),
+            host: crate::engine::running::hostname(),
+            use_parent: true,
+            threads: crate::engine::parallel::cpus(),
+            exclude: None,
+            extra: None,
+            cancel: None,
+            checkpoints: Checkpoints::default(),
+        }
+    }
+}
+
+/// The snapshot a backup committed.
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+/// Back up `sources` into `repo` as one snapshot.
+pub fn backup(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions) -> Result<BackupResult> {
+    capture(repo, sources, opts)?.commit(repo, opts.extra.clone())
+}
+
+/// Everything of a snapshot but the snapshot itself: its data, trees and
+/// index are durable; [`Capture::commit`] makes it exist. A capture that is
+/// never committed leaves only unreferenced blobs.
+#[derive(Debug)]
+pub struct Capture {
+    root: Id,
+    paths: Vec<String>,
+    parent: Option<Id>,
+    host: String,
+    tags: Vec<String>,
+    summary: Summary,
+    started: Instant,
+    /// Registered as running until the snapshot is committed.
+    _running: crate::engine::running::Running,
+}
+
+impl Capture {
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Write the snapshot, recording `extra` in it.
+    pub fn commit(self, repo: &Repository, extra: Option<serde_json::Value>) -> Result<BackupResult> {
+        let mut summary = self.summary;
+        summary.duration_secs = self.started.elapsed().as_secs_f64();
+        let snapshot = Snapshot {
+            time: jiff::Timestamp::now(),
+            host: self.host,
+            tags: self.tags,
+            paths: self.paths,
+            root: self.root,
+            parent: self.parent,
+            summary,
+            extra,
+            repaired: None,
+        };
+        let id = repo.write_snapshot(&snapshot)?;
+        Ok(BackupResult { id, snapshot })
+    }
+}
+
+/// Read `sources` into `repo` (packs, trees, index) without committing.
+pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions) -> Result<Capture> {
+    let started = Instant::now();
+    if sources.is_empty() {
+        return Err(Error::Invalid("nothing to back up: no paths given".into()));
+    }
+    for s in sources {
+        if !s.at.is_absolute() {
+            return Err(Error::Invalid(format!("{} is not an absolute path", s.at.display())));
+        }
+    }
+    // A path given twice, or inside another given path, is backed up once.
+    let mut sorted: Vec<&BackupSource> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.at.cmp(&b.at));
+    let mut kept: Vec<&BackupSource> = Vec::new();
+    for s in sorted {
+        match kept.iter().find(|k| s.at.starts_with(&k.at)) {
+            Some(k) if k.at == s.at && k.local != s.local => {
+                return Err(Error::Invalid(format!(
+                    "{} and {} would both be stored as {}",
+                    k.local.display(),
+                    s.local.display(),
+                    s.at.display()
+                )));
+            }
+            Some(k) if k.local == k.at && s.local == s.at => {}
+            Some(k) => {
+                return Err(Error::Invalid(format!("{} overlaps {}", s.at.display(), k.at.display())));
+            }
+            None => kept.push(s),
+        }
+    }
+    let sources: Vec<BackupSource> = kept.into_iter().cloned().collect();
+    let sources = &sources[..];
+    let paths: Vec<String> = sources.iter().map(|s| s.at.to_string_lossy().into_owned()).collect();
+
+    // Register first, then read marks and index: a prune deletes no pack
+    // marked after this backup started until it has finished.
+    let running = crate::engine::running::register_backup(repo)?;
+    let marked: std::collections::HashSet<Id> = crate::engine::running::marked_packs(repo)?.into_keys().collect();
+    let (index, _damaged) = repo.load_index()?;
+    // Blobs are reused only from packs that are there, whole: a pack lost
+    // or cut short since it was indexed makes its blobs stored again.
+    let listed = repo.backend().list(crate::engine::backend::PACKS)?;
+    let sizes: HashMap<Id, u64> = listed.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
+    let unusable: std::collections::HashSet<Id> = index
+        .packs()
+        .iter()
+        .filter(|(p, end)| sizes.get(*p).is_none_or(|size| size < *end))
+        .map(|(p, _)| *p)
+        .chain(marked.iter().copied())
+        .collect();
+    let mut index = index.without_packs(&unusable);
+    let adopted = crate::engine::running::adopt_recent_leftovers(repo, &running, &index, &marked, &listed)?;
+    index.add_file(&IndexFile { packs: adopted.clone() });
+    let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
+    let mut parent_trees = ParentTrees::new(repo, &index, parent.as_ref().map(|(_, snap)| snap.root));
+    let parent_root = parent.as_ref().and_then(|(_, snap)| parent_trees.get(&snap.root));
+
+    // Scan, with the content pipeline beside it; trees are written as
+    // their directories complete.
+    let known = KnownBlobs::new(index.blob_ids());
+    let uploader = PackUploader::start(repo.shared_backend(), repo.backend().parallelism(), opts.checkpoints);
+    let mut names = NameCache::default();
+    let (skeleton, starts) = Skeleton::build(sources, &mut parent_trees, parent_root.as_ref(), &mut names)?;
+    let settings = ScanSettings {
+        index: &index,
+        parent_trees,
+        sources: sources.len(),
+        exclude: opts.exclude.as_deref(),
+        cancel: opts.cancel.as_deref(),
+    };
+    let trees = TreeWriter::new(repo, &uploader, &known);
+    let (scanned, content_stats) =
+        with_pipeline(repo, &uploader, &known, opts.threads.max(1), opts.cancel.as_deref(), |feed, failure| {
+            let mut scan = Scanner::new(repo, settings, trees, feed, failure);
+            for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
+                scan.scan_source(i, &source.local, name, prev.as_ref())?;
+            }
+            scan.finish()
+        })?;
+    let Scanned { mut summary, mut sources, mut trees } = scanned;
+    // Anything not backed up as it was (unreadable, vanished, changed while
+    // read) makes the snapshot incomplete: the run says so (exit code 3).
+    summary.incomplete = !summary.warnings.is_empty();
+
+    // Commit: the directories above the sources, then the index.
+    let root_id = skeleton.write(&mut trees, &mut sources)?;
+    let tree_stats = trees.finish()?;
+    let mut new_packs = adopted;
+    new_packs.extend(uploader.finish()?);
+    if !new_packs.is_empty() {
+        repo.write_index_file(&IndexFile { packs: new_packs })?;
+    }
+    summary.blobs_added = content_stats.blobs + tree_stats.blobs;
+    summary.bytes_new = content_stats.raw_bytes + tree_stats.raw_bytes;
+    summary.bytes_added = content_stats.sealed_bytes + tree_stats.sealed_bytes;
+    Ok(Capture {
+        root: root_id,
+        paths,
+        parent: parent.map(|(id, _)| id),
+        host: opts.host.clone(),
+        tags: opts.tags.clone(),
+        summary,
+        started,
+        _running: running,
+    })
+}
+
+/// The newest snapshot of exactly these paths from this host.
+fn find_parent(repo: &Repository, paths: &[String], host: &str) -> Result<Option<(Id, Snapshot)>> {
+    let (snaps, _) = repo.snapshots()?;
+    Ok(snaps.into_iter().rev().find(|(_, s)| s.host == host && s.paths == paths))
+}
+
+/// The directories above the sources (`/srv` above `/srv/app`), built
+/// before the scan and written after it, with each source's entry in its
+/// place.
+struct Skeleton(DirNode);
+
+/// A directory of the skeleton.
+struct DirNode {
+    meta: Metadata,
+    children: BTreeMap<Vec<u8>, Node>,
+}
+
+enum Node {
+    Dir(DirNode),
+    /// Where source number `i` goes.
+    Source(usize),
+}
+
+impl DirNode {
+    /// A directory that exists only inside the snapshot (a mount point for a
+    /// source stored under another path, or the root). Fixed metadata keeps
+    /// its encoding, and so its id, the same from run to run.
+    fn synthetic() -> DirNode {
+        DirNode {
+            meta: Metadata {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                user: None,
+                group: None,
+                mtime: Timespec { secs: 0, nanos: 0 },
+                ctime: Timespec { secs: 0, nanos: 0 },
+                inode: 0,
+                size: 0,
+                xattrs: Vec::new(),
+            },
+            children: BTreeMap::new(),
+        }
+    }
+}
+
+impl Skeleton {
+    /// The skeleton of `sources`, and for each source its name and its
+    /// entry in the parent snapshot.
+    fn build(
+        sources: &[BackupSource],
+        parent_trees: &mut ParentTrees,
+        parent_root: Option<&Tree>,
+        names: &mut NameCache,
+    ) -> Result<(Skeleton, Vec<(Vec<u8>, Option<Entry>)>)> {
+        let mut root = DirNode::synthetic();
+        let mut starts = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let components: Vec<Vec<u8>> = source
+                .at
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(name_bytes(n)),
+                    _ => None,
+                })
+                .collect();
+            let Some((last, ancestors)) = components.split_last() else {
+                return Err(Error::Invalid(format!("cannot back up {} as the root itself", source.at.display())));
+            };
+            let same_path = source.at == source.local;
+            let mut dir = &mut root;
+            let mut parent_tree = parent_root.cloned();
+            let mut real = PathBuf::from("/");
+            for name in ancestors {
+                real.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+                let meta = if same_path {
+                    let md = std::fs::symlink_metadata(&real).at(&real)?;
+                    read_metadata(&real, &md, None, names)
+                } else {
+                    DirNode::synthetic().meta
+                };
+                parent_tree = parent_trees.child(parent_tree.as_ref(), name);
+                let node = dir
+                    .children
+                    .entry(name.clone())
+                    .or_insert_with(|| Node::Dir(DirNode { meta, children: BTreeMap::new() }));
+                dir = match node {
+                    Node::Dir(d) => d,
+                    Node::Source(_) => {
+                        return Err(Error::Invalid(format!("{} overlaps another source", source.at.display())));
+                    }
+                };
+            }
+            starts.push((last.clone(), parent_tree.as_ref().and_then(|t| t.find(last)).cloned()));
+            dir.children.insert(last.clone(), Node::Source(i));
+        }
+        Ok((Skeleton(root), starts))
+    }
+
+    /// Write the skeleton's trees, bottom-up; the root tree's id.
+    fn write(self, trees: &mut TreeWriter, sources: &mut [Option<Entry>]) -> Result<Id> {
+        fn write_dir(dir: DirNode, trees: &mut TreeWriter, sources: &mut [Option<Entry>]) -> Result<Id> {
+            let mut entries = Vec::with_capacity(dir.children.len());
+            for (name, node) in dir.children {
+                match node {
+                    Node::Dir(d) => {
+                        let meta = d.meta.clone();
+                        entries.push(Entry {
+                            name,
+                            kind: EntryKind::Dir { tree: write_dir(d, trees, sources)? },
+                            meta,
+                        });
+                    }
+                    Node::Source(i) => {
+                        if let Some(mut e) = sources.get_mut(i).and_then(Option::take) {
+                            e.name = name;
+                            entries.push(e);
+                        }
+                    }
+                }
+            }
+            trees.write(entries)
+        }
+        write_dir(self.0, trees, sources)
+    }
+}
