@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::engine::backend::short_name as short;
 use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::index::Index;
+use crate::engine::index::{Index, IndexBuilder};
 use crate::engine::pack::read_header;
 use crate::engine::repository::Repository;
 use crate::engine::tree::EntryKind;
@@ -127,12 +127,12 @@ fn check_layout_and_keys(repo: &Repository, damage: &mut Damage) -> Result<()> {
 
 /// Every readable index file, and whether any could not be read.
 fn read_index(repo: &Repository, report: &mut CheckReport, damage: &mut Damage) -> Result<(Index, bool)> {
-    let mut index = Index::default();
+    let mut index = IndexBuilder::default();
     let mut index_damaged = false;
     for name in repo.backend().list(INDEX)?.into_iter().map(|f| f.name) {
         report.index_files += 1;
         match repo.read_index_file(&name) {
-            Ok(f) => index.add_file(&f),
+            Ok(f) => index.add(&f),
             Err(e) => {
                 index_damaged = true;
                 damage.add(
@@ -142,6 +142,7 @@ fn read_index(repo: &Repository, report: &mut CheckReport, damage: &mut Damage) 
             }
         }
     }
+    let index = index.finish();
     report.blobs = index.len();
     Ok((index, index_damaged))
 }
@@ -168,13 +169,13 @@ fn check_packs(
             None => {
                 bad_packs.insert(*pack, "indexed but missing".into());
             }
-            Some(size) if size < end => {
+            Some(&size) if size < end => {
                 bad_packs.insert(*pack, format!("truncated: {size} bytes, blobs reach {end}"));
             }
             _ => {}
         }
     }
-    let unindexed: Vec<Id> = on_disk.keys().filter(|p| !index.packs().contains_key(*p)).copied().collect();
+    let unindexed: Vec<Id> = on_disk.keys().filter(|p| !index.has_pack(p)).copied().collect();
     if let Ok(tmp) = repo.backend().list(TMP)
         && !tmp.is_empty()
     {
@@ -399,7 +400,7 @@ pub(crate) fn read_all_packs(
 ) -> (HashMap<Id, String>, HashMap<Id, String>, u64) {
     let mut by_pack: HashMap<Id, Vec<Id>> = HashMap::new();
     for (id, loc) in index.iter() {
-        by_pack.entry(loc.pack).or_default().push(*id);
+        by_pack.entry(loc.pack).or_default().push(id);
     }
     let work: Vec<(Id, Vec<Id>)> = by_pack.into_iter().filter(|(p, _)| on_disk.contains_key(p)).collect();
     let queue = Mutex::new(work.into_iter());

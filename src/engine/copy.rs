@@ -56,7 +56,8 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let have: HashSet<_> = have.iter().map(|(_, s)| identity(s)).collect();
     let (snaps, _) = from.snapshots()?;
     let mut report = CopyReport::default();
-    let mut known: HashSet<Id> = target_index.blob_ids();
+    // Blobs the target has, or that this copy already plans to move.
+    let mut planned: HashSet<Id> = HashSet::new();
     let mut needed = Vec::new();
     let mut todo = Vec::new();
     for (_, snap) in snaps.iter().filter(|(_, s)| wanted(s)) {
@@ -72,11 +73,11 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let roots = walked.iter().map(|id| (*id, ())).collect();
     from.walk_trees(&source_index, roots, |tree_id, tree, ()| {
         let mut want = |id: Id| -> Result<()> {
-            if known.insert(id) {
+            if !target_index.contains(&id) && planned.insert(id) {
                 let loc = source_index
                     .get(&id)
                     .ok_or_else(|| Error::damaged(format!("blob {}", id.short()), "not in the source index"))?;
-                needed.push((id, *loc));
+                needed.push((id, loc));
             }
             Ok(())
         };

@@ -1343,14 +1343,13 @@ where
 /// The index and the read planner over hostile (authentic) index data:
 /// every blob read once, within its read.
 fn index_consumers(file: &IndexFile) -> Result<(), String> {
-    let mut index = Index::default();
-    index.add_file(file);
+    let index = Index::from_files([file.clone()]);
     for p in &file.packs {
-        if !index.packs().contains_key(&p.pack) {
+        if !index.has_pack(&p.pack) {
             return Err("index: a listed pack is not known".into());
         }
     }
-    let locations: Vec<_> = index.iter().map(|(id, loc)| (*id, *loc)).collect();
+    let locations: Vec<_> = index.iter().collect();
     let reads = plan_pack_reads(locations.clone());
     let mut planned = 0;
     for read in &reads {

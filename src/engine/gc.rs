@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::engine::backend::{INDEX, MARKS, PACKS, SNAPSHOTS, TMP};
 use crate::engine::crypto::Id;
-use crate::engine::index::{Index, IndexFile};
+use crate::engine::index::{Index, IndexBuilder, IndexFile};
 use crate::engine::pack::IndexedPack;
 use crate::engine::repository::Repository;
 use crate::engine::running::{marked_packs, oldest_running_backup};
@@ -147,16 +147,17 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     let oldest_running = oldest_running_backup(repo)?;
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
-    let mut index = Index::default();
+    let mut index = IndexBuilder::default();
     for name in names(repo, INDEX)? {
         let f = repo.read_index_file(&name).map_err(|e| {
             Error::Invalid(format!(
                 "{e}; not collecting garbage (nothing was deleted): run `holdfast repair index`, then prune again"
             ))
         })?;
-        index.add_file(&f);
+        index.add(&f);
         files.push((name, f));
     }
+    let index = index.finish();
     let referenced = referenced_blobs(repo, &index)?;
     let mut blobs_of: HashMap<Id, Vec<Id>> = HashMap::new();
     for (_, f) in &files {

@@ -73,9 +73,8 @@ pub fn repair_index(repo: &Repository, dry_run: bool) -> Result<IndexRepair> {
     }
     report.packs_indexed = packs.len();
     report.blobs_indexed = packs.iter().map(|p| p.blobs.len()).sum();
-    report.packs_recovered = packs.iter().filter(|p| !before.packs().contains_key(&p.pack)).count();
-    let mut rebuilt = Index::default();
-    rebuilt.add_file(&IndexFile { packs: packs.clone() });
+    report.packs_recovered = packs.iter().filter(|p| !before.has_pack(&p.pack)).count();
+    let rebuilt = Index::from_files([IndexFile { packs: packs.clone() }]);
     report.blobs_still_missing = unreadable_needs(repo, &rebuilt)?.len();
     report.index_files_replaced = old_files.len();
     if dry_run {
@@ -143,7 +142,7 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
         repo.backend().list(PACKS)?.into_iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     // What looks lost may only be unindexed: never drop it from a snapshot
     // while the index itself is in doubt.
-    let unindexed = on_disk.keys().filter(|p| !index.packs().contains_key(*p)).count();
+    let unindexed = on_disk.keys().filter(|p| !index.has_pack(p)).count();
     let index_in_doubt = (!damaged_index.is_empty() || unindexed > 0).then(|| {
         format!(
             "{} index file(s) cannot be read and {unindexed} pack(s) are in no index: what looks lost may only be \
@@ -151,12 +150,8 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
             damaged_index.len()
         )
     });
-    let mut bad_packs: HashSet<Id> = index
-        .packs()
-        .iter()
-        .filter(|(p, end)| on_disk.get(*p).is_none_or(|size| size < *end))
-        .map(|(p, _)| *p)
-        .collect();
+    let mut bad_packs: HashSet<Id> =
+        index.packs().filter(|(p, end)| on_disk.get(*p).is_none_or(|size| size < end)).map(|(p, _)| *p).collect();
     let mut bad_blobs: HashSet<Id> = HashSet::new();
     if read_data {
         let threads = crate::engine::parallel::cpus().max(repo.backend().parallelism());

@@ -26,7 +26,7 @@ use crate::engine::backend::short_name as short;
 use crate::engine::backend::{Backend, INDEX, KEYS, Location, PACKS, ROOT, ReadCache, SNAPSHOTS, Stored};
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
-use crate::engine::index::{BlobLocation, Index, IndexFile};
+use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::keyfile::KeyFile;
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::Tree;
@@ -268,16 +268,20 @@ impl Repository {
     /// with the reason, so a backup still works (it stores again what they
     /// listed) and `check` can report them.
     pub fn load_index(&self) -> Result<(Index, Unreadable)> {
-        let mut index = Index::default();
-        let mut damaged = Vec::new();
+        // Each file is added as it is read: only the compact index is held.
+        let builder = Mutex::new(IndexBuilder::default());
         let names: Vec<String> = self.backend.list(INDEX)?.into_iter().map(|f| f.name).collect();
-        for (name, file) in self.read_many(names, self.small_reads(), |name| self.read_index_file(name)) {
-            match file {
-                Ok(file) => index.add_file(&file),
-                Err(e) => damaged.push((name, e)),
-            }
-        }
-        Ok((index, damaged))
+        let read = |name: &String| -> Result<()> {
+            let file = self.read_index_file(name)?;
+            builder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(&file);
+            Ok(())
+        };
+        let damaged = self
+            .read_many(names, self.small_reads(), read)
+            .into_iter()
+            .filter_map(|(n, r)| Some((n, r.err()?)))
+            .collect();
+        Ok((builder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).finish(), damaged))
     }
 
     pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
@@ -489,14 +493,14 @@ impl Repository {
         let loc = index.get(id).ok_or_else(|| tree_not_indexed(id))?;
         // A remote backend fetches a small tree pack whole, once: the next
         // tree on the path is probably in it.
-        let range = blob_range(loc);
-        let end = pack_end(index, loc);
+        let range = blob_range(&loc);
+        let end = pack_end(index, &loc);
         let worth = if end <= WHOLE_TREE_PACK { 0..end } else { range.clone() };
         let sealed = self
             .backend
             .get_range(PACKS, &loc.pack.to_hex(), range, worth, packs)
             .map_err(|e| tree_pack_unreadable(id, &loc.pack, &e))?;
-        Tree::decode(&self.open_blob(id, loc, &sealed)?)
+        Tree::decode(&self.open_blob(id, &loc, &sealed)?)
     }
 
     /// Several trees at once, each with its own outcome. Small tree packs are fetched whole and kept in
@@ -521,16 +525,16 @@ impl Repository {
                 continue;
             };
             if kept.packs.contains_key(&loc.pack) {
-                from_kept.push((id, *loc));
+                from_kept.push((id, loc));
             } else if let Some(read) = whole.get_mut(&loc.pack) {
-                read.blobs.push((id, *loc));
-            } else if let end = pack_end(index, loc)
+                read.blobs.push((id, loc));
+            } else if let end = pack_end(index, &loc)
                 && end <= WHOLE_TREE_PACK.min(room)
             {
                 room -= end;
-                whole.insert(loc.pack, PackRead { pack: loc.pack, start: 0, end, blobs: vec![(id, *loc)] });
+                whole.insert(loc.pack, PackRead { pack: loc.pack, start: 0, end, blobs: vec![(id, loc)] });
             } else {
-                ranged.push((id, *loc));
+                ranged.push((id, loc));
             }
         }
         // Whole packs in flight are bounded by `room`; ranged reads (up to
@@ -761,7 +765,7 @@ const TREE_PACKS_KEPT: u64 = 64 << 20;
 /// Where the last indexed blob of `loc`'s pack ends.
 fn pack_end(index: &Index, loc: &BlobLocation) -> u64 {
     let end = blob_range(loc).end;
-    index.packs().get(&loc.pack).copied().unwrap_or(end).max(end)
+    index.pack_end(&loc.pack).unwrap_or(end).max(end)
 }
 
 /// Where a blob's sealed bytes are in its pack.
@@ -874,19 +878,25 @@ pub fn sealed_blobs<'a>(
 
 /// A set of blob ids shared by the threads of one backup: the ones already in
 /// the repository or being stored by this run, so each is stored once.
-#[derive(Default)]
-pub struct KnownBlobs(Mutex<std::collections::HashSet<Id>>);
+pub struct KnownBlobs<'a> {
+    index: &'a Index,
+    /// Claimed by this run (not in the index).
+    new: Mutex<std::collections::HashSet<Id>>,
+}
 
-impl KnownBlobs {
-    pub fn new(ids: std::collections::HashSet<Id>) -> Self {
-        KnownBlobs(Mutex::new(ids))
+impl<'a> KnownBlobs<'a> {
+    pub fn new(index: &'a Index) -> Self {
+        KnownBlobs { index, new: Mutex::default() }
     }
 
     /// True when the caller is the first to claim `id` and must store it.
     pub fn claim(&self, id: Id) -> bool {
+        if self.index.contains(&id) {
+            return false;
+        }
         // A poisoned lock only means another thread panicked; storing a blob
         // twice is harmless, skipping one is not.
-        match self.0.lock() {
+        match self.new.lock() {
             Ok(mut s) => s.insert(id),
             Err(poisoned) => poisoned.into_inner().insert(id),
         }

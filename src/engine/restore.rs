@@ -391,7 +391,7 @@ impl RestoreJob<'_> {
                     "not in the index; run `holdfast check`, then `holdfast repair index`",
                 )
             })?;
-            blobs.push((*id, *loc));
+            blobs.push((*id, loc));
         }
         let reads = plan_pack_reads(blobs);
 
@@ -634,7 +634,7 @@ pub fn extract_file(repo: &Repository, snapshot: &Snapshot, path: &Path, out: &m
             Piece::Chunk { id, .. } | Piece::Slice { id, .. } => {
                 let loc =
                     index.get(id).ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
-                let data = repo.read_blob_ahead(id, loc, &index, &mut packs)?;
+                let data = repo.read_blob_ahead(id, &loc, &index, &mut packs)?;
                 let bytes = match piece {
                     Piece::Slice { offset, len, .. } => data
                         .get(*offset as usize..(*offset + *len) as usize)

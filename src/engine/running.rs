@@ -172,7 +172,7 @@ pub fn adopt_recent_leftovers(
         .iter()
         .filter(|f| f.modified.is_some_and(|m| m > since))
         .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.name.clone())))
-        .filter(|(id, _)| !index.packs().contains_key(id) && !marked.contains(id))
+        .filter(|(id, _)| !index.has_pack(id) && !marked.contains(id))
         .map(|(_, name)| name)
         .collect();
     let read = |name: &String| -> Result<IndexedPack> {

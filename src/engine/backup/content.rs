@@ -241,7 +241,7 @@ struct SealedBlob {
 struct FileReader<'a> {
     chunker: &'a Chunker,
     keys: &'a Keys,
-    known: &'a KnownBlobs,
+    known: &'a KnownBlobs<'a>,
     tx: SyncSender<PlainBlob>,
     buf: Vec<u8>,
     cancel: Option<&'a AtomicBool>,

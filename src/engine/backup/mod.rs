@@ -193,8 +193,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let sizes: HashMap<Id, u64> = listed.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     let unusable: std::collections::HashSet<Id> = index
         .packs()
-        .iter()
-        .filter(|(p, end)| sizes.get(*p).is_none_or(|size| size < *end))
+        .filter(|(p, end)| sizes.get(*p).is_none_or(|size| *size < *end))
         .map(|(p, _)| *p)
         .chain(marked.iter().copied())
         .collect();
@@ -207,7 +206,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
 
     // Scan, with the content pipeline beside it; trees are written as
     // their directories complete.
-    let known = KnownBlobs::new(index.blob_ids());
+    let known = KnownBlobs::new(&index);
     let uploader = PackUploader::start(repo.shared_backend(), repo.backend().parallelism(), opts.checkpoints);
     let mut names = NameCache::default();
     let (skeleton, starts) = Skeleton::build(sources, &mut parent_trees, parent_root.as_ref(), &mut names)?;
@@ -266,6 +265,9 @@ fn find_parent(repo: &Repository, paths: &[String], host: &str) -> Result<Option
 /// place.
 struct Skeleton(DirNode);
 
+/// A source's name in its directory and its entry in the parent snapshot.
+type SourceStart = (Vec<u8>, Option<Entry>);
+
 /// A directory of the skeleton.
 struct DirNode {
     meta: Metadata,
@@ -309,7 +311,7 @@ impl Skeleton {
         parent_trees: &mut ParentTrees,
         parent_root: Option<&Tree>,
         names: &mut NameCache,
-    ) -> Result<(Skeleton, Vec<(Vec<u8>, Option<Entry>)>)> {
+    ) -> Result<(Skeleton, Vec<SourceStart>)> {
         let mut root = DirNode::synthetic();
         let mut starts = Vec::new();
         for (i, source) in sources.iter().enumerate() {

@@ -531,7 +531,7 @@ impl<'a> ParentTrees<'a> {
 pub(super) struct TreeWriter<'a> {
     repo: &'a Repository,
     uploader: &'a PackUploader,
-    known: &'a KnownBlobs,
+    known: &'a KnownBlobs<'a>,
     pack: Option<PackWriter>,
     stats: BlobStats,
 }
