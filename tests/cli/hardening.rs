@@ -328,6 +328,46 @@ fn an_unreadable_file_is_left_out_and_the_snapshot_marked_incomplete() {
     assert!(listed.contains("readable") && !listed.contains("secret"), "{listed}");
 }
 
+/// The scan writes a directory's tree as soon as its files are read, and a
+/// hard-linked inode is read once, through its first link. When that read
+/// fails, every link of it is left out — including links in directories
+/// scanned before the read came back — and the rest of each directory is
+/// kept, with the right counts.
+#[test]
+fn an_unreadable_hard_linked_file_is_left_out_under_every_name() {
+    let t = TestRepo::new();
+    let src = t.path("src");
+    for d in ["a", "b/deep", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("a/secret"), vec![1u8; 300_000]).unwrap();
+    fs::set_permissions(src.join("a/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::hard_link(src.join("a/secret"), src.join("b/deep/secret-2")).unwrap();
+    fs::hard_link(src.join("a/secret"), src.join("c/secret-3")).unwrap();
+    for d in ["a", "b/deep", "c"] {
+        fs::write(src.join(d).join("readable"), d.as_bytes()).unwrap();
+    }
+    for p in [t.path(""), src.clone(), src.join("a"), src.join("b"), src.join("b/deep"), src.join("c")] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::create_dir(t.repo()).unwrap();
+    nix::unistd::chown(t.repo(), Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    assert!(as_nobody(&t, &["init"]).status.success());
+
+    let out = as_nobody(&t, &["backup", "--json", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let snap = parse_json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(snap["summary"]["files"], 3, "only the readable files count: {snap:#}");
+    let skipped = snap["summary"]["skipped"].to_string();
+    assert!(skipped.contains("a/secret") && skipped.contains("secret-2") && skipped.contains("secret-3"), "{snap:#}");
+
+    let ls = as_nobody(&t, &["ls", "latest", "--json"]);
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(!listed.contains("secret"), "{listed}");
+    assert_eq!(listed.matches("readable").count(), 3, "{listed}");
+}
+
 /// #15.8: a job run that commits an incomplete snapshot exits 3, notifies
 /// `warning` (not `success`), and `status` does not call it ok.
 #[test]
