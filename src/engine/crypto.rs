@@ -14,7 +14,7 @@
 //! Sealed layout: `nonce (24) || ciphertext || tag (16)`; the plaintext is
 //! `flag (1) || payload`, where the flag says whether the payload is zstd.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -190,26 +190,29 @@ impl Keys {
     }
 
     /// Compress (when it helps, with zstd at `level`) and encrypt `plaintext`
-    /// as an object of `kind` named `id`.
+    /// as an object of `kind` named `id`. Built in one buffer, encrypted in
+    /// place: `nonce || ciphertext(flag || payload) || tag`.
     pub fn seal(&self, kind: ObjectKind, id: &Id, plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()) + 1);
-        body.push(FLAG_ZSTD);
-        let compressed = level != 0 && compress_into(plaintext, &mut body, level) && body.len() < plaintext.len() + 1;
+        let mut out = Vec::with_capacity(NONCE_LEN + 1 + zstd::zstd_safe::compress_bound(plaintext.len()) + TAG_LEN);
+        out.resize(NONCE_LEN, 0);
+        fill_random(&mut out[..NONCE_LEN])?;
+        out.push(FLAG_ZSTD);
+        let compressed = level != 0
+            && worth_compressing(plaintext, level)
+            && compress_into(plaintext, &mut out, level)
+            && out.len() < NONCE_LEN + 1 + plaintext.len();
         if !compressed {
-            body.clear();
-            body.push(FLAG_RAW);
-            body.extend_from_slice(plaintext);
+            out.truncate(NONCE_LEN);
+            out.push(FLAG_RAW);
+            out.extend_from_slice(plaintext);
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
         let ad = associated_data(kind, id);
-        let ct = self
+        let (nonce, body) = out.split_at_mut(NONCE_LEN);
+        let tag = self
             .cipher(kind)
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &body, aad: &ad })
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), &ad, body)
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -219,18 +222,41 @@ impl Keys {
         if sealed.len() < NONCE_LEN + TAG_LEN + 1 {
             return Err(Error::damaged(what(), "too short"));
         }
-        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let ad = associated_data(kind, id);
-        let body = self
-            .cipher(kind)
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad })
+        let mut body = ct.to_vec();
+        self.cipher(kind)
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut body, tag.into())
             .map_err(|_| Error::damaged(what(), "authentication failed"))?;
         match body.first() {
-            Some(&FLAG_RAW) => Ok(body[1..].to_vec()),
+            Some(&FLAG_RAW) => {
+                body.remove(0);
+                Ok(body)
+            }
             Some(&FLAG_ZSTD) => decompress(&body[1..]).map_err(|e| Error::damaged(what(), format!("zstd: {e}"))),
             _ => Err(Error::damaged(what(), "unknown compression flag")),
         }
     }
+}
+
+/// Whether compressing `data` is worth the time: a large blob is tried only
+/// when two samples of it (a third and two thirds in) compress below 97%.
+/// Random, encrypted or already compressed data then costs two small
+/// attempts instead of a whole one. Redundancy farther apart than a sample
+/// is missed in such data; chunk-level deduplication still finds repeats.
+fn worth_compressing(data: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 32 << 10;
+    if data.len() < 8 * SAMPLE {
+        return true;
+    }
+    let mut out = Vec::with_capacity(2 * zstd::zstd_safe::compress_bound(SAMPLE));
+    for at in [data.len() / 3, 2 * data.len() / 3] {
+        if !compress_into(&data[at..at + SAMPLE], &mut out, level) {
+            return true;
+        }
+    }
+    out.len() * 100 < 2 * SAMPLE * 97
 }
 
 /// A thread's zstd contexts: costly to create, so each thread keeps one.
@@ -337,6 +363,27 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey([7; 32]))
+    }
+
+    #[test]
+    fn incompressible_blobs_are_stored_raw_without_a_full_attempt_and_others_compressed() {
+        let k = keys();
+        let mut random = vec![0u8; 512 << 10];
+        fill_random(&mut random).expect("randomness");
+        assert!(!worth_compressing(&random, 3));
+        let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&random), &random, 3).expect("seal");
+        assert_eq!(sealed.len(), random.len() + SEAL_OVERHEAD, "stored raw");
+        assert_eq!(k.open(ObjectKind::Chunk, &k.blob_id(&random), &sealed).expect("open"), random);
+
+        // Mostly random, but with text in the sampled places: still tried.
+        let mut mixed = random.clone();
+        let text = b"the quick brown fox jumps over the lazy dog ".repeat(40_000);
+        let (from, to) = (mixed.len() / 4, mixed.len() * 3 / 4);
+        mixed[from..to].copy_from_slice(&text[..to - from]);
+        assert!(worth_compressing(&mixed, 3));
+        let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&mixed), &mixed, 3).expect("seal");
+        assert!(sealed.len() < mixed.len() * 6 / 10, "compressed: {}", sealed.len());
+        assert_eq!(k.open(ObjectKind::Chunk, &k.blob_id(&mixed), &sealed).expect("open"), mixed);
     }
 
     #[test]
