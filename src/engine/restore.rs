@@ -78,10 +78,8 @@ struct DirPlan {
 /// A file to write: in directory `dir`, as `tmp` until complete, then `name`.
 struct FileJob {
     dir: usize,
-    name: Vec<u8>,
     tmp: Vec<u8>,
-    /// Its path inside the snapshot, for messages.
-    in_snapshot: PathBuf,
+    /// Its entry (with its name) as the snapshot has it.
     entry: Entry,
 }
 
@@ -257,10 +255,7 @@ impl Walk<'_> {
                         }
                         self.seen_links.insert(group, self.files.len());
                     }
-                    let in_snapshot: PathBuf = std::iter::once(Path::new("/").to_path_buf())
-                        .chain(path.iter().map(|c| PathBuf::from(name(c))))
-                        .collect();
-                    self.files.push(FileJob { dir, name: entry.name.clone(), tmp, in_snapshot, entry: entry.clone() });
+                    self.files.push(FileJob { dir, tmp, entry: entry.clone() });
                 }
                 (Selected::All, EntryKind::Socket) => {
                     self.summary.warnings.push(format!(
@@ -327,6 +322,12 @@ impl DirHandles {
 }
 
 impl RestoreJob<'_> {
+    /// File `i`'s path inside the snapshot, for messages.
+    fn in_snapshot(&self, i: usize) -> String {
+        let f = &self.files[i];
+        Path::new("/").join(&self.dirs[f.dir].rel).join(name(&f.entry.name)).display().to_string()
+    }
+
     fn cancelled(&self) -> Result<()> {
         match self.cancel {
             Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
@@ -343,10 +344,10 @@ impl RestoreJob<'_> {
     /// it, then its final name.
     fn complete(&self, i: usize, file: &File, dirs: &mut DirHandles, names: &mut NameCache) -> Result<()> {
         let job = &self.files[i];
-        let shown = self.shown(job.dir, &job.name);
+        let shown = self.shown(job.dir, &job.entry.name);
         apply_to_file(file, &job.entry.meta, names, &shown)?;
         let parent = dirs.get(self, job.dir)?;
-        beneath::rename_into_place(beneath::fd(parent), name(&job.tmp), name(&job.name), &shown)?;
+        beneath::rename_into_place(beneath::fd(parent), name(&job.tmp), name(&job.entry.name), &shown)?;
         self.done[i].store(true, Ordering::Release);
         Ok(())
     }
@@ -385,7 +386,7 @@ impl RestoreJob<'_> {
         let mut blobs = Vec::with_capacity(targets.len());
         for (id, t) in &targets {
             let loc = index.get(id).ok_or_else(|| {
-                let of = t.first().map(|t| files[t.file].in_snapshot.display().to_string()).unwrap_or_default();
+                let of = t.first().map(|t| self.in_snapshot(t.file)).unwrap_or_default();
                 Error::damaged(
                     format!("chunk {} (of {of})", id.short()),
                     "not in the index; run `holdfast check`, then `holdfast repair index`",
@@ -400,7 +401,7 @@ impl RestoreJob<'_> {
         for_each_parallel_with(files.len(), &state, FILES_PER_GRAB, |i, (dirs, names)| {
             self.cancelled()?;
             let job = &files[i];
-            let shown = self.shown(job.dir, &job.name);
+            let shown = self.shown(job.dir, &job.entry.name);
             let parent = dirs.get(self, job.dir)?;
             let file = beneath::create_file(beneath::fd(parent), name(&job.tmp), &shown)?;
             file.set_len(lengths[i]).map_err(|e| Error::io(&shown, e))?;
@@ -431,8 +432,14 @@ impl RestoreJob<'_> {
                 NodeKind::Link { first } => {
                     let f = &self.files[*first];
                     let from = dirs.get(self, f.dir)?;
-                    nix::unistd::linkat(beneath::fd(from), name(&f.name), parent, tmp, nix::fcntl::AtFlags::empty())
-                        .map_err(io)?;
+                    nix::unistd::linkat(
+                        beneath::fd(from),
+                        name(&f.entry.name),
+                        parent,
+                        tmp,
+                        nix::fcntl::AtFlags::empty(),
+                    )
+                    .map_err(io)?;
                 }
                 NodeKind::Other(entry) => {
                     match &entry.kind {
@@ -532,13 +539,8 @@ impl Writers<'_> {
         let job = self.job;
         job.cancelled()?;
         let files = job.files;
-        let first_file = |id: &Id| {
-            self.targets
-                .get(id)
-                .and_then(|t| t.first())
-                .map(|t| files[t.file].in_snapshot.display().to_string())
-                .unwrap_or_default()
-        };
+        let first_file =
+            |id: &Id| self.targets.get(id).and_then(|t| t.first()).map(|t| job.in_snapshot(t.file)).unwrap_or_default();
         let bytes = job.repo.read_pack_range(read, &mut state.packs).map_err(|e| {
             let needed = read.blobs.first().map(|(id, _)| first_file(id)).unwrap_or_default();
             Error::damaged(
@@ -567,7 +569,7 @@ impl Writers<'_> {
                     state.open.clear();
                 }
                 let f = &files[t.file];
-                let shown = job.shown(f.dir, &f.name);
+                let shown = job.shown(f.dir, &f.entry.name);
                 let file = match state.open.entry(t.file) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
