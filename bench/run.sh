@@ -4,7 +4,7 @@
 # Usage:
 #   bench/run.sh [--scale S] [--tools holdfast,restic,borg,bupstash,tar] [--work DIR]
 #                [--no-build] [--garage-nodes N] [--garage-compression L] [--split-cpus]
-#                [--rtt MS]
+#                [--rtt MS] [--restore-to disk|tmpfs]
 #
 #   --scale S    data set size; 1.0 = ~0.47 GB of real data plus a 1 GiB sparse file
 #                (default 1.0; use 0.05 for a quick smoke run)
@@ -26,6 +26,9 @@
 #                repos/, restore/, logs/, cache/ and state/ subdirectories are wiped
 #   --no-build   do not run cargo; use $HOLDFAST_BIN or target/release/holdfast as is
 #   --no-quickack  leave loopback's delayed ACKs on (see "quickack" below)
+#   --restore-to disk|tmpfs  where phase 4 restores (default disk: WORK's file
+#                system, each restore right after the previous one was deleted,
+#                as a user restores after losing files; tmpfs: a tmpfs, as root)
 #
 #   HOLDFAST_BENCH_EXTRA_INIT_ARGS   extra words appended to `holdfast init`
 #                                    (e.g. "--avg-chunk-size 4194304")
@@ -42,8 +45,8 @@
 #   mutate   gen_dataset.py --mutate (2% of SQL rows, ~1% of small files, a few new files)
 #   phase 2  second backup by every tool: wall time, bytes added to the repository
 #   phase 3  third backup with nothing changed: wall time, bytes added
-#   phase 4  restore of the latest snapshot into an empty directory (on a tmpfs when
-#            run as root, the same for every tool): wall time, peak
+#   phase 4  restore of the latest snapshot into an empty directory (on WORK's disk,
+#            right after deleting the previous restore; or a tmpfs): wall time, peak
 #            RSS, allocated KiB of sparse/big.img (1 GiB apparent; ~1024 KiB = holes
 #            kept), and a comparison with WORK/data (content via diff -r; type, mode,
 #            size and mtime in whole seconds via find).
@@ -67,6 +70,7 @@ GARAGE_COMPRESSION=1
 WORK=${TMPDIR:-/tmp}/holdfast-bench
 BUILD=1
 QUICKACK=1
+RESTORE_TO=disk
 SPLIT_CPUS=0
 RTT_MS=0
 
@@ -78,6 +82,9 @@ while [[ $# -gt 0 ]]; do
         --work) WORK=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --no-quickack) QUICKACK=0; shift ;;
+        --restore-to)
+            RESTORE_TO=$2; shift 2
+            [[ $RESTORE_TO =~ ^(disk|tmpfs)$ ]] || { echo "run.sh: --restore-to: disk or tmpfs" >&2; exit 2; } ;;
         --split-cpus) SPLIT_CPUS=1; shift ;;
         --rtt)
             RTT_MS=$2; shift 2
@@ -193,14 +200,15 @@ bupstash_restore() {
 
 tar_backup() {
     # Baseline: one sequential read + zstd; the compressed size is kept for reference.
-    tar --sparse -cf - "$DATA" 2>/dev/null | zstd -3 -T0 -q -c | wc -c >"$STATE/tar.size"
+    tar --sparse -cf - "$DATA" 2>/dev/null | zstd -3 -T0 -q -c | tee "$STATE/tar.tar.zst" | wc -c >"$STATE/tar.size"
 }
+tar_restore() { zstd -dc "$STATE/tar.tar.zst" | tar --sparse -x -C "$1"; }
 
 export -f borg_ok holdfast_init holdfast_backup holdfast_restore restic_init restic_backup \
     holdfast_s3_init holdfast_s3_backup holdfast_s3_restore restic_s3 restic_s3_init \
     restic_s3_backup restic_s3_restore \
     restic_restore borg_init borg_backup borg_restore bupstash_init bupstash_backup \
-    bupstash_restore tar_backup
+    bupstash_restore tar_backup tar_restore
 
 # --------------------------------------------------------------------------
 # helpers
@@ -464,40 +472,45 @@ for phase in 2 3; do
     done
 done
 
-# Restores go to a tmpfs where one can be mounted (as root): the same target
-# for every tool, free of the ext4 effect above. Elsewhere: wait it out.
+# Restores go onto WORK's disk by default, each right after the previous
+# restore was deleted (a few tens of thousands of files): where and when users
+# restore, and where ext4's reuse of freed inodes (see above) costs the most.
+# The tar baseline restores first, after an untimed restore and delete of its
+# own, so every tool starts in the same state. --restore-to tmpfs: a tmpfs.
 RESTORE_FS=disk
-if [[ $(id -u) == 0 ]] && mount -t tmpfs -o size=8g holdfast-bench "$RESTORE" 2>/dev/null; then
+if [[ $RESTORE_TO == tmpfs ]]; then
+    mount -t tmpfs -o size=8g holdfast-bench "$RESTORE" || { say "cannot mount a tmpfs (root needed)"; exit 1; }
     RESTORE_FS=tmpfs
     CLEANUP+=('umount "$RESTORE" 2>/dev/null')
-else
-    sync
-    WAIT=$((LAST_DELETE + 65 - $(date +%s)))
-    if [[ $WAIT -gt 0 ]]; then say "== waiting ${WAIT}s for ext4 to reuse freed inodes normally"; sleep "$WAIT"; fi
+fi
+PHASE4=()
+for t in "${TOOL_LIST[@]}"; do [[ $t == tar ]] && PHASE4=(tar "${PHASE4[@]}") || PHASE4+=("$t"); done
+if [[ $RESTORE_FS == disk && ${PHASE4[0]:-} == tar && -z ${FAIL[tar]:-} ]]; then
+    mkdir -p "$RESTORE/prime" && tar_restore "$RESTORE/prime" && rm -rf "$RESTORE/prime"
 fi
 say "== phase 4: restore latest snapshot (into $RESTORE_FS)"
-for t in "${TOOL_LIST[@]}"; do
-    [[ $t == tar ]] && continue
-    [[ -n ${LAST[$t]:-} ]] || continue     # restore whatever was last backed up
+for t in "${PHASE4[@]}"; do
+    if [[ $t == tar ]]; then alive tar || continue; else [[ -n ${LAST[$t]:-} ]] || continue; fi
     target=$RESTORE/$t
     mkdir -p "$target"
-    if timed "$t" restore "${t}_restore" "$target" "${LAST[$t]}"; then
+    if timed "$t" restore "${t}_restore" "$target" "${LAST[$t]:-1}"; then
         img=$(find "$target" -path '*/sparse/big.img' -type f -print -quit)
         if [[ -z $img ]]; then
             R[$t.verified]="sparse/big.img missing"
         else
             root=$(dirname "$(dirname "$img")")
             R[$t.sparse_kib]=$(du -k "$img" | cut -f1)
-            R[$t.verified]=$(verify_restore "$root" "$t")
-            [[ ${LAST[$t]} == 3 ]] || R[$t.verified]+=" (phase ${LAST[$t]} snapshot)"
+            if [[ $t == tar ]]; then
+                R[$t.verified]="phase 1 data, not compared (the baseline)"
+            else
+                R[$t.verified]=$(verify_restore "$root" "$t")
+                [[ ${LAST[$t]} == 3 ]] || R[$t.verified]+=" (phase ${LAST[$t]} snapshot)"
+            fi
         fi
         say "  $t big.img allocated: ${R[$t.sparse_kib]:-?} KiB, verify: ${R[$t.verified]}"
     fi
-    [[ $RESTORE_FS == tmpfs ]] && rm -rf "$target"
+    rm -rf "$target"
 done
-# On disk, removed only now: deleting one tool's 20,000 restored files would
-# slow down the next tool's restore (see above).
-rm -rf "${RESTORE:?}"/*
 [[ $RESTORE_FS == tmpfs ]] && umount "$RESTORE"
 
 # --------------------------------------------------------------------------

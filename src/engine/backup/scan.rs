@@ -461,12 +461,18 @@ fn lost_dir() -> Error {
 }
 
 /// The parent snapshot's trees, which tell the scan which files are
-/// unchanged. From a bucket they are all fetched before the scan, a
-/// directory level at a time (one round trip per level rather than one per
-/// tree pack); each is handed out as often as the parent refers to it, then
-/// dropped. From a local repository, and for any tree that could not be
-/// fetched, the scan reads them as it reaches them. A tree that cannot be
-/// read at all means no parent there: those files are read in full.
+/// unchanged. From a bucket they are fetched before the scan, a directory
+/// level at a time (one round trip per level rather than one per tree
+/// pack), up to [`PREFETCH_ENTRIES`] entries so that memory stays bounded
+/// however big the parent is; each is handed out as often as the parent
+/// refers to it, then dropped. From a local repository, beyond that bound,
+/// and for any tree that could not be fetched, the scan reads them as it
+/// reaches them. A tree that cannot be read at all means no parent there:
+/// those files are read in full.
+/// Entries of the parent's trees fetched ahead from a bucket (a few
+/// hundred bytes each in memory).
+const PREFETCH_ENTRIES: usize = 200_000;
+
 pub(super) struct ParentTrees<'a> {
     repo: &'a Repository,
     index: &'a Index,
@@ -482,11 +488,16 @@ impl<'a> ParentTrees<'a> {
             && repo.backend().is_remote()
         {
             let mut uses: HashMap<Id, usize> = HashMap::from([(root, 1)]);
-            // A tree that cannot be fetched is left out (nor are its subtrees
-            // fetched); the visit itself never fails.
+            let mut held = 0;
+            // A tree that cannot be fetched, or that would pass the bound, is
+            // left out (nor are its subtrees fetched); the visit never fails.
             let _ = repo.walk_trees_tolerant(index, vec![(root, ())], |id, tree, ()| {
                 let mut subtrees = Vec::new();
                 let Ok(tree) = tree else { return Ok(subtrees) };
+                held += tree.entries.len();
+                if held > PREFETCH_ENTRIES {
+                    return Ok(subtrees);
+                }
                 for entry in &tree.entries {
                     if let EntryKind::Dir { tree: sub } = entry.kind {
                         let n = uses.entry(sub).or_default();
