@@ -93,8 +93,16 @@ impl Feed {
     }
 }
 
-fn stopped() -> Error {
-    Error::Invalid("backup pipeline stopped".into())
+/// What a thread gets when another one stopped the pipeline; the error
+/// that stopped it is the one reported.
+const STOPPED: &str = "backup pipeline stopped";
+
+pub(super) fn stopped() -> Error {
+    Error::Invalid(STOPPED.into())
+}
+
+fn is_stopped(e: &Error) -> bool {
+    matches!(e, Error::Invalid(m) if m == STOPPED)
 }
 
 /// Figures about blobs written by this run.
@@ -131,6 +139,10 @@ impl Failure {
     }
     pub fn is_set(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
+    }
+    /// Stop the others without an error of their own to report.
+    fn stop(&self) {
+        self.failed.store(true, Ordering::SeqCst);
     }
     fn take(&self) -> Option<Error> {
         self.first.lock().ok().and_then(|mut f| f.take())
@@ -205,9 +217,8 @@ pub(super) fn with_pipeline<T>(
         }
         drop((task_rx, plain_tx, outcome_tx));
         let result = scan(Feed { tasks: Some(task_tx), outcomes: outcome_rx }, &failure);
-        if let Err(e) = &result {
-            // Stop the others; the first error is kept.
-            failure.set(Error::Invalid(e.to_string()));
+        if result.is_err() {
+            failure.stop();
         }
         for h in workers {
             if h.join().is_err() {
@@ -220,9 +231,13 @@ pub(super) fn with_pipeline<T>(
         });
         (result, stats)
     });
-    match (failure.take(), result) {
-        (Some(e), _) | (None, Err(e)) => Err(e),
-        (None, Ok(t)) => Ok((t, stats)),
+    // The scan's own error (an interruption, a tree that could not be
+    // written) wins, unless it only saw the pipeline stop: then the error
+    // that stopped it.
+    match (result, failure.take()) {
+        (Err(e), Some(first)) if is_stopped(&e) => Err(first),
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(t), None) => Ok((t, stats)),
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ExcludeFn;
-use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, seal_verified, ship};
+use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, seal_verified, ship, stopped};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::fsmeta::{NameCache, name_bytes, read_metadata};
 use crate::engine::index::Index;
@@ -211,7 +211,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             return Err(Error::Interrupted);
         }
         if self.failure.is_set() {
-            return Err(Error::Invalid("backup pipeline stopped".into()));
+            return Err(stopped());
         }
         let key = self.next_dir;
         self.next_dir += 1;
