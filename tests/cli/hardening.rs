@@ -243,13 +243,9 @@ fn a_file_replaced_by_a_fifo_after_the_scan_does_not_block_the_backup() {
     for i in 0..20_000 {
         fs::write(src.join(format!("z{i:05}")), b"x").unwrap();
     }
-    let mut hit = false;
-    for attempt in 0..12u64 {
-        let victim = src.join("a");
-        let _ = fs::remove_file(&victim);
-        fs::write(&victim, vec![7u8; 1000]).unwrap();
-        let started = std::time::Instant::now();
-        let mut child = std::process::Command::new(crate::util::holdfast_bin())
+    let victim = src.join("a");
+    let backup = || {
+        std::process::Command::new(crate::util::holdfast_bin())
             .arg("--repo")
             .arg(t.repo())
             .args(["backup", "--no-parent"])
@@ -258,8 +254,21 @@ fn a_file_replaced_by_a_fifo_after_the_scan_does_not_block_the_backup() {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + 60 * attempt));
+            .unwrap()
+    };
+    // How long a whole run takes here and now; the swaps are spread over
+    // that time (golden-ratio steps), whatever the machine's load.
+    fs::write(&victim, vec![7u8; 1000]).unwrap();
+    let calibration = std::time::Instant::now();
+    assert!(backup().wait().unwrap().success());
+    let whole = calibration.elapsed();
+    let mut hit = false;
+    for attempt in 0..30u32 {
+        let _ = fs::remove_file(&victim);
+        fs::write(&victim, vec![7u8; 1000]).unwrap();
+        let started = std::time::Instant::now();
+        let mut child = backup();
+        std::thread::sleep(whole.mul_f64((f64::from(attempt) * 0.618_034).fract()));
         fs::remove_file(&victim).unwrap();
         nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let status = loop {
