@@ -6,14 +6,13 @@
 //! by host and paths.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Job;
 use crate::engine::crypto::Id;
-use crate::engine::gc::{GcReport, collect_garbage, forget};
+use crate::engine::gc::{GcOptions, GcReport, collect_garbage, forget};
 use crate::engine::repository::Repository;
 use crate::engine::snapshot::Snapshot;
 use crate::retention::{Policy, apply};
@@ -52,14 +51,14 @@ fn finish(
     name: &str,
     job: Option<&str>,
     decisions: Vec<SnapshotDecision>,
-    grace: Duration,
-    dry_run: bool,
+    gc: &GcOptions,
 ) -> Result<PruneReport> {
+    let dry_run = gc.dry_run;
     let doomed: Vec<Id> = decisions.iter().filter(|d| !d.keep).filter_map(|d| Id::from_hex(&d.id)).collect();
     if !dry_run {
         forget(repo, &doomed)?;
     }
-    let gc = collect_garbage(repo, grace, dry_run)?;
+    let gc = collect_garbage(repo, gc)?;
     Ok(PruneReport {
         repository: name.to_string(),
         job: job.map(str::to_string),
@@ -71,7 +70,7 @@ fn finish(
 }
 
 /// Prune `job`'s snapshots in each of its repositories.
-pub fn prune_job(job: &Job, grace: Duration, dry_run: bool) -> Result<Vec<PruneReport>> {
+pub fn prune_job(job: &Job, gc: &GcOptions) -> Result<Vec<PruneReport>> {
     let mut out = Vec::new();
     for repository in &job.repositories {
         let repo = open_repository(repository)?;
@@ -84,13 +83,13 @@ pub fn prune_job(job: &Job, grace: Duration, dry_run: bool) -> Result<Vec<PruneR
         } else {
             decide(&mine, &job.retention)
         };
-        out.push(finish(&repo, &repository.name, Some(&job.name), decisions, grace, dry_run)?);
+        out.push(finish(&repo, &repository.name, Some(&job.name), decisions, gc)?);
     }
     Ok(out)
 }
 
 /// Prune the snapshots of `repo` that no job made, per host and paths.
-pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, grace: Duration, dry_run: bool) -> Result<PruneReport> {
+pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, gc: &GcOptions) -> Result<PruneReport> {
     let (snaps, _) = repo.snapshots()?;
     // Snapshots of the same host and paths form one timeline.
     type Timeline<'a> = Vec<&'a (Id, Snapshot)>;
@@ -99,5 +98,5 @@ pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, grace: Duration, dry_run
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
     let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();
-    finish(repo, &repo.location(), None, decisions, grace, dry_run)
+    finish(repo, &repo.location(), None, decisions, gc)
 }

@@ -104,7 +104,7 @@ pub fn run_job(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
         tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
     }
     if report.ok && job.prune_after_backup {
-        match crate::prune::prune_job(job, Duration::from_secs(3600), false) {
+        match crate::prune::prune_job(job, &crate::engine::gc::GcOptions::default()) {
             Ok(reports) => {
                 let forgotten: usize = reports.iter().map(|r| r.forgotten).sum();
                 tracing::info!("job {}: pruned: {forgotten} snapshot(s) forgotten", job.name);

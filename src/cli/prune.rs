@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{Context, print_json, short};
+use crate::engine::gc::GcOptions;
 use crate::exit::{Exit, Usage};
 use crate::prune::{PruneReport, prune_ad_hoc, prune_job};
 use crate::retention::Policy;
@@ -33,6 +34,11 @@ pub struct Args {
     /// Delete packs only after they were marked unreferenced this long ago.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Repack partly used packs until unused space is at most this share of
+    /// the repository: a percentage (e.g. 5%, 0% to repack every partly
+    /// used pack) or `unlimited` (never repack).
+    #[arg(long, default_value = "5%", value_parser = parse_max_unused)]
+    pub max_unused: f64,
     /// Say what would go and why the rest stays; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -40,7 +46,23 @@ pub struct Args {
     pub json: bool,
 }
 
+/// `5%`, `5` or `unlimited` as a share of the repository (0.05, 1.0).
+fn parse_max_unused(text: &str) -> std::result::Result<f64, String> {
+    if text == "unlimited" {
+        return Ok(1.0);
+    }
+    let number = text.strip_suffix('%').unwrap_or(text).trim();
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p / 100.0),
+        _ => Err(format!("expected a percentage from 0% to 100% or `unlimited`, not `{text}`")),
+    }
+}
+
 impl Args {
+    fn gc(&self) -> GcOptions {
+        GcOptions { grace: self.grace, max_unused: self.max_unused, dry_run: self.dry_run }
+    }
+
     /// The retention policy the `--keep-*` flags give.
     fn policy(&self) -> Policy {
         Policy {
@@ -68,7 +90,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         Some(config) => {
             let mut all = Vec::new();
             for job in ctx.jobs(config, &args.jobs)? {
-                all.extend(prune_job(job, args.grace, args.dry_run)?);
+                all.extend(prune_job(job, &args.gc())?);
             }
             all
         }
@@ -81,7 +103,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
                 )
                 .into());
             }
-            vec![prune_ad_hoc(&ctx.open()?, &policy, args.grace, args.dry_run)?]
+            vec![prune_ad_hoc(&ctx.open()?, &policy, &args.gc())?]
         }
     };
     if args.json {
@@ -121,5 +143,14 @@ fn print_report(r: &PruneReport) -> Result<()> {
         g.leftovers_deleted,
         human(g.bytes_deleted)
     );
+    if g.packs_repacked > 0 {
+        outln!(
+            "  repacked {} partly used pack(s): {} of used data {} to new packs; the old packs are marked",
+            g.packs_repacked,
+            human(g.bytes_repacked),
+            if r.dry_run { "would be written" } else { "written" },
+        );
+    }
+    outln!("  {} unused left (a later prune deletes what is marked)", human(g.bytes_unused_left));
     Ok(())
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::engine::backup::ship;
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::{BlobLocation, IndexFile};
-use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
+use crate::engine::pack::{Checkpoints, IndexedPack, PackUploader, PackWriter};
 use crate::engine::parallel::for_each_parallel_with;
 use crate::engine::repository::{PackFiles, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
@@ -93,9 +93,41 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         Ok(subtrees)
     })?;
 
-    // The blobs move pack by pack, a few MiB per read, on several threads.
+    let moved = transfer_blobs(from, to, needed)?;
+    report.blobs_copied = moved.blobs;
+    report.bytes_copied = moved.bytes;
+    if !moved.packs.is_empty() {
+        to.write_index_file(&IndexFile { packs: moved.packs })?;
+    }
+    for snap in &todo {
+        report.copied.push(to.write_snapshot(snap)?.to_hex());
+        report.snapshots_copied += 1;
+    }
+    Ok(report)
+}
+
+/// What [`transfer_blobs`] stored.
+#[derive(Debug, Default)]
+pub(crate) struct Transferred {
+    /// The new packs, for the index file the caller writes.
+    pub packs: Vec<IndexedPack>,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Store the sealed blobs `needed` (read from `from` where the locations
+/// say) in new packs of `to`: read pack by pack, a few MiB per read, on
+/// several threads, each blob authenticated on the way and moved as it is.
+/// Used by `copy` and by prune's repacking (where `from` is `to`). The
+/// caller writes the index file for the returned packs.
+pub(crate) fn transfer_blobs(
+    from: &Repository,
+    to: &Repository,
+    needed: Vec<(Id, BlobLocation)>,
+) -> Result<Transferred> {
     let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
-    let writers = Mutex::new(Writers { to, uploader: &uploader, data: None, trees: None, report });
+    let writers =
+        Mutex::new(Writers { to, uploader: &uploader, data: None, trees: None, moved: Transferred::default() });
     let reads = plan_pack_reads(needed);
     let threads = crate::engine::parallel::cpus();
     let caches: Vec<Mutex<PackFiles>> =
@@ -111,16 +143,9 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         Ok(())
     })?;
     let writers = writers.into_inner().map_err(|_| Error::Invalid("a copy thread panicked".into()))?;
-    let mut report = writers.finish()?;
-    let packs = uploader.finish()?;
-    if !packs.is_empty() {
-        to.write_index_file(&IndexFile { packs })?;
-    }
-    for snap in &todo {
-        report.copied.push(to.write_snapshot(snap)?.to_hex());
-        report.snapshots_copied += 1;
-    }
-    Ok(report)
+    let mut moved = writers.finish()?;
+    moved.packs = uploader.finish()?;
+    Ok(moved)
 }
 
 /// The target's open packs: chunks and trees apart, as in a backup.
@@ -129,7 +154,7 @@ struct Writers<'a> {
     uploader: &'a PackUploader,
     data: Option<PackWriter>,
     trees: Option<PackWriter>,
-    report: CopyReport,
+    moved: Transferred,
 }
 
 impl Writers<'_> {
@@ -141,8 +166,8 @@ impl Writers<'_> {
             if loc.kind == ObjectKind::Tree { PackWriter::new() } else { PackWriter::for_size(size) }
         });
         w.add(*id, loc.kind, sealed, raw_length);
-        self.report.blobs_copied += 1;
-        self.report.bytes_copied += sealed.len() as u64;
+        self.moved.blobs += 1;
+        self.moved.bytes += sealed.len() as u64;
         if w.size() >= size
             && let Some(w) = slot.take()
         {
@@ -151,10 +176,10 @@ impl Writers<'_> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<CopyReport> {
+    fn finish(mut self) -> Result<Transferred> {
         for w in [self.data.take(), self.trees.take()].into_iter().flatten() {
             ship(self.to, self.uploader, w)?;
         }
-        Ok(self.report)
+        Ok(self.moved)
     }
 }

@@ -17,8 +17,18 @@
 //! never reuse a blob whose only copy is in a marked pack (they store it
 //! again). Deletion rewrites the index first (new consolidated file, then the
 //! old files go), and removes packs only after no index names them, so a
-//! prune killed at any moment leaves at worst unindexed packs. Packs that
-//! only partly hold garbage are kept whole (no repacking yet).
+//! prune killed at any moment leaves at worst unindexed packs.
+//!
+//! "Unreferenced" means *keeps no blob*: a blob stored in several packs is
+//! kept by one of them, chosen the same way by every prune (see
+//! [`keepers`]). That is what lets space come back from packs that are only
+//! partly garbage. **Repacking** writes the blobs such a pack keeps into new
+//! packs, indexes them, and only then marks the old pack, which from then
+//! on keeps nothing and goes the two-phase way above. It runs until unused
+//! bytes are at most `max_unused` of the repository, emptiest packs first.
+//! Killed before its index is written, it leaves unindexed packs (swept as
+//! leftovers); killed before its marks, duplicates (the next prune marks the
+//! old packs). Readers prefer a blob's copy in an unmarked pack.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,8 +36,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::backend::{INDEX, MARKS, PACKS, SNAPSHOTS, TMP};
+use crate::engine::copy::transfer_blobs;
 use crate::engine::crypto::Id;
-use crate::engine::index::{Index, IndexBuilder, IndexFile};
+use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::pack::IndexedPack;
 use crate::engine::repository::Repository;
 use crate::engine::running::{marked_packs, oldest_running_backup};
@@ -66,6 +77,24 @@ pub fn forget(repo: &Repository, ids: &[Id]) -> Result<()> {
     Ok(())
 }
 
+/// How a garbage collection runs.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    /// Delete a marked pack only when it was marked this long ago.
+    pub grace: Duration,
+    /// Repack partly used packs until unused bytes are at most this share
+    /// of the repository (restic's `--max-unused`); 1.0 never repacks.
+    pub max_unused: f64,
+    /// Say what would happen; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { grace: Duration::from_secs(3600), max_unused: 0.05, dry_run: false }
+    }
+}
+
 /// What a garbage collection did (or, dry, would do).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct GcReport {
@@ -75,6 +104,14 @@ pub struct GcReport {
     pub packs_waiting: usize,
     pub leftovers_deleted: usize,
     pub bytes_deleted: u64,
+    /// Partly used packs whose used blobs were written to new packs (the
+    /// old ones are marked, and a later prune deletes them).
+    pub packs_repacked: usize,
+    /// Bytes of used blobs written again by repacking.
+    pub bytes_repacked: u64,
+    /// Bytes in packs that no snapshot needs and that stay after this
+    /// prune (counting packs marked for a later prune to delete).
+    pub bytes_unused_left: u64,
 }
 
 /// Every blob (chunks and trees) the repository's snapshots reference.
@@ -135,11 +172,53 @@ fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
     Ok(seen)
 }
 
-/// Mark newly unreferenced packs; delete marked ones that are safe to delete.
-pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Result<GcReport> {
+/// Which pack keeps each referenced blob. A blob stored in several packs
+/// (repacked, or stored twice by concurrent backups) is kept by one: a pack
+/// stored whole before one that is missing or cut short, a pack not marked
+/// for deletion before a marked one, then the pack with the larger share of
+/// referenced bytes, then the lower id. Every prune ranks the same way, so
+/// a pack that keeps nothing stays that way until a backup references a
+/// blob only it holds, and then it is unmarked.
+fn keepers(
+    packs: &HashMap<Id, &IndexedPack>,
+    referenced: &HashSet<Id>,
+    marked: &HashSet<Id>,
+    whole: &dyn Fn(&Id) -> bool,
+) -> HashMap<Id, Id> {
+    let share = |p: &IndexedPack| {
+        let (mut used, mut all) = (0u64, 0u64);
+        for b in &p.blobs {
+            all += b.length as u64;
+            if referenced.contains(&b.id) {
+                used += b.length as u64;
+            }
+        }
+        (used as u128 * 1_000_000 / all.max(1) as u128) as u64
+    };
+    type Rank = (bool, bool, std::cmp::Reverse<u64>, Id);
+    let rank: HashMap<Id, Rank> = packs
+        .iter()
+        .map(|(id, p)| (*id, (!whole(id), marked.contains(id), std::cmp::Reverse(share(p)), *id)))
+        .collect();
+    let mut keeper: HashMap<Id, Id> = HashMap::new();
+    for (id, p) in packs {
+        for b in p.blobs.iter().filter(|b| referenced.contains(&b.id)) {
+            let best = keeper.entry(b.id).or_insert(*id);
+            if rank[id] < rank[best] {
+                *best = *id;
+            }
+        }
+    }
+    keeper
+}
+
+/// Mark packs that keep no referenced blob, delete marked ones that are
+/// safe to delete, and repack partly used packs (see the module's doc).
+pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let dry_run = opts.dry_run;
     let mut report = GcReport::default();
     let now = jiff::Timestamp::now();
-    let grace = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::MAX);
+    let grace = jiff::SignedDuration::try_from(opts.grace).unwrap_or(jiff::SignedDuration::MAX);
     // Order matters. Marks and running backups are read first: a backup
     // still running now is protected; one that ends after this point has
     // committed before the snapshots are read below, so its references count.
@@ -159,19 +238,32 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
     }
     let index = index.finish();
     let referenced = referenced_blobs(repo, &index)?;
-    let mut blobs_of: HashMap<Id, Vec<Id>> = HashMap::new();
+    // Each pack as the first index file that lists it says.
+    let mut packs: HashMap<Id, &IndexedPack> = HashMap::new();
     for (_, f) in &files {
         for p in &f.packs {
-            blobs_of.entry(p.pack).or_default().extend(p.blobs.iter().map(|b| b.id));
+            packs.entry(p.pack).or_insert(p);
         }
     }
     let listed_packs = repo.backend().list(PACKS)?;
     let stored: HashMap<Id, u64> = listed_packs.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
+    let whole = |pack: &Id| index.pack_end(pack).is_some_and(|end| stored.get(pack).is_some_and(|size| *size >= end));
+    let marked: HashSet<Id> = marks.keys().copied().collect();
+    let keeper = keepers(&packs, &referenced, &marked, &whole);
+    let keeps = |pack: &Id, blob: &Id| keeper.get(blob) == Some(pack);
+    // (kept, not kept) bytes of a pack's blobs.
+    let kept_bytes = |p: &IndexedPack| -> (u64, u64) {
+        let (mut kept, mut not) = (0, 0);
+        for b in &p.blobs {
+            if keeps(&p.pack, &b.id) { kept += b.length as u64 } else { not += b.length as u64 }
+        }
+        (kept, not)
+    };
     let mut delete: HashSet<Id> = HashSet::new();
     // Packs this prune already removed (so the leftover sweep skips them).
     let mut removed: HashSet<Id> = HashSet::new();
     for (pack, marked_at) in &marks {
-        let Some(blobs) = blobs_of.get(pack) else {
+        let Some(p) = packs.get(pack) else {
             // Marked and in no index: an interrupted prune already took it
             // out of the index (after all the checks below), so no backup can
             // reuse it any more. Finish the job: the pack, then its mark.
@@ -187,7 +279,8 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             }
             continue;
         };
-        if blobs.iter().any(|b| referenced.contains(b)) {
+        if p.blobs.iter().any(|b| keeps(pack, &b.id)) {
+            // A backup referenced again a blob that only this pack holds.
             report.packs_unmarked += 1;
             if !dry_run {
                 repo.backend().remove(MARKS, &pack.to_hex())?;
@@ -197,21 +290,38 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             delete.insert(*pack);
         } else {
             report.packs_waiting += 1;
+            report.bytes_unused_left += stored.get(pack).copied().unwrap_or(0);
         }
     }
-    for (pack, blobs) in &blobs_of {
-        if !marks.contains_key(pack) && !blobs.iter().any(|b| referenced.contains(b)) {
+    // Unmarked packs: those that keep nothing are marked; the rest are
+    // candidates for repacking, by how much of them is unused.
+    let mut used = 0u64;
+    let mut partly_used: Vec<(Id, u64, u64)> = Vec::new();
+    for (pack, p) in &packs {
+        if marks.contains_key(pack) {
+            continue;
+        }
+        let (kept, unused) = kept_bytes(p);
+        let size = stored.get(pack).copied().unwrap_or(0);
+        if kept == 0 {
             report.packs_marked += 1;
+            report.bytes_unused_left += size;
             if !dry_run {
-                // Stamped when written, not when the prune began: a backup
-                // that starts after this time finds the mark.
-                let stamp = jiff::Timestamp::now();
-                repo.backend().put_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())?;
+                mark(repo, pack)?;
             }
+            continue;
+        }
+        used += kept;
+        // Only a pack stored whole can be read for repacking.
+        if unused > 0 && whole(pack) {
+            partly_used.push((*pack, unused, kept + unused));
         }
     }
     report.packs_deleted += delete.len();
+    let repack = choose_repacks(partly_used, used, opts.max_unused, &mut report.bytes_unused_left);
     if dry_run {
+        report.packs_repacked = repack.len();
+        report.bytes_repacked = repack.iter().filter_map(|p| packs.get(p)).map(|p| kept_bytes(p).0).sum();
         return Ok(report);
     }
     if !delete.is_empty() {
@@ -249,7 +359,7 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
         for file in candidates {
             let id = Id::from_hex(&file.name);
             if dir == PACKS
-                && id.is_some_and(|id| blobs_of.contains_key(&id) || removed.contains(&id) || delete.contains(&id))
+                && id.is_some_and(|id| packs.contains_key(&id) || removed.contains(&id) || delete.contains(&id))
             {
                 continue;
             }
@@ -260,7 +370,74 @@ pub fn collect_garbage(repo: &Repository, grace: Duration, dry_run: bool) -> Res
             }
         }
     }
+    if !repack.is_empty() {
+        // 1. The blobs these packs keep go to new packs, 2. an index names
+        // them, 3. the old packs are marked: a crash before 3 leaves
+        // duplicates, which the next prune marks; before 2, unindexed packs,
+        // which the leftover sweep takes. Registered like a backup, so a
+        // prune elsewhere does not sweep the new packs before they are indexed.
+        let _running = crate::engine::running::register_backup(repo)?;
+        let needed: Vec<(Id, BlobLocation)> = repack
+            .iter()
+            .filter_map(|pack| packs.get(pack))
+            .flat_map(|p| {
+                p.blobs.iter().filter(|b| keeps(&p.pack, &b.id)).map(|b| {
+                    let at = BlobLocation {
+                        pack: p.pack,
+                        kind: b.kind,
+                        offset: b.offset,
+                        length: b.length,
+                        raw_length: b.raw_length,
+                    };
+                    (b.id, at)
+                })
+            })
+            .collect();
+        let moved = transfer_blobs(repo, repo, needed).map_err(|e| {
+            Error::Invalid(format!("repacking failed: {e}; nothing of it was deleted (`holdfast check` says more)"))
+        })?;
+        if !moved.packs.is_empty() {
+            repo.write_index_file(&IndexFile { packs: moved.packs })?;
+        }
+        for pack in &repack {
+            mark(repo, pack)?;
+        }
+        report.packs_repacked = repack.len();
+        report.packs_marked += repack.len();
+        report.bytes_repacked = moved.bytes;
+    }
     Ok(report)
+}
+
+/// Mark `pack` for deletion by a later prune, stamped when written (not
+/// when the prune began): a backup that starts after this time finds it.
+fn mark(repo: &Repository, pack: &Id) -> Result<()> {
+    let stamp = jiff::Timestamp::now();
+    repo.backend().put_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())
+}
+
+/// The partly used packs (id, unused bytes, blob bytes) to repack so that unused
+/// bytes are at most `max_unused` of the repository: the emptiest first.
+/// `unused_left` grows by what stays unused.
+fn choose_repacks(mut partly_used: Vec<(Id, u64, u64)>, used: u64, max_unused: f64, unused_left: &mut u64) -> Vec<Id> {
+    let mut unused: u64 = partly_used.iter().map(|(_, u, _)| u).sum();
+    // unused / (used + unused) <= max_unused
+    let allowed = if max_unused >= 1.0 {
+        u64::MAX
+    } else {
+        (max_unused.max(0.0) / (1.0 - max_unused.max(0.0)) * used as f64) as u64
+    };
+    partly_used.sort_by_key(|&(id, unused, size)| (std::cmp::Reverse(unused as u128 * 1_000_000 / size as u128), id));
+    let mut chosen = Vec::new();
+    for (id, pack_unused, _) in partly_used {
+        if unused <= allowed {
+            break;
+        }
+        chosen.push(id);
+        unused -= pack_unused;
+    }
+    *unused_left += unused;
+    chosen
 }
 
 /// The backup ↔ prune protocol, on a repository in memory.
@@ -272,6 +449,7 @@ mod tests {
     use super::*;
     use crate::engine::backend::{Backend, Dir, MemoryBackend};
     use crate::engine::backup::{BackupOptions, BackupSource, backup};
+    use crate::engine::crypto::ObjectKind;
     use crate::engine::repository::InitOptions;
 
     fn repository() -> (Arc<MemoryBackend>, Repository) {
@@ -280,10 +458,12 @@ mod tests {
         (store, repo)
     }
 
-    /// A directory holding one file of `seed`-made bytes.
+    /// A directory holding one file of 300 kB made from `seed`.
     fn files(seed: u8) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed).collect();
+        // Incompressible, so sizes are what the test says.
+        let mut bytes = vec![0u8; 300_000];
+        blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut bytes);
         std::fs::write(dir.path().join("data"), bytes).unwrap();
         dir
     }
@@ -291,6 +471,11 @@ mod tests {
     fn back_up(repo: &Repository, dir: &Path) -> Id {
         let opts = BackupOptions { use_parent: false, ..Default::default() };
         backup(repo, &[BackupSource::same_path(dir).unwrap()], &opts).unwrap().id
+    }
+
+    /// Delete at once, repack beyond 5% unused.
+    fn now() -> GcOptions {
+        GcOptions { grace: Duration::ZERO, ..Default::default() }
     }
 
     fn healthy(repo: &Repository) -> bool {
@@ -304,38 +489,163 @@ mod tests {
         let first = back_up(&repo, dir.path());
         forget(&repo, &[first]).unwrap();
         let running = crate::engine::running::register_backup(&repo).unwrap();
-        let marked = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        let marked = collect_garbage(&repo, &now()).unwrap();
         assert!(marked.packs_marked > 0 && marked.packs_deleted == 0, "{marked:?}");
-        let waiting = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        let waiting = collect_garbage(&repo, &now()).unwrap();
         assert_eq!(waiting.packs_deleted, 0, "a backup that started before the mark may still reference them");
         assert!(waiting.packs_waiting > 0, "{waiting:?}");
         drop(running);
-        let deleted = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        let deleted = collect_garbage(&repo, &now()).unwrap();
         assert!(deleted.packs_deleted > 0, "{deleted:?}");
         assert!(store.names(Dir::Packs).is_empty() && store.names(Dir::Marks).is_empty());
         assert!(healthy(&repo));
     }
 
     #[test]
-    fn a_backup_stores_again_what_only_a_marked_pack_holds_and_prune_keeps_both() {
+    fn a_backup_stores_again_what_only_a_marked_pack_holds_and_prune_deletes_the_old_copy() {
         let (store, repo) = repository();
         let dir = files(2);
         let first = back_up(&repo, dir.path());
         forget(&repo, &[first]).unwrap();
-        assert!(collect_garbage(&repo, Duration::ZERO, false).unwrap().packs_marked > 0);
+        assert!(collect_garbage(&repo, &now()).unwrap().packs_marked > 0);
         let marked = store.names(Dir::Marks);
         // The same content again: its blobs are only in marked packs, so
         // the backup writes packs of its own instead of reusing them.
         let packs_before = store.names(Dir::Packs).len();
         let second = back_up(&repo, dir.path());
         assert!(store.names(Dir::Packs).len() >= packs_before + marked.len(), "no blob of a marked pack reused");
-        // The old packs' blobs are referenced again (by id), so prune keeps
-        // them and takes the marks away: nothing is lost, at the cost of the
-        // duplicates (repacking is not built yet).
-        let report = collect_garbage(&repo, Duration::ZERO, false).unwrap();
-        assert_eq!((report.packs_unmarked, report.packs_deleted), (marked.len(), 0), "{report:?}");
+        // The new packs keep the blobs the snapshot needs; the marked ones
+        // keep nothing, so they go.
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!((report.packs_unmarked, report.packs_deleted), (0, marked.len()), "{report:?}");
         assert!(store.names(Dir::Marks).is_empty());
+        assert_eq!(store.names(Dir::Packs).len(), packs_before, "one copy of each blob");
         assert!(healthy(&repo), "snapshot {second:?} must read whole");
+    }
+
+    /// Bytes in `packs/`.
+    fn pack_bytes(store: &MemoryBackend) -> u64 {
+        store.list(Dir::Packs).unwrap().iter().map(|f| f.size).sum()
+    }
+
+    /// Two snapshots sharing file `a`: the first with `b`, the second with
+    /// `c`. Forgetting the first leaves its data pack half used.
+    fn half_used_pack() -> (Arc<MemoryBackend>, Repository, tempfile::TempDir) {
+        let (store, repo) = repository();
+        let dir = files(4);
+        std::fs::copy(files(5).path().join("data"), dir.path().join("b")).unwrap();
+        let first = back_up(&repo, dir.path());
+        std::fs::remove_file(dir.path().join("b")).unwrap();
+        std::fs::copy(files(6).path().join("data"), dir.path().join("c")).unwrap();
+        back_up(&repo, dir.path());
+        forget(&repo, &[first]).unwrap();
+        (store, repo, dir)
+    }
+
+    /// What a fresh backup of `dir` stores.
+    fn fresh_size(dir: &Path) -> u64 {
+        let (store, repo) = repository();
+        back_up(&repo, dir);
+        pack_bytes(&store)
+    }
+
+    #[test]
+    fn forgetting_half_the_history_gives_the_space_back_by_repacking() {
+        let (store, repo, dir) = half_used_pack();
+        let dry = collect_garbage(&repo, &GcOptions { dry_run: true, ..now() }).unwrap();
+        assert_eq!(dry.packs_repacked, 1, "{dry:?}");
+        assert!(store.names(Dir::Marks).is_empty(), "a dry run changes nothing");
+        let repacked = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(repacked.packs_repacked, 1, "{repacked:?}");
+        assert!(repacked.bytes_repacked >= 300_000 && repacked.bytes_repacked < 400_000, "{repacked:?}");
+        assert!(healthy(&repo), "the marked pack and its copy both read");
+        let deleted = collect_garbage(&repo, &now()).unwrap();
+        assert!(deleted.packs_deleted >= 1 && deleted.packs_repacked == 0, "{deleted:?}");
+        assert!(healthy(&repo));
+        let (left, fresh) = (pack_bytes(&store), fresh_size(dir.path()));
+        assert!(left as f64 <= fresh as f64 * 1.1, "{left} bytes left, a fresh backup stores {fresh}");
+        let again = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!((again.packs_marked, again.packs_repacked, again.packs_deleted), (0, 0, 0), "{again:?}");
+    }
+
+    #[test]
+    fn a_partly_used_pack_stays_when_unused_space_is_within_the_limit() {
+        let (store, repo, _dir) = half_used_pack();
+        let report = collect_garbage(&repo, &GcOptions { max_unused: 1.0, ..now() }).unwrap();
+        assert_eq!(report.packs_repacked, 0, "{report:?}");
+        assert!(report.bytes_unused_left >= 300_000, "{report:?}");
+        // Half of the data pack is unused, a third of the repository.
+        let report = collect_garbage(&repo, &GcOptions { max_unused: 0.4, ..now() }).unwrap();
+        assert_eq!(report.packs_repacked, 0, "{report:?}");
+        assert!(store.names(Dir::Marks).len() <= 1, "only the unreferenced tree pack");
+    }
+
+    #[test]
+    fn a_repack_cut_short_before_its_marks_leaves_copies_that_the_next_prune_clears() {
+        let (store, repo, _dir) = half_used_pack();
+        // What a repack does before it marks: the used blobs of the half
+        // used pack go to a new pack, and an index names it.
+        let (index, _) = repo.load_index().unwrap();
+        let referenced = referenced_blobs(&repo, &index).unwrap();
+        let needed: Vec<(Id, BlobLocation)> = index
+            .iter()
+            .filter(|(id, at)| at.kind == ObjectKind::Chunk && referenced.contains(id))
+            .filter(|(_, at)| index.iter().filter(|(_, b)| b.pack == at.pack).count() == 2)
+            .collect();
+        assert_eq!(needed.len(), 1, "file a, in the pack it shares with b");
+        let moved = transfer_blobs(&repo, &repo, needed).unwrap();
+        repo.write_index_file(&IndexFile { packs: moved.packs }).unwrap();
+        assert!(healthy(&repo));
+        // The old pack now keeps nothing (its used blob has a fuller home):
+        // marked, not repacked again; then deleted.
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_repacked, 0, "{report:?}");
+        assert_eq!(report.packs_marked, 2, "the old data pack and the first snapshot's tree pack: {report:?}");
+        let before = store.names(Dir::Packs).len();
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_deleted, 2, "{report:?}");
+        assert_eq!(store.names(Dir::Packs).len(), before - 2);
+        assert!(healthy(&repo));
+    }
+
+    #[test]
+    fn a_lost_new_copy_never_costs_the_old_one() {
+        let (store, repo, _dir) = half_used_pack();
+        let packs_before: HashSet<String> = store.names(Dir::Packs).into_iter().collect();
+        assert_eq!(collect_garbage(&repo, &now()).unwrap().packs_repacked, 1);
+        // The pack the repack wrote is lost (a disk, a careless admin).
+        for name in store.names(Dir::Packs).into_iter().filter(|n| !packs_before.contains(n)) {
+            store.remove(Dir::Packs, &name).unwrap();
+        }
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_unmarked, 1, "the old pack holds the only copy there is: {report:?}");
+        collect_garbage(&repo, &now()).unwrap();
+        assert!(healthy(&repo), "every snapshot reads whole");
+    }
+
+    #[test]
+    fn a_blob_a_running_backup_reused_from_a_repacked_pack_keeps_that_pack() {
+        let (store, repo, dir) = half_used_pack();
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_repacked, 1, "{report:?}");
+        // A backup that read the index before the repack's marks appeared
+        // reuses b, which was not repacked (no snapshot needed it then).
+        let marks: Vec<(String, Vec<u8>)> =
+            store.names(Dir::Marks).into_iter().map(|n| (n.clone(), store.get(Dir::Marks, &n).unwrap())).collect();
+        for (name, _) in &marks {
+            store.remove(Dir::Marks, name).unwrap();
+        }
+        std::fs::copy(files(5).path().join("data"), dir.path().join("b")).unwrap();
+        let packs_before = store.names(Dir::Packs).len();
+        back_up(&repo, dir.path());
+        for (name, stamp) in &marks {
+            store.put_state(Dir::Marks, name, stamp).unwrap();
+        }
+        let new_packs = store.names(Dir::Packs).len() - packs_before;
+        assert_eq!(new_packs, 1, "only a tree pack: b's chunk was reused from the half used pack");
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_unmarked, 1, "the half used pack holds the only copy of b: {report:?}");
+        assert!(healthy(&repo));
     }
 
     #[test]
@@ -347,11 +657,11 @@ mod tests {
         for name in store.names(Dir::Index) {
             store.remove(Dir::Index, &name).unwrap();
         }
-        let refused = collect_garbage(&repo, Duration::ZERO, false).unwrap_err().to_string();
+        let refused = collect_garbage(&repo, &now()).unwrap_err().to_string();
         assert!(refused.contains("repair"), "{refused}");
         assert_eq!(store.names(Dir::Packs), packs, "nothing deleted");
         crate::engine::repair::repair_index(&repo, false).unwrap();
-        let report = collect_garbage(&repo, Duration::ZERO, false).unwrap();
+        let report = collect_garbage(&repo, &now()).unwrap();
         assert_eq!((report.packs_marked, report.packs_deleted), (0, 0), "{report:?}");
         assert!(healthy(&repo));
     }

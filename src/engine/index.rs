@@ -85,8 +85,21 @@ impl IndexBuilder {
     /// The index; a blob listed twice keeps one of its locations (either
     /// is valid). Sorted in place: no second copy of the entries.
     pub fn finish(self) -> Index {
+        self.finish_avoiding(&HashSet::new())
+    }
+
+    /// The index; a blob listed twice keeps a location outside `avoid`
+    /// (packs marked for deletion, whose blobs prune repacked elsewhere)
+    /// where it has one, else the one of the packs with the lowest id.
+    pub fn finish_avoiding(self, avoid: &HashSet<Id>) -> Index {
         let mut index = self.0;
-        index.blobs.sort_unstable_by_key(|e| e.id);
+        let avoid: HashSet<u32> = avoid.iter().filter_map(|p| index.packs.get(p)).map(|i| i.number).collect();
+        let pack_ids = &index.pack_ids;
+        let rank = |e: &IndexEntry| {
+            let number = e.pack_kind >> KIND_BITS;
+            (avoid.contains(&number), pack_ids[number as usize])
+        };
+        index.blobs.sort_unstable_by(|a, b| a.id.cmp(&b.id).then_with(|| rank(a).cmp(&rank(b))));
         index.blobs.dedup_by(|later, first| later.id == first.id);
         index.blobs.shrink_to_fit();
         index.rebucket();
@@ -204,7 +217,6 @@ impl Index {
     pub fn pack_end(&self, pack: &Id) -> Option<u64> {
         self.packs.get(pack).map(|i| i.end)
     }
-
     pub fn len(&self) -> usize {
         self.blobs.len()
     }
@@ -303,6 +315,19 @@ mod tests {
         assert_eq!(index.get(&id(6)).map(|l| l.pack), Some(id(202)));
         let without = index.without_packs(&HashSet::from([id(200)]));
         assert!(!without.contains(&id(5)) && without.contains(&id(4)) && !without.has_pack(&id(200)));
+    }
+
+    #[test]
+    fn a_blob_also_in_a_pack_to_avoid_is_found_in_the_other() {
+        for avoided in [200, 201] {
+            let mut builder = IndexBuilder::default();
+            builder.add(&file(200, &[(5, ObjectKind::Chunk, 0), (7, ObjectKind::Chunk, 10)]));
+            builder.add(&file(201, &[(5, ObjectKind::Chunk, 30)]));
+            let index = builder.finish_avoiding(&HashSet::from([id(avoided)]));
+            let kept = if avoided == 200 { 201 } else { 200 };
+            assert_eq!(index.get(&id(5)).map(|l| l.pack), Some(id(kept)));
+            assert_eq!(index.get(&id(7)).map(|l| l.pack), Some(id(200)), "its only place, avoided or not");
+        }
     }
 
     #[test]

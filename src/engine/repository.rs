@@ -16,7 +16,7 @@
 //! header (`holdfast`, format version, object kind, a 32-byte object id) and
 //! the sealed payload, with the header bound as associated data.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -281,7 +281,11 @@ impl Repository {
             .into_iter()
             .filter_map(|(n, r)| Some((n, r.err()?)))
             .collect();
-        Ok((builder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).finish(), damaged))
+        // A blob prune repacked is read from its new pack, not from the
+        // marked one that a later prune deletes.
+        let marked: HashSet<Id> = crate::engine::running::marked_packs_listed(self).unwrap_or_default();
+        let builder = builder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok((builder.finish_avoiding(&marked), damaged))
     }
 
     pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
