@@ -56,6 +56,11 @@ pub struct Cli {
     /// Read the passphrase from this file (else $HOLDFAST_PASSPHRASE, else a prompt).
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Read everything from the repository; leave the local cache of its
+    /// snapshots ($HOLDFAST_CACHE_DIR, $XDG_CACHE_HOME/holdfast,
+    /// /var/cache/holdfast for root) alone.
+    #[arg(long, global = true, env = "HOLDFAST_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_cache: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -192,6 +197,9 @@ impl Context {
 pub fn run() -> Result<Exit> {
     let cli = Cli::parse();
     init_logging();
+    if cli.no_cache {
+        crate::engine::cache::disable();
+    }
     // Everything holdfast creates for itself (spool, state, dumps, keys,
     // restore staging) starts private; wider modes are set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

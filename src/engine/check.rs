@@ -207,7 +207,7 @@ fn check_snapshots(
     report: &mut CheckReport,
     damage: &mut Damage,
 ) -> Result<HashMap<Id, TreeDamage>> {
-    let (snaps, unreadable) = repo.snapshots()?;
+    let (snaps, unreadable) = repo.snapshots_from_files()?;
     report.snapshots = snaps.len() + unreadable.len();
     for (name, e) in unreadable {
         damage.add(format!("snapshot {}", short(&name)), e.to_string());

@@ -50,6 +50,10 @@ use crate::error::{Error, Result};
 /// taken); it protects the pack like one that started before.
 const MARK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
+/// More index files than this are merged into one by a prune (each
+/// backup writes one; every command that loads the index reads them all).
+const CONSOLIDATE_INDEX_FILES: usize = 32;
+
 /// Leftovers (unindexed packs, `tmp/` files) younger than this are never
 /// removed, whatever the grace period: a backup writes its first temporary
 /// file a moment before it registers as running.
@@ -324,7 +328,9 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
         report.bytes_repacked = repack.iter().filter_map(|p| packs.get(p)).map(|p| kept_bytes(p).0).sum();
         return Ok(report);
     }
-    if !delete.is_empty() {
+    // Every backup adds an index file: many small ones are merged into one
+    // (the same way, and as safely, as dropping packs from the index).
+    if !delete.is_empty() || files.len() > CONSOLIDATE_INDEX_FILES {
         // 1. A new index without the doomed packs, 2. the old files go, 3. the packs go.
         let mut kept: Vec<IndexedPack> = Vec::new();
         let mut listed: HashSet<Id> = HashSet::new();
@@ -645,6 +651,24 @@ mod tests {
         assert_eq!(new_packs, 1, "only a tree pack: b's chunk was reused from the half used pack");
         let report = collect_garbage(&repo, &now()).unwrap();
         assert_eq!(report.packs_unmarked, 1, "the half used pack holds the only copy of b: {report:?}");
+        assert!(healthy(&repo));
+    }
+
+    #[test]
+    fn many_index_files_are_merged_into_one() {
+        let (store, repo) = repository();
+        let dir = files(7);
+        for i in 0..=CONSOLIDATE_INDEX_FILES {
+            std::fs::write(dir.path().join("counter"), i.to_string()).unwrap();
+            back_up(&repo, dir.path());
+        }
+        assert!(store.names(Dir::Index).len() > CONSOLIDATE_INDEX_FILES);
+        let (before, _) = repo.load_index().unwrap();
+        let report = collect_garbage(&repo, &now()).unwrap();
+        assert_eq!(report.packs_marked, 0, "every snapshot is kept: {report:?}");
+        assert_eq!(store.names(Dir::Index).len(), 1);
+        let (after, _) = repo.load_index().unwrap();
+        assert!(before.iter().eq(after.iter()), "the same blobs in the same places");
         assert!(healthy(&repo));
     }
 

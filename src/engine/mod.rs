@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod backup;
 pub mod beneath;
+pub mod cache;
 pub mod check;
 pub mod chunker;
 pub mod copy;

@@ -96,7 +96,7 @@ pub fn repair_index(repo: &Repository, dry_run: bool) -> Result<IndexRepair> {
 /// Blobs the snapshots need that `index` does not place (counting only
 /// what can be walked).
 fn unreadable_needs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
-    let (snaps, _) = repo.snapshots()?;
+    let (snaps, _) = repo.snapshots_from_files()?;
     let mut missing = HashSet::new();
     let mut seen: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
     let roots = seen.iter().map(|id| (*id, ())).collect();
@@ -160,7 +160,7 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
         bad_blobs.extend(blobs.into_keys());
     }
     let readable = |id: &Id| !bad_blobs.contains(id) && index.get(id).is_some_and(|loc| !bad_packs.contains(&loc.pack));
-    let (snaps, unreadable) = repo.snapshots()?;
+    let (snaps, unreadable) = repo.snapshots_from_files()?;
     let already: HashSet<Id> = snaps.iter().filter_map(|(_, s)| s.repaired.as_ref().map(|r| r.from)).collect();
     let mut out: Vec<SnapshotRepair> = unreadable
         .into_iter()

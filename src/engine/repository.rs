@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::short_name as short;
-use crate::engine::backend::{Backend, INDEX, KEYS, Location, PACKS, ROOT, ReadCache, SNAPSHOTS, Stored};
+use crate::engine::backend::{
+    Backend, FileInfo, INDEX, KEYS, Location, MARKS, PACKS, ROOT, ReadCache, SNAPSHOTS, Stored,
+};
+use crate::engine::cache::SnapshotCache;
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
@@ -283,7 +286,10 @@ impl Repository {
             .collect();
         // A blob prune repacked is read from its new pack, not from the
         // marked one that a later prune deletes.
-        let marked: HashSet<Id> = crate::engine::running::marked_packs_listed(self).unwrap_or_default();
+        let marked: HashSet<Id> = match self.backend.list(MARKS) {
+            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
+            Err(_) => HashSet::new(),
+        };
         let builder = builder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok((builder.finish_avoiding(&marked), damaged))
     }
@@ -313,19 +319,47 @@ impl Repository {
     }
 
     /// All snapshots, oldest first, and the ones that could not be read.
+    /// Every snapshot, oldest first, and the files that cannot be read.
+    /// Snapshots read before come from the local cache (see `engine::cache`).
     pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
+        self.read_snapshots(true)
+    }
+
+    /// Every snapshot read from its file and authenticated, never from the
+    /// cache: for `check` and `repair`.
+    pub fn snapshots_from_files(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
+        self.read_snapshots(false)
+    }
+
+    fn read_snapshots(&self, cached: bool) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        let names: Vec<String> = self.backend.list(SNAPSHOTS)?.into_iter().map(|f| f.name).collect();
-        let read = |name: &String| match Id::from_hex(name) {
-            Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
-            None => Err(Error::damaged("snapshot", format!("unexpected file {name}"))),
-        };
-        for (name, result) in self.read_many(names, self.small_reads(), read) {
-            match result {
-                Ok(found) => good.push(found),
-                Err(e) => bad.push((name, e)),
+        let listed = self.backend.list(SNAPSHOTS)?;
+        let mut cache = cached.then(|| SnapshotCache::load(&self.config.id, &self.keys));
+        let mut unread = Vec::new();
+        for file in &listed {
+            match (cache.as_ref().and_then(|c| c.get(file)), Id::from_hex(&file.name)) {
+                (Some(snapshot), Some(id)) => good.push((id, snapshot.clone())),
+                _ => unread.push(file),
             }
+        }
+        let read = |file: &&FileInfo| match Id::from_hex(&file.name) {
+            Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
+            None => Err(Error::damaged("snapshot", format!("unexpected file {}", file.name))),
+        };
+        for (file, result) in self.read_many(unread, self.small_reads(), read) {
+            match result {
+                Ok(found) => {
+                    if let Some(c) = &mut cache {
+                        c.put(file, &found.1);
+                    }
+                    good.push(found);
+                }
+                Err(e) => bad.push((file.name.clone(), e)),
+            }
+        }
+        if let Some(c) = cache {
+            c.save(&listed);
         }
         // A repaired snapshot keeps its original's time and sorts after it.
         good.sort_by_key(|(id, s)| (s.time, s.repaired.is_some(), *id));

@@ -59,11 +59,6 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
     Ok(Running { backend: repo.shared_backend(), name })
 }
 
-/// Packs marked for deletion, by listing alone (no mark is read).
-pub fn marked_packs_listed(repo: &Repository) -> Result<HashSet<Id>> {
-    Ok(names(repo, MARKS)?.iter().filter_map(|n| Id::from_hex(n)).collect())
-}
-
 /// Packs marked for deletion, with when they were marked.
 pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
     let mut out = HashMap::new();

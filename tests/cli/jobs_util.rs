@@ -106,7 +106,8 @@ impl JobEnv {
             .env_remove("HOLDFAST_PASSPHRASE")
             .env_remove("HOLDFAST_NEW_PASSPHRASE")
             .env_remove("HOLDFAST_REPOSITORY")
-            .env_remove("HOLDFAST_CONFIG");
+            .env_remove("HOLDFAST_CONFIG")
+            .env("HOLDFAST_CACHE_DIR", crate::util::test_cache_dir());
         c
     }
 

@@ -16,6 +16,7 @@
 mod util;
 
 mod bad_input;
+mod cache;
 mod copy;
 mod crash;
 mod keys;

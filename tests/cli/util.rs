@@ -183,8 +183,15 @@ pub fn holdfast(repo: &Path) -> Command {
         .env_remove("HOLDFAST_PASSPHRASE")
         .env_remove("HOLDFAST_NEW_PASSPHRASE")
         .env_remove("HOLDFAST_REPOSITORY")
+        .env("HOLDFAST_CACHE_DIR", test_cache_dir())
         .timeout(TIMEOUT);
     c
+}
+
+/// The cache directory of this test run's holdfast commands (one per test
+/// process, not the machine's: caches are per repository id inside it).
+pub fn test_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("holdfast-test-cache-{}", std::process::id()))
 }
 
 pub fn stdout_of(a: &assert_cmd::assert::Assert) -> String {

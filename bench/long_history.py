@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Long histories: how `snapshots`, an unchanged backup (its parent lookup)
+and `prune --dry-run` grow from a repository of 10 snapshots to one of N.
+
+    bench/long_history.py [--snapshots 1000] [--work /var/tmp/hf-history] [--runs 5]
+
+Each snapshot is a backup of a tiny tree with one file changed, so the
+history, not the data, is what grows. Times are the best of --runs runs
+(wall clock, seconds); the ratio column is N snapshots over 10, with the
+snapshot cache and without it (--no-cache). A key unlock (argon2) is in every
+figure: it is the floor.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def holdfast_bin():
+    return os.environ.get("HOLDFAST_BIN", os.path.join(HERE, "..", "target", "release", "holdfast"))
+
+
+def run(args, env):
+    subprocess.run([holdfast_bin()] + args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def best(args, env, runs):
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(args, env)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_history(work, name, count, env):
+    repo = os.path.join(work, name)
+    src = os.path.join(work, "src-" + name)
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    with open(os.path.join(src, "a"), "w") as f:
+        f.write("a file that never changes\n")
+    run(["--repo", repo, "init"], env)
+    for i in range(count):
+        with open(os.path.join(src, "b"), "w") as f:
+            f.write(f"version {i}\n")
+        run(["--repo", repo, "backup", src], env)
+    return repo, src
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snapshots", type=int, default=1000)
+    p.add_argument("--work", default="/var/tmp/hf-history")
+    p.add_argument("--runs", type=int, default=5)
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    env = dict(os.environ, HOLDFAST_PASSPHRASE="bench", HOLDFAST_NEW_PASSPHRASE="bench")
+    started = time.perf_counter()
+    small = make_history(a.work, "h10", 10, env)
+    large = make_history(a.work, f"h{a.snapshots}", a.snapshots, env)
+    print(f"made {a.snapshots + 10} snapshots in {time.perf_counter() - started:.0f} s")
+    steps = [
+        ("snapshots", lambda repo, src: ["--repo", repo, "snapshots"]),
+        ("backup (unchanged)", lambda repo, src: ["--repo", repo, "backup", src]),
+        ("prune --dry-run", lambda repo, src: ["--repo", repo, "prune", "--keep-last", "100000", "--dry-run"]),
+    ]
+    no_cache = dict(env, HOLDFAST_NO_CACHE="1")
+    n = a.snapshots
+    print(f"| step | 10 snapshots s | {n} snapshots s | ratio | 10, --no-cache | {n}, --no-cache | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for label, args in steps:
+        row = []
+        for e in (env, no_cache):
+            t10 = best(args(*small), e, a.runs)
+            tn = best(args(*large), e, a.runs)
+            row.append(f"{t10:.3f} | {tn:.3f} | {tn / t10:.2f}")
+        print(f"| {label} | {' | '.join(row)} |")
+
+
+if __name__ == "__main__":
+    main()
