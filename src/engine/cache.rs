@@ -1,6 +1,9 @@
-//! A local cache of a repository's snapshots, so that listing them, finding
-//! a backup's parent and pruning do not read and decrypt every snapshot file
-//! on every run: with a long history that is most of what those commands do.
+//! A local cache of a remote repository's snapshots, so that listing them,
+//! finding a backup's parent and pruning do not fetch and decrypt every
+//! snapshot object on every run: with a long history on a bucket that is
+//! most of what those commands do. A local repository is read as it is
+//! (its files are as near as a cache would be, and reading them is what
+//! finds a snapshot file a failing disk has damaged).
 //!
 //! One file per repository, `<cache dir>/<repository id>/snapshots`, in
 //! directories of mode 0700. The cache directory is `$HOLDFAST_CACHE_DIR`,
@@ -8,8 +11,8 @@
 //! `~/.cache/holdfast` for others. The file is sealed with the repository's
 //! keys: one that was changed, cut short or belongs to another repository
 //! does not open, and is rebuilt. An entry is used only while the repository
-//! lists its snapshot file under the same name (the hash of its bytes), size
-//! and modification time; anything else is read from the repository. The
+//! lists its snapshot under the same name (the hash of its bytes), size,
+//! modification time and ETag; anything else is read from the repository. The
 //! file is written whole to a temporary name and renamed, so concurrent runs
 //! and a crash leave one complete version. Any failure of the cache only
 //! costs speed: the command reads the repository as if there were none.
@@ -55,6 +58,7 @@ pub fn cache_root() -> Option<PathBuf> {
 struct Entry {
     size: u64,
     modified: Option<jiff::Timestamp>,
+    tag: Option<String>,
     snapshot: Snapshot,
 }
 
@@ -80,12 +84,13 @@ impl<'a> SnapshotCache<'a> {
     /// The cached snapshot of `listed`, if the file is the one that was read.
     pub fn get(&self, listed: &FileInfo) -> Option<&Snapshot> {
         let e = self.entries.get(&listed.name)?;
-        (e.size == listed.size && e.modified == listed.modified).then_some(&e.snapshot)
+        (e.size == listed.size && e.modified == listed.modified && e.tag == listed.tag).then_some(&e.snapshot)
     }
 
     /// Remember `snapshot`, just read from `listed`.
     pub fn put(&mut self, listed: &FileInfo, snapshot: &Snapshot) {
-        let entry = Entry { size: listed.size, modified: listed.modified, snapshot: snapshot.clone() };
+        let entry =
+            Entry { size: listed.size, modified: listed.modified, tag: listed.tag.clone(), snapshot: snapshot.clone() };
         self.entries.insert(listed.name.clone(), entry);
         self.changed = true;
     }
@@ -130,7 +135,7 @@ mod tests {
     use crate::engine::crypto::MasterKey;
 
     fn listed(name: &str, size: u64) -> FileInfo {
-        FileInfo { name: name.into(), size, modified: Some(jiff::Timestamp::UNIX_EPOCH) }
+        FileInfo { name: name.into(), size, modified: Some(jiff::Timestamp::UNIX_EPOCH), tag: Some("t".into()) }
     }
 
     #[test]
@@ -167,6 +172,8 @@ mod tests {
         let cache = SnapshotCache { entries: read_sealed(&file, &keys, &Id::ZERO).unwrap(), ..fresh() };
         assert_eq!(cache.get(&listed("aa", 10)), Some(&snap));
         assert!(cache.get(&listed("aa", 11)).is_none(), "another size: read it again");
+        let retagged = FileInfo { tag: Some("u".into()), ..listed("aa", 10) };
+        assert!(cache.get(&retagged).is_none(), "another ETag: read it again");
         assert!(cache.get(&listed("bb", 10)).is_none());
         let mut bytes = std::fs::read(&file).unwrap();
         let last = bytes.len() - 1;

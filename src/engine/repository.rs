@@ -320,9 +320,10 @@ impl Repository {
 
     /// All snapshots, oldest first, and the ones that could not be read.
     /// Every snapshot, oldest first, and the files that cannot be read.
-    /// Snapshots read before come from the local cache (see `engine::cache`).
+    /// On a remote repository, snapshots read before come from the local
+    /// cache (see `engine::cache`).
     pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
-        self.read_snapshots(true)
+        self.read_snapshots(self.backend.is_remote())
     }
 
     /// Every snapshot read from its file and authenticated, never from the

@@ -191,6 +191,7 @@ impl Backend for LocalBackend {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 size: meta.len(),
                 modified: meta.modified().ok().and_then(|m| jiff::Timestamp::try_from(m).ok()),
+                tag: None,
             });
         };
         for entry in fs::read_dir(&base).at(&base)? {

@@ -99,6 +99,7 @@ impl Backend for MemoryBackend {
                 name: name.clone(),
                 size: bytes.len() as u64,
                 modified: Some(*at),
+                tag: None,
             })
             .collect())
     }

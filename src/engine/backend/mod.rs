@@ -102,6 +102,9 @@ pub struct FileInfo {
     pub size: u64,
     /// Last modification, where the medium tells it.
     pub modified: Option<jiff::Timestamp>,
+    /// What changes whenever the object's bytes do, where the medium has
+    /// one (an S3 ETag).
+    pub tag: Option<String>,
 }
 
 /// Whether [`Backend::put_new`] stored the bytes or found the name taken.

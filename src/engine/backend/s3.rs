@@ -360,7 +360,7 @@ impl Backend for S3Backend {
             .filter_map(|m| {
                 let name = m.location.filename()?.to_string();
                 let modified = jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis()).ok();
-                Some(FileInfo { name, size: m.size, modified })
+                Some(FileInfo { name, size: m.size, modified, tag: m.e_tag })
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
