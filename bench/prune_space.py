@@ -3,7 +3,8 @@
 files change each round, forget the older half, prune, and compare the
 repository with a fresh backup of the states that remain.
 
-    bench/prune_space.py [--files 2000] [--rounds 10] [--change 0.1] [--tools holdfast,restic]
+    bench/prune_space.py [--files 2000] [--min-kib 8 --max-kib 64] [--rounds 10] [--change 0.1]
+                         [--tools holdfast,restic]
 
 holdfast prunes twice with `--grace 0s` (the first repacks and marks, the
 second deletes); restic prunes once (`--max-unused 5%`, its default). The
@@ -31,7 +32,7 @@ def du(path):
     return total
 
 
-def write_state(src, files, rounds_done, change, seed=1):
+def write_state(src, files, rounds_done, change, sizes, seed=1):
     """The tree as it is after `rounds_done` rounds (deterministic)."""
     version = [0] * files
     rng = random.Random(seed)
@@ -42,7 +43,8 @@ def write_state(src, files, rounds_done, change, seed=1):
         d = os.path.join(src, f"d{f // 100:03}")
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"f{f:05}")
-        data = random.Random(f * 1_000_003 + version[f]).randbytes(8192 + (f * 7919) % 57344)
+        lo, hi = sizes
+        data = random.Random(f * 1_000_003 + version[f]).randbytes(lo + (f * 7919) % (hi - lo))
         try:
             with open(path, "rb") as old:
                 if old.read() == data:
@@ -89,13 +91,15 @@ def main():
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--change", type=float, default=0.1)
+    p.add_argument("--min-kib", type=int, default=8)
+    p.add_argument("--max-kib", type=int, default=64)
     p.add_argument("--tools", default="holdfast,restic")
     p.add_argument("--work", default="/var/tmp/hf-prune")
     a = p.parse_args()
     env = dict(os.environ, HOLDFAST_PASSPHRASE="bench", RESTIC_PASSWORD="bench", HOLDFAST_NO_CACHE="1")
     tools = {"holdfast": Holdfast(), "restic": Restic()}
     keep = a.rounds // 2
-    print(f"{a.files} files of 8-64 KiB, {a.rounds} rounds changing {a.change:.0%} each, the newest {keep} kept")
+    print(f"{a.files} files of {a.min_kib}-{a.max_kib} KiB, {a.rounds} rounds changing {a.change:.0%} each, the newest {keep} kept")
     print("| tool | after backups MB | after prune MB | fresh copy MB | pruned / fresh | prune s |")
     print("|---|---|---|---|---|---|")
     for name in a.tools.split(","):
@@ -107,7 +111,7 @@ def main():
         tool.init(full, env)
         tool.init(fresh, env)
         for r in range(a.rounds):
-            write_state(src, a.files, r, a.change)
+            write_state(src, a.files, r, a.change, (a.min_kib * 1024, a.max_kib * 1024))
             tool.backup(full, src, env)
             if r >= a.rounds - keep:
                 tool.backup(fresh, src, env)
