@@ -345,7 +345,8 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
             repo.write_index_file(&IndexFile { packs: kept })?;
         }
         for (name, _) in &files {
-            repo.backend().remove(INDEX, name)?;
+            // Gone already: a prune running at the same time merged it too.
+            remove_if_there(repo, INDEX, name)?;
         }
         for pack in &delete {
             report.bytes_deleted += stored.get(pack).copied().unwrap_or(0);
