@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::engine::backup::ship;
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::{BlobLocation, IndexFile};
-use crate::engine::pack::{Checkpoints, IndexedPack, PackUploader, PackWriter};
+use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
 use crate::engine::parallel::for_each_parallel_with;
 use crate::engine::repository::{PackFiles, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
@@ -96,9 +96,6 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
     let moved = transfer_blobs(from, to, needed)?;
     report.blobs_copied = moved.blobs;
     report.bytes_copied = moved.bytes;
-    if !moved.packs.is_empty() {
-        to.write_index_file(&IndexFile { packs: moved.packs })?;
-    }
     for snap in &todo {
         report.copied.push(to.write_snapshot(snap)?.to_hex());
         report.snapshots_copied += 1;
@@ -109,8 +106,6 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
 /// What [`transfer_blobs`] stored.
 #[derive(Debug, Default)]
 pub(crate) struct Transferred {
-    /// The new packs, for the index file the caller writes.
-    pub packs: Vec<IndexedPack>,
     pub blobs: u64,
     pub bytes: u64,
 }
@@ -118,8 +113,8 @@ pub(crate) struct Transferred {
 /// Store the sealed blobs `needed` (read from `from` where the locations
 /// say) in new packs of `to`: read pack by pack, a few MiB per read, on
 /// several threads, each blob authenticated on the way and moved as it is.
-/// Used by `copy` and by prune's repacking (where `from` is `to`). The
-/// caller writes the index file for the returned packs.
+/// Then an index file names the new packs (after them, as in a backup).
+/// Used by `copy` and by prune's repacking (where `from` is `to`).
 pub(crate) fn transfer_blobs(
     from: &Repository,
     to: &Repository,
@@ -143,8 +138,11 @@ pub(crate) fn transfer_blobs(
         Ok(())
     })?;
     let writers = writers.into_inner().map_err(|_| Error::Invalid("a copy thread panicked".into()))?;
-    let mut moved = writers.finish()?;
-    moved.packs = uploader.finish()?;
+    let moved = writers.finish()?;
+    let packs = uploader.finish()?;
+    if !packs.is_empty() {
+        to.write_index_file(&IndexFile { packs })?;
+    }
     Ok(moved)
 }
 

@@ -403,9 +403,6 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
         let moved = transfer_blobs(repo, repo, needed).map_err(|e| {
             Error::Invalid(format!("repacking failed: {e}; nothing of it was deleted (`holdfast check` says more)"))
         })?;
-        if !moved.packs.is_empty() {
-            repo.write_index_file(&IndexFile { packs: moved.packs })?;
-        }
         for pack in &repack {
             mark(repo, pack)?;
         }
@@ -601,8 +598,7 @@ mod tests {
         let needed: Vec<(Id, BlobLocation)> =
             index.iter().filter(|(id, at)| at.pack == half_used && referenced.contains(id)).collect();
         assert!(!needed.is_empty(), "file a, in the pack it shares with b");
-        let moved = transfer_blobs(&repo, &repo, needed).unwrap();
-        repo.write_index_file(&IndexFile { packs: moved.packs }).unwrap();
+        transfer_blobs(&repo, &repo, needed).unwrap();
         assert!(healthy(&repo));
         // The old pack now keeps nothing (its used blob has a fuller home):
         // marked, not repacked again; then deleted.

@@ -217,6 +217,7 @@ impl Index {
     pub fn pack_end(&self, pack: &Id) -> Option<u64> {
         self.packs.get(pack).map(|i| i.end)
     }
+
     pub fn len(&self) -> usize {
         self.blobs.len()
     }

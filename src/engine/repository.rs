@@ -318,7 +318,6 @@ impl Repository {
         serde_json::from_slice(&json).map_err(|e| Error::damaged(format!("snapshot {}", id.short()), e))
     }
 
-    /// All snapshots, oldest first, and the ones that could not be read.
     /// Every snapshot, oldest first, and the files that cannot be read.
     /// On a remote repository, snapshots read before come from the local
     /// cache (see `engine::cache`).
