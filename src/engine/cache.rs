@@ -19,6 +19,7 @@
 //! `check` and `repair` never use it; `--no-cache` turns it off.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -123,6 +124,15 @@ fn read_sealed(file: &Path, keys: &Keys, repo_id: &Id) -> Option<HashMap<String,
 fn write_sealed(file: &Path, keys: &Keys, repo_id: &Id, entries: &HashMap<String, Entry>) -> crate::error::Result<()> {
     if let Some(dir) = file.parent() {
         crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR)?;
+        // A directory someone else made or may write into (a shared
+        // $HOLDFAST_CACHE_DIR) could hold a symlink at the temporary name.
+        let md = std::fs::symlink_metadata(dir).map_err(|e| crate::error::Error::io(dir, e))?;
+        if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o022 != 0 {
+            return Err(crate::error::Error::Invalid(format!(
+                "{} is not a private directory of this user; not writing the cache there",
+                dir.display()
+            )));
+        }
     }
     let plain = serde_json::to_vec(entries).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     let sealed = keys.seal(ObjectKind::Snapshot, repo_id, &plain, 3)?;
@@ -180,5 +190,21 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&file, bytes).unwrap();
         assert!(read_sealed(&file, &keys, &Id::ZERO).is_none(), "a changed cache does not open");
+    }
+
+    #[test]
+    fn a_directory_others_may_write_into_gets_no_cache() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("r");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let file = shared.join("snapshots");
+        std::os::unix::fs::symlink(&victim, &file).unwrap();
+        let keys = Keys::derive(&MasterKey::generate().unwrap());
+        assert!(write_sealed(&file, &keys, &Id::ZERO, &HashMap::new()).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "nothing written through the link");
     }
 }
