@@ -3,17 +3,21 @@
 # backed up, backed up again unchanged, and restored onto the disk WORK is on
 # (ext4 by default here), by each tool in one run. Time and peak RSS per step.
 #
-#   bench/many_files.sh [--files N] [--tools holdfast,restic,borg,bupstash,rustic] [--work DIR]
+#   bench/many_files.sh [--files N | --path DIR] [--tools holdfast,restic,borg,bupstash,rustic,tar] [--work DIR]
 #
 # Defaults: 100000 files, every tool that is installed, WORK=/var/tmp/hf-many.
+# --path DIR backs up an existing tree instead (a system's /usr: real file
+# sizes, ACLs, capabilities, hard links), as root to read all of it. `tar` is
+# tar --xattrs --acls | zstd -3 -T0 into one file, the baseline.
 # The table is printed on stdout (Markdown); logs are in WORK/logs.
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO_ROOT=$(dirname "$SCRIPT_DIR")
-FILES=100000 TOOLS=holdfast,restic,borg,bupstash,rustic WORK=/var/tmp/hf-many
+FILES=100000 TOOLS=holdfast,restic,borg,bupstash,rustic WORK=/var/tmp/hf-many GIVEN=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --files) FILES=$2; shift 2 ;;
+        --path) GIVEN=$2; shift 2 ;;
         --tools) TOOLS=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -29,7 +33,9 @@ export BUPSTASH_REPOSITORY=$REPOS/bupstash BUPSTASH_KEY=$WORK/bupstash.key BUPST
 rm -rf "$REPOS" "$RESTORE" "$LOGS" "$WORK/cache" "$WORK/bupstash.key" "$WORK"/bupstash.*
 mkdir -p "$REPOS" "$RESTORE" "$LOGS" "$WORK/cache"
 
-if [[ ! -f $DATA/.complete ]]; then
+if [[ -n $GIVEN ]]; then
+    DATA=$GIVEN
+elif [[ ! -f $DATA/.complete ]]; then
     rm -rf "$DATA"
     echo "generating $FILES files in $DATA" >&2
     python3 - "$DATA" "$FILES" <<'EOF'
@@ -63,8 +69,10 @@ init() {
         rustic) ru init ;;
         borg) borg init --encryption repokey-blake2 "$REPOS/borg" ;;
         bupstash) bupstash new-key -o "$BUPSTASH_KEY" && bupstash init ;;
+        tar) mkdir -p "$REPOS/tar" ;;
     esac
 }
+TAR_FLAGS="--xattrs --xattrs-include=* --acls --selinux --numeric-owner"
 backup() {
     case $1 in
         holdfast) hf backup "$DATA" ;;
@@ -72,6 +80,7 @@ backup() {
         rustic) ru backup --host bench "$DATA" ;;
         borg) bg create --compression zstd,3 "$REPOS/borg::b$2" "$DATA" ;;
         bupstash) bupstash put --no-progress --send-log "$WORK/bupstash.sendlog" "$DATA" >"$WORK/bupstash.id" ;;
+        tar) tar -cpf - $TAR_FLAGS "$DATA" | zstd -q -3 -T0 >"$REPOS/tar/b$2.tar.zst" ;;
     esac
 }
 restore() {
@@ -81,10 +90,11 @@ restore() {
         rustic) ru restore latest "$2" ;;
         borg) (cd "$2" && bg extract "$REPOS/borg::b2") ;;
         bupstash) bupstash get --no-progress id="$(cat "$WORK/bupstash.id")" | tar -x -C "$2" ;;
+        tar) zstd -q -dc "$REPOS/tar/b1.tar.zst" | tar -xpf - $TAR_FLAGS -C "$2" ;;
     esac
 }
 export -f hf rc ru bg init backup restore
-export HOLDFAST_BIN REPOS DATA WORK
+export HOLDFAST_BIN REPOS DATA WORK TAR_FLAGS
 
 # timed TOOL STEP CMD...: "seconds MiB" of the step, or "failed".
 timed() {
@@ -96,21 +106,22 @@ timed() {
     fi
 }
 
-echo "| tool | first backup s / MiB | unchanged s / MiB | restore (disk) s / MiB |"
-echo "|---|---|---|---|"
+echo "| tool | first backup s / MiB | stored MiB | unchanged s / MiB | restore (disk) s / MiB |"
+echo "|---|---|---|---|---|"
 IFS=, read -ra LIST <<<"$TOOLS"
 for tool in "${LIST[@]}"; do
-    case $tool in holdfast) [[ -x $HOLDFAST_BIN ]] ;; *) command -v "$tool" >/dev/null ;; esac || {
-        echo "| $tool | not installed | | |"
+    case $tool in holdfast) [[ -x $HOLDFAST_BIN ]] ;; tar) command -v zstd >/dev/null ;; *) command -v "$tool" >/dev/null ;; esac || {
+        echo "| $tool | not installed | | | |"
         continue
     }
-    init "$tool" >"$LOGS/$tool.init.log" 2>&1 || { echo "| $tool | init failed | | |"; continue; }
+    init "$tool" >"$LOGS/$tool.init.log" 2>&1 || { echo "| $tool | init failed | | | |"; continue; }
     sync
     first=$(timed "$tool" first "backup $tool 1")
+    stored=$(du -sm "$REPOS/$tool" 2>/dev/null | cut -f1)
     again=$(timed "$tool" again "backup $tool 2")
     target=$RESTORE/$tool
     rm -rf "$target" && mkdir -p "$target" && sync
     back=$(timed "$tool" restore "restore $tool $target")
     rm -rf "$target"
-    echo "| $tool | $first | $again | $back |"
+    echo "| $tool | $first | $stored | $again | $back |"
 done

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::select::{Patterns, Selection};
 use crate::units::DurationSpec;
 
 /// A configuration error, located where possible.
@@ -335,6 +336,9 @@ pub struct Job {
     /// repositories, the job's spool and state, the config files in use —
     /// each with what it is (for the refusal's message).
     pub protected: Vec<(String, PathBuf)>,
+    /// What a run of this job never backs up: the config's local
+    /// repositories, the job's spool, state and metrics directories.
+    pub internal: Vec<(String, PathBuf)>,
     pub tags: Vec<String>,
     pub hooks: Vec<HookConfig>,
     pub databases: Vec<DatabaseConfig>,
@@ -402,6 +406,23 @@ pub enum Phase {
     BeforeRestore,
     /// After a restore, also when it failed (e.g. start the application).
     AfterRestore,
+}
+
+impl Phase {
+    /// The name as written in job files (`after_dumps`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Before => "before",
+            Phase::Hold => "hold",
+            Phase::AfterDumps => "after_dumps",
+            Phase::AfterFiles => "after_files",
+            Phase::OnSuccess => "on_success",
+            Phase::OnFailure => "on_failure",
+            Phase::Finally => "finally",
+            Phase::BeforeRestore => "before_restore",
+            Phase::AfterRestore => "after_restore",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -610,52 +631,76 @@ pub struct FilesConfig {
     /// Paths backed up when they exist; their absence is not an error.
     #[serde(default)]
     pub optional: Vec<PathBuf>,
-    /// Glob patterns (`**/cache/**`) matched against absolute paths.
+    /// Glob patterns: `/srv/*/tmp` (anchored: starts with `/`) or
+    /// `node_modules`, `*.tmp` (at any depth). See [`Patterns`].
     #[serde(default)]
     pub exclude: Excludes,
+    /// Like `exclude`, ignoring case.
+    #[serde(default)]
+    pub iexclude: Excludes,
+    /// Stay on the file system of each path: mount points below it are
+    /// kept as empty directories.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Skip the contents of directories with a valid `CACHEDIR.TAG`.
+    #[serde(default)]
+    pub exclude_caches: bool,
+    /// Skip the contents of directories holding one of these names.
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files and directories with the no-dump flag (`chattr +d`).
+    #[serde(default)]
+    pub exclude_nodump: bool,
+}
+
+impl FilesConfig {
+    /// What the backup leaves out, `internal` (holdfast's own directories)
+    /// included.
+    pub fn selection(&self, internal: Vec<(String, PathBuf)>) -> std::result::Result<Selection, String> {
+        let exclude = Patterns::new(
+            &self.exclude.0.patterns().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            &self.iexclude.0.patterns().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        )?;
+        Ok(Selection {
+            exclude,
+            one_file_system: self.one_file_system,
+            exclude_caches: self.exclude_caches,
+            exclude_if_present: self.exclude_if_present.iter().map(std::ffi::OsString::from).collect(),
+            exclude_nodump: self.exclude_nodump,
+            internal,
+        })
+    }
 }
 
 /// Exclude patterns, compiled when the config is read (a bad one is
 /// reported with its file, line and column); shown as written.
 #[derive(Debug, Clone, Default)]
-pub struct Excludes {
-    patterns: Vec<String>,
-    set: globset::GlobSet,
-}
+pub struct Excludes(pub Patterns);
 
 impl Excludes {
-    pub fn new(patterns: Vec<String>) -> std::result::Result<Excludes, String> {
-        let mut b = globset::GlobSetBuilder::new();
-        for p in &patterns {
-            b.add(globset::Glob::new(p).map_err(|e| format!("exclude pattern {p:?}: {e}"))?);
-        }
-        let set = b.build().map_err(|e| format!("exclude patterns: {e}"))?;
-        Ok(Excludes { patterns, set })
-    }
-
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
+    pub fn patterns(&self) -> Vec<&str> {
+        self.0.patterns()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.0.is_empty()
     }
 
     /// Whether `path` (absolute) is excluded.
     pub fn is_match(&self, path: &Path) -> bool {
-        self.set.is_match(path)
+        self.0.is_match(path)
     }
 }
 
 impl Serialize for Excludes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.patterns.serialize(s)
+        self.0.patterns().serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Excludes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Excludes::new(Vec::deserialize(d)?).map_err(serde::de::Error::custom)
+        Patterns::new(&Vec::deserialize(d)?, &[]).map(Excludes).map_err(serde::de::Error::custom)
     }
 }
 
@@ -741,10 +786,10 @@ impl Config {
         names
     }
 
-    /// What a restore must never replace: the local repositories, the
-    /// job's spool and state, and the config files in use, each with what
-    /// it is (for the refusal's message).
-    fn protected_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
+    /// holdfast's own directories, which a backup never reads: every local
+    /// repository of the config, the job's spool, state and metrics
+    /// directories, each with what it is.
+    pub fn internal_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = self
             .repositories
             .values()
@@ -752,6 +797,15 @@ impl Config {
             .collect();
         out.push(("the spool".into(), job.spool.clone()));
         out.push(("holdfast's state".into(), job.state_dir.clone()));
+        out.extend(job.metrics_dir.iter().map(|d| ("the metrics directory".into(), d.clone())));
+        out
+    }
+
+    /// What a restore must never replace: holdfast's own directories and
+    /// the config files in use, each with what it is (for the refusal's
+    /// message).
+    fn protected_paths(&self, job: &Job) -> Vec<(String, PathBuf)> {
+        let mut out = self.internal_paths(job);
         out.extend(self.files.iter().map(|f| ("the config in use".into(), f.clone())));
         out
     }
@@ -880,6 +934,7 @@ fn resolve(files: Vec<PathBuf>, parsed: Vec<Parsed>) -> Result<Config> {
     let mut config = Config { files, repositories, jobs: BTreeMap::new() };
     for (name, mut job) in jobs {
         job.protected = config.protected_paths(&job);
+        job.internal = config.internal_paths(&job);
         config.jobs.insert(name, job);
     }
     Ok(config)
@@ -1036,6 +1091,7 @@ fn resolve_job(
         state_dir,
         repositories: repos.get_ref().iter().map(|r| repositories[r].clone()).collect(),
         protected: Vec::new(),
+        internal: Vec::new(),
         tags: job.tags.clone().or(d.tags).unwrap_or_default(),
         hooks,
         databases,

@@ -27,7 +27,7 @@ fn run_variables(vars: &Vars, phase: Phase) -> Env {
     [
         ("HOLDFAST_JOB", vars.job.as_str()),
         ("HOLDFAST_RUN_ID", &vars.run_id),
-        ("HOLDFAST_PHASE", phase_name(phase)),
+        ("HOLDFAST_PHASE", phase.as_str()),
         ("HOLDFAST_SPOOL", &vars.spool),
         ("HOLDFAST_SNAPSHOT", &vars.snapshot),
         ("HOLDFAST_ERROR", &vars.error),
@@ -91,10 +91,10 @@ pub fn run_hook(
             .chain(String::from_utf8_lossy(&out.stderr).lines())
             .filter(|l| !l.trim().is_empty())
         {
-            tracing::info!("hook {}: {line}", phase_name(hook.phase));
+            tracing::info!("hook {}: {line}", hook.phase.as_str());
         }
         if !out.success() {
-            bail!("{}", out.failure_message(&format!("{} hook {:?}", phase_name(hook.phase), record.command)));
+            bail!("{}", out.failure_message(&format!("{} hook {:?}", hook.phase.as_str(), record.command)));
         }
         Ok(())
     })();
@@ -137,7 +137,7 @@ pub fn run_phase(
     mut progress: impl FnMut(HookProgress),
 ) -> Result<()> {
     for (i, hook) in job.hooks.iter().enumerate().filter(|(_, h)| h.phase == phase) {
-        tracing::info!("job {}: {} hook: {}", job.name, phase_name(phase), hook.run.display());
+        tracing::info!("job {}: {} hook: {}", job.name, phase.as_str(), hook.run.display());
         progress(HookProgress::Started(i));
         let (record, result) = match run_hook(hook, vars, cancel, children) {
             Ok(r) => (r, Ok(())),
@@ -236,19 +236,5 @@ impl HeldHook {
         }
         record.duration_secs = self.started.elapsed().as_secs_f64();
         record
-    }
-}
-
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Before => "before",
-        Phase::Hold => "hold",
-        Phase::AfterDumps => "after_dumps",
-        Phase::AfterFiles => "after_files",
-        Phase::OnSuccess => "on_success",
-        Phase::OnFailure => "on_failure",
-        Phase::Finally => "finally",
-        Phase::BeforeRestore => "before_restore",
-        Phase::AfterRestore => "after_restore",
     }
 }

@@ -61,6 +61,23 @@ pub enum Step {
     CleanSpool,
 }
 
+impl Step {
+    /// What the step is doing, for a progress display.
+    pub fn doing(&self) -> String {
+        match self {
+            Step::PrepareSpool => "preparing the spool".into(),
+            Step::Hooks { phase, .. } => format!("hooks {}", phase.as_str()),
+            Step::Hold { .. } => "holding the application".into(),
+            Step::Release => "releasing the application".into(),
+            Step::Dump { entry, .. } => format!("dump of {entry}"),
+            Step::Capture { repository, .. } => format!("files into {repository}"),
+            Step::Commit { repository } => format!("commit to {repository}"),
+            Step::Copy { repository, .. } => format!("copy to {repository}"),
+            Step::CleanSpool => "cleaning the spool".into(),
+        }
+    }
+}
+
 /// Runs steps by their `When` — the one lifecycle of runs and restores:
 /// `Ok` steps while nothing has failed, `Failed` steps once something has,
 /// `Always` steps in any case (so `finally` hooks and cleanups survive any
@@ -180,7 +197,7 @@ mod tests {
         steps
             .iter()
             .map(|s| match &s.step {
-                Step::Hooks { phase, .. } => format!("hooks {}", crate::hooks::phase_name(*phase)),
+                Step::Hooks { phase, .. } => format!("hooks {}", phase.as_str()),
                 Step::Dump { entry, .. } => format!("dump {entry}"),
                 Step::Capture { repository, .. } => format!("capture {repository}"),
                 Step::Commit { repository } => format!("commit {repository}"),

@@ -200,8 +200,13 @@ fn restore_files(
         bail!("the snapshot holds no file sets");
     }
     let threads = crate::engine::parallel::cpus();
-    let opts =
-        RestoreOptions { target: target.to.to_path_buf(), include, threads, cancel: Some(target.cancel.clone()) };
+    let opts = RestoreOptions {
+        target: target.to.to_path_buf(),
+        include,
+        threads,
+        cancel: Some(target.cancel.clone()),
+        progress: None,
+    };
     let summary = restore_staged(repo, snap, &opts, target.overwrite, &target.protected)?;
     report.warnings.extend(summary.warnings.iter().cloned());
     report.files = Some(summary);

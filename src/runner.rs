@@ -23,6 +23,7 @@ use crate::dump::mysql::GlobalReadLock;
 use crate::dump::{self, DumpContext};
 use crate::engine::backup::{BackupOptions, BackupSource, Capture, capture};
 use crate::engine::crypto::Id;
+use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::running::hostname;
 use crate::exit::{Exit, Interrupt};
@@ -83,10 +84,10 @@ impl RunReport {
 
 /// Run `job` to its end: lock, attempts with retries, notifications; then
 /// record the outcome in the job's state (and metrics).
-pub fn run_job(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+pub fn run_job(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>>) -> Result<RunReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name, "run")?;
     let started = jiff::Timestamp::now();
-    let report = run_attempts(job, interrupt)?;
+    let report = run_attempts(job, interrupt, progress)?;
     let finished = jiff::Timestamp::now();
     let mut state = JobState::load(job).unwrap_or_default();
     state.record(RunState {
@@ -144,7 +145,7 @@ fn stored_bytes(repo: &RepositoryConfig) -> Option<u64> {
 }
 
 /// The attempts of one run, with retries and notifications.
-fn run_attempts(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
+fn run_attempts(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>>) -> Result<RunReport> {
     let cancel = interrupt.flag();
     if let Some(r) = recover(job)? {
         tracing::warn!("job {}: {}", job.name, r.describe());
@@ -163,7 +164,9 @@ fn run_attempts(job: &Job, interrupt: &Interrupt) -> Result<RunReport> {
         let run_id = new_run_id();
         vars.run_id = run_id.clone();
         tracing::info!("job {}: run {run_id} (attempt {attempt} of {})", job.name, job.retries + 1);
-        let outcome = Attempt::new(job, &run_id, vars.clone(), interrupt.flag()).execute();
+        let mut a = Attempt::new(job, &run_id, vars.clone(), interrupt.flag());
+        a.progress = progress.clone();
+        let outcome = a.execute();
         match outcome {
             Ok(done) => {
                 return Ok(committed_report(job, done, attempt, started.elapsed().as_secs_f64(), &mut vars, interrupt));
@@ -328,6 +331,8 @@ struct Attempt<'a> {
     /// The job's repositories, in the job's order, as far as they got.
     targets: Vec<(String, Target)>,
     totals: Option<crate::engine::snapshot::Summary>,
+    /// The phase and the files read, for a display.
+    progress: Option<Arc<Progress>>,
 }
 
 /// Where one of the job's repositories stands in an attempt.
@@ -354,6 +359,7 @@ impl<'a> Attempt<'a> {
             opened: Vec::new(),
             targets: Vec::new(),
             totals: None,
+            progress: None,
         }
     }
 
@@ -412,6 +418,9 @@ impl<'a> Attempt<'a> {
     }
 
     fn step(&mut self, step: &Step, cancel: &AtomicBool) -> Result<()> {
+        if let Some(p) = &self.progress {
+            p.phase(format!("job {}: {}", self.job.name, step.doing()));
+        }
         match step {
             Step::PrepareSpool => self.prepare_spool(),
             Step::Hold { .. } => self.hold(cancel),
@@ -527,15 +536,16 @@ impl<'a> Attempt<'a> {
                 tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
             }
         }
-        let exclude: Option<Box<crate::engine::backup::ExcludeFn>> = if self.job.files.exclude.is_empty() {
-            None
-        } else {
-            let excludes = self.job.files.exclude.clone();
-            Some(Box::new(move |p: &std::path::Path| excludes.is_match(p)))
-        };
+        let selection = self.job.files.selection(internal_paths(self.job)).map_err(|e| anyhow!(e))?;
         let mut tags = vec![self.job.name.clone()];
         tags.extend(self.job.tags.iter().cloned());
-        let opts = BackupOptions { tags, exclude, cancel: Some(self.cancel.clone()), ..Default::default() };
+        let opts = BackupOptions {
+            tags,
+            selection,
+            cancel: Some(self.cancel.clone()),
+            progress: self.progress.clone(),
+            ..Default::default()
+        };
         let started = jiff::Timestamp::now();
         tracing::info!("job {}: reading dumps and files into repository {repository:?}", self.job.name);
         let capture = capture(&repo, &sources, &opts).map_err(|e| anyhow!(e)).context("backup failed")?;
@@ -543,6 +553,9 @@ impl<'a> Attempt<'a> {
         self.check_holds()?;
         for w in &capture.summary().warnings {
             tracing::warn!("job {}: {w}", self.job.name);
+        }
+        for l in &capture.summary().left_out {
+            tracing::info!("job {}: left out {l}", self.job.name);
         }
         let file_set =
             FileSetRecord { paths: captured, capture_started: started, capture_finished: jiff::Timestamp::now() };
@@ -665,4 +678,14 @@ impl<'a> Attempt<'a> {
             human(s.bytes_added)
         )
     }
+}
+
+/// What a run of `job` never backs up: its configured own directories and
+/// the local cache of remote repositories.
+pub fn internal_paths(job: &Job) -> Vec<(String, PathBuf)> {
+    let mut out = job.internal.clone();
+    if let Some(cache) = crate::engine::cache::cache_root() {
+        out.push(("holdfast's cache".into(), cache));
+    }
+    out
 }

@@ -15,6 +15,7 @@ use crate::hooks::render_hook;
 use crate::plan::{PlannedStep, Step, plan};
 use crate::process::find_program_in;
 use crate::template::{Vars, render};
+use crate::units::human;
 
 /// The PATH systemd gives services; a hook must be found on it, not on the
 /// PATH of the shell that ran `validate`.
@@ -114,7 +115,7 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
     let vars = sample_vars(job);
     // Templates and hooks.
     for (i, hook) in job.hooks.iter().enumerate() {
-        let what = format!("hook {} #{} ({})", crate::hooks::phase_name(hook.phase), i + 1, hook.run.display());
+        let what = format!("hook {} #{} ({})", hook.phase.as_str(), i + 1, hook.run.display());
         match render_hook(hook, &vars) {
             Err(e) => c.problem("templates", format!("{what}: {e}")),
             Ok((argv, _)) => check_program(c, &what, &argv, hook.cwd.as_deref()),
@@ -223,7 +224,55 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
     for p in &job.files.optional {
         c.ok("files", format!("optional {} {}", p.display(), if p.exists() { "exists" } else { "is absent: skipped" }));
     }
+    check_selection(c, job);
     (sizes, copies)
+}
+
+/// What each file set crosses and leaves out: the mounts below it (crossed,
+/// or skipped by `one_file_system` or as pseudo file systems), holdfast's
+/// own directories below it with their sizes, and the patterns.
+fn check_selection(c: &mut Checker, job: &Job) {
+    use crate::engine::select::{is_pseudo, mounts_below};
+    let internal = crate::runner::internal_paths(job);
+    for p in job.files.paths.iter().chain(&job.files.optional).filter(|p| p.exists()) {
+        for (at, kind) in mounts_below(p) {
+            let what = if is_pseudo(&kind) {
+                "skips (never backed up)"
+            } else if job.files.one_file_system {
+                "skips (one_file_system)"
+            } else {
+                "crosses"
+            };
+            c.ok("files", format!("{}: {what} mount {} ({kind})", p.display(), at.display()));
+        }
+        for (what, dir) in &internal {
+            if dir != p && dir.starts_with(p) && dir.exists() {
+                let size = human(crate::state::dir_size(dir));
+                c.ok(
+                    "files",
+                    format!("{}: leaves out {} ({what}, {size}): never backed up", p.display(), dir.display()),
+                );
+            }
+        }
+    }
+    let f = &job.files;
+    let patterns: Vec<&str> = f.exclude.patterns().into_iter().chain(f.iexclude.patterns()).collect();
+    if !patterns.is_empty() {
+        c.ok("files", format!("excluded by pattern: {}", patterns.join(", ")));
+    }
+    let mut also = Vec::new();
+    if f.exclude_caches {
+        also.push("directories with a CACHEDIR.TAG".to_string());
+    }
+    if !f.exclude_if_present.is_empty() {
+        also.push(format!("directories holding {}", f.exclude_if_present.join(" or ")));
+    }
+    if f.exclude_nodump {
+        also.push("no-dump files (chattr +d)".to_string());
+    }
+    if !also.is_empty() {
+        c.ok("files", format!("contents left out: {}", also.join("; ")));
+    }
 }
 
 fn check_program(c: &mut Checker, what: &str, argv: &[String], cwd: Option<&Path>) {

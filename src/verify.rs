@@ -114,7 +114,7 @@ pub fn verify_job(job: &Job, source: &crate::restore::Source) -> Result<VerifyRe
         let result = restore(
             &repo,
             &snap,
-            &RestoreOptions { target: target.clone(), include: include.clone(), threads, cancel: None },
+            &RestoreOptions { target: target.clone(), include: include.clone(), threads, ..Default::default() },
         )
         .map_err(anyhow::Error::from)
         .and_then(|_| Ok(compare_restored(&repo, &snap, &include, &target)?));

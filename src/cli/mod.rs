@@ -28,6 +28,7 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod progress;
 mod prune;
 mod recover;
 mod repair;
@@ -61,6 +62,16 @@ pub struct Cli {
     /// /var/cache/holdfast for root) alone.
     #[arg(long, global = true, env = "HOLDFAST_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
+    /// Show progress on stderr even when it is not a terminal (by default
+    /// only on a terminal).
+    #[arg(long, global = true, conflicts_with = "no_progress")]
+    pub progress: bool,
+    /// Never show progress.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// Progress as JSON lines on stderr, one a second (for wrappers and GUIs).
+    #[arg(long, global = true)]
+    pub json_progress: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -142,6 +153,7 @@ pub struct Context {
     pub interrupt: Interrupt,
     /// Worker threads for engine work.
     pub threads: usize,
+    progress: progress::ProgressMode,
 }
 
 impl Context {
@@ -150,6 +162,12 @@ impl Context {
         self.config
             .as_ref()
             .ok_or_else(|| Usage(format!("`{command}` needs --config PATH (or $HOLDFAST_CONFIG)")).into())
+    }
+
+    /// Start showing the progress of a long operation (its first `phase`);
+    /// `None` when progress is not shown. Dropping it ends the display.
+    pub fn show_progress(&self, phase: &str) -> Option<progress::ProgressDisplay> {
+        progress::ProgressDisplay::start(self.progress, phase)
     }
 
     /// The config when one was given.
@@ -222,6 +240,7 @@ pub fn run() -> Result<Exit> {
         passphrase_file: cli.passphrase_file,
         interrupt,
         threads: crate::engine::parallel::cpus(),
+        progress: progress::ProgressMode::from_flags(cli.progress, cli.no_progress, cli.json_progress),
     };
     match &cli.command {
         Command::Run(args) => run::run(args, &ctx),

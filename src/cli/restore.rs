@@ -85,25 +85,32 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
             } else {
                 print_report(&report)?;
             }
+            let incomplete = report.files.as_ref().is_some_and(|f| f.incomplete);
+            Ok(if incomplete { Exit::Warnings } else { Exit::Success })
         }
-        _ => restore_snapshot(args, ctx)?,
+        _ => restore_snapshot(args, ctx),
     }
-    Ok(Exit::Success)
 }
 
 /// A plain restore: `target` is a snapshot of `--repo`.
-fn restore_snapshot(args: &Args, ctx: &Context) -> Result<()> {
+/// Exits 3 when something could not be put back as it was (an attribute,
+/// a flag, a device node): the files are there, said per file.
+fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     let to = args.to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
     let repo = ctx.open()?;
     let (id, snap) = repo.find_snapshot(&args.target, args.skip_damaged)?;
     let started = std::time::Instant::now();
+    let display = ctx.show_progress("restore");
     let opts = RestoreOptions {
         target: to.clone(),
         include: args.paths.clone(),
         threads: ctx.threads,
         cancel: Some(ctx.interrupt.flag().clone()),
+        progress: display.as_ref().map(|d| d.progress()),
     };
-    let summary = restore(&repo, &snap, &opts)?;
+    let summary = restore(&repo, &snap, &opts);
+    drop(display);
+    let summary = summary?;
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
@@ -120,7 +127,11 @@ fn restore_snapshot(args: &Args, ctx: &Context) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(())
+    if summary.incomplete {
+        eprintln!("warning: not everything could be restored as it was (see the warnings above)");
+        return Ok(Exit::Warnings);
+    }
+    Ok(Exit::Success)
 }
 
 fn print_report(r: &RestoreReport) -> Result<()> {

@@ -33,10 +33,12 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     }
     let mut reports = Vec::new();
     for job in jobs {
-        let report = match run_job(job, &ctx.interrupt) {
+        let display = ctx.show_progress(&format!("job {}", job.name));
+        let report = match run_job(job, &ctx.interrupt, display.as_ref().map(|d| d.progress())) {
             Ok(r) => r,
             Err(e) => RunReport::not_run(&job.name, &e, &ctx.interrupt),
         };
+        drop(display);
         if !args.json {
             if report.ok {
                 outln!("{}", report.summary);

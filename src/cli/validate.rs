@@ -52,7 +52,7 @@ pub fn show(jobs: &[&Job], plan: bool, json: bool) -> Result<Exit> {
 fn step_name(step: &Step) -> String {
     match step {
         Step::PrepareSpool => "prepare the spool".into(),
-        Step::Hooks { phase, count } => format!("{} hooks ({count})", crate::hooks::phase_name(*phase)),
+        Step::Hooks { phase, count } => format!("{} hooks ({count})", phase.as_str()),
         Step::Hold { hooks, locks } => format!("start holding ({hooks} hold hooks, {locks} locks)"),
         Step::Release => "release what is held".into(),
         Step::Dump { entry, kind, name, .. } => format!("dump {} {name} (entry {entry})", kind.as_str()),

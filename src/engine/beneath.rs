@@ -165,6 +165,14 @@ pub fn reopen_file(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<File> 
     Ok(File::from(fd))
 }
 
+/// Open a regular file of the restore to read its flags or set them
+/// (never following a link, never blocking on a FIFO put there since).
+pub fn open_file(dir: BorrowedFd, name: &OsStr, shown: &Path) -> Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::empty()).map_err(|e| errno(shown, e))?;
+    Ok(File::from(fd))
+}
+
 /// Give `from` (a temporary name) its final name `to` in the same
 /// directory, replacing a non-directory there (the old name is not followed:
 /// a symlink or FIFO at `to` is replaced, not written through). A directory

@@ -1439,6 +1439,7 @@ fn meta(mode: u32, user: Option<&str>) -> Metadata {
         inode: 42,
         size: 5000,
         xattrs: vec![(b"user.comment".to_vec(), vec![0, 1, 255])],
+        flags: 0x10,
     }
 }
 
@@ -1564,6 +1565,7 @@ fn sample_snapshot() -> Snapshot {
             warnings: vec!["/srv/shop/gone: vanished".into()],
             incomplete: true,
             skipped: vec!["/srv/shop/unreadable".into()],
+            left_out: vec!["/srv/shop/cache: cache directory (CACHEDIR.TAG)".into()],
         },
         extra: Some(
             serde_json::json!({"job": "shop", "dumps": [{"db": "shop", "bytes": 123, "ratio": 0.5}], "n": null}),

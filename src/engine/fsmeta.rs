@@ -1,4 +1,5 @@
-//! Reading and applying file metadata: modes, owners, times, xattrs, holes.
+//! Reading and applying file metadata: modes, owners, times, xattrs, ACLs,
+//! inode flags, holes.
 //!
 //! Everything here is a thin, named wrapper over a system call, so the backup
 //! and restore code reads as what it does.
@@ -20,9 +21,17 @@ use nix::unistd::{Gid, Group, Uid, User, fchown, fchownat};
 use crate::engine::tree::{Metadata, Timespec};
 use crate::error::{Error, Result};
 
-/// Only this namespace is backed up: `security.` and `trusted.` need
-/// privileges and belong to the system, not to the data.
-const XATTR_PREFIX: &[u8] = b"user.";
+/// POSIX ACLs, stored as the kernel's `system.posix_acl_*` attributes:
+/// restored after the mode (setting the mode rewrites the ACL's mask).
+const ACL_PREFIX: &[u8] = b"system.posix_acl_";
+
+/// The inode flags (`chattr`) kept and restored: the ones a user or root
+/// can set (the kernel's `FS_FL_USER_MODIFIABLE`, plus data journalling,
+/// no-COW and project inheritance). Flags the file system keeps for itself
+/// (extents `e`, inline data, encryption) are not kept.
+pub const KEPT_FLAGS: u32 = 0x0003_80FF | 0x0000_4000 | 0x0080_0000 | 0x2000_0000;
+/// `d`: left out of backups by `exclude_nodump`.
+pub const NODUMP_FLAG: u32 = 0x0000_0040;
 
 /// Caches uid/gid -> name lookups for one run.
 #[derive(Default)]
@@ -77,9 +86,9 @@ impl NameCache {
 /// they are taken from there instead of asking the kernel again.
 pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, names: &mut NameCache) -> Metadata {
     let ctime = Timespec { secs: md.ctime(), nanos: md.ctime_nsec() as u32 };
-    let xattrs = match prev {
-        Some(p) if p.ctime == ctime && p.inode == md.ino() => p.xattrs.clone(),
-        _ => read_xattrs(path),
+    let (xattrs, flags) = match prev {
+        Some(p) if p.ctime == ctime && p.inode == md.ino() => (p.xattrs.clone(), p.flags),
+        _ => (read_xattrs(path), read_flags(path, md)),
     };
     Metadata {
         mode: md.mode() & 0o7777,
@@ -92,15 +101,17 @@ pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, name
         inode: md.ino(),
         size: if md.is_file() { md.len() } else { 0 },
         xattrs,
+        flags,
     }
 }
 
+/// Every extended attribute of `path` (never following a symlink) that the
+/// running user can read: all namespaces, ACLs and capabilities included.
 fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else {
         return Vec::new();
     };
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
-        .filter(|n| n.as_bytes().starts_with(XATTR_PREFIX))
         .filter_map(|n| {
             let value = xattr::get(path, &n).ok().flatten()?;
             Some((n.as_bytes().to_vec(), value))
@@ -108,6 +119,55 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect();
     out.sort();
     out
+}
+
+/// The inode flags of a regular file or directory (0 for other kinds, and
+/// where the file system has none or the file cannot be opened). Opened
+/// without following links and without blocking, so a FIFO swapped in
+/// since the `lstat` does not hang the scan.
+pub fn read_flags(path: &Path, md: &FsMetadata) -> u32 {
+    use rustix::fs::{Mode as RMode, OFlags};
+    if !md.is_file() && !md.is_dir() {
+        return 0;
+    }
+    let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::open(path, how, RMode::empty()) else {
+        return 0;
+    };
+    rustix::fs::ioctl_getflags(&fd).map(|f| f.bits() & KEPT_FLAGS).unwrap_or(0)
+}
+
+/// Flags as `lsattr` letters, for messages.
+pub fn flag_letters(flags: u32) -> String {
+    const LETTERS: [(u32, char); 14] = [
+        (0x1, 's'),
+        (0x2, 'u'),
+        (0x4, 'c'),
+        (0x8, 'S'),
+        (0x10, 'i'),
+        (0x20, 'a'),
+        (0x40, 'd'),
+        (0x80, 'A'),
+        (0x4000, 'j'),
+        (0x8000, 't'),
+        (0x1_0000, 'D'),
+        (0x2_0000, 'T'),
+        (0x80_0000, 'C'),
+        (0x2000_0000, 'P'),
+    ];
+    LETTERS.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, c)| *c).collect()
+}
+
+/// Give an open regular file or directory its recorded inode flags (the
+/// kept ones; others it has are left as they are).
+pub fn apply_flags(fd: std::os::fd::BorrowedFd, flags: u32) -> std::io::Result<()> {
+    use rustix::fs::IFlags;
+    let now = rustix::fs::ioctl_getflags(fd)?.bits();
+    let wanted = (now & !KEPT_FLAGS) | (flags & KEPT_FLAGS);
+    if wanted != now {
+        rustix::fs::ioctl_setflags(fd, IFlags::from_bits_retain(wanted))?;
+    }
+    Ok(())
 }
 
 /// The data regions `(start, end)` of a file that has holes, or `None` when
@@ -133,12 +193,42 @@ pub fn data_regions(file: &File, md: &FsMetadata) -> Option<Vec<(u64, u64)>> {
     Some(regions)
 }
 
-/// Apply owner (as root only), xattrs, mode and times to a restored file or
-/// directory through its open descriptor (no path lookup can be redirected).
-/// Owner first: `chown` clears setuid bits and capabilities. Xattrs before
-/// the mode: the kernel refuses them on a read-only file to its owner. The
-/// mode comes last but one, so the file was never more open than it ends.
-pub fn apply_to_file(file: &File, meta: &Metadata, names: &mut NameCache, shown: &Path) -> Result<()> {
+/// An attribute that could not be put back (not root, no support in the
+/// target file system): said per file, the restore goes on.
+pub fn unrestored(shown: &Path, name: &[u8], e: &std::io::Error) -> String {
+    format!("{}: attribute {} not restored: {e}", shown.display(), String::from_utf8_lossy(name))
+}
+
+/// Set the recorded ACLs (`acls`) or every other attribute with `set`; each
+/// that fails becomes a note.
+fn set_xattrs(
+    meta: &Metadata,
+    acls: bool,
+    set: impl Fn(&OsStr, &[u8]) -> std::io::Result<()>,
+    shown: &Path,
+    notes: &mut Vec<String>,
+) {
+    for (name, value) in meta.xattrs.iter().filter(|(n, _)| n.starts_with(ACL_PREFIX) == acls) {
+        if let Err(e) = set(OsStr::from_bytes(name), value) {
+            notes.push(unrestored(shown, name, &e));
+        }
+    }
+}
+
+/// Apply owner (as root only), xattrs, mode, ACLs and times to a restored
+/// file or directory through its open descriptor (no path lookup can be
+/// redirected). The order matters:
+/// - owner first: `chown` clears setuid bits and capabilities;
+/// - attributes (capabilities, labels, `user.`) before the mode: the kernel
+///   refuses a `user.` attribute on a read-only file to its owner;
+/// - the mode, so the file was never more open than it ends;
+/// - ACLs after the mode, which would otherwise rewrite their mask;
+/// - times last (inode flags, which may forbid all of this, come after the
+///   whole restore: [`apply_flags`]).
+///
+/// Attributes that cannot be set are returned as messages, one per
+/// attribute; anything else that fails is an error.
+pub fn apply_to_file(file: &File, meta: &Metadata, names: &mut NameCache, shown: &Path) -> Result<Vec<String>> {
     use std::os::unix::fs::PermissionsExt;
     use xattr::FileExt;
     let io = |e: nix::Error| Error::io(shown, std::io::Error::from(e));
@@ -146,17 +236,19 @@ pub fn apply_to_file(file: &File, meta: &Metadata, names: &mut NameCache, shown:
         let (uid, gid) = (Some(Uid::from_raw(names.uid_for(meta))), Some(Gid::from_raw(names.gid_for(meta))));
         fchown(file, uid, gid).map_err(io)?;
     }
-    for (name, value) in &meta.xattrs {
-        file.set_xattr(OsStr::from_bytes(name), value).map_err(|e| Error::io(shown, e))?;
-    }
+    let set = |name: &OsStr, value: &[u8]| file.set_xattr(name, value);
+    let mut notes = Vec::new();
+    set_xattrs(meta, false, set, shown, &mut notes);
     file.set_permissions(std::fs::Permissions::from_mode(meta.mode)).map_err(|e| Error::io(shown, e))?;
+    set_xattrs(meta, true, set, shown, &mut notes);
     let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
-    futimens(file, &t, &t).map_err(io)
+    futimens(file, &t, &t).map_err(io)?;
+    Ok(notes)
 }
 
-/// Apply owner, mode and times to a symlink, FIFO or device node `name` in
-/// `dir`, never following it (a symlink keeps no mode of its own; special
-/// files take no `user.` xattrs).
+/// Apply owner, xattrs, mode and times to a symlink, FIFO or device node
+/// `name` in `dir`, never following it (a symlink keeps no mode of its
+/// own). Attributes that cannot be set are returned as messages.
 pub fn apply_to_special(
     dir: BorrowedFd,
     name: &OsStr,
@@ -164,12 +256,18 @@ pub fn apply_to_special(
     is_symlink: bool,
     names: &mut NameCache,
     shown: &Path,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let io = |e: nix::Error| Error::io(shown, std::io::Error::from(e));
     if nix::unistd::geteuid().is_root() {
         let (uid, gid) = (Some(Uid::from_raw(names.uid_for(meta))), Some(Gid::from_raw(names.gid_for(meta))));
         fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)?;
     }
+    // Attributes by name through the directory's descriptor: `lsetxattr`
+    // on one component, which it does not follow.
+    let in_dir = Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string()).join(name);
+    let set = |attr: &OsStr, value: &[u8]| xattr::set(&in_dir, attr, value);
+    let mut notes = Vec::new();
+    set_xattrs(meta, false, set, shown, &mut notes);
     if !is_symlink {
         // chmod has no "do not follow": change the mode through a handle on
         // the node itself (O_PATH opens it without opening the device).
@@ -200,8 +298,10 @@ pub fn apply_to_special(
             Err(e) => return Err(io(e)),
         }
     }
+    set_xattrs(meta, true, set, shown, &mut notes);
     let t = TimeSpec::new(meta.mtime.secs, meta.mtime.nanos as i64);
-    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io)
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io)?;
+    Ok(notes)
 }
 
 /// Recreate a FIFO or device node as `name` in `dir`, mode 0600 to begin with.

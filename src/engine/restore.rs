@@ -7,7 +7,8 @@
 //! sparse).
 //! Hard links, symlinks and special files follow, and directory metadata is
 //! applied last, deepest first, so writing into a directory does not spoil
-//! its restored mtime. Every chunk is authenticated and its id re-checked
+//! its restored mtime. Inode flags come after everything (an immutable file
+//! can be neither renamed nor linked, an immutable directory not written). Every chunk is authenticated and its id re-checked
 //! before its bytes reach a file.
 //!
 //! Safety, by construction:
@@ -37,9 +38,10 @@ use nix::sys::stat::SFlag;
 
 use crate::engine::beneath::{self, Beneath, Found, name};
 use crate::engine::crypto::Id;
-use crate::engine::fsmeta::{NameCache, apply_to_file, apply_to_special, make_node};
+use crate::engine::fsmeta::{NameCache, apply_flags, apply_to_file, apply_to_special, make_node};
 use crate::engine::index::Index;
 use crate::engine::parallel::for_each_parallel_with;
+use crate::engine::progress::Progress;
 use crate::engine::repository::{PackFiles, PackRead, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind, Metadata, Piece, Tree};
@@ -56,6 +58,8 @@ pub struct RestoreOptions {
     /// Set from elsewhere (a signal handler) to stop the restore early; its
     /// temporary files are removed.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Files and bytes written, for a display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Figures of a restore.
@@ -66,6 +70,9 @@ pub struct RestoreSummary {
     pub other: u64,
     pub bytes: u64,
     pub warnings: Vec<String>,
+    /// Something could not be put back as it was (an attribute, inode
+    /// flags, a device node as non-root); `warnings` says what, per file.
+    pub incomplete: bool,
 }
 
 /// A directory of the restore, relative to the target.
@@ -125,16 +132,34 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     }
     let Walk { files, nodes, dirs, mut summary, .. } = walk;
     let done: Vec<AtomicBool> = files.iter().map(|_| AtomicBool::new(false)).collect();
-    let job =
-        RestoreJob { repo, target: &target, dirs: &dirs, files: &files, done: &done, cancel: opts.cancel.as_deref() };
+    let notes = Mutex::new(Vec::new());
+    if let Some(p) = &opts.progress {
+        p.add_total(summary.files, summary.bytes);
+        p.total_known();
+    }
+    let job = RestoreJob {
+        repo,
+        target: &target,
+        dirs: &dirs,
+        files: &files,
+        done: &done,
+        notes: &notes,
+        cancel: opts.cancel.as_deref(),
+        progress: opts.progress.as_deref(),
+    };
     let result = job
         .write_files(&index, opts.threads.max(1), opts.threads.max(repo.backend().parallelism()))
-        .and_then(|()| job.make_nodes(&nodes, &mut summary))
-        .and_then(|()| job.finish_dirs());
+        .and_then(|()| job.make_nodes(&nodes))
+        .and_then(|()| job.finish_dirs())
+        .and_then(|()| job.finish_flags());
     if result.is_err() {
         job.remove_temporaries(&nodes);
     }
-    result.map(|()| summary)
+    result?;
+    let notes = notes.into_inner().unwrap_or_else(|p| p.into_inner());
+    summary.incomplete = !notes.is_empty();
+    summary.warnings.extend(notes);
+    Ok(summary)
 }
 
 fn components(p: &Path) -> Vec<Vec<u8>> {
@@ -297,7 +322,10 @@ struct RestoreJob<'a> {
     files: &'a [FileJob],
     /// Files renamed to their final name.
     done: &'a [AtomicBool],
+    /// What could not be put back as it was (attributes, device nodes).
+    notes: &'a Mutex<Vec<String>>,
     cancel: Option<&'a AtomicBool>,
+    progress: Option<&'a Progress>,
 }
 
 /// Open directories of the restore, per thread (a few, reused).
@@ -328,6 +356,12 @@ impl RestoreJob<'_> {
         Path::new("/").join(&self.dirs[f.dir].rel).join(name(&f.entry.name)).display().to_string()
     }
 
+    fn note(&self, mut notes: Vec<String>) {
+        if !notes.is_empty() {
+            self.notes.lock().unwrap_or_else(|p| p.into_inner()).append(&mut notes);
+        }
+    }
+
     fn cancelled(&self) -> Result<()> {
         match self.cancel {
             Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
@@ -345,10 +379,14 @@ impl RestoreJob<'_> {
     fn complete(&self, i: usize, file: &File, dirs: &mut DirHandles, names: &mut NameCache) -> Result<()> {
         let job = &self.files[i];
         let shown = self.shown(job.dir, &job.entry.name);
-        apply_to_file(file, &job.entry.meta, names, &shown)?;
+        self.note(apply_to_file(file, &job.entry.meta, names, &shown)?);
         let parent = dirs.get(self, job.dir)?;
         beneath::rename_into_place(beneath::fd(parent), name(&job.tmp), name(&job.entry.name), &shown)?;
         self.done[i].store(true, Ordering::Release);
+        if let Some(p) = self.progress {
+            p.done(1, 0);
+            p.at(&shown);
+        }
         Ok(())
     }
 
@@ -417,7 +455,7 @@ impl RestoreJob<'_> {
 
     /// Hard links, symlinks, FIFOs and device nodes (as root), each made
     /// under its temporary name, given its metadata, then renamed into place.
-    fn make_nodes(&self, nodes: &[NodeJob], summary: &mut RestoreSummary) -> Result<()> {
+    fn make_nodes(&self, nodes: &[NodeJob]) -> Result<()> {
         let mut dirs = DirHandles::new();
         let mut names = NameCache::default();
         for node in nodes {
@@ -449,10 +487,8 @@ impl RestoreJob<'_> {
                         EntryKind::Fifo => make_node(parent, tmp, SFlag::S_IFIFO, 0, &shown)?,
                         EntryKind::CharDevice { rdev } | EntryKind::BlockDevice { rdev } => {
                             if !nix::unistd::geteuid().is_root() {
-                                summary.warnings.push(format!(
-                                    "{}: device node recreated only when restoring as root",
-                                    shown.display()
-                                ));
+                                let why = "device node recreated only when restoring as root";
+                                self.note(vec![format!("{}: {why}", shown.display())]);
                                 continue;
                             }
                             let kind = if matches!(entry.kind, EntryKind::CharDevice { .. }) {
@@ -465,7 +501,7 @@ impl RestoreJob<'_> {
                         _ => continue,
                     }
                     let is_link = matches!(entry.kind, EntryKind::Symlink { .. });
-                    apply_to_special(parent, tmp, &entry.meta, is_link, &mut names, &shown)?;
+                    self.note(apply_to_special(parent, tmp, &entry.meta, is_link, &mut names, &shown)?);
                 }
             }
             beneath::rename_into_place(parent, tmp, name(&node.name), &shown)?;
@@ -481,9 +517,36 @@ impl RestoreJob<'_> {
         for plan in self.dirs.iter().rev() {
             let Some(meta) = &plan.meta else { continue };
             let dir = File::from(self.target.dir(&plan.rel)?);
-            apply_to_file(&dir, meta, &mut names, &self.target.display(&plan.rel))?;
+            self.note(apply_to_file(&dir, meta, &mut names, &self.target.display(&plan.rel))?);
         }
         Ok(())
+    }
+
+    /// Inode flags, once everything is in place: files (through one of
+    /// their links), then directories deepest first. A flag that cannot be
+    /// set (not root, a file system without it) is said per file.
+    fn finish_flags(&self) -> Result<()> {
+        let mut dirs = DirHandles::new();
+        let files = self.files.iter().filter(|f| f.entry.meta.flags != 0);
+        for f in files {
+            let shown = self.shown(f.dir, &f.entry.name);
+            let parent = dirs.get(self, f.dir)?;
+            let file = beneath::open_file(beneath::fd(parent), name(&f.entry.name), &shown)?;
+            self.flags_on(std::os::fd::AsFd::as_fd(&file), f.entry.meta.flags, &shown);
+        }
+        for plan in self.dirs.iter().rev() {
+            let Some(meta) = plan.meta.as_ref().filter(|m| m.flags != 0) else { continue };
+            let dir = self.target.dir(&plan.rel)?;
+            self.flags_on(beneath::fd(&dir), meta.flags, &self.target.display(&plan.rel));
+        }
+        Ok(())
+    }
+
+    fn flags_on(&self, fd: std::os::fd::BorrowedFd, flags: u32, shown: &Path) {
+        if let Err(e) = apply_flags(fd, flags) {
+            let what = crate::engine::fsmeta::flag_letters(flags);
+            self.note(vec![format!("{}: inode flags {what} not restored: {e}", shown.display())]);
+        }
     }
 
     /// After a failure: remove the temporary names of what was not finished.
@@ -578,6 +641,9 @@ impl Writers<'_> {
                     }
                 };
                 file.write_all_at(data, t.at).map_err(|e| Error::io(&shown, e))?;
+                if let Some(p) = job.progress {
+                    p.done(0, data.len() as u64);
+                }
                 if self.pieces_left[t.file].fetch_sub(1, Ordering::AcqRel) == 1 {
                     let file = state.open.remove(&t.file).ok_or_else(|| Error::Invalid("open file".into()))?;
                     job.complete(t.file, &file, &mut state.dirs, &mut state.names)?;

@@ -63,6 +63,11 @@ pub struct Summary {
     /// Files left out of the snapshot because they could not be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// What the selection left out, with why (mount points, pseudo file
+    /// systems, caches, holdfast's own directories, no-dump files); pattern
+    /// matches are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 impl Snapshot {

@@ -3,6 +3,11 @@
 //! A tree is encoded with postcard (compact and deterministic), so an
 //! unchanged directory encodes to the same bytes, gets the same id and is
 //! stored once. Names are raw bytes: non-UTF-8 file names survive.
+//!
+//! Format 2 (inode flags in [`Metadata`]) starts with [`TREE_V2`]: a zero
+//! byte, which on its own is the empty format-1 tree, then `HF` and the
+//! version, so no format-1 tree is mistaken for one. Format-1 trees (written
+//! before flags were kept) are still read, with no flags.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,8 +42,63 @@ pub struct Metadata {
     pub ctime: Timespec,
     pub inode: u64,
     pub size: u64,
-    /// Extended attributes in the `user.` namespace.
+    /// Every extended attribute the backup could read, sorted by name:
+    /// `user.`, `trusted.` (as root), `security.` (capabilities, SELinux
+    /// labels) and POSIX ACLs (`system.posix_acl_access`/`_default`).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Inode flags (`chattr`: immutable, append-only, no-dump, no-atime, …),
+    /// the bits `fsmeta::KEPT_FLAGS` names.
+    pub flags: u32,
+}
+
+/// The first bytes of a format-2 tree.
+const TREE_V2: &[u8] = b"\0HF\x02";
+
+/// Format 1: a tree before inode flags were kept.
+#[derive(Deserialize)]
+struct TreeV1 {
+    entries: Vec<EntryV1>,
+}
+
+#[derive(Deserialize)]
+struct EntryV1 {
+    name: Vec<u8>,
+    kind: EntryKind,
+    meta: MetadataV1,
+}
+
+#[derive(Deserialize)]
+struct MetadataV1 {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    user: Option<String>,
+    group: Option<String>,
+    mtime: Timespec,
+    ctime: Timespec,
+    inode: u64,
+    size: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(e: EntryV1) -> Entry {
+        let m = e.meta;
+        let meta = Metadata {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            user: m.user,
+            group: m.group,
+            mtime: m.mtime,
+            ctime: m.ctime,
+            inode: m.inode,
+            size: m.size,
+            xattrs: m.xattrs,
+            flags: 0,
+        };
+        Entry { name: e.name, kind: e.kind, meta }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -101,11 +161,18 @@ impl Piece {
 impl Tree {
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain data into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        postcard::to_extend(self, TREE_V2.to_vec()).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
-        postcard::from_bytes(bytes).map_err(|e| Error::damaged("tree", e))
+        let damaged = |e| Error::damaged("tree", e);
+        match bytes.strip_prefix(TREE_V2) {
+            Some(rest) => postcard::from_bytes(rest).map_err(damaged),
+            None => {
+                let v1: TreeV1 = postcard::from_bytes(bytes).map_err(damaged)?;
+                Ok(Tree { entries: v1.entries.into_iter().map(Entry::from).collect() })
+            }
+        }
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Entry> {
@@ -152,6 +219,7 @@ mod tests {
                 inode: size ^ 7,
                 size,
                 xattrs: vec![(b"user.k".to_vec(), vec![0, 255, 1])],
+                flags: (size as u32) & 0x10,
             })
     }
 

@@ -51,3 +51,4 @@ mod layout;
 
 mod garage;
 mod s3;
+mod whole_system;

@@ -307,7 +307,8 @@ pub struct Node {
     pub size: u64,
     /// Seconds and nanoseconds.
     pub mtime: (i64, i64),
-    /// Extended attributes in the `user.` namespace, sorted.
+    /// Extended attributes of every namespace (ACLs and capabilities
+    /// included), sorted.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     pub link_target: Option<Vec<u8>>,
     /// BLAKE3 of a regular file's bytes.
@@ -391,7 +392,6 @@ fn walk(path: &Path, rel: Vec<u8>, nodes: &mut Vec<Node>, inodes: &mut BTreeMap<
     let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattr::list(path)
         .map(|names| {
             names
-                .filter(|n| n.as_bytes().starts_with(b"user."))
                 .filter_map(|n| {
                     let v = xattr::get(path, &n).ok().flatten()?;
                     Some((n.as_bytes().to_vec(), v))

@@ -36,7 +36,9 @@ use crate::engine::crypto::Id;
 use crate::engine::fsmeta::{NameCache, name_bytes, read_metadata};
 use crate::engine::index::IndexFile;
 use crate::engine::pack::{Checkpoints, PackUploader};
+use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, Repository};
+use crate::engine::select::Selection;
 use crate::engine::snapshot::{Snapshot, Summary};
 use crate::engine::tree::{Entry, EntryKind, Metadata, Timespec, Tree};
 use crate::error::{Error, IoContext, Result};
@@ -59,9 +61,6 @@ impl BackupSource {
     }
 }
 
-/// Decides whether a path is left out of a backup.
-pub type ExcludeFn = dyn Fn(&Path) -> bool + Send + Sync;
-
 /// What else a backup needs to know.
 pub struct BackupOptions {
     pub tags: Vec<String>,
@@ -69,13 +68,16 @@ pub struct BackupOptions {
     /// Reuse unchanged files from the newest snapshot of the same paths and host.
     pub use_parent: bool,
     pub threads: usize,
-    pub exclude: Option<Box<ExcludeFn>>,
+    /// What to leave out of the paths.
+    pub selection: Selection,
     /// Opaque data recorded in the snapshot (the job runner's metadata).
     pub extra: Option<serde_json::Value>,
     /// Set from elsewhere (a signal handler) to stop the backup early.
     pub cancel: Option<Arc<AtomicBool>>,
     /// How often packs uploaded so far are indexed while the backup runs.
     pub checkpoints: Checkpoints,
+    /// Files and bytes found and done, for a display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for BackupOptions {
@@ -85,10 +87,11 @@ impl Default for BackupOptions {
             host: crate::engine::running::hostname(),
             use_parent: true,
             threads: crate::engine::parallel::cpus(),
-            exclude: None,
+            selection: Selection::default(),
             extra: None,
             cancel: None,
             checkpoints: Checkpoints::default(),
+            progress: None,
         }
     }
 }
@@ -214,7 +217,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         index: &index,
         parent_trees,
         sources: sources.len(),
-        exclude: opts.exclude.as_deref(),
+        selection: &opts.selection,
+        progress: opts.progress.as_deref(),
         cancel: opts.cancel.as_deref(),
     };
     let trees = TreeWriter::new(repo, &uploader, &known);
@@ -297,6 +301,7 @@ impl DirNode {
                 inode: 0,
                 size: 0,
                 xattrs: Vec::new(),
+                flags: 0,
             },
             children: BTreeMap::new(),
         }

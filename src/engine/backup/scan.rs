@@ -12,17 +12,20 @@
 //! walked in step: only the parent's trees along the current path are held.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::ExcludeFn;
 use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, seal_verified, ship, stopped};
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::fsmeta::{NameCache, name_bytes, read_metadata};
+use crate::engine::fsmeta::{NODUMP_FLAG, NameCache, name_bytes, read_metadata};
 use crate::engine::index::Index;
 use crate::engine::pack::{PackUploader, PackWriter};
+use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, PackFiles, Repository};
+use crate::engine::select::{Contents, Selection, Selector};
 use crate::engine::snapshot::Summary;
 use crate::engine::tree::{Entry, EntryKind, FileContent, Piece, Tree};
 use crate::error::{Error, Result};
@@ -95,7 +98,10 @@ pub(super) struct Scanner<'a, 'f> {
     small_limit: u64,
     batch_target: u64,
     summary: Summary,
-    exclude: Option<&'a ExcludeFn>,
+    select: Selector<'a>,
+    /// The device of the source being scanned (`one_file_system`).
+    source_dev: u64,
+    progress: Option<&'a Progress>,
     cancel: Option<&'a AtomicBool>,
 }
 
@@ -104,7 +110,8 @@ pub(super) struct ScanSettings<'a> {
     pub index: &'a Index,
     pub parent_trees: ParentTrees<'a>,
     pub sources: usize,
-    pub exclude: Option<&'a ExcludeFn>,
+    pub selection: &'a Selection,
+    pub progress: Option<&'a Progress>,
     pub cancel: Option<&'a AtomicBool>,
 }
 
@@ -130,7 +137,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
             small_limit: repo.config().chunker.min_size as u64,
             batch_target: repo.config().chunker.avg_size as u64,
             summary: Summary::default(),
-            exclude: settings.exclude,
+            select: Selector::new(settings.selection),
+            source_dev: 0,
+            progress: settings.progress,
             cancel: settings.cancel,
         }
     }
@@ -139,14 +148,18 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// `prev` is its entry in the parent snapshot.
     pub fn scan_source(&mut self, i: usize, local: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<()> {
         let md = std::fs::symlink_metadata(local).map_err(|e| Error::io(local, e))?;
+        self.source_dev = md.dev();
         let mut batch = Batch::default();
-        self.scan_entry(local, name, &md, prev, Slot::Source(i), &mut batch)?;
+        self.scan_entry(local, name, &md, md.dev(), prev, Slot::Source(i), &mut batch)?;
         self.flush_batch(&mut batch)
     }
 
     /// Wait for every file still being read; then every tree is written.
     pub fn finish(mut self) -> Result<Scanned<'a>> {
         self.feed.close();
+        if let Some(p) = self.progress {
+            p.total_known();
+        }
         while let Some(o) = self.feed.wait() {
             self.take_outcome(o)?;
         }
@@ -156,24 +169,35 @@ impl<'a, 'f> Scanner<'a, 'f> {
         Ok(Scanned { summary: self.summary, sources: self.sources, trees: self.trees })
     }
 
+    /// Scan one entry, in a directory on device `parent_dev`.
+    #[allow(clippy::too_many_arguments)]
     fn scan_entry(
         &mut self,
         path: &Path,
         name: Vec<u8>,
         md: &std::fs::Metadata,
+        parent_dev: u64,
         prev: Option<&Entry>,
         slot: Slot,
         batch: &mut Batch,
     ) -> Result<()> {
         let meta = read_metadata(path, md, prev.map(|e| &e.meta), &mut self.names);
+        if self.select.selection.exclude_nodump && meta.flags & NODUMP_FLAG != 0 && !matches!(slot, Slot::Source(_)) {
+            self.summary.left_out.push(format!("{}: no-dump flag (exclude_nodump)", path.display()));
+            return self.settle(slot, None);
+        }
         let ft = md.file_type();
         if ft.is_dir() {
             self.summary.dirs += 1;
+            let (contents, why) = self.select.contents(path, md, parent_dev, self.source_dev);
+            if contents != Contents::All {
+                self.summary.left_out.push(why);
+            }
             let prev_tree = match prev.map(|e| &e.kind) {
                 Some(EntryKind::Dir { tree }) => self.parent_trees.get(tree),
                 _ => None,
             };
-            return self.scan_dir(path, OpenDir::new(name, meta, slot), prev_tree.as_ref());
+            return self.scan_dir(path, OpenDir::new(name, meta, slot), md.dev(), contents, prev_tree.as_ref());
         }
         if ft.is_file() {
             return self.add_file(
@@ -206,7 +230,16 @@ impl<'a, 'f> Scanner<'a, 'f> {
         self.settle(slot, Some(Entry { name, kind, meta }))
     }
 
-    fn scan_dir(&mut self, path: &Path, dir: OpenDir, parent: Option<&Tree>) -> Result<()> {
+    /// Scan directory `path` (on device `dev`), as much of it as
+    /// `contents` says.
+    fn scan_dir(
+        &mut self,
+        path: &Path,
+        dir: OpenDir,
+        dev: u64,
+        contents: Contents,
+        parent: Option<&Tree>,
+    ) -> Result<()> {
         if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Interrupted);
         }
@@ -216,23 +249,30 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let key = self.next_dir;
         self.next_dir += 1;
         self.dirs.insert(key, dir);
+        if let Some(p) = self.progress {
+            p.at(path);
+        }
         let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        match std::fs::read_dir(path) {
-            Ok(rd) => {
-                for e in rd {
-                    match e {
-                        Ok(e) => names.push((name_bytes(&e.file_name()), e.path())),
-                        Err(e) => self.warn(path, &e),
+        match contents {
+            Contents::Nothing => {}
+            Contents::Only(name) => names.push((name.clone(), path.join(OsStr::from_bytes(&name)))),
+            Contents::All => match std::fs::read_dir(path) {
+                Ok(rd) => {
+                    for e in rd {
+                        match e {
+                            Ok(e) => names.push((name_bytes(&e.file_name()), e.path())),
+                            Err(e) => self.warn(path, &e),
+                        }
                     }
                 }
-            }
-            // Unreadable: stored as an empty directory, with a warning.
-            Err(e) => self.warn(path, &e),
+                // Unreadable: stored as an empty directory, with a warning.
+                Err(e) => self.warn(path, &e),
+            },
         }
         names.sort_unstable();
         let mut batch = Batch::default();
         for (name, child) in names {
-            if self.exclude.is_some_and(|ex| ex(&child)) {
+            if self.select.selection.exclude.is_match(&child) {
                 continue;
             }
             let md = match std::fs::symlink_metadata(&child) {
@@ -242,9 +282,13 @@ impl<'a, 'f> Scanner<'a, 'f> {
                     continue;
                 }
             };
+            if let Some(why) = self.select.own(&md) {
+                self.summary.left_out.push(format!("{}: {why}", child.display()));
+                continue;
+            }
             let prev = parent.and_then(|t| t.find(&name));
             let slot = self.open_slot(key)?;
-            self.scan_entry(&child, name, &md, prev, slot, &mut batch)?;
+            self.scan_entry(&child, name, &md, dev, prev, slot, &mut batch)?;
         }
         self.flush_batch(&mut batch)?;
         while let Some(o) = self.feed.ready() {
@@ -316,6 +360,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
     ) -> Result<()> {
         self.summary.files += 1;
         self.summary.bytes += md.len();
+        if let Some(p) = self.progress {
+            p.add_total(1, md.len());
+        }
         let meta = &entry.meta;
         let unchanged = match prev {
             Some(Entry { kind: EntryKind::File(old), meta: old_meta, .. }) => {
@@ -368,6 +415,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
             }
         }
         if unchanged || size == 0 {
+            if let Some(p) = self.progress {
+                p.done(1, size);
+            }
             return self.settle(slot, Some(entry));
         }
         self.park(slot, entry)?;
@@ -431,6 +481,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
     /// Give a file entry its content and settle it, or leave it out when
     /// there is none (the reason is said once, for the link that was read).
     fn fill(&mut self, slot: Slot, mut entry: Entry, content: Option<&Content>, path: &Path, size: u64) -> Result<()> {
+        if let Some(p) = self.progress {
+            p.done(1, size);
+        }
         let Some((pieces, read_size, changed)) = content else {
             self.summary.files -= 1;
             self.summary.bytes -= size;
