@@ -618,7 +618,7 @@ impl<'a> Attempt<'a> {
             .with_context(|| format!("nothing committed to {source_name:?} to copy from"))?;
         let job = self.job.name.clone();
         let wanted = |s: &crate::engine::snapshot::Snapshot| RunRecord::of(s).is_some_and(|r| r.job == job);
-        let report = crate::engine::copy::copy_snapshots(source, target, &wanted)
+        let report = crate::engine::copy::copy_snapshots(source, target, &wanted, self.progress.as_deref())
             .with_context(|| format!("copying to repository {name:?} failed (the next run catches up)"))?;
         tracing::info!(
             "job {}: copied {} snapshot(s) from {source_name:?} to {name:?} ({} new blobs)",

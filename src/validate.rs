@@ -235,7 +235,12 @@ fn check_selection(c: &mut Checker, job: &Job) {
     use crate::engine::select::{is_pseudo, mounts_below};
     let internal = crate::runner::internal_paths(job);
     for p in job.files.paths.iter().chain(&job.files.optional).filter(|p| p.exists()) {
+        // Mounts inside a skipped one are never reached: not listed.
+        let mut skipped: Vec<PathBuf> = Vec::new();
         for (at, kind) in mounts_below(p) {
+            if skipped.iter().any(|s| at.starts_with(s)) {
+                continue;
+            }
             let what = if is_pseudo(&kind) {
                 "skips (never backed up)"
             } else if job.files.one_file_system {
@@ -243,6 +248,9 @@ fn check_selection(c: &mut Checker, job: &Job) {
             } else {
                 "crosses"
             };
+            if what != "crosses" {
+                skipped.push(at.clone());
+            }
             c.ok("files", format!("{}: {what} mount {} ({kind})", p.display(), at.display()));
         }
         for (what, dir) in &internal {

@@ -17,7 +17,12 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
-    let report = crate::engine::check::check(&ctx.open()?, args.read_data, ctx.threads)?;
+    let repo = ctx.open()?;
+    let display = if args.read_data { ctx.show_progress("check --read-data") } else { None };
+    let progress = display.as_ref().map(|d| d.progress());
+    let report = crate::engine::check::check(&repo, args.read_data, ctx.threads, progress.as_deref());
+    drop(display);
+    let report = report?;
     if args.json {
         print_json(&report)?;
     } else {

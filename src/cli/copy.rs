@@ -44,7 +44,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     };
     let (source, target) = (open(&args.from)?, open(&args.to)?);
     let wanted = |s: &Snapshot| args.job.as_ref().is_none_or(|j| RunRecord::of(s).is_some_and(|r| &r.job == j));
-    let report = crate::engine::copy::copy_snapshots(&source, &target, &wanted)?;
+    let display = ctx.show_progress("copy");
+    let progress = display.as_ref().map(|d| d.progress());
+    let report = crate::engine::copy::copy_snapshots(&source, &target, &wanted, progress.as_deref());
+    drop(display);
+    let report = report?;
     if args.json {
         print_json(&report)?;
     } else {

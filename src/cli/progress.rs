@@ -154,8 +154,10 @@ fn bar(p: &Progress, stop: &AtomicBool, forced: bool) {
 /// Files and bytes done of the total known so far, and where it is.
 fn message(v: &ProgressView) -> String {
     let so_far = if v.total_known { "" } else { " so far" };
-    let mut text =
-        format!("{}/{} files, {}/{}{so_far}", v.files_done, v.files_total, human(v.bytes_done), human(v.bytes_total));
+    let mut text = format!("{}/{}{so_far}", human(v.bytes_done), human(v.bytes_total));
+    if v.files_total > 0 {
+        text = format!("{}/{} files, {text}", v.files_done, v.files_total);
+    }
     if !v.current.is_empty() {
         text.push(' ');
         text.push_str(&shorten(&v.current, 40));

@@ -187,6 +187,15 @@ pub fn rename_into_place(dir: BorrowedFd, from: &OsStr, to: &OsStr, shown: &Path
                 shown.display()
             )))
         }
+        // An immutable or append-only file is in the way (a restore of a
+        // file with `chattr +i` into the same place before): say so.
+        Err(Errno::EPERM) => {
+            let _ = unlinkat(dir, from, UnlinkatFlags::NoRemoveDir);
+            Err(Error::Invalid(format!(
+                "{}: the file there may not be replaced (immutable or append-only? `lsattr` shows it, `chattr -i -a` clears it)",
+                shown.display()
+            )))
+        }
         Err(e) => Err(errno(shown, e)),
     }
 }

@@ -20,6 +20,7 @@ use crate::engine::backend::{INDEX, PACKS, TMP};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::{Index, IndexBuilder};
 use crate::engine::pack::read_header;
+use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::tree::EntryKind;
 use crate::error::Result;
@@ -63,12 +64,12 @@ impl Damage {
 }
 
 /// Check `repo`; with `read_data`, read and authenticate every blob.
-pub fn check(repo: &Repository, read_data: bool, threads: usize) -> Result<CheckReport> {
+pub fn check(repo: &Repository, read_data: bool, threads: usize, progress: Option<&Progress>) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut damage = Damage::default();
     check_layout_and_keys(repo, &mut damage)?;
     let (index, index_damaged) = read_index(repo, &mut report, &mut damage)?;
-    let (bad_packs, bad_blobs, unindexed) = check_packs(repo, &index, read_data, threads, &mut report)?;
+    let (bad_packs, bad_blobs, unindexed) = check_packs(repo, &index, read_data, threads, progress, &mut report)?;
     for (pack, why) in &bad_packs {
         damage.add(format!("pack {}", pack.short()), why.clone());
     }
@@ -158,6 +159,7 @@ fn check_packs(
     index: &Index,
     read_data: bool,
     threads: usize,
+    progress: Option<&Progress>,
     report: &mut CheckReport,
 ) -> Result<PackFindings> {
     let on_disk: HashMap<Id, u64> =
@@ -188,7 +190,8 @@ fn check_packs(
     }
     let mut bad_blobs: HashMap<Id, String> = HashMap::new();
     if read_data {
-        let (packs, blobs, bytes) = read_all_packs(repo, index, &on_disk, threads.max(repo.backend().parallelism()));
+        let threads = threads.max(repo.backend().parallelism());
+        let (packs, blobs, bytes) = read_all_packs(repo, index, &on_disk, threads, progress);
         bad_packs.extend(packs);
         bad_blobs.extend(blobs);
         report.bytes_read = bytes;
@@ -397,12 +400,17 @@ pub(crate) fn read_all_packs(
     index: &Index,
     on_disk: &HashMap<Id, u64>,
     threads: usize,
+    progress: Option<&Progress>,
 ) -> (HashMap<Id, String>, HashMap<Id, String>, u64) {
     let mut by_pack: HashMap<Id, Vec<Id>> = HashMap::new();
     for (id, loc) in index.iter() {
         by_pack.entry(loc.pack).or_default().push(id);
     }
     let work: Vec<(Id, Vec<Id>)> = by_pack.into_iter().filter(|(p, _)| on_disk.contains_key(p)).collect();
+    if let Some(p) = progress {
+        p.add_total(0, work.iter().filter_map(|(pack, _)| on_disk.get(pack)).sum());
+        p.total_known();
+    }
     let queue = Mutex::new(work.into_iter());
     let out = Mutex::new((HashMap::new(), HashMap::new(), 0u64));
     std::thread::scope(|s| {
@@ -412,6 +420,9 @@ pub(crate) fn read_all_packs(
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some((pack, blobs)) = next else { break };
                     let (bad_pack, bad_blobs, n) = read_pack(repo, index, &pack, &blobs);
+                    if let Some(p) = progress {
+                        p.done(0, on_disk.get(&pack).copied().unwrap_or(n));
+                    }
                     if let Ok(mut o) = out.lock() {
                         if let Some(why) = bad_pack {
                             o.0.insert(pack, why);

@@ -15,6 +15,7 @@ use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::index::{BlobLocation, IndexFile};
 use crate::engine::pack::{Checkpoints, PackUploader, PackWriter};
 use crate::engine::parallel::for_each_parallel_with;
+use crate::engine::progress::Progress;
 use crate::engine::repository::{PackFiles, Repository, plan_pack_reads, sealed_blobs};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::EntryKind;
@@ -37,7 +38,12 @@ fn identity(s: &Snapshot) -> (jiff::Timestamp, String, Id, Vec<String>) {
 }
 
 /// Copy every snapshot of `from` that `wanted` selects and `to` lacks.
-pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snapshot) -> bool) -> Result<CopyReport> {
+pub fn copy_snapshots(
+    from: &Repository,
+    to: &Repository,
+    wanted: &dyn Fn(&Snapshot) -> bool,
+    progress: Option<&Progress>,
+) -> Result<CopyReport> {
     if !from.shares_keys_with(to) {
         return Err(Error::Invalid(format!(
             "{} and {} do not share keys and chunker parameters; create the target with \
@@ -93,7 +99,7 @@ pub fn copy_snapshots(from: &Repository, to: &Repository, wanted: &dyn Fn(&Snaps
         Ok(subtrees)
     })?;
 
-    let moved = transfer_blobs(from, to, needed)?;
+    let moved = transfer_blobs(from, to, needed, progress)?;
     report.blobs_copied = moved.blobs;
     report.bytes_copied = moved.bytes;
     for snap in &todo {
@@ -119,16 +125,24 @@ pub(crate) fn transfer_blobs(
     from: &Repository,
     to: &Repository,
     needed: Vec<(Id, BlobLocation)>,
+    progress: Option<&Progress>,
 ) -> Result<Transferred> {
     let uploader = PackUploader::start(to.shared_backend(), to.backend().parallelism(), Checkpoints::default());
     let writers =
         Mutex::new(Writers { to, uploader: &uploader, data: None, trees: None, moved: Transferred::default() });
     let reads = plan_pack_reads(needed);
+    if let Some(p) = progress {
+        p.add_total(0, reads.iter().map(|r| r.end - r.start).sum());
+        p.total_known();
+    }
     let threads = crate::engine::parallel::cpus();
     let caches: Vec<Mutex<PackFiles>> =
         (0..threads.max(from.backend().parallelism())).map(|_| Mutex::new(PackFiles::default())).collect();
     for_each_parallel_with(reads.len(), &caches, 1, |i, packs| {
         let bytes = from.read_pack_range(&reads[i], packs)?;
+        if let Some(p) = progress {
+            p.done(0, bytes.len() as u64);
+        }
         for (id, loc, sealed) in sealed_blobs(&reads[i], &bytes) {
             let sealed = sealed?;
             let plain = from.open_blob(id, loc, sealed)?;

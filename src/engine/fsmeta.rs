@@ -18,7 +18,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, futimens, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Group, Uid, User, fchown, fchownat};
 
-use crate::engine::tree::{Metadata, Timespec};
+use crate::engine::tree::{FLAGS_UNKNOWN, Metadata, Timespec};
 use crate::error::{Error, Result};
 
 /// POSIX ACLs, stored as the kernel's `system.posix_acl_*` attributes:
@@ -82,12 +82,15 @@ impl NameCache {
 /// The metadata to record for `path`, whose `lstat` result is `md`.
 ///
 /// `prev` is the same path's entry in the parent snapshot: when its ctime and
-/// inode are unchanged its xattrs are too (setting one changes the ctime), so
-/// they are taken from there instead of asking the kernel again.
+/// inode are unchanged its xattrs and flags are too (setting one changes the
+/// ctime), so they are taken from there instead of asking the kernel again —
+/// unless the parent is from before all of them were kept.
 pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, names: &mut NameCache) -> Metadata {
     let ctime = Timespec { secs: md.ctime(), nanos: md.ctime_nsec() as u32 };
     let (xattrs, flags) = match prev {
-        Some(p) if p.ctime == ctime && p.inode == md.ino() => (p.xattrs.clone(), p.flags),
+        Some(p) if p.ctime == ctime && p.inode == md.ino() && p.flags & FLAGS_UNKNOWN == 0 => {
+            (p.xattrs.clone(), p.flags)
+        }
         _ => (read_xattrs(path), read_flags(path, md)),
     };
     Metadata {
@@ -312,4 +315,28 @@ pub fn make_node(dir: BorrowedFd, name: &OsStr, kind: SFlag, rdev: u64, shown: &
 
 pub fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_file_reuses_its_parent_attributes_unless_the_parent_did_not_keep_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        xattr::set(&path, "user.kept", b"1").unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let mut names = NameCache::default();
+        let now = read_metadata(&path, &md, None, &mut names);
+        assert_eq!(now.xattrs, vec![(b"user.kept".to_vec(), b"1".to_vec())]);
+        // Same ctime and inode: taken from the parent, not the kernel.
+        let parent = Metadata { xattrs: vec![(b"user.from-parent".to_vec(), Vec::new())], ..now.clone() };
+        assert_eq!(read_metadata(&path, &md, Some(&parent), &mut names).xattrs, parent.xattrs);
+        // A parent from a format-1 tree: read again.
+        let old = Metadata { flags: FLAGS_UNKNOWN, ..parent };
+        let again = read_metadata(&path, &md, Some(&old), &mut names);
+        assert_eq!((again.xattrs, again.flags & FLAGS_UNKNOWN), (now.xattrs, 0));
+    }
 }

@@ -400,7 +400,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
                 })
             })
             .collect();
-        let moved = transfer_blobs(repo, repo, needed).map_err(|e| {
+        let moved = transfer_blobs(repo, repo, needed, None).map_err(|e| {
             Error::Invalid(format!("repacking failed: {e}; nothing of it was deleted (`holdfast check` says more)"))
         })?;
         for pack in &repack {
@@ -483,7 +483,7 @@ mod tests {
     }
 
     fn healthy(repo: &Repository) -> bool {
-        crate::engine::check::check(repo, true, 2).unwrap().healthy()
+        crate::engine::check::check(repo, true, 2, None).unwrap().healthy()
     }
 
     #[test]
@@ -598,7 +598,7 @@ mod tests {
         let needed: Vec<(Id, BlobLocation)> =
             index.iter().filter(|(id, at)| at.pack == half_used && referenced.contains(id)).collect();
         assert!(!needed.is_empty(), "file a, in the pack it shares with b");
-        transfer_blobs(&repo, &repo, needed).unwrap();
+        transfer_blobs(&repo, &repo, needed, None).unwrap();
         assert!(healthy(&repo));
         // The old pack now keeps nothing (its used blob has a fuller home):
         // marked, not repacked again; then deleted.

@@ -155,7 +155,7 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
     let mut bad_blobs: HashSet<Id> = HashSet::new();
     if read_data {
         let threads = crate::engine::parallel::cpus().max(repo.backend().parallelism());
-        let (packs, blobs, _) = crate::engine::check::read_all_packs(repo, &index, &on_disk, threads);
+        let (packs, blobs, _) = crate::engine::check::read_all_packs(repo, &index, &on_disk, threads, None);
         bad_packs.extend(packs.into_keys());
         bad_blobs.extend(blobs.into_keys());
     }

@@ -38,7 +38,7 @@ use nix::sys::stat::SFlag;
 
 use crate::engine::beneath::{self, Beneath, Found, name};
 use crate::engine::crypto::Id;
-use crate::engine::fsmeta::{NameCache, apply_flags, apply_to_file, apply_to_special, make_node};
+use crate::engine::fsmeta::{KEPT_FLAGS, NameCache, apply_flags, apply_to_file, apply_to_special, make_node};
 use crate::engine::index::Index;
 use crate::engine::parallel::for_each_parallel_with;
 use crate::engine::progress::Progress;
@@ -527,7 +527,7 @@ impl RestoreJob<'_> {
     /// set (not root, a file system without it) is said per file.
     fn finish_flags(&self) -> Result<()> {
         let mut dirs = DirHandles::new();
-        let files = self.files.iter().filter(|f| f.entry.meta.flags != 0);
+        let files = self.files.iter().filter(|f| f.entry.meta.flags & KEPT_FLAGS != 0);
         for f in files {
             let shown = self.shown(f.dir, &f.entry.name);
             let parent = dirs.get(self, f.dir)?;
@@ -535,7 +535,7 @@ impl RestoreJob<'_> {
             self.flags_on(std::os::fd::AsFd::as_fd(&file), f.entry.meta.flags, &shown);
         }
         for plan in self.dirs.iter().rev() {
-            let Some(meta) = plan.meta.as_ref().filter(|m| m.flags != 0) else { continue };
+            let Some(meta) = plan.meta.as_ref().filter(|m| m.flags & KEPT_FLAGS != 0) else { continue };
             let dir = self.target.dir(&plan.rel)?;
             self.flags_on(beneath::fd(&dir), meta.flags, &self.target.display(&plan.rel));
         }

@@ -51,6 +51,11 @@ pub struct Metadata {
     pub flags: u32,
 }
 
+/// Set in the flags of entries read from a format-1 tree: their
+/// attributes were only the `user.` ones and their flags were not recorded,
+/// so a backup must read both again even for an unchanged file.
+pub const FLAGS_UNKNOWN: u32 = 1 << 31;
+
 /// The first bytes of a format-2 tree.
 const TREE_V2: &[u8] = b"\0HF\x02";
 
@@ -95,7 +100,7 @@ impl From<EntryV1> for Entry {
             inode: m.inode,
             size: m.size,
             xattrs: m.xattrs,
-            flags: 0,
+            flags: FLAGS_UNKNOWN,
         };
         Entry { name: e.name, kind: e.kind, meta }
     }

@@ -214,6 +214,12 @@ fn every_kind_of_metadata_a_server_has_comes_back_as_the_system_tools_see_it() {
     assert!(fs::write(back.join("flags/append.log"), b"overwrite").is_err(), "but not for writing over");
     let md = fs::symlink_metadata(back.join("dev/loop-like")).unwrap();
     assert_eq!((md.rdev() >> 8 & 0xfff, md.gid()), (7, 6), "the block device keeps its numbers and group");
+
+    // Restoring into the same place again meets the immutable files: a
+    // clear error that says what to do, and they are left as they were.
+    let again = t.cmd(["restore", &id, "--to"]).arg(&out).assert().failure();
+    assert!(stderr_of(&again).contains("chattr -i"), "{}", stderr_of(&again));
+    assert_eq!(fs::read(back.join("flags/immutable.conf")).unwrap(), b"do not touch\n");
 }
 
 #[test]
@@ -519,6 +525,13 @@ fn progress_is_drawn_on_a_terminal_updates_and_ends_cleanly_and_never_shows_with
     assert_eq!(last["progress"]["files_done"], 301);
     assert_eq!(last["progress"]["files_total"], 301);
     assert_eq!(last["progress"]["total_known"], true);
+    // `check --read-data` counts the bytes it reads.
+    let check = t.cmd(["--json-progress", "check", "--read-data"]).assert().success();
+    let lines: Vec<serde_json::Value> =
+        stderr_of(&check).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let last = &lines.last().expect("JSON progress lines")["progress"];
+    assert!(last["bytes_total"].as_u64().unwrap() > 160 << 20, "{last}");
+    assert_eq!(last["bytes_done"], last["bytes_total"]);
 }
 
 #[test]
@@ -566,4 +579,48 @@ fn a_job_never_backs_up_its_own_repository_spool_or_state_and_says_so_once() {
     for gone in ["repo", "spool", "state", "www/cache/page", "www/old.bak"] {
         assert!(!has(gone), "{gone} is not in the snapshot: {paths:#?}");
     }
+}
+
+#[test]
+fn a_backup_of_root_with_one_file_system_skips_proc_sys_and_other_mounts() {
+    require_root();
+    let t = TestRepo::init();
+    // All of `/` but its small, telling parts: the rest is excluded by
+    // anchored patterns (as an admin would exclude /var/lib/docker).
+    let keep = ["etc", "proc", "sys", "dev", "run"];
+    let mut args = vec!["backup".to_string(), "--one-file-system".to_string()];
+    for e in fs::read_dir("/").unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name.as_str()) {
+            args.extend(["--exclude".to_string(), format!("/{name}")]);
+        }
+    }
+    args.push("/".into());
+    let out = t.cmd(&args).assert().success();
+    let said = stderr_of(&out);
+    let id = crate::util::stdout_of(&out).trim().to_string();
+    let paths = paths_in(&t, &id);
+    assert!(paths.contains(&"/etc/hostname".to_string()) || paths.contains(&"/etc/passwd".to_string()), "{said}");
+    for dir in ["/proc", "/sys"] {
+        assert!(paths.contains(&dir.to_string()), "{dir} itself is kept, empty");
+        assert!(!paths.iter().any(|p| p.starts_with(&format!("{dir}/"))), "nothing below {dir}");
+    }
+    let root_dev = fs::metadata("/").unwrap().dev();
+    for dir in ["/dev", "/run"] {
+        if fs::metadata(dir).is_ok_and(|m| m.dev() != root_dev) {
+            assert!(!paths.iter().any(|p| p.starts_with(&format!("{dir}/"))), "{dir} is another file system");
+            assert!(said.contains(&format!("{dir}: ")), "{dir} is named: {said}");
+        }
+    }
+    assert!(said.contains("/proc: proc file system"), "{said}");
+    // The snapshot is of `/`, and the next backup finds it as its parent.
+    let snap = t.snapshots_json().pop().unwrap();
+    assert_eq!(snap["paths"], serde_json::json!(["/"]));
+    t.cmd(&args).assert().success();
+    let newest = t.snapshots_json().pop().unwrap();
+    assert_eq!(newest["parent"].as_str(), Some(id.as_str()), "{newest}");
+    // And it restores: /etc comes back as it is.
+    let out_dir = t.path("out");
+    t.cmd(["restore", &id, "--path", "/etc", "--to"]).arg(&out_dir).assert().success();
+    assert_same(Path::new("/etc"), &out_dir.join("etc"));
 }

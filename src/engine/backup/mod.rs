@@ -175,6 +175,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
                 )));
             }
             Some(k) if k.local == k.at && s.local == s.at => {}
+            // Beside the entries of `/` (the dumps of a job backing up `/`).
+            Some(k) if k.at == Path::new("/") && k.local == k.at => kept.push(s),
             Some(k) => {
                 return Err(Error::Invalid(format!("{} overlaps {}", s.at.display(), k.at.display())));
             }
@@ -182,8 +184,9 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         }
     }
     let sources: Vec<BackupSource> = kept.into_iter().cloned().collect();
-    let sources = &sources[..];
     let paths: Vec<String> = sources.iter().map(|s| s.at.to_string_lossy().into_owned()).collect();
+    let (sources, within, root_left_out) = expand_root(sources, &opts.selection)?;
+    let sources = &sources[..];
 
     // Register first, then read marks and index: a prune deletes no pack
     // marked after this backup started until it has finished.
@@ -226,11 +229,12 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         with_pipeline(repo, &uploader, &known, opts.threads.max(1), opts.cancel.as_deref(), |feed, failure| {
             let mut scan = Scanner::new(repo, settings, trees, feed, failure);
             for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
-                scan.scan_source(i, &source.local, name, prev.as_ref())?;
+                scan.scan_source(i, &source.local, name, prev.as_ref(), within[i])?;
             }
             scan.finish()
         })?;
     let Scanned { mut summary, mut sources, mut trees } = scanned;
+    summary.left_out.splice(0..0, root_left_out);
     // Anything not backed up as it was (unreadable, vanished, changed while
     // read) makes the snapshot incomplete: the run says so (exit code 3).
     summary.incomplete = !summary.warnings.is_empty();
@@ -256,6 +260,52 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         started,
         _running: running,
     })
+}
+
+/// A backup of `/` is a backup of each entry of `/` (the root tree has no
+/// entry of its own; it is stored with fixed metadata like the directories
+/// above any source). Entries the selection leaves out are not sources, and
+/// each keeps `/`'s device as its file system, so `one_file_system` and the
+/// pseudo file systems (`/proc`) apply to them as to any mount point.
+/// Returns the sources, for each the device it counts as within (`None`:
+/// its own), and what was left out of `/`.
+type Expanded = (Vec<BackupSource>, Vec<Option<u64>>, Vec<String>);
+
+fn expand_root(sources: Vec<BackupSource>, selection: &Selection) -> Result<Expanded> {
+    use std::os::unix::fs::MetadataExt;
+    let root = Path::new("/");
+    let Some(i) = sources.iter().position(|s| s.at == root) else {
+        let n = sources.len();
+        return Ok((sources, vec![None; n], Vec::new()));
+    };
+    if sources[i].local != root {
+        return Err(Error::Invalid(format!("cannot store {} as / itself", sources[i].local.display())));
+    }
+    let dev = std::fs::symlink_metadata(root).at(root)?.dev();
+    let select = crate::engine::select::Selector::new(selection);
+    let mut out: Vec<BackupSource> = Vec::new();
+    let mut left_out = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(root).at(root)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for path in names {
+        if selection.exclude.is_match(&path) {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
+        if let Some(why) = select.own(&md) {
+            left_out.push(format!("{}: {why}", path.display()));
+            continue;
+        }
+        out.push(BackupSource { local: path.clone(), at: path });
+    }
+    let mut within = vec![Some(dev); out.len()];
+    for (j, s) in sources.into_iter().enumerate() {
+        if j != i {
+            out.push(s);
+            within.push(None);
+        }
+    }
+    Ok((out, within, left_out))
 }
 
 /// The newest snapshot of exactly these paths from this host.

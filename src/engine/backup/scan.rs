@@ -145,12 +145,20 @@ impl<'a, 'f> Scanner<'a, 'f> {
     }
 
     /// Scan source number `i`, stored under `name` (its last component);
-    /// `prev` is its entry in the parent snapshot.
-    pub fn scan_source(&mut self, i: usize, local: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<()> {
+    /// `prev` is its entry in the parent snapshot. `within`: the file
+    /// system it counts as on (an entry of `/` is within `/`'s; else its own).
+    pub fn scan_source(
+        &mut self,
+        i: usize,
+        local: &Path,
+        name: Vec<u8>,
+        prev: Option<&Entry>,
+        within: Option<u64>,
+    ) -> Result<()> {
         let md = std::fs::symlink_metadata(local).map_err(|e| Error::io(local, e))?;
-        self.source_dev = md.dev();
+        self.source_dev = within.unwrap_or(md.dev());
         let mut batch = Batch::default();
-        self.scan_entry(local, name, &md, md.dev(), prev, Slot::Source(i), &mut batch)?;
+        self.scan_entry(local, name, &md, self.source_dev, prev, Slot::Source(i), &mut batch)?;
         self.flush_batch(&mut batch)
     }
 
