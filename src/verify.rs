@@ -47,7 +47,12 @@ pub struct VerifyReport {
 
 /// Verify `job`'s snapshot `spec` (`latest` for its newest) in its first
 /// repository, or in the one named `from`.
-pub fn verify_job(job: &Job, source: &crate::restore::Source) -> Result<VerifyReport> {
+/// `progress`, when given, follows each database and the files.
+pub fn verify_job(
+    job: &Job,
+    source: &crate::restore::Source,
+    progress: Option<std::sync::Arc<crate::engine::progress::Progress>>,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     let repo_cfg = job_repository(job, source.repository)?;
     let repo = open_repository(repo_cfg)?;
@@ -65,6 +70,9 @@ pub fn verify_job(job: &Job, source: &crate::restore::Source) -> Result<VerifyRe
     let scratch = Scratch::new(job, "verify")?;
     let never = AtomicBool::new(false);
     for dump in &record.databases {
+        if let Some(p) = &progress {
+            p.phase(format!("verify {}: database {}", job.name, dump.name));
+        }
         let mut check = DatabaseCheck {
             entry: dump.entry.clone(),
             name: dump.name.clone(),
@@ -111,13 +119,13 @@ pub fn verify_job(job: &Job, source: &crate::restore::Source) -> Result<VerifyRe
     if !include.is_empty() {
         let target = scratch.0.root.join("files");
         let threads = crate::engine::parallel::cpus();
-        let result = restore(
-            &repo,
-            &snap,
-            &RestoreOptions { target: target.clone(), include: include.clone(), threads, ..Default::default() },
-        )
-        .map_err(anyhow::Error::from)
-        .and_then(|_| Ok(compare_restored(&repo, &snap, &include, &target)?));
+        if let Some(p) = &progress {
+            p.phase(format!("verify {}: files", job.name));
+        }
+        let opts = RestoreOptions { target: target.clone(), include: include.clone(), threads, progress, cancel: None };
+        let result = restore(&repo, &snap, &opts)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| Ok(compare_restored(&repo, &snap, &include, &target)?));
         match result {
             Ok(cmp) => {
                 report.problems.extend(cmp.mismatches.iter().map(|m| format!("file {m}")));

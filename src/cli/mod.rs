@@ -266,7 +266,7 @@ pub fn run() -> Result<Exit> {
 /// Log lines go to stderr (journald adds its own timestamps under systemd).
 fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(tracing::Level::INFO)

@@ -87,6 +87,33 @@ impl Drop for ProgressDisplay {
     }
 }
 
+/// The bar being drawn, if any: log lines go above it ([`LogWriter`]).
+static DRAWN: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// stderr for log lines: written above the bar while one is drawn, so a
+/// line and the bar never cut into each other.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let drawn = DRAWN.lock().ok().and_then(|b| b.clone());
+        match drawn {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn set_drawn(bar: Option<ProgressBar>) {
+    if let Ok(mut d) = DRAWN.lock() {
+        *d = bar;
+    }
+}
+
 /// How often the display reads the counters.
 const TICK: Duration = Duration::from_millis(100);
 /// How often a JSON line is written.
@@ -129,6 +156,7 @@ fn bar(p: &Progress, stop: &AtomicBool, forced: bool) {
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(counting.clone());
+    set_drawn(Some(bar.clone()));
     let mut phase = String::new();
     while !stop.load(Ordering::Relaxed) {
         let v = p.view();
@@ -148,6 +176,7 @@ fn bar(p: &Progress, stop: &AtomicBool, forced: bool) {
         bar.tick();
         std::thread::sleep(TICK);
     }
+    set_drawn(None);
     bar.finish_and_clear();
 }
 

@@ -624,3 +624,32 @@ fn a_backup_of_root_with_one_file_system_skips_proc_sys_and_other_mounts() {
     t.cmd(["restore", &id, "--path", "/etc", "--to"]).arg(&out_dir).assert().success();
     assert_same(Path::new("/etc"), &out_dir.join("etc"));
 }
+
+#[test]
+fn a_job_on_a_terminal_shows_its_current_step_and_its_log_lines_whole() {
+    use crate::jobs_util::JobEnv;
+    let env = JobEnv::new();
+    fs::create_dir_all(env.path("data")).unwrap();
+    write_random(&env.path("data/big.bin"), 5, 96 << 20);
+    env.config(&format!(
+        "[jobs.site]\n[[jobs.site.hooks]]\nphase = \"before\"\nrun = [\"sleep\", \"0.5\"]\n\
+         [jobs.site.files]\npaths = [{}]\n",
+        crate::jobs_util::q(env.path("data"))
+    ))
+    .init_repo();
+    let command =
+        format!("{} --config {} run site", crate::util::holdfast_bin().display(), env.config_path().display());
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .current_dir(env.path(""))
+        .env("HOLDFAST_CACHE_DIR", crate::util::test_cache_dir())
+        .env("TERM", "xterm-256color")
+        .output()
+        .expect("script(1), from util-linux");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("job site: hooks before"), "the step is shown: {screen:?}");
+    assert!(screen.contains("job site: files into main"), "{screen:?}");
+    // Log lines are written above the bar, whole.
+    assert!(screen.contains("reading dumps and files into repository \"main\""), "{screen:?}");
+}
