@@ -14,6 +14,13 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The whole-system tests compare with the system's own tools.
+command -v getfacl >/dev/null 2>&1 || need_apt+=(acl)
+command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
+command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need_apt+=(libcap2-bin)
+command -v chattr >/dev/null 2>&1 || [ -x /usr/bin/chattr ] || need_apt+=(e2fsprogs)
+command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
