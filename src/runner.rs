@@ -683,9 +683,5 @@ impl<'a> Attempt<'a> {
 /// What a run of `job` never backs up: its configured own directories and
 /// the local cache of remote repositories.
 pub fn internal_paths(job: &Job) -> Vec<(String, PathBuf)> {
-    let mut out = job.internal.clone();
-    if let Some(cache) = crate::engine::cache::cache_root() {
-        out.push(("holdfast's cache".into(), cache));
-    }
-    out
+    crate::engine::select::with_cache(job.internal.clone())
 }

@@ -85,14 +85,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     if let Some(path) = ctx.repository()?.location()?.local_path() {
         internal.push(("the repository".into(), path.to_path_buf()));
     }
-    if let Some(cache) = crate::engine::cache::cache_root() {
-        internal.push(("holdfast's cache".into(), cache));
-    }
     let display = ctx.show_progress("backup");
     let opts = BackupOptions {
         tags: args.tags.clone(),
         progress: display.as_ref().map(|d| d.progress()),
-        selection: args.select.selection(internal)?,
+        selection: args.select.selection(crate::engine::select::with_cache(internal))?,
         use_parent: !args.no_parent,
         threads: ctx.threads,
         cancel: Some(ctx.interrupt.flag().clone()),

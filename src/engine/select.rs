@@ -56,11 +56,6 @@ impl Patterns {
         self.written.iter().filter(|(_, fold)| !fold).map(|(p, _)| p.as_str()).collect()
     }
 
-    /// The case-insensitive patterns as written.
-    pub fn ignoring_case(&self) -> Vec<&str> {
-        self.written.iter().filter(|(_, fold)| *fold).map(|(p, _)| p.as_str()).collect()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.written.is_empty()
     }
@@ -68,14 +63,6 @@ impl Patterns {
     /// Whether `path` (absolute) is excluded.
     pub fn is_match(&self, path: &Path) -> bool {
         !self.written.is_empty() && self.set.is_match(path)
-    }
-
-    /// These patterns and `other`'s together.
-    pub fn merged(&self, other: &Patterns) -> Result<Patterns, String> {
-        let (a, b): (Vec<_>, Vec<_>) = self.written.iter().chain(&other.written).cloned().partition(|(_, fold)| !fold);
-        let plain: Vec<String> = a.into_iter().map(|(p, _)| p).collect();
-        let fold: Vec<String> = b.into_iter().map(|(p, _)| p).collect();
-        Patterns::new(&plain, &fold)
     }
 }
 
@@ -96,6 +83,15 @@ pub struct Selection {
     /// metrics), with what each is: never backed up, whatever else is set.
     /// A source that is one of them is still backed up (the dumps).
     pub internal: Vec<(String, PathBuf)>,
+}
+
+/// holdfast's own directories `internal`, and its cache where it has one:
+/// what [`Selection::internal`] holds for a backup.
+pub fn with_cache(mut internal: Vec<(String, PathBuf)>) -> Vec<(String, PathBuf)> {
+    if let Some(cache) = crate::engine::cache::cache_root() {
+        internal.push(("holdfast's cache".into(), cache));
+    }
+    internal
 }
 
 /// What of a directory's entries the scan reads.

@@ -332,6 +332,11 @@ fn paths_in(t: &TestRepo, id: &str) -> Vec<String> {
     t.ls_json(id).iter().map(|e| e["path"].as_str().unwrap().to_string()).collect()
 }
 
+/// The snapshot id a `backup` printed, and what it said on stderr.
+fn saved(out: &assert_cmd::assert::Assert) -> (String, String) {
+    (crate::util::stdout_of(out).trim().to_string(), stderr_of(out))
+}
+
 /// A tmpfs mounted for a test, unmounted when the test ends.
 struct Mounted(PathBuf);
 
@@ -362,8 +367,7 @@ fn one_file_system_keeps_mount_points_empty_and_says_which() {
 
     let crossing = t.backup(&[&src]);
     let within = t.cmd(["backup", "--one-file-system"]).arg(&src).assert().success();
-    let said = stderr_of(&within);
-    let within = crate::util::stdout_of(&within).trim().to_string();
+    let (within, said) = saved(&within);
     let mnt = src.join("mnt").display().to_string();
     assert_eq!(said.matches(&mnt).count(), 1, "the mount point is named once: {said}");
     assert!(said.contains("another file system"), "{said}");
@@ -385,8 +389,7 @@ fn proc_and_sysfs_below_a_path_are_never_read_even_across_file_systems() {
     let _proc = Mounted::new("proc", &src.join("proc"));
     let _sys = Mounted::new("sysfs", &src.join("sys"));
     let out = t.cmd(["backup"]).arg(&src).assert().success();
-    let said = stderr_of(&out);
-    let id = crate::util::stdout_of(&out).trim().to_string();
+    let (id, said) = saved(&out);
     let paths = paths_in(&t, &id);
     assert!(paths.contains(&src.join("proc").display().to_string()), "the mount point is kept");
     assert!(!paths.iter().any(|p| p.starts_with(&src.join("proc/").display().to_string())), "nothing of /proc");
@@ -422,8 +425,7 @@ fn caches_markers_and_nodump_files_are_left_out_when_asked() {
         .arg(&src)
         .assert()
         .success();
-    let said = stderr_of(&out);
-    let some = crate::util::stdout_of(&out).trim().to_string();
+    let (some, said) = saved(&out);
     let rel = |id: &str| -> Vec<String> {
         let base = src.display().to_string();
         paths_in(&t, id).into_iter().filter_map(|p| p.strip_prefix(&format!("{base}/")).map(str::to_string)).collect()
@@ -461,7 +463,7 @@ fn exclude_patterns_anchored_unanchored_from_a_file_and_ignoring_case() {
         .arg(&src)
         .assert()
         .success();
-    let id = crate::util::stdout_of(&out).trim().to_string();
+    let (id, _) = saved(&out);
     let base = format!("{}/", src.display());
     let paths: Vec<String> =
         paths_in(&t, &id).into_iter().filter_map(|p| p.strip_prefix(&base).map(str::to_string)).collect();
@@ -608,8 +610,7 @@ fn a_backup_of_root_with_one_file_system_skips_proc_sys_and_other_mounts() {
         a
     };
     let out = live(t.cmd(&args).assert());
-    let said = stderr_of(&out);
-    let id = crate::util::stdout_of(&out).trim().to_string();
+    let (id, said) = saved(&out);
     let paths = paths_in(&t, &id);
     assert!(paths.contains(&"/etc/hostname".to_string()) || paths.contains(&"/etc/passwd".to_string()), "{said}");
     for dir in ["/proc", "/sys"] {

@@ -38,7 +38,7 @@ use crate::engine::index::IndexFile;
 use crate::engine::pack::{Checkpoints, PackUploader};
 use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, Repository};
-use crate::engine::select::Selection;
+use crate::engine::select::{Selection, Selector};
 use crate::engine::snapshot::{Snapshot, Summary};
 use crate::engine::tree::{Entry, EntryKind, Metadata, Timespec, Tree};
 use crate::error::{Error, IoContext, Result};
@@ -185,7 +185,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     }
     let sources: Vec<BackupSource> = kept.into_iter().cloned().collect();
     let paths: Vec<String> = sources.iter().map(|s| s.at.to_string_lossy().into_owned()).collect();
-    let (sources, within, root_left_out) = expand_root(sources, &opts.selection)?;
+    let select = Selector::new(&opts.selection);
+    let (sources, within, root_left_out) = expand_root(sources, &select)?;
     let sources = &sources[..];
 
     // Register first, then read marks and index: a prune deletes no pack
@@ -220,7 +221,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         index: &index,
         parent_trees,
         sources: sources.len(),
-        selection: &opts.selection,
+        select,
         progress: opts.progress.as_deref(),
         cancel: opts.cancel.as_deref(),
     };
@@ -271,7 +272,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
 /// its own), and what was left out of `/`.
 type Expanded = (Vec<BackupSource>, Vec<Option<u64>>, Vec<String>);
 
-fn expand_root(sources: Vec<BackupSource>, selection: &Selection) -> Result<Expanded> {
+fn expand_root(sources: Vec<BackupSource>, select: &Selector) -> Result<Expanded> {
     use std::os::unix::fs::MetadataExt;
     let root = Path::new("/");
     let Some(i) = sources.iter().position(|s| s.at == root) else {
@@ -282,13 +283,12 @@ fn expand_root(sources: Vec<BackupSource>, selection: &Selection) -> Result<Expa
         return Err(Error::Invalid(format!("cannot store {} as / itself", sources[i].local.display())));
     }
     let dev = std::fs::symlink_metadata(root).at(root)?.dev();
-    let select = crate::engine::select::Selector::new(selection);
     let mut out: Vec<BackupSource> = Vec::new();
     let mut left_out = Vec::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(root).at(root)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     for path in names {
-        if selection.exclude.is_match(&path) {
+        if select.selection.exclude.is_match(&path) {
             continue;
         }
         let Ok(md) = std::fs::symlink_metadata(&path) else { continue };

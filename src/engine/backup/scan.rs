@@ -25,7 +25,7 @@ use crate::engine::index::Index;
 use crate::engine::pack::{PackUploader, PackWriter};
 use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, PackFiles, Repository};
-use crate::engine::select::{Contents, Selection, Selector};
+use crate::engine::select::{Contents, Selector};
 use crate::engine::snapshot::Summary;
 use crate::engine::tree::{Entry, EntryKind, FileContent, Piece, Tree};
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ pub(super) struct ScanSettings<'a> {
     pub index: &'a Index,
     pub parent_trees: ParentTrees<'a>,
     pub sources: usize,
-    pub selection: &'a Selection,
+    pub select: Selector<'a>,
     pub progress: Option<&'a Progress>,
     pub cancel: Option<&'a AtomicBool>,
 }
@@ -137,7 +137,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             small_limit: repo.config().chunker.min_size as u64,
             batch_target: repo.config().chunker.avg_size as u64,
             summary: Summary::default(),
-            select: Selector::new(settings.selection),
+            select: settings.select,
             source_dev: 0,
             progress: settings.progress,
             cancel: settings.cancel,
