@@ -7,8 +7,9 @@
 //! sparse).
 //! Hard links, symlinks and special files follow, and directory metadata is
 //! applied last, deepest first, so writing into a directory does not spoil
-//! its restored mtime. Inode flags come after everything (an immutable file
-//! can be neither renamed nor linked, an immutable directory not written). Every chunk is authenticated and its id re-checked
+//! its restored mtime. Files' inode flags come after every file and link is
+//! in place (an immutable file can be neither renamed nor linked), a
+//! directory's after its own metadata. Every chunk is authenticated and its id re-checked
 //! before its bytes reach a file.
 //!
 //! Safety, by construction:
@@ -150,8 +151,8 @@ pub fn restore(repo: &Repository, snapshot: &Snapshot, opts: &RestoreOptions) ->
     let result = job
         .write_files(&index, opts.threads.max(1), opts.threads.max(repo.backend().parallelism()))
         .and_then(|()| job.make_nodes(&nodes))
-        .and_then(|()| job.finish_dirs())
-        .and_then(|()| job.finish_flags());
+        .and_then(|()| job.flag_files())
+        .and_then(|()| job.finish_dirs());
     if result.is_err() {
         job.remove_temporaries(&nodes);
     }
@@ -509,23 +510,13 @@ impl RestoreJob<'_> {
         Ok(())
     }
 
-    /// Directory metadata, deepest first (created parents come first in
-    /// the plan; reversed, every directory comes before its parent), each
-    /// through a handle opened beneath the target.
-    fn finish_dirs(&self) -> Result<()> {
-        let mut names = NameCache::default();
-        for plan in self.dirs.iter().rev() {
-            let Some(meta) = &plan.meta else { continue };
-            let dir = File::from(self.target.dir(&plan.rel)?);
-            self.note(apply_to_file(&dir, meta, &mut names, &self.target.display(&plan.rel))?);
-        }
-        Ok(())
-    }
-
-    /// Inode flags, once everything is in place: files (through one of
-    /// their links), then directories deepest first. A flag that cannot be
-    /// set (not root, a file system without it) is said per file.
-    fn finish_flags(&self) -> Result<()> {
+    /// Inode flags of the files, once every file and link is in place
+    /// (an immutable file can be neither renamed nor linked), through one
+    /// of their links, while the directories are still private to the
+    /// restore (nobody can swap a name for another file meanwhile). A flag
+    /// that cannot be set (not root, a file system without it) is said per
+    /// file.
+    fn flag_files(&self) -> Result<()> {
         let mut dirs = DirHandles::new();
         let files = self.files.iter().filter(|f| f.entry.meta.flags & KEPT_FLAGS != 0);
         for f in files {
@@ -534,10 +525,24 @@ impl RestoreJob<'_> {
             let file = beneath::open_file(beneath::fd(parent), name(&f.entry.name), &shown)?;
             self.flags_on(std::os::fd::AsFd::as_fd(&file), f.entry.meta.flags, &shown);
         }
+        Ok(())
+    }
+
+    /// Directory metadata, deepest first (created parents come first in
+    /// the plan; reversed, every directory comes before its parent), each
+    /// through a handle opened beneath the target; a directory's inode
+    /// flags right after its metadata (an immutable directory takes no
+    /// more).
+    fn finish_dirs(&self) -> Result<()> {
+        let mut names = NameCache::default();
         for plan in self.dirs.iter().rev() {
-            let Some(meta) = plan.meta.as_ref().filter(|m| m.flags & KEPT_FLAGS != 0) else { continue };
-            let dir = self.target.dir(&plan.rel)?;
-            self.flags_on(beneath::fd(&dir), meta.flags, &self.target.display(&plan.rel));
+            let Some(meta) = &plan.meta else { continue };
+            let dir = File::from(self.target.dir(&plan.rel)?);
+            let shown = self.target.display(&plan.rel);
+            self.note(apply_to_file(&dir, meta, &mut names, &shown)?);
+            if meta.flags & KEPT_FLAGS != 0 {
+                self.flags_on(std::os::fd::AsFd::as_fd(&dir), meta.flags, &shown);
+            }
         }
         Ok(())
     }
