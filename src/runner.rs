@@ -36,7 +36,7 @@ use crate::secrets::open_repository;
 use crate::spool::{JobLock, RunDir};
 use crate::state::{JobState, RunState};
 use crate::template::Vars;
-use crate::units::human;
+use crate::units::{escape_text, human};
 
 /// The outcome of `run` for one job.
 #[derive(Debug, Clone, Serialize)]
@@ -555,7 +555,7 @@ impl<'a> Attempt<'a> {
             tracing::warn!("job {}: {w}", self.job.name);
         }
         for l in &capture.summary().left_out {
-            tracing::info!("job {}: left out {l}", self.job.name);
+            tracing::info!("job {}: left out {}", self.job.name, escape_text(l.as_bytes()));
         }
         let file_set =
             FileSetRecord { paths: captured, capture_started: started, capture_finished: jiff::Timestamp::now() };

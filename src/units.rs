@@ -1,8 +1,32 @@
-//! Figures as people write and read them: sizes and durations.
+//! Figures and text as people write and read them: sizes, durations, and
+//! names made safe for a terminal.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Bytes for a terminal: control characters, backslashes and invalid UTF-8
+/// escaped (`\n`, `\x1b`), so a file name cannot move the cursor or forge
+/// a line of output.
+pub fn escape_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
 
 /// Bytes in binary units, for people.
 pub fn human(bytes: u64) -> String {

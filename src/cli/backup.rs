@@ -11,7 +11,7 @@ use super::{Context, SnapshotView, print_json};
 use crate::engine::backup::{BackupOptions, BackupSource, backup};
 use crate::engine::select::{Patterns, Selection};
 use crate::exit::Exit;
-use crate::units::human;
+use crate::units::{escape_text, human};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -100,10 +100,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let result = result?;
     let s = &result.snapshot.summary;
     for w in &s.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", escape_text(w.as_bytes()));
     }
     for l in &s.left_out {
-        eprintln!("left out: {l}");
+        eprintln!("left out: {}", escape_text(l.as_bytes()));
     }
     if args.json {
         print_json(&SnapshotView::new(&result.id, &result.snapshot))?;

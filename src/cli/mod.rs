@@ -14,6 +14,7 @@ use crate::engine::backend::short_name as short;
 use crate::engine::repository::Repository;
 use crate::exit::{EXIT_CODES_HELP, Exit, Interrupt, Usage};
 use crate::secrets::RepositoryRef;
+use crate::units::escape_text;
 
 /// `println!` that returns an error instead of panicking when stdout is
 /// gone (`holdfast ls | head`): `main` ends quietly on a broken pipe.
@@ -278,29 +279,6 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
-}
-
-/// Bytes for a terminal: control characters, backslashes and invalid UTF-8
-/// escaped (`\n`, `\x1b`), so a file name cannot move the cursor or forge
-/// a line of output.
-fn escape_text(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\t' => out.push_str("\\t"),
-                '\r' => out.push_str("\\r"),
-                c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
-                c => out.push(c),
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
 }
 
 /// A snapshot as shown by `snapshots --json` and `backup --json`.

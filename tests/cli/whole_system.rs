@@ -665,3 +665,34 @@ fn a_job_on_a_terminal_shows_its_current_step_and_its_log_lines_whole() {
     // Log lines are written above the bar, whole.
     assert!(screen.contains("reading dumps and files into repository \"main\""), "{screen:?}");
 }
+
+#[test]
+fn a_cache_tag_that_is_a_symlink_or_a_fifo_is_no_tag_and_a_name_cannot_forge_an_output_line() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    for d in ["linked", "piped", "real\nleft out: /etc: forged"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("data"), b"keep").unwrap();
+    }
+    let tag = t.path("valid-tag");
+    fs::write(&tag, b"Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+    symlink(&tag, src.join("linked/CACHEDIR.TAG")).unwrap();
+    nix::unistd::mkfifo(&src.join("piped/CACHEDIR.TAG"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    fs::copy(&tag, src.join("real\nleft out: /etc: forged/CACHEDIR.TAG")).unwrap();
+
+    // A FIFO is never opened for waiting: the backup ends.
+    let out =
+        t.cmd(["backup", "--exclude-caches"]).arg(&src).timeout(std::time::Duration::from_secs(60)).assert().success();
+    let (id, said) = saved(&out);
+    let paths = paths_in(&t, &id);
+    for kept in ["linked/data", "piped/data"] {
+        assert!(
+            paths.contains(&src.join(kept).display().to_string()),
+            "{kept}: a tag that is no regular file: {paths:?}"
+        );
+    }
+    assert!(!paths.iter().any(|p| p.ends_with("forged/data")), "the real tag works: {paths:?}");
+    // One line per thing left out, the newline shown escaped.
+    assert!(said.contains("real\\nleft out: /etc: forged"), "{said}");
+    assert!(!said.lines().any(|l| l.starts_with("left out: /etc")), "no forged line: {said}");
+}
