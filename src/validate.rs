@@ -4,6 +4,7 @@
 //!
 //! Every problem is collected (not just the first), each with what to change.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -15,7 +16,7 @@ use crate::hooks::render_hook;
 use crate::plan::{PlannedStep, Step, plan};
 use crate::process::find_program_in;
 use crate::template::{Vars, render};
-use crate::units::human;
+use crate::units::{escape_text, human};
 
 /// The PATH systemd gives services; a hook must be found on it, not on the
 /// PATH of the shell that ran `validate`.
@@ -230,11 +231,24 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
 
 /// What each file set crosses and leaves out: the mounts below it (crossed,
 /// or skipped by `one_file_system` or as pseudo file systems), holdfast's
-/// own directories below it with their sizes, and the patterns.
+/// own directories below it, and — when the job asks for caches, markers,
+/// no-dump files or patterns to be left out — each subtree that leaves out,
+/// found by walking the set as a backup would, with its size.
 fn check_selection(c: &mut Checker, job: &Job) {
-    use crate::engine::select::{is_pseudo, mounts_below};
+    use crate::engine::select::{Selector, is_pseudo, mounts_below};
     let internal = crate::runner::internal_paths(job);
-    for p in job.files.paths.iter().chain(&job.files.optional).filter(|p| p.exists()) {
+    let f = &job.files;
+    let walk = !f.exclude.0.is_empty()
+        || !f.iexclude.0.is_empty()
+        || f.exclude_caches
+        || !f.exclude_if_present.is_empty()
+        || f.exclude_nodump;
+    let selection = match f.selection(internal.clone()) {
+        Ok(s) => s,
+        Err(e) => return c.problem("files", e),
+    };
+    let select = Selector::new(&selection);
+    for p in f.paths.iter().chain(&f.optional).filter(|p| p.exists()) {
         // Mounts inside a skipped one are never reached: not listed.
         let mut skipped: Vec<PathBuf> = Vec::new();
         for (at, kind) in mounts_below(p) {
@@ -243,15 +257,34 @@ fn check_selection(c: &mut Checker, job: &Job) {
             }
             let what = if is_pseudo(&kind) {
                 "skips (never backed up)"
-            } else if job.files.one_file_system {
+            } else if f.one_file_system {
                 "skips (one_file_system)"
             } else {
                 "crosses"
             };
+            let mut about = kind.clone();
             if what != "crosses" {
                 skipped.push(at.clone());
+                if let Some(used) = file_system_used(&at).filter(|_| !is_pseudo(&kind)) {
+                    about = format!("{kind}, {} in use", human(used));
+                }
             }
-            c.ok("files", format!("{}: {what} mount {} ({kind})", p.display(), at.display()));
+            c.ok("files", format!("{}: {what} mount {} ({about})", p.display(), at.display()));
+        }
+        if walk {
+            let w = dry_walk(&select, p);
+            const SHOWN: usize = 30;
+            for (path, why, size) in w.left_out.iter().take(SHOWN) {
+                let shown = escape_text(path.as_os_str().as_bytes());
+                c.ok("files", format!("{}: leaves out {shown}, {}: {why}", p.display(), human(*size)));
+            }
+            if w.left_out.len() > SHOWN {
+                let rest = &w.left_out[SHOWN..];
+                let bytes: u64 = rest.iter().map(|(_, _, s)| *s).sum();
+                c.ok("files", format!("{}: and {} more left out ({})", p.display(), rest.len(), human(bytes)));
+            }
+            c.ok("files", format!("{}: would back up {} files, {}", p.display(), w.files, human(w.bytes)));
+            continue;
         }
         for (what, dir) in &internal {
             if dir != p && dir.starts_with(p) && dir.exists() {
@@ -263,7 +296,6 @@ fn check_selection(c: &mut Checker, job: &Job) {
             }
         }
     }
-    let f = &job.files;
     let patterns: Vec<&str> = f.exclude.patterns().into_iter().chain(f.iexclude.patterns()).collect();
     if !patterns.is_empty() {
         c.ok("files", format!("excluded by pattern: {}", patterns.join(", ")));
@@ -283,6 +315,92 @@ fn check_selection(c: &mut Checker, job: &Job) {
     }
 }
 
+/// What a backup of one file set path would keep and leave out.
+#[derive(Default)]
+struct DryWalk {
+    files: u64,
+    bytes: u64,
+    /// Each subtree left out (but for mount points), why, and the bytes of
+    /// the files in it.
+    left_out: Vec<(PathBuf, String, u64)>,
+}
+
+/// Walk `source` deciding as the backup's scan does (the same [`Selector`])
+/// without reading any file, and size what is left out.
+fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk {
+    use crate::engine::fsmeta::read_flags;
+    use crate::engine::select::Contents;
+    use std::os::unix::fs::MetadataExt;
+    let mut w = DryWalk::default();
+    let Ok(md) = std::fs::symlink_metadata(source) else { return w };
+    let source_dev = md.dev();
+    // Only the source itself is named by the admin: no-dump and holdfast's
+    // own directories apply to everything below it (the entries of `/` too).
+    let mut stack = vec![(source.to_path_buf(), md, source_dev, true)];
+    while let Some((path, md, parent_dev, is_source)) = stack.pop() {
+        if !is_source && let Some(why) = select.leaves_out(&md, read_flags(&path, &md)) {
+            let size = entry_size(&path, &md);
+            w.left_out.push((path, why, size));
+            continue;
+        }
+        if !md.is_dir() {
+            w.files += u64::from(md.is_file());
+            w.bytes += if md.is_file() { md.len() } else { 0 };
+            continue;
+        }
+        let (contents, why) = select.contents(&path, &md, parent_dev, source_dev);
+        let mut names: Vec<PathBuf> = match &contents {
+            Contents::All => match std::fs::read_dir(&path) {
+                Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+                Err(_) => Vec::new(),
+            },
+            Contents::Only(name) => vec![path.join(std::ffi::OsStr::from_bytes(name))],
+            Contents::Nothing => Vec::new(),
+        };
+        // A mount point left empty is among the mounts listed already.
+        if let Contents::Only(_) = contents {
+            let kept: u64 = names.iter().map(|n| file_len(n)).sum();
+            w.left_out.push((path.clone(), why, crate::state::dir_size(&path).saturating_sub(kept)));
+        }
+        names.sort();
+        let dev = md.dev();
+        for child in names.into_iter().rev() {
+            if select.selection.exclude.is_match(&child) {
+                let size = std::fs::symlink_metadata(&child).map(|md| entry_size(&child, &md)).unwrap_or(0);
+                w.left_out.push((child, "excluded by pattern".into(), size));
+                continue;
+            }
+            if let Ok(md) = std::fs::symlink_metadata(&child) {
+                stack.push((child, md, dev, false));
+            }
+        }
+    }
+    w.left_out.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// A file's length (0 if it is gone or not a regular file).
+fn file_len(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |md| if md.is_file() { md.len() } else { 0 })
+}
+
+/// The bytes of files in a left-out entry: a directory's whole subtree.
+fn entry_size(path: &Path, md: &std::fs::Metadata) -> u64 {
+    if md.is_dir() {
+        crate::state::dir_size(path)
+    } else if md.is_file() {
+        md.len()
+    } else {
+        0
+    }
+}
+
+/// The bytes in use on the file system mounted at `path` (what skipping
+/// it leaves out).
+fn file_system_used(path: &Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    Some(fs.f_blocks.saturating_sub(fs.f_bfree).saturating_mul(fs.f_frsize))
+}
 fn check_program(c: &mut Checker, what: &str, argv: &[String], cwd: Option<&Path>) {
     let Some(program) = argv.first() else {
         c.problem("hooks", format!("{what}: empty command"));

@@ -14,6 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::engine::fsmeta::NODUMP_FLAG;
+
 /// Glob patterns matched against absolute paths. A pattern that starts
 /// with `/` (or `**`) is anchored: `/srv/*/cache` matches only there. Any
 /// other pattern matches at any depth, as if it began with `**/`:
@@ -104,6 +106,9 @@ pub enum Contents {
     Nothing,
 }
 
+/// Why a no-dump entry is left out.
+pub const NODUMP_REASON: &str = "no-dump flag (exclude_nodump)";
+
 /// The signature that makes a `CACHEDIR.TAG` valid
 /// (<https://bford.info/cachedir/>).
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
@@ -153,9 +158,19 @@ impl<'a> Selector<'a> {
         Some(format!("{what}, holdfast's own: never backed up"))
     }
 
+    /// Why an entry below a source (lstat `md`, inode flags `flags`) is
+    /// left out with everything below it, if it is: one of holdfast's own
+    /// directories, or the no-dump flag when asked.
+    pub fn leaves_out(&self, md: &std::fs::Metadata, flags: u32) -> Option<String> {
+        if let Some(why) = self.own(md) {
+            return Some(why);
+        }
+        (self.selection.exclude_nodump && flags & NODUMP_FLAG != 0).then(|| NODUMP_REASON.to_string())
+    }
+
     /// What to read of directory `path` (lstat `md`, in a directory on
     /// device `parent_dev`; `source_dev` is its source's device), and why
-    /// less than all of it.
+    /// less than all of it (without the path).
     pub fn contents(
         &self,
         path: &Path,
@@ -166,22 +181,19 @@ impl<'a> Selector<'a> {
         if md.dev() != parent_dev
             && let Some(name) = pseudo_file_system(path)
         {
-            return (Contents::Nothing, format!("{}: {name} file system, never backed up", path.display()));
+            return (Contents::Nothing, format!("{name} file system, never backed up"));
         }
         if self.selection.one_file_system && md.dev() != source_dev {
-            return (Contents::Nothing, format!("{}: another file system (one_file_system)", path.display()));
+            return (Contents::Nothing, "another file system (one_file_system)".into());
         }
         let s = self.selection;
         if s.exclude_caches && has_cache_tag(path) {
-            return (
-                Contents::Only(b"CACHEDIR.TAG".to_vec()),
-                format!("{}: cache directory (CACHEDIR.TAG)", path.display()),
-            );
+            return (Contents::Only(b"CACHEDIR.TAG".to_vec()), "cache directory (CACHEDIR.TAG)".into());
         }
         for marker in &s.exclude_if_present {
             if std::fs::symlink_metadata(path.join(marker)).is_ok() {
                 let shown = marker.to_string_lossy();
-                return (Contents::Only(marker.as_bytes().to_vec()), format!("{}: holds {shown}", path.display()));
+                return (Contents::Only(marker.as_bytes().to_vec()), format!("holds {shown}"));
             }
         }
         (Contents::All, String::new())

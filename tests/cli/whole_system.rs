@@ -106,6 +106,17 @@ impl Drop for ClearFlags {
     }
 }
 
+/// A file or tree a test makes outside its temporary directory (in `/` or
+/// `/usr/bin`), removed when the test ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").args(["-R", "-i", "-a"]).arg(&self.0).output();
+        let _ = fs::remove_dir_all(&self.0).or_else(|_| fs::remove_file(&self.0));
+    }
+}
+
 /// A tree with every kind of metadata a server has. The socket is left
 /// out: restore skips sockets (and says so), so it is made separately.
 fn make_system_tree(root: &Path) {
@@ -272,13 +283,7 @@ fn this_machines_etc_and_usr_bin_come_back_exactly() {
     // on a full system (removed afterwards).
     let marked = Path::new("/usr/bin/holdfast-test-cap");
     fs::write(marked, b"#!/bin/sh\n").unwrap();
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(self.0);
-        }
-    }
-    let _remove = Remove(marked);
+    let _remove = RemoveOnDrop(marked.to_path_buf());
     tool(Path::new("/"), &["setcap", "cap_net_raw+ep", marked.to_str().unwrap()]);
 
     let id = t.backup(&["/etc", "/usr/bin"]);
@@ -377,6 +382,31 @@ fn one_file_system_keeps_mount_points_empty_and_says_which() {
     assert!(has(&within, &src.join("mnt")), "the mount point itself is kept");
     assert!(!has(&within, &src.join("mnt/elsewhere")), "its contents are not");
     assert!(has(&within, &src.join("data/kept")));
+}
+
+#[test]
+fn validate_lists_the_mounts_a_file_set_crosses_or_skips() {
+    require_root();
+    let env = crate::jobs_util::JobEnv::new();
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    let _tmp = Mounted::new("tmpfs", &data.join("scratch"));
+    let _proc = Mounted::new("proc", &data.join("proc"));
+    let validate = |one_file_system: bool| {
+        env.config(&format!(
+            "[jobs.site.files]\npaths = [{}]\none_file_system = {one_file_system}\n",
+            crate::jobs_util::q(&data)
+        ));
+        let out = env.engine(["validate", "site"]).assert();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let (scratch, proc) = (data.join("scratch").display().to_string(), data.join("proc").display().to_string());
+    let said = validate(false);
+    assert!(said.contains(&format!("crosses mount {scratch} (tmpfs)")), "{said}");
+    assert!(said.contains(&format!("skips (never backed up) mount {proc} (proc)")), "{said}");
+    let said = validate(true);
+    assert!(said.contains(&format!("skips (one_file_system) mount {scratch} (tmpfs, ")), "{said}");
+    assert!(said.contains(&format!("skips (never backed up) mount {proc} (proc)")), "{said}");
 }
 
 #[test]
@@ -568,6 +598,16 @@ fn a_job_never_backs_up_its_own_repository_spool_or_state_and_says_so_once() {
         assert!(said.contains(&shown), "validate names {own}: {said}");
     }
     assert!(said.contains("*.swp") && said.contains("CACHEDIR.TAG"), "{said}");
+    // Each subtree the walk leaves out, with the size of what it holds
+    // (the cache's page, not its tag), as the backup below will.
+    let www = env.path("www").display().to_string();
+    for line in [
+        format!("leaves out {www}/cache, 6 B: cache directory (CACHEDIR.TAG)"),
+        format!("leaves out {www}/old.bak, 11 B: excluded by pattern"),
+    ] {
+        assert!(said.contains(&line), "{line}: {said}");
+    }
+    assert!(said.contains("would back up "), "{said}");
 
     let ran = env.run(&["site"]);
     ran.assert_ok();
@@ -593,8 +633,16 @@ fn a_backup_of_root_with_one_file_system_skips_proc_sys_and_other_mounts() {
     let t = TestRepo::init();
     // All of `/` but its small, telling parts: the rest is excluded by
     // anchored patterns (as an admin would exclude /var/lib/docker).
-    let keep = ["etc", "proc", "sys", "dev", "run"];
-    let mut args = vec!["backup".to_string(), "--one-file-system".to_string()];
+    // An entry of `/` with the no-dump flag: left out like any other
+    // (it is not a source the admin named).
+    let nodump = format!("hf-nodump-{}", std::process::id());
+    let nodump_path = Path::new("/").join(&nodump);
+    fs::create_dir(&nodump_path).unwrap();
+    let _cleanup = RemoveOnDrop(nodump_path.clone());
+    fs::write(nodump_path.join("secret"), "x").unwrap();
+    let flagged = Command::new("chattr").arg("+d").arg(&nodump_path).status().is_ok_and(|s| s.success());
+    let keep = ["etc", "proc", "sys", "dev", "run", nodump.as_str()];
+    let mut args = vec!["backup".to_string(), "--one-file-system".to_string(), "--exclude-nodump".to_string()];
     for e in fs::read_dir("/").unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if !keep.contains(&name.as_str()) {
@@ -625,6 +673,10 @@ fn a_backup_of_root_with_one_file_system_skips_proc_sys_and_other_mounts() {
         }
     }
     assert!(said.contains("/proc: proc file system"), "{said}");
+    if flagged {
+        assert!(!paths.iter().any(|p| p.starts_with(&format!("/{nodump}"))), "{paths:#?}");
+        assert!(said.contains(&format!("/{nodump}: no-dump flag")), "{said}");
+    }
     // The snapshot is of `/`, and the next backup finds it as its parent.
     let snap = t.snapshots_json().pop().unwrap();
     assert_eq!(snap["paths"], serde_json::json!(["/"]));

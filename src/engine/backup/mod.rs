@@ -33,7 +33,7 @@ use content::with_pipeline;
 use scan::{ParentTrees, ScanSettings, Scanned, Scanner, TreeWriter};
 
 use crate::engine::crypto::Id;
-use crate::engine::fsmeta::{NameCache, name_bytes, read_metadata};
+use crate::engine::fsmeta::{NameCache, name_bytes, read_flags, read_metadata};
 use crate::engine::index::IndexFile;
 use crate::engine::pack::{Checkpoints, PackUploader};
 use crate::engine::progress::Progress;
@@ -292,7 +292,8 @@ fn expand_root(sources: Vec<BackupSource>, select: &Selector) -> Result<Expanded
             continue;
         }
         let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
-        if let Some(why) = select.own(&md) {
+        // An entry of `/` is not a source the admin named: no-dump applies.
+        if let Some(why) = select.leaves_out(&md, read_flags(&path, &md)) {
             left_out.push(format!("{}: {why}", path.display()));
             continue;
         }

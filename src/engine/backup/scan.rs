@@ -25,7 +25,7 @@ use crate::engine::index::Index;
 use crate::engine::pack::{PackUploader, PackWriter};
 use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, PackFiles, Repository};
-use crate::engine::select::{Contents, Selector};
+use crate::engine::select::{Contents, NODUMP_REASON, Selector};
 use crate::engine::snapshot::Summary;
 use crate::engine::tree::{Entry, EntryKind, FileContent, Piece, Tree};
 use crate::error::{Error, Result};
@@ -191,7 +191,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
     ) -> Result<()> {
         let meta = read_metadata(path, md, prev.map(|e| &e.meta), &mut self.names);
         if self.select.selection.exclude_nodump && meta.flags & NODUMP_FLAG != 0 && !matches!(slot, Slot::Source(_)) {
-            self.summary.left_out.push(format!("{}: no-dump flag (exclude_nodump)", path.display()));
+            self.summary.left_out.push(format!("{}: {NODUMP_REASON}", path.display()));
             return self.settle(slot, None);
         }
         let ft = md.file_type();
@@ -199,7 +199,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             self.summary.dirs += 1;
             let (contents, why) = self.select.contents(path, md, parent_dev, self.source_dev);
             if contents != Contents::All {
-                self.summary.left_out.push(why);
+                self.summary.left_out.push(format!("{}: {why}", path.display()));
             }
             let prev_tree = match prev.map(|e| &e.kind) {
                 Some(EntryKind::Dir { tree }) => self.parent_trees.get(tree),
