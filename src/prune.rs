@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::Job;
 use crate::engine::crypto::Id;
 use crate::engine::gc::{GcOptions, GcReport, collect_garbage, forget};
+use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::snapshot::Snapshot;
 use crate::retention::{Policy, apply};
@@ -52,13 +53,14 @@ fn finish(
     job: Option<&str>,
     decisions: Vec<SnapshotDecision>,
     gc: &GcOptions,
+    progress: Option<&Progress>,
 ) -> Result<PruneReport> {
     let dry_run = gc.dry_run;
     let doomed: Vec<Id> = decisions.iter().filter(|d| !d.keep).filter_map(|d| Id::from_hex(&d.id)).collect();
     if !dry_run {
         forget(repo, &doomed)?;
     }
-    let gc = collect_garbage(repo, gc)?;
+    let gc = collect_garbage(repo, gc, progress)?;
     Ok(PruneReport {
         repository: name.to_string(),
         job: job.map(str::to_string),
@@ -70,7 +72,7 @@ fn finish(
 }
 
 /// Prune `job`'s snapshots in each of its repositories.
-pub fn prune_job(job: &Job, gc: &GcOptions) -> Result<Vec<PruneReport>> {
+pub fn prune_job(job: &Job, gc: &GcOptions, progress: Option<&Progress>) -> Result<Vec<PruneReport>> {
     let mut out = Vec::new();
     for repository in &job.repositories {
         let repo = open_repository(repository)?;
@@ -83,13 +85,18 @@ pub fn prune_job(job: &Job, gc: &GcOptions) -> Result<Vec<PruneReport>> {
         } else {
             decide(&mine, &job.retention)
         };
-        out.push(finish(&repo, &repository.name, Some(&job.name), decisions, gc)?);
+        out.push(finish(&repo, &repository.name, Some(&job.name), decisions, gc, progress)?);
     }
     Ok(out)
 }
 
 /// Prune the snapshots of `repo` that no job made, per host and paths.
-pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, gc: &GcOptions) -> Result<PruneReport> {
+pub fn prune_ad_hoc(
+    repo: &Repository,
+    policy: &Policy,
+    gc: &GcOptions,
+    progress: Option<&Progress>,
+) -> Result<PruneReport> {
     let (snaps, _) = repo.snapshots()?;
     // Snapshots of the same host and paths form one timeline.
     type Timeline<'a> = Vec<&'a (Id, Snapshot)>;
@@ -98,5 +105,5 @@ pub fn prune_ad_hoc(repo: &Repository, policy: &Policy, gc: &GcOptions) -> Resul
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
     let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();
-    finish(repo, &repo.location(), None, decisions, gc)
+    finish(repo, &repo.location(), None, decisions, gc, progress)
 }

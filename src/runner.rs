@@ -87,7 +87,7 @@ impl RunReport {
 pub fn run_job(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>>) -> Result<RunReport> {
     let _lock = JobLock::acquire(&job.spool, &job.name, "run")?;
     let started = jiff::Timestamp::now();
-    let report = run_attempts(job, interrupt, progress)?;
+    let report = run_attempts(job, interrupt, progress.clone())?;
     let finished = jiff::Timestamp::now();
     let mut state = JobState::load(job).unwrap_or_default();
     state.record(RunState {
@@ -105,7 +105,7 @@ pub fn run_job(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>>
         tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
     }
     if report.ok && job.prune_after_backup {
-        match crate::prune::prune_job(job, &crate::engine::gc::GcOptions::default()) {
+        match crate::prune::prune_job(job, &crate::engine::gc::GcOptions::default(), progress.as_deref()) {
             Ok(reports) => {
                 let forgotten: usize = reports.iter().map(|r| r.forgotten).sum();
                 tracing::info!("job {}: pruned: {forgotten} snapshot(s) forgotten", job.name);

@@ -86,11 +86,14 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         }
         _ => None,
     };
+    let display = ctx.show_progress("prune");
+    let progress = display.as_ref().map(|d| d.progress());
+    let progress = progress.as_deref();
     let reports = match by_jobs {
         Some(config) => {
             let mut all = Vec::new();
             for job in ctx.jobs(config, &args.jobs)? {
-                all.extend(prune_job(job, &args.gc())?);
+                all.extend(prune_job(job, &args.gc(), progress)?);
             }
             all
         }
@@ -103,9 +106,10 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
                 )
                 .into());
             }
-            vec![prune_ad_hoc(&ctx.open()?, &policy, &args.gc())?]
+            vec![prune_ad_hoc(&ctx.open()?, &policy, &args.gc(), progress)?]
         }
     };
+    drop(display);
     if args.json {
         print_json(&reports)?;
     } else {

@@ -31,6 +31,7 @@
 //! old packs). Readers prefer a blob's copy in an unmarked pack.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -40,6 +41,7 @@ use crate::engine::copy::transfer_blobs;
 use crate::engine::crypto::Id;
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::pack::IndexedPack;
+use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::running::{marked_packs, oldest_running_backup};
 use crate::engine::tree::EntryKind;
@@ -123,7 +125,7 @@ pub struct GcReport {
 /// in no index: never delete when unsure. (A lost index file leaves its
 /// packs looking unreferenced and unindexed; deleting them would lose data
 /// that `repair index` can bring back.)
-fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
+fn referenced_blobs(repo: &Repository, index: &Index, progress: Option<&Progress>) -> Result<HashSet<Id>> {
     let (snaps, unreadable) = repo.snapshots()?;
     if let Some((name, e)) = unreadable.first() {
         return Err(Error::Invalid(format!(
@@ -136,8 +138,13 @@ fn referenced_blobs(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
     let mut seen: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();
     let roots = seen.iter().map(|id| (*id, ())).collect();
     let mut unreadable_trees = Vec::new();
+    let mut trees_read = 0u64;
     repo.walk_trees_tolerant(index, roots, |id, tree, ()| {
         let mut subtrees = Vec::new();
+        trees_read += 1;
+        if let Some(p) = progress.filter(|_| trees_read % 64 == 0) {
+            p.at(Path::new(&format!("{trees_read} trees read")));
+        }
         let tree = match tree {
             Ok(t) => t,
             Err(e) => {
@@ -218,7 +225,7 @@ fn keepers(
 
 /// Mark packs that keep no referenced blob, delete marked ones that are
 /// safe to delete, and repack partly used packs (see the module's doc).
-pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Progress>) -> Result<GcReport> {
     let dry_run = opts.dry_run;
     let mut report = GcReport::default();
     let now = jiff::Timestamp::now();
@@ -241,7 +248,10 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
         files.push((name, f));
     }
     let index = index.finish();
-    let referenced = referenced_blobs(repo, &index)?;
+    if let Some(p) = progress {
+        p.phase("prune: reading the snapshots' trees");
+    }
+    let referenced = referenced_blobs(repo, &index, progress)?;
     // Each pack as the first index file that lists it says.
     let mut packs: HashMap<Id, &IndexedPack> = HashMap::new();
     for (_, f) in &files {
@@ -330,6 +340,11 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
     }
     // Every backup adds an index file: many small ones are merged into one
     // (the same way, and as safely, as dropping packs from the index).
+    if let Some(p) = progress {
+        p.phase("prune: deleting");
+        p.add_total(delete.len() as u64, delete.iter().filter_map(|pack| stored.get(pack)).sum());
+        p.total_known();
+    }
     if !delete.is_empty() || files.len() > CONSOLIDATE_INDEX_FILES {
         // 1. A new index without the doomed packs, 2. the old files go, 3. the packs go.
         let mut kept: Vec<IndexedPack> = Vec::new();
@@ -356,6 +371,9 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
                 other => other?,
             }
             let _ = repo.backend().remove(MARKS, &pack.to_hex());
+            if let Some(p) = progress {
+                p.done(1, stored.get(pack).copied().unwrap_or(0));
+            }
         }
     }
     // Leftovers of interrupted runs: unindexed packs and tmp files older
@@ -400,7 +418,10 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions) -> Result<GcReport> 
                 })
             })
             .collect();
-        let moved = transfer_blobs(repo, repo, needed, None).map_err(|e| {
+        if let Some(p) = progress {
+            p.phase("prune: repacking");
+        }
+        let moved = transfer_blobs(repo, repo, needed, progress).map_err(|e| {
             Error::Invalid(format!("repacking failed: {e}; nothing of it was deleted (`holdfast check` says more)"))
         })?;
         for pack in &repack {
@@ -493,13 +514,13 @@ mod tests {
         let first = back_up(&repo, dir.path());
         forget(&repo, &[first]).unwrap();
         let running = crate::engine::running::register_backup(&repo).unwrap();
-        let marked = collect_garbage(&repo, &now()).unwrap();
+        let marked = collect_garbage(&repo, &now(), None).unwrap();
         assert!(marked.packs_marked > 0 && marked.packs_deleted == 0, "{marked:?}");
-        let waiting = collect_garbage(&repo, &now()).unwrap();
+        let waiting = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(waiting.packs_deleted, 0, "a backup that started before the mark may still reference them");
         assert!(waiting.packs_waiting > 0, "{waiting:?}");
         drop(running);
-        let deleted = collect_garbage(&repo, &now()).unwrap();
+        let deleted = collect_garbage(&repo, &now(), None).unwrap();
         assert!(deleted.packs_deleted > 0, "{deleted:?}");
         assert!(store.names(Dir::Packs).is_empty() && store.names(Dir::Marks).is_empty());
         assert!(healthy(&repo));
@@ -511,7 +532,7 @@ mod tests {
         let dir = files(2);
         let first = back_up(&repo, dir.path());
         forget(&repo, &[first]).unwrap();
-        assert!(collect_garbage(&repo, &now()).unwrap().packs_marked > 0);
+        assert!(collect_garbage(&repo, &now(), None).unwrap().packs_marked > 0);
         let marked = store.names(Dir::Marks);
         // The same content again: its blobs are only in marked packs, so
         // the backup writes packs of its own instead of reusing them.
@@ -520,7 +541,7 @@ mod tests {
         assert!(store.names(Dir::Packs).len() >= packs_before + marked.len(), "no blob of a marked pack reused");
         // The new packs keep the blobs the snapshot needs; the marked ones
         // keep nothing, so they go.
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!((report.packs_unmarked, report.packs_deleted), (0, marked.len()), "{report:?}");
         assert!(store.names(Dir::Marks).is_empty());
         assert_eq!(store.names(Dir::Packs).len(), packs_before, "one copy of each blob");
@@ -559,16 +580,16 @@ mod tests {
         let dry = collect_garbage(&repo, &GcOptions { dry_run: true, ..now() }).unwrap();
         assert_eq!(dry.packs_repacked, 1, "{dry:?}");
         assert!(store.names(Dir::Marks).is_empty(), "a dry run changes nothing");
-        let repacked = collect_garbage(&repo, &now()).unwrap();
+        let repacked = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(repacked.packs_repacked, 1, "{repacked:?}");
         assert!(repacked.bytes_repacked >= 300_000 && repacked.bytes_repacked < 400_000, "{repacked:?}");
         assert!(healthy(&repo), "the marked pack and its copy both read");
-        let deleted = collect_garbage(&repo, &now()).unwrap();
+        let deleted = collect_garbage(&repo, &now(), None).unwrap();
         assert!(deleted.packs_deleted >= 1 && deleted.packs_repacked == 0, "{deleted:?}");
         assert!(healthy(&repo));
         let (left, fresh) = (pack_bytes(&store), fresh_size(dir.path()));
         assert!(left as f64 <= fresh as f64 * 1.1, "{left} bytes left, a fresh backup stores {fresh}");
-        let again = collect_garbage(&repo, &now()).unwrap();
+        let again = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!((again.packs_marked, again.packs_repacked, again.packs_deleted), (0, 0, 0), "{again:?}");
     }
 
@@ -590,7 +611,7 @@ mod tests {
         // What a repack does before it marks: the used blobs of the half
         // used pack go to a new pack, and an index names it.
         let (index, _) = repo.load_index().unwrap();
-        let referenced = referenced_blobs(&repo, &index).unwrap();
+        let referenced = referenced_blobs(&repo, &index, None).unwrap();
         // (Chunk boundaries depend on the repository's secret gear seed: a
         // file may be one chunk or two.)
         let half_used = index.iter().find(|(id, at)| at.kind == ObjectKind::Chunk && !referenced.contains(id));
@@ -602,11 +623,11 @@ mod tests {
         assert!(healthy(&repo));
         // The old pack now keeps nothing (its used blob has a fuller home):
         // marked, not repacked again; then deleted.
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_repacked, 0, "{report:?}");
         assert_eq!(report.packs_marked, 2, "the old data pack and the first snapshot's tree pack: {report:?}");
         let before = store.names(Dir::Packs).len();
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_deleted, 2, "{report:?}");
         assert_eq!(store.names(Dir::Packs).len(), before - 2);
         assert!(healthy(&repo));
@@ -616,21 +637,21 @@ mod tests {
     fn a_lost_new_copy_never_costs_the_old_one() {
         let (store, repo, _dir) = half_used_pack();
         let packs_before: HashSet<String> = store.names(Dir::Packs).into_iter().collect();
-        assert_eq!(collect_garbage(&repo, &now()).unwrap().packs_repacked, 1);
+        assert_eq!(collect_garbage(&repo, &now(), None).unwrap().packs_repacked, 1);
         // The pack the repack wrote is lost (a disk, a careless admin).
         for name in store.names(Dir::Packs).into_iter().filter(|n| !packs_before.contains(n)) {
             store.remove(Dir::Packs, &name).unwrap();
         }
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_unmarked, 1, "the old pack holds the only copy there is: {report:?}");
-        collect_garbage(&repo, &now()).unwrap();
+        collect_garbage(&repo, &now(), None).unwrap();
         assert!(healthy(&repo), "every snapshot reads whole");
     }
 
     #[test]
     fn a_blob_a_running_backup_reused_from_a_repacked_pack_keeps_that_pack() {
         let (store, repo, dir) = half_used_pack();
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_repacked, 1, "{report:?}");
         // A backup that read the index before the repack's marks appeared
         // reuses b, which was not repacked (no snapshot needed it then).
@@ -647,7 +668,7 @@ mod tests {
         }
         let new_packs = store.names(Dir::Packs).len() - packs_before;
         assert_eq!(new_packs, 1, "only a tree pack: b's chunk was reused from the half used pack");
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_unmarked, 1, "the half used pack holds the only copy of b: {report:?}");
         assert!(healthy(&repo));
     }
@@ -662,7 +683,7 @@ mod tests {
         }
         assert!(store.names(Dir::Index).len() > CONSOLIDATE_INDEX_FILES);
         let (before, _) = repo.load_index().unwrap();
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!(report.packs_marked, 0, "every snapshot is kept: {report:?}");
         assert_eq!(store.names(Dir::Index).len(), 1);
         let (after, _) = repo.load_index().unwrap();
@@ -679,11 +700,11 @@ mod tests {
         for name in store.names(Dir::Index) {
             store.remove(Dir::Index, &name).unwrap();
         }
-        let refused = collect_garbage(&repo, &now()).unwrap_err().to_string();
+        let refused = collect_garbage(&repo, &now(), None).unwrap_err().to_string();
         assert!(refused.contains("repair"), "{refused}");
         assert_eq!(store.names(Dir::Packs), packs, "nothing deleted");
         crate::engine::repair::repair_index(&repo, false).unwrap();
-        let report = collect_garbage(&repo, &now()).unwrap();
+        let report = collect_garbage(&repo, &now(), None).unwrap();
         assert_eq!((report.packs_marked, report.packs_deleted), (0, 0), "{report:?}");
         assert!(healthy(&repo));
     }

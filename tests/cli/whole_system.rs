@@ -568,6 +568,21 @@ fn progress_is_drawn_on_a_terminal_updates_and_ends_cleanly_and_never_shows_with
     let last = &lines.last().expect("JSON progress lines")["progress"];
     assert!(last["bytes_total"].as_u64().unwrap() > 160 << 20, "{last}");
     assert_eq!(last["bytes_done"], last["bytes_total"]);
+    // `prune` shows its phases; the second one deletes the big file's packs.
+    fs::remove_file(src.join("big.bin")).unwrap();
+    t.backup(&[&src]);
+    let prune = || {
+        let out = t.cmd(["--json-progress", "prune", "--keep-last", "1", "--grace", "0s"]).assert().success();
+        let lines: Vec<serde_json::Value> =
+            stderr_of(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        lines.last().expect("JSON progress lines")["progress"].clone()
+    };
+    let marked = prune();
+    assert!(marked["phase"].as_str().is_some_and(|p| p.starts_with("prune")), "{marked}");
+    let deleted = prune();
+    assert_eq!(deleted["phase"], "prune: deleting", "{deleted}");
+    assert!(deleted["bytes_done"].as_u64().unwrap() > 100 << 20, "{deleted}");
+    assert_eq!(deleted["bytes_done"], deleted["bytes_total"]);
 }
 
 #[test]
