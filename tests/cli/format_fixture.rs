@@ -1,12 +1,17 @@
-//! The on-disk format, pinned: `tests/fixtures/repo-v1` is a small
-//! repository written once by holdfast (format version 1) and committed.
-//! Every test run opens it, checks every byte of it and restores it, so a
-//! change of the format — pack, index, tree, snapshot, key, run record — can
-//! never slip in unnoticed: old repositories must keep opening.
+//! The on-disk format, pinned: `tests/fixtures/repo-v1` and `repo-v2` are
+//! small repositories written once by holdfast and committed. Every test run
+//! opens them, checks every byte and restores them, so a change of the
+//! format — pack, index, tree, snapshot, key, run record — can never slip in
+//! unnoticed: old repositories must keep opening.
 //!
-//! The fixture was made by `cargo test --test cli format_fixture::write -- --ignored`
-//! (after an intentional format change: bump the version, keep the old
-//! fixture, add a new one, and keep the old one restoring).
+//! - `repo-v1`: format 1 trees (before every xattr namespace and inode
+//!   flags were kept), a file snapshot and a job snapshot.
+//! - `repo-v2`: format 2 trees: the same tree with ACLs, a capability,
+//!   `user.` and `trusted.` attributes and inode flags (made as root).
+//!
+//! The fixtures were made by `cargo test --test cli format_fixture::write_v1 -- --ignored --exact` (or `write_v2``
+//! (after an intentional format change: keep the old fixtures, add a new
+//! one, and keep the old ones restoring).
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -16,9 +21,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::util::{holdfast_bin, parse_json, stdout_of, tree_fingerprint};
 
-/// Where the fixture lives in the source tree.
+/// Where fixture `name` lives in the source tree.
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v1")
+    fixture_dir("repo-v1")
 }
 
 /// The directory the fixture's file snapshot was taken of (the path is
@@ -116,7 +125,7 @@ fn run_ok(c: &mut Command) -> String {
 /// Make the fixture anew (only after an intentional format change).
 #[test]
 #[ignore = "writes tests/fixtures/repo-v1; run by hand after a format change"]
-fn write() {
+fn write_v1() {
     let source = Path::new(SOURCE);
     let _ = fs::remove_dir_all(source.parent().unwrap());
     build_tree(source);
@@ -138,11 +147,15 @@ fn write() {
     let _ = fs::remove_dir_all(source.parent().unwrap());
 }
 
-/// A writable copy of the fixture (opening a repository may add its
+/// A writable copy of the v1 fixture (opening a repository may add its
 /// working directories; the committed one stays as it is).
 fn copy_of_fixture(dir: &Path) -> PathBuf {
+    copy_of(&fixture(), dir)
+}
+
+fn copy_of(fixture: &Path, dir: &Path) -> PathBuf {
     let repo = dir.join("repo");
-    assert!(Command::new("cp").arg("-a").arg(fixture()).arg(&repo).status().unwrap().success());
+    assert!(Command::new("cp").arg("-a").arg(fixture).arg(&repo).status().unwrap().success());
     // git keeps no empty directories; a repository has these from `init`.
     for empty in ["marks", "running", "tmp"] {
         fs::create_dir_all(repo.join(empty)).unwrap();
@@ -204,4 +217,59 @@ fn the_committed_v1_job_snapshot_still_reads_as_a_job_run_and_its_dump_reloads()
     // The recorded smoke query still parses and passes against the reloaded dump.
     let verified = run_ok(&mut holdfast(&["--config", c, "verify", "shop"]));
     assert!(verified.contains("verified"), "{verified}");
+}
+
+/// The directory the v2 fixture's snapshot was taken of.
+const SOURCE_V2: &str = "/tmp/holdfast-fixture-v2/tree";
+
+/// [`build_tree`] with what tree format 2 added: an ACL and a default ACL,
+/// a capability, `user.` and `trusted.` attributes, and inode flags.
+fn build_tree_v2(root: &Path) {
+    use crate::whole_system::tool;
+    build_tree(root);
+    for argv in [
+        &["setfattr", "-n", "user.fixture", "-v", "format 2", "etc/app/app.conf"][..],
+        &["setfattr", "-n", "trusted.fixture", "-v", "root only", "var/data/empty"],
+        &["setfacl", "-m", "u:65534:r--", "etc/app/secret.key"],
+        &["setfacl", "-d", "-m", "g:65534:r-x", "var/data"],
+        &["setcap", "cap_net_bind_service+ep", "var/data/blob.bin"],
+        &["chattr", "+d", "var/data/log.txt"],
+        &["chattr", "+A", "etc/app"],
+    ] {
+        tool(root, argv);
+    }
+}
+
+/// Make the v2 fixture anew (as root; only after an intentional format change).
+#[test]
+#[ignore = "writes tests/fixtures/repo-v2; run by hand, as root, after a format change"]
+fn write_v2() {
+    let source = Path::new(SOURCE_V2);
+    let _ = fs::remove_dir_all(source.parent().unwrap());
+    build_tree_v2(source);
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let r = repo.to_str().unwrap();
+    run_ok(holdfast(&["--repo", r, "init"]).args(["--avg-chunk-size", "65536"]));
+    run_ok(&mut holdfast(&["--repo", r, "backup", "--tag", "fixture-v2", SOURCE_V2]));
+    let _ = fs::remove_dir_all(fixture_dir("repo-v2"));
+    assert!(Command::new("cp").arg("-a").arg(&repo).arg(fixture_dir("repo-v2")).status().unwrap().success());
+    let _ = Command::new("chattr").args(["-R", "-d", "-A"]).arg(source).status();
+    let _ = fs::remove_dir_all(source.parent().unwrap());
+}
+
+#[test]
+fn the_committed_v2_repository_restores_every_acl_capability_attribute_and_flag() {
+    crate::whole_system::require_root();
+    let work = tempfile::tempdir().unwrap();
+    let repo = copy_of(&fixture_dir("repo-v2"), work.path());
+    let r = repo.to_str().unwrap();
+    let check = run_ok(&mut holdfast(&["--repo", r, "check", "--read-data"]));
+    assert!(check.contains("healthy: 1 snapshots"), "{check}");
+
+    let expected = work.path().join("expected");
+    build_tree_v2(&expected);
+    let to = work.path().join("restored");
+    run_ok(&mut holdfast(&["--repo", r, "restore", "latest", "--to", to.to_str().unwrap()]));
+    crate::whole_system::assert_same(&expected, &to.join(SOURCE_V2.trim_start_matches('/')));
 }

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use crate::util::{TestRepo, restored, stderr_of, write_random};
 
-fn require_root() {
+pub(crate) fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the whole-system tests need root (capabilities, trusted.* attributes, chattr +i, mknod, mount)"
@@ -25,7 +25,7 @@ fn require_root() {
 
 /// Run a system tool in `dir`; its stdout. Fails the test, naming the tool,
 /// when it is missing or fails.
-fn tool(dir: &Path, argv: &[&str]) -> String {
+pub(crate) fn tool(dir: &Path, argv: &[&str]) -> String {
     let out =
         Command::new(argv[0]).args(&argv[1..]).current_dir(dir).output().unwrap_or_else(|e| {
             panic!("{}: {e} (the test command installs acl, attr, libcap2-bin, e2fsprogs)", argv[0])
@@ -81,7 +81,8 @@ fn describe(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
-fn assert_same(expected: &Path, actual: &Path) {
+/// Every tool of [`describe`] says the same of `actual` as of `expected`.
+pub(crate) fn assert_same(expected: &Path, actual: &Path) {
     for ((what, want), (_, got)) in describe(expected).into_iter().zip(describe(actual)) {
         let missing: Vec<&String> = want.iter().filter(|l| !got.contains(l)).collect();
         let extra: Vec<&String> = got.iter().filter(|l| !want.contains(l)).collect();
