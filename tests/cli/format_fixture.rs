@@ -9,9 +9,10 @@
 //! - `repo-v2`: format 2 trees: the same tree with ACLs, a capability,
 //!   `user.` and `trusted.` attributes and inode flags (made as root).
 //!
-//! The fixtures were made by `cargo test --test cli format_fixture::write_v1 -- --ignored --exact` (or `write_v2``
-//! (after an intentional format change: keep the old fixtures, add a new
-//! one, and keep the old ones restoring).
+//! Each was made by its writer, e.g.
+//! `cargo test --test cli format_fixture::write_v2 -- --ignored --exact`,
+//! and is never rewritten: after an intentional format change, keep the old
+//! fixtures, add a new one, and keep the old ones restoring.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
