@@ -206,6 +206,9 @@ impl Check for DatabaseConfig {
             }
             _ => {}
         }
+        if self.format != DumpFormat::Plain && self.kind != DatabaseKind::Postgresql {
+            return Err(format!("`format = \"custom\"` is for postgresql entries only (this is a {kind} entry)"));
+        }
         if self.lock.is_some() && self.kind != DatabaseKind::Mysql {
             return Err("`lock = \"global-read\"` is for mysql entries only".into());
         }
@@ -457,6 +460,17 @@ pub enum DatabaseLock {
     GlobalRead,
 }
 
+/// The form of a PostgreSQL dump.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpFormat {
+    /// SQL text, loaded with `psql` in one transaction.
+    #[default]
+    Plain,
+    /// pg_dump's archive format, uncompressed; loaded with `pg_restore --jobs`.
+    Custom,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DatabaseKind {
@@ -485,6 +499,11 @@ pub struct DatabaseConfig {
     /// Extra arguments for the dump tool.
     #[serde(default)]
     pub dump_args: Vec<String>,
+    /// How PostgreSQL dumps are written: `plain` SQL (the default), or
+    /// `custom` (`pg_dump -Fc -Z0`, uncompressed so it still deduplicates),
+    /// which reloads with `pg_restore --jobs` on every core.
+    #[serde(default)]
+    pub format: DumpFormat,
     /// Longest a dump (or a load of it) may take (default 6 hours).
     #[serde(default = "DurationSpec::six_hours")]
     pub timeout: DurationSpec,

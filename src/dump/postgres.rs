@@ -1,5 +1,6 @@
 //! PostgreSQL: `pg_dump` in plain SQL (it dedups from day to day; the engine
-//! compresses), `pg_dumpall --globals-only` for roles and tablespaces when
+//! compresses) or, with `format = "custom"`, its uncompressed archive format
+//! (reloaded by `pg_restore --jobs`), `pg_dumpall --globals-only` for roles and tablespaces when
 //! the entry is `all`, and a tokio-postgres connection to discover databases
 //! and read the server version.
 //!
@@ -13,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{DumpContext, dump_file, password, record, run_tool, runtime, tool_version};
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, DumpFormat};
 use crate::process::Env;
 use crate::record::DumpRecord;
 
@@ -174,8 +175,15 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     for name in names {
         let started = jiff::Timestamp::now();
         let server = conn.server_version(&name)?;
-        let out = dump_file(dir, &name, "sql");
-        let mut argv = vec!["pg_dump".to_string(), "--format=plain".into()];
+        let (out, format) = match db.format {
+            DumpFormat::Plain => (dump_file(dir, &name, "sql"), "--format=plain"),
+            // Uncompressed: the engine compresses, and chunks dedup from run to run.
+            DumpFormat::Custom => (dump_file(dir, &name, "pgdump"), "--format=custom"),
+        };
+        let mut argv = vec!["pg_dump".to_string(), format.into()];
+        if db.format == DumpFormat::Custom {
+            argv.push("--compress=0".into());
+        }
         argv.extend(base_args.iter().cloned());
         argv.extend(db.dump_args.iter().cloned());
         argv.push(format!("--dbname={name}"));
@@ -237,35 +245,50 @@ impl Connection {
         })
     }
 
-    /// Create database `name` and load the plain SQL dump `file` into it in
-    /// one transaction, stopping at the first error.
+    /// Create database `name` and load the dump `file` into it, stopping at
+    /// the first error: a plain SQL dump with `psql` in one transaction, a
+    /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
+    /// on every core when holdfast itself can hand it the file.
     pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
         self.execute("postgres", &format!("CREATE DATABASE {}", quote_ident(name)))?;
         let (args, env) = self.tool_args(ctx)?;
-        let mut argv = vec![
-            "psql".to_string(),
-            "-X".into(),
-            "-q".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "--single-transaction".into(),
-        ];
+        let custom = is_custom_format(file)?;
+        let mut argv = if custom {
+            let mut argv = vec!["pg_restore".to_string(), "--exit-on-error".into()];
+            // A `run_as` user cannot open the private dump: it reads it on
+            // stdin, where pg_restore cannot work in parallel.
+            if self.run_as.is_none() {
+                argv.push(format!("--jobs={}", crate::engine::parallel::cpus().clamp(1, 8)));
+                argv.push(file.display().to_string());
+            }
+            argv
+        } else {
+            vec![
+                "psql".to_string(),
+                "-X".into(),
+                "-q".into(),
+                "-v".into(),
+                "ON_ERROR_STOP=1".into(),
+                "--single-transaction".into(),
+            ]
+        };
         argv.extend(args);
         argv.push(format!("--dbname={name}"));
+        let tool = argv[0].clone();
         let spec = crate::process::ProcessSpec {
             argv,
             env,
             timeout,
             user: self.run_as.clone(),
             // holdfast opens the dump: a `run_as` user cannot read the spool.
-            stdin_file: Some(file.to_path_buf()),
+            stdin_file: (!custom || self.run_as.is_some()).then(|| file.to_path_buf()),
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
             cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
             track_in: Some(ctx.run.children.clone()),
         };
-        let out = crate::process::run(&spec, ctx.cancel).context("running psql")?;
+        let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {tool}"))?;
         if !out.success() {
-            anyhow::bail!("{}", out.failure_message("psql"));
+            anyhow::bail!("{}", out.failure_message(&tool));
         }
         Ok(())
     }
@@ -323,4 +346,13 @@ impl Connection {
             Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
         })
     }
+}
+
+/// Whether `file` is a pg_dump archive (custom format) rather than SQL text.
+pub fn is_custom_format(file: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let n = f.read(&mut head).with_context(|| format!("reading {}", file.display()))?;
+    Ok(n == head.len() && &head == b"PGDMP")
 }

@@ -142,7 +142,7 @@ fn referenced_blobs(repo: &Repository, index: &Index, progress: Option<&Progress
     repo.walk_trees_tolerant(index, roots, |id, tree, ()| {
         let mut subtrees = Vec::new();
         trees_read += 1;
-        if let Some(p) = progress.filter(|_| trees_read % 64 == 0) {
+        if let Some(p) = progress.filter(|_| trees_read.is_multiple_of(64)) {
             p.at(Path::new(&format!("{trees_read} trees read")));
         }
         let tree = match tree {
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn forgetting_half_the_history_gives_the_space_back_by_repacking() {
         let (store, repo, dir) = half_used_pack();
-        let dry = collect_garbage(&repo, &GcOptions { dry_run: true, ..now() }).unwrap();
+        let dry = collect_garbage(&repo, &GcOptions { dry_run: true, ..now() }, None).unwrap();
         assert_eq!(dry.packs_repacked, 1, "{dry:?}");
         assert!(store.names(Dir::Marks).is_empty(), "a dry run changes nothing");
         let repacked = collect_garbage(&repo, &now(), None).unwrap();
@@ -596,11 +596,11 @@ mod tests {
     #[test]
     fn a_partly_used_pack_stays_when_unused_space_is_within_the_limit() {
         let (store, repo, _dir) = half_used_pack();
-        let report = collect_garbage(&repo, &GcOptions { max_unused: 1.0, ..now() }).unwrap();
+        let report = collect_garbage(&repo, &GcOptions { max_unused: 1.0, ..now() }, None).unwrap();
         assert_eq!(report.packs_repacked, 0, "{report:?}");
         assert!(report.bytes_unused_left >= 300_000, "{report:?}");
         // Half of the data pack is unused, a third of the repository.
-        let report = collect_garbage(&repo, &GcOptions { max_unused: 0.4, ..now() }).unwrap();
+        let report = collect_garbage(&repo, &GcOptions { max_unused: 0.4, ..now() }, None).unwrap();
         assert_eq!(report.packs_repacked, 0, "{report:?}");
         assert!(store.names(Dir::Marks).len() <= 1, "only the unreferenced tree pack");
     }

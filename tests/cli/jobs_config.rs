@@ -148,3 +148,23 @@ fn a_job_or_repository_name_that_cannot_name_a_unit_is_rejected_where_it_is_writ
     env.config("[repositories.\"nas.local\"]\npath = \"nas\"\npassphrase_file = \"passphrase\"\n\n[jobs.app]\n");
     env.engine(["--repo", "nas.local", "init"]).assert().success();
 }
+
+#[test]
+fn a_dump_format_is_checked_where_it_is_written() {
+    // `custom` is pg_dump's archive format: a MySQL entry cannot have it.
+    let env = JobEnv::new();
+    let ran = run_with_config(
+        &env,
+        "[jobs.app]\n[[jobs.app.databases]]\nkind = \"mysql\"\nname = \"shop\"\nformat = \"custom\"\n",
+    );
+    ran.assert_says(&env.config_path().display().to_string()).assert_says("for postgresql entries only");
+    // An unknown format names the ones there are, with file, line and column.
+    let env = JobEnv::new();
+    let ran = run_with_config(
+        &env,
+        "[jobs.app]\n[[jobs.app.databases]]\nkind = \"postgresql\"\nname = \"shop\"\nformat = \"tar\"\n",
+    );
+    let text = fs::read_to_string(env.config_path()).unwrap();
+    let line = line_of(&text, "format = \"tar\"");
+    ran.assert_says(&format!("{}:{line}:10:", env.config_path().display())).assert_says("plain").assert_says("custom");
+}

@@ -290,6 +290,63 @@ fn into_restores_a_run_as_postgresql_entry_into_a_new_database() {
     assert_eq!(db.server.sql(&new.0, "SELECT v FROM t;"), "dumped as postgres\n");
 }
 
+// ---------------------------------------------------------------- format = "custom"
+
+#[test]
+fn a_custom_format_postgresql_dump_reloads_with_pg_restore_and_verifies() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("custom");
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);\n\
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;\n\
+         CREATE INDEX t_v ON t (v);\nCREATE VIEW odd AS SELECT * FROM t WHERE id % 2 = 1;",
+    );
+    let checksum = "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM odd;";
+    let before = db.sql(checksum);
+    env.config(&format!(
+        "[jobs.crm]\n{}format = \"custom\"\n[[jobs.crm.databases.verify]]\nsql = \"SELECT count(*) FROM t\"\nexpect = \"= 20000\"\n",
+        db.entry("crm")
+    ))
+    .init_repo();
+    env.run(&["crm"]).assert_ok();
+
+    // The dump in the snapshot is a pg_dump archive, uncompressed (it
+    // deduplicates from run to run), that pg_restore reads.
+    let dump = env.path("crm.pgdump");
+    holdfast(&env, &["restore", "crm", "--database", &db.name, "--dump-to", dump.to_str().unwrap()]).assert_ok();
+    let bytes = fs::read(&dump).unwrap();
+    assert!(bytes.starts_with(b"PGDMP"), "a custom-format archive");
+    let listed = std::process::Command::new("pg_restore").arg("--list").arg(&dump).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("Compression: none") || listed.contains("Compression: 0"), "{listed}");
+
+    // `verify` loads it into a scratch database; `--reload` puts it in place.
+    holdfast(&env, &["verify", "crm"]).assert_ok();
+    db.sql("DELETE FROM t WHERE id > 100;");
+    let report = holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
+    assert_eq!(report["target"], db.name.as_str(), "{report:#}");
+    assert_eq!(db.sql(checksum), before, "every row, the index and the view are back");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = 't_v';"), "1\n");
+}
+
+#[test]
+fn a_custom_format_entry_run_as_postgres_restores_through_stdin() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("customrunas");
+    db.sql("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('dumped as postgres');");
+    env.config(&format!(
+        "[jobs.crm]\n[[jobs.crm.databases]]\nkind = \"postgresql\"\nname = {}\nhost = \"/var/run/postgresql\"\nport = {}\nrun_as = \"postgres\"\nformat = \"custom\"\n",
+        q(&db.name),
+        db.server.port
+    ))
+    .init_repo();
+    env.run(&["crm"]).assert_ok();
+    let new = PgName(unique("customrunasnew"));
+    holdfast(&env, &["restore", "crm", "--database", &db.name, "--into", &new.0]).assert_ok();
+    assert_eq!(db.server.sql(&new.0, "SELECT v FROM t;"), "dumped as postgres\n");
+}
+
 // ---------------------------------------------------------------- --files
 
 /// A job `app` with two file sets, `uploads` and `config`.

@@ -69,7 +69,15 @@ fn describe(dir: &Path) -> Vec<(&'static str, Vec<String>)> {
     vec![
         ("getfacl -R", blocks(tool(dir, &["getfacl", "-R", "-p", "-n", "."]))),
         ("getcap -r", sorted(tool(dir, &["getcap", "-r", "."]))),
-        ("lsattr -R", sorted(sh(dir, "find . \\( -type f -o -type d \\) -print0 | xargs -0 lsattr -d"))),
+        // `I` (an indexed directory) and `e` (extents) are how ext4 laid a
+        // file out, not attributes anyone sets: masked.
+        (
+            "lsattr -R",
+            sorted(sh(
+                dir,
+                "find . \\( -type f -o -type d \\) -print0 | xargs -0 lsattr -d | sed 's/^\\(.\\{11\\}\\)I/\\1-/; s/^\\(.\\{14\\}\\)e/\\1-/'",
+            )),
+        ),
         ("getfattr", blocks(sh(dir, "getfattr -R -h -d -m - -e hex ."))),
         // A directory's size is how the file system laid it out, not metadata.
         (
