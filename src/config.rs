@@ -156,6 +156,7 @@ struct RawJob {
     verify_schedule: Option<Line>,
     retention: Option<crate::retention::Policy>,
     prune_after_backup: Option<bool>,
+    dump_concurrency: Option<std::num::NonZeroUsize>,
 }
 
 /// A table checked as it is read, so that what is wrong with it on its own
@@ -358,6 +359,8 @@ pub struct Job {
     pub retention: crate::retention::Policy,
     /// Prune the job's repositories after each successful run.
     pub prune_after_backup: bool,
+    /// How many of the job's databases are dumped at the same time.
+    pub dump_concurrency: usize,
 }
 
 /// A command: an argv list, or a string run by `/bin/sh -c`.
@@ -1121,6 +1124,12 @@ fn resolve_job(
         verify_schedule: job.verify_schedule.clone().or(d.verify_schedule).map(|l| l.0),
         retention: job.retention.clone().or(d.retention).unwrap_or_default(),
         prune_after_backup: job.prune_after_backup.or(d.prune_after_backup).unwrap_or(false),
+        // Dumps mostly wait on the server and the disk: a few at once, not
+        // more than the cores that compress their output.
+        dump_concurrency: job
+            .dump_concurrency
+            .or(d.dump_concurrency)
+            .map_or(crate::engine::parallel::cpus().clamp(1, 4), std::num::NonZeroUsize::get),
     })
 }
 

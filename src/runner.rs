@@ -323,6 +323,8 @@ struct Attempt<'a> {
     /// What a recovery would owe if holdfast died now.
     journal: Option<Journal>,
     dumps: Vec<DumpRecord>,
+    /// The database entries dumped (several at once with `dump_concurrency`).
+    dumped: std::collections::BTreeSet<usize>,
     hooks: Vec<HookRecord>,
     holds: Vec<HeldHook>,
     locks: Vec<GlobalReadLock>,
@@ -353,6 +355,7 @@ impl<'a> Attempt<'a> {
             run_dir: None,
             journal: None,
             dumps: Vec::new(),
+            dumped: Default::default(),
             hooks: Vec::new(),
             holds: Vec::new(),
             locks: Vec::new(),
@@ -496,15 +499,38 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// Dump entry `index`. With `dump_concurrency` above 1, the first dump
+    /// step dumps every entry, that many at a time, and the later steps find
+    /// theirs done; the first failure stops the others.
     fn dump(&mut self, index: usize, cancel: &AtomicBool) -> Result<()> {
+        if self.dumped.contains(&index) {
+            return Ok(());
+        }
         self.check_holds()?;
-        let db = &self.job.databases[index];
         let run = self.run_dir.as_ref().context("no spool directory")?;
-        tracing::info!("job {}: dumping {} database {:?}", self.job.name, db.kind.as_str(), db.entry_name());
-        let records = dump::dump(db, &DumpContext { run, cancel })
-            .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))?;
-        self.dumps.extend(records);
-        Ok(())
+        let job = self.job;
+        let indices: Vec<usize> =
+            if job.dump_concurrency > 1 { (index..job.databases.len()).collect() } else { vec![index] };
+        let dump_one = |i: usize, cancel: &AtomicBool| {
+            let db = &job.databases[i];
+            tracing::info!("job {}: dumping {} database {:?}", job.name, db.kind.as_str(), db.entry_name());
+            dump::dump(db, &DumpContext { run, cancel })
+                .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))
+        };
+        let results = if indices.len() == 1 {
+            vec![dump_one(index, cancel)]
+        } else {
+            run_concurrently(&indices, job.dump_concurrency, cancel, dump_one)
+        };
+        self.dumped.extend(indices);
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(records) => self.dumps.extend(records),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The opened repository `name`, taken over by the step that uses it.
@@ -684,4 +710,64 @@ impl<'a> Attempt<'a> {
 /// the local cache of remote repositories.
 pub fn internal_paths(job: &Job) -> Vec<(String, PathBuf)> {
     crate::engine::select::with_cache(job.internal.clone())
+}
+
+/// `work` on each of `items`, `width` at a time; results in `items`' order.
+/// The first failure (or `cancel`) sets the flag the others run with, so
+/// their tools are stopped rather than finished for nothing.
+fn run_concurrently<T: Send>(
+    items: &[usize],
+    width: usize,
+    cancel: &AtomicBool,
+    work: impl Fn(usize, &AtomicBool) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let stop = AtomicBool::new(false);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    let results: Vec<std::sync::Mutex<Option<Result<T>>>> = items.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|scope| {
+        // The run's own cancel reaches the dumps through `stop`.
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let workers: Vec<_> = (0..width.min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&item) = items.get(k) else { break };
+                        let r = if stop.load(Ordering::Relaxed) {
+                            Err(anyhow!("not started: another dump failed or the run was interrupted"))
+                        } else {
+                            work(item, &stop)
+                        };
+                        if r.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        if let Ok(mut slot) = results[k].lock() {
+                            *slot = Some(r);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        finished.store(true, Ordering::Relaxed);
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(anyhow!("a dump thread ended without a result (a bug)")))
+        })
+        .collect()
 }

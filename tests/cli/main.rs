@@ -16,6 +16,7 @@
 mod util;
 
 mod bad_input;
+mod big_databases;
 mod cache;
 mod copy;
 mod crash;
