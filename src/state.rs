@@ -131,15 +131,22 @@ pub fn metrics(job: &Job, state: &JobState, snapshots: Option<usize>, repositori
     out
 }
 
-/// Bytes of all files under `dir`.
+/// Bytes of all files under `dir`, on its own file system (a mount below
+/// it, `/proc` among them, is not entered).
 pub fn dir_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::symlink_metadata(dir).map(|m| m.dev()) else { return 0 };
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_dir() => {
+                    if e.metadata().is_ok_and(|m| m.dev() == dev) {
+                        stack.push(e.path());
+                    }
+                }
                 Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
                 Err(_) => {}
             }

@@ -339,7 +339,7 @@ fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk 
     let mut stack = vec![(source.to_path_buf(), md, source_dev, true)];
     while let Some((path, md, parent_dev, is_source)) = stack.pop() {
         if !is_source && let Some(why) = select.leaves_out(&md, read_flags(&path, &md)) {
-            let size = entry_size(&path, &md);
+            let size = entry_size(&path, &md, parent_dev);
             w.left_out.push((path, why, size));
             continue;
         }
@@ -366,7 +366,7 @@ fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk 
         let dev = md.dev();
         for child in names.into_iter().rev() {
             if select.selection.exclude.is_match(&child) {
-                let size = std::fs::symlink_metadata(&child).map(|md| entry_size(&child, &md)).unwrap_or(0);
+                let size = std::fs::symlink_metadata(&child).map(|md| entry_size(&child, &md, dev)).unwrap_or(0);
                 w.left_out.push((child, "excluded by pattern".into(), size));
                 continue;
             }
@@ -384,8 +384,17 @@ fn file_len(path: &Path) -> u64 {
     std::fs::symlink_metadata(path).map_or(0, |md| if md.is_file() { md.len() } else { 0 })
 }
 
-/// The bytes of files in a left-out entry: a directory's whole subtree.
-fn entry_size(path: &Path, md: &std::fs::Metadata) -> u64 {
+/// The bytes of files in a left-out entry (in a directory on device
+/// `parent_dev`): a directory's whole subtree; a mount point's file
+/// system's use (none for `/proc` and the like, never walked).
+fn entry_size(path: &Path, md: &std::fs::Metadata, parent_dev: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    if md.is_dir() && md.dev() != parent_dev {
+        let pseudo = crate::engine::select::mounts_below(path.parent().unwrap_or(path))
+            .into_iter()
+            .any(|(at, kind)| at == path && crate::engine::select::is_pseudo(&kind));
+        return if pseudo { 0 } else { file_system_used(path).unwrap_or(0) };
+    }
     if md.is_dir() {
         crate::state::dir_size(path)
     } else if md.is_file() {

@@ -86,8 +86,21 @@ impl Garage {
     }
 
     /// Start `n` nodes with replication factor `n` and wait until they
-    /// accept requests.
+    /// accept requests. Ports are picked free but may be taken by another
+    /// test's cluster before a node binds them (the node then cannot be
+    /// reached): the cluster is started again on new ports.
     pub fn start(n: usize) -> Garage {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Garage::try_start(n) {
+                Ok(g) => return g,
+                Err(e) => last = e,
+            }
+        }
+        panic!("a Garage cluster of {n} did not come up: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<Garage, String> {
         let dir = tempfile::tempdir().expect("create a directory for Garage");
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let secret: String = crate::util::random_bytes(seed as u64 ^ std::process::id() as u64, 32)
@@ -128,19 +141,25 @@ root_domain = ".s3.garage.localhost"
         let garage = Garage { _dir: dir, nodes };
         let ids: Vec<String> = (0..n).map(|i| garage.wait_for_node(i)).collect();
         for id in &ids[1..] {
-            garage.cli(0, &["node", "connect", id]);
+            garage.try_cli(0, &["node", "connect", id], Duration::from_secs(20))?;
         }
         let short: Vec<&str> = ids.iter().map(|id| &id[..16]).collect();
         let mut assign = vec!["layout", "assign", "-z", "dc1", "-c", "1G"];
         assign.extend(&short);
         garage.cli(0, &assign);
         garage.cli(0, &["layout", "apply", "--version", "1"]);
-        garage
+        Ok(garage)
     }
 
     /// `garage -c <node i's config> ARGS`, which must succeed; its stdout.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.try_cli(i, args, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `garage -c <node i's config> ARGS`, tried until it succeeds or
+    /// `patience` has passed.
+    fn try_cli(&self, i: usize, args: &[&str], patience: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + patience;
         loop {
             let out = Command::new(garage_bin())
                 .arg("-c")
@@ -149,16 +168,17 @@ root_domain = ".s3.garage.localhost"
                 .output()
                 .expect("run garage");
             if out.status.success() {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }
             // Right after start or a layout change, a command may find the
             // cluster not ready yet; anything else fails below.
-            assert!(
-                Instant::now() < deadline,
-                "garage {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "garage {args:?} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(300));
         }
     }
