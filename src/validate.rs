@@ -624,7 +624,11 @@ fn plan_view(job: &Job, sizes: &Sizes, copies: &crate::plan::Copies) -> PlanView
                 }
                 Step::Dump { index, kind, .. } => {
                     let found = sizes.iter().find(|(i, _)| i == index).map(|(_, f)| f.clone()).unwrap_or_default();
+                    let custom = job.databases.get(*index).is_some_and(|d| d.format == crate::config::DumpFormat::Custom);
                     let tool = match kind {
+                        DatabaseKind::Postgresql if custom => {
+                            "pg_dump --format=custom --compress=0, reloaded with pg_restore --jobs (password via a private PGPASSFILE)"
+                        }
                         DatabaseKind::Postgresql => "pg_dump --format=plain (password via a private PGPASSFILE)",
                         DatabaseKind::Mysql => {
                             "mariadb-dump --single-transaction --routines --triggers --events (password via a private options file)"
@@ -632,6 +636,9 @@ fn plan_view(job: &Job, sizes: &Sizes, copies: &crate::plan::Copies) -> PlanView
                         DatabaseKind::Sqlite => "SQLite online backup API",
                     };
                     let mut d = vec![tool.to_string()];
+                    if *index == 0 && job.databases.len() > 1 && job.dump_concurrency > 1 {
+                        d.push(format!("{} databases at a time (dump_concurrency)", job.dump_concurrency));
+                    }
                     d.extend(found.iter().map(|(n, s)| format!("{n}: {} now", crate::units::human(*s))));
                     d
                 }

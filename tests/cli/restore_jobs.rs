@@ -309,6 +309,9 @@ fn a_custom_format_postgresql_dump_reloads_with_pg_restore_and_verifies() {
         db.entry("crm")
     ))
     .init_repo();
+    let dry = env.engine(["run", "--dry-run", "crm"]).assert().success();
+    let plan = String::from_utf8_lossy(&dry.get_output().stdout).into_owned();
+    assert!(plan.contains("pg_dump --format=custom --compress=0"), "the plan says how it dumps: {plan}");
     env.run(&["crm"]).assert_ok();
 
     // The dump in the snapshot is a pg_dump archive, uncompressed (it
