@@ -207,6 +207,9 @@ impl Check for DatabaseConfig {
             }
             _ => {}
         }
+        if self.stream && self.kind == DatabaseKind::Sqlite {
+            return Err("`stream = true` is for postgresql and mysql entries (an SQLite copy is made by its backup API, into the spool)".into());
+        }
         if self.format != DumpFormat::Plain && self.kind != DatabaseKind::Postgresql {
             return Err(format!("`format = \"custom\"` is for postgresql entries only (this is a {kind} entry)"));
         }
@@ -507,6 +510,10 @@ pub struct DatabaseConfig {
     /// which reloads with `pg_restore --jobs` on every core.
     #[serde(default)]
     pub format: DumpFormat,
+    /// Store the dump as it comes out of the tool (a pipe), not through the
+    /// spool: no spool space, and the dump and the repository write overlap.
+    #[serde(default)]
+    pub stream: bool,
     /// Longest a dump (or a load of it) may take (default 6 hours).
     #[serde(default = "DurationSpec::six_hours")]
     pub timeout: DurationSpec,

@@ -81,6 +81,9 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Write stdout to this file instead of capturing it.
     pub stdout_file: Option<PathBuf>,
+    /// Else write stdout into this pipe (a streamed dump); the caller
+    /// reads the other end and sees its end when the process has exited.
+    pub stdout_pipe: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Run as this OS user (uid, primary gid, no supplementary groups).
     pub user: Option<String>,
     /// Read stdin from this file (else /dev/null).
@@ -168,9 +171,10 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         Some(p) => expr.stdin_path(p),
         None => expr.stdin_null(),
     };
-    expr = match &spec.stdout_file {
-        Some(p) => expr.stdout_path(p),
-        None => expr.stdout_capture(),
+    expr = match (&spec.stdout_file, &spec.stdout_pipe) {
+        (Some(p), _) => expr.stdout_path(p),
+        (None, Some(fd)) => expr.stdout_file(fd.try_clone()?),
+        (None, None) => expr.stdout_capture(),
     };
     if let Some(d) = &spec.cwd {
         expr = expr.dir(d);

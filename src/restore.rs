@@ -293,7 +293,7 @@ fn restore_database(
     let scratch = Scratch::new(job, "restore")?;
     let file = extract_dump(repo, snap, dump, &scratch.0.dumps)?;
     let never = AtomicBool::new(false);
-    let ctx = DumpContext { run: &scratch.0, cancel: &never };
+    let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
     let live = match db.kind {
         DatabaseKind::Sqlite => db.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         _ => dump.name.clone(),

@@ -26,6 +26,7 @@ use crate::engine::crypto::Id;
 use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::running::hostname;
+use crate::engine::tree::Entry;
 use crate::exit::{Exit, Interrupt};
 use crate::hooks::{HeldHook, HookProgress, start_hold};
 use crate::journal::{Journal, recover};
@@ -325,6 +326,11 @@ struct Attempt<'a> {
     dumps: Vec<DumpRecord>,
     /// The database entries dumped (several at once with `dump_concurrency`).
     dumped: std::collections::BTreeSet<usize>,
+    /// Streamed dumps, stored in the first repository: the spool directory
+    /// each goes in, and its entry.
+    streamed: Vec<(PathBuf, Entry)>,
+    /// Keep prune from taking a streamed dump's packs until the run ends.
+    stream_guards: Vec<crate::engine::running::Running>,
     hooks: Vec<HookRecord>,
     holds: Vec<HeldHook>,
     locks: Vec<GlobalReadLock>,
@@ -356,6 +362,8 @@ impl<'a> Attempt<'a> {
             journal: None,
             dumps: Vec::new(),
             dumped: Default::default(),
+            streamed: Vec::new(),
+            stream_guards: Vec::new(),
             hooks: Vec::new(),
             holds: Vec::new(),
             locks: Vec::new(),
@@ -511,10 +519,22 @@ impl<'a> Attempt<'a> {
         let job = self.job;
         let indices: Vec<usize> =
             if job.dump_concurrency > 1 { (index..job.databases.len()).collect() } else { vec![index] };
+        // Streamed dumps go into the job's first repository (the others
+        // get them as copies).
+        let sink = match job.repositories.first() {
+            Some(first) if indices.iter().any(|i| job.databases[*i].stream) => {
+                let repo = self.opened.iter().find(|(n, _)| *n == first.name).map(|(_, r)| r);
+                let repo = repo.with_context(|| format!("repository {:?} is not open", first.name))?;
+                Some(StreamSink { repo, dumps: &run.dumps, stored: Default::default() })
+            }
+            _ => None,
+        };
         let dump_one = |i: usize, cancel: &AtomicBool| {
             let db = &job.databases[i];
-            tracing::info!("job {}: dumping {} database {:?}", job.name, db.kind.as_str(), db.entry_name());
-            dump::dump(db, &DumpContext { run, cancel })
+            let how = if db.stream { "streaming" } else { "dumping" };
+            tracing::info!("job {}: {how} {} database {:?}", job.name, db.kind.as_str(), db.entry_name());
+            let stream = sink.as_ref().map(|s| s as &dyn dump::DumpSink);
+            dump::dump(db, &DumpContext { run, cancel, stream })
                 .with_context(|| format!("dump of database entry {:?} failed", db.entry_name()))
         };
         let results = if indices.len() == 1 {
@@ -523,6 +543,12 @@ impl<'a> Attempt<'a> {
             run_concurrently(&indices, job.dump_concurrency, cancel, dump_one)
         };
         self.dumped.extend(indices);
+        if let Some(sink) = sink {
+            for (dir, entry, running) in sink.stored.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                self.streamed.push((dir, entry));
+                self.stream_guards.push(running);
+            }
+        }
         let mut first_error = None;
         for r in results {
             match r {
@@ -562,6 +588,14 @@ impl<'a> Attempt<'a> {
                 tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
             }
         }
+        let injected = match self.job.repositories.first() {
+            _ if !dumps || self.streamed.is_empty() => Vec::new(),
+            Some(first) if first.name == repository => self.streamed.clone(),
+            _ => bail!(
+                "the streamed dumps are stored in repository {:?} only, and repository {repository:?} cannot get them as a copy (other chunker parameters): create it with `init --copy-params-from`, or set `stream = false`",
+                self.job.repositories.first().map(|r| r.name.as_str()).unwrap_or_default()
+            ),
+        };
         let selection = self.job.files.selection(internal_paths(self.job)).map_err(|e| anyhow!(e))?;
         let mut tags = vec![self.job.name.clone()];
         tags.extend(self.job.tags.iter().cloned());
@@ -570,6 +604,7 @@ impl<'a> Attempt<'a> {
             selection,
             cancel: Some(self.cancel.clone()),
             progress: self.progress.clone(),
+            injected,
             ..Default::default()
         };
         let started = jiff::Timestamp::now();
@@ -770,4 +805,46 @@ fn run_concurrently<T: Send>(
                 .unwrap_or_else(|| Err(anyhow!("a dump thread ended without a result (a bug)")))
         })
         .collect()
+}
+
+/// Where a run's streamed dumps go: the job's first repository, each
+/// stored as it comes out of its tool, then added to the capture as a file
+/// of its entry's directory (which is in the spool, empty).
+struct StreamSink<'r> {
+    repo: &'r Repository,
+    dumps: &'r std::path::Path,
+    stored: std::sync::Mutex<Vec<(PathBuf, Entry, crate::engine::running::Running)>>,
+}
+
+impl dump::DumpSink for StreamSink<'_> {
+    fn store(&self, entry: &str, file_name: &str, reader: &mut dyn std::io::Read, cancel: &AtomicBool) -> Result<u64> {
+        let stored = crate::engine::backup::store_stream(self.repo, reader, Some(cancel))
+            .with_context(|| format!("storing the streamed dump {file_name}"))?;
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = crate::engine::tree::Timespec { secs: since.as_secs() as i64, nanos: since.subsec_nanos() };
+        let meta = crate::engine::tree::Metadata {
+            mode: 0o600,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            user: None,
+            group: None,
+            mtime: now,
+            ctime: now,
+            inode: 0,
+            size: stored.size,
+            xattrs: Vec::new(),
+            flags: 0,
+        };
+        let content =
+            crate::engine::tree::FileContent { pieces: stored.pieces, hardlink: None, changed_while_read: false };
+        let file =
+            Entry { name: file_name.as_bytes().to_vec(), kind: crate::engine::tree::EntryKind::File(content), meta };
+        let size = stored.size;
+        self.stored.lock().map_err(|_| anyhow!("a dump thread panicked"))?.push((
+            self.dumps.join(entry),
+            file,
+            stored.running,
+        ));
+        Ok(size)
+    }
 }

@@ -189,8 +189,12 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
             Err(e) => c.problem("databases", format!("{what}: {e:#}")),
         }
     }
-    // Spool.
-    let needed: u64 = sizes.iter().flat_map(|(_, f)| f.iter().map(|(_, s)| *s)).sum();
+    // Spool: streamed dumps need none of it.
+    let needed: u64 = sizes
+        .iter()
+        .filter(|(i, _)| job.databases.get(*i).is_some_and(|d| !d.stream))
+        .flat_map(|(_, f)| f.iter().map(|(_, s)| *s))
+        .sum();
     check_spool(c, &job.spool, needed);
     check_state_dir(c, &job.state_dir);
     // Repositories.
@@ -498,6 +502,11 @@ fn check_database(db: &crate::config::DatabaseConfig) -> Result<(Found, Vec<Stri
 /// of text can be larger than the database (no compression, no indexes
 /// omitted), so ask for 50% more plus 64 MiB.
 fn spool_needed(db_bytes: u64) -> u64 {
+    // Nothing dumped through it (no databases, or all streamed): only the
+    // small private files (a .pgpass, an options file).
+    if db_bytes == 0 {
+        return 1 << 20;
+    }
     db_bytes + db_bytes / 2 + (64 << 20)
 }
 
@@ -566,7 +575,7 @@ fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
                 c.problem(
                     "spool",
                     format!(
-                        "spool {} has {} free but the dumps need about {} (databases {} + 50% + 64 MiB)",
+                        "spool {} has {} free but the dumps need about {} (databases {} + 50% + 64 MiB): set `stream = true` on the large database entries (their dumps then go straight into the repository), or give the spool more room",
                         spool.display(),
                         crate::units::human(free),
                         crate::units::human(need),
@@ -636,6 +645,10 @@ fn plan_view(job: &Job, sizes: &Sizes, copies: &crate::plan::Copies) -> PlanView
                         DatabaseKind::Sqlite => "SQLite online backup API",
                     };
                     let mut d = vec![tool.to_string()];
+                    if job.databases.get(*index).is_some_and(|d| d.stream) {
+                        let first = job.repositories.first().map(|r| r.name.as_str()).unwrap_or_default();
+                        d.push(format!("streamed into repository {first:?} as it is written (no spool space)"));
+                    }
                     if *index == 0 && job.databases.len() > 1 && job.dump_concurrency > 1 {
                         d.push(format!("{} databases at a time (dump_concurrency)", job.dump_concurrency));
                     }

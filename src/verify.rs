@@ -93,7 +93,7 @@ pub fn verify_job(
                 _ => format!("hf_verify_{}", crate::engine::crypto::Id::random()?.short()),
             };
             let t = Instant::now();
-            let ctx = DumpContext { run: &scratch.0, cancel: &never };
+            let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
             let loaded = server.load(&check.scratch, &file, &ctx, db.timeout.0);
             check.load_secs = t.elapsed().as_secs_f64();
             let outcome = loaded.and_then(|()| {

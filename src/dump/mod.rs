@@ -10,6 +10,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -24,6 +25,15 @@ use crate::spool::RunDir;
 pub struct DumpContext<'a> {
     pub run: &'a RunDir,
     pub cancel: &'a AtomicBool,
+    /// Where the dumps of `stream = true` entries go instead of the spool.
+    pub stream: Option<&'a dyn DumpSink>,
+}
+
+/// Where a streamed dump goes: stored as it comes out of its tool, as file
+/// `file_name` of entry `entry`'s directory in the snapshot.
+pub trait DumpSink: Sync {
+    /// Store all `reader` gives; the bytes stored. `cancel` set: stop.
+    fn store(&self, entry: &str, file_name: &str, reader: &mut dyn Read, cancel: &AtomicBool) -> Result<u64>;
 }
 
 /// Dump the database entry `db` into `<run>/dumps/<entry>/`.
@@ -54,16 +64,13 @@ pub fn password(db: &DatabaseConfig) -> Result<Option<String>> {
 
 /// Run a dump tool with its stdout going to `out`, a file holdfast itself
 /// creates (so it stays private to holdfast when the tool runs as the
-/// entry's `run_as` user). Its failure fails the dump with the tool's own message.
-pub(crate) fn run_tool(
-    argv: Vec<String>,
-    env: Env,
-    out: &Path,
-    db: &DatabaseConfig,
-    ctx: &DumpContext,
-) -> Result<ProcessOutcome> {
+/// entry's `run_as` user), or, for a `stream = true` entry, through a pipe
+/// into the repository (nothing in the spool). Its failure fails the dump
+/// with the tool's own message, also after its output was stored. The
+/// dump's size.
+pub(crate) fn run_tool(argv: Vec<String>, env: Env, out: &Path, db: &DatabaseConfig, ctx: &DumpContext) -> Result<u64> {
     let tool = argv.first().cloned().unwrap_or_default();
-    let spec = ProcessSpec {
+    let mut spec = ProcessSpec {
         argv,
         env,
         timeout: db.timeout.0,
@@ -74,7 +81,20 @@ pub(crate) fn run_tool(
         track_in: Some(ctx.run.children.clone()),
         ..Default::default()
     };
-    let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;
+    let (outcome, size) = match ctx.stream.filter(|_| db.stream) {
+        Some(sink) => {
+            spec.stdout_file = None;
+            let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            run_streamed(spec, &db.entry_name(), &file_name, sink, ctx.cancel)?
+        }
+        None => {
+            let outcome = process::run(&spec, ctx.cancel).with_context(|| format!("starting {tool}"))?;
+            let size = std::fs::metadata(out)
+                .map(|m| m.len())
+                .with_context(|| format!("the dump {} is missing", out.display()));
+            (outcome, size)
+        }
+    };
     let stderr = String::from_utf8_lossy(&outcome.stderr);
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         tracing::info!("{tool}: {line}");
@@ -82,7 +102,61 @@ pub(crate) fn run_tool(
     if !outcome.success() {
         bail!("{}", outcome.failure_message(&tool));
     }
-    Ok(outcome)
+    size
+}
+
+/// Run `spec` with its stdout in a pipe that `sink` stores. The tool is
+/// stopped when the run is cancelled or storing fails; the pipe ends when
+/// the tool has exited. The outcome, and what storing gave (checked after
+/// the tool's own failure, which says more).
+fn run_streamed(
+    mut spec: ProcessSpec,
+    entry: &str,
+    file_name: &str,
+    sink: &dyn DumpSink,
+    cancel: &AtomicBool,
+) -> Result<(ProcessOutcome, Result<u64>)> {
+    use std::sync::atomic::Ordering;
+    let tool = spec.argv.first().cloned().unwrap_or_default();
+    let (mut reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
+    spec.stdout_pipe = Some(std::sync::Arc::new(writer.into()));
+    let stop = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        // The spec holds the pipe's write end: dropped when the tool has
+        // exited, so the reader sees the end.
+        let stop_ref = &stop;
+        let tool_run = s.spawn(move || {
+            let outcome = process::run(&spec, stop_ref);
+            drop(spec);
+            outcome
+        });
+        let stored = sink.store(entry, file_name, &mut reader, &stop);
+        if stored.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        drop(reader);
+        let outcome = tool_run.join();
+        done.store(true, Ordering::Relaxed);
+        let outcome = match outcome {
+            Ok(o) => o.with_context(|| format!("starting {tool}"))?,
+            Err(_) => bail!("the thread running {tool} panicked"),
+        };
+        // Storing failed and so the tool was stopped: that failure is the
+        // cause, not the tool's end.
+        match stored {
+            Err(e) if !cancel.load(Ordering::Relaxed) => Err(e.context(format!("{tool} was stopped"))),
+            stored => Ok((outcome, stored)),
+        }
+    })
 }
 
 /// The first line of `TOOL --version`.
@@ -94,17 +168,18 @@ pub(crate) fn tool_version(tool: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
 }
 
-/// A record for a finished dump file.
+/// A record for a finished dump of `size` bytes, stored as `file`'s name.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     db: &DatabaseConfig,
     name: &str,
     file: &Path,
     tool: &str,
     tool_version: &str,
+    size: u64,
     server_version: Option<String>,
     started: jiff::Timestamp,
 ) -> Result<DumpRecord> {
-    let size = std::fs::metadata(file).with_context(|| format!("the dump {} is missing", file.display()))?.len();
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Ok(DumpRecord {
         entry: db.entry_name(),

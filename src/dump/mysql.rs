@@ -139,8 +139,9 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         // into any database: the original, a new name, or a scratch copy.
         argv.push("--".into());
         argv.push(name.clone());
-        run_tool(argv, env.clone(), &out, db, ctx).with_context(|| format!("dumping MySQL database {name}"))?;
-        records.push(record(db, &name, &out, tool, &version, Some(server.clone()), started)?);
+        let size =
+            run_tool(argv, env.clone(), &out, db, ctx).with_context(|| format!("dumping MySQL database {name}"))?;
+        records.push(record(db, &name, &out, tool, &version, size, Some(server.clone()), started)?);
     }
     Ok(records)
 }

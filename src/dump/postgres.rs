@@ -157,7 +157,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         let globals = dir.join("globals.sql");
         let mut argv = vec!["pg_dumpall".to_string(), "--globals-only".into()];
         argv.extend(base_args.iter().cloned());
-        run_tool(argv, env.clone(), &globals, db, ctx)?;
+        let size = run_tool(argv, env.clone(), &globals, db, ctx)?;
         let v = tool_version("pg_dumpall")?;
         records.push(record(
             db,
@@ -165,6 +165,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
             &globals,
             "pg_dumpall",
             &v,
+            size,
             Some(conn.server_version("postgres")?),
             started,
         )?);
@@ -187,8 +188,8 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         argv.extend(base_args.iter().cloned());
         argv.extend(db.dump_args.iter().cloned());
         argv.push(format!("--dbname={name}"));
-        run_tool(argv, env.clone(), &out, db, ctx)?;
-        records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, Some(server), started)?);
+        let size = run_tool(argv, env.clone(), &out, db, ctx)?;
+        records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, size, Some(server), started)?);
     }
     Ok(records)
 }
@@ -285,6 +286,7 @@ impl Connection {
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
             cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
             track_in: Some(ctx.run.children.clone()),
+            ..Default::default()
         };
         let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {tool}"))?;
         if !out.success() {

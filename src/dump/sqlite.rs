@@ -42,7 +42,8 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, cancel: &std::sync::atomic::AtomicB
     }
     dst.close().map_err(|(_, e)| e).with_context(|| format!("closing {}", out.display()))?;
     let version = format!("SQLite {}", rusqlite::version());
-    Ok(vec![record(db, &src_path.to_string_lossy(), &out, "sqlite online backup API", &version, None, started)?])
+    let size = std::fs::metadata(&out).with_context(|| format!("the dump {} is missing", out.display()))?.len();
+    Ok(vec![record(db, &src_path.to_string_lossy(), &out, "sqlite online backup API", &version, size, None, started)?])
 }
 
 /// Open an existing SQLite database read-only, checking that it is one.

@@ -104,3 +104,125 @@ fn the_first_dump_that_fails_stops_the_others_and_no_snapshot_is_made() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A tmpfs of `mib` MiB at `at` (the spool of a test), unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(at: &std::path::Path, mib: u32) -> SmallTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        SmallTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// A job `app` dumping `pg` and `my`, each `stream`ed or not, with its
+/// spool at `spool` and a `finally` hook that leaves `finally-ran`.
+fn streaming_job(
+    env: &JobEnv,
+    pg: &PgDatabase,
+    my: &crate::jobs_util::MyDatabase,
+    stream: bool,
+    spool: &std::path::Path,
+) {
+    env.config(&format!(
+        "[jobs.app]\nspool = {}\ndump_concurrency = 2\n{}stream = {stream}\n{}stream = {stream}\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
+        q(spool),
+        pg.entry("app"),
+        my.entry("app")
+    ));
+}
+
+#[test]
+fn streamed_dumps_need_no_spool_space_and_reload_exactly() {
+    crate::whole_system::require_root();
+    let env = JobEnv::new();
+    let spool = env.path("small-spool");
+    let _tmpfs = SmallTmpfs::mount(&spool, 16);
+    // Each dump is several times the spool's 16 MiB.
+    let pg = PgDatabase::create("streampg");
+    pg.sql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS v FROM generate_series(1, 700000) g;",
+    );
+    let my = crate::jobs_util::MyDatabase::create("streammy");
+    my.sql("CREATE TABLE t (id INT PRIMARY KEY, v CHAR(64)) AS SELECT seq AS id, CONCAT(MD5(seq), MD5(seq * 7)) AS v FROM seq_1_to_700000;");
+    let pg_sum = "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM t;";
+    let my_sum = "SELECT COUNT(*), SUM(CRC32(v)) FROM t;";
+    let (pg_before, my_before) = (pg.sql(pg_sum), my.sql(my_sum));
+
+    // Through the spool, the dumps do not fit: validate says so and says
+    // what to do, and the run fails.
+    streaming_job(&env, &pg, &my, false, &spool);
+    env.init_repo();
+    let said = env.engine(["validate", "app"]).assert().failure();
+    let said = String::from_utf8_lossy(&said.get_output().stdout).into_owned();
+    assert!(said.contains("set `stream = true`"), "{said}");
+    env.run(&["app"]).assert_failed();
+    assert!(env.snapshots_json("app").is_empty());
+
+    // Streamed, they need none of it.
+    streaming_job(&env, &pg, &my, true, &spool);
+    let said = env.engine(["validate", "app"]).assert().success();
+    let said = String::from_utf8_lossy(&said.get_output().stdout).into_owned();
+    assert!(said.contains("about 1.0 MiB needed"), "{said}");
+    env.run(&["app"]).assert_ok();
+    let snap = env.only_snapshot("app");
+    for name in [&pg.name, &my.name] {
+        assert!(record(&snap, name)["size"].as_u64().unwrap() > 32 << 20, "{snap:#}");
+    }
+    // A restore still goes through the spool (a load reads a file): a
+    // roomier one for it.
+    streaming_job(&env, &pg, &my, true, &env.path("spool"));
+    let into = |db: &str, new: &str| {
+        crate::p34_util::holdfast(&env, &["restore", "app", "--database", db, "--into", new]).assert_ok();
+    };
+    let pg_new = crate::p34_util::PgName(crate::jobs_util::unique("streampgnew"));
+    into(&pg.name, &pg_new.0);
+    assert_eq!(pg.server.sql(&pg_new.0, pg_sum), pg_before);
+    let my_new = crate::p34_util::MyName(crate::jobs_util::unique("streammynew"));
+    into(&my.name, &my_new.0);
+    assert_eq!(my.server.sql(Some(&my_new.0), my_sum), my_before);
+    env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+}
+
+#[test]
+fn a_streamed_dump_whose_tool_is_killed_makes_no_snapshot_and_the_repository_stays_healthy() {
+    let env = JobEnv::new();
+    let pg = PgDatabase::create("streamkill");
+    pg.sql("CREATE TABLE t (v text);\nINSERT INTO t VALUES ('never whole');");
+    env.config(&format!(
+        "[jobs.app]\n{}stream = true\n[[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
+        pg.entry("app")
+    ))
+    .init_repo();
+    // pg_dump starts, writes its header, then waits for the lock on t.
+    let _lock = LockedTable::hold(&pg, 60);
+    let started = env.start(env.cmd(["run", "app"]));
+    let pattern = format!("pg_dump.*{}", pg.name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let killed = Command::new("pkill").args(["-KILL", "-f", &pattern]).status().unwrap();
+        if killed.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ran = started.wait();
+    ran.assert_failed().assert_says("pg_dump");
+    assert!(env.snapshots_json("app").is_empty(), "a stream cut short is never a snapshot");
+    assert!(env.path("finally-ran").exists(), "finally ran");
+    env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+}

@@ -21,6 +21,9 @@
 
 mod content;
 mod scan;
+mod stream;
+
+pub use stream::{StoredStream, store_stream};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -78,6 +81,9 @@ pub struct BackupOptions {
     pub checkpoints: Checkpoints,
     /// Files and bytes found and done, for a display.
     pub progress: Option<Arc<Progress>>,
+    /// Files stored beforehand ([`store_stream`]), each added to the
+    /// directory of a source at this local path (which must exist).
+    pub injected: Vec<(PathBuf, Entry)>,
 }
 
 impl Default for BackupOptions {
@@ -92,6 +98,7 @@ impl Default for BackupOptions {
             cancel: None,
             checkpoints: Checkpoints::default(),
             progress: None,
+            injected: Vec::new(),
         }
     }
 }
@@ -224,6 +231,16 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         select,
         progress: opts.progress.as_deref(),
         cancel: opts.cancel.as_deref(),
+        injected: {
+            let mut by_dir: HashMap<PathBuf, Vec<Entry>> = HashMap::new();
+            for (dir, e) in &opts.injected {
+                by_dir.entry(dir.clone()).or_default().push(e.clone());
+            }
+            for entries in by_dir.values_mut() {
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            by_dir
+        },
     };
     let trees = TreeWriter::new(repo, &uploader, &known);
     let (scanned, content_stats) =

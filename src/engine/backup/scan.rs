@@ -103,6 +103,9 @@ pub(super) struct Scanner<'a, 'f> {
     source_dev: u64,
     progress: Option<&'a Progress>,
     cancel: Option<&'a AtomicBool>,
+    /// Entries stored beforehand (streamed dumps), by the directory they
+    /// go in, sorted by name.
+    injected: HashMap<PathBuf, Vec<Entry>>,
 }
 
 /// What the scan is told.
@@ -113,6 +116,8 @@ pub(super) struct ScanSettings<'a> {
     pub select: Selector<'a>,
     pub progress: Option<&'a Progress>,
     pub cancel: Option<&'a AtomicBool>,
+    /// Entries already stored, by the local directory they are added to.
+    pub injected: HashMap<PathBuf, Vec<Entry>>,
 }
 
 impl<'a, 'f> Scanner<'a, 'f> {
@@ -141,6 +146,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             source_dev: 0,
             progress: settings.progress,
             cancel: settings.cancel,
+            injected: settings.injected,
         }
     }
 
@@ -173,6 +179,12 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
         if !self.dirs.is_empty() && !self.failure.is_set() {
             return Err(Error::Invalid(format!("{} directories were never completed (a bug)", self.dirs.len())));
+        }
+        if let Some(dir) = self.injected.keys().next() {
+            return Err(Error::Invalid(format!(
+                "{} was not backed up, so a stored file had no place in it",
+                dir.display()
+            )));
         }
         Ok(Scanned { summary: self.summary, sources: self.sources, trees: self.trees })
     }
@@ -279,7 +291,11 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
         names.sort_unstable();
         let mut batch = Batch::default();
+        let mut injected = self.injected.remove(path).unwrap_or_default().into_iter().peekable();
         for (name, child) in names {
+            while let Some(e) = injected.next_if(|e| e.name < name) {
+                self.add_injected(key, e)?;
+            }
             if self.select.selection.exclude.is_match(&child) {
                 continue;
             }
@@ -298,6 +314,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
             let slot = self.open_slot(key)?;
             self.scan_entry(&child, name, &md, dev, prev, slot, &mut batch)?;
         }
+        for e in injected {
+            self.add_injected(key, e)?;
+        }
         self.flush_batch(&mut batch)?;
         while let Some(o) = self.feed.ready() {
             self.take_outcome(o)?;
@@ -305,6 +324,14 @@ impl<'a, 'f> Scanner<'a, 'f> {
         let dir = self.dirs.get_mut(&key).ok_or_else(lost_dir)?;
         dir.scanned = true;
         if dir.waiting == 0 { self.complete(key) } else { Ok(()) }
+    }
+
+    /// An entry stored before the scan, added to open directory `key`.
+    fn add_injected(&mut self, key: usize, entry: Entry) -> Result<()> {
+        self.summary.files += 1;
+        self.summary.bytes += entry.meta.size;
+        let slot = self.open_slot(key)?;
+        self.settle(slot, Some(entry))
     }
 
     /// A new place in open directory `key`, waiting until settled.
