@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Big-database benchmark: a pgbench database dumped and backed up, then
 # loaded back into a new database, by holdfast (plain SQL through the spool;
-# `format = "custom"` reloaded with pg_restore --jobs) and the way a
+# `format = "custom"` reloaded with pg_restore --jobs; plain with
+# `stream = true`, through a pipe, no spool) and the way a
 # borgmatic user does it (`pg_dump | borg create --stdin-name`, then
 # `borg extract --stdout | psql`), in one run. `pg_dump > /dev/null` alone
 # is the floor for the dump. A second backup follows a minute of pgbench
@@ -50,7 +51,7 @@ DB_MB=$(psql -XAtc "SELECT pg_database_size('$DB') / 1048576" postgres)
 FLOOR=$(secs sh -c "pg_dump --format=plain $DB > /dev/null")
 
 # holdfast jobs: one per format, each with its own repository and spool.
-config() { # NAME FORMAT
+config() { # NAME FORMAT STREAM
     cat >"$WORK/$1.toml" <<EOF
 [repositories.r]
 path = "$WORK/$1-repo"
@@ -65,6 +66,7 @@ host = "$PGHOST"
 port = $PGPORT
 user = "$PGUSER"
 format = "$2"
+stream = $3
 EOF
     "$HF" --config "$WORK/$1.toml" --repo r init >>"$LOGS/steps.log" 2>&1
 }
@@ -84,9 +86,12 @@ spool_peak() { # SPOOL COMMAND...
 }
 
 declare -A BACKUP SECOND RESTORE STORED ADDED PEAK
-for fmt in plain custom; do
+for fmt in plain custom stream; do
     job=hf_$fmt
-    config "$job" "$fmt"
+    case $fmt in
+        stream) config "$job" plain true ;;
+        *) config "$job" "$fmt" false ;;
+    esac
     s=$(date +%s.%N)
     PEAK[$fmt]=$(spool_peak "$WORK/$job-spool" "$HF" --config "$WORK/$job.toml" run "$job")
     BACKUP[$fmt]=$(printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)")
@@ -103,7 +108,7 @@ dropdb --if-exists "${DB}_borg_r"
 
 echo "pgbench writes for ${CHURN}s" >&2
 pgbench -c 2 -T "$CHURN" "$DB" >"$LOGS/pgbench-run.log" 2>&1
-for fmt in plain custom; do
+for fmt in plain custom stream; do
     job=hf_$fmt
     before=$(size_mb "$WORK/$job-repo")
     SECOND[$fmt]=$(secs "$HF" --config "$WORK/$job.toml" run "$job")
@@ -121,4 +126,5 @@ echo "| tool | dump + backup s | peak spool MiB | stored MiB | load s | 2nd back
 echo "|---|---|---|---|---|---|---|"
 echo "| holdfast, plain (psql) | ${BACKUP[plain]} | ${PEAK[plain]} | ${STORED[plain]} | ${RESTORE[plain]} | ${SECOND[plain]} | ${ADDED[plain]} |"
 echo "| holdfast, custom (pg_restore --jobs) | ${BACKUP[custom]} | ${PEAK[custom]} | ${STORED[custom]} | ${RESTORE[custom]} | ${SECOND[custom]} | ${ADDED[custom]} |"
+echo "| holdfast, plain, stream = true | ${BACKUP[stream]} | ${PEAK[stream]} | ${STORED[stream]} | ${RESTORE[stream]} | ${SECOND[stream]} | ${ADDED[stream]} |"
 echo "| pg_dump \\| borg create --stdin | ${BORG_BACKUP} | 0 | ${BORG_STORED} | ${BORG_RESTORE} | ${BORG_SECOND} | ${BORG_ADDED} |"
