@@ -144,7 +144,7 @@ impl Failure {
     fn stop(&self) {
         self.failed.store(true, Ordering::SeqCst);
     }
-    fn take(&self) -> Option<Error> {
+    pub fn take(&self) -> Option<Error> {
         self.first.lock().ok().and_then(|mut f| f.take())
     }
 }
@@ -242,12 +242,12 @@ pub(super) fn with_pipeline<T>(
 }
 
 /// A chunk on its way to be sealed and stored.
-struct PlainBlob {
-    id: Id,
-    data: Vec<u8>,
+pub(super) struct PlainBlob {
+    pub id: Id,
+    pub data: Vec<u8>,
 }
 
-struct SealedBlob {
+pub(super) struct SealedBlob {
     id: Id,
     sealed: Vec<u8>,
     raw_len: usize,
@@ -433,7 +433,14 @@ fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 
 /// Seal chunks: compress, encrypt, and prove the result opens to the same
 /// bytes before it is passed on to be written.
-fn seal_blobs(keys: &Keys, level: i32, rx: &Mutex<Receiver<PlainBlob>>, tx: SyncSender<SealedBlob>, failure: &Failure) {
+/// A sealer thread: chunks from `rx`, sealed and verified, to `tx`.
+pub(super) fn seal_blobs(
+    keys: &Keys,
+    level: i32,
+    rx: &Mutex<Receiver<PlainBlob>>,
+    tx: SyncSender<SealedBlob>,
+    failure: &Failure,
+) {
     loop {
         let blob = match rx.lock() {
             Ok(r) => r.recv(),
@@ -467,7 +474,8 @@ pub(super) fn seal_verified(keys: &Keys, kind: ObjectKind, id: &Id, data: &[u8],
     Ok(sealed)
 }
 
-fn write_packs(
+/// The pack writer thread: sealed chunks into packs, shipped when full.
+pub(super) fn write_packs(
     repo: &Repository,
     uploader: &PackUploader,
     rx: Receiver<SealedBlob>,

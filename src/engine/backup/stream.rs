@@ -7,10 +7,12 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::content::{seal_verified, ship};
-use crate::engine::crypto::ObjectKind;
+use std::sync::Mutex;
+use std::sync::mpsc::sync_channel;
+
+use super::content::{Failure, PlainBlob, SealedBlob, seal_blobs, stopped, write_packs};
 use crate::engine::index::IndexFile;
-use crate::engine::pack::{PackUploader, PackWriter};
+use crate::engine::pack::PackUploader;
 use crate::engine::repository::{KnownBlobs, Repository};
 use crate::engine::running::{Running, register_backup};
 use crate::engine::tree::Piece;
@@ -26,8 +28,8 @@ pub struct StoredStream {
     pub running: Running,
 }
 
-/// Store everything `reader` gives until its end. `cancel` stops it early
-/// (an error).
+/// Store everything `reader` gives until its end, sealing on every core
+/// while this thread chunks. `cancel` stops it early (an error).
 pub fn store_stream(repo: &Repository, reader: &mut dyn Read, cancel: Option<&AtomicBool>) -> Result<StoredStream> {
     let running = register_backup(repo)?;
     let (index, _damaged) = repo.load_index()?;
@@ -36,35 +38,51 @@ pub fn store_stream(repo: &Repository, reader: &mut dyn Read, cancel: Option<&At
     let keys = repo.keys();
     let level = repo.config().compression_level;
     let pack_size = repo.config().pack_size as u64;
-    let mut pack = PackWriter::for_size(pack_size);
+    let threads = crate::engine::parallel::cpus().max(1);
+    let failure = Failure::default();
+    let (plain_tx, plain_rx) = sync_channel::<PlainBlob>(threads * 2);
+    let (sealed_tx, sealed_rx) = sync_channel::<SealedBlob>(threads * 2);
+    let plain_rx = Mutex::new(plain_rx);
     let mut pieces = Vec::new();
-    let mut buf = Vec::new();
-    let size = repo.chunker().chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Interrupted);
+    let size = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_packs(repo, &uploader, sealed_rx, pack_size, &failure));
+        for _ in 0..threads {
+            let (tx, rx, failure) = (sealed_tx.clone(), &plain_rx, &failure);
+            s.spawn(move || seal_blobs(keys, level, rx, tx, failure));
         }
-        let id = keys.blob_id(chunk);
-        pieces.push(Piece::Chunk { id, len: chunk.len() as u32 });
-        if known.claim(id) {
-            let sealed = seal_verified(keys, ObjectKind::Chunk, &id, chunk, level)?;
-            pack.add(id, ObjectKind::Chunk, &sealed, chunk.len());
-            if pack.size() >= pack_size {
-                ship(repo, &uploader, std::mem::replace(&mut pack, PackWriter::for_size(pack_size)))?;
+        drop(sealed_tx);
+        let mut buf = Vec::new();
+        let size = repo.chunker().chunk_stream(reader, &mut buf, |chunk| -> Result<()> {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Interrupted);
             }
+            if failure.is_set() {
+                return Err(stopped());
+            }
+            let id = keys.blob_id(chunk);
+            pieces.push(Piece::Chunk { id, len: chunk.len() as u32 });
+            if known.claim(id) {
+                plain_tx.send(PlainBlob { id, data: chunk.to_vec() }).map_err(|_| stopped())?;
+            }
+            Ok(())
+        });
+        // The sealers end when the chunks do; then the writer.
+        drop(plain_tx);
+        if writer.join().is_err() {
+            failure.set(Error::Invalid("the pack writer panicked".into()));
         }
-        Ok(())
+        size
     });
     // Packs already sent are indexed even when the stream failed: the
     // index must name every pack it can (prune collects what no snapshot holds).
-    let finished = size.and_then(|size| {
-        if !pack.is_empty() {
-            ship(repo, &uploader, pack)?;
-        }
-        Ok(size)
-    });
     let packs = uploader.finish()?;
     if !packs.is_empty() {
         repo.write_index_file(&IndexFile { packs })?;
     }
-    Ok(StoredStream { pieces, size: finished?, running })
+    // A pipeline failure says more than the chunker's "stopped".
+    let size = match (size, failure.take()) {
+        (_, Some(e)) => return Err(e),
+        (size, None) => size?,
+    };
+    Ok(StoredStream { pieces, size, running })
 }
