@@ -207,9 +207,6 @@ impl Check for DatabaseConfig {
             }
             _ => {}
         }
-        if self.stream && self.kind == DatabaseKind::Sqlite {
-            return Err("`stream = true` is for postgresql and mysql entries (an SQLite copy is made by its backup API, into the spool)".into());
-        }
         if self.format != DumpFormat::Plain && self.kind != DatabaseKind::Postgresql {
             return Err(format!("`format = \"custom\"` is for postgresql entries only (this is a {kind} entry)"));
         }

@@ -90,6 +90,12 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The bytes an unprivileged writer can still use on `path`'s file system.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,9 @@ pub struct ProcessSpec {
     pub user: Option<String>,
     /// Read stdin from this file (else /dev/null).
     pub stdin_file: Option<PathBuf>,
+    /// Else read stdin from this pipe (a dump loaded as it comes out of the
+    /// repository); the caller writes the other end.
+    pub stdin_pipe: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Record the child here while it runs (a file named by its pid), so
     /// that if holdfast itself is killed, recovery can end what it left
     /// running ([`end_leftovers`]).
@@ -167,9 +170,10 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
     let mut expr = duct::cmd(program, args).stderr_capture().unchecked();
-    expr = match &spec.stdin_file {
-        Some(p) => expr.stdin_path(p),
-        None => expr.stdin_null(),
+    expr = match (&spec.stdin_file, &spec.stdin_pipe) {
+        (Some(p), _) => expr.stdin_path(p),
+        (None, Some(fd)) => expr.stdin_file(fd.try_clone()?),
+        (None, None) => expr.stdin_null(),
     };
     expr = match (&spec.stdout_file, &spec.stdout_pipe) {
         (Some(p), _) => expr.stdout_path(p),

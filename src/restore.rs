@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::config::{DatabaseConfig, DatabaseKind, Job, Phase, RepositoryConfig, SmokeQuery};
-use crate::dump::{DumpContext, Server, major_version};
+use crate::dump::{DumpContext, DumpInput, Server, major_version};
 use crate::engine::crypto::Id;
 use crate::engine::repository::Repository;
 use crate::engine::restore::{RestoreOptions, RestoreSummary, extract_file, restore_staged};
@@ -230,6 +230,36 @@ impl Drop for Scratch {
     }
 }
 
+/// Hand a snapshot's dump to `load` the way that needs least: straight out
+/// of the repository into the load tool (or, for SQLite, into the new
+/// database file), using no spool space — except a PostgreSQL custom-format
+/// dump that fits the spool, written there first so that `pg_restore
+/// --jobs` reads it on every core.
+pub fn with_dump_input<T>(
+    repo: &Repository,
+    snap: &Snapshot,
+    dump: &DumpRecord,
+    db: &DatabaseConfig,
+    scratch: &Scratch,
+    load: impl FnOnce(&DumpInput) -> Result<T>,
+) -> Result<T> {
+    let name = Path::new(&dump.file).file_name().context("dump record without a file name")?.to_string_lossy();
+    let room = dump.size.saturating_add(dump.size / 10).saturating_add(64 << 20);
+    if name.ends_with(".pgdump")
+        && db.run_as.is_none()
+        && crate::fsutil::free_space(&scratch.0.dumps).is_some_and(|free| free >= room)
+    {
+        let file = extract_dump(repo, snap, dump, &scratch.0.dumps)?;
+        return load(&DumpInput::File(&file));
+    }
+    let feed = |out: &mut dyn std::io::Write| -> Result<()> {
+        extract_file(repo, snap, Path::new(&dump.file), out)
+            .with_context(|| format!("reading {} from the repository", dump.file))?;
+        Ok(())
+    };
+    load(&DumpInput::Stream { name: &name, feed: &feed })
+}
+
 /// Write a dump out of the snapshot into `dir`; returns its path.
 pub fn extract_dump(repo: &Repository, snap: &Snapshot, dump: &DumpRecord, dir: &Path) -> Result<PathBuf> {
     let name = Path::new(&dump.file).file_name().context("dump record without a file name")?;
@@ -291,7 +321,25 @@ fn restore_database(
         report.warnings.push(w);
     }
     let scratch = Scratch::new(job, "restore")?;
-    let file = extract_dump(repo, snap, dump, &scratch.0.dumps)?;
+    with_dump_input(repo, snap, dump, db, &scratch, |file| {
+        load_database(db, dump, &server, &scratch, file, action, report)
+    })?;
+    if let Some(bad) = report.smoke.iter().find(|s| !s.ok) {
+        bail!("{bad}");
+    }
+    Ok(())
+}
+
+/// Load `file` as `action` says, on `server`.
+fn load_database(
+    db: &DatabaseConfig,
+    dump: &DumpRecord,
+    server: &Server,
+    scratch: &Scratch,
+    file: &DumpInput,
+    action: &DatabaseAction,
+    report: &mut RestoreReport,
+) -> Result<()> {
     let never = AtomicBool::new(false);
     let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
     let live = match db.kind {
@@ -303,12 +351,12 @@ fn restore_database(
             if server.exists(new)? {
                 bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
             }
-            if let Err(e) = server.load(new, &file, &ctx, db.timeout.0) {
+            if let Err(e) = server.load(new, file, &ctx, db.timeout.0) {
                 let _ = server.drop_database(new);
                 return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
             }
             report.target = new.clone();
-            report.smoke = smoke_queries(&server, new, &db.verify);
+            report.smoke = smoke_queries(server, new, &db.verify);
         }
         DatabaseAction::Reload => {
             let stamp = timestamp();
@@ -319,20 +367,20 @@ fn restore_database(
                     derived_name(&live, &format!("_before_{stamp}")),
                 ),
             };
-            if let Err(e) = server.load(&loaded, &file, &ctx, db.timeout.0) {
+            if let Err(e) = server.load(&loaded, file, &ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
             }
             if !server.exists(&live)? {
                 // Nothing to swap with: the loaded copy simply takes the name.
                 server.swap_missing(&live, &loaded)?;
-            } else if let Server::Mysql(conn) = &server
+            } else if let Server::Mysql(conn) = server
                 && (conn.has_non_table_objects(&live)? || conn.has_non_table_objects(&loaded)?)
             {
                 // Views, routines, triggers and events cannot be renamed into
                 // another database: keep a full copy of the live one first, then
                 // load the (proven loadable) dump under the live name.
-                reload_mysql_by_copy(db, conn, &live, &loaded, &keep, &file, &ctx)?;
+                reload_mysql_by_copy(db, conn, &live, &loaded, &keep, file, &ctx)?;
                 tracing::warn!("the previous {live:?} is kept as {keep:?}; drop it when you are satisfied");
                 report.kept_as = Some(keep);
             } else {
@@ -341,12 +389,9 @@ fn restore_database(
                 report.kept_as = Some(keep);
             }
             report.target = live.clone();
-            report.smoke = smoke_queries(&server, &live, &db.verify);
+            report.smoke = smoke_queries(server, &live, &db.verify);
         }
         DatabaseAction::DumpTo(_) => {}
-    }
-    if let Some(bad) = report.smoke.iter().find(|s| !s.ok) {
-        bail!("{bad}");
     }
     Ok(())
 }
@@ -360,7 +405,7 @@ fn reload_mysql_by_copy(
     live: &str,
     loaded: &str,
     keep: &str,
-    dump: &Path,
+    dump: &DumpInput,
     ctx: &DumpContext,
 ) -> Result<()> {
     let live_cfg = DatabaseConfig { name: Some(live.to_string()), entry: Some("live".into()), ..db.clone() };
@@ -368,7 +413,7 @@ fn reload_mysql_by_copy(
     crate::spool::ensure_private_dir(&dir)?;
     let old = crate::dump::mysql::dump(&live_cfg, &dir, ctx).context("copying the live database aside")?;
     let old_file = dir.join(Path::new(&old[0].file).file_name().context("dump file name")?);
-    conn.load(keep, &old_file, ctx, db.timeout.0)
+    conn.load(keep, &DumpInput::File(&old_file), ctx, db.timeout.0)
         .with_context(|| format!("copying the live database to {keep:?}; the live database is untouched"))?;
     conn.drop_database(live)?;
     conn.load(live, dump, ctx, db.timeout.0).with_context(|| {

@@ -567,9 +567,8 @@ fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
             format!("spool {} cannot be created: {} is not writable", spool.display(), existing.display()),
         );
     }
-    match nix::sys::statvfs::statvfs(&existing) {
-        Ok(st) => {
-            let free = st.blocks_available() * st.fragment_size();
+    match crate::fsutil::free_space(&existing) {
+        Some(free) => {
             let need = spool_needed(db_bytes);
             if free < need {
                 c.problem(
@@ -594,7 +593,7 @@ fn check_spool(c: &mut Checker, spool: &Path, db_bytes: u64) {
                 );
             }
         }
-        Err(e) => c.problem("spool", format!("spool {}: cannot read free space: {e}", existing.display())),
+        None => c.problem("spool", format!("spool {}: cannot read its free space", existing.display())),
     }
 }
 

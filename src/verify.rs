@@ -7,6 +7,7 @@
 //! every file back against the chunk hashes recorded at backup time. A
 //! failure notifies `verify_failed`.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::config::{DatabaseKind, Event, Job};
 use crate::dump::{DumpContext, Server};
 use crate::engine::restore::{Comparison, RestoreOptions, compare_restored, restore};
 use crate::notify::notify;
-use crate::restore::{Scratch, SmokeResult, dump_config, extract_dump, job_repository, job_snapshot, smoke_queries};
+use crate::restore::{Scratch, SmokeResult, dump_config, job_repository, job_snapshot, smoke_queries, with_dump_input};
 use crate::secrets::open_repository;
 use crate::template::Vars;
 
@@ -85,16 +86,15 @@ pub fn verify_job(
         let result = (|| -> Result<()> {
             let db = dump_config(job, dump)?;
             let server = Server::of(db)?;
-            let file = extract_dump(&repo, &snap, dump, &scratch.0.dumps)?;
             check.scratch = match db.kind {
-                DatabaseKind::Sqlite => {
-                    scratch.0.root.join(format!("scratch-{}.sqlite", dump.entry)).display().to_string()
-                }
+                DatabaseKind::Sqlite => sqlite_scratch(&scratch.0.root, db.path.as_deref(), dump)?,
                 _ => format!("hf_verify_{}", crate::engine::crypto::Id::random()?.short()),
             };
             let t = Instant::now();
             let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
-            let loaded = server.load(&check.scratch, &file, &ctx, db.timeout.0);
+            let loaded = with_dump_input(&repo, &snap, dump, db, &scratch, |file| {
+                server.load(&check.scratch, file, &ctx, db.timeout.0)
+            });
             check.load_secs = t.elapsed().as_secs_f64();
             let outcome = loaded.and_then(|()| {
                 check.tables = server.table_counts(&check.scratch)?;
@@ -150,4 +150,20 @@ pub fn verify_job(
         notify(&job.notify, Event::VerifyFailed, &vars);
     }
     Ok(report)
+}
+
+/// Where a SQLite dump is loaded to be checked: in the spool when it has
+/// room for it, else beside the live database (a hidden name, removed after
+/// the check), so that a streamed job with a small spool can still be verified.
+fn sqlite_scratch(spool: &Path, live: Option<&Path>, dump: &crate::record::DumpRecord) -> Result<String> {
+    let room = dump.size.saturating_add(dump.size / 10).saturating_add(16 << 20);
+    let fits = |dir: &Path| crate::fsutil::free_space(dir).is_some_and(|free| free >= room);
+    let beside_live = live.and_then(|p| Some((p.parent()?, p.file_name()?)));
+    let path = match beside_live {
+        Some((dir, name)) if !fits(spool) && fits(dir) => {
+            dir.join(format!(".{}.hfverify-{}", name.to_string_lossy(), crate::engine::crypto::Id::random()?.short()))
+        }
+        _ => spool.join(format!("scratch-{}.sqlite", dump.entry)),
+    };
+    Ok(path.display().to_string())
 }

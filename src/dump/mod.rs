@@ -10,7 +10,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -43,7 +43,7 @@ pub fn dump(db: &DatabaseConfig, ctx: &DumpContext) -> Result<Vec<DumpRecord>> {
     match db.kind {
         DatabaseKind::Postgresql => postgres::dump(db, &dir, ctx),
         DatabaseKind::Mysql => mysql::dump(db, &dir, ctx),
-        DatabaseKind::Sqlite => sqlite::dump(db, &dir, ctx.cancel),
+        DatabaseKind::Sqlite => sqlite::dump(db, &dir, ctx),
     }
 }
 
@@ -159,6 +159,91 @@ fn run_streamed(
     })
 }
 
+/// A dump to load.
+pub enum DumpInput<'a> {
+    /// A dump file (in the spool).
+    File(&'a Path),
+    /// A dump read as `feed` writes it, straight out of the repository: no
+    /// spool space. `name` is its file name in the snapshot (`*.pgdump`: a
+    /// PostgreSQL custom-format dump).
+    Stream { name: &'a str, feed: &'a dyn Fn(&mut dyn Write) -> Result<()> },
+}
+
+/// Run the load tool `spec` with the dump on its stdin. Its failure fails
+/// the load with the tool's own message.
+pub(crate) fn run_loader(mut spec: ProcessSpec, input: &DumpInput, cancel: &AtomicBool) -> Result<()> {
+    let tool = spec.argv.first().cloned().unwrap_or_default();
+    let outcome = match input {
+        DumpInput::File(file) => {
+            spec.stdin_file = Some(file.to_path_buf());
+            process::run(&spec, cancel).with_context(|| format!("running {tool}"))?
+        }
+        DumpInput::Stream { feed, .. } => run_fed(spec, *feed, cancel)?,
+    };
+    if !outcome.success() {
+        bail!("{}", outcome.failure_message(&tool));
+    }
+    Ok(())
+}
+
+/// Run `spec` with its stdin in a pipe that `feed` writes. When feeding
+/// fails, the tool is stopped *before* its stdin ends: a tool that saw a
+/// clean end of input could commit half a dump. A tool that fails on its
+/// own is reported with its own message (feeding then fails too, on the
+/// closed pipe).
+fn run_fed(
+    mut spec: ProcessSpec,
+    feed: &dyn Fn(&mut dyn Write) -> Result<()>,
+    cancel: &AtomicBool,
+) -> Result<ProcessOutcome> {
+    use std::sync::atomic::Ordering;
+    let tool = spec.argv.first().cloned().unwrap_or_default();
+    let (reader, mut writer) = std::io::pipe().context("making a pipe to load a dump through")?;
+    spec.stdin_pipe = Some(std::sync::Arc::new(reader.into()));
+    let stop = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        // The spec holds the pipe's read end: dropped when the tool has
+        // exited, so that feeding a dead tool fails instead of blocking.
+        let stop_ref = &stop;
+        let tool_run = s.spawn(move || {
+            let outcome = process::run(&spec, stop_ref);
+            drop(spec);
+            outcome
+        });
+        let fed = feed(&mut writer);
+        let outcome = if fed.is_ok() {
+            // The whole dump went in: its end of input lets the tool finish.
+            drop(writer);
+            tool_run.join()
+        } else {
+            // Only once the tool is gone does its input end.
+            stop.store(true, Ordering::Relaxed);
+            let outcome = tool_run.join();
+            drop(writer);
+            outcome
+        };
+        done.store(true, Ordering::Relaxed);
+        let outcome = match outcome {
+            Ok(o) => o.with_context(|| format!("starting {tool}"))?,
+            Err(_) => bail!("the thread running {tool} panicked"),
+        };
+        match fed {
+            Err(_) if !outcome.success() && !outcome.cancelled => Ok(outcome),
+            Err(e) => Err(e.context(format!("{tool} was stopped"))),
+            Ok(()) => Ok(outcome),
+        }
+    })
+}
+
 /// The first line of `TOOL --version`.
 pub(crate) fn tool_version(tool: &str) -> Result<String> {
     let out = crate::process::command(tool)
@@ -241,12 +326,12 @@ impl Server {
         }
     }
 
-    /// Create database `name` from the dump `file`.
-    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+    /// Create database `name` from a dump.
+    pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
         match self {
-            Server::Postgresql(c) => c.load(name, file, ctx, timeout),
-            Server::Mysql(c) => c.load(name, file, ctx, timeout),
-            Server::Sqlite => sqlite::load(Path::new(name), file),
+            Server::Postgresql(c) => c.load(name, dump, ctx, timeout),
+            Server::Mysql(c) => c.load(name, dump, ctx, timeout),
+            Server::Sqlite => sqlite::load(Path::new(name), dump),
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use mysql_async::prelude::Queryable;
 
-use super::{DumpContext, dump_file, password, record, run_tool, runtime, tool_version};
+use super::{DumpContext, DumpInput, dump_file, password, record, run_tool, runtime, tool_version};
 use crate::config::DatabaseConfig;
 use crate::process::find_program;
 use crate::record::DumpRecord;
@@ -316,7 +316,7 @@ impl Connection {
 
     /// Create database `name` and load the dump `file` into it with the
     /// `mariadb`/`mysql` client (the password through a private options file).
-    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+    pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
         self.execute(&format!("CREATE DATABASE {}", quote_ident(name)))?;
         let client = if find_program("mariadb").is_some() { "mariadb" } else { "mysql" };
         let cnf_path = self.options_file(ctx, &format!("my-load-{}.cnf", name.replace('/', "_")))?;
@@ -329,16 +329,11 @@ impl Connection {
                 format!("--port={}", self.port),
                 format!("--database={name}"),
             ],
-            stdin_file: Some(file.to_path_buf()),
             timeout,
             track_in: Some(ctx.run.children.clone()),
             ..Default::default()
         };
-        let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {client}"))?;
-        if !out.success() {
-            anyhow::bail!("{}", out.failure_message(client));
-        }
-        Ok(())
+        super::run_loader(spec, dump, ctx.cancel)
     }
 
     pub fn drop_database(&self, name: &str) -> Result<()> {

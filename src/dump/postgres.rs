@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{DumpContext, dump_file, password, record, run_tool, runtime, tool_version};
+use super::{DumpContext, DumpInput, dump_file, password, record, run_tool, runtime, tool_version};
 use crate::config::{DatabaseConfig, DumpFormat};
 use crate::process::Env;
 use crate::record::DumpRecord;
@@ -250,15 +250,18 @@ impl Connection {
     /// the first error: a plain SQL dump with `psql` in one transaction, a
     /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
     /// on every core when holdfast itself can hand it the file.
-    pub fn load(&self, name: &str, file: &Path, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+    pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
         self.execute("postgres", &format!("CREATE DATABASE {}", quote_ident(name)))?;
         let (args, env) = self.tool_args(ctx)?;
-        let custom = is_custom_format(file)?;
-        let mut argv = if custom {
-            let mut argv = vec!["pg_restore".to_string(), "--exit-on-error".into()];
+        let (custom, parallel_from) = match dump {
             // A `run_as` user cannot open the private dump: it reads it on
             // stdin, where pg_restore cannot work in parallel.
-            if self.run_as.is_none() {
+            DumpInput::File(file) => (is_custom_format(file)?, self.run_as.is_none().then_some(*file)),
+            DumpInput::Stream { name, .. } => (name.ends_with(".pgdump"), None),
+        };
+        let mut argv = if custom {
+            let mut argv = vec!["pg_restore".to_string(), "--exit-on-error".into()];
+            if let Some(file) = parallel_from {
                 argv.push(format!("--jobs={}", crate::engine::parallel::cpus().clamp(1, 8)));
                 argv.push(file.display().to_string());
             }
@@ -281,18 +284,20 @@ impl Connection {
             env,
             timeout,
             user: self.run_as.clone(),
-            // holdfast opens the dump: a `run_as` user cannot read the spool.
-            stdin_file: (!custom || self.run_as.is_some()).then(|| file.to_path_buf()),
             stdout_file: Some(std::path::PathBuf::from("/dev/null")),
             cwd: self.run_as.as_ref().map(|_| std::path::PathBuf::from("/")),
             track_in: Some(ctx.run.children.clone()),
             ..Default::default()
         };
-        let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {tool}"))?;
-        if !out.success() {
-            anyhow::bail!("{}", out.failure_message(&tool));
+        if custom && parallel_from.is_some() {
+            let out = crate::process::run(&spec, ctx.cancel).with_context(|| format!("running {tool}"))?;
+            if !out.success() {
+                anyhow::bail!("{}", out.failure_message(&tool));
+            }
+            return Ok(());
         }
-        Ok(())
+        // holdfast opens the dump: a `run_as` user cannot read the spool.
+        super::run_loader(spec, dump, ctx.cancel)
     }
 
     pub fn drop_database(&self, name: &str) -> Result<()> {

@@ -127,22 +127,59 @@ impl Drop for SmallTmpfs {
     }
 }
 
-/// A job `app` dumping `pg` and `my`, each `stream`ed or not, with its
-/// spool at `spool` and a `finally` hook that leaves `finally-ran`.
+/// A job `app` dumping `pg`, `my` and the SQLite file `lite`, each
+/// `stream`ed or not, with its spool at `spool` and a `finally` hook that
+/// leaves `finally-ran`.
 fn streaming_job(
     env: &JobEnv,
     pg: &PgDatabase,
     my: &crate::jobs_util::MyDatabase,
+    lite: &std::path::Path,
     stream: bool,
     spool: &std::path::Path,
 ) {
     env.config(&format!(
-        "[jobs.app]\nspool = {}\ndump_concurrency = 2\n{}stream = {stream}\n{}stream = {stream}\n\
+        "[jobs.app]\nspool = {}\ndump_concurrency = 3\n{}stream = {stream}\n{}stream = {stream}\n\
+         [[jobs.app.databases]]\nkind = \"sqlite\"\nentry = \"lite\"\npath = {}\nstream = {stream}\n\
          [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
         q(spool),
         pg.entry("app"),
-        my.entry("app")
+        my.entry("app"),
+        q(lite)
     ));
+}
+
+/// A WAL-mode SQLite database of about 40 MiB whose latest writes are still
+/// in its WAL, kept there by the returned open connection.
+fn sqlite_with_wal_content(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000)
+         INSERT INTO t SELECT x, hex(randomblob(32)) FROM c;
+         PRAGMA wal_checkpoint(TRUNCATE);
+         UPDATE t SET v = 'only in the WAL' WHERE id % 1000 = 0;",
+    )
+    .unwrap();
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).unwrap().len();
+    assert!(wal > 0, "the last writes are in the WAL");
+    conn
+}
+
+/// A digest of every row of the SQLite table `t` at `path`.
+fn sqlite_digest(path: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let (mut hasher, mut n) = (blake3::Hasher::new(), 0u64);
+    while let Some(row) = rows.next().unwrap() {
+        hasher.update(&row.get::<_, i64>(0).unwrap().to_le_bytes());
+        hasher.update(row.get::<_, String>(1).unwrap().as_bytes());
+        n += 1;
+    }
+    format!("{n} rows, {}", hasher.finalize().to_hex())
 }
 
 #[test]
@@ -158,13 +195,15 @@ fn streamed_dumps_need_no_spool_space_and_reload_exactly() {
     );
     let my = crate::jobs_util::MyDatabase::create("streammy");
     my.sql("CREATE TABLE t (id INT PRIMARY KEY, v CHAR(64)) AS SELECT seq AS id, CONCAT(MD5(seq), MD5(seq * 7)) AS v FROM seq_1_to_700000;");
+    let lite = env.path("lite.db");
+    let writer = sqlite_with_wal_content(&lite);
     let pg_sum = "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM t;";
     let my_sum = "SELECT COUNT(*), SUM(CRC32(v)) FROM t;";
-    let (pg_before, my_before) = (pg.sql(pg_sum), my.sql(my_sum));
+    let (pg_before, my_before, lite_before) = (pg.sql(pg_sum), my.sql(my_sum), sqlite_digest(&lite));
 
     // Through the spool, the dumps do not fit: validate says so and says
     // what to do, and the run fails.
-    streaming_job(&env, &pg, &my, false, &spool);
+    streaming_job(&env, &pg, &my, &lite, false, &spool);
     env.init_repo();
     let said = env.engine(["validate", "app"]).assert().failure();
     let said = String::from_utf8_lossy(&said.get_output().stdout).into_owned();
@@ -172,29 +211,45 @@ fn streamed_dumps_need_no_spool_space_and_reload_exactly() {
     env.run(&["app"]).assert_failed();
     assert!(env.snapshots_json("app").is_empty());
 
-    // Streamed, they need none of it.
-    streaming_job(&env, &pg, &my, true, &spool);
+    // Streamed, they need none of it; the SQLite copy holds what is still
+    // only in the WAL of the open database.
+    streaming_job(&env, &pg, &my, &lite, true, &spool);
     let said = env.engine(["validate", "app"]).assert().success();
     let said = String::from_utf8_lossy(&said.get_output().stdout).into_owned();
     assert!(said.contains("about 1.0 MiB needed"), "{said}");
     env.run(&["app"]).assert_ok();
     let snap = env.only_snapshot("app");
-    for name in [&pg.name, &my.name] {
+    for name in [&pg.name, &my.name, &lite.display().to_string()] {
         assert!(record(&snap, name)["size"].as_u64().unwrap() > 32 << 20, "{snap:#}");
     }
-    // A restore still goes through the spool (a load reads a file): a
-    // roomier one for it.
-    streaming_job(&env, &pg, &my, true, &env.path("spool"));
-    let into = |db: &str, new: &str| {
-        crate::p34_util::holdfast(&env, &["restore", "app", "--database", db, "--into", new]).assert_ok();
-    };
-    let pg_new = crate::p34_util::PgName(crate::jobs_util::unique("streampgnew"));
-    into(&pg.name, &pg_new.0);
-    assert_eq!(pg.server.sql(&pg_new.0, pg_sum), pg_before);
+    drop(writer);
+
+    // Restores need no spool space either: every dump goes straight from
+    // the repository into its load tool, or into the new SQLite file.
+    let holdfast = |args: &[&str]| crate::p34_util::holdfast(&env, args).assert_ok().stdout.clone();
+    pg.sql("UPDATE t SET v = 'changed after the backup' WHERE id < 10;");
+    holdfast(&["restore", "app", "--database", &pg.name, "--reload"]);
+    assert_eq!(pg.sql(pg_sum), pg_before);
     let my_new = crate::p34_util::MyName(crate::jobs_util::unique("streammynew"));
-    into(&my.name, &my_new.0);
+    holdfast(&["restore", "app", "--database", &my.name, "--into", &my_new.0]);
     assert_eq!(my.server.sql(Some(&my_new.0), my_sum), my_before);
+    rusqlite::Connection::open(&lite).unwrap().execute("DELETE FROM t WHERE id > 10", []).unwrap();
+    holdfast(&["restore", "app", "--database", "lite", "--reload"]);
+    assert_eq!(sqlite_digest(&lite), lite_before);
+    let copy = env.path("lite-copy.db");
+    holdfast(&["restore", "app", "--database", "lite", "--dump-to", &copy.display().to_string()]);
+    assert_eq!(sqlite_digest(&copy), lite_before);
+    // verify loads every dump the same way.
+    holdfast(&["verify", "app"]);
     env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+    // Old databases kept by --reload go with the test.
+    for kept in pg
+        .server
+        .sql("postgres", &format!("SELECT datname FROM pg_database WHERE datname LIKE '{}_before_%'", pg.name))
+        .lines()
+    {
+        let _ = pg.server.try_sql("postgres", &format!("DROP DATABASE IF EXISTS {kept} WITH (FORCE);"));
+    }
 }
 
 #[test]

@@ -158,14 +158,6 @@ fn a_dump_format_is_checked_where_it_is_written() {
         "[jobs.app]\n[[jobs.app.databases]]\nkind = \"mysql\"\nname = \"shop\"\nformat = \"custom\"\n",
     );
     ran.assert_says(&env.config_path().display().to_string()).assert_says("for postgresql entries only");
-    // An SQLite copy is made by its backup API into the spool: no stream.
-    let env = JobEnv::new();
-    let ran = run_with_config(
-        &env,
-        "[jobs.app]\n[[jobs.app.databases]]\nkind = \"sqlite\"\npath = \"a.db\"\nstream = true\n",
-    );
-    ran.assert_says(&env.config_path().display().to_string())
-        .assert_says("`stream = true` is for postgresql and mysql");
     // An unknown format names the ones there are, with file, line and column.
     let env = JobEnv::new();
     let ran = run_with_config(

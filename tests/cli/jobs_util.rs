@@ -394,7 +394,7 @@ impl Postgres {
         self.try_sql(db, sql).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_sql(&self, db: &str, sql: &str) -> Result<String, String> {
+    pub fn try_sql(&self, db: &str, sql: &str) -> Result<String, String> {
         let args: Vec<String> = ["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", &self.host, "-p", &self.port]
             .iter()
             .map(|s| s.to_string())

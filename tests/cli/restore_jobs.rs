@@ -219,6 +219,49 @@ fn a_reload_whose_load_fails_leaves_the_live_database_untouched() {
     );
 }
 
+#[test]
+fn a_reload_that_meets_a_damaged_pack_stops_the_load_tool_and_leaves_the_live_database_untouched() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("damagedload");
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    db.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g;");
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES (0, 'added after the backup');");
+    // The dump goes straight from the repository into psql; half-way, a
+    // chunk of it fails its authentication.
+    let biggest_pack = walk_files(&env.repo().join("packs"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let f = fs::OpenOptions::new().read(true).write(true).open(&biggest_pack).unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x20], at).unwrap();
+
+    let ran = holdfast(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
+
+    ran.assert_failed().assert_says("damaged chunk").assert_says("untouched");
+    // psql never saw a clean end of input: nothing half-loaded took the name.
+    assert_eq!(db.sql("SELECT count(*), max(v) FILTER (WHERE id = 0) FROM t;"), "100001|added after the backup\n");
+    assert_eq!(
+        pg_databases_starting_with(&format!("{}_", db.name)),
+        Vec::<String>::new(),
+        "no loaded or kept copy is left"
+    );
+}
+
+/// Every file below `dir`.
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk_files(&p)) } else { out.push(p) }
+    }
+    out
+}
+
 // ---------------------------------------------------------------- --into
 
 #[test]
