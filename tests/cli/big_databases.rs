@@ -15,9 +15,12 @@ struct LockedTable(Child);
 
 impl LockedTable {
     fn hold(db: &PgDatabase, secs: u32) -> LockedTable {
-        let pg = Postgres::from_env();
+        LockedTable::hold_on(&db.server, &db.name, secs)
+    }
+
+    fn hold_on(pg: &Postgres, db: &str, secs: u32) -> LockedTable {
         let mut child = Command::new("psql")
-            .args(["-X", "-q", "-h", &pg.host, "-p", &pg.port, "-U", &pg.user, "-d", &db.name, "-f", "-"])
+            .args(["-X", "-q", "-h", &pg.host, "-p", &pg.port, "-U", &pg.user, "-d", db, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -28,7 +31,7 @@ impl LockedTable {
         let held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
                     WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock' AND l.granted;";
         let deadline = Instant::now() + Duration::from_secs(20);
-        while db.sql(held).trim() != "1" {
+        while pg.sql(db, held).trim() != "1" {
             assert!(Instant::now() < deadline, "the lock on t was never taken");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -275,6 +278,96 @@ fn a_streamed_dump_whose_tool_is_killed_makes_no_snapshot_and_the_repository_sta
         assert!(Instant::now() < deadline, "pg_dump never started");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ran = started.wait();
+    ran.assert_failed().assert_says("pg_dump");
+    assert!(env.snapshots_json("app").is_empty(), "a stream cut short is never a snapshot");
+    assert!(env.path("finally-ran").exists(), "finally ran");
+    env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+}
+
+/// A PostgreSQL server of one test's own (initdb as `postgres`, trust, a
+/// free port on loopback), so that a test can stop it; stopped and removed
+/// when dropped.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    server: Postgres,
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        crate::whole_system::require_root();
+        let bin = |tool: &str| {
+            let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL's binaries");
+            let newest = versions.flatten().map(|e| e.path()).max().expect("a PostgreSQL version");
+            newest.join("bin").join(tool)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+        let as_postgres = |tool: &str, args: &[&str]| {
+            let out =
+                Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin(tool)).args(args).output().unwrap();
+            assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        as_postgres("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.path().display());
+        let log = dir.path().join("log");
+        as_postgres(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
+        );
+        PrivateCluster { dir, server: Postgres { host: "127.0.0.1".into(), port, user: "postgres".into() } }
+    }
+
+    /// Stop the server at once, as a crash or an OOM kill would.
+    fn stop_immediately(&self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "$(ls -d /usr/lib/postgresql/*/bin | sort | tail -n1)/pg_ctl -D {} -m immediate -w stop",
+                data.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop_immediately();
+    }
+}
+
+#[test]
+fn a_streamed_dump_whose_server_stops_makes_no_snapshot_and_the_repository_stays_healthy() {
+    let cluster = PrivateCluster::start();
+    let pg = &cluster.server;
+    pg.sql("postgres", "CREATE DATABASE app;");
+    pg.sql("app", "CREATE TABLE t (v text);\nINSERT INTO t VALUES ('never whole');");
+    let env = JobEnv::new();
+    env.config(&format!(
+        "[jobs.app]\n[[jobs.app.databases]]\nkind = \"postgresql\"\nname = \"app\"\n{}stream = true\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
+        pg.toml()
+    ))
+    .init_repo();
+    // pg_dump starts, writes its header, then waits for the lock on t; the
+    // server goes away under it.
+    let _lock = LockedTable::hold_on(pg, "app", 60);
+    let started = env.start(env.cmd(["run", "app"]));
+    let pattern = format!("pg_dump.*--port={}", pg.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new("pgrep").args(["-f", &pattern]).stdout(Stdio::null()).status().unwrap().success() {
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.stop_immediately();
+
     let ran = started.wait();
     ran.assert_failed().assert_says("pg_dump");
     assert!(env.snapshots_json("app").is_empty(), "a stream cut short is never a snapshot");
