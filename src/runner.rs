@@ -329,6 +329,8 @@ struct Attempt<'a> {
     /// Streamed dumps, stored in the first repository: the spool directory
     /// each goes in, and its entry.
     streamed: Vec<(PathBuf, Entry)>,
+    /// What storing them added to the first repository.
+    streamed_added: crate::engine::backup::StreamAdded,
     /// Keep prune from taking a streamed dump's packs until the run ends.
     stream_guards: Vec<crate::engine::running::Running>,
     hooks: Vec<HookRecord>,
@@ -363,6 +365,7 @@ impl<'a> Attempt<'a> {
             dumps: Vec::new(),
             dumped: Default::default(),
             streamed: Vec::new(),
+            streamed_added: Default::default(),
             stream_guards: Vec::new(),
             hooks: Vec::new(),
             holds: Vec::new(),
@@ -544,8 +547,9 @@ impl<'a> Attempt<'a> {
         };
         self.dumped.extend(indices);
         if let Some(sink) = sink {
-            for (dir, entry, running) in sink.stored.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            for (dir, entry, added, running) in sink.stored.into_inner().unwrap_or_else(|p| p.into_inner()) {
                 self.streamed.push((dir, entry));
+                self.streamed_added += added;
                 self.stream_guards.push(running);
             }
         }
@@ -588,9 +592,9 @@ impl<'a> Attempt<'a> {
                 tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
             }
         }
-        let injected = match self.job.repositories.first() {
-            _ if !dumps || self.streamed.is_empty() => Vec::new(),
-            Some(first) if first.name == repository => self.streamed.clone(),
+        let (injected, injected_added) = match self.job.repositories.first() {
+            _ if !dumps || self.streamed.is_empty() => (Vec::new(), Default::default()),
+            Some(first) if first.name == repository => (self.streamed.clone(), self.streamed_added),
             _ => bail!(
                 "the streamed dumps are stored in repository {:?} only, and repository {repository:?} cannot get them as a copy (other chunker parameters): create it with `init --copy-params-from`, or set `stream = false`",
                 self.job.repositories.first().map(|r| r.name.as_str()).unwrap_or_default()
@@ -605,6 +609,7 @@ impl<'a> Attempt<'a> {
             cancel: Some(self.cancel.clone()),
             progress: self.progress.clone(),
             injected,
+            injected_added,
             ..Default::default()
         };
         let started = jiff::Timestamp::now();
@@ -807,13 +812,17 @@ fn run_concurrently<T: Send>(
         .collect()
 }
 
+/// A dump stored by [`StreamSink`]: the spool directory it belongs in, its
+/// file, what it added, and its guard against prune.
+type StreamedDump = (PathBuf, Entry, crate::engine::backup::StreamAdded, crate::engine::running::Running);
+
 /// Where a run's streamed dumps go: the job's first repository, each
 /// stored as it comes out of its tool, then added to the capture as a file
 /// of its entry's directory (which is in the spool, empty).
 struct StreamSink<'r> {
     repo: &'r Repository,
     dumps: &'r std::path::Path,
-    stored: std::sync::Mutex<Vec<(PathBuf, Entry, crate::engine::running::Running)>>,
+    stored: std::sync::Mutex<Vec<StreamedDump>>,
 }
 
 impl dump::DumpSink for StreamSink<'_> {
@@ -843,6 +852,7 @@ impl dump::DumpSink for StreamSink<'_> {
         self.stored.lock().map_err(|_| anyhow!("a dump thread panicked"))?.push((
             self.dumps.join(entry),
             file,
+            stored.added,
             stored.running,
         ));
         Ok(size)

@@ -23,7 +23,7 @@ mod content;
 mod scan;
 mod stream;
 
-pub use stream::{StoredStream, store_stream};
+pub use stream::{StoredStream, StreamAdded, store_stream};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -84,6 +84,9 @@ pub struct BackupOptions {
     /// Files stored beforehand ([`store_stream`]), each added to the
     /// directory of a source at this local path (which must exist).
     pub injected: Vec<(PathBuf, Entry)>,
+    /// What storing the injected files added, counted into this snapshot's
+    /// summary.
+    pub injected_added: StreamAdded,
 }
 
 impl Default for BackupOptions {
@@ -99,6 +102,7 @@ impl Default for BackupOptions {
             checkpoints: Checkpoints::default(),
             progress: None,
             injected: Vec::new(),
+            injected_added: StreamAdded::default(),
         }
     }
 }
@@ -265,9 +269,10 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     if !new_packs.is_empty() {
         repo.write_index_file(&IndexFile { packs: new_packs })?;
     }
-    summary.blobs_added = content_stats.blobs + tree_stats.blobs;
-    summary.bytes_new = content_stats.raw_bytes + tree_stats.raw_bytes;
-    summary.bytes_added = content_stats.sealed_bytes + tree_stats.sealed_bytes;
+    let streamed = opts.injected_added;
+    summary.blobs_added = content_stats.blobs + tree_stats.blobs + streamed.blobs;
+    summary.bytes_new = content_stats.raw_bytes + tree_stats.raw_bytes + streamed.raw_bytes;
+    summary.bytes_added = content_stats.sealed_bytes + tree_stats.sealed_bytes + streamed.sealed_bytes;
     Ok(Capture {
         root: root_id,
         paths,

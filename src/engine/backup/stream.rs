@@ -22,10 +22,32 @@ use crate::error::{Error, Result};
 pub struct StoredStream {
     pub pieces: Vec<Piece>,
     pub size: u64,
+    /// What storing it added to the repository (chunks it already had
+    /// add nothing).
+    pub added: StreamAdded,
     /// Registered like a backup from before the first pack: no prune
     /// deletes these packs until the snapshot that holds them is committed
     /// and this is dropped.
     pub running: Running,
+}
+
+/// The blobs and bytes a stored stream added to the repository, counted
+/// into the summary of the snapshot that takes the stream in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamAdded {
+    pub blobs: u64,
+    /// Plaintext bytes of the new blobs.
+    pub raw_bytes: u64,
+    /// Their bytes as stored (compressed and sealed).
+    pub sealed_bytes: u64,
+}
+
+impl std::ops::AddAssign for StreamAdded {
+    fn add_assign(&mut self, o: StreamAdded) {
+        self.blobs += o.blobs;
+        self.raw_bytes += o.raw_bytes;
+        self.sealed_bytes += o.sealed_bytes;
+    }
 }
 
 /// Store everything `reader` gives until its end, sealing on every core
@@ -76,6 +98,10 @@ pub fn store_stream(repo: &Repository, reader: &mut dyn Read, cancel: Option<&At
     // Packs already sent are indexed even when the stream failed: the
     // index must name every pack it can (prune collects what no snapshot holds).
     let packs = uploader.finish()?;
+    let mut added = StreamAdded::default();
+    for blob in packs.iter().flat_map(|p| &p.blobs) {
+        added += StreamAdded { blobs: 1, raw_bytes: blob.raw_length.into(), sealed_bytes: blob.length.into() };
+    }
     if !packs.is_empty() {
         repo.write_index_file(&IndexFile { packs })?;
     }
@@ -84,5 +110,5 @@ pub fn store_stream(repo: &Repository, reader: &mut dyn Read, cancel: Option<&At
         (_, Some(e)) => return Err(e),
         (size, None) => size?,
     };
-    Ok(StoredStream { pieces, size, running })
+    Ok(StoredStream { pieces, size, added, running })
 }
