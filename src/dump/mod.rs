@@ -116,13 +116,40 @@ fn run_streamed(
     sink: &dyn DumpSink,
     cancel: &AtomicBool,
 ) -> Result<(ProcessOutcome, Result<u64>)> {
-    use std::sync::atomic::Ordering;
     let tool = spec.argv.first().cloned().unwrap_or_default();
     let (mut reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
     spec.stdout_pipe = Some(std::sync::Arc::new(writer.into()));
+    let (outcome, stored) = run_beside(spec, cancel, move |stop| {
+        let stored = sink.store(entry, file_name, &mut reader, stop);
+        if stored.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        stored
+    })?;
+    // Storing failed and so the tool was stopped: that failure is the
+    // cause, not the tool's end.
+    match stored {
+        Err(e) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => Err(e.context(format!("{tool} was stopped"))),
+        stored => Ok((outcome, stored)),
+    }
+}
+
+/// Run `spec` on a thread of its own while `work` runs on this one, with a
+/// `stop` flag that stops the tool (also set when the run is cancelled).
+/// The spec, and with it the tool's end of a pipe, is dropped as soon as
+/// the tool has exited, so that `work` sees the pipe close instead of
+/// blocking. `work`'s own end of the pipe goes where `work` puts it:
+/// dropped inside it, or returned to outlive the tool.
+fn run_beside<W>(
+    spec: ProcessSpec,
+    cancel: &AtomicBool,
+    work: impl FnOnce(&AtomicBool) -> W,
+) -> Result<(ProcessOutcome, W)> {
+    use std::sync::atomic::Ordering;
+    let tool = spec.argv.first().cloned().unwrap_or_default();
     let stop = AtomicBool::new(false);
     let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
+    let (outcome, worked) = std::thread::scope(|s| {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 if cancel.load(Ordering::Relaxed) {
@@ -131,32 +158,21 @@ fn run_streamed(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        // The spec holds the pipe's write end: dropped when the tool has
-        // exited, so the reader sees the end.
         let stop_ref = &stop;
         let tool_run = s.spawn(move || {
             let outcome = process::run(&spec, stop_ref);
             drop(spec);
             outcome
         });
-        let stored = sink.store(entry, file_name, &mut reader, &stop);
-        if stored.is_err() {
-            stop.store(true, Ordering::Relaxed);
-        }
-        drop(reader);
+        let worked = work(&stop);
         let outcome = tool_run.join();
         done.store(true, Ordering::Relaxed);
-        let outcome = match outcome {
-            Ok(o) => o.with_context(|| format!("starting {tool}"))?,
-            Err(_) => bail!("the thread running {tool} panicked"),
-        };
-        // Storing failed and so the tool was stopped: that failure is the
-        // cause, not the tool's end.
-        match stored {
-            Err(e) if !cancel.load(Ordering::Relaxed) => Err(e.context(format!("{tool} was stopped"))),
-            stored => Ok((outcome, stored)),
-        }
-    })
+        (outcome, worked)
+    });
+    match outcome {
+        Ok(o) => Ok((o.with_context(|| format!("starting {tool}"))?, worked)),
+        Err(_) => bail!("the thread running {tool} panicked"),
+    }
 }
 
 /// A dump to load.
@@ -196,52 +212,24 @@ fn run_fed(
     feed: &dyn Fn(&mut dyn Write) -> Result<()>,
     cancel: &AtomicBool,
 ) -> Result<ProcessOutcome> {
-    use std::sync::atomic::Ordering;
     let tool = spec.argv.first().cloned().unwrap_or_default();
     let (reader, mut writer) = std::io::pipe().context("making a pipe to load a dump through")?;
     spec.stdin_pipe = Some(std::sync::Arc::new(reader.into()));
-    let stop = AtomicBool::new(false);
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                if cancel.load(Ordering::Relaxed) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-        // The spec holds the pipe's read end: dropped when the tool has
-        // exited, so that feeding a dead tool fails instead of blocking.
-        let stop_ref = &stop;
-        let tool_run = s.spawn(move || {
-            let outcome = process::run(&spec, stop_ref);
-            drop(spec);
-            outcome
-        });
-        let fed = feed(&mut writer);
-        let outcome = if fed.is_ok() {
-            // The whole dump went in: its end of input lets the tool finish.
-            drop(writer);
-            tool_run.join()
-        } else {
+    let (outcome, (fed, unfinished_input)) = run_beside(spec, cancel, move |stop| match feed(&mut writer) {
+        // The whole dump went in: its end of input lets the tool finish.
+        Ok(()) => (Ok(()), None),
+        Err(e) => {
             // Only once the tool is gone does its input end.
-            stop.store(true, Ordering::Relaxed);
-            let outcome = tool_run.join();
-            drop(writer);
-            outcome
-        };
-        done.store(true, Ordering::Relaxed);
-        let outcome = match outcome {
-            Ok(o) => o.with_context(|| format!("starting {tool}"))?,
-            Err(_) => bail!("the thread running {tool} panicked"),
-        };
-        match fed {
-            Err(_) if !outcome.success() && !outcome.cancelled => Ok(outcome),
-            Err(e) => Err(e.context(format!("{tool} was stopped"))),
-            Ok(()) => Ok(outcome),
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (Err(e), Some(writer))
         }
-    })
+    })?;
+    drop(unfinished_input);
+    match fed {
+        Err(_) if !outcome.success() && !outcome.cancelled => Ok(outcome),
+        Err(e) => Err(e.context(format!("{tool} was stopped"))),
+        Ok(()) => Ok(outcome),
+    }
 }
 
 /// The first line of `TOOL --version`.
