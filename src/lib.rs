@@ -7,10 +7,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod dump;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod filter;
+pub mod find;
 pub mod fsutil;
 pub mod hooks;
 pub mod journal;
@@ -26,6 +29,7 @@ pub mod runner;
 pub mod secrets;
 pub mod spool;
 pub mod state;
+pub mod stats;
 pub mod status;
 pub mod systemd;
 pub mod template;

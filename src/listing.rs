@@ -12,7 +12,7 @@ use crate::engine::tree::{Entry, EntryKind};
 use crate::units::local_time;
 
 /// One entry of a snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ListEntry {
     /// The path as text (invalid UTF-8 replaced: see `path_base64`).
     pub path: String,
@@ -73,17 +73,10 @@ pub fn list(repo: &Repository, snap: &Snapshot, under: Option<&Path>) -> Result<
 }
 
 impl ListEntry {
-    fn new(path: &Path, e: &Entry) -> ListEntry {
+    /// The entry `e` found at `path`.
+    pub fn new(path: &Path, e: &Entry) -> ListEntry {
         use std::os::unix::ffi::OsStrExt;
-        let kind = match &e.kind {
-            EntryKind::File(_) => "file",
-            EntryKind::Dir { .. } => "dir",
-            EntryKind::Symlink { .. } => "symlink",
-            EntryKind::Fifo => "fifo",
-            EntryKind::CharDevice { .. } => "chardev",
-            EntryKind::BlockDevice { .. } => "blockdev",
-            EntryKind::Socket => "socket",
-        };
+        let kind = e.kind.name();
         let mut mode_string = String::from(e.kind.type_char());
         for (i, c) in "rwxrwxrwx".chars().enumerate() {
             mode_string.push(if e.meta.mode & (0o400 >> i) != 0 { c } else { '-' });
@@ -115,7 +108,7 @@ impl ListEntry {
 }
 
 /// Base64 of `bytes` when they are not valid UTF-8 (JSON carries text only).
-fn base64_unless_utf8(bytes: &[u8]) -> Option<String> {
+pub fn base64_unless_utf8(bytes: &[u8]) -> Option<String> {
     use base64::Engine;
     std::str::from_utf8(bytes).is_err().then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
 }

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind()) == Some(std::io::ErrorKind::BrokenPipe)
             || matches!(c.downcast_ref::<holdfast::Error>(), Some(holdfast::Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }

@@ -16,6 +16,7 @@ use crate::engine::gc::{GcOptions, GcReport, collect_garbage, forget};
 use crate::engine::progress::Progress;
 use crate::engine::repository::Repository;
 use crate::engine::snapshot::Snapshot;
+use crate::filter::SnapshotFilter;
 use crate::retention::{Policy, apply};
 use crate::secrets::open_repository;
 
@@ -72,13 +73,20 @@ fn finish(
 }
 
 /// Prune `job`'s snapshots in each of its repositories.
-pub fn prune_job(job: &Job, gc: &GcOptions, progress: Option<&Progress>) -> Result<Vec<PruneReport>> {
+/// Only the snapshots that pass `filter` are subject to the policy (its
+/// `job` is `job`'s own name here).
+pub fn prune_job(
+    job: &Job,
+    filter: &SnapshotFilter,
+    gc: &GcOptions,
+    progress: Option<&Progress>,
+) -> Result<Vec<PruneReport>> {
+    let filter = SnapshotFilter { job: Some(job.name.clone()), ..filter.clone() };
     let mut out = Vec::new();
     for repository in &job.repositories {
         let repo = open_repository(repository)?;
         let (snaps, _) = repo.snapshots()?;
-        let mine: Vec<&(Id, Snapshot)> =
-            snaps.iter().filter(|(_, s)| crate::record::RunRecord::of(s).is_some_and(|r| r.job == job.name)).collect();
+        let mine: Vec<&(Id, Snapshot)> = snaps.iter().filter(|(_, s)| filter.matches(s)).collect();
         let decisions = if job.retention.is_empty() {
             // No policy: keep everything, only collect garbage.
             decide(&mine, &Policy { last: Some(usize::MAX), ..Default::default() })
@@ -90,10 +98,12 @@ pub fn prune_job(job: &Job, gc: &GcOptions, progress: Option<&Progress>) -> Resu
     Ok(out)
 }
 
-/// Prune the snapshots of `repo` that no job made, per host and paths.
+/// Prune the snapshots of `repo` that no job made (with `filter.job`, that
+/// job's), per host and paths; only those that pass `filter`.
 pub fn prune_ad_hoc(
     repo: &Repository,
     policy: &Policy,
+    filter: &SnapshotFilter,
     gc: &GcOptions,
     progress: Option<&Progress>,
 ) -> Result<PruneReport> {
@@ -101,7 +111,8 @@ pub fn prune_ad_hoc(
     // Snapshots of the same host and paths form one timeline.
     type Timeline<'a> = Vec<&'a (Id, Snapshot)>;
     let mut groups: BTreeMap<(String, Vec<String>), Timeline> = BTreeMap::new();
-    for s in snaps.iter().filter(|(_, s)| crate::record::RunRecord::of(s).is_none()) {
+    let by_job = |s: &Snapshot| filter.job.is_some() || crate::record::RunRecord::of(s).is_none();
+    for s in snaps.iter().filter(|(_, s)| by_job(s) && filter.matches(s)) {
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
     let decisions: Vec<SnapshotDecision> = groups.values().flat_map(|g| decide(g, policy)).collect();

@@ -106,7 +106,12 @@ pub fn run_job(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>>
         tracing::warn!("job {}: could not record the run's state: {e:#}", job.name);
     }
     if report.ok && job.prune_after_backup {
-        match crate::prune::prune_job(job, &crate::engine::gc::GcOptions::default(), progress.as_deref()) {
+        match crate::prune::prune_job(
+            job,
+            &Default::default(),
+            &crate::engine::gc::GcOptions::default(),
+            progress.as_deref(),
+        ) {
             Ok(reports) => {
                 let forgotten: usize = reports.iter().map(|r| r.forgotten).sum();
                 tracing::info!("job {}: pruned: {forgotten} snapshot(s) forgotten", job.name);

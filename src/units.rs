@@ -101,6 +101,29 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(total)
 }
 
+/// A point in time as people give it: a duration back from now (`7d`,
+/// `36h`), a date (`2026-11-30`, local midnight) or a date and time
+/// (`2026-11-30 14:00`, `2026-11-30T14:00:00Z`).
+pub fn parse_since(s: &str) -> std::result::Result<jiff::Timestamp, String> {
+    if let Ok(d) = parse_duration(s) {
+        let d = jiff::SignedDuration::try_from(d).map_err(|e| e.to_string())?;
+        return jiff::Timestamp::now().checked_sub(d).map_err(|e| e.to_string());
+    }
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let local = |dt: jiff::civil::DateTime| dt.to_zoned(jiff::tz::TimeZone::system()).map(|z| z.timestamp());
+    if let Ok(dt) = s.replacen(' ', "T", 1).parse::<jiff::civil::DateTime>() {
+        return local(dt).map_err(|e| e.to_string());
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return local(d.to_datetime(jiff::civil::Time::midnight())).map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "invalid time {s:?}: expected a duration back from now (\"7d\", \"36h\"), a date (\"2026-11-30\") or a date and time (\"2026-11-30 14:00\")"
+    ))
+}
+
 /// A time as people read it: local, to the second, with the offset.
 pub fn local_time(t: &jiff::Timestamp) -> String {
     t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %z").to_string()
@@ -119,5 +142,11 @@ mod tests {
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("m").is_err());
+        let week_ago = parse_since("7d").unwrap();
+        let age = jiff::Timestamp::now().duration_since(week_ago).as_secs();
+        assert!((7 * 86400 - 5..=7 * 86400 + 5).contains(&age));
+        assert!(parse_since("2026-11-30").unwrap() < parse_since("2026-11-30 14:00").unwrap());
+        assert_eq!(parse_since("2026-11-30T14:00:00Z").unwrap().as_second(), 1_796_047_200);
+        assert!(parse_since("last tuesday").unwrap_err().contains("expected a duration"));
     }
 }

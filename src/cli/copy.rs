@@ -6,11 +6,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{Context, print_json};
+use super::{Context, FilterArgs, print_json};
 use crate::engine::repository::Repository;
 use crate::engine::snapshot::Snapshot;
 use crate::exit::Exit;
-use crate::record::RunRecord;
 use crate::secrets::{RepositoryRef, read_passphrase};
 use crate::units::human;
 
@@ -22,9 +21,8 @@ pub struct Args {
     /// The target repository (directory, or a name from the config).
     #[arg(long, value_name = "REPO")]
     pub to: String,
-    /// Only this job's snapshots.
-    #[arg(long)]
-    pub job: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -43,7 +41,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         }
     };
     let (source, target) = (open(&args.from)?, open(&args.to)?);
-    let wanted = |s: &Snapshot| args.job.as_ref().is_none_or(|j| RunRecord::of(s).is_some_and(|r| &r.job == j));
+    let filter = args.filter.filter();
+    let wanted = |s: &Snapshot| filter.matches(s);
     let display = ctx.show_progress("copy");
     let progress = display.as_ref().map(|d| d.progress());
     let report = crate::engine::copy::copy_snapshots(&source, &target, &wanted, progress.as_deref());

@@ -25,6 +25,8 @@ macro_rules! outln {
 mod backup;
 mod check;
 mod copy;
+mod diff;
+mod find;
 mod forget;
 mod init;
 mod key;
@@ -36,6 +38,7 @@ mod repair;
 mod restore;
 mod run;
 mod snapshots;
+mod stats;
 mod status;
 mod systemd;
 mod validate;
@@ -122,6 +125,15 @@ pub enum Command {
     Repair(repair::Command),
     /// Remove snapshots by id (prefix); `prune` then frees their space.
     Forget(forget::Args),
+    /// Find which snapshots hold a file (or a database) by name or path.
+    #[command(after_help = find::EXAMPLES)]
+    Find(find::Args),
+    /// Show what changed between two snapshots.
+    #[command(after_help = diff::EXAMPLES)]
+    Diff(diff::Args),
+    /// Sizes, deduplication and compression, per job and for the repository.
+    #[command(after_help = stats::EXAMPLES)]
+    Stats(stats::Args),
 }
 
 impl Command {
@@ -131,6 +143,36 @@ impl Command {
             Command::Run(args) => !args.dry_run,
             Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Copy(_) => true,
             _ => false,
+        }
+    }
+}
+
+/// Which snapshots a command looks at: the filters `snapshots`, `find`,
+/// `stats`, `prune` and `copy` share (`restore` has its own `--path`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only snapshots this job made (with --config and no --repo, in the
+    /// job's first repository).
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Only snapshots made on this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only snapshots that hold this path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> crate::filter::SnapshotFilter {
+        crate::filter::SnapshotFilter {
+            job: self.job.clone(),
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
         }
     }
 }
@@ -203,6 +245,31 @@ impl Context {
         self.repository()?.open(self.passphrase_file())
     }
 
+    /// The repository a job's snapshots are in: `--repo` when given, else
+    /// (with --config) the job's first repository.
+    pub fn open_for_job(&self, job: Option<&str>) -> Result<Repository> {
+        if let (Some(config), Some(job), None) = (self.config_if_given(), job, &self.repo) {
+            let job = config.job(job)?;
+            return RepositoryRef::Configured(&job.repositories[0]).open(self.passphrase_file());
+        }
+        self.open()
+    }
+
+    /// The readable snapshots of `repo` that pass `filter`, oldest first;
+    /// those that cannot be read are named on stderr.
+    pub fn snapshots(
+        &self,
+        repo: &Repository,
+        filter: &crate::filter::SnapshotFilter,
+    ) -> Result<Vec<(crate::engine::crypto::Id, crate::engine::snapshot::Snapshot)>> {
+        let (mut snaps, bad) = repo.snapshots()?;
+        for (name, e) in &bad {
+            eprintln!("warning: snapshot {} cannot be read: {e} (`holdfast check` says more)", short(name));
+        }
+        snaps.retain(|(_, s)| filter.matches(s));
+        Ok(snaps)
+    }
+
     /// The named jobs, or all when none is named.
     pub fn jobs<'a>(&self, config: &'a Config, names: &[String]) -> Result<Vec<&'a Job>> {
         if names.is_empty() {
@@ -261,6 +328,9 @@ pub fn run() -> Result<Exit> {
         Command::Key(cmd) => key::run(cmd, &ctx),
         Command::Repair(cmd) => repair::run(cmd, &ctx),
         Command::Forget(args) => forget::run(args, &ctx),
+        Command::Find(args) => find::run(args, &ctx),
+        Command::Diff(args) => diff::run(args, &ctx),
+        Command::Stats(args) => stats::run(args, &ctx),
     }
 }
 

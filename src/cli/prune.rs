@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{Context, print_json, short};
+use super::{Context, FilterArgs, print_json, short};
 use crate::engine::gc::GcOptions;
 use crate::exit::{Exit, Usage};
 use crate::prune::{PruneReport, prune_ad_hoc, prune_job};
@@ -16,6 +16,9 @@ use crate::units::{DurationSpec, human, local_time, parse_duration};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     pub jobs: Vec<String>,
+    /// Only these snapshots are subject to the policy; the others stay.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[arg(long)]
     pub keep_last: Option<usize>,
     #[arg(long)]
@@ -89,11 +92,14 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let display = ctx.show_progress("prune");
     let progress = display.as_ref().map(|d| d.progress());
     let progress = progress.as_deref();
+    let filter = args.filter.filter();
     let reports = match by_jobs {
         Some(config) => {
             let mut all = Vec::new();
-            for job in ctx.jobs(config, &args.jobs)? {
-                all.extend(prune_job(job, &args.gc(), progress)?);
+            let mut names = args.jobs.clone();
+            names.extend(filter.job.clone());
+            for job in ctx.jobs(config, &names)? {
+                all.extend(prune_job(job, &filter, &args.gc(), progress)?);
             }
             all
         }
@@ -106,7 +112,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
                 )
                 .into());
             }
-            vec![prune_ad_hoc(&ctx.open()?, &policy, &args.gc(), progress)?]
+            vec![prune_ad_hoc(&ctx.open()?, &policy, &filter, &args.gc(), progress)?]
         }
     };
     drop(display);

@@ -24,9 +24,19 @@ pub struct Args {
     pub files: bool,
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
-    /// Restore only this path of the snapshot (repeatable).
+    /// Restore only this path of the snapshot (repeatable); with `latest`,
+    /// the newest snapshot that holds it.
     #[arg(long = "path", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// With `latest` and no job as the target: the newest snapshot this job made.
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// With `latest`: the newest snapshot made on this host (repeatable: any).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// With `latest`: the newest snapshot with this tag (repeatable: all).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
     /// With a job and --files: replace a non-empty --to directory.
     #[arg(long)]
     pub overwrite: bool,
@@ -97,8 +107,20 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
 /// a flag, a device node): the files are there, said per file.
 fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     let to = args.to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
-    let repo = ctx.open()?;
-    let (id, snap) = repo.find_snapshot(&args.target, args.skip_damaged)?;
+    let repo = ctx.open_for_job(args.job.as_deref())?;
+    let filter = crate::filter::SnapshotFilter {
+        job: args.job.clone(),
+        hosts: args.hosts.clone(),
+        tags: args.tags.clone(),
+        paths: args.paths.clone(),
+    };
+    let (id, snap) = if args.target == "latest" && !filter.is_empty() {
+        let (all, bad) = repo.snapshots()?;
+        crate::engine::repository::newest(all, &bad, args.skip_damaged, |s| filter.matches(s))
+            .ok_or_else(|| anyhow::anyhow!("no snapshot matches --job/--host/--tag/--path"))??
+    } else {
+        repo.find_snapshot(&args.target, args.skip_damaged)?
+    };
     let started = std::time::Instant::now();
     let display = ctx.show_progress("restore");
     let opts = RestoreOptions {

@@ -5,41 +5,38 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::{Context, SnapshotView, escape_text, print_json, short};
+use super::{Context, FilterArgs, SnapshotView, escape_text, print_json};
 use crate::engine::crypto::Id;
 use crate::engine::snapshot::Snapshot;
-use crate::exit::Exit;
+use crate::exit::{Exit, Usage};
 use crate::record::RunRecord;
-use crate::secrets::RepositoryRef;
 use crate::units::{human, local_time};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this job's snapshots, in the job's repository.
-    pub job: Option<String>,
+    /// Only this job's snapshots (the same as --job).
+    #[arg(value_name = "JOB")]
+    pub positional_job: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
-    // A job's snapshots live in its first repository (with --config).
-    let repo = match (ctx.config_if_given(), &args.job) {
-        (Some(config), Some(name)) => {
-            let job = config.job(name)?;
-            RepositoryRef::Configured(&job.repositories[0]).open(ctx.passphrase_file())?
+    let mut filter = args.filter.filter();
+    if let Some(job) = &args.positional_job {
+        if filter.job.as_ref().is_some_and(|j| j != job) {
+            return Err(Usage(format!("two jobs given: {job} and --job {}", filter.job.unwrap_or_default())).into());
         }
-        _ => ctx.open()?,
-    };
-    let (mut snaps, bad) = repo.snapshots()?;
-    for (name, e) in &bad {
-        eprintln!("warning: snapshot {} cannot be read: {e} (`holdfast check` says more)", short(name));
+        filter.job = Some(job.clone());
     }
-    if let Some(job) = &args.job {
-        snaps.retain(|(_, s)| RunRecord::of(s).is_some_and(|r| &r.job == job));
-        if !args.json {
-            print_job_snapshots(&snaps)?;
-            return Ok(Exit::Success);
-        }
+    // A job's snapshots live in its first repository (with --config).
+    let repo = ctx.open_for_job(filter.job.as_deref())?;
+    let snaps = ctx.snapshots(&repo, &filter)?;
+    if filter.job.is_some() && !args.json {
+        print_job_snapshots(&snaps)?;
+        return Ok(Exit::Success);
     }
     if args.json {
         print_json(&snaps.iter().map(|(id, s)| SnapshotView::new(id, s)).collect::<Vec<_>>())?;

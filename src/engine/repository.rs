@@ -545,7 +545,7 @@ impl Repository {
     /// `kept` for the next call (the next level's trees are mostly in the
     /// same packs); other trees are grouped into pack reads. The reads run
     /// on several threads.
-    fn load_trees(
+    pub fn load_trees(
         &self,
         index: &Index,
         ids: impl IntoIterator<Item = Id>,
@@ -793,7 +793,7 @@ const WHOLE_TREE_PACK: u64 = 16 << 20;
 /// Tree packs one walk fetched whole, kept until it ends, up to
 /// [`TREE_PACKS_KEPT`] bytes (beyond that, trees are read range by range).
 #[derive(Default)]
-struct TreePacks {
+pub struct TreePacks {
     packs: HashMap<Id, Vec<u8>>,
     bytes: u64,
 }

@@ -186,6 +186,19 @@ impl Tree {
 }
 
 impl EntryKind {
+    /// The type's name in listings and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EntryKind::File(_) => "file",
+            EntryKind::Dir { .. } => "dir",
+            EntryKind::Symlink { .. } => "symlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::CharDevice { .. } => "chardev",
+            EntryKind::BlockDevice { .. } => "blockdev",
+            EntryKind::Socket => "socket",
+        }
+    }
+
     pub fn type_char(&self) -> char {
         match self {
             EntryKind::File(_) => '-',

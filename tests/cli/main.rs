@@ -47,6 +47,7 @@ mod signals;
 mod validate;
 
 mod faults;
+mod finding;
 mod format_fixture;
 mod layout;
 
