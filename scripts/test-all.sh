@@ -21,6 +21,10 @@ command -v setcap >/dev/null 2>&1 || [ -x /usr/sbin/setcap ] || need_apt+=(libca
 command -v chattr >/dev/null 2>&1 || [ -x /usr/bin/chattr ] || need_apt+=(e2fsprogs)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# `holdfast mount` is tested over the kernel's FUSE (/dev/fuse); fuse3 brings
+# fusermount3 for mounts by users other than root.
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+command -v diff >/dev/null 2>&1 || need_apt+=(diffutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq

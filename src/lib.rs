@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod journal;
 pub mod listing;
+pub mod mount;
 pub mod notify;
 pub mod plan;
 pub mod process;

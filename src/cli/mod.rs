@@ -31,6 +31,7 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod mount;
 mod progress;
 mod prune;
 mod recover;
@@ -134,6 +135,9 @@ pub enum Command {
     /// Sizes, deduplication and compression, per job and for the repository.
     #[command(after_help = stats::EXAMPLES)]
     Stats(stats::Args),
+    /// Browse snapshots as read-only directories (FUSE) until Ctrl-C or SIGTERM.
+    #[command(after_help = mount::EXAMPLES)]
+    Mount(mount::Args),
 }
 
 impl Command {
@@ -141,7 +145,9 @@ impl Command {
     fn takes_signals(&self) -> bool {
         match self {
             Command::Run(args) => !args.dry_run,
-            Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Copy(_) => true,
+            Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Copy(_) | Command::Mount(_) => {
+                true
+            }
             _ => false,
         }
     }
@@ -331,6 +337,7 @@ pub fn run() -> Result<Exit> {
         Command::Find(args) => find::run(args, &ctx),
         Command::Diff(args) => diff::run(args, &ctx),
         Command::Stats(args) => stats::run(args, &ctx),
+        Command::Mount(args) => mount::run(args, &ctx),
     }
 }
 

@@ -50,6 +50,7 @@ mod faults;
 mod finding;
 mod format_fixture;
 mod layout;
+mod mount;
 
 mod garage;
 mod s3;

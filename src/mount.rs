@@ -1,0 +1,487 @@
+//! `mount`: the repository's snapshots as a read-only FUSE file system, to
+//! browse, `cp -a`, `rsync` or `diff -r` out of like plain directories.
+//!
+//! ```text
+//! MOUNTPOINT/latest -> by-id/<newest>
+//!            by-id/<short id>/…             every snapshot, by id
+//!            by-time/<time>/…               every snapshot, by time
+//!            by-job/<job>/<time>/…          a job's snapshots (and `latest`)
+//! ```
+//!
+//! Directories are read from the repository when first listed or looked
+//! up, and file contents when read: a read finds the pieces it covers and
+//! takes their chunks from a small cache of recently read chunks (sequential
+//! readers hit the read-ahead of the pack below). Holes are answered for
+//! `SEEK_HOLE`/`SEEK_DATA`, attributes are the backed-up ones, and extended
+//! attributes are listed as stored.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request};
+use nix::libc;
+
+use crate::engine::crypto::Id;
+use crate::engine::index::Index;
+use crate::engine::repository::{PackFiles, Repository};
+use crate::engine::snapshot::Snapshot;
+use crate::engine::tree::{EntryKind, FileContent, Metadata, Piece};
+use crate::record::RunRecord;
+
+/// How long the kernel may keep attributes and names: nothing changes.
+const TTL: Duration = Duration::from_secs(3600);
+/// Chunks kept for the next reads (a chunk is up to 2 MiB by default).
+const CHUNK_CACHE_BYTES: usize = 64 << 20;
+
+/// The mounted repository.
+pub struct SnapshotFs {
+    repo: Repository,
+    index: Index,
+    packs: PackFiles,
+    /// Inode `n` is `nodes[n - 1]`; inode 1 is the root.
+    nodes: Vec<Node>,
+    chunks: ChunkCache,
+    /// Piece start offsets of recently read files.
+    starts: HashMap<u64, Vec<u64>>,
+    uid: u32,
+    gid: u32,
+    /// The newest snapshot's time: the made-up directories' times.
+    time: SystemTime,
+}
+
+struct Node {
+    parent: u64,
+    /// The backed-up attributes; `None` for the directories the mount makes up.
+    meta: Option<Metadata>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// Children sorted by name; `None` until the tree is read.
+    Dir {
+        tree: Option<Id>,
+        children: Option<Vec<(Vec<u8>, u64)>>,
+    },
+    File(FileContent),
+    Symlink(Vec<u8>),
+    Special {
+        kind: FileType,
+        rdev: u64,
+    },
+}
+
+#[derive(Default)]
+struct ChunkCache {
+    chunks: HashMap<Id, Arc<Vec<u8>>>,
+    order: VecDeque<Id>,
+    bytes: usize,
+}
+
+impl SnapshotFs {
+    /// The file system over `snapshots` (oldest first).
+    pub fn new(repo: Repository, index: Index, snapshots: &[(Id, Snapshot)]) -> SnapshotFs {
+        let time = snapshots.last().map(|(_, s)| system_time(s.time.as_second(), 0)).unwrap_or(UNIX_EPOCH);
+        let mut fs = SnapshotFs {
+            repo,
+            index,
+            packs: PackFiles::default(),
+            nodes: Vec::new(),
+            chunks: ChunkCache::default(),
+            starts: HashMap::new(),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            time,
+        };
+        let root = fs.add_virtual(1);
+        let by_id = fs.add_virtual(root);
+        let by_time = fs.add_virtual(root);
+        let by_job = fs.add_virtual(root);
+        let mut top: Vec<(Vec<u8>, u64)> = vec![(b"by-id".to_vec(), by_id), (b"by-time".to_vec(), by_time)];
+        let mut ids = Vec::new();
+        let mut times = Vec::new();
+        let mut jobs: BTreeMap<String, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
+        let mut job_dirs: BTreeMap<String, u64> = BTreeMap::new();
+        for (id, s) in snapshots {
+            let name_by_time = unique_name(&times, time_name(&s.time), id);
+            let short = unique_name(&ids, id.short(), id);
+            let as_id = fs.add_snapshot(by_id, s);
+            ids.push((short.into_bytes(), as_id));
+            let as_time = fs.add_snapshot(by_time, s);
+            times.push((name_by_time.clone().into_bytes(), as_time));
+            if let Some(record) = RunRecord::of(s) {
+                let dir = *job_dirs.entry(record.job.clone()).or_insert_with(|| fs.add_virtual(by_job));
+                let listed = jobs.entry(record.job).or_default();
+                let name = unique_name(listed, time_name(&s.time), id);
+                let node = fs.add_snapshot(dir, s);
+                listed.push((name.into_bytes(), node));
+            }
+        }
+        if let Some((newest, _)) = ids.last() {
+            let target = [b"by-id/".as_slice(), newest].concat();
+            top.push((b"latest".to_vec(), fs.add_node(root, None, Kind::Symlink(target))));
+        }
+        let mut job_entries = Vec::new();
+        for (job, mut listed) in jobs {
+            let dir = job_dirs[&job];
+            if let Some((newest, _)) = listed.last() {
+                let link = fs.add_node(dir, None, Kind::Symlink(newest.clone()));
+                listed.push((b"latest".to_vec(), link));
+            }
+            fs.set_children(dir, listed);
+            job_entries.push((job.into_bytes(), dir));
+        }
+        if !job_entries.is_empty() {
+            top.push((b"by-job".to_vec(), by_job));
+        }
+        fs.set_children(by_id, ids);
+        fs.set_children(by_time, times);
+        fs.set_children(by_job, job_entries);
+        fs.set_children(root, top);
+        fs
+    }
+
+    fn add_node(&mut self, parent: u64, meta: Option<Metadata>, kind: Kind) -> u64 {
+        self.nodes.push(Node { parent, meta, kind });
+        self.nodes.len() as u64
+    }
+
+    fn add_virtual(&mut self, parent: u64) -> u64 {
+        self.add_node(parent, None, Kind::Dir { tree: None, children: Some(Vec::new()) })
+    }
+
+    /// A snapshot's root directory: its tree, with the snapshot's time.
+    fn add_snapshot(&mut self, parent: u64, s: &Snapshot) -> u64 {
+        self.add_node(parent, None, Kind::Dir { tree: Some(s.root), children: None })
+    }
+
+    fn set_children(&mut self, dir: u64, mut children: Vec<(Vec<u8>, u64)>) {
+        children.sort();
+        if let Some(Node { kind: Kind::Dir { children: c, .. }, .. }) = self.node_mut(dir) {
+            *c = Some(children);
+        }
+    }
+
+    fn node(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get((ino as usize).checked_sub(1)?)
+    }
+
+    fn node_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut((ino as usize).checked_sub(1)?)
+    }
+
+    /// A directory's children, reading its tree the first time.
+    fn children(&mut self, ino: u64) -> Result<&[(Vec<u8>, u64)], i32> {
+        let tree = match &self.node(ino).ok_or(libc::ENOENT)?.kind {
+            Kind::Dir { children: Some(_), .. } => None,
+            Kind::Dir { tree: Some(tree), children: None } => Some(*tree),
+            Kind::Dir { .. } => return Err(libc::EIO),
+            _ => return Err(libc::ENOTDIR),
+        };
+        if let Some(tree) = tree {
+            let tree = self.repo.load_tree(&self.index, &tree, &mut self.packs).map_err(|e| {
+                tracing::warn!("mount: directory cannot be read: {e}");
+                libc::EIO
+            })?;
+            let mut listed = Vec::with_capacity(tree.entries.len());
+            for e in tree.entries {
+                let kind = match e.kind {
+                    EntryKind::Dir { tree } => Kind::Dir { tree: Some(tree), children: None },
+                    EntryKind::File(content) => Kind::File(content),
+                    EntryKind::Symlink { target } => Kind::Symlink(target),
+                    EntryKind::Fifo => Kind::Special { kind: FileType::NamedPipe, rdev: 0 },
+                    EntryKind::Socket => Kind::Special { kind: FileType::Socket, rdev: 0 },
+                    EntryKind::CharDevice { rdev } => Kind::Special { kind: FileType::CharDevice, rdev },
+                    EntryKind::BlockDevice { rdev } => Kind::Special { kind: FileType::BlockDevice, rdev },
+                };
+                let child = self.add_node(ino, Some(e.meta), kind);
+                listed.push((e.name, child));
+            }
+            self.set_children(ino, listed);
+        }
+        match &self.node(ino).ok_or(libc::ENOENT)?.kind {
+            Kind::Dir { children: Some(c), .. } => Ok(c),
+            _ => Err(libc::EIO),
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let node = self.node(ino)?;
+        let kind = match &node.kind {
+            Kind::Dir { .. } => FileType::Directory,
+            Kind::File(_) => FileType::RegularFile,
+            Kind::Symlink(_) => FileType::Symlink,
+            Kind::Special { kind, .. } => *kind,
+        };
+        let mut attr = FileAttr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: self.time,
+            mtime: self.time,
+            ctime: self.time,
+            crtime: self.time,
+            kind,
+            perm: if kind == FileType::Directory { 0o555 } else { 0o444 },
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        };
+        match &node.kind {
+            Kind::File(content) => {
+                let data: u64 = content.pieces.iter().filter(|p| p.chunk().is_some()).map(Piece::len).sum();
+                attr.blocks = data.div_ceil(512);
+            }
+            Kind::Symlink(target) => attr.size = target.len() as u64,
+            Kind::Special { rdev, .. } => attr.rdev = *rdev as u32,
+            Kind::Dir { .. } => {}
+        }
+        if let Some(m) = &node.meta {
+            let t = system_time(m.mtime.secs, m.mtime.nanos);
+            (attr.atime, attr.mtime, attr.ctime, attr.crtime) = (t, t, t, t);
+            attr.perm = (m.mode & 0o7777) as u16;
+            (attr.uid, attr.gid) = (m.uid, m.gid);
+            if let Kind::File(_) = node.kind {
+                attr.size = m.size;
+            }
+        }
+        Some(attr)
+    }
+
+    /// `size` bytes of file `ino` from `offset`.
+    fn read_file(&mut self, ino: u64, offset: u64, size: u64) -> Result<Vec<u8>, i32> {
+        let Some(Node { kind: Kind::File(content), meta, .. }) = self.node(ino) else { return Err(libc::EISDIR) };
+        let total = meta.as_ref().map_or(0, |m| m.size);
+        let pieces = content.pieces.clone();
+        let starts = self.starts.entry(ino).or_insert_with(|| piece_starts(&pieces)).clone();
+        if self.starts.len() > 1024 {
+            self.starts.clear();
+        }
+        let end = offset.saturating_add(size).min(total);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        let mut i = starts.partition_point(|s| *s <= offset).saturating_sub(1);
+        while pos < end && i < pieces.len() {
+            let within = pos - starts[i];
+            let take = (pieces[i].len().saturating_sub(within)).min(end - pos);
+            match &pieces[i] {
+                Piece::Hole { .. } => out.resize(out.len() + take as usize, 0),
+                Piece::Chunk { id, .. } | Piece::Slice { id, .. } => {
+                    let base = match &pieces[i] {
+                        Piece::Slice { offset, .. } => *offset as u64,
+                        _ => 0,
+                    };
+                    let chunk = self.chunk(id)?;
+                    let from = (base + within) as usize;
+                    let bytes = chunk.get(from..from + take as usize).ok_or(libc::EIO)?;
+                    out.extend_from_slice(bytes);
+                }
+            }
+            pos += take;
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    fn chunk(&mut self, id: &Id) -> Result<Arc<Vec<u8>>, i32> {
+        if let Some(c) = self.chunks.chunks.get(id) {
+            return Ok(c.clone());
+        }
+        let loc = self.index.get(id).ok_or(libc::EIO)?;
+        let data = self.repo.read_blob_ahead(id, &loc, &self.index, &mut self.packs).map_err(|e| {
+            tracing::warn!("mount: chunk {} cannot be read: {e}", id.short());
+            libc::EIO
+        })?;
+        let data = Arc::new(data);
+        let cache = &mut self.chunks;
+        cache.bytes += data.len();
+        cache.chunks.insert(*id, data.clone());
+        cache.order.push_back(*id);
+        while cache.bytes > CHUNK_CACHE_BYTES {
+            let Some(old) = cache.order.pop_front() else { break };
+            if let Some(c) = cache.chunks.remove(&old) {
+                cache.bytes -= c.len();
+            }
+        }
+        Ok(data)
+    }
+}
+
+impl Filesystem for SnapshotFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut fuser::KernelConfig) -> Result<(), libc::c_int> {
+        // Large sequential reads: fewer round trips through the kernel.
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .children(parent)
+            .map(|c| c.binary_search_by(|(n, _)| n.as_slice().cmp(name.as_bytes())).ok().map(|i| c[i].1));
+        match found {
+            Ok(Some(ino)) => match self.attr(ino) {
+                Some(attr) => reply.entry(&TTL, &attr, 0),
+                None => reply.error(libc::ENOENT),
+            },
+            Ok(None) => reply.error(libc::ENOENT),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        match self.node(ino).map(|n| &n.kind) {
+            Some(Kind::Symlink(target)) => reply.data(target),
+            _ => reply.error(libc::EINVAL),
+        }
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: fuser::ReplyOpen) {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(libc::EROFS);
+        }
+        match self.node(ino).map(|n| &n.kind) {
+            // Keep the page cache between opens: the content never changes.
+            Some(Kind::File(_)) => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
+            Some(_) => reply.opened(0, 0),
+            None => reply.error(libc::ENOENT),
+        }
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock: Option<u64>,
+        reply: ReplyData,
+    ) {
+        match self.read_file(ino, offset.max(0) as u64, size as u64) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let parent = self.node(ino).map_or(1, |n| n.parent);
+        let children: Vec<(Vec<u8>, u64)> = match self.children(ino) {
+            Ok(c) => c.to_vec(),
+            Err(e) => return reply.error(e),
+        };
+        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), parent)];
+        for (i, (name, child)) in dots.iter().chain(children.iter()).enumerate().skip(offset.max(0) as usize) {
+            let kind = self.attr(*child).map_or(FileType::RegularFile, |a| a.kind);
+            if reply.add(*child, i as i64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        let value = self
+            .node(ino)
+            .and_then(|n| n.meta.as_ref())
+            .and_then(|m| m.xattrs.iter().find(|(n, _)| n.as_slice() == name.as_bytes()))
+            .map(|(_, v)| v.clone());
+        match value {
+            None => reply.error(libc::ENODATA),
+            Some(v) => xattr_reply(reply, &v, size),
+        }
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: fuser::ReplyXattr) {
+        let mut names = Vec::new();
+        for (n, _) in self.node(ino).and_then(|n| n.meta.as_ref()).map(|m| m.xattrs.as_slice()).unwrap_or_default() {
+            names.extend_from_slice(n);
+            names.push(0);
+        }
+        xattr_reply(reply, &names, size);
+    }
+
+    fn lseek(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        let Some(Node { kind: Kind::File(content), meta: Some(meta), .. }) = self.node(ino) else {
+            return reply.error(libc::EINVAL);
+        };
+        match seek_data_or_hole(&content.pieces, meta.size, offset, whence) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// Answer an xattr request: its size when asked for 0 bytes, else the bytes.
+fn xattr_reply(reply: fuser::ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// `SEEK_DATA`/`SEEK_HOLE` from `offset` over a file's pieces.
+fn seek_data_or_hole(pieces: &[Piece], size: u64, offset: i64, whence: i32) -> Result<i64, i32> {
+    let offset = u64::try_from(offset).map_err(|_| libc::EINVAL)?;
+    if offset >= size {
+        return Err(libc::ENXIO);
+    }
+    let want_data = match whence {
+        libc::SEEK_DATA => true,
+        libc::SEEK_HOLE => false,
+        _ => return Err(libc::EINVAL),
+    };
+    let mut start = 0u64;
+    for p in pieces {
+        let end = start + p.len();
+        let is_data = p.chunk().is_some();
+        if end > offset && is_data == want_data {
+            return Ok(start.max(offset) as i64);
+        }
+        start = end;
+    }
+    // Past the last data there is no data; the end of a file is a hole.
+    if want_data { Err(libc::ENXIO) } else { Ok(size as i64) }
+}
+
+fn piece_starts(pieces: &[Piece]) -> Vec<u64> {
+    let mut at = 0;
+    pieces
+        .iter()
+        .map(|p| {
+            let s = at;
+            at += p.len();
+            s
+        })
+        .collect()
+}
+
+fn system_time(secs: i64, nanos: u32) -> SystemTime {
+    let d = Duration::new(secs.unsigned_abs(), nanos.min(999_999_999));
+    if secs >= 0 { UNIX_EPOCH + d } else { UNIX_EPOCH.checked_sub(d).unwrap_or(UNIX_EPOCH) }
+}
+
+/// A snapshot's directory name by time: local, to the second, no spaces.
+fn time_name(t: &jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// `name`, or `name-<id>` when a sibling already has it.
+fn unique_name(siblings: &[(Vec<u8>, u64)], name: String, id: &Id) -> String {
+    if siblings.iter().any(|(n, _)| n == name.as_bytes()) { format!("{name}-{}", id.to_hex()) } else { name }
+}
