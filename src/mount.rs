@@ -73,6 +73,17 @@ enum Kind {
     },
 }
 
+impl Node {
+    fn file_type(&self) -> FileType {
+        match &self.kind {
+            Kind::Dir { .. } => FileType::Directory,
+            Kind::File(_) => FileType::RegularFile,
+            Kind::Symlink(_) => FileType::Symlink,
+            Kind::Special { kind, .. } => *kind,
+        }
+    }
+}
+
 #[derive(Default)]
 struct ChunkCache {
     chunks: HashMap<Id, Arc<Vec<u8>>>,
@@ -209,12 +220,7 @@ impl SnapshotFs {
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let node = self.node(ino)?;
-        let kind = match &node.kind {
-            Kind::Dir { .. } => FileType::Directory,
-            Kind::File(_) => FileType::RegularFile,
-            Kind::Symlink(_) => FileType::Symlink,
-            Kind::Special { kind, .. } => *kind,
-        };
+        let kind = node.file_type();
         let mut attr = FileAttr {
             ino,
             size: 0,
@@ -377,14 +383,15 @@ impl Filesystem for SnapshotFs {
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let parent = self.node(ino).map_or(1, |n| n.parent);
-        let children: Vec<(Vec<u8>, u64)> = match self.children(ino) {
-            Ok(c) => c.to_vec(),
-            Err(e) => return reply.error(e),
+        if let Err(e) = self.children(ino) {
+            return reply.error(e);
+        }
+        let Some(Node { parent, kind: Kind::Dir { children: Some(children), .. }, .. }) = self.node(ino) else {
+            return reply.error(libc::EIO);
         };
-        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), parent)];
+        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), *parent)];
         for (i, (name, child)) in dots.iter().chain(children.iter()).enumerate().skip(offset.max(0) as usize) {
-            let kind = self.attr(*child).map_or(FileType::RegularFile, |a| a.kind);
+            let kind = self.node(*child).map_or(FileType::RegularFile, |n| n.file_type());
             if reply.add(*child, i as i64 + 1, kind, OsStr::from_bytes(name)) {
                 break;
             }
