@@ -15,13 +15,15 @@
 //! `SEEK_HOLE`/`SEEK_DATA`, attributes are the backed-up ones, and extended
 //! attributes are listed as stored.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request};
+use fuser::{
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, Request,
+};
 use nix::libc;
 
 use crate::engine::crypto::Id;
@@ -35,15 +37,18 @@ use crate::record::RunRecord;
 const TTL: Duration = Duration::from_secs(3600);
 /// Chunks kept for the next reads (a chunk is up to 2 MiB by default).
 const CHUNK_CACHE_BYTES: usize = 64 << 20;
+/// Chunks decoded ahead of a reader going through a file.
+const READ_AHEAD_CHUNKS: usize = 6;
 
 /// The mounted repository.
 pub struct SnapshotFs {
-    repo: Repository,
-    index: Index,
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    /// For reading trees.
     packs: PackFiles,
     /// Inode `n` is `nodes[n - 1]`; inode 1 is the root.
     nodes: Vec<Node>,
-    chunks: ChunkCache,
+    chunks: ChunkReader,
     /// Piece start offsets of recently read files.
     starts: HashMap<u64, Vec<u64>>,
     uid: u32,
@@ -84,23 +89,139 @@ impl Node {
     }
 }
 
+/// Chunks for file reads: a cache shared with threads that decode, on the
+/// other cores, the chunks a reader going through a file will want next
+/// (the FUSE requests themselves are answered on one thread).
+struct ChunkReader {
+    repo: Arc<Repository>,
+    index: Arc<Index>,
+    shared: Arc<SharedChunks>,
+    ahead: std::sync::mpsc::Sender<Id>,
+    packs: PackFiles,
+}
+
 #[derive(Default)]
-struct ChunkCache {
+struct SharedChunks {
+    state: Mutex<ChunkState>,
+    /// Signalled whenever a chunk stops being in flight.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct ChunkState {
     chunks: HashMap<Id, Arc<Vec<u8>>>,
     order: VecDeque<Id>,
     bytes: usize,
+    /// Being read by some thread.
+    in_flight: HashSet<Id>,
+}
+
+impl ChunkReader {
+    fn start(repo: Arc<Repository>, index: Arc<Index>) -> ChunkReader {
+        let shared = Arc::new(SharedChunks::default());
+        let (ahead, queue) = std::sync::mpsc::channel::<Id>();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..crate::engine::parallel::cpus().saturating_sub(1).max(1) {
+            let (repo, index, shared, queue) = (repo.clone(), index.clone(), shared.clone(), queue.clone());
+            // Ends when the reader (the sender) is dropped.
+            std::thread::spawn(move || {
+                let mut packs = PackFiles::default();
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(id) = next else { break };
+                    let data = read_chunk(&repo, &index, &id, &mut packs).ok();
+                    shared.finish(&id, data);
+                }
+            });
+        }
+        ChunkReader { repo, index, shared, ahead, packs: PackFiles::default() }
+    }
+
+    /// Queue `ids` for the reader threads, unless cached or in flight.
+    fn read_ahead<'a>(&self, ids: impl Iterator<Item = &'a Id>) {
+        let mut state = self.shared.lock();
+        for id in ids {
+            if !state.chunks.contains_key(id) && state.in_flight.insert(*id) && self.ahead.send(*id).is_err() {
+                state.in_flight.remove(id);
+            }
+        }
+    }
+
+    /// A chunk's bytes: cached, or waited for while a reader thread has it,
+    /// or read here.
+    fn get(&mut self, id: &Id) -> Result<Arc<Vec<u8>>, i32> {
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(c) = state.chunks.get(id) {
+                return Ok(c.clone());
+            }
+            if !state.in_flight.contains(id) {
+                break;
+            }
+            let (next, waited) =
+                self.shared.done.wait_timeout(state, Duration::from_secs(10)).unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if waited.timed_out() {
+                // A reader thread is stuck (or gone): read it here too.
+                break;
+            }
+        }
+        state.in_flight.insert(*id);
+        drop(state);
+        let data = read_chunk(&self.repo, &self.index, id, &mut self.packs);
+        self.shared.finish(id, data.as_ref().ok().cloned());
+        data
+    }
+}
+
+impl SharedChunks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChunkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `id` is no longer in flight; cache what was read of it.
+    fn finish(&self, id: &Id, data: Option<Arc<Vec<u8>>>) {
+        let mut state = self.lock();
+        state.in_flight.remove(id);
+        if let Some(data) = data
+            && !state.chunks.contains_key(id)
+        {
+            state.bytes += data.len();
+            state.chunks.insert(*id, data);
+            state.order.push_back(*id);
+            while state.bytes > CHUNK_CACHE_BYTES {
+                let Some(old) = state.order.pop_front() else { break };
+                if let Some(c) = state.chunks.remove(&old) {
+                    state.bytes -= c.len();
+                }
+            }
+        }
+        drop(state);
+        self.done.notify_all();
+    }
+}
+
+/// One chunk out of the repository, authenticated.
+fn read_chunk(repo: &Repository, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Arc<Vec<u8>>, i32> {
+    let loc = index.get(id).ok_or(libc::EIO)?;
+    let data = repo.read_blob_ahead(id, &loc, index, packs).map_err(|e| {
+        tracing::warn!("mount: chunk {} cannot be read: {e}", id.short());
+        libc::EIO
+    })?;
+    Ok(Arc::new(data))
 }
 
 impl SnapshotFs {
     /// The file system over `snapshots` (oldest first).
     pub fn new(repo: Repository, index: Index, snapshots: &[(Id, Snapshot)]) -> SnapshotFs {
         let time = snapshots.last().map(|(_, s)| system_time(s.time.as_second(), 0)).unwrap_or(UNIX_EPOCH);
+        let (repo, index) = (Arc::new(repo), Arc::new(index));
         let mut fs = SnapshotFs {
+            chunks: ChunkReader::start(repo.clone(), index.clone()),
             repo,
             index,
             packs: PackFiles::default(),
             nodes: Vec::new(),
-            chunks: ChunkCache::default(),
             starts: HashMap::new(),
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -218,6 +339,24 @@ impl SnapshotFs {
         }
     }
 
+    /// Up to a reply's worth of a directory's entries from `offset` (`.`
+    /// and `..` first): each child, the offset after it, its name.
+    fn listing(&mut self, ino: u64, offset: i64) -> Result<Vec<(u64, i64, Vec<u8>)>, i32> {
+        self.children(ino)?;
+        let Some(Node { parent, kind: Kind::Dir { children: Some(children), .. }, .. }) = self.node(ino) else {
+            return Err(libc::EIO);
+        };
+        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), *parent)];
+        Ok(dots
+            .iter()
+            .chain(children.iter())
+            .enumerate()
+            .skip(offset.max(0) as usize)
+            .take(256)
+            .map(|(i, (name, child))| (*child, i as i64 + 1, name.clone()))
+            .collect())
+    }
+
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let node = self.node(ino)?;
         let kind = node.file_type();
@@ -272,6 +411,9 @@ impl SnapshotFs {
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let mut i = starts.partition_point(|s| *s <= offset).saturating_sub(1);
+        // A reader going through the file wants the next chunks soon.
+        let next = pieces[i.min(pieces.len())..].iter().skip(1).filter_map(Piece::chunk).take(READ_AHEAD_CHUNKS);
+        self.chunks.read_ahead(next);
         while pos < end && i < pieces.len() {
             let within = pos - starts[i];
             let take = (pieces[i].len().saturating_sub(within)).min(end - pos);
@@ -282,7 +424,7 @@ impl SnapshotFs {
                         Piece::Slice { offset, .. } => *offset as u64,
                         _ => 0,
                     };
-                    let chunk = self.chunk(id)?;
+                    let chunk = self.chunks.get(id)?;
                     let from = (base + within) as usize;
                     let bytes = chunk.get(from..from + take as usize).ok_or(libc::EIO)?;
                     out.extend_from_slice(bytes);
@@ -293,35 +435,15 @@ impl SnapshotFs {
         }
         Ok(out)
     }
-
-    fn chunk(&mut self, id: &Id) -> Result<Arc<Vec<u8>>, i32> {
-        if let Some(c) = self.chunks.chunks.get(id) {
-            return Ok(c.clone());
-        }
-        let loc = self.index.get(id).ok_or(libc::EIO)?;
-        let data = self.repo.read_blob_ahead(id, &loc, &self.index, &mut self.packs).map_err(|e| {
-            tracing::warn!("mount: chunk {} cannot be read: {e}", id.short());
-            libc::EIO
-        })?;
-        let data = Arc::new(data);
-        let cache = &mut self.chunks;
-        cache.bytes += data.len();
-        cache.chunks.insert(*id, data.clone());
-        cache.order.push_back(*id);
-        while cache.bytes > CHUNK_CACHE_BYTES {
-            let Some(old) = cache.order.pop_front() else { break };
-            if let Some(c) = cache.chunks.remove(&old) {
-                cache.bytes -= c.len();
-            }
-        }
-        Ok(data)
-    }
 }
 
 impl Filesystem for SnapshotFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut fuser::KernelConfig) -> Result<(), libc::c_int> {
         // Large sequential reads: fewer round trips through the kernel.
         let _ = config.set_max_readahead(1 << 20);
+        // Listings carry each entry's attributes, so walking a tree needs
+        // no lookup per name (half the round trips of a small file).
+        let _ = config.add_capabilities(fuser::consts::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -353,16 +475,16 @@ impl Filesystem for SnapshotFs {
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: fuser::ReplyOpen) {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(libc::EROFS);
-        }
-        match self.node(ino).map(|n| &n.kind) {
-            // Keep the page cache between opens: the content never changes.
-            Some(Kind::File(_)) => reply.opened(0, fuser::consts::FOPEN_KEEP_CACHE),
-            Some(_) => reply.opened(0, 0),
-            None => reply.error(libc::ENOENT),
-        }
+    /// Not implemented on purpose: the kernel then stops sending opens and
+    /// releases (two round trips per file fewer) and keeps the page cache,
+    /// and the read-only mount refuses writes before they reach us.
+    fn open(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: fuser::ReplyOpen) {
+        reply.error(libc::ENOSYS);
+    }
+
+    /// As [`SnapshotFs::open`], for directories.
+    fn opendir(&mut self, _req: &Request<'_>, _ino: u64, _flags: i32, reply: fuser::ReplyOpen) {
+        reply.error(libc::ENOSYS);
     }
 
     fn read(
@@ -383,20 +505,33 @@ impl Filesystem for SnapshotFs {
     }
 
     fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        if let Err(e) = self.children(ino) {
-            return reply.error(e);
-        }
-        let Some(Node { parent, kind: Kind::Dir { children: Some(children), .. }, .. }) = self.node(ino) else {
-            return reply.error(libc::EIO);
-        };
-        let dots = [(b".".to_vec(), ino), (b"..".to_vec(), *parent)];
-        for (i, (name, child)) in dots.iter().chain(children.iter()).enumerate().skip(offset.max(0) as usize) {
-            let kind = self.node(*child).map_or(FileType::RegularFile, |n| n.file_type());
-            if reply.add(*child, i as i64 + 1, kind, OsStr::from_bytes(name)) {
-                break;
+        match self.listing(ino, offset) {
+            Ok(entries) => {
+                for (child, next, name) in entries {
+                    let kind = self.node(child).map_or(FileType::RegularFile, Node::file_type);
+                    if reply.add(child, next, kind, OsStr::from_bytes(&name)) {
+                        break;
+                    }
+                }
+                reply.ok();
             }
+            Err(e) => reply.error(e),
         }
-        reply.ok();
+    }
+
+    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+        match self.listing(ino, offset) {
+            Ok(entries) => {
+                for (child, next, name) in entries {
+                    let Some(attr) = self.attr(child) else { continue };
+                    if reply.add(child, next, OsStr::from_bytes(&name), &TTL, &attr, 0) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {

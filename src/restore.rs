@@ -169,7 +169,10 @@ pub fn restore_job(
             let target = Target { to, overwrite: *overwrite, protected: job.protected.clone(), cancel };
             restore_files(&repo, &snap, &record, paths, &target, &mut report)
         }
-        What::Database { name, action } => restore_database(job, &repo, &snap, &record, name, action, &mut report),
+        What::Database { name, action } => {
+            let dump = find_dump(&record, name)?;
+            restore_database(job, &repo, &snap, dump, action, cancel, &mut report)
+        }
     })?;
     Ok(report)
 }
@@ -288,12 +291,11 @@ fn restore_database(
     job: &Job,
     repo: &Repository,
     snap: &Snapshot,
-    record: &RunRecord,
-    name: &str,
+    dump: &DumpRecord,
     action: &DatabaseAction,
+    cancel: &AtomicBool,
     report: &mut RestoreReport,
 ) -> Result<()> {
-    let dump = find_dump(record, name)?;
     report.database = Some(dump.name.clone());
     if let DatabaseAction::DumpTo(file) = action {
         // The dump is the database: private (0600) from its first byte. A
@@ -322,7 +324,8 @@ fn restore_database(
     }
     let scratch = Scratch::new(job, "restore")?;
     with_dump_input(repo, snap, dump, db, &scratch, |file| {
-        load_database(db, dump, &server, &scratch, file, action, report)
+        let ctx = DumpContext { run: &scratch.0, cancel, stream: None };
+        load_database(db, dump, &server, &ctx, file, action, report)
     })?;
     if let Some(bad) = report.smoke.iter().find(|s| !s.ok) {
         bail!("{bad}");
@@ -335,13 +338,11 @@ fn load_database(
     db: &DatabaseConfig,
     dump: &DumpRecord,
     server: &Server,
-    scratch: &Scratch,
+    ctx: &DumpContext,
     file: &DumpInput,
     action: &DatabaseAction,
     report: &mut RestoreReport,
 ) -> Result<()> {
-    let never = AtomicBool::new(false);
-    let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
     let live = match db.kind {
         DatabaseKind::Sqlite => db.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         _ => dump.name.clone(),
@@ -351,7 +352,7 @@ fn load_database(
             if server.exists(new)? {
                 bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
             }
-            if let Err(e) = server.load(new, file, &ctx, db.timeout.0) {
+            if let Err(e) = server.load(new, file, ctx, db.timeout.0) {
                 let _ = server.drop_database(new);
                 return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
             }
@@ -367,7 +368,7 @@ fn load_database(
                     derived_name(&live, &format!("_before_{stamp}")),
                 ),
             };
-            if let Err(e) = server.load(&loaded, file, &ctx, db.timeout.0) {
+            if let Err(e) = server.load(&loaded, file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
             }
@@ -380,7 +381,7 @@ fn load_database(
                 // Views, routines, triggers and events cannot be renamed into
                 // another database: keep a full copy of the live one first, then
                 // load the (proven loadable) dump under the live name.
-                reload_mysql_by_copy(db, conn, &live, &loaded, &keep, file, &ctx)?;
+                reload_mysql_by_copy(db, conn, &live, &loaded, &keep, file, ctx)?;
                 tracing::warn!("the previous {live:?} is kept as {keep:?}; drop it when you are satisfied");
                 report.kept_as = Some(keep);
             } else {

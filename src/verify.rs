@@ -48,10 +48,12 @@ pub struct VerifyReport {
 
 /// Verify `job`'s snapshot `spec` (`latest` for its newest) in its first
 /// repository, or in the one named `from`.
-/// `progress`, when given, follows each database and the files.
+/// `progress`, when given, follows each database and the files; `cancel`
+/// (SIGTERM) stops a load tool, whose scratch database is then dropped.
 pub fn verify_job(
     job: &Job,
     source: &crate::restore::Source,
+    cancel: &AtomicBool,
     progress: Option<std::sync::Arc<crate::engine::progress::Progress>>,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
@@ -69,7 +71,6 @@ pub fn verify_job(
         duration_secs: 0.0,
     };
     let scratch = Scratch::new(job, "verify")?;
-    let never = AtomicBool::new(false);
     for dump in &record.databases {
         if let Some(p) = &progress {
             p.phase(format!("verify {}: database {}", job.name, dump.name));
@@ -91,7 +92,7 @@ pub fn verify_job(
                 _ => format!("hf_verify_{}", crate::engine::crypto::Id::random()?.short()),
             };
             let t = Instant::now();
-            let ctx = DumpContext { run: &scratch.0, cancel: &never, stream: None };
+            let ctx = DumpContext { run: &scratch.0, cancel, stream: None };
             let loaded = with_dump_input(&repo, &snap, dump, db, &scratch, |file| {
                 server.load(&check.scratch, file, &ctx, db.timeout.0)
             });

@@ -154,7 +154,7 @@ impl Command {
 }
 
 /// Which snapshots a command looks at: the filters `snapshots`, `find`,
-/// `stats`, `prune` and `copy` share (`restore` has its own `--path`).
+/// `stats`, `mount`, `prune`, `copy` and `restore` share.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct FilterArgs {
     /// Only snapshots this job made (with --config and no --repo, in the
@@ -316,7 +316,7 @@ pub fn run() -> Result<Exit> {
         threads: crate::engine::parallel::cpus(),
         progress: progress::ProgressMode::from_flags(cli.progress, cli.no_progress, cli.json_progress),
     };
-    match &cli.command {
+    let result = match &cli.command {
         Command::Run(args) => run::run(args, &ctx),
         Command::Prune(args) => prune::run(args, &ctx),
         Command::Status(args) => status::run(args, &ctx),
@@ -338,6 +338,14 @@ pub fn run() -> Result<Exit> {
         Command::Diff(args) => diff::run(args, &ctx),
         Command::Stats(args) => stats::run(args, &ctx),
         Command::Mount(args) => mount::run(args, &ctx),
+    };
+    // A command that failed because a signal stopped it exits 130/143.
+    match (result, ctx.interrupt.exit()) {
+        (Err(e), Some(exit)) => {
+            eprintln!("holdfast: error: {e:#}");
+            Ok(exit)
+        }
+        (result, _) => result,
     }
 }
 

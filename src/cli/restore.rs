@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Context, print_json, short};
+use super::{Context, FilterArgs, print_json, short};
 use crate::engine::restore::{RestoreOptions, restore};
 use crate::exit::{Exit, Usage};
 use crate::restore::{DatabaseAction, RestoreReport, Source, What, restore_job};
@@ -24,19 +24,10 @@ pub struct Args {
     pub files: bool,
     #[arg(long, value_name = "DIR")]
     pub to: Option<PathBuf>,
-    /// Restore only this path of the snapshot (repeatable); with `latest`,
-    /// the newest snapshot that holds it.
-    #[arg(long = "path", value_name = "PATH")]
-    pub paths: Vec<PathBuf>,
-    /// With `latest` and no job as the target: the newest snapshot this job made.
-    #[arg(long, value_name = "JOB")]
-    pub job: Option<String>,
-    /// With `latest`: the newest snapshot made on this host (repeatable: any).
-    #[arg(long = "host", value_name = "HOST")]
-    pub hosts: Vec<String>,
-    /// With `latest`: the newest snapshot with this tag (repeatable: all).
-    #[arg(long = "tag", value_name = "TAG")]
-    pub tags: Vec<String>,
+    /// `--path P` (repeatable) restores only P and what is below it; with
+    /// `latest`, the filters pick the newest snapshot that passes them.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// With a job and --files: replace a non-empty --to directory.
     #[arg(long)]
     pub overwrite: bool,
@@ -65,7 +56,7 @@ impl Args {
     fn what(&self) -> Result<What> {
         if self.files || self.database.is_none() {
             let to = self.to.clone().ok_or_else(|| Usage("restoring files needs --to DIR".into()))?;
-            return Ok(What::Files { paths: self.paths.clone(), to, overwrite: self.overwrite });
+            return Ok(What::Files { paths: self.filter.paths.clone(), to, overwrite: self.overwrite });
         }
         let action = match (&self.into, self.reload, &self.dump_to) {
             (Some(n), _, _) => DatabaseAction::Into(n.clone()),
@@ -107,13 +98,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
 /// a flag, a device node): the files are there, said per file.
 fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     let to = args.to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
-    let repo = ctx.open_for_job(args.job.as_deref())?;
-    let filter = crate::filter::SnapshotFilter {
-        job: args.job.clone(),
-        hosts: args.hosts.clone(),
-        tags: args.tags.clone(),
-        paths: args.paths.clone(),
-    };
+    let repo = ctx.open_for_job(args.filter.job.as_deref())?;
+    let filter = args.filter.filter();
     let (id, snap) = if args.target == "latest" && !filter.is_empty() {
         let (all, bad) = repo.snapshots()?;
         crate::engine::repository::newest(all, &bad, args.skip_damaged, |s| filter.matches(s))
@@ -125,7 +111,7 @@ fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     let display = ctx.show_progress("restore");
     let opts = RestoreOptions {
         target: to.clone(),
-        include: args.paths.clone(),
+        include: args.filter.paths.clone(),
         threads: ctx.threads,
         cancel: Some(ctx.interrupt.flag().clone()),
         progress: display.as_ref().map(|d| d.progress()),

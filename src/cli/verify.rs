@@ -51,7 +51,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         for repository in repositories {
             let source = Source { repository, snapshot: &args.snapshot, skip_damaged: args.skip_damaged };
             let display = ctx.show_progress(&format!("verify {}", job.name));
-            let verified = verify_job(job, &source, display.as_ref().map(|d| d.progress()));
+            let verified = verify_job(job, &source, ctx.interrupt.flag(), display.as_ref().map(|d| d.progress()));
             drop(display);
             match verified {
                 Ok(report) => {

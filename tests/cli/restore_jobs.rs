@@ -252,6 +252,48 @@ fn a_reload_that_meets_a_damaged_pack_stops_the_load_tool_and_leaves_the_live_da
     );
 }
 
+#[test]
+fn a_reload_stopped_by_sigterm_ends_the_load_tool_and_leaves_the_live_database_untouched() {
+    let env = JobEnv::new();
+    let db = PgDatabase::create("termload");
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    // Every row's check sleeps 50 ms, but only in the database a reload
+    // loads into: the load takes 30 s, so psql is loading when the signal comes.
+    db.sql(
+        "CREATE FUNCTION slow_in_reload(i int) RETURNS boolean LANGUAGE plpgsql AS $$ \
+         BEGIN IF current_database() LIKE '%_hfreload_%' THEN PERFORM pg_sleep(0.05); END IF; RETURN true; END $$;\n\
+         CREATE TABLE t (id int CHECK (slow_in_reload(id)), v text);\n\
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 600) g;",
+    );
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES (0, 'added after the backup');");
+
+    let mut cmd = env.cmd(["restore", "crm", "--database", &db.name, "--reload"]);
+    cmd.env("HOLDFAST_PASSPHRASE", crate::util::PASSPHRASE);
+    let mut restore = env.start(cmd);
+    let loading = format!("{}_hfreload_", db.name);
+    let waited = Instant::now();
+    while !pg_databases_starting_with(&format!("{}_", db.name)).iter().any(|d| d.starts_with(&loading)) {
+        assert!(restore.is_running(), "the reload ended before it was loading: {:?}", restore.wait());
+        assert!(waited.elapsed() < Duration::from_secs(60), "the reload never started loading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(restore.pid() as i32), Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+    let ran = restore.wait();
+
+    assert_eq!(ran.status.code(), Some(143), "{ran:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(15), "psql was stopped, not waited for: {ran:?}");
+    assert_eq!(db.sql("SELECT count(*), max(v) FILTER (WHERE id = 0) FROM t;"), "601|added after the backup\n");
+    assert_eq!(
+        pg_databases_starting_with(&format!("{}_", db.name)),
+        Vec::<String>::new(),
+        "the half-loaded copy is dropped: {ran:?}"
+    );
+}
+
 /// Every file below `dir`.
 fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
