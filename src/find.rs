@@ -35,33 +35,80 @@ pub struct FindQuery {
 }
 
 /// The answer: matching paths and database dumps, each with the snapshots
-/// holding them, newest first.
-#[derive(Debug, Serialize)]
+/// holding them, newest first. A version is two numbers (which snapshot,
+/// which entry), so `find '*'` over a long history stays small; the JSON
+/// form spells each one out as it is written.
+#[derive(Debug)]
 pub struct Found {
     pub paths: Vec<FoundPath>,
     pub databases: Vec<FoundDatabase>,
     pub snapshots_searched: usize,
     /// Distinct directories read for the whole search.
     pub directories_read: usize,
+    snapshots: Vec<(Id, jiff::Timestamp)>,
+    entries: Vec<ListEntry>,
 }
 
-#[derive(Debug, Serialize)]
+/// A matching path: its versions as (snapshot, entry) numbers, newest first.
+#[derive(Debug)]
 pub struct FoundPath {
-    pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path_base64: Option<String>,
-    #[serde(skip)]
     pub path_bytes: Vec<u8>,
-    pub versions: Vec<FoundVersion>,
+    versions: Vec<(u32, u32)>,
 }
 
 /// One snapshot's entry at a found path.
 #[derive(Debug, Serialize)]
-pub struct FoundVersion {
+pub struct FoundVersion<'a> {
     pub snapshot: String,
     pub short_id: String,
     pub time: jiff::Timestamp,
-    pub entry: ListEntry,
+    pub entry: &'a ListEntry,
+}
+
+impl Found {
+    /// The versions of `path`, newest first.
+    pub fn versions<'a>(&'a self, path: &'a FoundPath) -> impl Iterator<Item = FoundVersion<'a>> + 'a {
+        path.versions.iter().map(|(s, e)| {
+            let (id, time) = &self.snapshots[*s as usize];
+            FoundVersion { snapshot: id.to_hex(), short_id: id.short(), time: *time, entry: &self.entries[*e as usize] }
+        })
+    }
+}
+
+impl Serialize for Found {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Paths<'a>(&'a Found);
+        struct OnePath<'a>(&'a Found, &'a FoundPath);
+        impl Serialize for Paths<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.paths.len()))?;
+                for p in &self.0.paths {
+                    seq.serialize_element(&OnePath(self.0, p))?;
+                }
+                seq.end()
+            }
+        }
+        impl Serialize for OnePath<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let Some((_, first)) = self.1.versions.first() else { return serializer.serialize_none() };
+                let first = &self.0.entries[*first as usize];
+                let mut st = serializer.serialize_struct("FoundPath", 3)?;
+                st.serialize_field("path", &first.path)?;
+                if let Some(b64) = &first.path_base64 {
+                    st.serialize_field("path_base64", b64)?;
+                }
+                st.serialize_field("versions", &self.0.versions(self.1).collect::<Vec<_>>())?;
+                st.end()
+            }
+        }
+        let mut st = serializer.serialize_struct("Found", 4)?;
+        st.serialize_field("paths", &Paths(self))?;
+        st.serialize_field("databases", &self.databases)?;
+        st.serialize_field("snapshots_searched", &self.snapshots_searched)?;
+        st.serialize_field("directories_read", &self.directories_read)?;
+        st.end()
+    }
 }
 
 /// A database whose name (or entry) matched, with the dumps of it.
@@ -145,31 +192,39 @@ pub fn find(repo: &Repository, snapshots: &[(Id, Snapshot)], query: &FindQuery) 
         let leads = !dirs[n].hits.is_empty() || dirs[n].children.iter().any(|c| dirs[*c].leads_to_hit);
         dirs[n].leads_to_hit = leads;
     }
-    let mut by_path: BTreeMap<Vec<u8>, Vec<FoundVersion>> = BTreeMap::new();
-    for ((id, s), root) in snapshots.iter().zip(&roots).rev() {
+    // Versions per path: a path's number, given when an entry first has it.
+    let mut path_numbers: HashMap<&[u8], usize> = HashMap::new();
+    let hit_paths: Vec<usize> = hits
+        .iter()
+        .map(|e| {
+            let next = path_numbers.len();
+            *path_numbers.entry(e.path_bytes.as_slice()).or_insert(next)
+        })
+        .collect();
+    let mut versions: Vec<Vec<(u32, u32)>> = vec![Vec::new(); path_numbers.len()];
+    for (s, root) in roots.iter().enumerate().rev() {
         let mut stack = vec![*root];
         while let Some(n) = stack.pop() {
             let dir = &dirs[n];
             for h in &dir.hits {
-                let entry = hits[*h].clone();
-                let version = FoundVersion { snapshot: id.to_hex(), short_id: id.short(), time: s.time, entry };
-                by_path.entry(hits[*h].path_bytes.clone()).or_default().push(version);
+                versions[hit_paths[*h]].push((s as u32, *h as u32));
             }
             stack.extend(dir.children.iter().filter(|c| dirs[**c].leads_to_hit));
         }
     }
-    let paths = by_path
+    let mut paths: Vec<FoundPath> = path_numbers
         .into_iter()
-        .map(|(bytes, versions)| {
-            let first = &versions[0].entry;
-            FoundPath { path: first.path.clone(), path_base64: first.path_base64.clone(), path_bytes: bytes, versions }
-        })
+        .map(|(bytes, n)| FoundPath { path_bytes: bytes.to_vec(), versions: std::mem::take(&mut versions[n]) })
+        .filter(|p| !p.versions.is_empty())
         .collect();
+    paths.sort_by(|a, b| a.path_bytes.cmp(&b.path_bytes));
     Ok(Found {
         paths,
         databases: find_databases(snapshots, &query.patterns),
         snapshots_searched: snapshots.len(),
         directories_read: dirs.len(),
+        snapshots: snapshots.iter().map(|(id, s)| (*id, s.time)).collect(),
+        entries: hits,
     })
 }
 

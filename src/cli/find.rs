@@ -63,8 +63,8 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     }
     for p in &found.paths {
         outln!("{}", escape_text(&p.path_bytes));
-        for v in &p.versions {
-            let e = &v.entry;
+        for v in found.versions(p) {
+            let e = v.entry;
             outln!(
                 "  {}  {}  {} {:>10}  modified {}",
                 v.short_id,

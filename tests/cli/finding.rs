@@ -306,3 +306,30 @@ fn snapshots_restore_copy_and_prune_take_the_same_filters() {
     assert_eq!(count(&["--tag", "web"]), 1, "the older web snapshot went");
     assert_eq!(count(&["--tag", "db"]), 1);
 }
+
+#[test]
+fn find_star_lists_every_path_once_with_non_utf8_names_kept_exactly() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    let odd = src.join(std::ffi::OsStr::from_bytes(b"d/caf\xe9.txt"));
+    fs::write(&odd, "latin-1 name").unwrap();
+    fs::write(src.join("d/plain.txt"), "p").unwrap();
+    for _ in 0..3 {
+        t.backup(&[&src]);
+    }
+    let v = find_json(&t, &["*"]);
+    let paths = v["paths"].as_array().unwrap();
+    // Every path below and including the backed-up tree's ancestors, once each.
+    let count = |suffix: &str| paths.iter().filter(|p| p["path"].as_str().unwrap().ends_with(suffix)).count();
+    assert_eq!(count("/d/plain.txt"), 1);
+    assert!(paths.iter().all(|p| p["versions"].as_array().unwrap().len() == 3), "each path in all 3 snapshots");
+    let odd_found = paths.iter().find(|p| p.get("path_base64").is_some()).expect("the non-UTF-8 name carries its bytes");
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(odd_found["path_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, odd.as_os_str().as_bytes());
+    // The text form escapes it instead of printing raw bytes.
+    let out = stdout_of(&t.cmd(["find", "caf*"]).assert().success());
+    assert!(out.contains("caf\\xe9.txt"), "{out}");
+}
