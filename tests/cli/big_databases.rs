@@ -376,3 +376,99 @@ fn a_streamed_dump_whose_server_stops_makes_no_snapshot_and_the_repository_stays
     assert!(env.path("finally-ran").exists(), "finally ran");
     env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
 }
+
+/// A MariaDB server of one test (its own data directory, a free port, no
+/// grant checks), killed when the test ends.
+struct PrivateMariaDb {
+    _dir: tempfile::TempDir,
+    server: Child,
+    db: crate::jobs_util::MariaDb,
+}
+
+impl PrivateMariaDb {
+    fn start() -> PrivateMariaDb {
+        crate::whole_system::require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Command::new("chown").args(["-R", "mysql:mysql"]).arg(dir.path()).status().unwrap();
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=mysql", "--skip-test-db", "--auth-root-authentication-method=normal"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+        let server = Command::new("/usr/sbin/mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--skip-grant-tables", "--bind-address=127.0.0.1"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let db = crate::jobs_util::MariaDb { host: "127.0.0.1".into(), port, user: "root".into() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.try_sql(None, "SELECT 1;").is_err() {
+            assert!(Instant::now() < deadline, "the private MariaDB never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PrivateMariaDb { _dir: dir, server, db }
+    }
+
+    /// Kill the server, as a crash or an OOM kill would.
+    fn kill(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn a_streamed_mariadb_dump_whose_server_dies_makes_no_snapshot_and_the_repository_stays_healthy() {
+    let mut server = PrivateMariaDb::start();
+    let my = server.db.clone();
+    my.sql(None, "CREATE DATABASE app;");
+    my.sql(Some("app"), "CREATE TABLE t (v text);\nINSERT INTO t VALUES ('never whole');");
+    let env = JobEnv::new();
+    env.config(&format!(
+        "[jobs.app]\n[[jobs.app.databases]]\nkind = \"mysql\"\nname = \"app\"\n{}stream = true\n\
+         [[jobs.app.hooks]]\nphase = \"finally\"\nrun = \"touch finally-ran\"\n",
+        my.toml()
+    ))
+    .init_repo();
+    // mariadb-dump starts, writes its header, then waits for the table
+    // another session holds locked; the server dies under it.
+    let mut locker = Command::new("mariadb")
+        .args(["--protocol=TCP", "-h", &my.host, "-P", &my.port, "-u", "root", "app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(locker.stdin.as_mut().unwrap(), b"LOCK TABLES t WRITE;\nSELECT SLEEP(60);\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = env.start(env.cmd(["run", "app"]));
+    let pattern = format!("mariadb-dump.*{}", my.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new("pgrep").args(["-f", &pattern]).stdout(Stdio::null()).status().unwrap().success() {
+        assert!(Instant::now() < deadline, "mariadb-dump never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+
+    let ran = started.wait();
+    let _ = locker.kill();
+    let _ = locker.wait();
+    ran.assert_failed().assert_says("mariadb-dump");
+    assert!(env.snapshots_json("app").is_empty(), "a stream cut short is never a snapshot");
+    assert!(env.path("finally-ran").exists(), "finally ran");
+    env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+}

@@ -325,7 +325,8 @@ fn find_star_lists_every_path_once_with_non_utf8_names_kept_exactly() {
     let count = |suffix: &str| paths.iter().filter(|p| p["path"].as_str().unwrap().ends_with(suffix)).count();
     assert_eq!(count("/d/plain.txt"), 1);
     assert!(paths.iter().all(|p| p["versions"].as_array().unwrap().len() == 3), "each path in all 3 snapshots");
-    let odd_found = paths.iter().find(|p| p.get("path_base64").is_some()).expect("the non-UTF-8 name carries its bytes");
+    let odd_found =
+        paths.iter().find(|p| p.get("path_base64").is_some()).expect("the non-UTF-8 name carries its bytes");
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.decode(odd_found["path_base64"].as_str().unwrap()).unwrap();
     assert_eq!(bytes, odd.as_os_str().as_bytes());

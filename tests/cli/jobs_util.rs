@@ -492,7 +492,7 @@ impl MariaDb {
         self.try_sql(db, sql).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_sql(&self, db: Option<&str>, sql: &str) -> Result<String, String> {
+    pub fn try_sql(&self, db: Option<&str>, sql: &str) -> Result<String, String> {
         let mut args: Vec<String> =
             ["--protocol=TCP", "-N", "-B", "-h", &self.host, "-P", &self.port, "-u", &self.user]
                 .iter()
