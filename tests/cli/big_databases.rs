@@ -361,13 +361,7 @@ fn a_streamed_dump_whose_server_stops_makes_no_snapshot_and_the_repository_stays
     // server goes away under it.
     let _lock = LockedTable::hold_on(pg, "app", 60);
     let started = env.start(env.cmd(["run", "app"]));
-    let pattern = format!("pg_dump.*--port={}", pg.port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !Command::new("pgrep").args(["-f", &pattern]).stdout(Stdio::null()).status().unwrap().success() {
-        assert!(Instant::now() < deadline, "pg_dump never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_process(&format!("pg_dump.*--port={}", pg.port));
     cluster.stop_immediately();
 
     let ran = started.wait();
@@ -455,13 +449,7 @@ fn a_streamed_mariadb_dump_whose_server_dies_makes_no_snapshot_and_the_repositor
     std::io::Write::write_all(locker.stdin.as_mut().unwrap(), b"LOCK TABLES t WRITE;\nSELECT SLEEP(60);\n").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let started = env.start(env.cmd(["run", "app"]));
-    let pattern = format!("mariadb-dump.*{}", my.port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !Command::new("pgrep").args(["-f", &pattern]).stdout(Stdio::null()).status().unwrap().success() {
-        assert!(Instant::now() < deadline, "mariadb-dump never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_process(&format!("mariadb-dump.*--port={}", my.port));
     server.kill();
 
     let ran = started.wait();
@@ -471,4 +459,15 @@ fn a_streamed_mariadb_dump_whose_server_dies_makes_no_snapshot_and_the_repositor
     assert!(env.snapshots_json("app").is_empty(), "a stream cut short is never a snapshot");
     assert!(env.path("finally-ran").exists(), "finally ran");
     env.engine(["--repo", "main", "check", "--read-data"]).assert().success();
+}
+
+/// Wait (up to 30 s) until a process whose command line matches `pattern`
+/// runs, then a moment more for it to get going.
+fn wait_for_process(pattern: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new("pgrep").args(["-f", pattern]).stdout(Stdio::null()).status().unwrap().success() {
+        assert!(Instant::now() < deadline, "no process like {pattern:?} started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400));
 }
