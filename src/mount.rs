@@ -121,7 +121,7 @@ impl ChunkReader {
         let shared = Arc::new(SharedChunks::default());
         let (ahead, queue) = std::sync::mpsc::channel::<Id>();
         let queue = Arc::new(Mutex::new(queue));
-        for _ in 0..crate::engine::parallel::cpus().saturating_sub(1).max(1) {
+        for _ in 0..crate::engine::parallel::cpus() {
             let (repo, index, shared, queue) = (repo.clone(), index.clone(), shared.clone(), queue.clone());
             // Ends when the reader (the sender) is dropped.
             std::thread::spawn(move || {
@@ -400,20 +400,23 @@ impl SnapshotFs {
 
     /// `size` bytes of file `ino` from `offset`.
     fn read_file(&mut self, ino: u64, offset: u64, size: u64) -> Result<Vec<u8>, i32> {
-        let Some(Node { kind: Kind::File(content), meta, .. }) = self.node(ino) else { return Err(libc::EISDIR) };
+        let SnapshotFs { nodes, chunks, starts, .. } = self;
+        let Some(Node { kind: Kind::File(content), meta, .. }) = nodes.get((ino as usize).wrapping_sub(1)) else {
+            return Err(libc::EISDIR);
+        };
         let total = meta.as_ref().map_or(0, |m| m.size);
-        let pieces = content.pieces.clone();
-        let starts = self.starts.entry(ino).or_insert_with(|| piece_starts(&pieces)).clone();
-        if self.starts.len() > 1024 {
-            self.starts.clear();
+        let pieces = &content.pieces;
+        if starts.len() > 1024 && !starts.contains_key(&ino) {
+            starts.clear();
         }
+        let starts = starts.entry(ino).or_insert_with(|| piece_starts(pieces));
         let end = offset.saturating_add(size).min(total);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let mut i = starts.partition_point(|s| *s <= offset).saturating_sub(1);
         // A reader going through the file wants the next chunks soon.
-        let next = pieces[i.min(pieces.len())..].iter().skip(1).filter_map(Piece::chunk).take(READ_AHEAD_CHUNKS);
-        self.chunks.read_ahead(next);
+        let next = pieces.iter().skip(i + 1).filter_map(Piece::chunk).take(READ_AHEAD_CHUNKS);
+        chunks.read_ahead(next);
         while pos < end && i < pieces.len() {
             let within = pos - starts[i];
             let take = (pieces[i].len().saturating_sub(within)).min(end - pos);
@@ -424,7 +427,7 @@ impl SnapshotFs {
                         Piece::Slice { offset, .. } => *offset as u64,
                         _ => 0,
                     };
-                    let chunk = self.chunks.get(id)?;
+                    let chunk = chunks.get(id)?;
                     let from = (base + within) as usize;
                     let bytes = chunk.get(from..from + take as usize).ok_or(libc::EIO)?;
                     out.extend_from_slice(bytes);
