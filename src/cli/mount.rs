@@ -68,7 +68,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         options.push(fuser::MountOption::AllowOther);
     }
     let mut session = fuser::Session::new(fs, &args.mountpoint, &options)
-        .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
+        .map_err(|e| anyhow::anyhow!("mounting at {}: {e}{}", args.mountpoint.display(), dead_mount_hint(&e, args)))?;
     let mut unmount = session.unmount_callable();
     let serving = std::thread::spawn(move || session.run());
     eprintln!(
@@ -114,4 +114,13 @@ fn finishes_within<T>(thread: &std::thread::JoinHandle<T>, limit: Duration) -> b
         std::thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+/// What to do about a mount point whose earlier mount died with its server.
+fn dead_mount_hint(e: &std::io::Error, args: &Args) -> String {
+    if e.raw_os_error() == Some(nix::libc::ENOTCONN) {
+        format!(" (a mount there died with its server; `umount -l {}` clears it)", args.mountpoint.display())
+    } else {
+        String::new()
+    }
 }

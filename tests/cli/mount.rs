@@ -218,6 +218,35 @@ fn mount_without_fuse_fails_at_once_and_says_why() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"));
 }
 
+#[test]
+fn a_mount_killed_hard_leaves_a_dead_mount_that_the_next_mount_names_with_the_fix() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    t.backup(&[&src]);
+    let mnt = t.path("mnt");
+    let mount_cmd = || {
+        let mut cmd = Command::new(crate::util::holdfast_bin());
+        cmd.args(["--repo"]).arg(t.repo()).arg("mount").arg(&mnt);
+        cmd.env("HOLDFAST_PASSPHRASE", crate::util::PASSPHRASE);
+        cmd
+    };
+    let mut m = Mounted::start(mount_cmd(), &mnt, t.path("mount.log"));
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    // The kernel's mount outlives its server: the next mount says what to do.
+    let out = mount_cmd().output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("umount -l"), "{stderr}");
+    drop(m);
+    assert!(!is_mounted(&mnt));
+    // After `umount -l` (done by the drop above) it mounts again.
+    let again = Mounted::start(mount_cmd(), &mnt, t.path("mount2.log"));
+    drop(again);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).unwrap() {
