@@ -40,8 +40,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
-    let meta =
-        std::fs::metadata(&args.mountpoint).with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    let meta = std::fs::metadata(&args.mountpoint)
+        .map_err(|e| anyhow::anyhow!("mount point {}: {e}{}", args.mountpoint.display(), dead_mount_hint(&e, args)))?;
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", args.mountpoint.display());
     }
