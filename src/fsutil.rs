@@ -96,6 +96,12 @@ pub fn free_space(path: &Path) -> Option<u64> {
     Some(fs.f_bavail.saturating_mul(fs.f_frsize))
 }
 
+/// Whether `dir`'s file system has room for a file of `bytes`, with 10%
+/// and `slack` to spare (a dump extracted or loaded there; it may grow).
+pub fn has_room(dir: &Path, bytes: u64, slack: u64) -> bool {
+    free_space(dir).is_some_and(|free| free >= bytes.saturating_add(bytes / 10).saturating_add(slack))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

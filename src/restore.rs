@@ -247,10 +247,9 @@ pub fn with_dump_input<T>(
     load: impl FnOnce(&DumpInput) -> Result<T>,
 ) -> Result<T> {
     let name = Path::new(&dump.file).file_name().context("dump record without a file name")?.to_string_lossy();
-    let room = dump.size.saturating_add(dump.size / 10).saturating_add(64 << 20);
     if name.ends_with(".pgdump")
         && db.run_as.is_none()
-        && crate::fsutil::free_space(&scratch.0.dumps).is_some_and(|free| free >= room)
+        && crate::fsutil::has_room(&scratch.0.dumps, dump.size, 64 << 20)
     {
         let file = extract_dump(repo, snap, dump, &scratch.0.dumps)?;
         return load(&DumpInput::File(&file));

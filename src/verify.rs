@@ -157,8 +157,7 @@ pub fn verify_job(
 /// room for it, else beside the live database (a hidden name, removed after
 /// the check), so that a streamed job with a small spool can still be verified.
 fn sqlite_scratch(spool: &Path, live: Option<&Path>, dump: &crate::record::DumpRecord) -> Result<String> {
-    let room = dump.size.saturating_add(dump.size / 10).saturating_add(16 << 20);
-    let fits = |dir: &Path| crate::fsutil::free_space(dir).is_some_and(|free| free >= room);
+    let fits = |dir: &Path| crate::fsutil::has_room(dir, dump.size, 16 << 20);
     let beside_live = live.and_then(|p| Some((p.parent()?, p.file_name()?)));
     let path = match beside_live {
         Some((dir, name)) if !fits(spool) && fits(dir) => {
