@@ -167,7 +167,8 @@ pub struct FilterArgs {
     /// Only snapshots with this tag (repeatable: all of them).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
-    /// Only snapshots that hold this path (repeatable).
+    /// Only snapshots that hold this path (repeatable); `find` and
+    /// `restore` also keep to what is at or below it.
     #[arg(long = "path", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 }
