@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::engine::crypto::Id;
 use crate::engine::index::Index;
-use crate::engine::repository::{PackFiles, Repository, TreePacks};
+use crate::engine::repository::{PackFiles, Repository, TreePacks, tree_not_indexed};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::{Entry, EntryKind, FLAGS_UNKNOWN, FileContent, Metadata, Piece, Tree};
 use crate::error::Error;
@@ -115,6 +115,7 @@ pub fn diff(repo: &Repository, from: (&Id, &Snapshot), to: (&Id, &Snapshot), und
         blobs: HashMap::new(),
     };
     let mut kept = TreePacks::default();
+    let empty = Tree::default();
     let mut level = Vec::new();
     if from.1.root != to.1.root {
         level.push(Pair { before: Some(from.1.root), after: Some(to.1.root), dir: PathBuf::from("/") });
@@ -122,26 +123,25 @@ pub fn diff(repo: &Repository, from: (&Id, &Snapshot), to: (&Id, &Snapshot), und
     while !level.is_empty() {
         let ids = level.iter().flat_map(|p| [p.before, p.after]).flatten();
         let trees = repo.load_trees(&index, ids, &mut kept);
-        let tree = |id: Option<Id>| -> Result<Tree> {
-            match id.map(|id| trees.get(&id).ok_or_else(|| tree_missing(&id))) {
-                None => Ok(Tree::default()),
-                Some(found) => Ok(found?.as_ref().map_err(Error::clone)?.clone()),
+        let tree = |id: Option<Id>| -> Result<&Tree> {
+            match id {
+                None => Ok(&empty),
+                Some(id) => match trees.get(&id) {
+                    Some(loaded) => Ok(loaded.as_ref().map_err(Error::clone)?),
+                    None => Err(tree_not_indexed(&id).into()),
+                },
             }
         };
         let mut next = Vec::new();
         for pair in level {
             let (before, after) = (tree(pair.before)?, tree(pair.after)?);
             walk.stat.directories_read += pair.before.is_some() as u64 + pair.after.is_some() as u64;
-            walk.compare_dirs(&pair.dir, &before, &after, &mut next)?;
+            walk.compare_dirs(&pair.dir, before, after, &mut next)?;
         }
         level = next;
     }
     walk.changes.sort_by(|a, b| a.path_bytes.cmp(&b.path_bytes));
     Ok(Diff { from: from.0.to_hex(), to: to.0.to_hex(), changes: walk.changes, stat: walk.stat })
-}
-
-fn tree_missing(id: &Id) -> anyhow::Error {
-    anyhow::anyhow!("tree {} is not in the index; `holdfast check` says more", id.short())
 }
 
 /// Two directories at one path to compare (one side absent: everything on

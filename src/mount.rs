@@ -57,6 +57,9 @@ pub struct SnapshotFs {
     time: SystemTime,
 }
 
+/// A directory's entries: name and inode, sorted by name once complete.
+type Listing = Vec<(Vec<u8>, u64)>;
+
 struct Node {
     parent: u64,
     /// The backed-up attributes; `None` for the directories the mount makes up.
@@ -234,20 +237,20 @@ impl SnapshotFs {
         let mut top: Vec<(Vec<u8>, u64)> = vec![(b"by-id".to_vec(), by_id), (b"by-time".to_vec(), by_time)];
         let mut ids = Vec::new();
         let mut times = Vec::new();
-        let mut jobs: BTreeMap<String, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
-        let mut job_dirs: BTreeMap<String, u64> = BTreeMap::new();
+        // Per job: its directory and the snapshots listed in it.
+        let mut jobs: BTreeMap<String, (u64, Listing)> = BTreeMap::new();
         for (id, s) in snapshots {
             let name_by_time = unique_name(&times, time_name(&s.time), id);
             let short = unique_name(&ids, id.short(), id);
             let as_id = fs.add_snapshot(by_id, s);
             ids.push((short.into_bytes(), as_id));
             let as_time = fs.add_snapshot(by_time, s);
-            times.push((name_by_time.clone().into_bytes(), as_time));
-            if let Some(record) = RunRecord::of(s) {
-                let dir = *job_dirs.entry(record.job.clone()).or_insert_with(|| fs.add_virtual(by_job));
-                let listed = jobs.entry(record.job).or_default();
+            times.push((name_by_time.into_bytes(), as_time));
+            // A job's name becomes a directory name: one that cannot be is left out.
+            if let Some(record) = RunRecord::of(s).filter(|r| is_file_name(&r.job)) {
+                let (dir, listed) = jobs.entry(record.job).or_insert_with(|| (fs.add_virtual(by_job), Vec::new()));
                 let name = unique_name(listed, time_name(&s.time), id);
-                let node = fs.add_snapshot(dir, s);
+                let node = fs.add_snapshot(*dir, s);
                 listed.push((name.into_bytes(), node));
             }
         }
@@ -256,8 +259,7 @@ impl SnapshotFs {
             top.push((b"latest".to_vec(), fs.add_node(root, None, Kind::Symlink(target))));
         }
         let mut job_entries = Vec::new();
-        for (job, mut listed) in jobs {
-            let dir = job_dirs[&job];
+        for (job, (dir, mut listed)) in jobs {
             if let Some((newest, _)) = listed.last() {
                 let link = fs.add_node(dir, None, Kind::Symlink(newest.clone()));
                 listed.push((b"latest".to_vec(), link));
@@ -626,7 +628,43 @@ fn time_name(t: &jiff::Timestamp) -> String {
     t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
+/// Whether `name` can be one directory entry's name.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 /// `name`, or `name-<id>` when a sibling already has it.
 fn unique_name(siblings: &[(Vec<u8>, u64)], name: String, id: &Id) -> String {
     if siblings.iter().any(|(n, _)| n == name.as_bytes()) { format!("{name}-{}", id.to_hex()) } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_that_cannot_be_directory_names_are_refused() {
+        assert!(is_file_name("shop") && is_file_name("shop.v2"));
+        for bad in ["", ".", "..", "a/b", "../etc", "nul\0"] {
+            assert!(!is_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn seek_data_and_hole_follow_the_pieces() {
+        let id = Id([1; 32]);
+        // 8 KiB hole, 4 KiB data, 8 KiB hole.
+        let pieces = [Piece::Hole { len: 8192 }, Piece::Chunk { id, len: 4096 }, Piece::Hole { len: 8192 }];
+        let size = 20480;
+        assert_eq!(seek_data_or_hole(&pieces, size, 0, libc::SEEK_DATA), Ok(8192));
+        assert_eq!(seek_data_or_hole(&pieces, size, 9000, libc::SEEK_DATA), Ok(9000));
+        assert_eq!(seek_data_or_hole(&pieces, size, 0, libc::SEEK_HOLE), Ok(0));
+        assert_eq!(seek_data_or_hole(&pieces, size, 8192, libc::SEEK_HOLE), Ok(12288));
+        assert_eq!(seek_data_or_hole(&pieces, size, 13000, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(seek_data_or_hole(&pieces, size, size as i64, libc::SEEK_HOLE), Err(libc::ENXIO));
+        assert_eq!(seek_data_or_hole(&pieces, size, -1, libc::SEEK_DATA), Err(libc::EINVAL));
+        // A file of data only: its hole is its end.
+        let data = [Piece::Chunk { id, len: 100 }];
+        assert_eq!(seek_data_or_hole(&data, 100, 10, libc::SEEK_HOLE), Ok(100));
+    }
 }

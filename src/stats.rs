@@ -45,28 +45,50 @@ pub struct RepositoryStats {
     pub unreferenced_bytes: u64,
 }
 
-/// Walk the distinct trees of `snapshots` and count what they reference.
-pub fn stats(repo: &Repository, index: &Index, snapshots: &[&(Id, Snapshot)]) -> Result<Stats> {
+/// The distinct trees and chunks some snapshots reference.
+#[derive(Debug, Default)]
+pub struct Referenced {
+    trees: HashSet<Id>,
+    chunks: HashSet<Id>,
+}
+
+impl Referenced {
+    /// Walk the distinct trees of `snapshots` (each once).
+    pub fn walk(repo: &Repository, index: &Index, snapshots: &[&(Id, Snapshot)]) -> Result<Referenced> {
+        let mut out = Referenced::default();
+        let Referenced { trees, chunks } = &mut out;
+        let roots: Vec<(Id, ())> =
+            snapshots.iter().filter(|(_, s)| trees.insert(s.root)).map(|(_, s)| (s.root, ())).collect();
+        repo.walk_trees(index, roots, |_, tree, ()| {
+            let mut next = Vec::new();
+            for e in &tree.entries {
+                match &e.kind {
+                    EntryKind::Dir { tree } if trees.insert(*tree) => next.push((*tree, ())),
+                    EntryKind::File(content) => chunks.extend(content.pieces.iter().filter_map(|p| p.chunk().copied())),
+                    _ => {}
+                }
+            }
+            Ok(next)
+        })?;
+        Ok(out)
+    }
+
+    /// Add what `other` references (groups of snapshots to their union,
+    /// without walking again).
+    pub fn extend(&mut self, other: &Referenced) {
+        self.trees.extend(&other.trees);
+        self.chunks.extend(&other.chunks);
+    }
+}
+
+/// The figures of `snapshots`, which reference `referenced`.
+pub fn stats(index: &Index, snapshots: &[&(Id, Snapshot)], referenced: &Referenced) -> Stats {
     let mut out = Stats { snapshots: snapshots.len(), ..Stats::default() };
     for (_, s) in snapshots {
         out.files += s.summary.files;
         out.logical_bytes += s.summary.bytes;
     }
-    let mut trees: HashSet<Id> = HashSet::new();
-    let mut chunks: HashSet<Id> = HashSet::new();
-    let roots: Vec<(Id, ())> =
-        snapshots.iter().filter(|(_, s)| trees.insert(s.root)).map(|(_, s)| (s.root, ())).collect();
-    repo.walk_trees(index, roots, |_, tree, ()| {
-        let mut next = Vec::new();
-        for e in &tree.entries {
-            match &e.kind {
-                EntryKind::Dir { tree } if trees.insert(*tree) => next.push((*tree, ())),
-                EntryKind::File(content) => chunks.extend(content.pieces.iter().filter_map(|p| p.chunk().copied())),
-                _ => {}
-            }
-        }
-        Ok(next)
-    })?;
+    let Referenced { trees, chunks } = referenced;
     out.trees = trees.len() as u64;
     out.chunks = chunks.len() as u64;
     let mut stored_chunks = 0u64;
@@ -78,7 +100,7 @@ pub fn stats(repo: &Repository, index: &Index, snapshots: &[&(Id, Snapshot)]) ->
     out.stored_bytes = stored_chunks + stored_trees;
     out.dedup_ratio = ratio(out.logical_bytes, out.unique_bytes);
     out.compression_ratio = ratio(out.unique_bytes, stored_chunks);
-    Ok(out)
+    out
 }
 
 /// The repository's packs and what of them `referenced` (stats of every

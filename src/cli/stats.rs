@@ -11,7 +11,7 @@ use crate::engine::crypto::Id;
 use crate::engine::snapshot::Snapshot;
 use crate::exit::Exit;
 use crate::record::RunRecord;
-use crate::stats::{RepositoryStats, Stats, repository_stats, stats};
+use crate::stats::{Referenced, RepositoryStats, Stats, repository_stats, stats};
 use crate::units::human;
 
 pub const EXAMPLES: &str = "\
@@ -55,13 +55,17 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     for s in &snaps {
         by_job.entry(RunRecord::of(&s.1).map(|r| r.job).unwrap_or_default()).or_default().push(s);
     }
+    // Each group's trees are walked once; all snapshots are their union.
     let mut groups = BTreeMap::new();
-    if args.snapshot.is_none() {
-        for (job, group) in &by_job {
-            groups.insert(job.clone(), stats(&repo, &index, group)?);
+    let mut everything = Referenced::default();
+    for (job, group) in &by_job {
+        let referenced = Referenced::walk(&repo, &index, group)?;
+        if args.snapshot.is_none() {
+            groups.insert(job.clone(), stats(&index, group, &referenced));
         }
+        everything.extend(&referenced);
     }
-    let all = stats(&repo, &index, &snaps.iter().collect::<Vec<_>>())?;
+    let all = stats(&index, &snaps.iter().collect::<Vec<_>>(), &everything);
     // The whole repository only when every snapshot is counted.
     let whole = args.snapshot.is_none() && args.filter.filter().is_empty();
     let repository = if whole { Some(repository_stats(&repo, &index, &all)?) } else { None };

@@ -819,7 +819,7 @@ fn tree_pack_unreadable(id: &Id, pack: &Id, e: &Error) -> Error {
     )
 }
 
-fn tree_not_indexed(id: &Id) -> Error {
+pub(crate) fn tree_not_indexed(id: &Id) -> Error {
     Error::damaged(
         format!("tree {}", id.short()),
         "not in the index; `holdfast check` says more, `holdfast repair index` may bring it back",

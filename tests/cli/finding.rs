@@ -334,3 +334,29 @@ fn find_star_lists_every_path_once_with_non_utf8_names_kept_exactly() {
     let out = stdout_of(&t.cmd(["find", "caf*"]).assert().success());
     assert!(out.contains("caf\\xe9.txt"), "{out}");
 }
+
+#[test]
+fn find_diff_and_stats_over_a_damaged_tree_fail_and_say_so_instead_of_answering_short() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f.txt"), "one").unwrap();
+    let first = t.backup(&[&src]);
+    fs::write(src.join("d/f.txt"), "two, longer").unwrap();
+    t.backup(&[&src]);
+    // Flip a byte in the middle of every pack: trees and chunks alike.
+    for pack in t.repository_files().into_iter().filter(|p| p.to_string_lossy().contains("/packs/")) {
+        let f = fs::OpenOptions::new().read(true).write(true).open(&pack).unwrap();
+        let at = f.metadata().unwrap().len() / 3;
+        let mut b = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[b[0] ^ 0x01], at).unwrap();
+    }
+    for args in [vec!["find", "f.txt"], vec!["diff", &first[..8], "latest"], vec!["stats"]] {
+        let out = t.cmd(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("damaged") || stderr.contains("cannot be read"), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("f.txt"), "{args:?}: no partial answer");
+    }
+}
