@@ -25,6 +25,10 @@ command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 # fusermount3 for mounts by users other than root.
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v diff >/dev/null 2>&1 || need_apt+=(diffutils)
+# `ssh://` repositories are tested against a real sshd on a loopback port.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq

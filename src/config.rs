@@ -120,14 +120,17 @@ impl<'de> Deserialize<'de> for FileMode {
 struct RawRepository {
     /// A local directory…
     path: Option<LinePath>,
-    /// …or an S3 bucket and prefix.
-    url: Option<S3Url>,
+    /// …or an S3 bucket and prefix, or a directory on another host by SSH.
+    url: Option<RepositoryUrl>,
     endpoint: Option<S3Endpoint>,
     region: Option<String>,
     access_key_id_file: Option<LinePath>,
     secret_access_key_file: Option<LinePath>,
     connections: Option<usize>,
     timeout: Option<DurationSpec>,
+    identity_file: Option<LinePath>,
+    known_hosts_file: Option<LinePath>,
+    remote_command: Option<Line>,
     passphrase_file: Option<LinePath>,
     passphrase_command: Option<CommandLine>,
     /// Inline passphrase: for demos and tests only.
@@ -242,12 +245,13 @@ pub struct RepositoryConfig {
     pub passphrase: PassphraseSource,
 }
 
-/// A local directory or a bucket (the credentials are read when it is opened,
-/// see `secrets::location`).
+/// A local directory, a bucket (the credentials are read when it is opened,
+/// see `secrets::location`), or a directory on another host by SSH.
 #[derive(Debug, Clone)]
 pub enum RepositoryPlace {
     Local(PathBuf),
     S3(S3Place),
+    Ssh(crate::engine::backend::SshSettings),
 }
 
 #[derive(Debug, Clone)]
@@ -269,7 +273,7 @@ impl RepositoryConfig {
     pub fn local_path(&self) -> Option<&Path> {
         match &self.place {
             RepositoryPlace::Local(p) => Some(p),
-            RepositoryPlace::S3(_) => None,
+            RepositoryPlace::S3(_) | RepositoryPlace::Ssh(_) => None,
         }
     }
 
@@ -278,22 +282,29 @@ impl RepositoryConfig {
         match &self.place {
             RepositoryPlace::Local(p) => p.display().to_string(),
             RepositoryPlace::S3(s) => crate::engine::backend::s3_url(&s.bucket, &s.prefix),
+            RepositoryPlace::Ssh(s) => s.url(),
         }
     }
 }
 
-/// `s3://bucket/prefix`, checked when the file is read.
+/// `s3://bucket/prefix` or `ssh://[user@]host[:port]/path`, checked when
+/// the file is read.
 #[derive(Debug, Clone)]
-struct S3Url {
-    bucket: String,
-    prefix: String,
+enum RepositoryUrl {
+    S3 { bucket: String, prefix: String },
+    Ssh(crate::engine::backend::SshSettings),
 }
 
-impl<'de> Deserialize<'de> for S3Url {
+impl<'de> Deserialize<'de> for RepositoryUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (bucket, prefix) = crate::engine::backend::S3Settings::parse_url(&s).map_err(serde::de::Error::custom)?;
-        Ok(S3Url { bucket, prefix })
+        if s.starts_with("ssh://") {
+            let settings = crate::engine::backend::SshSettings::from_url(&s).map_err(serde::de::Error::custom)?;
+            return Ok(RepositoryUrl::Ssh(settings));
+        }
+        let (bucket, prefix) = crate::engine::backend::S3Settings::parse_url(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{e} (or ssh://)")))?;
+        Ok(RepositoryUrl::S3 { bucket, prefix })
     }
 }
 
@@ -997,26 +1008,37 @@ fn resolve_repository(source: &Parsed, name: &str, spanned: &toml::Spanned<RawRe
         ("region", r.region.is_some()),
         ("access_key_id_file", r.access_key_id_file.is_some()),
         ("secret_access_key_file", r.secret_access_key_file.is_some()),
-        ("connections", r.connections.is_some()),
-        ("timeout", r.timeout.is_some()),
     ];
+    let ssh_only = [
+        ("identity_file", r.identity_file.is_some()),
+        ("known_hosts_file", r.known_hosts_file.is_some()),
+        ("remote_command", r.remote_command.is_some()),
+    ];
+    let remote_only = [("connections", r.connections.is_some()), ("timeout", r.timeout.is_some())];
+    let refuse = |keys: &[(&str, bool)], owner: &str, here: &str| match keys.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(in_file(format!("`{key}` is for {owner}, not for {here}"))),
+        None => Ok(()),
+    };
+    const S3: &str = "S3 repositories (`url = \"s3://…\"`)";
+    const SSH: &str = "SSH repositories (`url = \"ssh://…\"`)";
+    if r.connections == Some(0) {
+        return Err(in_file("`connections` must be at least 1".into()));
+    }
     let place = match (&r.path, &r.url) {
         (Some(LinePath(p)), None) => {
-            if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
-                return Err(in_file(format!("`{key}` is for S3 repositories (`url = \"s3://…\"`), not for a `path`")));
-            }
+            refuse(&s3_only, S3, "a `path`")?;
+            refuse(&ssh_only, SSH, "a `path`")?;
+            refuse(&remote_only, "S3 and SSH repositories", "a `path`")?;
             RepositoryPlace::Local(rel(file, p))
         }
-        (None, Some(url)) => {
-            if r.connections == Some(0) {
-                return Err(in_file("`connections` must be at least 1".into()));
-            }
+        (None, Some(RepositoryUrl::S3 { bucket, prefix })) => {
+            refuse(&ssh_only, SSH, "an S3 repository")?;
             if r.access_key_id_file.is_some() != r.secret_access_key_file.is_some() {
                 return Err(in_file("give both access_key_id_file and secret_access_key_file, or neither".into()));
             }
             RepositoryPlace::S3(S3Place {
-                bucket: url.bucket.clone(),
-                prefix: url.prefix.clone(),
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
                 endpoint: r.endpoint.as_ref().map(|e| e.0.clone()),
                 region: r.region.clone().unwrap_or_else(|| "us-east-1".into()),
                 access_key_id_file: r.access_key_id_file.as_ref().map(|f| rel(file, &f.0)),
@@ -1025,10 +1047,23 @@ fn resolve_repository(source: &Parsed, name: &str, spanned: &toml::Spanned<RawRe
                 timeout: r.timeout.map_or(crate::engine::backend::S3Settings::DEFAULT_TIMEOUT, |t| t.0),
             })
         }
+        (None, Some(RepositoryUrl::Ssh(ssh))) => {
+            refuse(&s3_only, S3, "an SSH repository")?;
+            let mut ssh = ssh.clone();
+            ssh.identity_file = r.identity_file.as_ref().map(|f| rel(file, &f.0));
+            ssh.known_hosts_file = r.known_hosts_file.as_ref().map(|f| rel(file, &f.0));
+            if let Some(Line(command)) = &r.remote_command {
+                ssh.remote_command = command.clone();
+            }
+            ssh.connections = r.connections.unwrap_or(ssh.connections);
+            ssh.timeout = r.timeout.map_or(ssh.timeout, |t| t.0);
+            RepositoryPlace::Ssh(ssh)
+        }
         (Some(_), Some(_)) => return Err(in_file("give either `path` or `url`, not both".into())),
         (None, None) => {
             return Err(in_file(
-                "no `path` (a local directory) or `url` (\"s3://bucket/prefix\") says where it is".into(),
+                "no `path` (a local directory) or `url` (\"s3://bucket/prefix\" or \"ssh://host/path\") says where it is"
+                    .into(),
             ));
         }
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::config::{PassphraseSource, RepositoryConfig, RepositoryPlace};
-use crate::engine::backend::{Location, S3Settings};
+use crate::engine::backend::{Location, S3Settings, SshSettings};
 use crate::engine::repository::Repository;
 use crate::process::{self, ProcessSpec};
 
@@ -20,6 +20,8 @@ const CREDENTIAL_NAME: &str = "holdfast-passphrase";
 /// Credential names of a bucket's access key id and secret key.
 const S3_ID_CREDENTIAL: &str = "holdfast-s3-access-key-id";
 const S3_SECRET_CREDENTIAL: &str = "holdfast-s3-secret-access-key";
+/// The private key of an SSH repository, as a systemd credential.
+const SSH_IDENTITY_CREDENTIAL: &str = "holdfast-ssh-identity";
 
 /// A passphrase file's content without its final newline.
 pub fn read_passphrase_file(f: &Path) -> Result<Vec<u8>> {
@@ -100,14 +102,26 @@ pub fn location(repo: &RepositoryConfig) -> Result<Location> {
                 request_timeout: s.timeout,
             }))
         }
+        RepositoryPlace::Ssh(s) => {
+            let mut s = s.clone();
+            if s.identity_file.is_some() {
+                s.identity_file = loaded_credential(&credential_name(SSH_IDENTITY_CREDENTIAL, &repo.name))
+                    .or_else(|| s.identity_file.clone());
+            }
+            Ok(Location::Ssh(s))
+        }
     }
 }
 
-/// A `--repo` argument: a directory, or `s3://bucket/prefix` with the
-/// endpoint, region and keys from the usual AWS environment variables
+/// A `--repo` argument: a directory; `ssh://[user@]host[:port]/path` (ssh's
+/// own configuration says which key and known hosts); or `s3://bucket/prefix`
+/// with the endpoint, region and keys from the usual AWS environment variables
 /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
 pub fn location_from_argument(arg: &Path) -> Result<Location> {
     let text = arg.to_string_lossy();
+    if text.starts_with("ssh://") {
+        return Ok(Location::Ssh(SshSettings::from_url(&text).map_err(anyhow::Error::msg)?));
+    }
     if !text.starts_with("s3://") {
         return Ok(Location::Local(arg.to_path_buf()));
     }
@@ -160,6 +174,11 @@ pub fn credential_files(repo: &RepositoryConfig) -> Vec<(String, PathBuf)> {
     {
         out.push((credential_name(S3_ID_CREDENTIAL, &repo.name), id.clone()));
         out.push((credential_name(S3_SECRET_CREDENTIAL, &repo.name), secret.clone()));
+    }
+    if let RepositoryPlace::Ssh(s) = &repo.place
+        && let Some(identity) = &s.identity_file
+    {
+        out.push((credential_name(SSH_IDENTITY_CREDENTIAL, &repo.name), identity.clone()));
     }
     out
 }

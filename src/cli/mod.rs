@@ -38,6 +38,7 @@ mod recover;
 mod repair;
 mod restore;
 mod run;
+mod serve;
 mod snapshots;
 mod stats;
 mod status;
@@ -138,6 +139,10 @@ pub enum Command {
     /// Browse snapshots as read-only directories (FUSE) until Ctrl-C or SIGTERM.
     #[command(after_help = mount::EXAMPLES)]
     Mount(mount::Args),
+    /// Serve a repository on stdin/stdout for `ssh://` clients (run by ssh,
+    /// usually as an authorized_keys forced command).
+    #[command(after_help = serve::EXAMPLES)]
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -339,6 +344,7 @@ pub fn run() -> Result<Exit> {
         Command::Diff(args) => diff::run(args, &ctx),
         Command::Stats(args) => stats::run(args, &ctx),
         Command::Mount(args) => mount::run(args, &ctx),
+        Command::Serve(args) => serve::run(args, &ctx),
     };
     // A command that failed because a signal stopped it exits 130/143.
     match (result, ctx.interrupt.exit()) {

@@ -82,8 +82,10 @@ impl Args {
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     // With a config (and no --repo outside it), jobs prune by their own
-    // retention; otherwise the flags say what to keep in --repo.
+    // retention; --keep-* flags (or a --repo outside the config) say what
+    // to keep in --repo instead, of the named job's snapshots if one is.
     let by_jobs = match ctx.config_if_given() {
+        _ if !args.policy().is_empty() => None,
         Some(config) if ctx.repo_name().is_none_or(|n| config.repositories.contains_key(&n)) => {
             (args.jobs.is_empty() || config.jobs.contains_key(&args.jobs[0])).then_some(config)
         }
@@ -92,7 +94,13 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     let display = ctx.show_progress("prune");
     let progress = display.as_ref().map(|d| d.progress());
     let progress = progress.as_deref();
-    let filter = args.filter.filter();
+    let mut filter = args.filter.filter();
+    if by_jobs.is_none() && !args.jobs.is_empty() {
+        if args.jobs.len() > 1 || filter.job.as_ref().is_some_and(|j| *j != args.jobs[0]) {
+            return Err(Usage("with --keep-* flags, name at most one job".into()).into());
+        }
+        filter.job = Some(args.jobs[0].clone());
+    }
     let reports = match by_jobs {
         Some(config) => {
             let mut all = Vec::new();

@@ -20,7 +20,10 @@
 //!   `Repository::open` on a throwaway local repository whose key file has a
 //!   tiny argon2 cost; an opened repository's chunker and compression level
 //!   are then used once, as a backup would [`marker`, `repo_config`];
-//! - the job config (`Config::from_text`) [`config_toml`].
+//! - the job config (`Config::from_text`) [`config_toml`];
+//! - `holdfast serve`'s request stream (frames, postcard requests, names
+//!   and ranges), served into a throwaway repository directory: nothing may
+//!   appear outside it [`serve_request`].
 //!
 //! Each test (1) replays every file of `tests/corpus/<decoder>/`, then (2)
 //! runs a seeded mutation loop over the corpus and fresh encodings made by the
@@ -111,7 +114,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::config::Config;
-use crate::engine::backend::Location;
+use crate::engine::backend::{Dir, Location};
 use crate::engine::chunker::ChunkerParams;
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind, wrap_key};
 use crate::engine::index::{Index, IndexFile};
@@ -2229,6 +2232,84 @@ fn config_toml() {
     });
 }
 
+/// `holdfast serve` reads whatever an SSH client sends: after a proper
+/// hello, the mutated bytes are its request stream. Every frame either gets
+/// an answer or ends the session with an error; nothing is created outside
+/// the served directory, whatever names and ranges the requests carry.
+#[test]
+fn serve_request() {
+    use crate::engine::backend::protocol::{Op, Request, Response, write_frame};
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let root = scratch.path().join("repo");
+    crate::engine::backend::Backend::create_layout(&crate::engine::backend::LocalBackend::new(&root))
+        .expect("a layout");
+    std::fs::write(root.join("index/00ff"), b"0123456789").expect("an index file");
+    let hello = {
+        let mut v = Vec::new();
+        write_frame(
+            &mut v,
+            &Request { id: 0, op: Op::Hello { version: crate::engine::backend::protocol::VERSION } },
+            &[],
+        )
+        .expect("a hello");
+        v
+    };
+    let decode = |stream: &[u8]| -> Result<Outcome, String> {
+        let input = [&hello[..], stream].concat();
+        let mut output = Vec::new();
+        let served = crate::engine::backend::serve::serve(&root, true, &input[..], &mut output);
+        let outside: Vec<_> = std::fs::read_dir(scratch.path())
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| n != "repo")
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!("escape: the server created {outside:?} outside its directory"));
+        }
+        let mut replies = Vec::new();
+        let mut out = &output[..];
+        while let Some((r, _)) = crate::engine::backend::protocol::read_frame::<Response>(&mut out, u64::MAX)
+            .map_err(|e| format!("answer: the server wrote a broken frame: {e}"))?
+        {
+            replies.push(format!("{:?}", r.reply).chars().take(40).collect::<String>());
+        }
+        replies.sort();
+        Ok(match served {
+            Ok(()) => decoded(&replies),
+            Err(e) => refused(&e),
+        })
+    };
+    fuzz(Target {
+        name: "serve_request",
+        decode: &decode,
+        seeds: owned(seed_serve_requests()),
+        dict: &[b"..", b"/", &[0xff, 0xff, 0xff, 0xff, 0x0f], &u64::MAX.to_le_bytes(), &[0x08], &[0x09]],
+        per_byte: 64,
+        allowance: &no_allowance,
+        generate: None,
+    });
+}
+
+/// Request streams (after the hello) a client sends.
+fn seed_serve_requests() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::engine::backend::protocol::{Op, Request, write_frame};
+    let frame = |op: Op, body: &[u8]| {
+        let mut v = Vec::new();
+        write_frame(&mut v, &Request { id: 1, op }, body).expect("a frame");
+        v
+    };
+    vec![
+        ("ok-put-pack", frame(Op::PutNew { dir: Dir::Packs, name: "ab".repeat(32) }, b"pack")),
+        ("ok-get-range", frame(Op::GetRange { dir: Dir::Index, name: "00ff".into(), start: 2, end: 5 }, b"")),
+        (
+            "ok-list-then-remove",
+            [frame(Op::List { dir: Dir::Index }, b""), frame(Op::Remove { dir: Dir::Index, name: "00ff".into() }, b"")]
+                .concat(),
+        ),
+        ("ok-get-outside", frame(Op::Get { dir: Dir::Root, name: "../repo".into() }, b"")),
+    ]
+}
+
 // ------------------------------------------------------ the rest
 
 /// The helpers that make authentic inputs produce what the product itself
@@ -2282,6 +2363,7 @@ fn write_seed_corpus() {
         ("marker", seed_markers()),
         ("repo_config", seed_repo_configs()),
         ("config_toml", seed_tomls()),
+        ("serve_request", seed_serve_requests()),
     ] {
         files.extend(seeds.into_iter().map(|(name, bytes)| (decoder, name.to_string(), bytes)));
     }

@@ -9,6 +9,8 @@
 //! - `bad_input`: wrong passphrases, paths and ids fail clearly and harmlessly.
 //! - `keys`: exporting, importing and changing keys.
 //! - `s3`: repositories in a real Garage cluster (started by `garage`).
+//! - `ssh`: repositories on another host through a real OpenSSH sshd and
+//!   `holdfast serve` (append-only keys included).
 //!
 //! One binary (not one per file) so the suite links once; shared helpers are
 //! in `util`.
@@ -54,4 +56,5 @@ mod mount;
 
 mod garage;
 mod s3;
+mod ssh;
 mod whole_system;

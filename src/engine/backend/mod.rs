@@ -1,5 +1,6 @@
-//! Where repository files live: a local directory ([`local`]) or an
-//! S3-compatible bucket ([`s3`]).
+//! Where repository files live: a local directory ([`local`]), an
+//! S3-compatible bucket ([`s3`]), or another host over SSH ([`ssh`], served
+//! there by [`serve`]).
 //!
 //! The engine sees a repository as a few directories of write-once files,
 //! most named by the hash of their bytes. [`Backend`] is everything it asks
@@ -17,7 +18,10 @@
 
 mod local;
 mod memory;
+pub mod protocol;
 mod s3;
+pub mod serve;
+mod ssh;
 
 use std::fmt;
 use std::ops::Range;
@@ -27,11 +31,12 @@ use std::sync::Arc;
 pub use local::{LocalBackend, sync_dir};
 pub use memory::MemoryBackend;
 pub use s3::{S3Backend, S3Settings, s3_url};
+pub use ssh::{SshBackend, SshSettings};
 
 use crate::error::Result;
 
 /// The kinds of file a repository holds, each in its own directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Dir {
     /// The top level: the marker and the config.
     Root,
@@ -195,11 +200,73 @@ impl ReadCache {
     }
 }
 
+/// A remote backend's reads for one thread: stretches of objects fetched
+/// ahead (what the caller said it was `worth`, or more of an object read in
+/// order), served from memory while they last.
+#[derive(Default)]
+pub(crate) struct ReadAhead {
+    /// (object, offset, bytes) fetched ahead, newest last.
+    windows: Vec<(String, u64, Vec<u8>)>,
+    /// Where the previous read ended (object, offset).
+    last_end: Option<(String, u64)>,
+}
+
+impl ReadAhead {
+    /// The most a sequential reader fetches in one request.
+    const READ_AHEAD: u64 = 8 << 20;
+
+    /// Bytes read ahead that one thread keeps (the newest stretch always).
+    const KEEP_BYTES: usize = 24 << 20;
+
+    /// The bytes `range` of `name`: from a stretch fetched earlier, or
+    /// through `fetch` (which must return exactly the range it is given).
+    pub(crate) fn read(
+        &mut self,
+        name: &str,
+        range: Range<u64>,
+        worth: Range<u64>,
+        fetch: impl FnOnce(Range<u64>) -> Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let cached = self
+            .windows
+            .iter()
+            .find(|(n, start, bytes)| n == name && range.start >= *start && range.end <= start + bytes.len() as u64);
+        if let Some((_, start, bytes)) = cached {
+            let at = (range.start - start) as usize;
+            let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
+            self.last_end = Some((name.to_string(), range.end));
+            return Ok(out);
+        }
+        let in_order = self.last_end.as_ref().is_some_and(|(n, end)| n == name && *end == range.start);
+        self.last_end = Some((name.to_string(), range.end));
+        let span = if worth.start < range.start {
+            worth
+        } else if in_order {
+            range.start..worth.end.min(range.start + Self::READ_AHEAD).max(range.end)
+        } else {
+            range.clone()
+        };
+        let bytes = fetch(span.clone())?;
+        if span == range {
+            return Ok(bytes);
+        }
+        let at = (range.start - span.start) as usize;
+        let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
+        self.windows.push((name.to_string(), span.start, bytes));
+        while self.windows.iter().map(|(_, _, b)| b.len()).sum::<usize>() > Self::KEEP_BYTES {
+            self.windows.remove(0);
+        }
+        Ok(out)
+    }
+}
+
 /// Where a repository is, with what is needed to reach it.
 #[derive(Clone)]
 pub enum Location {
     Local(PathBuf),
     S3(S3Settings),
+    /// Another host, through `ssh` and `holdfast serve` there.
+    Ssh(SshSettings),
 }
 
 impl Location {
@@ -208,6 +275,7 @@ impl Location {
         Ok(match self {
             Location::Local(path) => Arc::new(LocalBackend::new(path.clone())),
             Location::S3(settings) => Arc::new(S3Backend::connect(settings)?),
+            Location::Ssh(settings) => Arc::new(SshBackend::connect(settings)?),
         })
     }
 
@@ -215,7 +283,7 @@ impl Location {
     pub fn local_path(&self) -> Option<&std::path::Path> {
         match self {
             Location::Local(p) => Some(p),
-            Location::S3(_) => None,
+            Location::S3(_) | Location::Ssh(_) => None,
         }
     }
 }
@@ -225,6 +293,7 @@ impl fmt::Display for Location {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
             Location::S3(s) => write!(f, "{}", s.url()),
+            Location::Ssh(s) => write!(f, "{}", s.url()),
         }
     }
 }

@@ -21,7 +21,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
-use super::{Backend, Dir, FileInfo, ReadCache, Stored, relative_path};
+use super::{Backend, Dir, FileInfo, ReadAhead, ReadCache, Stored, relative_path};
 use crate::error::{Error, Result};
 
 /// Everything needed to reach a bucket. The secret never appears in
@@ -115,12 +115,6 @@ pub struct S3Backend {
     connections: usize,
     runtime: tokio::runtime::Runtime,
 }
-
-/// The most a sequential reader fetches in one request.
-const READ_AHEAD: u64 = 8 << 20;
-
-/// Bytes read ahead that one thread keeps (the newest stretch always).
-const READ_CACHE_BYTES: usize = 24 << 20;
 
 /// How many times a conditional PUT is sent again after a timeout (the
 /// library retries it only when the request never left).
@@ -300,46 +294,19 @@ impl Backend for S3Backend {
         worth: Range<u64>,
         cache: &mut ReadCache,
     ) -> Result<Vec<u8>> {
-        let cache: &mut ReadAhead = cache.state();
-        let cached = cache
-            .windows
-            .iter()
-            .find(|(n, start, bytes)| n == name && range.start >= *start && range.end <= start + bytes.len() as u64);
-        if let Some((_, start, bytes)) = cached {
-            let at = (range.start - start) as usize;
-            let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
-            cache.last_end = Some((name.to_string(), range.end));
-            return Ok(out);
-        }
-        let in_order = cache.last_end.as_ref().is_some_and(|(n, end)| n == name && *end == range.start);
-        cache.last_end = Some((name.to_string(), range.end));
-        let fetch = if worth.start < range.start {
-            worth
-        } else if in_order {
-            range.start..worth.end.min(range.start + READ_AHEAD).max(range.end)
-        } else {
-            range.clone()
-        };
         let key = self.key(dir, name);
-        let bytes =
-            self.runtime.block_on(self.store.get_range(&key, fetch.clone())).map_err(|e| self.error(&key, e))?;
-        if bytes.len() as u64 != fetch.end - fetch.start {
-            return Err(Error::io(
-                self.object_url(&key),
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
-            ));
-        }
-        if fetch == range {
+        cache.state::<ReadAhead>().read(name, range, worth, |fetch| {
+            let bytes =
+                self.runtime.block_on(self.store.get_range(&key, fetch.clone())).map_err(|e| self.error(&key, e))?;
+            if bytes.len() as u64 != fetch.end - fetch.start {
+                return Err(Error::io(
+                    self.object_url(&key),
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object shorter than its index says"),
+                ));
+            }
             // The response buffer becomes the result without a copy.
-            return Ok(Vec::from(bytes));
-        }
-        let at = (range.start - fetch.start) as usize;
-        let out = bytes[at..at + (range.end - range.start) as usize].to_vec();
-        cache.windows.push((name.to_string(), fetch.start, Vec::from(bytes)));
-        while cache.windows.iter().map(|(_, _, b)| b.len()).sum::<usize>() > READ_CACHE_BYTES {
-            cache.windows.remove(0);
-        }
-        Ok(out)
+            Ok(Vec::from(bytes))
+        })
     }
 
     fn list(&self, dir: Dir) -> Result<Vec<FileInfo>> {
@@ -422,16 +389,6 @@ fn is_transient(e: &object_store::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-/// A reading thread's last few stretches fetched ahead and where its
-/// previous read ended, so reading a pack in order costs few requests.
-#[derive(Default)]
-struct ReadAhead {
-    /// (object, offset, bytes) fetched ahead, newest last.
-    windows: Vec<(String, u64, Vec<u8>)>,
-    /// Where the previous read ended (object, offset).
-    last_end: Option<(String, u64)>,
 }
 
 #[cfg(test)]
