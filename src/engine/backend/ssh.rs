@@ -408,10 +408,18 @@ impl Connection {
         let progress = Arc::new(AtomicU64::new(0));
         let said = Arc::new(Mutex::new(String::new()));
         let said_by_ssh = said.clone();
+        // Read to the end (a full pipe would stop ssh), keep the last lines.
         let stderr_thread = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).take(64 << 10).read_to_string(&mut text);
-            *said_by_ssh.lock().unwrap_or_else(|p| p.into_inner()) = text;
+            let mut kept: Vec<u8> = Vec::new();
+            let mut piece = [0u8; 8192];
+            let mut stderr = stderr;
+            while let Ok(n @ 1..) = stderr.read(&mut piece) {
+                kept.extend_from_slice(&piece[..n]);
+                if kept.len() > 16 << 10 {
+                    kept.drain(..kept.len() - (8 << 10));
+                }
+            }
+            *said_by_ssh.lock().unwrap_or_else(|p| p.into_inner()) = String::from_utf8_lossy(&kept).into_owned();
         });
         {
             let (waiting, progress) = (waiting.clone(), progress.clone());
