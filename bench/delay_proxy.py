@@ -7,8 +7,9 @@ RTT/2 after it arrived, in order, with no bandwidth limit: a tool that waits for
 one answer before asking the next question pays the RTT each time, one that
 keeps several requests in flight pays it once.
 
-Usage: delay_proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT RTT_MS
-Prints "ready" on stdout once it accepts connections.
+Usage: delay_proxy.py LISTEN_PORT TARGET_HOST:TARGET_PORT RTT_MS [LOG]
+Prints "ready" on stdout once it accepts connections. With LOG, appends a
+line "BYTES_SENT BYTES_RECEIVED" there for every connection that ends.
 """
 
 import asyncio
@@ -17,7 +18,8 @@ import sys
 
 
 async def pump(reader, writer, delay):
-    """Copy reader to writer, each piece delay seconds after it was read."""
+    """Copy reader to writer, each piece delay seconds after it was read;
+    the number of bytes copied."""
     loop = asyncio.get_running_loop()
     pending = collections.deque()
     arrived = asyncio.Event()
@@ -39,8 +41,10 @@ async def pump(reader, writer, delay):
             await writer.drain()
 
     sender = asyncio.create_task(deliver())
+    copied = 0
     try:
         while data := await reader.read(1 << 18):
+            copied += len(data)
             pending.append((loop.time() + delay, data))
             arrived.set()
     except ConnectionError:
@@ -51,10 +55,12 @@ async def pump(reader, writer, delay):
         await sender
     except ConnectionError:
         pass
+    return copied
 
 
 async def main():
     port, target, rtt_ms = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    log = open(sys.argv[4], "a") if len(sys.argv) > 4 else None
     host, target_port = target.rsplit(":", 1)
     delay = rtt_ms / 2000
 
@@ -66,10 +72,12 @@ async def main():
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(
+        sent, received = await asyncio.gather(
             pump(client_reader, server_writer, delay),
             pump(server_reader, client_writer, delay),
         )
+        if log:
+            print(f"{sent} {received}", file=log, flush=True)
 
     server = await asyncio.start_server(relay, "127.0.0.1", port)
     print("ready", flush=True)

@@ -12,7 +12,8 @@
 #
 # A private sshd on a loopback port (its own host key and authorized_keys; no
 # sftp subsystem) serves both tools; the relay sits between ssh and it. Measured
-# (wall seconds, peak RSS MiB of the client by /usr/bin/time): first backup,
+# (wall seconds, CPU seconds and peak RSS MiB of the client and its ssh by
+# /usr/bin/time, MiB that crossed the relay both ways): first backup,
 # unchanged backup (one small file touched), and a full restore onto a freshly
 # made ext4 (a loop-mounted image in WORK, as a user restores onto a disk).
 # Targets (#21): ssh <= 1.3x local on first backup and restore; faster than
@@ -65,7 +66,7 @@ EOF
 mkdir -p /run/sshd
 /usr/sbin/sshd -f "$S/sshd_config"
 PORT=$(free_port)
-coproc PROXY { exec python3 bench/delay_proxy.py "$PORT" "127.0.0.1:$SSHD_PORT" "$RTT"; }
+coproc PROXY { exec python3 bench/delay_proxy.py "$PORT" "127.0.0.1:$SSHD_PORT" "$RTT" "$WORK/proxy.log"; }
 read -r -t 10 ready <&"${PROXY[0]}" && [ "$ready" = ready ]
 trap 'kill $(cat "$S/sshd.pid") $PROXY_PID 2>/dev/null || true; umount "$WORK/out/disk" 2>/dev/null || true' EXIT
 echo "[127.0.0.1]:$PORT $(cat "$S/host.pub")" >"$S/known_hosts"
@@ -85,11 +86,15 @@ EOF
 HFC=("$HF" --config "$WORK/holdfast.toml" --no-progress)
 BORG_URL=ssh://root@127.0.0.1:$PORT$WORK/repos/borg
 
-measure() { # name, command...: prints "seconds rss_mib"
+measure() { # name, command...: prints "seconds rss_mib cpu_seconds mib_over_the_link"
     local name=$1; shift
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >"$WORK/out/$name.stdout" 2>"$WORK/out/$name.stderr" || {
-        echo "$name failed:" >&2; tail -5 "$WORK/out/$name.stderr" >&2; echo "- -"; return; }
-    awk '{printf "%s %d\n", $1, $2/1024}' "$WORK/time"
+    : >"$WORK/proxy.log"
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >"$WORK/out/$name.stdout" 2>"$WORK/out/$name.stderr" || {
+        echo "$name failed:" >&2; tail -5 "$WORK/out/$name.stderr" >&2; echo "- - - -"; return; }
+    sleep 0.5 # the relay logs a connection once both ends closed
+    local moved
+    moved=$(awk '{s += $1 + $2} END {printf "%.0f", s / 1048576}' "$WORK/proxy.log")
+    awk -v moved="$moved" '{printf "%s %d %.1f %s\n", $1, $2/1024, $3+$4, moved}' "$WORK/time"
 }
 fresh_disk() {
     truncate -s 4G "$WORK/out/disk.img"
@@ -105,6 +110,15 @@ touch_one() { echo "edit $1" >>"$(find "$DATA" -type f -name '*.txt' | sort | he
 borg init -e repokey-blake2 "$BORG_URL" >/dev/null 2>&1
 
 declare -A R
+# The floor: ssh alone moving what a backup adds and a restore reads (the
+# local repository's bytes) over one connection, and opening one.
+"${HFC[@]}" --repo local backup "$DATA" >/dev/null 2>&1
+SSH=(ssh $SSH_OPTS root@127.0.0.1)
+R[ssh,1]=$(measure ssh-1 bash -c "tar -C '$WORK/repos/hf-local' -cf - . | ${SSH[*]} 'cat >/dev/null'")
+R[ssh,2]=$(measure ssh-2 "${SSH[@]}" true)
+R[ssh,r]=$(measure ssh-r bash -c "${SSH[*]} 'tar -C $WORK/repos/hf-local -cf - .' >/dev/null")
+rm -rf "$WORK/repos/hf-local" && "${HFC[@]}" --repo local init >/dev/null 2>&1
+
 for tool in local box borg; do
     echo "== $tool" >&2
     case $tool in
@@ -127,16 +141,16 @@ for tool in local box borg; do
     esac
 done
 
-row() { printf "| %-28s | %-18s | %-18s | %-18s | %-8s |\n" "$@"; }
-cell() { set -- $1; echo "$1 s / $2 MiB"; }
+row() { printf "| %s | %s | %s | %s | %s | %s |\n" "$@"; }
+cell() { set -- $1; echo "$1 s, $3 cpu-s, $2 MiB, $4 MiB moved"; }
 ratio() { python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a)/float(b):.2f}x' if a != '-' and b != '-' else '-')" "$1" "$2"; }
 first() { set -- $1; echo "$1"; }
 echo
 echo "bench set scale $SCALE ($(du -sh "$DATA" | cut -f1)); ssh through a ${RTT} ms round-trip relay; restores onto a fresh ext4"
-row "step" "holdfast local" "holdfast ssh://" "borg over ssh" "ssh/local"
-row "---" "---" "---" "---" "---"
+row "step" "holdfast local" "holdfast ssh://" "borg over ssh" "ssh/local" "ssh alone (1 conn.)"
+row "---" "---" "---" "---" "---" "---"
 for step in 1 2 r; do
     case $step in 1) name="first backup" ;; 2) name="unchanged backup (1 file edited)" ;; r) name="full restore onto ext4" ;; esac
     row "$name" "$(cell "${R[local,$step]}")" "$(cell "${R[box,$step]}")" "$(cell "${R[borg,$step]}")" \
-        "$(ratio "$(first "${R[box,$step]}")" "$(first "${R[local,$step]}")")"
+        "$(ratio "$(first "${R[box,$step]}")" "$(first "${R[local,$step]}")")" "$(cell "${R[ssh,$step]}")"
 done

@@ -29,6 +29,11 @@ command -v diff >/dev/null 2>&1 || need_apt+=(diffutils)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+# The Debian package is built (dpkg-shlibdeps), checked (lintian) and
+# installed into a clean chroot (debootstrap; the test makes it once).
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
+command -v lintian >/dev/null 2>&1 || need_apt+=(lintian)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
@@ -57,6 +62,12 @@ fi
 if ! command -v garage >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
     echo "== installing Garage 2.5.0 (cargo install garage --locked, once)"
     cargo install garage --locked --version 2.5.0
+fi
+
+# cargo-deb, which makes the Debian package (scripts/package.sh).
+if ! command -v cargo-deb >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb" ]; then
+    echo "== installing cargo-deb 3.8.0 (cargo install cargo-deb --locked, once)"
+    cargo install cargo-deb --locked --version 3.8.0
 fi
 
 echo "== running the test suite"

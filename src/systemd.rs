@@ -94,6 +94,26 @@ pub fn units(config_path: &Path, jobs: &[&Job], user: bool) -> Result<Vec<(Strin
     Ok(out)
 }
 
+/// Drop-ins that give the packaged template timer `holdfast@JOB.timer`
+/// (`packaging/systemd`) each job's `schedule`: `(relative path, contents)`.
+/// Jobs without a schedule keep the template's daily one.
+pub fn template_drop_ins(jobs: &[&Job]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for job in jobs {
+        let Some(schedule) = &job.schedule else { continue };
+        checked(&format!("job {}", job.name), schedule)?;
+        out.push((
+            format!("holdfast@{}.timer.d/schedule.conf", job.name),
+            format!(
+                "# Job {}'s schedule, written by `holdfast systemd --template`.\n[Timer]\nOnCalendar=\nOnCalendar={}\n",
+                job.name,
+                text(schedule)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
 /// One word of a command line or path list, as systemd reads it back:
 /// specifiers (`%`) and variable expansions (`$`) escaped; quoted, with C
 /// escapes for `\` and `"`, unless it is plain.
@@ -198,5 +218,21 @@ mod tests {
         assert_eq!(quote_word("$HOME"), "$$HOME");
         assert!(checked("x", "one\nExecStartPre=/bin/evil").is_err());
         assert_eq!(text("50% done"), "50%% done");
+    }
+
+    #[test]
+    fn template_drop_ins_give_each_scheduled_job_its_own_calendar() {
+        let text = "[repositories.local]\npath = \"/srv/repo\"\n\
+                    [jobs.shop]\nrepositories = [\"local\"]\nschedule = \"*-*-* 03:15:00\"\n\
+                    [jobs.adhoc]\nrepositories = [\"local\"]\n";
+        let config = crate::config::Config::from_text(Path::new("/etc/holdfast/jobs.d/shop.toml"), text).unwrap();
+        let jobs: Vec<&Job> = config.jobs.values().collect();
+        let drop_ins = template_drop_ins(&jobs).unwrap();
+        // The job without a schedule keeps the template timer's daily one.
+        assert_eq!(drop_ins.len(), 1);
+        let (name, body) = &drop_ins[0];
+        assert_eq!(name, "holdfast@shop.timer.d/schedule.conf");
+        // The template's OnCalendar= is reset, not added to.
+        assert!(body.contains("[Timer]\nOnCalendar=\nOnCalendar=*-*-* 03:15:00\n"), "{body}");
     }
 }

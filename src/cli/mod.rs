@@ -28,6 +28,7 @@ mod copy;
 mod diff;
 mod find;
 mod forget;
+mod generate;
 mod init;
 mod key;
 mod ls;
@@ -49,7 +50,7 @@ mod verify;
 #[derive(Debug, Parser)]
 #[command(
     name = "holdfast",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("HOLDFAST_GIT_COMMIT"), ")"),
     about = "Application-consistent backups into an encrypted, deduplicating repository",
     after_help = EXIT_CODES_HELP
 )]
@@ -143,6 +144,9 @@ pub enum Command {
     /// usually as an authorized_keys forced command).
     #[command(after_help = serve::EXAMPLES)]
     Serve(serve::Args),
+    /// Write man pages or print shell completions.
+    #[command(subcommand, after_help = generate::EXAMPLES)]
+    Generate(generate::Command),
 }
 
 impl Command {
@@ -345,6 +349,7 @@ pub fn run() -> Result<Exit> {
         Command::Stats(args) => stats::run(args, &ctx),
         Command::Mount(args) => mount::run(args, &ctx),
         Command::Serve(args) => serve::run(args, &ctx),
+        Command::Generate(cmd) => generate::run(cmd, &ctx),
     };
     // A command that failed because a signal stopped it exits 130/143.
     match (result, ctx.interrupt.exit()) {

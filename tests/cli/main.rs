@@ -55,6 +55,7 @@ mod layout;
 mod mount;
 
 mod garage;
+mod package;
 mod s3;
 mod ssh;
 mod whole_system;

@@ -6,8 +6,10 @@
 //! `authorized_keys` forces for the key, typically
 //! `holdfast serve --append-only PATH`. No sftp subsystem is needed. The
 //! requests are the [`Backend`] trait's calls ([`super::protocol`]), many in
-//! flight on one connection: every engine thread sends its request and
-//! waits for its own answer, so a long round trip costs little.
+//! flight on each connection: every engine thread sends its request and
+//! waits for its own answer, so a long round trip costs little. Transfers
+//! spread over up to four connections, opened as the first gets busy: one
+//! SSH channel moves at most its window per round trip.
 //!
 //! A connection that breaks (the host rebooted, sshd killed, the link
 //! dead for longer than the timeout) is opened again by the next request,
@@ -22,7 +24,7 @@ use std::io::{BufReader, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,8 @@ pub struct SshSettings {
     /// What runs on the host, before the quoted path (a forced command in
     /// `authorized_keys` takes its place).
     pub remote_command: String,
-    /// Requests in flight at once.
+    /// Transfers in flight at once (over up to half as many ssh
+    /// connections, at most four).
     pub connections: usize,
     /// How long a request may see no progress, and a connection take to open.
     pub timeout: Duration,
@@ -161,9 +164,23 @@ const ATTEMPTS: u32 = 4;
 /// The storage on the other end of an SSH connection.
 pub struct SshBackend {
     settings: SshSettings,
-    /// The live connection, or why the last ones could not be opened.
-    link: Mutex<Link>,
+    /// The ssh connections: the first opened by `connect`, the others in
+    /// the background once transfers keep the open ones busy. One SSH
+    /// channel moves at most its window (2 MiB in OpenSSH) per round trip,
+    /// ~100 MB/s at 20 ms, so big transfers are spread over several.
+    streams: Vec<Arc<Stream>>,
     append_only: bool,
+}
+
+/// One of the backend's ssh connections and the requests waiting on it.
+#[derive(Default)]
+struct Stream {
+    link: Mutex<Link>,
+    in_flight: AtomicUsize,
+    /// Ready for requests (stream 0 always is: it reconnects on demand).
+    open: AtomicBool,
+    /// An extra stream being opened, or that failed to: not opened again.
+    started: AtomicBool,
 }
 
 #[derive(Default)]
@@ -174,23 +191,81 @@ struct Link {
     last_failure: String,
 }
 
+/// At most this many ssh connections per repository; more would only add
+/// handshakes and encryption work.
+const MAX_STREAMS: usize = 4;
+
 impl SshBackend {
     /// Connect and shake hands (so a wrong host, key or path fails here).
     pub fn connect(settings: &SshSettings) -> Result<SshBackend> {
         let connection = Connection::open(settings).map_err(|reason| unreachable(settings, &reason))?;
         let append_only = connection.append_only.load(Ordering::Relaxed);
-        Ok(SshBackend {
-            settings: settings.clone(),
-            link: Mutex::new(Link { connection: Some(Arc::new(connection)), ..Link::default() }),
-            append_only,
-        })
+        // Two transfers in flight per connection keep each one busy.
+        let streams: Vec<Arc<Stream>> =
+            (0..settings.connections.div_ceil(2).clamp(1, MAX_STREAMS)).map(|_| Arc::default()).collect();
+        streams[0].link.lock().unwrap_or_else(|p| p.into_inner()).connection = Some(Arc::new(connection));
+        streams[0].open.store(true, Ordering::Relaxed);
+        streams[0].started.store(true, Ordering::Relaxed);
+        Ok(SshBackend { settings: settings.clone(), streams, append_only })
     }
 
-    /// A live connection: the current one, or a new one when it broke.
-    fn connection(&self) -> Result<Arc<Connection>> {
-        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+    /// The stream for a request: small ones on the first, transfers on the
+    /// least busy open one. When every open stream already carries two, the
+    /// next stream is opened in the background (the request does not wait
+    /// for its handshake); one that cannot open is not tried again, and the
+    /// first stream's reconnects decide whether the host is reachable.
+    fn pick(&self, transfer: bool) -> usize {
+        if !transfer {
+            return 0;
+        }
+        let mut best = (0, usize::MAX);
+        for (i, stream) in self.streams.iter().enumerate() {
+            if !stream.open.load(Ordering::Relaxed) {
+                continue;
+            }
+            let load = stream.in_flight.load(Ordering::Relaxed);
+            if load < best.1 {
+                best = (i, load);
+            }
+        }
+        if best.1 >= 2
+            && let Some(next) = self.streams.iter().find(|s| !s.started.swap(true, Ordering::Relaxed))
+        {
+            let (stream, settings) = (next.clone(), self.settings.clone());
+            std::thread::spawn(move || match Connection::open(&settings) {
+                Ok(c) => {
+                    stream.link.lock().unwrap_or_else(|p| p.into_inner()).connection = Some(Arc::new(c));
+                    stream.open.store(true, Ordering::Relaxed);
+                }
+                Err(reason) => tracing::debug!("{}: another connection did not open: {reason}", settings.url()),
+            });
+        }
+        best.0
+    }
+
+    /// A broken extra stream: its requests go elsewhere, and it may be
+    /// opened again when transfers need it.
+    fn drop_extra(&self, i: usize) {
+        let stream = &self.streams[i];
+        stream.open.store(false, Ordering::Relaxed);
+        if let Some(c) = stream.link.lock().unwrap_or_else(|p| p.into_inner()).connection.take() {
+            c.close();
+        }
+        stream.started.store(false, Ordering::Relaxed);
+    }
+
+    /// A live connection of stream `i`: the current one, or (stream 0) a
+    /// new one when it broke.
+    fn connection(&self, i: usize) -> Result<Arc<Connection>> {
+        let stream = &self.streams[i];
+        let mut link = stream.link.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = link.connection.as_ref().filter(|c| c.broken().is_none()) {
             return Ok(c.clone());
+        }
+        if i > 0 {
+            drop(link);
+            self.drop_extra(i);
+            return Err(unreachable(&self.settings, "the connection broke"));
         }
         if link.failures >= ATTEMPTS {
             return Err(unreachable(&self.settings, &link.last_failure));
@@ -217,16 +292,29 @@ impl SshBackend {
     /// connection when the one in use breaks. Every call is safe to send
     /// again: stores are write-once, a repeated remove finds nothing.
     fn request(&self, op: Op, body: &[u8], what: &str) -> Result<(Reply, Vec<u8>)> {
+        let transfer = matches!(op, Op::PutNew { .. } | Op::Get { .. } | Op::GetRange { .. });
         let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
+        // Each extra stream may break once on top of the first one's attempts.
+        for attempt in 0..ATTEMPTS as usize + self.streams.len() - 1 {
             if attempt > 0 {
                 tracing::warn!("{}: {last}; sending {what} again", self.settings.url());
             }
-            let connection = self.connection()?;
-            match connection.call(op.clone(), body, self.settings.timeout) {
-                Ok((Reply::Failed { kind, message }, _)) => return Err(self.failed(kind, message, what)),
-                Ok(answer) => return Ok(answer),
-                Err(reason) => last = reason,
+            let i = self.pick(transfer);
+            let stream = &self.streams[i];
+            stream.in_flight.fetch_add(1, Ordering::Relaxed);
+            let answer = self.connection(i).map(|c| c.call(op.clone(), body, self.settings.timeout));
+            stream.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match answer {
+                Ok(Ok((Reply::Failed { kind, message }, _))) => return Err(self.failed(kind, message, what)),
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(reason)) => {
+                    if i > 0 {
+                        self.drop_extra(i);
+                    }
+                    last = reason;
+                }
+                Err(e) if i > 0 => last = e.to_string(),
+                Err(e) => return Err(e),
             }
         }
         Err(unreachable(&self.settings, &last))
@@ -357,8 +445,10 @@ impl Backend for SshBackend {
 
 impl Drop for SshBackend {
     fn drop(&mut self) {
-        if let Some(c) = self.link.get_mut().unwrap_or_else(|p| p.into_inner()).connection.take() {
-            c.close();
+        for stream in &self.streams {
+            if let Some(c) = stream.link.lock().unwrap_or_else(|p| p.into_inner()).connection.take() {
+                c.close();
+            }
         }
     }
 }

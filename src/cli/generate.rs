@@ -1,0 +1,48 @@
+//! `holdfast generate`: man pages and shell completions, made from the same
+//! clap definitions as `--help`, so they can never drift from the commands
+//! (the Debian package ships them; `scripts/package.sh` calls this).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::CommandFactory;
+
+use super::{Cli, Context};
+use crate::exit::Exit;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  holdfast generate man /tmp/man && man -l /tmp/man/holdfast-run.1
+  holdfast generate completions bash > /etc/bash_completion.d/holdfast
+  holdfast generate completions zsh > /usr/local/share/zsh/site-functions/_holdfast
+  holdfast generate completions fish > ~/.config/fish/completions/holdfast.fish";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write holdfast.1 and one page per command (holdfast-run.1, …) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print the completion script for a shell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+pub fn run(cmd: &Command, _ctx: &Context) -> Result<Exit> {
+    match cmd {
+        Command::Man { dir } => {
+            crate::fsutil::create_dir_all(dir, 0o755)?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "holdfast", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
+        }
+    }
+    Ok(Exit::Success)
+}
