@@ -222,6 +222,16 @@ fn snapshot_count(env: &JobEnv, repo: &str) -> usize {
     parse_json(&String::from_utf8_lossy(&out.get_output().stdout)).as_array().unwrap().len()
 }
 
+/// The `box` repository checks healthy, reading every blob, and its newest
+/// snapshot restores `src` exactly.
+fn assert_healthy_and_restores(env: &JobEnv, src: &Path) {
+    let check = env.engine(["--repo", "box", "check", "--read-data"]).assert().success();
+    assert!(String::from_utf8_lossy(&check.get_output().stdout).contains("healthy"));
+    let out = env.path("out");
+    env.engine(["--repo", "box", "restore", "latest", "--to"]).arg(&out).assert().success();
+    assert_same_tree(&tree_fingerprint(src), &tree_fingerprint(&restored(&out, src)));
+}
+
 fn stderr(a: &assert_cmd::assert::Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stderr).into_owned()
 }
@@ -238,11 +248,7 @@ fn an_ssh_repository_backs_up_restores_checks_finds_and_prunes() {
     fs::write(src.join("sub/small-3.txt"), "changed\n").unwrap();
     env.engine(["--repo", "box", "backup"]).arg(&src).assert().success();
 
-    let out = env.path("out");
-    env.engine(["--repo", "box", "restore", "latest", "--to"]).arg(&out).assert().success();
-    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
-    let check = env.engine(["--repo", "box", "check", "--read-data"]).assert().success();
-    assert!(String::from_utf8_lossy(&check.get_output().stdout).contains("healthy"));
+    assert_healthy_and_restores(&env, &src);
     let found = env.engine(["--repo", "box", "find", "small-3.txt", "--json"]).assert().success();
     let found = parse_json(&String::from_utf8_lossy(&found.get_output().stdout));
     assert_eq!(found["paths"][0]["versions"].as_array().map(Vec::len), Some(2), "{found}");
@@ -415,11 +421,7 @@ fn sshd_killed_mid_backup_fails_the_run_and_the_next_one_uploads_nothing_twice()
         added + uploaded <= total + (1 << 20),
         "the next backup added {added} bytes though {uploaded} of {total} were uploaded already"
     );
-    let check = env.engine(["--repo", "box", "check", "--read-data"]).assert().success();
-    assert!(String::from_utf8_lossy(&check.get_output().stdout).contains("healthy"));
-    let out = env.path("out");
-    env.engine(["--repo", "box", "restore", "latest", "--to"]).arg(&out).assert().success();
-    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
+    assert_healthy_and_restores(&env, &src);
 }
 
 #[test]
@@ -445,11 +447,7 @@ fn a_connection_cut_mid_backup_is_opened_again_and_the_backup_succeeds() {
     }
     let ran = started.wait();
     ran.assert_ok();
-    let check = env.engine(["--repo", "box", "check", "--read-data"]).assert().success();
-    assert!(String::from_utf8_lossy(&check.get_output().stdout).contains("healthy"));
-    let out = env.path("out");
-    env.engine(["--repo", "box", "restore", "latest", "--to"]).arg(&out).assert().success();
-    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
+    assert_healthy_and_restores(&env, &src);
 }
 
 #[test]

@@ -131,10 +131,13 @@ pub fn write_frame(out: &mut impl Write, header: &impl Serialize, body: &[u8]) -
     out.flush()
 }
 
+/// The most a frame's body is given before its bytes arrive.
+const PREALLOCATE_BODY: u64 = 16 << 20;
+
 /// Read one frame: `None` at a clean end of the stream (before a frame),
 /// an error for a truncated or oversized one or a header that does not
 /// decode. Memory grows with the bytes that arrive, not with a length the
-/// peer claims.
+/// peer claims (past the first `PREALLOCATE_BODY`).
 pub fn read_frame<H: for<'de> Deserialize<'de>>(
     input: &mut impl Read,
     max_body: u64,
@@ -158,7 +161,10 @@ pub fn read_frame<H: for<'de> Deserialize<'de>>(
     if body_len > max_body {
         return Err(invalid(format!("a frame body of {body_len} bytes (at most {max_body})")));
     }
-    let mut body = Vec::new();
+    // Sized up front (packs and read-ahead stretches fit), so the body is
+    // read straight into place, not copied as it grows; bounded, so a
+    // length a peer made up allocates little before the bytes run out.
+    let mut body = Vec::with_capacity(body_len.min(PREALLOCATE_BODY) as usize);
     input.take(body_len).read_to_end(&mut body)?;
     if body.len() as u64 != body_len {
         return Err(io::ErrorKind::UnexpectedEof.into());
