@@ -111,22 +111,24 @@ impl CleanRoot {
 
 impl Drop for CleanRoot {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.path().join("proc")).status();
-        let _ = Command::new("umount").arg(self.path()).status();
+        // Lazily: a process the test left in the root cannot keep the
+        // mounts (and the base chroot's files below them) in the way of
+        // removing the temporary directory.
+        let _ = Command::new("umount").arg("-l").arg(self.path().join("proc")).status();
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
     }
 }
 
 /// The package, built once for the tests of this binary (they share
-/// `target/assets`).
+/// `target/assets`), into cargo's scratch directory for tests.
 fn package() -> &'static Path {
-    static PACKAGE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
-    &PACKAGE
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let deb = build_package(dir.path());
-            (dir, deb)
-        })
-        .1
+    static PACKAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PACKAGE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the package's directory");
+        build_package(&dir)
+    })
 }
 
 /// Builds the package from the binary these tests run (`cargo deb
