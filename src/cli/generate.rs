@@ -35,8 +35,10 @@ pub fn run(cmd: &Command, _ctx: &Context) -> Result<Exit> {
     match cmd {
         Command::Man { dir } => {
             crate::fsutil::create_dir_all(dir, 0o755)?;
-            clap_mangen::generate_to(Cli::command(), dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            let mut cli = Cli::command().disable_help_subcommand(true);
+            cli.build();
+            let source = format!("holdfast {}", cli.get_version().unwrap_or_default());
+            write_man_pages(cli, &source, dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -45,4 +47,14 @@ pub fn run(cmd: &Command, _ctx: &Context) -> Result<Exit> {
         }
     }
     Ok(Exit::Success)
+}
+
+/// `cmd`'s page and those of its subcommands (holdfast-key-export.1, …),
+/// each saying which holdfast it documents.
+fn write_man_pages(cmd: clap::Command, source: &str, dir: &std::path::Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub.clone(), source, dir)?;
+    }
+    clap_mangen::Man::new(cmd).source(source).manual("holdfast manual").generate_to(dir)?;
+    Ok(())
 }

@@ -176,6 +176,27 @@ fn a_run_writes_prometheus_metrics() {
     assert!(metric(&text, "holdfast_last_success_timestamp_seconds").is_some(), "the last success stays: {text}");
 }
 
+/// The packaged template units (`holdfast@JOB.timer`) get a job's schedule
+/// from a drop-in; a job without one keeps the template's.
+#[test]
+fn systemd_template_writes_a_schedule_drop_in_per_scheduled_job() {
+    let env = JobEnv::new();
+    files_job(
+        &env,
+        "schedule = \"Mon..Fri *-*-* 22:30:00\"\n[jobs.manual]\n[jobs.manual.files]\npaths = [\"uploads\"]",
+    );
+    let out = env.path("system");
+    let written = env.engine(["systemd", "--template", "--output"]).arg(&out).assert().success();
+    // The config is not the packaged directory the template units read.
+    let said = String::from_utf8_lossy(&written.get_output().stderr).into_owned();
+    assert!(said.contains("/etc/holdfast/jobs.d"), "{said}");
+    let drop_in = fs::read_to_string(out.join("holdfast@app.timer.d/schedule.conf")).unwrap();
+    assert!(drop_in.contains("[Timer]\nOnCalendar=\nOnCalendar=Mon..Fri *-*-* 22:30:00\n"), "{drop_in}");
+    assert!(!out.join("holdfast@manual.timer.d").exists(), "a job without a schedule keeps the daily template");
+    // Per-user units have no packaged template.
+    env.engine(["systemd", "--template", "--user"]).assert().code(2);
+}
+
 #[test]
 fn systemd_writes_hardened_units_that_verify() {
     let env = JobEnv::new();

@@ -157,6 +157,28 @@ fn files_below(dir: &Path) -> Vec<String> {
     v
 }
 
+/// What the package ships is made by the binary itself, from the same
+/// definitions as `--help`: a man page per command, completions per shell.
+#[test]
+fn generate_writes_a_man_page_per_command_and_completions_for_each_shell() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    ok(Command::new(holdfast_bin()).args(["generate", "man"]).arg(dir.path()));
+    let pages = files_below(dir.path());
+    for page in ["holdfast.1", "holdfast-run.1", "holdfast-restore.1", "holdfast-key-export.1", "holdfast-serve.1"] {
+        assert!(pages.iter().any(|p| p == page), "{page} in {pages:?}");
+    }
+    let run = std::fs::read_to_string(dir.path().join("holdfast-run.1")).expect("holdfast-run.1");
+    let title = format!(".TH holdfast-run 1  \"holdfast {}", env!("CARGO_PKG_VERSION"));
+    assert!(run.contains(&title), "a roff page naming its version: {run}");
+    assert!(run.contains("dry"), "the page documents run's options: {run}");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(Command::new(holdfast_bin()).args(["generate", "completions", shell]));
+        assert!(script.contains("holdfast") && script.contains("restore"), "{shell}: {script}");
+    }
+    let refused = Command::new(holdfast_bin()).args(["generate", "completions", "tcsh"]).output().expect("holdfast");
+    assert_eq!(refused.status.code(), Some(2));
+}
+
 #[test]
 fn the_debian_package_installs_works_and_purges_cleanly_in_a_clean_root() {
     let deb = package();
