@@ -757,7 +757,7 @@ fn read_marker(backend: &dyn Backend) -> Result<Marker> {
         Ok(b) => b,
         Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(not_repo(if backend.is_empty().unwrap_or(false) {
-                "nothing is there"
+                "nothing is there; `holdfast init` creates one"
             } else {
                 "no holdfast-repository file"
             }));

@@ -243,12 +243,16 @@ fn the_debian_package_installs_works_and_purges_cleanly_in_a_clean_root() {
 
     // The example job, as its comments tell an admin to set it up; then
     // validated, run, and scheduled through the template units.
-    root.sh_ok(
-        "cp /usr/share/doc/holdfast/examples/example.toml /etc/holdfast/jobs.d/etc.toml
-         (umask 077; echo 'package test passphrase' > /etc/holdfast/passphrase)
-         holdfast --config /etc/holdfast/jobs.d --repo local init",
-    );
-    root.sh_ok("holdfast --config /etc/holdfast/jobs.d validate");
+    // Until the admin has done each step, validate says which is missing.
+    root.sh_ok("cp /usr/share/doc/holdfast/examples/example.toml /etc/holdfast/jobs.d/etc.toml");
+    let validate = "holdfast --config /etc/holdfast/jobs.d validate 2>&1";
+    let missing = root.sh(validate);
+    assert!(!missing.status.success() && text(&missing.stdout).contains("/etc/holdfast/passphrase"), "{missing:?}");
+    root.sh_ok("(umask 077; echo 'package test passphrase' > /etc/holdfast/passphrase)");
+    let missing = root.sh(validate);
+    assert!(!missing.status.success() && text(&missing.stdout).contains("holdfast init"), "{missing:?}");
+    root.sh_ok("holdfast --config /etc/holdfast/jobs.d --repo local init");
+    root.sh_ok(validate);
     root.sh_ok("holdfast --config /etc/holdfast/jobs.d run etc");
     let listed = root.sh_ok("holdfast --config /etc/holdfast/jobs.d --repo local ls latest /etc/os-release");
     assert!(listed.contains("/etc/os-release"), "the job backed up /etc: {listed}");
