@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{BufReader, Read, Write};
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -493,6 +494,8 @@ impl Connection {
         else {
             return Err("ssh has no pipes".into());
         };
+        protocol::widen_pipe(stdin.as_fd());
+        protocol::widen_pipe(stdout.as_fd());
         let started = Instant::now();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let progress = Arc::new(AtomicU64::new(0));
