@@ -2,7 +2,7 @@
 //! clap definitions as `--help`, so they can never drift from the commands
 //! (the Debian package ships them; `scripts/package.sh` calls this).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::CommandFactory;
@@ -50,11 +50,15 @@ pub fn run(cmd: &Command, _ctx: &Context) -> Result<Exit> {
 }
 
 /// `cmd`'s page and those of its subcommands (holdfast-key-export.1, …),
-/// each saying which holdfast it documents.
-fn write_man_pages(cmd: clap::Command, source: &str, dir: &std::path::Path) -> std::io::Result<()> {
+/// each saying which holdfast it documents; readable by all (0644, not
+/// holdfast's private umask), written whole and renamed into place.
+fn write_man_pages(cmd: clap::Command, source: &str, dir: &Path) -> Result<()> {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         write_man_pages(sub.clone(), source, dir)?;
     }
-    clap_mangen::Man::new(cmd).source(source).manual("holdfast manual").generate_to(dir)?;
+    let page = clap_mangen::Man::new(cmd).source(source).manual("holdfast manual");
+    let mut text = Vec::new();
+    page.render(&mut text)?;
+    crate::fsutil::write_atomically(&dir.join(page.get_filename()), &text, 0o644)?;
     Ok(())
 }

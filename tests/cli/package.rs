@@ -168,6 +168,11 @@ fn generate_writes_a_man_page_per_command_and_completions_for_each_shell() {
         assert!(pages.iter().any(|p| p == page), "{page} in {pages:?}");
     }
     let run = std::fs::read_to_string(dir.path().join("holdfast-run.1")).expect("holdfast-run.1");
+    // Readable by man for every user, whatever holdfast's own umask.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("holdfast-run.1")).expect("stat").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
     let title = format!(".TH holdfast-run 1  \"holdfast {}", env!("CARGO_PKG_VERSION"));
     assert!(run.contains(&title), "a roff page naming its version: {run}");
     assert!(run.contains("dry"), "the page documents run's options: {run}");
