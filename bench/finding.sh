@@ -115,14 +115,8 @@ echo "== diff first last" >&2
 hf_diff=$(measure hf_diff "$HF" --repo "$WORK/repos/hf" diff "${HF_IDS[0]}" "${HF_IDS[-1]}")
 r_diff=$(measure r_diff restic -r "$WORK/repos/restic" diff "${R_IDS[0]}" "${R_IDS[-1]}")
 
-# A new, empty ext4 at WORK/out/NAME (its image beside it): fresh_disk NAME
-fresh_disk() {
-    truncate -s 2G "$WORK/out/$1.img"
-    mkfs.ext4 -q -F "$WORK/out/$1.img"
-    mkdir -p "$WORK/out/$1"
-    mount -o loop "$WORK/out/$1.img" "$WORK/out/$1"
-}
-drop_disk() { umount "$WORK/out/$1"; rm -f "$WORK/out/$1.img"; }
+# fresh_disk NAME / drop_disk NAME: a new, empty ext4 at WORK/out/NAME.
+source bench/lib.sh
 # cp -a of the copy directories out of FROM onto a fresh disk: copy NAME FROM
 COPY='to=$1; from=$2; shift 2; for d in "$@"; do cp -a "$from/$d" "$to/"; done'
 copy() {

@@ -96,13 +96,8 @@ measure() { # name, command...: prints "seconds rss_mib cpu_seconds mib_over_the
     moved=$(awk '{s += $1 + $2} END {printf "%.0f", s / 1048576}' "$WORK/proxy.log")
     awk -v moved="$moved" '{printf "%s %d %.1f %s\n", $1, $2/1024, $3+$4, moved}' "$WORK/time"
 }
-fresh_disk() {
-    truncate -s 4G "$WORK/out/disk.img"
-    mkfs.ext4 -q -F "$WORK/out/disk.img"
-    mkdir -p "$WORK/out/disk"
-    mount -o loop "$WORK/out/disk.img" "$WORK/out/disk"
-}
-drop_disk() { umount "$WORK/out/disk"; rm -f "$WORK/out/disk.img"; }
+# fresh_disk NAME SIZE / drop_disk NAME: a new, empty ext4 at WORK/out/NAME.
+source bench/lib.sh
 touch_one() { echo "edit $1" >>"$(find "$DATA" -type f -name '*.txt' | sort | head -n1)"; }
 
 "${HFC[@]}" --repo local init >/dev/null 2>&1
@@ -126,17 +121,17 @@ for tool in local box borg; do
             R[$tool,1]=$(measure "$tool-1" borg create --compression zstd,3 "$BORG_URL::one" "$DATA")
             touch_one "$tool"
             R[$tool,2]=$(measure "$tool-2" borg create --compression zstd,3 "$BORG_URL::two" "$DATA")
-            fresh_disk
+            fresh_disk disk 4G
             R[$tool,r]=$(measure "$tool-r" bash -c "cd '$WORK/out/disk' && borg extract '$BORG_URL::two'")
-            drop_disk
+            drop_disk disk
             ;;
         *)
             R[$tool,1]=$(measure "$tool-1" "${HFC[@]}" --repo "$tool" backup "$DATA")
             touch_one "$tool"
             R[$tool,2]=$(measure "$tool-2" "${HFC[@]}" --repo "$tool" backup "$DATA")
-            fresh_disk
+            fresh_disk disk 4G
             R[$tool,r]=$(measure "$tool-r" "${HFC[@]}" --repo "$tool" restore latest --to "$WORK/out/disk/r")
-            drop_disk
+            drop_disk disk
             ;;
     esac
 done

@@ -1,0 +1,12 @@
+# Helpers the bench scripts share (source it after WORK is set).
+
+# A new, empty ext4 at WORK/out/NAME, its image beside it, so restores land
+# on a disk as a user's do (and not on one that has just deleted many
+# files): fresh_disk NAME [SIZE, default 2G]
+fresh_disk() {
+    truncate -s "${2:-2G}" "$WORK/out/$1.img"
+    mkfs.ext4 -q -F "$WORK/out/$1.img"
+    mkdir -p "$WORK/out/$1"
+    mount -o loop "$WORK/out/$1.img" "$WORK/out/$1"
+}
+drop_disk() { umount "$WORK/out/$1"; rm -f "$WORK/out/$1.img"; }
