@@ -112,6 +112,22 @@ impl<'a> SnapshotCache<'a> {
     }
 }
 
+/// Make `dir` (0700) unless it is there, and make sure it is this user's
+/// and no one else may write into it: a directory someone else made or may
+/// write into (a shared $HOLDFAST_CACHE_DIR) could hold a symlink at a
+/// temporary name.
+pub(crate) fn private_dir(dir: &Path) -> crate::error::Result<()> {
+    crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR)?;
+    let md = std::fs::symlink_metadata(dir).map_err(|e| crate::error::Error::io(dir, e))?;
+    if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o022 != 0 {
+        return Err(crate::error::Error::Invalid(format!(
+            "{} is not a private directory of this user; not writing the cache there",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn read_sealed(file: &Path, keys: &Keys, repo_id: &Id) -> Option<HashMap<String, Entry>> {
     let bytes = std::fs::read(file).ok()?;
     let plain = keys
@@ -123,16 +139,7 @@ fn read_sealed(file: &Path, keys: &Keys, repo_id: &Id) -> Option<HashMap<String,
 
 fn write_sealed(file: &Path, keys: &Keys, repo_id: &Id, entries: &HashMap<String, Entry>) -> crate::error::Result<()> {
     if let Some(dir) = file.parent() {
-        crate::fsutil::create_dir_all(dir, crate::fsutil::PRIVATE_DIR)?;
-        // A directory someone else made or may write into (a shared
-        // $HOLDFAST_CACHE_DIR) could hold a symlink at the temporary name.
-        let md = std::fs::symlink_metadata(dir).map_err(|e| crate::error::Error::io(dir, e))?;
-        if !md.is_dir() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o022 != 0 {
-            return Err(crate::error::Error::Invalid(format!(
-                "{} is not a private directory of this user; not writing the cache there",
-                dir.display()
-            )));
-        }
+        private_dir(dir)?;
     }
     let plain = serde_json::to_vec(entries).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
     let sealed = keys.seal(ObjectKind::Snapshot, repo_id, &plain, 3)?;

@@ -158,6 +158,9 @@ impl fmt::Debug for MasterKey {
 /// The subkeys derived from a master key, one per purpose.
 pub struct Keys {
     id_key: [u8; 32],
+    /// Authenticates what holdfast keeps outside the repository for speed
+    /// (the index cache's blocks), so a damaged cache is never believed.
+    cache_key: [u8; 32],
     chunker_seed: u64,
     data: XChaCha20Poly1305,
     meta: XChaCha20Poly1305,
@@ -169,6 +172,7 @@ impl Keys {
         let chunker = sub("holdfast 2026-11 chunker gear seed");
         Keys {
             id_key: sub("holdfast 2026-11 chunk id"),
+            cache_key: sub("holdfast 2026-12 local cache tags"),
             chunker_seed: u64::from_le_bytes(chunker[..8].try_into().unwrap_or([0; 8])),
             data: XChaCha20Poly1305::new((&sub("holdfast 2026-11 data encryption")).into()),
             meta: XChaCha20Poly1305::new((&sub("holdfast 2026-11 metadata encryption")).into()),
@@ -178,6 +182,15 @@ impl Keys {
     /// The keyed BLAKE3 id of a blob's plaintext.
     pub fn blob_id(&self, plaintext: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// The tag of block `block` of the local cache file named `file`: a
+    /// keyed BLAKE3 over both and the bytes, so a block that changed, moved
+    /// or came from another file or repository does not match.
+    pub fn cache_tag(&self, file: &Id, block: u64, bytes: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.cache_key);
+        h.update(&file.0).update(&block.to_le_bytes()).update(bytes);
+        *h.finalize().as_bytes()
     }
 
     /// The secret that perturbs the chunker's gear table.

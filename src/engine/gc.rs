@@ -475,12 +475,9 @@ mod tests {
     use crate::engine::backend::{Backend, Dir, MemoryBackend};
     use crate::engine::backup::{BackupOptions, BackupSource, backup};
     use crate::engine::crypto::ObjectKind;
-    use crate::engine::repository::InitOptions;
 
     fn repository() -> (Arc<MemoryBackend>, Repository) {
-        let store = Arc::new(MemoryBackend::default());
-        let repo = Repository::init_on(store.clone(), b"test passphrase", &InitOptions::default()).unwrap();
-        (store, repo)
+        Repository::in_memory()
     }
 
     /// A directory holding one file of 300 kB made from `seed`.

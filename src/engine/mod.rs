@@ -17,6 +17,7 @@ mod decoder_fuzz;
 pub mod fsmeta;
 pub mod gc;
 pub mod index;
+pub mod index_cache;
 pub mod keyfile;
 pub mod pack;
 pub mod parallel;

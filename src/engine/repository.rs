@@ -30,6 +30,7 @@ use crate::engine::cache::SnapshotCache;
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
+use crate::engine::index_cache::IndexCache;
 use crate::engine::keyfile::KeyFile;
 use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::Tree;
@@ -106,6 +107,16 @@ impl Repository {
     /// Create a repository at `location` (which must not exist or be empty).
     pub fn init(location: &Location, passphrase: &[u8], opts: &InitOptions) -> Result<Repository> {
         Repository::init_on(location.open_backend()?, passphrase, opts)
+    }
+
+    /// A new repository in memory, for the engine's tests.
+    #[cfg(test)]
+    pub(crate) fn in_memory() -> (Arc<crate::engine::backend::MemoryBackend>, Repository) {
+        let store = Arc::new(crate::engine::backend::MemoryBackend::default());
+        match Repository::init_on(store.clone(), b"test passphrase", &InitOptions::default()) {
+            Ok(repo) => (store, repo),
+            Err(e) => panic!("a repository in memory: {e}"),
+        }
     }
 
     /// Create a repository on `backend` (which must hold nothing yet).
@@ -270,13 +281,83 @@ impl Repository {
     /// Read every index file. Damaged ones are skipped and returned by name
     /// with the reason, so a backup still works (it stores again what they
     /// listed) and `check` can report them.
+    /// The union of the repository's index files, and those that cannot be
+    /// read. A big repository's index is kept in the local index cache
+    /// (`engine::index_cache`) rather than in memory, and so is a remote
+    /// one's (its index files are then fetched once, not on every run),
+    /// when there is a cache directory; a cache that cannot be used costs
+    /// only memory and time.
     pub fn load_index(&self) -> Result<(Index, Unreadable)> {
-        // Each file is added as it is read: only the compact index is held.
-        let builder = Mutex::new(IndexBuilder::default());
-        let names: Vec<String> = self.backend.list(INDEX)?.into_iter().map(|f| f.name).collect();
+        let listed = self.backend.list(INDEX)?;
+        // A blob prune repacked is read from its new pack, not from the
+        // marked one that a later prune deletes.
+        let marked: HashSet<Id> = match self.backend.list(MARKS) {
+            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
+            Err(_) => HashSet::new(),
+        };
+        let bytes: u64 = listed.iter().map(|f| f.size).sum();
+        if (bytes >= crate::engine::index_cache::threshold() || self.backend.is_remote())
+            && let Some(root) = crate::engine::cache::cache_root()
+        {
+            let cache = IndexCache::new(&root, &self.config.id, self.keys.clone());
+            match self.load_index_cached(&cache, &listed, &marked) {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => tracing::warn!(
+                    "the index cache under {} cannot be used ({e}); holding the index in memory",
+                    root.display()
+                ),
+            }
+        }
+        let builder = IndexBuilder::default();
+        let names = listed.into_iter().map(|f| f.name).collect();
+        let (builder, damaged) = self.read_index_files_into(names, builder, |b, _, file| b.add(file));
+        Ok((builder.finish_avoiding(&marked), damaged))
+    }
+
+    pub(crate) fn load_index_cached(
+        &self,
+        cache: &IndexCache,
+        listed: &[FileInfo],
+        marked: &HashSet<Id>,
+    ) -> Result<(Index, Unreadable)> {
+        let mut damaged = Vec::new();
+        let cached = match cache.open(listed, marked) {
+            Some(cached) => cached,
+            None => {
+                let names = listed.iter().map(|f| f.name.clone()).collect();
+                let (builder, unread) =
+                    self.read_index_files_into(names, cache.builder(marked)?, |b, name, file| b.add(name, file));
+                builder.finish()?;
+                damaged = unread;
+                cache
+                    .open(listed, marked)
+                    .ok_or_else(|| Error::Invalid("the index cache just built does not open".into()))?
+            }
+        };
+        let added = listed
+            .iter()
+            .map(|f| &f.name)
+            .filter(|name| !cached.files.contains(*name) && !damaged.iter().any(|(d, _)| d == *name))
+            .cloned()
+            .collect();
+        let builder = IndexBuilder::on_disk(cached.disk, &cached.packs);
+        let (builder, unread) = self.read_index_files_into(added, builder, |b, _, file| b.add(file));
+        damaged.extend(unread);
+        Ok((builder.finish_avoiding(marked), damaged))
+    }
+
+    /// Read index files `names` (several at a time) into `into` as each is
+    /// read: only what `into` keeps is held.
+    fn read_index_files_into<B: Send>(
+        &self,
+        names: Vec<String>,
+        into: B,
+        add: impl Fn(&mut B, &str, &IndexFile) + Sync,
+    ) -> (B, Unreadable) {
+        let into = Mutex::new(into);
         let read = |name: &String| -> Result<()> {
             let file = self.read_index_file(name)?;
-            builder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(&file);
+            add(&mut into.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), name, &file);
             Ok(())
         };
         let damaged = self
@@ -284,14 +365,7 @@ impl Repository {
             .into_iter()
             .filter_map(|(n, r)| Some((n, r.err()?)))
             .collect();
-        // A blob prune repacked is read from its new pack, not from the
-        // marked one that a later prune deletes.
-        let marked: HashSet<Id> = match self.backend.list(MARKS) {
-            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
-            Err(_) => HashSet::new(),
-        };
-        let builder = builder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok((builder.finish_avoiding(&marked), damaged))
+        (into.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()), damaged)
     }
 
     pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {

@@ -8,6 +8,9 @@
 //! - A damaged cache costs nothing but speed; `--no-cache` writes none; a
 //!   local repository is read as it is (no cache: reading its files is what
 //!   finds a snapshot file a failing disk damaged).
+//! - The index of a bucket, and of a repository big enough, is kept in the
+//!   index cache: it deduplicates and restores as the index files do, and a
+//!   damaged block of it is never believed.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -61,6 +64,9 @@ fn a_buckets_snapshots_are_cached_sealed_and_checked_against_the_listing() {
     let file = cache_file(&cache).expect("the cache is written");
     let mode = fs::metadata(file.parent().unwrap()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
+    // A bucket's index is cached too (fetched once, not on every run).
+    let entries = entries_file(&cache);
+    assert_eq!(fs::metadata(&entries).unwrap().permissions().mode() & 0o777, 0o600);
     let text = String::from_utf8_lossy(&fs::read(&file).unwrap()).into_owned();
     assert!(!text.contains("secret-project-src") && !text.contains(&first), "sealed: nothing in clear");
     assert_eq!(ok(&bucket, &cache, &["snapshots"]), listed, "from the cache: the same answer");
@@ -102,4 +108,104 @@ fn a_local_repository_is_read_as_it_is() {
     t.backup(&[&src]);
     t.cmd(["snapshots"]).env("HOLDFAST_CACHE_DIR", &cache).assert().success();
     assert!(!cache.exists(), "no cache for a local repository");
+}
+
+/// `holdfast ARGS` on `t`'s repository with its index kept in the index
+/// cache under `cache`, as a big repository's is (the size above which
+/// that happens set to nothing).
+fn with_index_cache(t: &TestRepo, cache: &Path, args: &[&str]) -> assert_cmd::Command {
+    let mut c = t.cmd(args);
+    c.env("HOLDFAST_CACHE_DIR", cache).env("HOLDFAST_INDEX_CACHE_ABOVE", "0");
+    c
+}
+
+/// The index cache's entries file under `cache` (one repository).
+fn entries_file(cache: &Path) -> PathBuf {
+    let dir = fs::read_dir(cache).unwrap().next().unwrap().unwrap().path();
+    let found: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "entries"))
+        .collect();
+    assert_eq!(found.len(), 1, "one entries file: {found:?}");
+    found[0].clone()
+}
+
+#[test]
+fn a_big_repositorys_index_on_disk_deduplicates_restores_and_is_never_believed_when_damaged() {
+    use crate::util::{assert_same_tree, parse_json, restored, stderr_of, stdout_of, tree_fingerprint, write_random};
+    let t = TestRepo::init();
+    let cache = t.path("cache");
+    let src = t.path("src");
+    for i in 0..40u64 {
+        let dir = src.join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        write_random(&dir.join(format!("f{i}")), i, 1_000 + i * 30_000);
+    }
+    let src_arg = src.to_string_lossy().into_owned();
+    let backup = |extra: &[&str]| {
+        let args: Vec<&str> = ["backup", "--json"].iter().chain(extra).chain([&src_arg.as_str()]).copied().collect();
+        let out = with_index_cache(&t, &cache, &args).assert().success();
+        (parse_json(&stdout_of(&out)), stderr_of(&out))
+    };
+    let (first, _) = backup(&[]);
+    // The cache made now holds the first backup's index; read again
+    // without the parent, every chunk is found through it: nothing is
+    // stored twice.
+    fs::remove_dir_all(&cache).unwrap();
+    let (again, _) = backup(&["--no-parent"]);
+    assert!(again["summary"]["bytes_read"].as_u64().unwrap() > 500_000, "{again:#}");
+    assert!(again["summary"]["bytes_added"].as_u64().unwrap() < 8192, "deduplicated through the cache: {again:#}");
+
+    // Private: the directory 0700, the files 0600, no path or name in clear.
+    let entries = entries_file(&cache);
+    assert!(fs::metadata(&entries).unwrap().len() >= 40 * 48, "an entry per chunk and tree");
+    let dir = entries.parent().unwrap();
+    assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
+    for f in fs::read_dir(dir).unwrap() {
+        let f = f.unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{:?}", f.path());
+        let bytes = fs::read(f.path()).unwrap();
+        assert!(!bytes.windows(3).any(|w| w == b"src"), "no names in the cache");
+    }
+
+    write_random(&src.join("d1/f5"), 99, 200_000);
+    let (changed, _) = backup(&[]);
+    assert!(changed["summary"]["bytes_added"].as_u64().unwrap() >= 190_000, "{changed:#}");
+    assert_eq!(entries_file(&cache), entries, "a backup's new index file is read beside the cache, not rebuilt");
+
+    let restore_and_compare = |snapshot: &str, what: &str| {
+        let out = t.path(&format!("out-{what}"));
+        with_index_cache(&t, &cache, &["restore", snapshot, "--to", &out.to_string_lossy()]).assert().success();
+        assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&out, &src)));
+    };
+    restore_and_compare("latest", "latest");
+
+    // Damage one block of the entries: no lookup believes it (a backup
+    // stores those chunks again, everything still restores), it is said,
+    // and the cache is rebuilt on the next run.
+    let mut bytes = fs::read(&entries).unwrap();
+    bytes[100] ^= 0x40;
+    fs::write(&entries, &bytes).unwrap();
+    let (after, stderr) = backup(&["--no-parent"]);
+    assert!(stderr.contains("index cache") && stderr.contains("damaged"), "{stderr}");
+    assert!(after["summary"]["bytes_added"].as_u64().unwrap() > 0, "the chunks it hid are stored again: {after:#}");
+    let (checked, report) = t.check(true);
+    assert!(checked, "{report}");
+    restore_and_compare("latest", "after-damage");
+    assert_ne!(entries_file(&cache), entries, "rebuilt");
+
+    // A prune (forget, delete, index files merged) changes what it was built
+    // from: rebuilt, and every kept snapshot restores through it.
+    let first_id = first["id"].as_str().unwrap();
+    with_index_cache(&t, &cache, &["forget", first_id]).assert().success();
+    with_index_cache(&t, &cache, &["prune", "--keep-last", "10", "--grace", "0s", "--max-unused", "0%"])
+        .assert()
+        .success();
+    with_index_cache(&t, &cache, &["prune", "--keep-last", "10", "--grace", "0s", "--max-unused", "0%"])
+        .assert()
+        .success();
+    restore_and_compare("latest", "after-prune");
+    let (checked, report) = t.check(true);
+    assert!(checked, "{report}");
 }
