@@ -65,8 +65,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Read everything from the repository; leave the local cache of its
-    /// snapshots ($HOLDFAST_CACHE_DIR, $XDG_CACHE_HOME/holdfast,
-    /// /var/cache/holdfast for root) alone.
+    /// snapshots and index ($HOLDFAST_CACHE_DIR, $XDG_CACHE_HOME/holdfast,
+    /// /var/cache/holdfast for root) alone: the index is then held in memory.
     #[arg(long, global = true, env = "HOLDFAST_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
     /// Show progress on stderr even when it is not a terminal (by default
