@@ -65,24 +65,11 @@ impl Buckets {
     /// Buckets of about `per_bucket` entries over `ids`, sorted.
     pub(crate) fn over(ids: impl ExactSizeIterator<Item = Id>, per_bucket: usize) -> Buckets {
         let n = ids.len();
-        let mut buckets = Buckets::for_count(n, per_bucket);
-        let mut filler = buckets.filler();
+        let mut filler = BucketFiller::new(n, per_bucket);
         for (i, id) in ids.enumerate() {
-            filler.entry(&mut buckets, &id, i);
+            filler.entry(&id, i);
         }
-        filler.finish(&mut buckets, n);
-        buckets
-    }
-
-    /// Empty buckets sized for `n` entries, filled in id order by a
-    /// [`BucketFiller`].
-    pub(crate) fn for_count(n: usize, per_bucket: usize) -> Buckets {
-        let bits = (usize::BITS - (n / per_bucket.max(1)).leading_zeros()).min(24);
-        Buckets { bits, starts: Vec::with_capacity((1 << bits) + 1) }
-    }
-
-    pub(crate) fn filler(&self) -> BucketFiller {
-        BucketFiller { next: 0 }
+        filler.finish(n)
     }
 
     /// The entries of `id`'s bucket.
@@ -92,27 +79,35 @@ impl Buckets {
     }
 }
 
-/// Fills a [`Buckets`] as entries go by in id order.
+/// Builds [`Buckets`] as entries go by in id order.
 pub(crate) struct BucketFiller {
+    buckets: Buckets,
     next: u64,
 }
 
 impl BucketFiller {
+    /// For about `n` entries, `per_bucket` to a bucket.
+    pub(crate) fn new(n: usize, per_bucket: usize) -> BucketFiller {
+        let bits = (usize::BITS - (n / per_bucket.max(1)).leading_zeros()).min(24);
+        BucketFiller { buckets: Buckets { bits, starts: Vec::with_capacity((1 << bits) + 1) }, next: 0 }
+    }
+
     /// Entry number `i` has id `id`.
-    pub(crate) fn entry(&mut self, buckets: &mut Buckets, id: &Id, i: usize) {
-        let bucket = bucket_of(id, buckets.bits);
+    pub(crate) fn entry(&mut self, id: &Id, i: usize) {
+        let bucket = bucket_of(id, self.buckets.bits);
         while self.next <= bucket {
-            buckets.starts.push(i as u32);
+            self.buckets.starts.push(i as u32);
             self.next += 1;
         }
     }
 
-    /// After the last of `n` entries.
-    pub(crate) fn finish(mut self, buckets: &mut Buckets, n: usize) {
-        while self.next <= 1u64 << buckets.bits {
-            buckets.starts.push(n as u32);
+    /// The buckets, after the last of `n` entries.
+    pub(crate) fn finish(mut self, n: usize) -> Buckets {
+        while self.next <= 1u64 << self.buckets.bits {
+            self.buckets.starts.push(n as u32);
             self.next += 1;
         }
+        self.buckets
     }
 }
 
@@ -466,8 +461,18 @@ impl DiskEntries {
         if !blocks.clone().all(|b| self.block_is_good(b)) {
             return None;
         }
-        let mut bytes = vec![0u8; range.len() * ENTRY_LEN];
-        if let Err(e) = self.file.read_exact_at(&mut bytes, (range.start * ENTRY_LEN) as u64) {
+        // A bucket holds about 16 entries: read into the stack unless
+        // this one is unusually full.
+        let mut stack = [0u8; 64 * ENTRY_LEN];
+        let mut heap = Vec::new();
+        let bytes = match stack.get_mut(..range.len() * ENTRY_LEN) {
+            Some(part) => part,
+            None => {
+                heap.resize(range.len() * ENTRY_LEN, 0);
+                &mut heap[..]
+            }
+        };
+        if let Err(e) = self.file.read_exact_at(bytes, (range.start * ENTRY_LEN) as u64) {
             self.damaged(&format!("reading it failed: {e}"));
             return None;
         }

@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::FileInfo;
 use crate::engine::crypto::{Id, Keys, ObjectKind};
-use crate::engine::index::{BLOCK_ENTRIES, Buckets, DiskEntries, ENTRY_LEN, IndexEntry, IndexFile, PackTable};
+use crate::engine::index::{
+    BLOCK_ENTRIES, BucketFiller, Buckets, DiskEntries, ENTRY_LEN, IndexEntry, IndexFile, PackTable,
+};
 use crate::error::{Error, IoContext, Result};
 
 const FORMAT: u32 = 1;
@@ -161,6 +163,7 @@ impl IndexCache {
             packs: PackTable::default(),
             run: Vec::new(),
             runs: Vec::new(),
+            spilled: 0,
             files: Vec::new(),
             failed: None,
         })
@@ -192,6 +195,8 @@ pub struct CacheBuilder<'a> {
     packs: PackTable,
     run: Vec<IndexEntry>,
     runs: Vec<SpilledRun>,
+    /// Entries in `runs`.
+    spilled: usize,
     files: Vec<String>,
     failed: Option<Error>,
 }
@@ -232,6 +237,7 @@ impl CacheBuilder<'_> {
         let path = self.cache.dir.join(format!(".index-run-{}", Id::random()?.to_hex()));
         let run = SpilledRun { path };
         let mut out = BufWriter::with_capacity(1 << 20, crate::fsutil::create_private(&run.path)?);
+        self.spilled += self.run.len();
         for e in self.run.drain(..) {
             out.write_all(&e.encode()).at(&run.path)?;
         }
@@ -269,11 +275,7 @@ impl CacheBuilder<'_> {
                 heap.push(std::cmp::Reverse((e.id, self.packs.rank(&e, &avoid), i, e.encode())));
             }
         }
-        let upper: usize =
-            self.runs.iter().filter_map(|r| std::fs::metadata(&r.path).ok()).map(|m| m.len() as usize).sum::<usize>()
-                / ENTRY_LEN;
-        let mut buckets = Buckets::for_count(upper, PER_BUCKET);
-        let mut filler = buckets.filler();
+        let mut filler = BucketFiller::new(self.spilled, PER_BUCKET);
         let mut tags = Vec::new();
         let mut block = Vec::with_capacity(BLOCK_ENTRIES * ENTRY_LEN);
         let mut out = BufWriter::with_capacity(1 << 20, crate::fsutil::create_private(&path)?);
@@ -288,7 +290,7 @@ impl CacheBuilder<'_> {
                     continue;
                 }
                 last = Some(id);
-                filler.entry(&mut buckets, &id, written);
+                filler.entry(&id, written);
                 block.extend_from_slice(&bytes);
                 written += 1;
                 if written.is_multiple_of(BLOCK_ENTRIES) {
@@ -309,7 +311,7 @@ impl CacheBuilder<'_> {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        filler.finish(&mut buckets, written);
+        let buckets = filler.finish(written);
         let mut files = std::mem::take(&mut self.files);
         files.sort();
         let mut marks: Vec<Id> = self.marked.iter().copied().collect();
