@@ -74,6 +74,19 @@ pub fn create_private(path: &Path) -> Result<std::fs::File> {
     OpenOptions::new().write(true).create_new(true).mode(PRIVATE_FILE).open(path).at(path)
 }
 
+/// Open `path` for reading only if it is a regular file: never through a
+/// symlink, never waiting on a FIFO someone put where a file of holdfast's
+/// own (a cache file) should be.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY;
+    let file = OpenOptions::new().read(true).custom_flags(flags).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 /// An absolute path with `.` and `..` resolved lexically.
 pub fn normalize(path: &Path) -> PathBuf {
     use std::path::Component;

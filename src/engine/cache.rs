@@ -129,7 +129,8 @@ pub(crate) fn private_dir(dir: &Path) -> crate::error::Result<()> {
 }
 
 fn read_sealed(file: &Path, keys: &Keys, repo_id: &Id) -> Option<HashMap<String, Entry>> {
-    let bytes = std::fs::read(file).ok()?;
+    let mut bytes = Vec::new();
+    crate::fsutil::open_regular(file).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes)).ok()?;
     let plain = keys
         .open(ObjectKind::Snapshot, repo_id, &bytes)
         .map_err(|e| tracing::debug!("ignoring the snapshot cache {}: {e}", file.display()))

@@ -117,7 +117,7 @@ impl IndexCache {
             return None;
         }
         let path = self.entries_path(&head.entries_file);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = crate::fsutil::open_regular(&path).ok()?;
         let count = usize::try_from(head.count).ok()?;
         let blocks = count.div_ceil(BLOCK_ENTRIES);
         let buckets = Buckets { bits: head.bucket_bits, starts: head.bucket_starts };
@@ -143,7 +143,8 @@ impl IndexCache {
 
     fn read_head(&self) -> Option<Head> {
         let path = self.head_path();
-        let bytes = std::fs::read(&path).ok()?;
+        let mut bytes = Vec::new();
+        crate::fsutil::open_regular(&path).and_then(|mut f| f.read_to_end(&mut bytes)).ok()?;
         let plain = self
             .keys
             .open(ObjectKind::Index, &self.repo_id, &bytes)
@@ -457,6 +458,32 @@ mod tests {
         for n in 0..20_600 {
             assert_eq!(disk.get(&blob_id(n)), memory.get(&blob_id(n)), "blob {n}");
         }
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_where_a_cache_file_goes_is_no_cache_and_never_waited_on() {
+        let (store, repo) = repository();
+        write_index_files(&repo, 0, 3_000);
+        let root = tempfile::tempdir().unwrap();
+        let cache = IndexCache::new(root.path(), &repo.config().id, repo.keys().clone());
+        let _ = cached(&store, &repo, &cache, &HashSet::new());
+        let listed = store.list(INDEX).unwrap();
+        let entries = cache.entries_path(&entries_file(&cache));
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::rename(&entries, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &entries).unwrap();
+        assert!(cache.open(&listed, &HashSet::new()).is_none(), "a symlink is not followed");
+        std::fs::remove_file(&entries).unwrap();
+        nix::unistd::mkfifo(&entries, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(cache.open(&listed, &HashSet::new()).is_none(), "a FIFO is not opened for good");
+        std::fs::remove_file(&entries).unwrap();
+        std::fs::rename(cache.head_path(), &elsewhere).unwrap();
+        nix::unistd::mkfifo(&cache.head_path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(cache.open(&listed, &HashSet::new()).is_none(), "a FIFO head is no head");
+        // The next load builds a cache beside it, and answers.
+        let disk = cached(&store, &repo, &cache, &HashSet::new());
+        let memory = in_memory(&store, &repo, &HashSet::new());
+        assert!((0..3_000).all(|n| disk.get(&blob_id(n)) == memory.get(&blob_id(n))));
     }
 
     #[test]
