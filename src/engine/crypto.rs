@@ -229,6 +229,38 @@ impl Keys {
         Ok(out)
     }
 
+    /// Prove that `sealed`, just made by [`Keys::seal`], opens to exactly
+    /// `plaintext`: a memory or compressor fault between reading a chunk and
+    /// writing it is caught before anything is stored. It authenticates and
+    /// decrypts a copy, decompresses what was compressed, and compares the
+    /// bytes with the plaintext; equal bytes have the same id, so there is no
+    /// second hash to pay.
+    pub fn prove_sealed(&self, kind: ObjectKind, id: &Id, plaintext: &[u8], sealed: &[u8]) -> Result<()> {
+        let unsound = |why: &str| {
+            Error::damaged(
+                format!("{} {}", kind.name(), id.short()),
+                format!(
+                    "sealed blob did not read back identically ({why}: memory or compressor fault); nothing was written"
+                ),
+            )
+        };
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(unsound("too short"));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut body = ct.to_vec();
+        self.cipher(kind)
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), &associated_data(kind, id), &mut body, tag.into())
+            .map_err(|_| unsound("authentication failed"))?;
+        let same = match body.split_first() {
+            Some((&FLAG_RAW, payload)) => payload == plaintext,
+            Some((&FLAG_ZSTD, frame)) => decompress(frame).is_ok_and(|back| back == plaintext),
+            _ => false,
+        };
+        if same { Ok(()) } else { Err(unsound("different bytes")) }
+    }
+
     /// Authenticate, decrypt and decompress a sealed object of `kind` named `id`.
     pub fn open(&self, kind: ObjectKind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
         let what = || format!("{} {}", kind.name(), id.short());
@@ -412,6 +444,33 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[30] ^= 1;
         assert!(k.open(ObjectKind::Chunk, &id, &flipped).is_err());
+    }
+
+    #[test]
+    fn a_sealed_blob_is_proven_only_against_the_bytes_it_holds() {
+        let k = keys();
+        let mut random = vec![0u8; 300 << 10];
+        fill_random(&mut random).expect("randomness");
+        let text = b"a row of a table, and another row of a table; ".repeat(5000);
+        for data in [&random, &text] {
+            let id = k.blob_id(data);
+            let sealed = k.seal(ObjectKind::Chunk, &id, data, 3).expect("seal");
+            k.prove_sealed(ObjectKind::Chunk, &id, data, &sealed).expect("the sealed blob is proven");
+            // A bit flipped anywhere after sealing (nonce, body, tag) is caught.
+            for at in [3, NONCE_LEN, sealed.len() / 2, sealed.len() - 1] {
+                let mut flipped = sealed.clone();
+                flipped[at] ^= 0x10;
+                assert!(k.prove_sealed(ObjectKind::Chunk, &id, data, &flipped).is_err(), "flip at {at}");
+            }
+            // Sealed bytes that open, but to other data: caught too.
+            let mut other = data.clone();
+            other[1000] ^= 1;
+            let wrong = k.seal(ObjectKind::Chunk, &id, &other, 3).expect("seal");
+            let err = k.prove_sealed(ObjectKind::Chunk, &id, data, &wrong).expect_err("other bytes");
+            assert!(err.to_string().contains("nothing was written"), "{err}");
+            assert!(k.prove_sealed(ObjectKind::Tree, &id, data, &sealed).is_err(), "kind is bound");
+            assert!(k.prove_sealed(ObjectKind::Chunk, &id, data, &sealed[..SEAL_OVERHEAD - 1]).is_err());
+        }
     }
 
     #[test]

@@ -96,11 +96,17 @@ impl PackWriter {
         let data_id = Id(*self.data_hash.finalize().as_bytes());
         let sealed = keys.seal(ObjectKind::PackHeader, &data_id, &header, 3)?;
         let header_len = sealed.len() as u32;
+        let data_len = self.buf.len();
         self.buf.extend_from_slice(&sealed);
         self.buf.extend_from_slice(&header_len.to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
         self.buf.push(FORMAT_VERSION);
-        Ok(FinishedPack { id: Id::of_bytes(&self.buf), bytes: self.buf, blobs: self.blobs })
+        // The name is the hash of the whole pack: the hasher that already
+        // read the blobs goes on over the rest (finalizing does not end it),
+        // so the data is hashed once, not twice.
+        self.data_hash.update(&self.buf[data_len..]);
+        let id = Id(*self.data_hash.finalize().as_bytes());
+        Ok(FinishedPack { id, bytes: self.buf, blobs: self.blobs })
     }
 }
 
