@@ -440,6 +440,43 @@ impl Repository {
         Ok((good, bad))
     }
 
+    /// The newest readable snapshot that is `wanted` (in the order
+    /// [`Repository::snapshots`] gives), for a backup's parent. In a local
+    /// repository, files are read newest first by modification time, and
+    /// the search stops once the rest were written more than
+    /// [`CLOCK_SLACK`] before the best match began: with a long history
+    /// that is a few files instead of all. A file's time is when it was
+    /// written, after its snapshot began, so only a clock that jumped back
+    /// further than the slack can hide a newer match, and then the parent
+    /// is an older snapshot: a backup reads more, never less. A repository
+    /// in a bucket takes the list from the snapshot cache instead.
+    pub fn newest_snapshot_where(&self, wanted: impl Fn(&Snapshot) -> bool) -> Result<Option<(Id, Snapshot)>> {
+        if self.backend.is_remote() {
+            let (snaps, _) = self.snapshots()?;
+            return Ok(snaps.into_iter().rev().find(|(_, s)| wanted(s)));
+        }
+        let mut listed = self.backend.list(SNAPSHOTS)?;
+        // Newest first; files without a time last (and all of them read).
+        listed.sort_by_key(|f| std::cmp::Reverse(f.modified));
+        let key = |(id, s): &(Id, Snapshot)| (s.time, s.repaired.is_some(), *id);
+        let mut best: Option<(Id, Snapshot)> = None;
+        for file in &listed {
+            if let (Some(found), Some(written)) = (&best, file.modified)
+                && found.1.time.checked_sub(CLOCK_SLACK).is_ok_and(|since| written < since)
+            {
+                break;
+            }
+            let Some(id) = Id::from_hex(&file.name) else { continue };
+            // An unreadable snapshot is no parent; `check` reports it.
+            let Ok(snapshot) = self.read_snapshot(&id) else { continue };
+            let candidate = (id, snapshot);
+            if wanted(&candidate.1) && best.as_ref().is_none_or(|b| key(&candidate) > key(b)) {
+                best = Some(candidate);
+            }
+        }
+        Ok(best)
+    }
+
     /// Resolve `latest` or a unique id prefix. `latest` fails while some
     /// snapshot cannot be read (it may be the newest) unless
     /// `skip_damaged`; then it is the newest readable one.
@@ -774,6 +811,11 @@ impl Repository {
 /// The newest of `snapshots` that `wanted` accepts. `None` when there is
 /// none; an error when some snapshot could not be read (`unreadable`) and
 /// so might be the newest, unless `skip_damaged`.
+/// How far a snapshot file's modification time may lag its snapshot's own
+/// time (clocks of different hosts, or one set back) before the newest-first
+/// search for a parent stops looking.
+pub const CLOCK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
 pub fn newest(
     snapshots: Vec<(Id, Snapshot)>,
     unreadable: &Unreadable,
@@ -1018,4 +1060,52 @@ impl<'a> KnownBlobs<'a> {
 /// Absolute path without touching the filesystem's symlinks for the last part.
 pub fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_backups_parent_is_the_newest_match_and_old_files_are_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        let repo = Repository::init(&Location::Local(root.clone()), b"pw", &InitOptions::default()).expect("init");
+        let now = jiff::Timestamp::now();
+        let day = jiff::SignedDuration::from_hours(24);
+        // A snapshot of `host`, begun `age` days ago, its file written `written` days ago.
+        let add = |host: &str, age: i32, written: u64| {
+            let snapshot = Snapshot {
+                time: now - day * age,
+                host: host.into(),
+                tags: vec![],
+                paths: vec!["/srv".into()],
+                root: Id::ZERO,
+                parent: None,
+                summary: Default::default(),
+                extra: None,
+                repaired: None,
+            };
+            let id = repo.write_snapshot(&snapshot).expect("write");
+            let file =
+                std::fs::File::options().write(true).open(root.join("snapshots").join(id.to_hex())).expect("open");
+            let t = SystemTime::now() - Duration::from_secs(written * 86_400);
+            file.set_modified(t).expect("mtime");
+            id
+        };
+        add("web", 30, 30);
+        let parent = add("web", 1, 1);
+        add("db", 0, 0);
+        // Begun after `parent`, but its file was written a month ago: the
+        // search has stopped before it (only a clock set back by more than
+        // CLOCK_SLACK makes such a file).
+        add("web", 0, 30);
+        // A damaged file, newest of all, is passed over.
+        std::fs::write(root.join("snapshots").join(Id::of_bytes(b"x").to_hex()), b"rotten").expect("write");
+
+        let found = repo.newest_snapshot_where(|s| s.host == "web").expect("lookup").expect("a parent");
+        assert_eq!(found.0, parent);
+        assert!(repo.newest_snapshot_where(|s| s.host == "mail").expect("lookup").is_none());
+    }
 }

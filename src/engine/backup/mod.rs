@@ -333,8 +333,7 @@ fn expand_root(sources: Vec<BackupSource>, select: &Selector) -> Result<Expanded
 
 /// The newest snapshot of exactly these paths from this host.
 fn find_parent(repo: &Repository, paths: &[String], host: &str) -> Result<Option<(Id, Snapshot)>> {
-    let (snaps, _) = repo.snapshots()?;
-    Ok(snaps.into_iter().rev().find(|(_, s)| s.host == host && s.paths == paths))
+    repo.newest_snapshot_where(|s| s.host == host && s.paths == paths)
 }
 
 /// The directories above the sources (`/srv` above `/srv/app`), built
