@@ -2,13 +2,18 @@
 """Long histories: how `snapshots`, an unchanged backup (its parent lookup)
 and `prune --dry-run` grow from a repository of 10 snapshots to one of N.
 
-    bench/long_history.py [--snapshots 1000] [--work /var/tmp/hf-history] [--runs 5]
+    bench/long_history.py [--snapshots 1000] [--work /var/tmp/hf-history] [--runs 5] [--daily]
 
 Each snapshot is a backup of a tiny tree with one file changed, so the
 history, not the data, is what grows. Times are the best of --runs runs
 (wall clock, seconds); the ratio column is N snapshots over 10. A key
 unlock (argon2) is in every figure: it is the floor. The repositories are
 local, so the snapshot cache (buckets only) plays no part.
+
+--daily makes the histories look like a user's: one real prune merges the
+index files every backup left (as a daily prune does), and the snapshot
+files' times are set one day apart, newest now (the backups are made
+seconds apart, so without it a parent lookup must read every file).
 """
 
 import argparse
@@ -53,11 +58,24 @@ def make_history(work, name, count, env):
     return repo, src
 
 
+def as_daily(repo, env):
+    """Merge the index files (a real prune that forgets nothing) and space
+    the snapshot files' modification times a day apart, keeping their order."""
+    run(["--repo", repo, "prune", "--keep-last", "100000"], env)
+    folder = os.path.join(repo, "snapshots")
+    files = sorted(os.listdir(folder), key=lambda f: os.stat(os.path.join(folder, f)).st_mtime, reverse=True)
+    now = time.time()
+    for age, name in enumerate(files):
+        t = now - age * 86400
+        os.utime(os.path.join(folder, name), (t, t))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--snapshots", type=int, default=1000)
     p.add_argument("--work", default="/var/tmp/hf-history")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--daily", action="store_true", help="merged index, snapshot files a day apart")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     env = dict(os.environ, HOLDFAST_PASSPHRASE="bench", HOLDFAST_NEW_PASSPHRASE="bench")
@@ -65,6 +83,9 @@ def main():
     small = make_history(a.work, "h10", 10, env)
     large = make_history(a.work, f"h{a.snapshots}", a.snapshots, env)
     print(f"made {a.snapshots + 10} snapshots in {time.perf_counter() - started:.0f} s")
+    if a.daily:
+        for repo, _ in (small, large):
+            as_daily(repo, env)
     steps = [
         ("snapshots", lambda repo, src: ["--repo", repo, "snapshots"]),
         ("backup (unchanged)", lambda repo, src: ["--repo", repo, "backup", src]),
