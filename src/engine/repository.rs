@@ -435,8 +435,7 @@ impl Repository {
         if let Some(c) = cache {
             c.save(&listed);
         }
-        // A repaired snapshot keeps its original's time and sorts after it.
-        good.sort_by_key(|(id, s)| (s.time, s.repaired.is_some(), *id));
+        good.sort_by_key(history_order);
         Ok((good, bad))
     }
 
@@ -458,7 +457,6 @@ impl Repository {
         let mut listed = self.backend.list(SNAPSHOTS)?;
         // Newest first; files without a time last (and all of them read).
         listed.sort_by_key(|f| std::cmp::Reverse(f.modified));
-        let key = |(id, s): &(Id, Snapshot)| (s.time, s.repaired.is_some(), *id);
         let mut best: Option<(Id, Snapshot)> = None;
         for file in &listed {
             if let (Some(found), Some(written)) = (&best, file.modified)
@@ -470,7 +468,7 @@ impl Repository {
             // An unreadable snapshot is no parent; `check` reports it.
             let Ok(snapshot) = self.read_snapshot(&id) else { continue };
             let candidate = (id, snapshot);
-            if wanted(&candidate.1) && best.as_ref().is_none_or(|b| key(&candidate) > key(b)) {
+            if wanted(&candidate.1) && best.as_ref().is_none_or(|b| history_order(&candidate) > history_order(b)) {
                 best = Some(candidate);
             }
         }
@@ -808,14 +806,20 @@ impl Repository {
     }
 }
 
-/// The newest of `snapshots` that `wanted` accepts. `None` when there is
-/// none; an error when some snapshot could not be read (`unreadable`) and
-/// so might be the newest, unless `skip_damaged`.
 /// How far a snapshot file's modification time may lag its snapshot's own
 /// time (clocks of different hosts, or one set back) before the newest-first
 /// search for a parent stops looking.
-pub const CLOCK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+pub(crate) const CLOCK_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
+/// Where a snapshot sorts in a history, oldest first: by its time, and a
+/// repaired snapshot just after its original.
+fn history_order((id, s): &(Id, Snapshot)) -> (jiff::Timestamp, bool, Id) {
+    (s.time, s.repaired.is_some(), *id)
+}
+
+/// The newest of `snapshots` that `wanted` accepts. `None` when there is
+/// none; an error when some snapshot could not be read (`unreadable`) and
+/// so might be the newest, unless `skip_damaged`.
 pub fn newest(
     snapshots: Vec<(Id, Snapshot)>,
     unreadable: &Unreadable,
