@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{DatabaseKind, Job, Phase};
 use crate::dump::{self, mysql, postgres};
+use crate::engine::fsmeta::Stat;
 use crate::hooks::render_hook;
 use crate::plan::{PlannedStep, Step, plan};
 use crate::process::find_program_in;
@@ -334,10 +335,9 @@ struct DryWalk {
 fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk {
     use crate::engine::fsmeta::read_flags;
     use crate::engine::select::Contents;
-    use std::os::unix::fs::MetadataExt;
     let mut w = DryWalk::default();
-    let Ok(md) = std::fs::symlink_metadata(source) else { return w };
-    let source_dev = md.dev();
+    let Ok(md) = Stat::of_path(source) else { return w };
+    let source_dev = md.dev;
     // Only the source itself is named by the admin: no-dump and holdfast's
     // own directories apply to everything below it (the entries of `/` too).
     let mut stack = vec![(source.to_path_buf(), md, source_dev, true)];
@@ -349,7 +349,7 @@ fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk 
         }
         if !md.is_dir() {
             w.files += u64::from(md.is_file());
-            w.bytes += if md.is_file() { md.len() } else { 0 };
+            w.bytes += if md.is_file() { md.size } else { 0 };
             continue;
         }
         let (contents, why) = select.contents(&path, &md, parent_dev, source_dev);
@@ -367,14 +367,14 @@ fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk 
             w.left_out.push((path.clone(), why, crate::state::dir_size(&path).saturating_sub(kept)));
         }
         names.sort();
-        let dev = md.dev();
+        let dev = md.dev;
         for child in names.into_iter().rev() {
             if select.selection.exclude.is_match(&child) {
-                let size = std::fs::symlink_metadata(&child).map(|md| entry_size(&child, &md, dev)).unwrap_or(0);
+                let size = Stat::of_path(&child).map(|md| entry_size(&child, &md, dev)).unwrap_or(0);
                 w.left_out.push((child, "excluded by pattern".into(), size));
                 continue;
             }
-            if let Ok(md) = std::fs::symlink_metadata(&child) {
+            if let Ok(md) = Stat::of_path(&child) {
                 stack.push((child, md, dev, false));
             }
         }
@@ -385,15 +385,14 @@ fn dry_walk(select: &crate::engine::select::Selector, source: &Path) -> DryWalk 
 
 /// A file's length (0 if it is gone or not a regular file).
 fn file_len(path: &Path) -> u64 {
-    std::fs::symlink_metadata(path).map_or(0, |md| if md.is_file() { md.len() } else { 0 })
+    Stat::of_path(path).map_or(0, |md| if md.is_file() { md.size } else { 0 })
 }
 
 /// The bytes of files in a left-out entry (in a directory on device
 /// `parent_dev`): a directory's whole subtree; a mount point's file
 /// system's use (none for `/proc` and the like, never walked).
-fn entry_size(path: &Path, md: &std::fs::Metadata, parent_dev: u64) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    if md.is_dir() && md.dev() != parent_dev {
+fn entry_size(path: &Path, md: &Stat, parent_dev: u64) -> u64 {
+    if md.is_dir() && md.dev != parent_dev {
         let pseudo = crate::engine::select::mounts_below(path.parent().unwrap_or(path))
             .into_iter()
             .any(|(at, kind)| at == path && crate::engine::select::is_pseudo(&kind));
@@ -402,7 +401,7 @@ fn entry_size(path: &Path, md: &std::fs::Metadata, parent_dev: u64) -> u64 {
     if md.is_dir() {
         crate::state::dir_size(path)
     } else if md.is_file() {
-        md.len()
+        md.size
     } else {
         0
     }

@@ -79,33 +79,156 @@ impl NameCache {
     }
 }
 
+/// What `lstat` says of an entry: the fields the scan, the selection and
+/// the recorded metadata need. Read for one name relative to an open
+/// directory ([`Stat::at`]: no walk of the whole path per entry, which was
+/// the largest cost of scanning a big tree), or from a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    /// File type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+}
+
+impl Stat {
+    /// `lstat` of `path` (a symlink is not followed).
+    pub fn of_path(path: &Path) -> std::io::Result<Stat> {
+        std::fs::symlink_metadata(path).map(|md| Stat::from(&md))
+    }
+
+    /// `lstat` of `name` in the directory open as `dir`.
+    pub fn at(dir: BorrowedFd, name: &OsStr) -> std::io::Result<Stat> {
+        use rustix::fs::{AtFlags, StatxFlags, makedev, statx};
+        let x = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)?;
+        Ok(Stat {
+            dev: makedev(x.stx_dev_major, x.stx_dev_minor),
+            ino: x.stx_ino,
+            mode: u32::from(x.stx_mode),
+            nlink: u64::from(x.stx_nlink),
+            uid: x.stx_uid,
+            gid: x.stx_gid,
+            rdev: makedev(x.stx_rdev_major, x.stx_rdev_minor),
+            size: x.stx_size,
+            mtime: Timespec { secs: x.stx_mtime.tv_sec, nanos: x.stx_mtime.tv_nsec },
+            ctime: Timespec { secs: x.stx_ctime.tv_sec, nanos: x.stx_ctime.tv_nsec },
+        })
+    }
+
+    fn file_type(&self) -> rustix::fs::FileType {
+        rustix::fs::FileType::from_raw_mode(self.mode)
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::Directory
+    }
+    pub fn is_file(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::RegularFile
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::Symlink
+    }
+    pub fn is_fifo(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::Fifo
+    }
+    pub fn is_char_device(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::CharacterDevice
+    }
+    pub fn is_block_device(&self) -> bool {
+        self.file_type() == rustix::fs::FileType::BlockDevice
+    }
+}
+
+impl From<&FsMetadata> for Stat {
+    fn from(md: &FsMetadata) -> Stat {
+        Stat {
+            dev: md.dev(),
+            ino: md.ino(),
+            mode: md.mode(),
+            nlink: md.nlink(),
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: md.rdev(),
+            size: md.size(),
+            mtime: Timespec { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
+            ctime: Timespec { secs: md.ctime(), nanos: md.ctime_nsec() as u32 },
+        }
+    }
+}
+
 /// The metadata to record for `path`, whose `lstat` result is `md`.
 ///
 /// `prev` is the same path's entry in the parent snapshot: when its ctime and
 /// inode are unchanged its xattrs and flags are too (setting one changes the
 /// ctime), so they are taken from there instead of asking the kernel again —
 /// unless the parent is from before all of them were kept.
-pub fn read_metadata(path: &Path, md: &FsMetadata, prev: Option<&Metadata>, names: &mut NameCache) -> Metadata {
-    let ctime = Timespec { secs: md.ctime(), nanos: md.ctime_nsec() as u32 };
+///
+/// `dir`, when given, is `path`'s directory, open: the entry is then opened
+/// by its name in it (one lookup, not a walk of the whole path) and its
+/// xattrs and flags are read through that one descriptor.
+pub fn read_metadata(
+    path: &Path,
+    dir: Option<BorrowedFd>,
+    md: &Stat,
+    prev: Option<&Metadata>,
+    names: &mut NameCache,
+) -> Metadata {
     let (xattrs, flags) = match prev {
-        Some(p) if p.ctime == ctime && p.inode == md.ino() && p.flags & FLAGS_UNKNOWN == 0 => {
+        Some(p) if p.ctime == md.ctime && p.inode == md.ino && p.flags & FLAGS_UNKNOWN == 0 => {
             (p.xattrs.clone(), p.flags)
         }
-        _ => (read_xattrs(path), read_flags(path, md)),
+        _ => match dir.and_then(|dir| open_entry(dir, path, md)) {
+            Some(file) => (file_xattrs(&file), read_open_flags(&file)),
+            None => (read_xattrs(path), read_flags(path, md)),
+        },
     };
     Metadata {
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
-        user: names.user(md.uid()),
-        group: names.group(md.gid()),
-        mtime: Timespec { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
-        ctime,
-        inode: md.ino(),
-        size: if md.is_file() { md.len() } else { 0 },
+        mode: md.mode & 0o7777,
+        uid: md.uid,
+        gid: md.gid,
+        user: names.user(md.uid),
+        group: names.group(md.gid),
+        mtime: md.mtime,
+        ctime: md.ctime,
+        inode: md.ino,
+        size: if md.is_file() { md.size } else { 0 },
         xattrs,
         flags,
     }
+}
+
+/// Regular file or directory `path` opened by its name in `dir`, to read
+/// its xattrs and flags (never following a symlink, never blocking).
+fn open_entry(dir: BorrowedFd, path: &Path, md: &Stat) -> Option<File> {
+    use rustix::fs::{Mode as RMode, OFlags};
+    if !md.is_file() && !md.is_dir() {
+        return None;
+    }
+    let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, path.file_name()?, how, RMode::empty()).ok().map(File::from)
+}
+
+/// Every extended attribute of an open file, as [`read_xattrs`].
+fn file_xattrs(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use xattr::FileExt;
+    let Ok(names) = file.list_xattr() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> =
+        names.filter_map(|n| Some((n.as_bytes().to_vec(), file.get_xattr(&n).ok().flatten()?))).collect();
+    out.sort();
+    out
+}
+
+/// The kept inode flags of an open file (0 where it has none).
+fn read_open_flags(file: &File) -> u32 {
+    rustix::fs::ioctl_getflags(file).map(|f| f.bits() & KEPT_FLAGS).unwrap_or(0)
 }
 
 /// Every extended attribute of `path` (never following a symlink) that the
@@ -128,7 +251,7 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// where the file system has none or the file cannot be opened). Opened
 /// without following links and without blocking, so a FIFO swapped in
 /// since the `lstat` does not hang the scan.
-pub fn read_flags(path: &Path, md: &FsMetadata) -> u32 {
+pub fn read_flags(path: &Path, md: &Stat) -> u32 {
     use rustix::fs::{Mode as RMode, OFlags};
     if !md.is_file() && !md.is_dir() {
         return 0;
@@ -137,7 +260,7 @@ pub fn read_flags(path: &Path, md: &FsMetadata) -> u32 {
     let Ok(fd) = rustix::fs::open(path, how, RMode::empty()) else {
         return 0;
     };
-    rustix::fs::ioctl_getflags(&fd).map(|f| f.bits() & KEPT_FLAGS).unwrap_or(0)
+    read_open_flags(&File::from(fd))
 }
 
 /// Flags as `lsattr` letters, for messages.
@@ -327,16 +450,16 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
         xattr::set(&path, "user.kept", b"1").unwrap();
-        let md = std::fs::symlink_metadata(&path).unwrap();
+        let md = Stat::of_path(&path).unwrap();
         let mut names = NameCache::default();
-        let now = read_metadata(&path, &md, None, &mut names);
+        let now = read_metadata(&path, None, &md, None, &mut names);
         assert_eq!(now.xattrs, vec![(b"user.kept".to_vec(), b"1".to_vec())]);
         // Same ctime and inode: taken from the parent, not the kernel.
         let parent = Metadata { xattrs: vec![(b"user.from-parent".to_vec(), Vec::new())], ..now.clone() };
-        assert_eq!(read_metadata(&path, &md, Some(&parent), &mut names).xattrs, parent.xattrs);
+        assert_eq!(read_metadata(&path, None, &md, Some(&parent), &mut names).xattrs, parent.xattrs);
         // A parent from a format-1 tree: read again.
         let old = Metadata { flags: FLAGS_UNKNOWN, ..parent };
-        let again = read_metadata(&path, &md, Some(&old), &mut names);
+        let again = read_metadata(&path, None, &md, Some(&old), &mut names);
         assert_eq!((again.xattrs, again.flags & FLAGS_UNKNOWN), (now.xattrs, 0));
     }
 }

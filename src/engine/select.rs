@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::engine::fsmeta::NODUMP_FLAG;
+use crate::engine::fsmeta::{NODUMP_FLAG, Stat};
 
 /// Glob patterns matched against absolute paths. A pattern that starts
 /// with `/` (or `**`) is anchored: `/srv/*/cache` matches only there. Any
@@ -153,15 +153,15 @@ impl<'a> Selector<'a> {
 
     /// Why an entry (not a source) whose `lstat` is `md` is left out with
     /// everything below it as one of holdfast's own directories.
-    pub fn own(&self, md: &std::fs::Metadata) -> Option<String> {
-        let what = self.internal.get(&(md.dev(), md.ino())).filter(|_| md.is_dir())?;
+    pub fn own(&self, md: &Stat) -> Option<String> {
+        let what = self.internal.get(&(md.dev, md.ino)).filter(|_| md.is_dir())?;
         Some(format!("{what}, holdfast's own: never backed up"))
     }
 
     /// Why an entry below a source (lstat `md`, inode flags `flags`) is
     /// left out with everything below it, if it is: one of holdfast's own
     /// directories, or the no-dump flag when asked.
-    pub fn leaves_out(&self, md: &std::fs::Metadata, flags: u32) -> Option<String> {
+    pub fn leaves_out(&self, md: &Stat, flags: u32) -> Option<String> {
         if let Some(why) = self.own(md) {
             return Some(why);
         }
@@ -171,19 +171,13 @@ impl<'a> Selector<'a> {
     /// What to read of directory `path` (lstat `md`, in a directory on
     /// device `parent_dev`; `source_dev` is its source's device), and why
     /// less than all of it (without the path).
-    pub fn contents(
-        &self,
-        path: &Path,
-        md: &std::fs::Metadata,
-        parent_dev: u64,
-        source_dev: u64,
-    ) -> (Contents, String) {
-        if md.dev() != parent_dev
+    pub fn contents(&self, path: &Path, md: &Stat, parent_dev: u64, source_dev: u64) -> (Contents, String) {
+        if md.dev != parent_dev
             && let Some(name) = pseudo_file_system(path)
         {
             return (Contents::Nothing, format!("{name} file system, never backed up"));
         }
-        if self.selection.one_file_system && md.dev() != source_dev {
+        if self.selection.one_file_system && md.dev != source_dev {
             return (Contents::Nothing, "another file system (one_file_system)".into());
         }
         let s = self.selection;

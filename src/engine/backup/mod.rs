@@ -20,6 +20,7 @@
 //!   snapshot leaves only unreferenced packs.
 
 mod content;
+mod listahead;
 mod scan;
 mod stream;
 
@@ -33,10 +34,11 @@ use std::time::Instant;
 
 pub(crate) use content::ship;
 use content::with_pipeline;
+use listahead::ListAhead;
 use scan::{ParentTrees, ScanSettings, Scanned, Scanner, TreeWriter};
 
 use crate::engine::crypto::Id;
-use crate::engine::fsmeta::{NameCache, name_bytes, read_flags, read_metadata};
+use crate::engine::fsmeta::{NameCache, Stat, name_bytes, read_flags, read_metadata};
 use crate::engine::index::IndexFile;
 use crate::engine::pack::{Checkpoints, PackUploader};
 use crate::engine::progress::Progress;
@@ -249,11 +251,19 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let trees = TreeWriter::new(repo, &uploader, &known);
     let (scanned, content_stats) =
         with_pipeline(repo, &uploader, &known, opts.threads.max(1), opts.cancel.as_deref(), |feed, failure| {
-            let mut scan = Scanner::new(repo, settings, trees, feed, failure);
-            for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
-                scan.scan_source(i, &source.local, name, prev.as_ref(), within[i])?;
-            }
-            scan.finish()
+            let ahead = ListAhead::new(&settings.select.selection.exclude);
+            std::thread::scope(|s| {
+                ahead.start(s, listahead::workers());
+                let scanned = (|| {
+                    let mut scan = Scanner::new(repo, settings, trees, feed, failure, &ahead);
+                    for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
+                        scan.scan_source(i, &source.local, name, prev.as_ref(), within[i])?;
+                    }
+                    scan.finish()
+                })();
+                ahead.stop();
+                scanned
+            })
         })?;
     let Scanned { mut summary, mut sources, mut trees } = scanned;
     summary.left_out.splice(0..0, root_left_out);
@@ -313,7 +323,7 @@ fn expand_root(sources: Vec<BackupSource>, select: &Selector) -> Result<Expanded
         if select.selection.exclude.is_match(&path) {
             continue;
         }
-        let Ok(md) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(md) = Stat::of_path(&path) else { continue };
         // An entry of `/` is not a source the admin named: no-dump applies.
         if let Some(why) = select.leaves_out(&md, read_flags(&path, &md)) {
             left_out.push(format!("{}: {why}", path.display()));
@@ -410,8 +420,8 @@ impl Skeleton {
             for name in ancestors {
                 real.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
                 let meta = if same_path {
-                    let md = std::fs::symlink_metadata(&real).at(&real)?;
-                    read_metadata(&real, &md, None, names)
+                    let md = Stat::of_path(&real).at(&real)?;
+                    read_metadata(&real, None, &md, None, names)
                 } else {
                     DirNode::synthetic().meta
                 };

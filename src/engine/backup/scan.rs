@@ -12,15 +12,14 @@
 //! walked in step: only the parent's trees along the current path are held.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, seal_verified, ship, stopped};
+use super::listahead::{ListAhead, Listed, Listing, list_one};
 use crate::engine::crypto::{Id, ObjectKind};
-use crate::engine::fsmeta::{NODUMP_FLAG, NameCache, name_bytes, read_metadata};
+use crate::engine::fsmeta::{NODUMP_FLAG, NameCache, Stat, name_bytes, read_metadata};
 use crate::engine::index::Index;
 use crate::engine::pack::{PackUploader, PackWriter};
 use crate::engine::progress::Progress;
@@ -86,6 +85,7 @@ pub(super) struct Scanned<'a> {
 
 pub(super) struct Scanner<'a, 'f> {
     index: &'a Index,
+    ahead: &'f ListAhead<'a>,
     parent_trees: ParentTrees<'a>,
     names: NameCache,
     trees: TreeWriter<'a>,
@@ -127,9 +127,11 @@ impl<'a, 'f> Scanner<'a, 'f> {
         trees: TreeWriter<'a>,
         feed: Feed,
         failure: &'f Failure,
+        ahead: &'f ListAhead<'a>,
     ) -> Scanner<'a, 'f> {
         Scanner {
             index: settings.index,
+            ahead,
             parent_trees: settings.parent_trees,
             names: NameCache::default(),
             trees,
@@ -161,10 +163,10 @@ impl<'a, 'f> Scanner<'a, 'f> {
         prev: Option<&Entry>,
         within: Option<u64>,
     ) -> Result<()> {
-        let md = std::fs::symlink_metadata(local).map_err(|e| Error::io(local, e))?;
-        self.source_dev = within.unwrap_or(md.dev());
+        let md = Stat::of_path(local).map_err(|e| Error::io(local, e))?;
+        self.source_dev = within.unwrap_or(md.dev);
         let mut batch = Batch::default();
-        self.scan_entry(local, name, &md, self.source_dev, prev, Slot::Source(i), &mut batch)?;
+        self.scan_entry(local, None, name, &md, self.source_dev, prev, Slot::Source(i), &mut batch)?;
         self.flush_batch(&mut batch)
     }
 
@@ -194,20 +196,23 @@ impl<'a, 'f> Scanner<'a, 'f> {
     fn scan_entry(
         &mut self,
         path: &Path,
+        dir: Option<BorrowedFd>,
         name: Vec<u8>,
-        md: &std::fs::Metadata,
+        md: &Stat,
         parent_dev: u64,
         prev: Option<&Entry>,
         slot: Slot,
         batch: &mut Batch,
     ) -> Result<()> {
-        let meta = read_metadata(path, md, prev.map(|e| &e.meta), &mut self.names);
+        let meta = read_metadata(path, dir, md, prev.map(|e| &e.meta), &mut self.names);
         if self.select.selection.exclude_nodump && meta.flags & NODUMP_FLAG != 0 && !matches!(slot, Slot::Source(_)) {
             self.summary.left_out.push(format!("{}: {NODUMP_REASON}", path.display()));
+            if md.is_dir() {
+                self.ahead.forget(path);
+            }
             return self.settle(slot, None);
         }
-        let ft = md.file_type();
-        if ft.is_dir() {
+        if md.is_dir() {
             self.summary.dirs += 1;
             let (contents, why) = self.select.contents(path, md, parent_dev, self.source_dev);
             if contents != Contents::All {
@@ -217,9 +222,9 @@ impl<'a, 'f> Scanner<'a, 'f> {
                 Some(EntryKind::Dir { tree }) => self.parent_trees.get(tree),
                 _ => None,
             };
-            return self.scan_dir(path, OpenDir::new(name, meta, slot), md.dev(), contents, prev_tree.as_ref());
+            return self.scan_dir(path, OpenDir::new(name, meta, slot), md.dev, contents, prev_tree.as_ref());
         }
-        if ft.is_file() {
+        if md.is_file() {
             return self.add_file(
                 path,
                 Entry { name, kind: EntryKind::File(FileContent::default()), meta },
@@ -230,7 +235,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             );
         }
         self.summary.other += 1;
-        let kind = if ft.is_symlink() {
+        let kind = if md.is_symlink() {
             match std::fs::read_link(path) {
                 Ok(t) => EntryKind::Symlink { target: name_bytes(t.as_os_str()) },
                 Err(e) => {
@@ -238,12 +243,12 @@ impl<'a, 'f> Scanner<'a, 'f> {
                     return self.settle(slot, None);
                 }
             }
-        } else if ft.is_fifo() {
+        } else if md.is_fifo() {
             EntryKind::Fifo
-        } else if ft.is_char_device() {
-            EntryKind::CharDevice { rdev: md.rdev() }
-        } else if ft.is_block_device() {
-            EntryKind::BlockDevice { rdev: md.rdev() }
+        } else if md.is_char_device() {
+            EntryKind::CharDevice { rdev: md.rdev }
+        } else if md.is_block_device() {
+            EntryKind::BlockDevice { rdev: md.rdev }
         } else {
             EntryKind::Socket
         };
@@ -272,34 +277,43 @@ impl<'a, 'f> Scanner<'a, 'f> {
         if let Some(p) = self.progress {
             p.at(path);
         }
-        let mut names: Vec<(Vec<u8>, PathBuf)> = Vec::new();
-        match contents {
-            Contents::Nothing => {}
-            Contents::Only(name) => names.push((name.clone(), path.join(OsStr::from_bytes(&name)))),
-            Contents::All => match std::fs::read_dir(path) {
-                Ok(rd) => {
-                    for e in rd {
-                        match e {
-                            Ok(e) => names.push((name_bytes(&e.file_name()), e.path())),
-                            Err(e) => self.warn(path, &e),
-                        }
-                    }
-                }
-                // Unreadable: stored as an empty directory, with a warning.
-                Err(e) => self.warn(path, &e),
-            },
+        let selection = self.select.selection;
+        let exclude = &selection.exclude;
+        let listing = match contents {
+            Contents::All => self.ahead.take(path),
+            Contents::Only(name) => {
+                self.ahead.forget(path);
+                list_one(path, &name, exclude)
+            }
+            Contents::Nothing => {
+                self.ahead.forget(path);
+                Listing::default()
+            }
+        };
+        // Unreadable: stored as what could be read (empty), with a warning.
+        if let Some(e) = &listing.error {
+            self.warn(path, e);
         }
-        names.sort_unstable();
+        // The subdirectories this walk will enter, listed ahead of it.
+        self.ahead.want(
+            listing
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.stat.as_ref().is_ok_and(|md| md.is_dir() && md.dev == dev && self.select.own(md).is_none())
+                })
+                .map(|e| e.path.clone())
+                .collect(),
+        );
         let mut batch = Batch::default();
         let mut injected = self.injected.remove(path).unwrap_or_default().into_iter().peekable();
-        for (name, child) in names {
+        let Listing { entries, dir: open, .. } = listing;
+        let open = open.as_ref().and_then(|d| d.fd().ok());
+        for Listed { name, path: child, stat } in entries {
             while let Some(e) = injected.next_if(|e| e.name < name) {
                 self.add_injected(key, e)?;
             }
-            if self.select.selection.exclude.is_match(&child) {
-                continue;
-            }
-            let md = match std::fs::symlink_metadata(&child) {
+            let md = match stat {
                 Ok(md) => md,
                 Err(e) => {
                     self.warn(&child, &e);
@@ -312,7 +326,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             }
             let prev = parent.and_then(|t| t.find(&name));
             let slot = self.open_slot(key)?;
-            self.scan_entry(&child, name, &md, dev, prev, slot, &mut batch)?;
+            self.scan_entry(&child, open, name, &md, dev, prev, slot, &mut batch)?;
         }
         for e in injected {
             self.add_injected(key, e)?;
@@ -388,15 +402,15 @@ impl<'a, 'f> Scanner<'a, 'f> {
         &mut self,
         path: &Path,
         mut entry: Entry,
-        md: &std::fs::Metadata,
+        md: &Stat,
         prev: Option<&Entry>,
         slot: Slot,
         batch: &mut Batch,
     ) -> Result<()> {
         self.summary.files += 1;
-        self.summary.bytes += md.len();
+        self.summary.bytes += md.size;
         if let Some(p) = self.progress {
-            p.add_total(1, md.len());
+            p.add_total(1, md.size);
         }
         let meta = &entry.meta;
         let unchanged = match prev {
@@ -420,8 +434,8 @@ impl<'a, 'f> Scanner<'a, 'f> {
         }
         // A hard-linked inode is read once, through its first link.
         let mut first_link = None;
-        if md.nlink() > 1 {
-            let key = (md.dev(), md.ino());
+        if md.nlink > 1 {
+            let key = (md.dev, md.ino);
             let next_group = self.links.len() as u64;
             match self.links.get_mut(&key) {
                 Some(link) => {
@@ -456,7 +470,7 @@ impl<'a, 'f> Scanner<'a, 'f> {
             return self.settle(slot, Some(entry));
         }
         self.park(slot, entry)?;
-        let job = FileJob { slot, path: path.to_path_buf(), dev: md.dev(), inode: md.ino(), size, link: first_link };
+        let job = FileJob { slot, path: path.to_path_buf(), dev: md.dev, inode: md.ino, size, link: first_link };
         if size < self.small_limit {
             batch.jobs.push(job);
             batch.bytes += size;
