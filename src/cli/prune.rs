@@ -39,7 +39,9 @@ pub struct Args {
     pub grace: Duration,
     /// Repack partly used packs until unused space is at most this share of
     /// the repository: a percentage (e.g. 5%, 0% to repack every partly
-    /// used pack) or `unlimited` (never repack).
+    /// used pack) or `unlimited` (never repack). Small packs (under a
+    /// quarter of the pack size; each backup leaves one or two) are merged
+    /// into full-size ones once there are 32, unless `unlimited`.
     #[arg(long, default_value = "5%", value_parser = parse_max_unused)]
     pub max_unused: f64,
     /// Say what would go and why the rest stays; change nothing.
@@ -163,8 +165,9 @@ fn print_report(r: &PruneReport) -> Result<()> {
     );
     if g.packs_repacked > 0 {
         outln!(
-            "  repacked {} partly used pack(s): {} of used data {} to new packs; the old packs are marked",
+            "  repacked {} partly used or small pack(s) ({} small ones merged): {} of used data {} to new packs; the old packs are marked",
             g.packs_repacked,
+            g.packs_merged,
             human(g.bytes_repacked),
             if r.dry_run { "would be written" } else { "written" },
         );

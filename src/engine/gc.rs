@@ -56,6 +56,14 @@ const MARK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 /// backup writes one; every command that loads the index reads them all).
 const CONSOLIDATE_INDEX_FILES: usize = 32;
 
+/// A pack smaller than the pack size over this is small: every backup
+/// leaves one or two (its last chunks, its trees). Once there are
+/// [`MERGE_SMALL_PACKS`] of them, a prune merges them into full-size packs,
+/// as it merges index files: a long history otherwise leaves thousands of
+/// small packs, and every walk of it (prune, find, restore) reads each.
+const SMALL_PACK_SHARE: u64 = 4;
+const MERGE_SMALL_PACKS: usize = 32;
+
 /// Leftovers (unindexed packs, `tmp/` files) younger than this are never
 /// removed, whatever the grace period: a backup writes its first temporary
 /// file a moment before it registers as running.
@@ -113,6 +121,8 @@ pub struct GcReport {
     /// Partly used packs whose used blobs were written to new packs (the
     /// old ones are marked, and a later prune deletes them).
     pub packs_repacked: usize,
+    /// Of those, small packs merged into full-size ones.
+    pub packs_merged: usize,
     /// Bytes of used blobs written again by repacking.
     pub bytes_repacked: u64,
     /// Bytes in packs that no snapshot needs and that stay after this
@@ -311,6 +321,8 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     // candidates for repacking, by how much of them is unused.
     let mut used = 0u64;
     let mut partly_used: Vec<(Id, u64, u64)> = Vec::new();
+    let mut small: Vec<Id> = Vec::new();
+    let small_size = repo.config().pack_size as u64 / SMALL_PACK_SHARE;
     for (pack, p) in &packs {
         if marks.contains_key(pack) {
             continue;
@@ -330,9 +342,21 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
         if unused > 0 && whole(pack) {
             partly_used.push((*pack, unused, kept + unused));
         }
+        if size < small_size && whole(pack) {
+            small.push(*pack);
+        }
     }
     report.packs_deleted += delete.len();
-    let repack = choose_repacks(partly_used, used, opts.max_unused, &mut report.bytes_unused_left);
+    let mut repack = choose_repacks(partly_used, used, opts.max_unused, &mut report.bytes_unused_left);
+    if opts.max_unused < 1.0 {
+        let merged = small_packs_to_merge(small, &repack);
+        for pack in &merged {
+            let unused = packs.get(pack).map_or(0, |p| kept_bytes(p).1);
+            report.bytes_unused_left = report.bytes_unused_left.saturating_sub(unused);
+        }
+        report.packs_merged = merged.len();
+        repack.extend(merged);
+    }
     if dry_run {
         report.packs_repacked = repack.len();
         report.bytes_repacked = repack.iter().filter_map(|p| packs.get(p)).map(|p| kept_bytes(p).0).sum();
@@ -432,6 +456,17 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
         report.bytes_repacked = moved.bytes;
     }
     Ok(report)
+}
+
+/// The small packs to merge into full-size ones: all of them once there
+/// are [`MERGE_SMALL_PACKS`] (besides those repacked anyway), else none.
+fn small_packs_to_merge(mut small: Vec<Id>, repacked: &[Id]) -> Vec<Id> {
+    small.retain(|p| !repacked.contains(p));
+    if small.len() < MERGE_SMALL_PACKS {
+        return Vec::new();
+    }
+    small.sort();
+    small
 }
 
 /// Mark `pack` for deletion by a later prune, stamped when written (not
@@ -671,6 +706,33 @@ mod tests {
     }
 
     #[test]
+    fn many_small_packs_are_merged_into_full_size_ones_and_every_snapshot_still_reads() {
+        let (store, repo) = repository();
+        let dir = files(7);
+        for i in 0..MERGE_SMALL_PACKS / 2 - 1 {
+            std::fs::write(dir.path().join("counter"), i.to_string()).unwrap();
+            back_up(&repo, dir.path());
+        }
+        // Each backup left a small data pack and a small tree pack: not yet many.
+        let report = collect_garbage(&repo, &now(), None).unwrap();
+        assert_eq!((report.packs_merged, report.packs_marked), (0, 0), "{report:?}");
+        std::fs::write(dir.path().join("counter"), "last").unwrap();
+        back_up(&repo, dir.path());
+        let before = store.names(Dir::Packs).len();
+        assert!(before >= MERGE_SMALL_PACKS);
+        let report = collect_garbage(&repo, &now(), None).unwrap();
+        assert_eq!(report.packs_merged, before, "{report:?}");
+        assert_eq!(report.packs_marked, before, "the old packs are marked, not yet deleted");
+        assert!(healthy(&repo));
+        let report = collect_garbage(&repo, &now(), None).unwrap();
+        assert_eq!((report.packs_merged, report.packs_deleted), (0, before), "merged once: {report:?}");
+        let after = store.names(Dir::Packs).len();
+        assert!(after <= 2, "chunks and trees, apart: {after} packs");
+        assert!(healthy(&repo), "every snapshot reads from the merged packs");
+        assert_eq!(repo.snapshots().unwrap().0.len(), MERGE_SMALL_PACKS / 2);
+    }
+
+    #[test]
     fn many_index_files_are_merged_into_one() {
         let (store, repo) = repository();
         let dir = files(7);
@@ -680,7 +742,8 @@ mod tests {
         }
         assert!(store.names(Dir::Index).len() > CONSOLIDATE_INDEX_FILES);
         let (before, _) = repo.load_index().unwrap();
-        let report = collect_garbage(&repo, &now(), None).unwrap();
+        // (`unlimited`: the small packs stay where they are.)
+        let report = collect_garbage(&repo, &GcOptions { max_unused: 1.0, ..now() }, None).unwrap();
         assert_eq!(report.packs_marked, 0, "every snapshot is kept: {report:?}");
         assert_eq!(store.names(Dir::Index).len(), 1);
         let (after, _) = repo.load_index().unwrap();

@@ -9,10 +9,11 @@
 //! needs them, a bounded number ahead, so that the scan mostly finds them
 //! ready.
 //!
-//! Only directories the scan has already chosen to enter are listed ahead:
-//! on the same file system as their parent, not excluded, not holdfast's
-//! own. A name the exclude patterns leave out is never `stat`ed (an
-//! excluded dead network mount must not hang the scan).
+//! Only directories the scan will enter are listed ahead: on the same file
+//! system as their parent, not excluded, not holdfast's own (one that then
+//! turns out to be a cache directory or marked no-dump is dropped). A name
+//! the exclude patterns leave out is never `stat`ed: an excluded dead
+//! network mount must not hang the scan.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;

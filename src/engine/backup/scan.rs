@@ -1,6 +1,7 @@
 //! The scan of a backup, which is also where trees are written.
 //!
-//! One thread walks the sources depth first in name order, reads every
+//! One thread walks the sources depth first in name order (the directories
+//! it enters next are listed ahead by [`super::listahead`]), reads every
 //! entry's metadata and compares each file with the parent snapshot's entry
 //! (size, mtime, ctime, inode): an unchanged file keeps its pieces and is
 //! not opened; a changed one goes to the content pipeline. A directory is
