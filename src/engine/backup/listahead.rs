@@ -140,19 +140,21 @@ impl<'e> ListAhead<'e> {
         ListAhead { state: Mutex::new(State::default()), changed: Condvar::new(), exclude }
     }
 
-    /// Start `workers` threads in `scope`; they end once [`ListAhead::stop`]
-    /// is called (the scan must call it before the scope ends).
-    pub fn start<'s>(&'s self, scope: &'s Scope<'s, '_>, workers: usize)
+    /// Start `workers` threads in `scope`; they end when the returned guard
+    /// is dropped (also when the scan unwinds), so the scope can end.
+    #[must_use]
+    pub fn start<'s>(&'s self, scope: &'s Scope<'s, '_>, workers: usize) -> Workers<'s, 'e>
     where
         'e: 's,
     {
         for _ in 0..workers {
             scope.spawn(|| self.work());
         }
+        Workers(self)
     }
 
     /// Stop the workers (a listing under way is finished first).
-    pub fn stop(&self) {
+    fn stop(&self) {
         self.lock().stop = true;
         self.changed.notify_all();
     }
@@ -240,6 +242,15 @@ impl<'e> ListAhead<'e> {
     }
 }
 
+/// The running workers of a [`ListAhead`]: dropped, they stop.
+pub(super) struct Workers<'s, 'e>(&'s ListAhead<'e>);
+
+impl Drop for Workers<'_, '_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +305,7 @@ mod tests {
         let none = Patterns::default();
         let ahead = ListAhead::new(&none);
         std::thread::scope(|s| {
-            ahead.start(s, 2);
+            let _workers = ahead.start(s, 2);
             ahead.want(subdirs.clone());
             // Taken in the wanted order, then out of it, then one never wanted.
             for (i, sub) in subdirs.iter().enumerate().take(20) {
@@ -305,7 +316,6 @@ mod tests {
                 assert_eq!(ahead.take(sub).entries.len(), i);
             }
             assert_eq!(ahead.take(dir.path()).entries.len(), 50);
-            ahead.stop();
         });
         let state = ahead.lock();
         assert!(

@@ -253,16 +253,12 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         with_pipeline(repo, &uploader, &known, opts.threads.max(1), opts.cancel.as_deref(), |feed, failure| {
             let ahead = ListAhead::new(&settings.select.selection.exclude);
             std::thread::scope(|s| {
-                ahead.start(s, listahead::workers());
-                let scanned = (|| {
-                    let mut scan = Scanner::new(repo, settings, trees, feed, failure, &ahead);
-                    for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
-                        scan.scan_source(i, &source.local, name, prev.as_ref(), within[i])?;
-                    }
-                    scan.finish()
-                })();
-                ahead.stop();
-                scanned
+                let _workers = ahead.start(s, listahead::workers());
+                let mut scan = Scanner::new(repo, settings, trees, feed, failure, &ahead);
+                for (i, (source, (name, prev))) in sources.iter().zip(starts).enumerate() {
+                    scan.scan_source(i, &source.local, name, prev.as_ref(), within[i])?;
+                }
+                scan.finish()
             })
         })?;
     let Scanned { mut summary, mut sources, mut trees } = scanned;
