@@ -515,3 +515,35 @@ fn a_file_that_changes_while_it_is_read_is_stored_with_a_warning_and_marked() {
     let entry = listed.iter().find(|e| e["path"] == path.as_str()).expect("the file is in the snapshot");
     assert_eq!(entry["changed_while_read"], true, "{entry:#}");
 }
+
+/// Directories listed ahead of the scan each hold a descriptor: a tree
+/// wider and deeper than a low open-files limit (soft and hard, so holdfast
+/// cannot raise it) still backs up whole, exit 0, not "incomplete".
+#[test]
+fn a_backup_under_a_low_open_files_limit_stores_every_file() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    for i in 0..40 {
+        let mut dir = src.join(format!("d{i:02}"));
+        for depth in 0..6 {
+            dir = dir.join(format!("level{depth}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("f"), format!("{i}/{depth}")).unwrap();
+        }
+    }
+    let mut backup = t.cmd(["backup"]);
+    backup.arg(&src);
+    let mut limited = std::process::Command::new("sh");
+    limited.args(["-c", "ulimit -n 24 && exec \"$@\"", "sh"]).arg(backup.get_program()).args(backup.get_args());
+    for (key, value) in backup.get_envs() {
+        if let Some(value) = value {
+            limited.env(key, value);
+        }
+    }
+    let out = limited.output().unwrap();
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let to = t.path("out");
+    t.restore(&id, &to);
+    assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&restored(&to, &src)));
+}

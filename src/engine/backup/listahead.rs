@@ -27,7 +27,8 @@ use crate::engine::fsmeta::Stat;
 use crate::engine::select::Patterns;
 
 /// Listed directories held ready at most (entries, directories): a few
-/// MiB, however far ahead the workers could go.
+/// MiB, however far ahead the workers could go. Each holds a descriptor,
+/// so no more than a sixteenth of the open files limit is held this way.
 const READY_ENTRIES: usize = 20_000;
 const READY_DIRS: usize = 64;
 /// Directories waiting to be listed at most; the ones the walk needs last
@@ -115,6 +116,18 @@ pub(super) fn workers() -> usize {
     crate::engine::parallel::cpus().saturating_sub(1).clamp(1, 3)
 }
 
+/// Raise this process's soft limit of open files to its hard limit (as Go
+/// programs do): directories listed ahead, and those along the scan's
+/// path, each hold a descriptor, and a soft limit of 64 or 1,024 must not
+/// turn into directories stored empty.
+pub(super) fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, ..limit });
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Directories to list, the one the walk needs next at the back.
@@ -133,11 +146,14 @@ pub(super) struct ListAhead<'e> {
     state: Mutex<State>,
     changed: Condvar,
     exclude: &'e Patterns,
+    ready_dirs: usize,
 }
 
 impl<'e> ListAhead<'e> {
     pub fn new(exclude: &'e Patterns) -> Self {
-        ListAhead { state: Mutex::new(State::default()), changed: Condvar::new(), exclude }
+        let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+        let ready_dirs = usize::try_from(open_files / 16).unwrap_or(READY_DIRS).clamp(1, READY_DIRS);
+        ListAhead { state: Mutex::new(State::default()), changed: Condvar::new(), exclude, ready_dirs }
     }
 
     /// Start `workers` threads in `scope`; they end when the returned guard
@@ -169,7 +185,8 @@ impl<'e> ListAhead<'e> {
             if state.stop {
                 return;
             }
-            let full = state.ready_entries >= READY_ENTRIES || state.ready.len() >= READY_DIRS;
+            let full =
+                state.ready_entries >= READY_ENTRIES || state.ready.len() + state.listing.len() >= self.ready_dirs;
             let Some(path) = (!full).then(|| state.wanted.pop_back()).flatten() else {
                 state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
                 continue;
@@ -181,7 +198,11 @@ impl<'e> ListAhead<'e> {
             state.listing.retain(|p| p != &path);
             if let Some(at) = state.forgotten.iter().position(|p| p == &path) {
                 state.forgotten.swap_remove(at);
-            } else {
+            } else if listing.error.is_none() {
+                // (A listing that failed is not kept: the scan lists the
+                // directory again itself, so a passing failure, such as too
+                // many open files, does not become a directory stored empty,
+                // and a lasting one is reported from where it is met.)
                 state.ready_entries += listing.entries.len();
                 state.ready.insert(path, listing);
             }
@@ -288,6 +309,31 @@ mod tests {
         assert!(list_dir(&dir.path().join("gone"), &none).error.is_some());
         let swapped = list_dir(&dir.path().join("swapped"), &none);
         assert!(swapped.error.is_some() && swapped.entries.is_empty());
+    }
+
+    #[test]
+    fn a_listing_that_failed_ahead_is_listed_again_when_the_scan_gets_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let late = dir.path().join("late");
+        let none = Patterns::default();
+        let ahead = ListAhead::new(&none);
+        std::thread::scope(|s| {
+            let _workers = ahead.start(s, 1);
+            ahead.want(vec![late.clone()]);
+            // The worker tries, fails (not there yet) and keeps nothing.
+            while {
+                let state = ahead.lock();
+                !state.wanted.is_empty() || !state.listing.is_empty()
+            } {
+                std::thread::yield_now();
+            }
+            assert!(ahead.lock().ready.is_empty());
+            std::fs::create_dir(&late).unwrap();
+            std::fs::write(late.join("f"), b"x").unwrap();
+            let listing = ahead.take(&late);
+            assert!(listing.error.is_none());
+            assert_eq!(names(&listing), [&b"f"[..]]);
+        });
     }
 
     #[test]

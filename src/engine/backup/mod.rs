@@ -251,6 +251,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let trees = TreeWriter::new(repo, &uploader, &known);
     let (scanned, content_stats) =
         with_pipeline(repo, &uploader, &known, opts.threads.max(1), opts.cancel.as_deref(), |feed, failure| {
+            listahead::raise_open_files_limit();
             let ahead = ListAhead::new(&settings.select.selection.exclude);
             std::thread::scope(|s| {
                 let _workers = ahead.start(s, listahead::workers());
