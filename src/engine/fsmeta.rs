@@ -183,9 +183,10 @@ pub fn read_metadata(
         Some(p) if p.ctime == md.ctime && p.inode == md.ino && p.flags & FLAGS_UNKNOWN == 0 => {
             (p.xattrs.clone(), p.flags)
         }
-        _ => match dir.and_then(|dir| open_entry(dir, path, md)) {
+        _ => match open_entry(dir, path, md) {
             Some(file) => (file_xattrs(&file), read_open_flags(&file)),
-            None => (read_xattrs(path), read_flags(path, md)),
+            // A symlink, device or FIFO, or a file that cannot be opened.
+            None => (read_xattrs(path), 0),
         },
     };
     Metadata {
@@ -203,15 +204,20 @@ pub fn read_metadata(
     }
 }
 
-/// Regular file or directory `path` opened by its name in `dir`, to read
-/// its xattrs and flags (never following a symlink, never blocking).
-fn open_entry(dir: BorrowedFd, path: &Path, md: &Stat) -> Option<File> {
-    use rustix::fs::{Mode as RMode, OFlags};
+/// Regular file or directory `path` opened to read its xattrs and flags
+/// (never following a symlink, never blocking): by its name in `dir` when
+/// that is open, else by the whole path.
+fn open_entry(dir: Option<BorrowedFd>, path: &Path, md: &Stat) -> Option<File> {
+    use rustix::fs::{CWD, Mode as RMode, OFlags};
     if !md.is_file() && !md.is_dir() {
         return None;
     }
     let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-    rustix::fs::openat(dir, path.file_name()?, how, RMode::empty()).ok().map(File::from)
+    let (dir, name) = match dir {
+        Some(dir) => (dir, path.file_name()?),
+        None => (CWD, path.as_os_str()),
+    };
+    rustix::fs::openat(dir, name, how, RMode::empty()).ok().map(File::from)
 }
 
 /// Every extended attribute of an open file, as [`read_xattrs`].
@@ -252,15 +258,7 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// without following links and without blocking, so a FIFO swapped in
 /// since the `lstat` does not hang the scan.
 pub fn read_flags(path: &Path, md: &Stat) -> u32 {
-    use rustix::fs::{Mode as RMode, OFlags};
-    if !md.is_file() && !md.is_dir() {
-        return 0;
-    }
-    let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
-    let Ok(fd) = rustix::fs::open(path, how, RMode::empty()) else {
-        return 0;
-    };
-    read_open_flags(&File::from(fd))
+    open_entry(None, path, md).map_or(0, |file| read_open_flags(&file))
 }
 
 /// Flags as `lsattr` letters, for messages.

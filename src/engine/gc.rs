@@ -461,6 +461,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
 /// The small packs to merge into full-size ones: all of them once there
 /// are [`MERGE_SMALL_PACKS`] (besides those repacked anyway), else none.
 fn small_packs_to_merge(mut small: Vec<Id>, repacked: &[Id]) -> Vec<Id> {
+    let repacked: HashSet<&Id> = repacked.iter().collect();
     small.retain(|p| !repacked.contains(p));
     if small.len() < MERGE_SMALL_PACKS {
         return Vec::new();

@@ -123,7 +123,11 @@ pub(super) fn workers() -> usize {
 pub(super) fn raise_open_files_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
+    // (`None` is unlimited: a soft limit below an unlimited hard one stays,
+    // since no soft limit of open files may be unlimited.)
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
         let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, ..limit });
     }
 }
