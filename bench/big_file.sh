@@ -22,13 +22,10 @@ while [[ $# -gt 0 ]]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-export PATH=$HOME/.cargo/bin:$PATH
 HOLDFAST_BIN=${HOLDFAST_BIN:-$REPO_ROOT/target/release/holdfast}
 DATA=$WORK/data REPOS=$WORK/repos LOGS=$WORK/logs
-PASS=holdfast-bench-not-a-secret
-export HOLDFAST_PASSPHRASE=$PASS RESTIC_PASSWORD=$PASS BORG_PASSPHRASE=$PASS RUSTIC_PASSWORD=$PASS
-export XDG_CACHE_HOME=$WORK/cache RESTIC_CACHE_DIR=$WORK/cache/restic BORG_BASE_DIR=$WORK/cache/borg
-export BUPSTASH_KEY=$WORK/bupstash.key BUPSTASH_QUERY_CACHE=$WORK/cache/bq
+source "$SCRIPT_DIR/lib.sh"
+tools_env
 rm -rf "$REPOS" "$LOGS" "$WORK/cache" "$WORK/bupstash.key"
 mkdir -p "$DATA" "$REPOS" "$LOGS" "$WORK/cache"
 

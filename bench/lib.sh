@@ -10,3 +10,14 @@ fresh_disk() {
     mount -o loop "$WORK/out/$1.img" "$WORK/out/$1"
 }
 drop_disk() { umount "$WORK/out/$1"; rm -f "$WORK/out/$1.img"; }
+
+# The environment every tool's steps run in (after WORK is set): cargo's
+# bin directory on PATH, one passphrase for every tool in its own variable,
+# every cache under WORK/cache.
+tools_env() {
+    export PATH=$HOME/.cargo/bin:$PATH
+    local pass=holdfast-bench-not-a-secret
+    export HOLDFAST_PASSPHRASE=$pass RESTIC_PASSWORD=$pass BORG_PASSPHRASE=$pass RUSTIC_PASSWORD=$pass
+    export XDG_CACHE_HOME=$WORK/cache RESTIC_CACHE_DIR=$WORK/cache/restic BORG_BASE_DIR=$WORK/cache/borg
+    export BUPSTASH_KEY=$WORK/bupstash.key BUPSTASH_QUERY_CACHE=$WORK/cache/bq
+}

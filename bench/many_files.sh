@@ -23,13 +23,11 @@ while [[ $# -gt 0 ]]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-export PATH=$HOME/.cargo/bin:$PATH
 HOLDFAST_BIN=${HOLDFAST_BIN:-$REPO_ROOT/target/release/holdfast}
 DATA=$WORK/data-$FILES REPOS=$WORK/repos RESTORE=$WORK/restore LOGS=$WORK/logs
-PASS=holdfast-bench-not-a-secret
-export HOLDFAST_PASSPHRASE=$PASS RESTIC_PASSWORD=$PASS BORG_PASSPHRASE=$PASS RUSTIC_PASSWORD=$PASS
-export XDG_CACHE_HOME=$WORK/cache RESTIC_CACHE_DIR=$WORK/cache/restic BORG_BASE_DIR=$WORK/cache/borg
-export BUPSTASH_REPOSITORY=$REPOS/bupstash BUPSTASH_KEY=$WORK/bupstash.key BUPSTASH_QUERY_CACHE=$WORK/cache/bq
+source "$SCRIPT_DIR/lib.sh"
+tools_env
+export BUPSTASH_REPOSITORY=$REPOS/bupstash
 rm -rf "$REPOS" "$RESTORE" "$LOGS" "$WORK/cache" "$WORK/bupstash.key" "$WORK"/bupstash.*
 mkdir -p "$REPOS" "$RESTORE" "$LOGS" "$WORK/cache"
 
