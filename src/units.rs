@@ -40,6 +40,28 @@ pub fn human(bytes: u64) -> String {
     if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// A size as people write it: `0`, `4096`, `500MiB`, `2GiB`, `1.5G` (binary
+/// units: K, M, G, T with or without `iB`/`B`).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: expected a number and a unit (B, KiB, MiB, GiB, TiB), like \"500MiB\"");
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let n: f64 = t[..split].parse().map_err(|_| bad())?;
+    let shift = match t[split..].trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = n * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// A duration written as `90s`, `5m`, `2h`, `1d`, `500ms` or a combination
 /// (`1h30m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -148,5 +170,18 @@ mod tests {
         assert!(parse_since("2026-11-30").unwrap() < parse_since("2026-11-30 14:00").unwrap());
         assert_eq!(parse_since("2026-11-30T14:00:00Z").unwrap().as_second(), 1_796_047_200);
         assert!(parse_since("last tuesday").unwrap_err().contains("expected a duration"));
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        for bad in ["", "MiB", "-1G", "1 XB", "1e400", "99999999999T", "1..2M"] {
+            assert!(parse_size(bad).unwrap_err().contains("expected a number and a unit"), "{bad}");
+        }
     }
 }

@@ -17,7 +17,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
-    let repo = ctx.open()?;
+    let mut repo = ctx.open()?;
+    // Judge what the repository holds, not the local cache of its trees.
+    repo.read_directly();
     let display = if args.read_data { ctx.show_progress("check --read-data") } else { None };
     let progress = display.as_ref().map(|d| d.progress());
     let report = crate::engine::check::check(&repo, args.read_data, ctx.threads, progress.as_deref());

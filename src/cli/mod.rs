@@ -65,10 +65,17 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Read everything from the repository; leave the local cache of its
-    /// snapshots and index ($HOLDFAST_CACHE_DIR, $XDG_CACHE_HOME/holdfast,
-    /// /var/cache/holdfast for root) alone: the index is then held in memory.
+    /// snapshots, index and tree packs ($HOLDFAST_CACHE_DIR,
+    /// $XDG_CACHE_HOME/holdfast, /var/cache/holdfast for root) alone: the
+    /// index is then held in memory.
     #[arg(long, global = true, env = "HOLDFAST_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
+    /// The most disk the cached tree packs, and again the cached index files,
+    /// of one remote repository may take (e.g. 500MiB, 2GiB; 0 keeps none);
+    /// the least recently used go first.
+    #[arg(long, global = true, env = "HOLDFAST_CACHE_SIZE", value_name = "SIZE", default_value = "1GiB",
+          value_parser = crate::units::parse_size)]
+    pub cache_size: u64,
     /// Show progress on stderr even when it is not a terminal (by default
     /// only on a terminal).
     #[arg(long, global = true, conflicts_with = "no_progress")]
@@ -302,6 +309,7 @@ pub fn run() -> Result<Exit> {
     if cli.no_cache {
         crate::engine::cache::disable();
     }
+    crate::engine::file_cache::set_cap(cli.cache_size);
     // Everything holdfast creates for itself (spool, state, dumps, keys,
     // restore staging) starts private; wider modes are set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

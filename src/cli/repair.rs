@@ -36,7 +36,9 @@ pub enum Command {
 }
 
 pub fn run(cmd: &Command, ctx: &Context) -> Result<Exit> {
-    let repo = ctx.open()?;
+    let mut repo = ctx.open()?;
+    // Judge what the repository holds, not the local cache of its trees.
+    repo.read_directly();
     match cmd {
         Command::Index { dry_run, json } => {
             let r = repair_index(&repo, *dry_run)?;

@@ -52,3 +52,10 @@ pub fn for_each_parallel_with<S: Send>(
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
+
+/// What a thread of a scope returned (its panic, as an error): for reads
+/// started together so that a remote repository answers them in one round
+/// trip.
+pub fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    thread.join().unwrap_or_else(|_| Err(Error::Invalid("a thread reading the repository panicked".into())))
+}

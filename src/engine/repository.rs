@@ -29,6 +29,7 @@ use crate::engine::backend::{
 use crate::engine::cache::SnapshotCache;
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
+use crate::engine::file_cache::{CACHED_TREE_PACK, FileCache};
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::index_cache::IndexCache;
 use crate::engine::keyfile::KeyFile;
@@ -101,6 +102,9 @@ pub struct Repository {
     config: RepoConfig,
     /// The key file that unlocked it (its name under `keys/`).
     key_name: String,
+    /// A remote repository's tree packs and index files on local disk.
+    tree_packs: Option<FileCache>,
+    index_files: Option<FileCache>,
 }
 
 impl Repository {
@@ -157,7 +161,7 @@ impl Repository {
         let marker = Marker { holdfast_repository: FORMAT_VERSION, id };
         // The marker goes last: a location without it is not a repository yet.
         write_once(&*backend, MARKER, &serde_json::to_vec_pretty(&marker).unwrap_or_default())?;
-        Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name })
+        Ok(Repository::new(backend, keys, master, config, key_name))
     }
 
     /// Open the repository at `location` with `passphrase`. A key file that
@@ -169,8 +173,28 @@ impl Repository {
 
     /// Open the repository on `backend` with `passphrase` (see [`Repository::open`]).
     pub fn open_on(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
-        let marker = read_marker(&*backend)?;
-        let listed = match backend.list(KEYS) {
+        // The marker, the key files and the config are fetched at once (and
+        // the config while the passphrase is checked): one round trip to a
+        // remote repository instead of four.
+        std::thread::scope(|s| {
+            let config = s.spawn(|| backend.get(ROOT, CONFIG));
+            let keys = s.spawn(|| backend.list(KEYS));
+            let marker = read_marker(&*backend)?;
+            let listed = keys.join().unwrap_or_else(|_| Err(Error::Invalid("listing the key files panicked".into())));
+            Repository::unlock(backend.clone(), marker, listed, config, passphrase)
+        })
+    }
+
+    /// Open with the first key file `passphrase` unlocks.
+    fn unlock(
+        backend: Arc<dyn Backend>,
+        marker: Marker,
+        listed: Result<Vec<FileInfo>>,
+        config: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>,
+        passphrase: &[u8],
+    ) -> Result<Repository> {
+        let mut config = Some(config);
+        let listed = match listed {
             Ok(files) => files,
             Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -212,7 +236,11 @@ impl Repository {
             match kf.unlock(passphrase) {
                 Ok(Some(master)) => {
                     let keys = Keys::derive(&master);
-                    let sealed = backend.get(ROOT, CONFIG).map_err(|e| {
+                    let fetched = match config.take() {
+                        Some(thread) => crate::engine::parallel::joined(thread),
+                        None => backend.get(ROOT, CONFIG),
+                    };
+                    let sealed = fetched.map_err(|e| {
                         Error::damaged(
                             "config",
                             format!("cannot be read ({e}); the repository cannot be used without it"),
@@ -227,7 +255,7 @@ impl Repository {
                             "belongs to another repository (its id differs from the marker's)",
                         ));
                     }
-                    return Ok(Repository { backend, keys: Arc::new(keys), master, config, key_name: name });
+                    return Ok(Repository::new(backend, keys, master, config, name));
                 }
                 // The content no longer matches the name it was stored
                 // under: damaged, not (necessarily) the wrong passphrase.
@@ -248,6 +276,30 @@ impl Repository {
             backend.location(),
             unusable.join(", ")
         )))
+    }
+
+    fn new(backend: Arc<dyn Backend>, keys: Keys, master: MasterKey, config: RepoConfig, key_name: String) -> Self {
+        let cache = |kind| if backend.is_remote() { FileCache::open(&config.id, kind) } else { None };
+        let (tree_packs, index_files) = (cache("tree-packs"), cache("index-files"));
+        Repository { backend, keys: Arc::new(keys), master, config, key_name, tree_packs, index_files }
+    }
+
+    /// Read trees and index files from the repository itself, never from
+    /// the local cache of its files: `check` and `repair` judge what the
+    /// repository holds.
+    pub fn read_directly(&mut self) {
+        self.tree_packs = None;
+        self.index_files = None;
+    }
+
+    /// Keep a tree pack just uploaded in the local cache of a remote
+    /// repository's tree packs (the next backup compares against it).
+    pub(crate) fn keep_tree_pack(&self, pack: &Id, bytes: &[u8]) {
+        if let Some(cache) = &self.tree_packs
+            && bytes.len() as u64 <= CACHED_TREE_PACK
+        {
+            cache.keep(pack, bytes);
+        }
     }
 
     /// Where it is: a path or an `s3://` URL.
@@ -288,12 +340,16 @@ impl Repository {
     /// when there is a cache directory; a cache that cannot be used costs
     /// only memory and time.
     pub fn load_index(&self) -> Result<(Index, Unreadable)> {
-        let listed = self.backend.list(INDEX)?;
         // A blob prune repacked is read from its new pack, not from the
         // marked one that a later prune deletes.
-        let marked: HashSet<Id> = match self.backend.list(MARKS) {
-            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
-            Err(_) => HashSet::new(),
+        let (listed, marked) = std::thread::scope(|s| {
+            let marks = s.spawn(|| self.backend.list(MARKS));
+            (self.backend.list(INDEX), marks.join())
+        });
+        let listed = listed?;
+        let marked: HashSet<Id> = match marked {
+            Ok(Ok(files)) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
+            _ => HashSet::new(),
         };
         let bytes: u64 = listed.iter().map(|f| f.size).sum();
         if (bytes >= crate::engine::index_cache::threshold() || self.backend.is_remote())
@@ -369,7 +425,10 @@ impl Repository {
     }
 
     pub fn read_index_file(&self, name: &str) -> Result<IndexFile> {
-        let bytes = self.read_repo_file(INDEX, name)?;
+        let bytes = match (&self.index_files, Id::from_hex(name)) {
+            (Some(cache), Some(id)) => cache.get_or_fetch(&id, || self.read_repo_file(INDEX, name))?,
+            _ => Arc::new(self.read_repo_file(INDEX, name)?),
+        };
         let plain = open_file(&self.keys, ObjectKind::Index, &bytes, None)?;
         postcard::from_bytes(&plain).map_err(|e| Error::damaged(format!("index {}", short(name)), e))
     }
@@ -377,7 +436,11 @@ impl Repository {
     pub fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
         let plain = postcard::to_stdvec(file).map_err(|e| Error::Invalid(e.to_string()))?;
         let sealed = seal_file(&self.keys, ObjectKind::Index, &Id::random()?, &plain)?;
-        write_named_by_hash(&*self.backend, INDEX, &sealed)
+        let id = write_named_by_hash(&*self.backend, INDEX, &sealed)?;
+        if let Some(cache) = &self.index_files {
+            cache.keep(&id, &sealed);
+        }
+        Ok(id)
     }
 
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
@@ -638,10 +701,15 @@ impl Repository {
     /// reads trees as it needs them (a backup's parent, locally).
     pub fn load_tree(&self, index: &Index, id: &Id, packs: &mut PackFiles) -> Result<Tree> {
         let loc = index.get(id).ok_or_else(|| tree_not_indexed(id))?;
-        // A remote backend fetches a small tree pack whole, once: the next
-        // tree on the path is probably in it.
         let range = blob_range(&loc);
         let end = pack_end(index, &loc);
+        if self.caches_tree_pack(&loc, end) {
+            let bytes = self.cached_tree_pack(&loc.pack).map_err(|e| tree_pack_unreadable(id, &loc.pack, &e))?;
+            let sealed = bytes.get(range.start as usize..range.end as usize);
+            return self.open_tree(id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read")));
+        }
+        // A remote backend fetches a small tree pack whole, once: the next
+        // tree on the path is probably in it.
         let worth = if end <= WHOLE_TREE_PACK { 0..end } else { range.clone() };
         let sealed = self
             .backend
@@ -676,7 +744,8 @@ impl Repository {
             } else if let Some(read) = whole.get_mut(&loc.pack) {
                 read.blobs.push((id, loc));
             } else if let end = pack_end(index, &loc)
-                && end <= WHOLE_TREE_PACK.min(room)
+                && (end <= WHOLE_TREE_PACK || self.caches_tree_pack(&loc, end))
+                && end <= room
             {
                 room -= end;
                 whole.insert(loc.pack, PackRead { pack: loc.pack, start: 0, end, blobs: vec![(id, loc)] });
@@ -692,8 +761,12 @@ impl Repository {
             .map(|read| (true, read))
             .chain(plan_pack_reads(ranged).into_iter().map(|read| (false, read)))
             .collect();
-        let fetched = self.read_many(reads, threads, |(_, read)| {
-            let bytes = self.read_pack_range(read, &mut PackFiles::default())?;
+        let fetched = self.read_many(reads, threads, |(whole, read)| {
+            let bytes = if *whole && self.tree_packs.is_some() {
+                self.cached_tree_pack(&read.pack)?
+            } else {
+                Arc::new(self.read_pack_range(read, &mut PackFiles::default())?)
+            };
             let trees: Vec<_> =
                 sealed_blobs(read, &bytes).map(|(id, loc, sealed)| (*id, self.open_tree(id, loc, sealed))).collect();
             Ok((bytes, trees))
@@ -713,12 +786,27 @@ impl Repository {
             }
         }
         for (id, loc) in from_kept {
-            let bytes = kept.packs.get(&loc.pack).map(Vec::as_slice).unwrap_or_default();
+            let bytes = kept.packs.get(&loc.pack).map(|b| b.as_slice()).unwrap_or_default();
             let range = blob_range(&loc);
             let sealed = bytes.get(range.start as usize..range.end as usize);
             out.insert(id, self.open_tree(&id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read"))));
         }
         out
+    }
+
+    /// True when the tree pack holding `loc` (its blobs ending at `end`)
+    /// is read whole through the local cache of a remote repository's tree
+    /// packs.
+    fn caches_tree_pack(&self, loc: &BlobLocation, end: u64) -> bool {
+        self.tree_packs.is_some() && loc.kind == ObjectKind::Tree && end <= CACHED_TREE_PACK
+    }
+
+    /// A whole tree pack, through the local cache.
+    fn cached_tree_pack(&self, pack: &Id) -> Result<Arc<Vec<u8>>> {
+        match &self.tree_packs {
+            Some(cache) => cache.get_or_fetch(pack, || self.backend.get(PACKS, &pack.to_hex())),
+            None => Ok(Arc::new(self.backend.get(PACKS, &pack.to_hex())?)),
+        }
     }
 
     /// A tree out of its sealed bytes.
@@ -914,7 +1002,7 @@ const WHOLE_TREE_PACK: u64 = 16 << 20;
 /// [`TREE_PACKS_KEPT`] bytes (beyond that, trees are read range by range).
 #[derive(Default)]
 pub struct TreePacks {
-    packs: HashMap<Id, Vec<u8>>,
+    packs: HashMap<Id, Arc<Vec<u8>>>,
     bytes: u64,
 }
 

@@ -81,7 +81,7 @@ pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
 /// records expire after two days).
 pub(crate) fn oldest_running_backup(repo: &Repository) -> Result<Option<jiff::Timestamp>> {
     let mut oldest: Option<jiff::Timestamp> = None;
-    for (name, state) in running_backups(repo)? {
+    for (name, state) in running_backups(repo, None)? {
         match state {
             RecordState::Live(started) => oldest = Some(oldest.map_or(started, |o| o.min(started))),
             RecordState::Finished => {
@@ -107,14 +107,17 @@ enum RecordState {
     Dead,
 }
 
-/// Every file in `running/` and what it says (records with a `.done`
-/// companion are left out; the companion stands for both).
-fn running_backups(repo: &Repository) -> Result<Vec<(String, RecordState)>> {
+/// Every file in `running/` but `except` and what it says (records with a
+/// `.done` companion are left out; the companion stands for both).
+fn running_backups(repo: &Repository, except: Option<&Running>) -> Result<Vec<(String, RecordState)>> {
     let host = hostname();
     let now = jiff::Timestamp::now();
     let all: HashSet<String> = names(repo, RUNNING)?.into_iter().collect();
     let mut out = Vec::new();
     for name in &all {
+        if except.is_some_and(|me| me.name == *name) {
+            continue;
+        }
         if name.ends_with(FINISHED_SUFFIX) {
             out.push((name.clone(), RecordState::Finished));
             continue;
@@ -153,7 +156,8 @@ const ADOPT_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(50 *
 /// so a run killed mid-upload and started again re-sends only what is
 /// missing. The listing is only a hint (a late listing just adopts less);
 /// the index files stay the truth. Packs that fail verification are left
-/// for prune.
+/// for prune. `me` is this backup's record, registered before `listed` was
+/// read.
 pub fn adopt_recent_leftovers(
     repo: &Repository,
     me: &Running,
@@ -161,12 +165,6 @@ pub fn adopt_recent_leftovers(
     marked: &HashSet<Id>,
     listed: &[crate::engine::backend::FileInfo],
 ) -> Result<Vec<IndexedPack>> {
-    // Another backup still running is uploading packs of its own: they are
-    // not leftovers, and reading them would only cost transfer.
-    let others = running_backups(repo)?;
-    if others.iter().any(|(name, state)| *name != me.name && matches!(state, RecordState::Live(_))) {
-        return Ok(Vec::new());
-    }
     let since = jiff::Timestamp::now() - ADOPT_MAX_AGE;
     let candidates: Vec<String> = listed
         .iter()
@@ -175,12 +173,24 @@ pub fn adopt_recent_leftovers(
         .filter(|(id, _)| !index.has_pack(id) && !marked.contains(id))
         .map(|(_, name)| name)
         .collect();
+    // Another backup still running is uploading packs of its own: they are
+    // not leftovers, and reading them would only cost transfer. Asked only
+    // when there are candidates (usually there are none), and after the
+    // listing: one that registered later cannot have uploaded what it holds.
+    if candidates.is_empty() || another_backup_running(repo, me)? {
+        return Ok(Vec::new());
+    }
     let read = |name: &String| -> Result<IndexedPack> {
         let id = Id::from_hex(name).ok_or_else(|| Error::damaged("pack", name))?;
         let bytes = repo.backend().get(PACKS, name)?;
         Ok(IndexedPack { pack: id, blobs: crate::engine::pack::read_header(&id, &bytes, repo.keys())? })
     };
     Ok(repo.read_many(candidates, repo.backend().parallelism(), read).into_iter().filter_map(|(_, r)| r.ok()).collect())
+}
+
+/// True when a backup other than `me` is registered and alive.
+fn another_backup_running(repo: &Repository, me: &Running) -> Result<bool> {
+    Ok(running_backups(repo, Some(me))?.iter().any(|(_, state)| matches!(state, RecordState::Live(_))))
 }
 
 /// The names of the files in `dir`.

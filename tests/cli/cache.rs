@@ -11,6 +11,9 @@
 //! - The index of a bucket, and of a repository big enough, is kept in the
 //!   index cache: it deduplicates and restores as the index files do, and a
 //!   damaged block of it is never believed.
+//! - A bucket's tree packs and index files are kept by the hash of their
+//!   bytes: a damaged cached copy is fetched again, `check` reads the bucket
+//!   itself, and `--cache-size` caps what is kept.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -208,4 +211,97 @@ fn a_big_repositorys_index_on_disk_deduplicates_restores_and_is_never_believed_w
     restore_and_compare("latest", "after-prune");
     let (checked, report) = t.check(true);
     assert!(checked, "{report}");
+}
+
+/// The cached files of one kind (`tree-packs`, `index-files`) of the one
+/// repository under `cache`.
+fn cached_files(cache: &Path, kind: &str) -> Vec<PathBuf> {
+    let Some(Ok(repo)) = fs::read_dir(cache).ok().and_then(|mut d| d.next()) else { return Vec::new() };
+    let Ok(dir) = fs::read_dir(repo.path().join(kind)) else { return Vec::new() };
+    dir.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect()
+}
+
+fn tree_packs(cache: &Path) -> Vec<PathBuf> {
+    cached_files(cache, "tree-packs")
+}
+
+#[test]
+fn a_buckets_tree_packs_are_cached_checked_by_hash_and_capped_and_check_reads_the_bucket() {
+    use crate::util::{assert_same_tree, tree_fingerprint};
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let src = source(tmp.path());
+    for d in ["a/b/c", "a/d", "e"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("f.txt"), d.as_bytes()).unwrap();
+    }
+    let src_arg = src.to_string_lossy().into_owned();
+    ok(&bucket, &cache, &["init"]);
+    ok(&bucket, &cache, &["backup", &src_arg]);
+    // What a backup uploads is kept as it goes: its tree packs and its
+    // index file, under their names in the bucket.
+    assert!(!tree_packs(&cache).is_empty(), "the backup's own tree packs are cached");
+    let index_files = cached_files(&cache, "index-files");
+    assert!(!index_files.is_empty(), "the backup's index file is cached");
+    for f in &index_files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(bucket.exists(&format!("cached/index/{name}")), "named as the bucket's index file");
+        assert_eq!(fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let restore = |args: &[&str], to: &str| {
+        let out = tmp.path().join(to);
+        let mut all = args.to_vec();
+        all.extend(["restore", "latest", "--to", out.to_str().unwrap()]);
+        ok(&bucket, &cache, &all);
+        assert_same_tree(&tree_fingerprint(&src), &tree_fingerprint(&crate::util::restored(&out, &src)));
+    };
+    // An unchanged backup walks its parent's trees: their packs are kept.
+    ok(&bucket, &cache, &["backup", &src_arg]);
+    let packs = tree_packs(&cache);
+    assert!(!packs.is_empty(), "the parent's tree packs are cached");
+    let dir = packs[0].parent().unwrap();
+    assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let key = |p: &Path| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        format!("cached/packs/{}/{name}", &name[..2])
+    };
+    for p in &packs {
+        assert_eq!(fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(bucket.exists(&key(p)), "named as the bucket's pack");
+    }
+
+    // A cached pack changed on disk is not believed: read from the bucket,
+    // and the cached copy is made whole again.
+    let pack = &packs[0];
+    let good = fs::read(pack).unwrap();
+    let mut bad = good.clone();
+    bad[30] ^= 1; // inside the first sealed tree
+    fs::write(pack, &bad).unwrap();
+    restore(&[], "from-damaged-cache");
+    assert_eq!(fs::read(pack).unwrap(), good, "fetched and cached again");
+
+    // The bucket's copy damaged behind the cache's back: commands that read
+    // trees go on from the cache, but `check` reads the bucket and says so.
+    bucket.put(&key(pack), &bad);
+    restore(&[], "from-cache");
+    let checked = hf(&bucket, &cache, &["check"]);
+    assert!(!checked.status.success(), "check judges the bucket, not the cache");
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(said.contains("DAMAGED tree"), "{said}");
+    bucket.put(&key(pack), &good);
+    ok(&bucket, &cache, &["check"]);
+
+    // A wiped cache costs only time; `--cache-size 0` and `--no-cache` keep
+    // no tree packs.
+    fs::remove_dir_all(&cache).unwrap();
+    restore(&["--cache-size", "0"], "uncached");
+    assert!(tree_packs(&cache).is_empty());
+    restore(&["--no-cache"], "no-cache");
+    assert!(tree_packs(&cache).is_empty());
+    restore(&[], "wiped");
+    assert!(!tree_packs(&cache).is_empty());
+    let refused = hf(&bucket, &cache, &["--cache-size", "lots", "snapshots"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid size"));
 }

@@ -503,7 +503,11 @@ pub(super) fn write_packs(
 /// Finish a pack, hand it to the uploader, and write a checkpoint index
 /// when one is due.
 pub(crate) fn ship(repo: &Repository, uploader: &PackUploader, pack: PackWriter) -> Result<()> {
-    uploader.submit(pack.finish(repo.keys())?)?;
+    let pack = pack.finish(repo.keys())?;
+    if pack.blobs.first().is_some_and(|b| b.kind == ObjectKind::Tree) {
+        repo.keep_tree_pack(&pack.id, &pack.bytes);
+    }
+    uploader.submit(pack)?;
     if let Some(packs) = uploader.checkpoint() {
         repo.write_index_file(&IndexFile { packs })?;
     }

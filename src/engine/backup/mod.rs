@@ -41,6 +41,7 @@ use crate::engine::crypto::Id;
 use crate::engine::fsmeta::{NameCache, Stat, name_bytes, read_flags, read_metadata};
 use crate::engine::index::IndexFile;
 use crate::engine::pack::{Checkpoints, PackUploader};
+use crate::engine::parallel::joined;
 use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, Repository};
 use crate::engine::select::{Selection, Selector};
@@ -204,12 +205,20 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
 
     // Register first, then read marks and index: a prune deletes no pack
     // marked after this backup started until it has finished.
+    // The reads after that are independent: they run at once, so a backup
+    // to a remote repository waits one round trip for them, not five.
     let running = crate::engine::running::register_backup(repo)?;
-    let marked: std::collections::HashSet<Id> = crate::engine::running::marked_packs(repo)?.into_keys().collect();
-    let (index, _damaged) = repo.load_index()?;
+    let (marked, index, listed, parent) = std::thread::scope(|s| {
+        let marked = s.spawn(|| crate::engine::running::marked_packs(repo));
+        let index = s.spawn(|| repo.load_index());
+        let listed = s.spawn(|| repo.backend().list(crate::engine::backend::PACKS));
+        let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host) } else { Ok(None) };
+        Ok::<_, Error>((joined(marked)?, joined(index)?, joined(listed)?, parent?))
+    })?;
+    let marked: std::collections::HashSet<Id> = marked.into_keys().collect();
+    let (index, _damaged) = index;
     // Blobs are reused only from packs that are there, whole: a pack lost
     // or cut short since it was indexed makes its blobs stored again.
-    let listed = repo.backend().list(crate::engine::backend::PACKS)?;
     let sizes: HashMap<Id, u64> = listed.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     let unusable: std::collections::HashSet<Id> = index
         .packs()
@@ -220,7 +229,6 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     let mut index = index.without_packs(&unusable);
     let adopted = crate::engine::running::adopt_recent_leftovers(repo, &running, &index, &marked, &listed)?;
     index.add_file(&IndexFile { packs: adopted.clone() });
-    let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host)? } else { None };
     let mut parent_trees = ParentTrees::new(repo, &index, parent.as_ref().map(|(_, snap)| snap.root));
     let parent_root = parent.as_ref().and_then(|(_, snap)| parent_trees.get(&snap.root));
 
