@@ -18,6 +18,11 @@
 //! directory holds more than the cap (`--cache-size`, 1 GiB by default),
 //! the least recently used files go. Any failure only costs speed: the file
 //! is read from the repository.
+//!
+//! Beside them, `<cache dir>/key-files/` keeps, per repository location, the
+//! key file that last opened it (wrapped by its passphrase, as the
+//! repository holds it), so that the passphrase is checked while the first
+//! requests are on their way.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -221,6 +226,37 @@ impl FileCache {
             }
         }
         held
+    }
+}
+
+/// Where the key file that last opened the repository at `location` is
+/// kept: `<cache dir>/key-files/<hash of the location>`.
+fn remembered_key_path(location: &str) -> Option<PathBuf> {
+    let root = crate::engine::cache::cache_root()?;
+    Some(root.join("key-files").join(Id::of_bytes(location.as_bytes()).to_hex()))
+}
+
+/// The key file that last opened the repository at `location` (still
+/// wrapped by its passphrase, as the repository holds it): opening a remote
+/// repository unwraps it while the repository answers its first requests,
+/// and uses it only when the repository still lists it by name.
+pub fn remembered_key(location: &str) -> Option<Vec<u8>> {
+    let path = remembered_key_path(location)?;
+    let mut bytes = Vec::new();
+    let mut file = crate::fsutil::open_regular(&path).ok()?;
+    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Keep the key file that opened the repository at `location`.
+pub fn remember_key(location: &str, bytes: &[u8]) {
+    let Some(path) = remembered_key_path(location) else { return };
+    let kept = path
+        .parent()
+        .map_or(Ok(()), crate::engine::cache::private_dir)
+        .and_then(|()| crate::fsutil::write_atomically(&path, bytes, crate::fsutil::PRIVATE_FILE));
+    if let Err(e) = kept {
+        tracing::debug!("could not keep the key file in {}: {e}", path.display());
     }
 }
 

@@ -29,7 +29,7 @@ use crate::engine::backend::{
 use crate::engine::cache::SnapshotCache;
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
-use crate::engine::file_cache::{CACHED_TREE_PACK, FileCache};
+use crate::engine::file_cache::{self, CACHED_TREE_PACK, FileCache};
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::index_cache::IndexCache;
 use crate::engine::keyfile::KeyFile;
@@ -168,11 +168,29 @@ impl Repository {
     /// cannot be used is never mistaken for a wrong passphrase: when no key
     /// opens and some are damaged, the error names them and says what to do.
     pub fn open(location: &Location, passphrase: &[u8]) -> Result<Repository> {
-        Repository::open_on(location.open_backend()?, passphrase)
+        // The key file that opened a remote repository last time is
+        // unwrapped while the connection opens and the repository answers
+        // (argon2 takes a round trip or more).
+        let remembered = match location.local_path() {
+            Some(_) => None,
+            None => file_cache::remembered_key(&location.to_string()),
+        };
+        std::thread::scope(|s| {
+            let guess = remembered.map(|bytes| s.spawn(move || KeyGuess::unwrap(bytes, passphrase)));
+            Repository::open_guessing(location.open_backend()?, guess, passphrase)
+        })
     }
 
     /// Open the repository on `backend` with `passphrase` (see [`Repository::open`]).
     pub fn open_on(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Repository> {
+        Repository::open_guessing(backend, None, passphrase)
+    }
+
+    fn open_guessing(
+        backend: Arc<dyn Backend>,
+        guess: Option<std::thread::ScopedJoinHandle<'_, Option<KeyGuess>>>,
+        passphrase: &[u8],
+    ) -> Result<Repository> {
         // The marker, the key files and the config are fetched at once (and
         // the config while the passphrase is checked): one round trip to a
         // remote repository instead of four.
@@ -181,16 +199,19 @@ impl Repository {
             let keys = s.spawn(|| backend.list(KEYS));
             let marker = read_marker(&*backend)?;
             let listed = keys.join().unwrap_or_else(|_| Err(Error::Invalid("listing the key files panicked".into())));
-            Repository::unlock(backend.clone(), marker, listed, config, passphrase)
+            let guess = guess.and_then(|thread| thread.join().ok().flatten());
+            Repository::unlock(backend.clone(), marker, listed, config, guess, passphrase)
         })
     }
 
-    /// Open with the first key file `passphrase` unlocks.
+    /// Open with the first key file `passphrase` unlocks (`guess`, when the
+    /// repository lists it, without fetching it or unwrapping it again).
     fn unlock(
         backend: Arc<dyn Backend>,
         marker: Marker,
         listed: Result<Vec<FileInfo>>,
         config: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>,
+        mut guess: Option<KeyGuess>,
         passphrase: &[u8],
     ) -> Result<Repository> {
         let mut config = Some(config);
@@ -212,28 +233,41 @@ impl Repository {
                 reason: "it has no key files; restore one with `holdfast key import`".into(),
             });
         }
+        // The remembered key file first, when it is still listed.
+        if let Some(at) = guess.as_ref().and_then(|g| names.iter().position(|n| *n == g.name)) {
+            names[..=at].rotate_right(1);
+        } else {
+            guess = None;
+        }
         let mut unusable: Vec<String> = Vec::new();
         for name in names {
-            let bytes = match backend.get(KEYS, &name) {
-                Ok(b) => b,
-                Err(e) => {
-                    unusable.push(format!("{} (cannot be read: {e})", short(&name)));
-                    continue;
+            let (bytes, kf, unlocked) = match guess.take().filter(|g| g.name == name) {
+                Some(g) => (g.bytes, g.key_file, g.unlocked),
+                None => {
+                    let bytes = match backend.get(KEYS, &name) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            unusable.push(format!("{} (cannot be read: {e})", short(&name)));
+                            continue;
+                        }
+                    };
+                    let kf = match KeyFile::from_json(&bytes) {
+                        Ok(kf) => kf,
+                        Err(e) => {
+                            unusable.push(format!("{} ({e})", short(&name)));
+                            continue;
+                        }
+                    };
+                    let unlocked = if kf.repo_id().ok() == Some(marker.id) { kf.unlock(passphrase) } else { Ok(None) };
+                    (bytes, kf, unlocked)
                 }
             };
             let renamed = Id::of_bytes(&bytes).to_hex() != name;
-            let kf = match KeyFile::from_json(&bytes) {
-                Ok(kf) => kf,
-                Err(e) => {
-                    unusable.push(format!("{} ({e})", short(&name)));
-                    continue;
-                }
-            };
             if kf.repo_id().ok() != Some(marker.id) {
                 unusable.push(format!("{} (belongs to another repository)", short(&name)));
                 continue;
             }
-            match kf.unlock(passphrase) {
+            match unlocked {
                 Ok(Some(master)) => {
                     let keys = Keys::derive(&master);
                     let fetched = match config.take() {
@@ -254,6 +288,9 @@ impl Repository {
                             "config",
                             "belongs to another repository (its id differs from the marker's)",
                         ));
+                    }
+                    if backend.is_remote() {
+                        file_cache::remember_key(&backend.location(), &bytes);
                     }
                     return Ok(Repository::new(backend, keys, master, config, name));
                 }
@@ -957,6 +994,24 @@ pub fn import_key(location: &Location, key: &KeyFile, passphrase: &[u8]) -> Resu
     }
     write_named_by_hash(&*backend, KEYS, key.to_json().as_bytes())?;
     Ok(())
+}
+
+/// A key file remembered from an earlier run, unwrapped with this run's
+/// passphrase while the repository answers.
+struct KeyGuess {
+    /// The hash of its bytes: the name the repository must list it under.
+    name: String,
+    bytes: Vec<u8>,
+    key_file: KeyFile,
+    unlocked: Result<Option<MasterKey>>,
+}
+
+impl KeyGuess {
+    fn unwrap(bytes: Vec<u8>, passphrase: &[u8]) -> Option<KeyGuess> {
+        let key_file = KeyFile::from_json(&bytes).ok()?;
+        let unlocked = key_file.unlock(passphrase);
+        Some(KeyGuess { name: Id::of_bytes(&bytes).to_hex(), bytes, key_file, unlocked })
+    }
 }
 
 fn read_marker(backend: &dyn Backend) -> Result<Marker> {

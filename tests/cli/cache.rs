@@ -305,3 +305,59 @@ fn a_buckets_tree_packs_are_cached_checked_by_hash_and_capped_and_check_reads_th
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid size"));
 }
+
+#[test]
+fn the_key_file_that_opened_a_bucket_is_remembered_and_used_only_while_the_bucket_lists_it() {
+    let bucket = Garage::shared().bucket();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let with = |passphrase: &str, new: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(holdfast_bin());
+        c.arg("--repo").arg(bucket.url("cached")).args(args);
+        c.env("HOLDFAST_PASSPHRASE", passphrase).env("HOLDFAST_CACHE_DIR", &cache);
+        if let Some(n) = new {
+            c.env("HOLDFAST_NEW_PASSPHRASE", n);
+        }
+        bucket.env(&mut c);
+        c.output().unwrap()
+    };
+    let opens = |passphrase: &str| with(passphrase, None, &["snapshots"]).status.success();
+    let remembered = || -> Vec<PathBuf> {
+        fs::read_dir(cache.join("key-files")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+    };
+    ok(&bucket, &cache, &["init"]);
+    ok(&bucket, &cache, &["snapshots"]);
+
+    // Kept as the bucket holds it (wrapped by the passphrase), 0600, under
+    // a name that is not the bucket's address.
+    let kept = remembered();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let bytes = fs::read(&kept[0]).unwrap();
+    let name = blake3::hash(&bytes).to_hex().to_string();
+    assert!(bucket.exists(&format!("cached/keys/{name}")), "the bucket's key file");
+    assert_eq!(fs::metadata(&kept[0]).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&bytes).contains(PASSPHRASE));
+    let file_name = kept[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!file_name.contains("cached") && !file_name.contains("127.0.0.1"));
+
+    // A wrong passphrase is still refused, as a wrong passphrase.
+    let wrong = with("not the passphrase", None, &["snapshots"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("passphrase"), "{wrong:?}");
+
+    // After `key passwd` the old key file is gone from the bucket: the
+    // remembered copy no longer opens it, the new passphrase does.
+    let changed = with(PASSPHRASE, Some("changed passphrase"), &["key", "passwd"]);
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    assert!(!opens(PASSPHRASE), "a removed key file must not open the repository");
+    assert!(opens("changed passphrase"));
+    let now = fs::read(&remembered()[0]).unwrap();
+    assert_ne!(now, bytes, "the key file that opened it now is remembered");
+
+    // A damaged remembered key costs nothing; --no-cache keeps none.
+    fs::write(&remembered()[0], b"{ not a key file").unwrap();
+    assert!(opens("changed passphrase"));
+    fs::remove_dir_all(&cache).unwrap();
+    assert!(with("changed passphrase", None, &["--no-cache", "snapshots"]).status.success());
+    assert!(remembered().is_empty());
+}
