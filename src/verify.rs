@@ -58,7 +58,9 @@ pub fn verify_job(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let repo_cfg = job_repository(job, source.repository)?;
-    let repo = open_repository(repo_cfg)?;
+    let mut repo = open_repository(repo_cfg)?;
+    // The restore test judges what the repository holds, not a local copy.
+    repo.read_directly();
     let (id, snap, record) = job_snapshot(&repo, job, source.snapshot, source.skip_damaged)?;
     let mut report = VerifyReport {
         job: job.name.clone(),

@@ -71,7 +71,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "HOLDFAST_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
     /// The most disk the cached tree packs, and again the cached index files,
-    /// of one remote repository may take (e.g. 500MiB, 2GiB; 0 keeps none);
+    /// of one remote repository may take (e.g. 500MiB, 2GiB; 0: none is kept or read);
     /// the least recently used go first.
     #[arg(long, global = true, env = "HOLDFAST_CACHE_SIZE", value_name = "SIZE", default_value = "1GiB",
           value_parser = crate::units::parse_size)]

@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -64,6 +64,8 @@ pub struct FileCache {
     /// How much `recent` may hold (0: nothing; index files are read once).
     recent_bytes: usize,
     temporaries: AtomicU64,
+    /// A write failed (a full disk, a read-only directory): no more tries.
+    failed: AtomicBool,
 }
 
 impl FileCache {
@@ -73,8 +75,12 @@ impl FileCache {
         let cap = CAP.load(Ordering::Relaxed);
         let root = crate::engine::cache::cache_root()?;
         let cache = FileCache::at(root.join(repo_id.to_hex()).join(kind), cap);
+        // A directory another user made or may write into is not read from.
+        if cap == 0 || crate::engine::cache::private_dir(&cache.dir).is_err() {
+            return None;
+        }
         let recent_bytes = if kind == "tree-packs" { RECENT_BYTES } else { 0 };
-        (cap > 0).then_some(FileCache { recent_bytes, ..cache })
+        Some(FileCache { recent_bytes, ..cache })
     }
 
     fn at(dir: PathBuf, cap: u64) -> FileCache {
@@ -85,7 +91,14 @@ impl FileCache {
             recent: Mutex::new(VecDeque::new()),
             recent_bytes: RECENT_BYTES,
             temporaries: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a file of `len` bytes would be kept (not above the cap, and
+    /// the directory still takes writes): callers fetch whole only what is.
+    pub fn keeps(&self, len: u64) -> bool {
+        len <= self.cap && !self.failed.load(Ordering::Relaxed)
     }
 
     /// File `pack`, whole: from memory, from the cache directory, or through
@@ -137,6 +150,9 @@ impl FileCache {
     fn read(&self, pack: &Id) -> Option<Vec<u8>> {
         let path = self.path(pack);
         let mut file = crate::fsutil::open_regular(&path).ok()?;
+        if file.metadata().ok()?.len() > self.cap {
+            return None;
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
         if Id::of_bytes(&bytes) != *pack {
@@ -163,6 +179,7 @@ impl FileCache {
         }
         if let Err(e) = self.write_file(pack, bytes) {
             tracing::debug!("could not cache {}: {e}", self.path(pack).display());
+            self.failed.store(true, Ordering::Relaxed);
             return;
         }
         let Ok(mut held) = self.held.lock() else { return };
@@ -242,10 +259,27 @@ fn remembered_key_path(location: &str) -> Option<PathBuf> {
 /// and uses it only when the repository still lists it by name.
 pub fn remembered_key(location: &str) -> Option<Vec<u8>> {
     let path = remembered_key_path(location)?;
+    // Only from a directory of this user's that no one else may write into:
+    // a planted key file could ask for any amount of argon2 work.
+    crate::engine::cache::private_dir(path.parent()?).ok()?;
+    let file = crate::fsutil::open_regular(&path).ok()?;
+    if file.metadata().ok()?.len() > MAX_KEY_FILE {
+        return None;
+    }
     let mut bytes = Vec::new();
-    let mut file = crate::fsutil::open_regular(&path).ok()?;
-    std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_KEY_FILE), &mut bytes).ok()?;
     Some(bytes)
+}
+
+/// Key files are a few hundred bytes; anything much bigger is not one.
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Forget the key file remembered for `location` (the repository no longer
+/// lists it: it was removed or its passphrase changed).
+pub fn forget_key(location: &str) {
+    if let Some(path) = remembered_key_path(location) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Keep the key file that opened the repository at `location`.

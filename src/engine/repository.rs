@@ -236,8 +236,10 @@ impl Repository {
         // The remembered key file first, when it is still listed.
         if let Some(at) = guess.as_ref().and_then(|g| names.iter().position(|n| *n == g.name)) {
             names[..=at].rotate_right(1);
-        } else {
-            guess = None;
+        } else if guess.take().is_some() {
+            // Removed from the repository: the old passphrase must not keep
+            // a copy of the key alive here.
+            file_cache::forget_key(&backend.location());
         }
         let mut unusable: Vec<String> = Vec::new();
         for name in names {
@@ -793,13 +795,14 @@ impl Repository {
         // Whole packs in flight are bounded by `room`; ranged reads (up to
         // 8 MiB each) by the backend's transfers.
         let threads = if ranged.is_empty() { self.small_reads() } else { self.backend.parallelism() };
+        // Each read, and whether it goes through the cache of tree packs.
         let reads: Vec<(bool, PackRead)> = whole
             .into_values()
-            .map(|read| (true, read))
+            .map(|read| (read.blobs.first().is_some_and(|(_, loc)| self.caches_tree_pack(loc, read.end)), read))
             .chain(plan_pack_reads(ranged).into_iter().map(|read| (false, read)))
             .collect();
-        let fetched = self.read_many(reads, threads, |(whole, read)| {
-            let bytes = if *whole && self.tree_packs.is_some() {
+        let fetched = self.read_many(reads, threads, |(cached, read)| {
+            let bytes = if *cached {
                 self.cached_tree_pack(&read.pack)?
             } else {
                 Arc::new(self.read_pack_range(read, &mut PackFiles::default())?)
@@ -835,7 +838,9 @@ impl Repository {
     /// is read whole through the local cache of a remote repository's tree
     /// packs.
     fn caches_tree_pack(&self, loc: &BlobLocation, end: u64) -> bool {
-        self.tree_packs.is_some() && loc.kind == ObjectKind::Tree && end <= CACHED_TREE_PACK
+        self.tree_packs.as_ref().is_some_and(|cache| cache.keeps(end))
+            && loc.kind == ObjectKind::Tree
+            && end <= CACHED_TREE_PACK
     }
 
     /// A whole tree pack, through the local cache.
@@ -907,9 +912,16 @@ impl Repository {
     /// Replace the key file that unlocked this repository with one for
     /// `new_passphrase`: the new one is durable before the old one goes.
     pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<()> {
-        let new_name = self.add_key(new_passphrase)?;
+        let key = KeyFile::create(new_passphrase, &self.config.id, &self.master)?;
+        let bytes = key.to_json().into_bytes();
+        let new_name = write_named_by_hash(&*self.backend, KEYS, &bytes)?.to_hex();
         self.backend.remove(KEYS, &self.key_name)?;
         self.key_name = new_name;
+        // The key file kept in the local cache is the new one, never the one
+        // the old passphrase opens.
+        if self.backend.is_remote() {
+            file_cache::remember_key(&self.backend.location(), &bytes);
+        }
         Ok(())
     }
 

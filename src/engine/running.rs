@@ -177,6 +177,8 @@ pub fn adopt_recent_leftovers(
     // not leftovers, and reading them would only cost transfer. Asked only
     // when there are candidates (usually there are none), and after the
     // listing: one that registered later cannot have uploaded what it holds.
+    // One that finished since the index was read is missed, and its new
+    // packs are read and indexed again: transfer, never a wrong index.
     if candidates.is_empty() || another_backup_running(repo, me)? {
         return Ok(Vec::new());
     }

@@ -38,10 +38,16 @@ fn ok(bucket: &Bucket, cache: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The cache directory of the one repository under `cache` (named by its
+/// id; `key-files` beside it is not one).
+fn repo_dir(cache: &Path) -> Option<PathBuf> {
+    let mut dirs = fs::read_dir(cache).ok()?.map(|e| e.unwrap().path());
+    dirs.find(|d| d.file_name().is_some_and(|n| n != "key-files"))
+}
+
 /// The repository's snapshot cache file under `cache`.
 fn cache_file(cache: &Path) -> Option<PathBuf> {
-    let dir = fs::read_dir(cache).ok()?.next()?.ok()?.path();
-    Some(dir.join("snapshots"))
+    Some(repo_dir(cache)?.join("snapshots"))
 }
 
 fn source(dir: &Path) -> PathBuf {
@@ -124,7 +130,7 @@ fn with_index_cache(t: &TestRepo, cache: &Path, args: &[&str]) -> assert_cmd::Co
 
 /// The index cache's entries file under `cache` (one repository).
 fn entries_file(cache: &Path) -> PathBuf {
-    let dir = fs::read_dir(cache).unwrap().next().unwrap().unwrap().path();
+    let dir = repo_dir(cache).expect("the repository's cache directory");
     let found: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -216,8 +222,8 @@ fn a_big_repositorys_index_on_disk_deduplicates_restores_and_is_never_believed_w
 /// The cached files of one kind (`tree-packs`, `index-files`) of the one
 /// repository under `cache`.
 fn cached_files(cache: &Path, kind: &str) -> Vec<PathBuf> {
-    let Some(Ok(repo)) = fs::read_dir(cache).ok().and_then(|mut d| d.next()) else { return Vec::new() };
-    let Ok(dir) = fs::read_dir(repo.path().join(kind)) else { return Vec::new() };
+    let Some(repo) = repo_dir(cache) else { return Vec::new() };
+    let Ok(dir) = fs::read_dir(repo.join(kind)) else { return Vec::new() };
     dir.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect()
 }
 
@@ -299,6 +305,9 @@ fn a_buckets_tree_packs_are_cached_checked_by_hash_and_capped_and_check_reads_th
     assert!(tree_packs(&cache).is_empty());
     restore(&["--no-cache"], "no-cache");
     assert!(tree_packs(&cache).is_empty());
+    // A cap below a tree pack: trees are read range by range, none is kept.
+    restore(&["--cache-size", "1KiB"], "tiny-cap");
+    assert!(tree_packs(&cache).is_empty());
     restore(&[], "wiped");
     assert!(!tree_packs(&cache).is_empty());
     let refused = hf(&bucket, &cache, &["--cache-size", "lots", "snapshots"]);
@@ -347,12 +356,19 @@ fn the_key_file_that_opened_a_bucket_is_remembered_and_used_only_while_the_bucke
 
     // After `key passwd` the old key file is gone from the bucket: the
     // remembered copy no longer opens it, the new passphrase does.
+    // The old key file is not kept here either: `key passwd` leaves the new
+    // one in its place, and a copy the repository no longer lists is
+    // forgotten by the next open.
     let changed = with(PASSPHRASE, Some("changed passphrase"), &["key", "passwd"]);
     assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
-    assert!(!opens(PASSPHRASE), "a removed key file must not open the repository");
-    assert!(opens("changed passphrase"));
     let now = fs::read(&remembered()[0]).unwrap();
-    assert_ne!(now, bytes, "the key file that opened it now is remembered");
+    assert_ne!(now, bytes, "the new key file is remembered");
+    assert!(!opens(PASSPHRASE), "the old passphrase no longer opens it");
+    fs::write(&remembered()[0], &bytes).unwrap();
+    assert!(!opens(PASSPHRASE), "a removed key file must not open the repository");
+    assert!(remembered().is_empty(), "a key file the repository no longer lists is forgotten");
+    assert!(opens("changed passphrase"));
+    assert_eq!(fs::read(&remembered()[0]).unwrap(), now);
 
     // A damaged remembered key costs nothing; --no-cache keeps none.
     fs::write(&remembered()[0], b"{ not a key file").unwrap();

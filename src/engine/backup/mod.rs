@@ -206,7 +206,8 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     // Register first, then read marks and index: a prune deletes no pack
     // marked after this backup started until it has finished.
     // The reads after that are independent: they run at once, so a backup
-    // to a remote repository waits one round trip for them, not five.
+    // to a remote repository waits for the longest of them (two round
+    // trips: a listing, then what it names), not for their sum.
     let running = crate::engine::running::register_backup(repo)?;
     let (marked, index, listed, parent) = std::thread::scope(|s| {
         let marked = s.spawn(|| crate::engine::running::marked_packs(repo));
