@@ -261,6 +261,33 @@ fn a_job_backs_up_locally_and_copies_to_an_offsite_bucket_that_restores_alone() 
     assert_eq!(verified[0]["ok"], true, "{verified:#}");
     assert!(verified[0]["files"]["files"].as_u64().is_some_and(|n| n >= 21), "{verified:#}");
 
+    // The restore test judges the bucket, not this host's cached copy of
+    // its tree packs: a tree pack damaged in the bucket fails it.
+    let cache = env.path("own-cache");
+    let engine = |args: &[&str]| {
+        let mut c = env.engine(args);
+        c.env("HOLDFAST_CACHE_DIR", &cache);
+        c
+    };
+    engine(&["--repo", "offsite", "restore", "web", "--files", "--to"]).arg(env.path("out2")).assert().success();
+    let cached: Vec<_> = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("tree-packs"))
+        .filter(|d| d.is_dir())
+        .flat_map(|d| fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .collect();
+    assert!(!cached.is_empty(), "the restore cached the bucket's tree packs");
+    let good = fs::read(&cached[0]).unwrap();
+    let name = cached[0].file_name().unwrap().to_string_lossy().into_owned();
+    let key = format!("web/packs/{}/{name}", &name[..2]);
+    assert!(bucket.exists(&key), "{key}");
+    let mut bad = good.clone();
+    bad[30] ^= 1;
+    bucket.put(&key, &bad);
+    engine(&["--repo", "offsite", "verify", "web"]).assert().failure();
+    bucket.put(&key, &good);
+    engine(&["--repo", "offsite", "verify", "web"]).assert().success();
+
     // Under systemd the service gets the bucket's keys as credentials, so
     // it needs no right to read them where they are.
     let units = env.path("units");
