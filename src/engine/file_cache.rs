@@ -115,9 +115,7 @@ impl FileCache {
             Some(bytes) => Arc::new(bytes),
             None => {
                 let bytes = fetch()?;
-                if Id::of_bytes(&bytes) == *pack {
-                    self.write(pack, &bytes);
-                }
+                self.keep(pack, &bytes);
                 Arc::new(bytes)
             }
         };
@@ -354,6 +352,28 @@ mod tests {
         let (third, _) = pack(3, 10);
         assert!(cache.get_or_fetch(&third, || Err(crate::Error::Invalid("gone".into()))).is_err());
         assert_eq!(files(&dir), vec![id.to_hex()]);
+
+        // A symlink or a FIFO where a cached file goes is never read through
+        // (nor waited on): the file is fetched and put in its place.
+        let (linked, linked_bytes) = pack(4, 100);
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::write(&elsewhere, &linked_bytes).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(linked.to_hex())).unwrap();
+        let (fifo, fifo_bytes) = pack(5, 100);
+        nix::unistd::mkfifo(&dir.join(fifo.to_hex()), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let cache = FileCache::at(dir.clone(), 1 << 20);
+        for (id, bytes) in [(linked, &linked_bytes), (fifo, &fifo_bytes)] {
+            let before = fetched.get();
+            let fetch = || {
+                fetched.set(fetched.get() + 1);
+                Ok(bytes.clone())
+            };
+            assert_eq!(*cache.get_or_fetch(&id, fetch).unwrap(), *bytes);
+            assert_eq!(fetched.get(), before + 1, "fetched, not read through the link or the FIFO");
+            let md = std::fs::symlink_metadata(dir.join(id.to_hex())).unwrap();
+            assert!(md.is_file(), "replaced by the file itself");
+        }
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), linked_bytes, "the link's target is untouched");
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl Repository {
             let config = s.spawn(|| backend.get(ROOT, CONFIG));
             let keys = s.spawn(|| backend.list(KEYS));
             let marker = read_marker(&*backend)?;
-            let listed = keys.join().unwrap_or_else(|_| Err(Error::Invalid("listing the key files panicked".into())));
+            let listed = crate::engine::parallel::joined(keys);
             let guess = guess.and_then(|thread| thread.join().ok().flatten());
             Repository::unlock(backend.clone(), marker, listed, config, guess, passphrase)
         })
@@ -243,8 +243,10 @@ impl Repository {
         }
         let mut unusable: Vec<String> = Vec::new();
         for name in names {
+            // The guess was unwrapped already; any other key file is fetched
+            // and unwrapped below.
             let (bytes, kf, unlocked) = match guess.take().filter(|g| g.name == name) {
-                Some(g) => (g.bytes, g.key_file, g.unlocked),
+                Some(g) => (g.bytes, g.key_file, Some(g.unlocked)),
                 None => {
                     let bytes = match backend.get(KEYS, &name) {
                         Ok(b) => b,
@@ -260,8 +262,7 @@ impl Repository {
                             continue;
                         }
                     };
-                    let unlocked = if kf.repo_id().ok() == Some(marker.id) { kf.unlock(passphrase) } else { Ok(None) };
-                    (bytes, kf, unlocked)
+                    (bytes, kf, None)
                 }
             };
             let renamed = Id::of_bytes(&bytes).to_hex() != name;
@@ -269,7 +270,7 @@ impl Repository {
                 unusable.push(format!("{} (belongs to another repository)", short(&name)));
                 continue;
             }
-            match unlocked {
+            match unlocked.unwrap_or_else(|| kf.unlock(passphrase)) {
                 Ok(Some(master)) => {
                     let keys = Keys::derive(&master);
                     let fetched = match config.take() {
@@ -383,12 +384,12 @@ impl Repository {
         // marked one that a later prune deletes.
         let (listed, marked) = std::thread::scope(|s| {
             let marks = s.spawn(|| self.backend.list(MARKS));
-            (self.backend.list(INDEX), marks.join())
+            (self.backend.list(INDEX), crate::engine::parallel::joined(marks))
         });
         let listed = listed?;
         let marked: HashSet<Id> = match marked {
-            Ok(Ok(files)) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
-            _ => HashSet::new(),
+            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
+            Err(_) => HashSet::new(),
         };
         let bytes: u64 = listed.iter().map(|f| f.size).sum();
         if (bytes >= crate::engine::index_cache::threshold() || self.backend.is_remote())
@@ -742,8 +743,8 @@ impl Repository {
         let loc = index.get(id).ok_or_else(|| tree_not_indexed(id))?;
         let range = blob_range(&loc);
         let end = pack_end(index, &loc);
-        if self.caches_tree_pack(&loc, end) {
-            let bytes = self.cached_tree_pack(&loc.pack).map_err(|e| tree_pack_unreadable(id, &loc.pack, &e))?;
+        if let Some(cache) = self.tree_pack_cache(&loc, end) {
+            let bytes = self.cached_tree_pack(cache, &loc.pack).map_err(|e| tree_pack_unreadable(id, &loc.pack, &e))?;
             let sealed = bytes.get(range.start as usize..range.end as usize);
             return self.open_tree(id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read")));
         }
@@ -783,7 +784,7 @@ impl Repository {
             } else if let Some(read) = whole.get_mut(&loc.pack) {
                 read.blobs.push((id, loc));
             } else if let end = pack_end(index, &loc)
-                && (end <= WHOLE_TREE_PACK || self.caches_tree_pack(&loc, end))
+                && (end <= WHOLE_TREE_PACK || self.tree_pack_cache(&loc, end).is_some())
                 && end <= room
             {
                 room -= end;
@@ -795,23 +796,23 @@ impl Repository {
         // Whole packs in flight are bounded by `room`; ranged reads (up to
         // 8 MiB each) by the backend's transfers.
         let threads = if ranged.is_empty() { self.small_reads() } else { self.backend.parallelism() };
-        // Each read, and whether it goes through the cache of tree packs.
-        let reads: Vec<(bool, PackRead)> = whole
+        // Each read: whether it is of a whole pack (kept for the next
+        // call), and the cache of tree packs it goes through, if any.
+        let reads: Vec<((bool, Option<&FileCache>), PackRead)> = whole
             .into_values()
-            .map(|read| (read.blobs.first().is_some_and(|(_, loc)| self.caches_tree_pack(loc, read.end)), read))
-            .chain(plan_pack_reads(ranged).into_iter().map(|read| (false, read)))
+            .map(|read| ((true, read.blobs.first().and_then(|(_, loc)| self.tree_pack_cache(loc, read.end))), read))
+            .chain(plan_pack_reads(ranged).into_iter().map(|read| ((false, None), read)))
             .collect();
-        let fetched = self.read_many(reads, threads, |(cached, read)| {
-            let bytes = if *cached {
-                self.cached_tree_pack(&read.pack)?
-            } else {
-                Arc::new(self.read_pack_range(read, &mut PackFiles::default())?)
+        let fetched = self.read_many(reads, threads, |((_, cache), read)| {
+            let bytes = match cache {
+                Some(cache) => self.cached_tree_pack(cache, &read.pack)?,
+                None => Arc::new(self.read_pack_range(read, &mut PackFiles::default())?),
             };
             let trees: Vec<_> =
                 sealed_blobs(read, &bytes).map(|(id, loc, sealed)| (*id, self.open_tree(id, loc, sealed))).collect();
             Ok((bytes, trees))
         });
-        for ((keep, read), result) in fetched {
+        for (((keep, _), read), result) in fetched {
             match result {
                 Ok((bytes, trees)) => {
                     out.extend(trees);
@@ -834,21 +835,16 @@ impl Repository {
         out
     }
 
-    /// True when the tree pack holding `loc` (its blobs ending at `end`)
-    /// is read whole through the local cache of a remote repository's tree
-    /// packs.
-    fn caches_tree_pack(&self, loc: &BlobLocation, end: u64) -> bool {
-        self.tree_packs.as_ref().is_some_and(|cache| cache.keeps(end))
-            && loc.kind == ObjectKind::Tree
-            && end <= CACHED_TREE_PACK
+    /// The local cache of a remote repository's tree packs, when the pack
+    /// holding `loc` (its blobs ending at `end`) is read whole through it.
+    fn tree_pack_cache(&self, loc: &BlobLocation, end: u64) -> Option<&FileCache> {
+        let cache = self.tree_packs.as_ref()?;
+        (loc.kind == ObjectKind::Tree && end <= CACHED_TREE_PACK && cache.keeps(end)).then_some(cache)
     }
 
-    /// A whole tree pack, through the local cache.
-    fn cached_tree_pack(&self, pack: &Id) -> Result<Arc<Vec<u8>>> {
-        match &self.tree_packs {
-            Some(cache) => cache.get_or_fetch(pack, || self.backend.get(PACKS, &pack.to_hex())),
-            None => Ok(Arc::new(self.backend.get(PACKS, &pack.to_hex())?)),
-        }
+    /// A whole tree pack, through `cache`.
+    fn cached_tree_pack(&self, cache: &FileCache, pack: &Id) -> Result<Arc<Vec<u8>>> {
+        cache.get_or_fetch(pack, || self.backend.get(PACKS, &pack.to_hex()))
     }
 
     /// A tree out of its sealed bytes.
@@ -905,16 +901,19 @@ impl Repository {
 
     /// Add a key file for another passphrase; returns its name.
     pub fn add_key(&self, passphrase: &[u8]) -> Result<String> {
-        let key = KeyFile::create(passphrase, &self.config.id, &self.master)?;
-        Ok(write_named_by_hash(&*self.backend, KEYS, key.to_json().as_bytes())?.to_hex())
+        Ok(self.write_key(passphrase)?.0)
+    }
+
+    /// A new key file for `passphrase`, written: its name and bytes.
+    fn write_key(&self, passphrase: &[u8]) -> Result<(String, Vec<u8>)> {
+        let bytes = KeyFile::create(passphrase, &self.config.id, &self.master)?.to_json().into_bytes();
+        Ok((write_named_by_hash(&*self.backend, KEYS, &bytes)?.to_hex(), bytes))
     }
 
     /// Replace the key file that unlocked this repository with one for
     /// `new_passphrase`: the new one is durable before the old one goes.
     pub fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<()> {
-        let key = KeyFile::create(new_passphrase, &self.config.id, &self.master)?;
-        let bytes = key.to_json().into_bytes();
-        let new_name = write_named_by_hash(&*self.backend, KEYS, &bytes)?.to_hex();
+        let (new_name, bytes) = self.write_key(new_passphrase)?;
         self.backend.remove(KEYS, &self.key_name)?;
         self.key_name = new_name;
         // The key file kept in the local cache is the new one, never the one
