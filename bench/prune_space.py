@@ -4,7 +4,10 @@ files change each round, forget the older half, prune, and compare the
 repository with a fresh backup of the states that remain.
 
     bench/prune_space.py [--files 2000] [--min-kib 8 --max-kib 64] [--rounds 10] [--change 0.1]
-                         [--tools holdfast,restic]
+                         [--text] [--tools holdfast,restic]
+
+Files hold random bytes (nothing to compress), or with --text words from a
+small vocabulary (compressible, like mail, logs or source code).
 
 holdfast prunes twice with `--grace 0s` (the first repacks and marks, the
 second deletes); restic prunes once (`--max-unused 5%`, its default). The
@@ -32,7 +35,22 @@ def du(path):
     return total
 
 
-def write_state(src, files, rounds_done, change, sizes, seed=1):
+WORDS = [w.encode() for w in (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use an each which she do how their if will up "
+    "other about out many then them these so some her would make like him into time has look two more write"
+).split()]
+
+
+def content(seed, size, text):
+    rng = random.Random(seed)
+    if not text:
+        return rng.randbytes(size)
+    out = b" ".join(rng.choices(WORDS, k=size // 3))
+    return out[:size]
+
+
+def write_state(src, files, rounds_done, change, sizes, text, seed=1):
     """The tree as it is after `rounds_done` rounds (deterministic)."""
     version = [0] * files
     rng = random.Random(seed)
@@ -44,7 +62,7 @@ def write_state(src, files, rounds_done, change, sizes, seed=1):
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"f{f:05}")
         lo, hi = sizes
-        data = random.Random(f * 1_000_003 + version[f]).randbytes(lo + (f * 7919) % (hi - lo))
+        data = content(f * 1_000_003 + version[f], lo + (f * 7919) % (hi - lo), text)
         try:
             with open(path, "rb") as old:
                 if old.read() == data:
@@ -93,13 +111,15 @@ def main():
     p.add_argument("--change", type=float, default=0.1)
     p.add_argument("--min-kib", type=int, default=8)
     p.add_argument("--max-kib", type=int, default=64)
+    p.add_argument("--text", action="store_true", help="compressible files instead of random bytes")
     p.add_argument("--tools", default="holdfast,restic")
     p.add_argument("--work", default="/var/tmp/hf-prune")
     a = p.parse_args()
     env = dict(os.environ, HOLDFAST_PASSPHRASE="bench", RESTIC_PASSWORD="bench", HOLDFAST_NO_CACHE="1")
     tools = {"holdfast": Holdfast(), "restic": Restic()}
     keep = a.rounds // 2
-    print(f"{a.files} files of {a.min_kib}-{a.max_kib} KiB, {a.rounds} rounds changing {a.change:.0%} each, the newest {keep} kept")
+    kind = "text" if a.text else "random"
+    print(f"{a.files} {kind} files of {a.min_kib}-{a.max_kib} KiB, {a.rounds} rounds changing {a.change:.0%} each, the newest {keep} kept")
     print("| tool | after backups MB | after prune MB | fresh copy MB | pruned / fresh | prune s |")
     print("|---|---|---|---|---|---|")
     for name in a.tools.split(","):
@@ -111,7 +131,7 @@ def main():
         tool.init(full, env)
         tool.init(fresh, env)
         for r in range(a.rounds):
-            write_state(src, a.files, r, a.change, (a.min_kib * 1024, a.max_kib * 1024))
+            write_state(src, a.files, r, a.change, (a.min_kib * 1024, a.max_kib * 1024), a.text)
             tool.backup(full, src, env)
             if r >= a.rounds - keep:
                 tool.backup(fresh, src, env)

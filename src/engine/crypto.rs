@@ -304,6 +304,21 @@ fn worth_compressing(data: &[u8], level: i32) -> bool {
     out.len() * 100 < 2 * SAMPLE * 97
 }
 
+/// Whether a small file's bytes look incompressible (random, encrypted or
+/// already compressed): up to 4 KiB from its middle, at zstd's fastest
+/// level, save under 3%. The backup stores such a file as a blob of its
+/// own instead of in its directory's shared one, where it would gain nothing
+/// and would keep the whole shared blob alive after it changes. Uses a
+/// context of its own level: call it from threads that do not seal.
+pub fn compresses_poorly(data: &[u8]) -> bool {
+    const SAMPLE: usize = 4 << 10;
+    let len = data.len().min(SAMPLE);
+    let at = (data.len() - len) / 2;
+    let sample = &data[at..at + len];
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(len));
+    compress_into(sample, &mut out, 1) && out.len() * 100 >= len * 97
+}
+
 /// A thread's zstd contexts: costly to create, so each thread keeps one.
 #[derive(Default)]
 struct ZstdContexts {
@@ -408,6 +423,22 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey([7; 32]))
+    }
+
+    #[test]
+    fn a_small_files_compressibility_is_judged_from_its_middle() {
+        let mut random = vec![0u8; 20 << 10];
+        fill_random(&mut random).expect("randomness");
+        assert!(compresses_poorly(&random));
+        assert!(compresses_poorly(&random[..100]), "short and random");
+        assert!(!compresses_poorly(&b"a line of a log file, again\n".repeat(500)));
+        assert!(!compresses_poorly(&[0u8; 5000]));
+        // A compressible header (an image's metadata) before random data.
+        let mut image = b"Exif header text ".repeat(100);
+        image.extend_from_slice(&random);
+        assert!(compresses_poorly(&image));
+        // An empty sample has nothing to judge and nothing to gain.
+        assert!(compresses_poorly(&[]));
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct Repository {
     /// A remote repository's tree packs and index files on local disk.
     tree_packs: Option<FileCache>,
     index_files: Option<FileCache>,
+    /// Snapshots this process has read and authenticated, by id. A
+    /// snapshot file's name is the hash of its bytes, so reading it again
+    /// (prune reads the list twice: to decide, then after its marks) can
+    /// only give the same snapshot.
+    snapshots_read: Mutex<HashMap<Id, Snapshot>>,
 }
 
 impl Repository {
@@ -321,7 +326,16 @@ impl Repository {
     fn new(backend: Arc<dyn Backend>, keys: Keys, master: MasterKey, config: RepoConfig, key_name: String) -> Self {
         let cache = |kind| if backend.is_remote() { FileCache::open(&config.id, kind) } else { None };
         let (tree_packs, index_files) = (cache("tree-packs"), cache("index-files"));
-        Repository { backend, keys: Arc::new(keys), master, config, key_name, tree_packs, index_files }
+        Repository {
+            backend,
+            keys: Arc::new(keys),
+            master,
+            config,
+            key_name,
+            tree_packs,
+            index_files,
+            snapshots_read: Mutex::default(),
+        }
     }
 
     /// Read trees and index files from the repository itself, never from
@@ -499,37 +513,48 @@ impl Repository {
     /// On a remote repository, snapshots read before come from the local
     /// cache (see `engine::cache`).
     pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
-        self.read_snapshots(self.backend.is_remote())
-    }
-
-    /// Every snapshot read from its file and authenticated, never from the
-    /// cache: for `check` and `repair`.
-    pub fn snapshots_from_files(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
         self.read_snapshots(false)
     }
 
-    fn read_snapshots(&self, cached: bool) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
+    /// Every snapshot read from its file and authenticated, never from the
+    /// cache or an earlier read: for `check` and `repair`.
+    pub fn snapshots_from_files(&self) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
+        self.read_snapshots(true)
+    }
+
+    fn read_snapshots(&self, from_files: bool) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let listed = self.backend.list(SNAPSHOTS)?;
-        let mut cache = cached.then(|| SnapshotCache::load(&self.config.id, &self.keys));
+        let mut cache =
+            (!from_files && self.backend.is_remote()).then(|| SnapshotCache::load(&self.config.id, &self.keys));
         let mut unread = Vec::new();
-        for file in &listed {
-            match (cache.as_ref().and_then(|c| c.get(file)), Id::from_hex(&file.name)) {
-                (Some(snapshot), Some(id)) => good.push((id, snapshot.clone())),
-                _ => unread.push(file),
+        {
+            let read_before = self.snapshots_read.lock().map_err(|_| Error::Invalid("snapshots read".into()))?;
+            for file in &listed {
+                let id = Id::from_hex(&file.name);
+                let known = id
+                    .and_then(|id| read_before.get(&id).filter(|_| !from_files))
+                    .or_else(|| cache.as_ref().and_then(|c| c.get(file)));
+                match (known, id) {
+                    (Some(snapshot), Some(id)) => good.push((id, snapshot.clone())),
+                    _ => unread.push(file),
+                }
             }
         }
         let read = |file: &&FileInfo| match Id::from_hex(&file.name) {
             Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
             None => Err(Error::damaged("snapshot", format!("unexpected file {}", file.name))),
         };
-        for (file, result) in self.read_many(unread, self.small_reads(), read) {
+        let read = self.read_many(unread, self.small_reads(), read);
+        let mut read_before = self.snapshots_read.lock().map_err(|_| Error::Invalid("snapshots read".into()))?;
+        for (file, result) in read {
             match result {
                 Ok(found) => {
                     if let Some(c) = &mut cache {
                         c.put(file, &found.1);
                     }
+                    read_before.insert(found.0, found.1.clone());
                     good.push(found);
                 }
                 Err(e) => bad.push((file.name.clone(), e)),

@@ -41,7 +41,8 @@ pub(super) struct FileJob {
 pub(super) enum Task {
     /// One file, chunked on its own.
     Large(FileJob),
-    /// Small files of one directory, read into one shared chunk.
+    /// Small files of one directory, read into one shared chunk (but for
+    /// those that stand alone: `FileReader::stands_alone`).
     Batch(Vec<FileJob>),
 }
 
@@ -187,7 +188,7 @@ pub(super) fn with_pipeline<T>(
             let (tasks, tx, out) = (task_rx.clone(), plain_tx.clone(), outcome_tx.clone());
             let (chunker, keys, failure) = (&chunker, &keys, &failure);
             workers.push(s.spawn(move || {
-                let mut reader = FileReader { chunker, keys, known, tx, buf: Vec::new(), cancel };
+                let mut reader = FileReader { chunker, level, keys, known, tx, buf: Vec::new(), cancel };
                 loop {
                     let task = match tasks.lock() {
                         Ok(t) => t.recv(),
@@ -253,8 +254,13 @@ pub(super) struct SealedBlob {
     raw_len: usize,
 }
 
+/// Smallest file of a batch that may be stored as a blob of its own.
+const OWN_BLOB_FROM: usize = 4 << 10;
+
 struct FileReader<'a> {
     chunker: &'a Chunker,
+    /// The repository's compression level (0: none).
+    level: i32,
     keys: &'a Keys,
     known: &'a KnownBlobs<'a>,
     tx: SyncSender<PlainBlob>,
@@ -347,6 +353,20 @@ impl FileReader<'_> {
         Ok(out)
     }
 
+    /// Whether a small file is stored as a blob of its own rather than a
+    /// slice of its directory's shared one. Sharing pays through
+    /// compression across the files (text, code: often 1.3-4× smaller than
+    /// compressing each alone) and through fewer blobs; but a shared blob
+    /// lives as long as any file in it does, so after a prune it keeps the
+    /// old versions of its changed neighbours. A file that will not
+    /// compress gains nothing from sharing: at 4 KiB or more (where a
+    /// blob's own ~100 bytes of nonce, tag and index entry cost little) it
+    /// stands alone, and its space comes back once it changes and the
+    /// snapshots that held it are forgotten.
+    fn stands_alone(&self, data: &[u8]) -> bool {
+        data.len() >= OWN_BLOB_FROM && (self.level == 0 || crate::engine::crypto::compresses_poorly(data))
+    }
+
     fn read_batch(&mut self, jobs: Vec<FileJob>) -> Result<Vec<FileOutcome>> {
         let mut data: Vec<u8> = Vec::new();
         let mut outs = Vec::with_capacity(jobs.len());
@@ -364,7 +384,14 @@ impl FileReader<'_> {
                             out.size = len;
                             out.bytes_read = len;
                             out.changed = after.map_or(true, |a| changed(&before, &a)) || len != before.len();
-                            out.pieces = vec![Piece::Slice { id: Id::ZERO, offset: start as u32, len: len as u32 }];
+                            out.pieces = if self.stands_alone(&data[start..]) {
+                                let id = self.keys.blob_id(&data[start..]);
+                                self.store(id, &data[start..])?;
+                                data.truncate(start);
+                                vec![Piece::Chunk { id, len: len as u32 }]
+                            } else {
+                                vec![Piece::Slice { id: Id::ZERO, offset: start as u32, len: len as u32 }]
+                            };
                         }
                         Err(e) => {
                             data.truncate(start);
