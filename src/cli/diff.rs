@@ -45,6 +45,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         print_json(&d)?;
         return Ok(Exit::Success);
     }
+    let mut out = super::stdout_in_blocks();
     if !args.stat {
         for c in &d.changes {
             let mut line = format!("{}    {}", c.change.mark(), escape_text(&c.path_bytes));
@@ -54,15 +55,16 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
             if !c.metadata.is_empty() {
                 line.push_str(&format!("  ({})", c.metadata.join(", ")));
             }
-            outln!("{line}");
+            writeln!(out, "{line}")?;
         }
     }
     let s = &d.stat;
     let counts = |c: &Counts| format!("{} files, {} dirs, {} other, {}", c.files, c.dirs, c.other, human(c.bytes));
-    outln!("added:         {}", counts(&s.added));
-    outln!("removed:       {}", counts(&s.removed));
-    outln!("modified:      {}", counts(&s.modified));
-    outln!("type changed:  {}", s.type_changed);
-    outln!("metadata only: {}", s.metadata_only);
+    writeln!(out, "added:         {}", counts(&s.added))?;
+    writeln!(out, "removed:       {}", counts(&s.removed))?;
+    writeln!(out, "modified:      {}", counts(&s.modified))?;
+    writeln!(out, "type changed:  {}", s.type_changed)?;
+    writeln!(out, "metadata only: {}", s.metadata_only)?;
+    out.flush()?;
     Ok(Exit::Success)
 }

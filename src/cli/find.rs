@@ -61,38 +61,44 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         print_json(&found)?;
         return Ok(Exit::Success);
     }
+    let mut out = super::stdout_in_blocks();
     for p in &found.paths {
-        outln!("{}", escape_text(&p.path_bytes));
+        writeln!(out, "{}", escape_text(&p.path_bytes))?;
         for v in found.versions(p) {
             let e = v.entry;
-            outln!(
+            writeln!(
+                out,
                 "  {}  {}  {} {:>10}  modified {}",
                 v.short_id,
                 local_time(&v.time),
                 e.mode_string,
                 if e.kind == "file" { human(e.size) } else { e.kind.to_string() },
                 e.mtime
-            );
+            )?;
         }
     }
     for d in &found.databases {
-        outln!(
+        writeln!(
+            out,
             "database {} ({}, entry {} of job {})",
             escape_text(d.name.as_bytes()),
             d.kind,
             escape_text(d.entry.as_bytes()),
             escape_text(d.job.as_bytes())
-        );
+        )?;
         for v in &d.versions {
-            outln!(
+            writeln!(
+                out,
                 "  {}  {}  {:>10}  {}",
                 v.short_id,
                 local_time(&v.time),
                 human(v.size),
                 escape_text(v.file.as_bytes())
-            );
+            )?;
         }
     }
+    // What was found comes before the summary on a terminal.
+    out.flush()?;
     eprintln!(
         "{} path(s) and {} database(s) found in {} snapshot(s) ({} directories read)",
         found.paths.len(),

@@ -30,7 +30,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         print_json(&entries)?;
         return Ok(Exit::Success);
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout_in_blocks();
     for e in &entries {
         writeln!(
             out,
@@ -43,5 +43,6 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
             escape_text(&e.path_bytes)
         )?;
     }
+    out.flush()?;
     Ok(Exit::Success)
 }
