@@ -240,10 +240,13 @@ impl Walk<'_> {
         if size_b != size_a {
             return Ok(false);
         }
-        // Different chunk ids, same size: only small files (slices of a
-        // shared chunk) are worth reading to tell.
-        let is_slice = |p: &Piece| matches!(p, Piece::Slice { .. });
-        if !b.pieces.iter().all(is_slice) || !a.pieces.iter().all(is_slice) || size_b > SMALL_FILE {
+        // Different chunk ids, same size: only a small file stored as a
+        // slice of a shared chunk on at least one side is worth reading to
+        // tell (the same bytes may be a slice in one snapshot and a chunk of
+        // their own in the other). Whole chunks alone differ when their ids do.
+        let has_slice = |c: &FileContent| c.pieces.iter().any(|p| matches!(p, Piece::Slice { .. }));
+        let has_hole = |c: &FileContent| c.pieces.iter().any(|p| p.chunk().is_none());
+        if size_b > SMALL_FILE || !(has_slice(b) || has_slice(a)) || has_hole(b) || has_hole(a) {
             return Ok(false);
         }
         Ok(self.bytes_of(&b.pieces)? == self.bytes_of(&a.pieces)?)
@@ -252,7 +255,11 @@ impl Walk<'_> {
     fn bytes_of(&mut self, pieces: &[Piece]) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for p in pieces {
-            let Piece::Slice { id, offset, len } = p else { continue };
+            let (id, offset, len) = match p {
+                Piece::Slice { id, offset, len } => (id, offset, len),
+                Piece::Chunk { id, len } => (id, &0, len),
+                Piece::Hole { .. } => continue,
+            };
             if !self.blobs.contains_key(id) {
                 if self.blobs.len() >= 64 {
                     self.blobs.clear();

@@ -108,7 +108,15 @@ impl Id {
         hex::encode(self.0)
     }
 
+    /// The id written as `s`, in the lower-case form [`Id::to_hex`] writes
+    /// and repository files are named by: an upper-case alias of a file's
+    /// name is not taken for the same file (a stray copy named so would
+    /// otherwise list a snapshot twice, and forgetting one would delete the
+    /// other's file).
     pub fn from_hex(s: &str) -> Option<Id> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
         let mut id = [0u8; 32];
         hex::decode_to_slice(s, &mut id).ok()?;
         Some(Id(id))

@@ -105,11 +105,11 @@ pub struct Repository {
     /// A remote repository's tree packs and index files on local disk.
     tree_packs: Option<FileCache>,
     index_files: Option<FileCache>,
-    /// Snapshots this process has read and authenticated, by id. A
+    /// Snapshots this process has read and authenticated, by file name. A
     /// snapshot file's name is the hash of its bytes, so reading it again
     /// (prune reads the list twice: to decide, then after its marks) can
     /// only give the same snapshot.
-    snapshots_read: Mutex<HashMap<Id, Snapshot>>,
+    snapshots_read: Mutex<HashMap<String, Snapshot>>,
 }
 
 impl Repository {
@@ -532,11 +532,11 @@ impl Repository {
         {
             let read_before = self.snapshots_read.lock().map_err(|_| Error::Invalid("snapshots read".into()))?;
             for file in &listed {
-                let id = Id::from_hex(&file.name);
-                let known = id
-                    .and_then(|id| read_before.get(&id).filter(|_| !from_files))
+                let known = read_before
+                    .get(&file.name)
+                    .filter(|_| !from_files)
                     .or_else(|| cache.as_ref().and_then(|c| c.get(file)));
-                match (known, id) {
+                match (known, Id::from_hex(&file.name)) {
                     (Some(snapshot), Some(id)) => good.push((id, snapshot.clone())),
                     _ => unread.push(file),
                 }
@@ -554,7 +554,7 @@ impl Repository {
                     if let Some(c) = &mut cache {
                         c.put(file, &found.1);
                     }
-                    read_before.insert(found.0, found.1.clone());
+                    read_before.insert(file.name.clone(), found.1.clone());
                     good.push(found);
                 }
                 Err(e) => bad.push((file.name.clone(), e)),

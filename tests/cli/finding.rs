@@ -216,6 +216,48 @@ fn diff_shows_added_removed_modified_type_and_metadata_changes() {
     t.cmd(["diff", "latest", "0000dead"]).assert().failure();
 }
 
+/// The same bytes can be stored as a slice of a shared chunk in one
+/// snapshot and as a chunk of their own in another (here: backed up into an
+/// uncompressed repository, where small files of 4 KiB or more stand alone,
+/// and copied into a compressed one, where text shares a chunk). `diff`
+/// tells by content, not by how it is stored.
+#[test]
+fn diff_tells_equal_bytes_stored_as_a_slice_and_as_a_chunk_apart_from_changed_ones() {
+    let plain = TestRepo::init_with(&["--compression-level", "0"]);
+    let src = plain.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("same.txt"), "a line of notes\n".repeat(600)).unwrap();
+    fs::write(src.join("edited.txt"), "another line\n".repeat(700)).unwrap();
+    plain.backup(&[&src]);
+
+    let packed = TestRepo::new();
+    packed
+        .cmd(["init", "--copy-params-from"])
+        .arg(plain.repo())
+        .env("HOLDFAST_FROM_PASSPHRASE", crate::util::PASSPHRASE)
+        .assert()
+        .success();
+    packed
+        .cmd(["copy", "--from"])
+        .arg(plain.repo())
+        .arg("--to")
+        .arg(packed.repo())
+        .env("HOLDFAST_FROM_PASSPHRASE", crate::util::PASSPHRASE)
+        .assert()
+        .success();
+    set_mtime(&src.join("same.txt"), 1_700_000_000); // touched, same bytes
+    fs::write(src.join("edited.txt"), "another lime\n".repeat(700)).unwrap(); // same size, new bytes
+    let second = packed.backup(&[&src]);
+    let copied = packed.snapshots_json()[0]["id"].as_str().unwrap().to_string();
+
+    let v = parse_json(&stdout_of(&packed.cmd(["diff", "--json", &copied[..8], &second[..8]]).assert().success()));
+    let base = src.to_str().unwrap();
+    let change =
+        |name: &str| v["changes"].as_array().unwrap().iter().find(|c| c["path"] == format!("{base}/{name}")).cloned();
+    assert_eq!(change("same.txt").map(|c| c["change"].clone()), Some("metadata".into()), "{v:#}");
+    assert_eq!(change("edited.txt").map(|c| c["change"].clone()), Some("modified".into()), "{v:#}");
+}
+
 #[test]
 fn stats_counts_logical_unique_and_stored_bytes() {
     let t = TestRepo::init();

@@ -175,6 +175,27 @@ fn a_dry_run_says_what_would_go_and_why_the_rest_stays_and_changes_nothing() {
 
 // ---------------------------------------------------------------- 2. space
 
+/// A snapshot file under a name that is not the hash of its bytes (here:
+/// a copy under the upper-case name) is damaged every time prune reads the
+/// list, not only the first: a name read before must not vouch for another.
+#[test]
+fn a_snapshot_file_under_a_name_that_is_not_its_hash_stops_prune_before_it_deletes_anything() {
+    let t = TestRepo::init();
+    let src = t_src(&t);
+    write_random(&src.join("data.bin"), 1, 64 * 1024);
+    let id = t.backup(&[&src]);
+    let dir = t.repo().join("snapshots");
+    fs::copy(dir.join(&id), dir.join(id.to_uppercase())).unwrap();
+    let packs = pack_files(t.repo());
+    let out = t.cmd(["prune", "--keep-last", "1", "--grace", "0s"]).assert().failure();
+    assert!(stderr_of(&out).contains("cannot be read"), "{}", stderr_of(&out));
+    assert_eq!(pack_files(t.repo()), packs, "nothing deleted");
+    assert!(dir.join(&id).exists(), "the real snapshot file stays");
+    fs::remove_file(dir.join(id.to_uppercase())).unwrap();
+    assert_checks(&t, true, "once the stray copy is gone");
+    assert_eq!(snapshot_ids(&t), vec![id]);
+}
+
 #[test]
 fn two_prunes_with_no_grace_give_the_space_of_forgotten_data_back() {
     let t = TestRepo::init();
