@@ -140,9 +140,9 @@ fn referenced_blobs(repo: &Repository, index: &Index, progress: Option<&Progress
     if let Some((name, e)) = unreadable.first() {
         return Err(Error::Invalid(format!(
             "snapshot {} cannot be read ({e}); not collecting garbage (nothing was deleted). \
-             `holdfast check` says more; `holdfast forget {}` removes it if it is beyond repair",
-            &name[..name.len().min(8)],
-            &name[..name.len().min(8)]
+             `holdfast check` says more; if it is beyond repair: {}",
+            crate::engine::backend::short_name(name),
+            crate::engine::backend::removing_snapshot_file(name)
         )));
     }
     let mut seen: HashSet<Id> = snaps.iter().map(|(_, s)| s.root).collect();

@@ -169,8 +169,8 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool, read_data: bool) -> Re
             repaired_as: None,
             lost: Vec::new(),
             error: Some(format!(
-                "the snapshot itself cannot be read ({e}); nothing to repair from: `holdfast forget {}`",
-                &name[..name.len().min(8)]
+                "the snapshot itself cannot be read ({e}); nothing to repair from: {}",
+                crate::engine::backend::removing_snapshot_file(&name)
             )),
         })
         .collect();

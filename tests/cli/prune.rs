@@ -188,10 +188,18 @@ fn a_snapshot_file_under_a_name_that_is_not_its_hash_stops_prune_before_it_delet
     fs::copy(dir.join(&id), dir.join(id.to_uppercase())).unwrap();
     let packs = pack_files(t.repo());
     let out = t.cmd(["prune", "--keep-last", "1", "--grace", "0s"]).assert().failure();
-    assert!(stderr_of(&out).contains("cannot be read"), "{}", stderr_of(&out));
+    let said = stderr_of(&out);
+    assert!(said.contains("cannot be read"), "{said}");
+    // Not `forget ABCD1234`: lower-cased, that would match the real one.
+    assert!(said.contains(&format!("move snapshots/{} out of the repository", id.to_uppercase())), "{said}");
     assert_eq!(pack_files(t.repo()), packs, "nothing deleted");
     assert!(dir.join(&id).exists(), "the real snapshot file stays");
     fs::remove_file(dir.join(id.to_uppercase())).unwrap();
+    // A name whose eighth byte is inside a character is named, not a crash.
+    fs::write(dir.join("abcdefg\u{e9}"), b"junk").unwrap();
+    let out = t.cmd(["prune", "--keep-last", "1", "--grace", "0s"]).assert().failure().code(1);
+    assert!(stderr_of(&out).contains("snapshots/abcdefg\u{e9} out of the repository"), "{}", stderr_of(&out));
+    fs::remove_file(dir.join("abcdefg\u{e9}")).unwrap();
     assert_checks(&t, true, "once the stray copy is gone");
     assert_eq!(snapshot_ids(&t), vec![id]);
 }

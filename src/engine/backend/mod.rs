@@ -320,6 +320,17 @@ pub fn short_name(name: &str) -> &str {
     name.char_indices().nth(8).map_or(name, |(i, _)| &name[..i])
 }
 
+/// How to get rid of snapshot file `name` that cannot be read: `forget`
+/// when it is named as holdfast names snapshots; otherwise it is no
+/// snapshot of ours (`forget` by its first characters could match a real
+/// one), so moving the file out of the repository.
+pub fn removing_snapshot_file(name: &str) -> String {
+    match crate::engine::crypto::Id::from_hex(name) {
+        Some(_) => format!("`holdfast forget {}`", short_name(name)),
+        None => format!("it is not a file holdfast wrote: move snapshots/{name} out of the repository"),
+    }
+}
+
 /// The object's name under a directory: packs fan out by two hex digits.
 pub fn relative_path(dir: Dir, name: &str) -> String {
     if dir == PACKS && name.len() > 2 {
