@@ -204,6 +204,24 @@ fn a_snapshot_file_under_a_name_that_is_not_its_hash_stops_prune_before_it_delet
     assert_eq!(snapshot_ids(&t), vec![id]);
 }
 
+/// A stray file in a pack directory, old enough to be swept as a leftover,
+/// whose name does not start with two one-byte characters: prune goes on.
+#[test]
+fn a_stray_file_with_a_multibyte_name_among_the_packs_does_not_stop_prune() {
+    let t = TestRepo::init();
+    let src = t_src(&t);
+    write_random(&src.join("data.bin"), 1, 64 * 1024);
+    t.backup(&[&src]);
+    let stray = t.repo().join("packs/ab");
+    fs::create_dir_all(&stray).unwrap();
+    let stray = stray.join("a\u{e9}-stray");
+    fs::write(&stray, b"not a pack").unwrap();
+    let st = Command::new("touch").arg("-d").arg("3 days ago").arg(&stray).status().unwrap();
+    assert!(st.success());
+    t.cmd(["prune", "--keep-last", "1", "--grace", "0s"]).assert().success();
+    assert_checks(&t, true, "after the sweep");
+}
+
 #[test]
 fn two_prunes_with_no_grace_give_the_space_of_forgotten_data_back() {
     let t = TestRepo::init();

@@ -333,11 +333,11 @@ pub fn removing_snapshot_file(name: &str) -> String {
 
 /// The object's name under a directory: packs fan out by two hex digits.
 pub fn relative_path(dir: Dir, name: &str) -> String {
-    if dir == PACKS && name.len() > 2 {
-        format!("{dir}/{}/{name}", &name[..2])
-    } else if dir == Dir::Root {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
+    // `get`: a stray name listed in a pack directory may not start with
+    // two one-byte characters.
+    match name.get(..2) {
+        Some(fan) if dir == PACKS && name.len() > 2 => format!("{dir}/{fan}/{name}"),
+        _ if dir == Dir::Root => name.to_string(),
+        _ => format!("{dir}/{name}"),
     }
 }
