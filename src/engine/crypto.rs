@@ -309,7 +309,13 @@ fn worth_compressing(data: &[u8], level: i32) -> bool {
             return true;
         }
     }
-    out.len() * 100 < 2 * SAMPLE * 97
+    pays(out.len(), 2 * SAMPLE)
+}
+
+/// Whether compressing `raw` bytes to `compressed` is worth keeping: it
+/// saves at least 3%.
+fn pays(compressed: usize, raw: usize) -> bool {
+    compressed * 100 < raw * 97
 }
 
 /// Whether a small file's bytes look incompressible (random, encrypted or
@@ -324,7 +330,7 @@ pub fn compresses_poorly(data: &[u8]) -> bool {
     let at = (data.len() - len) / 2;
     let sample = &data[at..at + len];
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(len));
-    compress_into(sample, &mut out, 1) && out.len() * 100 >= len * 97
+    compress_into(sample, &mut out, 1) && !pays(out.len(), len)
 }
 
 /// A thread's zstd contexts: costly to create, so each thread keeps one.

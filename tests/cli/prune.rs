@@ -486,21 +486,30 @@ fn history_state(src: &Path, round: u64) {
     }
 }
 
-#[test]
-fn forgetting_half_the_history_repacks_until_the_repository_is_near_a_fresh_copys_size() {
+/// Ten states of a source (`state(src, round)`) backed up into one
+/// repository, and the last five into a fresh one: the repository, the
+/// source, each backup's id with the tree it read, and the fresh copy.
+fn ten_states_and_a_fresh_copy_of_the_last_five(
+    state: fn(&Path, u64),
+) -> (TestRepo, PathBuf, Vec<(String, Vec<Node>)>, TestRepo) {
     let t = TestRepo::init();
     let src = t_src(&t);
     let mut ids = Vec::new();
     for round in 0..10 {
-        history_state(&src, round);
+        state(&src, round);
         ids.push((t.backup(&[&src]), tree_fingerprint(&src)));
     }
-    // The same five states, backed up into a fresh repository.
     let fresh = TestRepo::init();
     for round in 5..10 {
-        history_state(&src, round);
+        state(&src, round);
         fresh.backup(&[&src]);
     }
+    (t, src, ids, fresh)
+}
+
+#[test]
+fn forgetting_half_the_history_repacks_until_the_repository_is_near_a_fresh_copys_size() {
+    let (t, src, ids, fresh) = ten_states_and_a_fresh_copy_of_the_last_five(history_state);
     let first = prune_json(&t, &["--keep-last", "5", "--grace", "0s"]);
     assert_eq!(first["forgotten"], 5, "{first:#}");
     assert!(first["gc"]["packs_repacked"].as_u64().unwrap() >= 1, "partly used packs are repacked: {first:#}");
@@ -545,18 +554,7 @@ fn small_files_state(src: &Path, round: u64) {
 
 #[test]
 fn small_files_that_do_not_compress_give_their_space_back_and_text_still_shares_blobs() {
-    let t = TestRepo::init();
-    let src = t_src(&t);
-    let mut ids = Vec::new();
-    for round in 0..10 {
-        small_files_state(&src, round);
-        ids.push((t.backup(&[&src]), tree_fingerprint(&src)));
-    }
-    let fresh = TestRepo::init();
-    for round in 5..10 {
-        small_files_state(&src, round);
-        fresh.backup(&[&src]);
-    }
+    let (t, src, ids, fresh) = ten_states_and_a_fresh_copy_of_the_last_five(small_files_state);
     for _ in 0..2 {
         prune_json(&t, &["--keep-last", "5", "--grace", "0s"]);
     }
