@@ -230,13 +230,7 @@ fn diff_tells_equal_bytes_stored_as_a_slice_and_as_a_chunk_apart_from_changed_on
     fs::write(src.join("edited.txt"), "another line\n".repeat(700)).unwrap();
     plain.backup(&[&src]);
 
-    let packed = TestRepo::new();
-    packed
-        .cmd(["init", "--copy-params-from"])
-        .arg(plain.repo())
-        .env("HOLDFAST_FROM_PASSPHRASE", crate::util::PASSPHRASE)
-        .assert()
-        .success();
+    let packed = TestRepo::sharing_keys_with(&plain);
     packed
         .cmd(["copy", "--from"])
         .arg(plain.repo())
@@ -324,13 +318,7 @@ fn snapshots_restore_copy_and_prune_take_the_same_filters() {
     t.cmd(["restore", "latest", "--tag", "nothing", "--to"]).arg(t.path("none")).assert().failure();
 
     // copy --tag: only those snapshots go to the other repository.
-    let other = TestRepo::new();
-    other
-        .cmd(["init", "--copy-params-from"])
-        .arg(t.repo())
-        .env("HOLDFAST_FROM_PASSPHRASE", crate::util::PASSPHRASE)
-        .assert()
-        .success();
+    let other = TestRepo::sharing_keys_with(&t);
     t.cmd(["copy", "--tag", "web", "--from"])
         .arg(t.repo())
         .arg("--to")

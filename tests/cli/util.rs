@@ -61,6 +61,18 @@ impl TestRepo {
         t
     }
 
+    /// A new repository sharing `from`'s keys and chunker (`init
+    /// --copy-params-from`), so `copy` moves snapshots between the two.
+    pub fn sharing_keys_with(from: &TestRepo) -> TestRepo {
+        let t = TestRepo::new();
+        t.cmd(["init", "--copy-params-from"])
+            .arg(from.repo())
+            .env("HOLDFAST_FROM_PASSPHRASE", PASSPHRASE)
+            .assert()
+            .success();
+        t
+    }
+
     /// Use `passphrase` from now on (after `key passwd`).
     pub fn set_passphrase(&mut self, passphrase: &str) {
         self.passphrase = passphrase.to_string();
