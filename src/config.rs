@@ -216,6 +216,11 @@ impl Check for DatabaseConfig {
         if self.lock.is_some() && self.kind != DatabaseKind::Mysql {
             return Err("`lock = \"global-read\"` is for mysql entries only".into());
         }
+        if let Some(why) =
+            self.dump_args.iter().enumerate().find_map(|(i, _)| redirecting_dump_arg(self.kind, &self.dump_args, i))
+        {
+            return Err(why);
+        }
         let entry = self.entry_name();
         if entry.is_empty() || entry.contains('/') || entry.starts_with('.') {
             return Err(format!("database entry name {entry:?} cannot be used as a directory name; set `entry`"));
@@ -225,6 +230,58 @@ impl Check for DatabaseConfig {
         }
         Ok(())
     }
+}
+
+/// Why `args[i]` may not be a dump argument: an option that makes the dump
+/// name its own database (`CREATE DATABASE`, `USE`, `\connect`), so that
+/// loading it into a scratch or new database would write into the live one
+/// instead, or that sends the dump somewhere other than holdfast. Short
+/// options are read as getopt reads them (`-vC` is `-v -C`; in `-tCust`,
+/// `Cust` is `-t`'s value).
+fn redirecting_dump_arg(kind: DatabaseKind, args: &[String], i: usize) -> Option<String> {
+    // (forbidden long options, forbidden short letters, short letters that take a value)
+    let (long, short, takes_value): (&[&str], &str, &str) = match kind {
+        DatabaseKind::Postgresql => (&["create", "file", "format", "dbname"], "CfFd", "dEfFjnNSTtZhpUe"),
+        DatabaseKind::Mysql => {
+            (&["databases", "all-databases", "add-drop-database", "result-file", "tab", "xml"], "BArTX", "hPuSwrTWpDOo")
+        }
+        DatabaseKind::Sqlite => (&[], "", ""),
+    };
+    // A value given as the next argument (`-t users`) is not an option.
+    if i > 0 {
+        let prev = &args[i - 1];
+        if let Some(cluster) = prev.strip_prefix('-').filter(|c| !c.starts_with('-'))
+            && let Some(pos) = cluster.find(|c| takes_value.contains(c))
+            && pos + 1 == cluster.len()
+        {
+            return None;
+        }
+    }
+    let arg = &args[i];
+    let found = if let Some(name) = arg.strip_prefix("--") {
+        // The tools take any unambiguous prefix of a long option.
+        let name = name.split('=').next().unwrap_or(name);
+        long.iter().find(|l| !name.is_empty() && l.starts_with(name)).map(|l| format!("--{l}"))
+    } else if let Some(cluster) = arg.strip_prefix('-') {
+        let mut found = None;
+        for c in cluster.chars() {
+            if short.contains(c) {
+                found = Some(format!("-{c}"));
+                break;
+            }
+            if takes_value.contains(c) {
+                break;
+            }
+        }
+        found
+    } else {
+        None
+    };
+    found.map(|opt| {
+        format!(
+            "dump_args: {opt} ({arg:?}) is not allowed: holdfast chooses the dump's database, format and destination, and a dump that names its own database would load over the live one when restored or verified"
+        )
+    })
 }
 
 // ------------------------------------------------------------ resolved shape
@@ -389,6 +446,11 @@ impl CommandLine {
             CommandLine::Argv(v) => v.clone(),
             CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
         }
+    }
+
+    /// Whether it is one string for `/bin/sh -c`.
+    pub fn is_shell(&self) -> bool {
+        matches!(self, CommandLine::Shell(_))
     }
 
     /// The same command with every string passed through `f`.
@@ -1201,6 +1263,34 @@ mod tests {
         match shop(tail) {
             Ok(_) => panic!("accepted:\n{tail}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn dump_args_that_make_a_dump_name_its_own_database_are_refused_where_they_are_written() {
+        let entry = |kind: &str, args: &str| {
+            format!("[[jobs.shop.databases]]\nkind = \"{kind}\"\nname = \"shop\"\ndump_args = [{args}]\n")
+        };
+        for (kind, args, opt) in [
+            ("mysql", r#""--databases""#, "--databases"),
+            ("mysql", r#""--data""#, "--databases"),
+            ("mysql", r#""-B""#, "-B"),
+            ("mysql", r#""--skip-lock-tables", "-qA""#, "-A"),
+            ("mysql", r#""--add-drop-database""#, "--add-drop-database"),
+            ("mysql", r#""--result-file=/tmp/x""#, "--result-file"),
+            ("postgresql", r#""--create""#, "--create"),
+            ("postgresql", r#""-vC""#, "-C"),
+            ("postgresql", r#""--file", "/tmp/x""#, "--file"),
+        ] {
+            let e = error_of(&entry(kind, args));
+            assert!(e.starts_with(&format!("{FILE}:6:")), "{kind} {args}: {e}");
+            assert!(e.contains(&format!("{opt} ")) && e.contains("not allowed"), "{kind} {args}: {e}");
+        }
+        for (kind, args) in [
+            ("postgresql", r#""--exclude-table=audit", "-t", "-Cust", "-tCustomers", "--clean""#),
+            ("mysql", r#""--skip-extended-insert", "-w", "-B=1", "--tables", "--ignore-table=shop.log""#),
+        ] {
+            shop(&entry(kind, args)).unwrap_or_else(|e| panic!("{kind} {args}: {e}"));
         }
     }
 

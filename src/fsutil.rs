@@ -52,17 +52,23 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<()> {
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A new file under a name nobody can guess: whoever may write in `dir`
+    // (a metrics directory of another user) cannot have put a symlink there
+    // for holdfast to write through.
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| crate::Error::io(path, std::io::Error::other(e.to_string())))?;
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", u64::from_le_bytes(random)));
+    let mut created = false;
     let written = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        // The umask may have narrowed it, and an old temporary file keeps
-        // its mode: set it exactly.
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        created = true;
+        // The umask may have narrowed it: set it exactly.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    if written.is_err() {
+    if written.is_err() && created {
         let _ = std::fs::remove_file(&tmp);
     }
     written.at(path)
@@ -115,6 +121,14 @@ pub fn has_room(dir: &Path, bytes: u64, slack: u64) -> bool {
     free_space(dir).is_some_and(|free| free >= bytes.saturating_add(bytes / 10).saturating_add(slack))
 }
 
+/// Make a pipe 1 MiB (the unprivileged maximum) instead of 64 KiB, so a
+/// writer (ssh, a dump tool) can run that far ahead of a reader busy with
+/// what it read last. Not a pipe (sshd may use a socket pair), or not
+/// allowed: left as it is.
+pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +148,26 @@ mod tests {
         assert_eq!(std::fs::read(&f).unwrap(), b"two");
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
         assert!(create_private(&f).is_err(), "never over an existing file");
+    }
+
+    #[test]
+    fn a_symlink_where_a_file_is_written_is_replaced_never_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"root's own").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let metrics = t.path().join("holdfast-shop.prom");
+        std::os::unix::fs::symlink(&victim, &metrics).unwrap();
+        // Old-style guessable temporary names, planted in advance.
+        for pid in [std::process::id(), 1, 2] {
+            std::os::unix::fs::symlink(&victim, t.path().join(format!(".holdfast-shop.prom.{pid}.tmp"))).unwrap();
+        }
+
+        write_atomically(&metrics, b"metrics", 0o644).unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"root's own");
+        assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o777, 0o600);
+        assert!(std::fs::symlink_metadata(&metrics).unwrap().is_file());
+        assert_eq!(std::fs::read(&metrics).unwrap(), b"metrics");
     }
 }

@@ -12,11 +12,11 @@ use crate::config::{HookConfig, Job, Phase};
 use crate::plan::When;
 use crate::process::{self, Env, HeldProcess, ProcessSpec};
 use crate::record::HookRecord;
-use crate::template::{Vars, render};
+use crate::template::{Vars, render, render_command};
 
 /// Render a hook's command line and environment with `vars`.
 pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env), String> {
-    let argv = hook.run.try_map(|s| render(s, vars))?.argv();
+    let argv = hook.run.try_map(|s| render_command(s, vars, hook.run.is_shell()))?.argv();
     let env = hook.env.iter().map(|(k, v)| Ok((k.clone(), render(v, vars)?))).collect::<Result<Vec<_>, String>>()?;
     Ok((argv, env))
 }
@@ -24,19 +24,10 @@ pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env),
 /// The run's variables as every hook gets them in its environment (the
 /// README lists them); a hook's own `env` comes after and may override.
 fn run_variables(vars: &Vars, phase: Phase) -> Env {
-    [
-        ("HOLDFAST_JOB", vars.job.as_str()),
-        ("HOLDFAST_RUN_ID", &vars.run_id),
-        ("HOLDFAST_PHASE", phase.as_str()),
-        ("HOLDFAST_SPOOL", &vars.spool),
-        ("HOLDFAST_SNAPSHOT", &vars.snapshot),
-        ("HOLDFAST_ERROR", &vars.error),
-        ("HOLDFAST_TIME", &vars.time),
-        ("HOLDFAST_HOST", &vars.host),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    let mut env = crate::template::environment(vars);
+    env.retain(|(k, _)| k != "HOLDFAST_EVENT");
+    env.push(("HOLDFAST_PHASE".into(), phase.as_str().into()));
+    env
 }
 
 /// A hook's rendered command as a process, and its record so far. With

@@ -12,7 +12,9 @@ fn main() -> ExitCode {
         // an error worth a word.
         Err(e) if is_broken_pipe(&e) => Exit::Success,
         Err(e) => {
-            eprintln!("holdfast: error: {e:#}");
+            // Names in the chain come from file systems and repositories:
+            // none may move the cursor or colour the terminal.
+            eprintln!("holdfast: error: {}", holdfast::units::escape_message(&format!("{e:#}")));
             Exit::of_error(&e, None)
         }
     };

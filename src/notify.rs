@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::config::{Event, NotifyConfig};
 use crate::process::{self, ProcessSpec};
-use crate::template::{Vars, render};
+use crate::template::{Vars, render, render_command};
 
 /// Send `event` to every target of `targets` that listens for it.
 pub fn notify(targets: &[NotifyConfig], event: Event, vars: &Vars) {
@@ -33,8 +33,9 @@ pub fn notify(targets: &[NotifyConfig], event: Event, vars: &Vars) {
 }
 
 fn send_command(cmd: &crate::config::CommandLine, vars: &Vars, timeout: Duration) -> Result<(), String> {
-    let argv = cmd.try_map(|s| render(s, vars))?.argv();
-    let spec = ProcessSpec { argv, timeout, ..Default::default() };
+    let argv = cmd.try_map(|s| render_command(s, vars, cmd.is_shell()))?.argv();
+    let env = crate::template::environment(vars);
+    let spec = ProcessSpec { argv, env, timeout, ..Default::default() };
     let never = AtomicBool::new(false);
     let out = process::run(&spec, &never).map_err(|e| format!("{}: {e}", cmd.display()))?;
     if !out.success() {

@@ -169,16 +169,27 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut expr = duct::cmd(program, args).stderr_capture().unchecked();
+    // Output is captured into memory files, not pipes: a pipe ends only when
+    // every process holding it is gone, and a hook that leaves a daemon
+    // behind (`setsid daemon &`) would keep holdfast waiting for as long as
+    // that daemon lives, past any timeout.
+    let mut stderr = capture_file()?;
+    let mut expr = duct::cmd(program, args).stderr_file(stderr.try_clone()?).unchecked();
     expr = match (&spec.stdin_file, &spec.stdin_pipe) {
         (Some(p), _) => expr.stdin_path(p),
         (None, Some(fd)) => expr.stdin_file(fd.try_clone()?),
         (None, None) => expr.stdin_null(),
     };
+    let mut stdout = None;
     expr = match (&spec.stdout_file, &spec.stdout_pipe) {
         (Some(p), _) => expr.stdout_path(p),
         (None, Some(fd)) => expr.stdout_file(fd.try_clone()?),
-        (None, None) => expr.stdout_capture(),
+        (None, None) => {
+            let file = capture_file()?;
+            let child_end = file.try_clone()?;
+            stdout = Some(file);
+            expr.stdout_file(child_end)
+        }
     };
     if let Some(d) = &spec.cwd {
         expr = expr.dir(d);
@@ -201,8 +212,8 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         if let Some(out) = handle.try_wait()? {
             return Ok(ProcessOutcome {
                 code: out.status.code(),
-                stdout: out.stdout.clone(),
-                stderr: out.stderr.clone(),
+                stdout: stdout.as_mut().map(captured).transpose()?.unwrap_or_default(),
+                stderr: captured(&mut stderr)?,
                 duration: started.elapsed(),
                 timed_out,
                 cancelled,
@@ -228,6 +239,21 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         std::thread::sleep(nap);
         nap = (nap * 2).min(Duration::from_millis(20));
     }
+}
+
+/// An anonymous file in memory for a child's output.
+fn capture_file() -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(c"holdfast-output", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// What a child wrote into `file` so far.
+fn captured(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Where `program` is: a path to an executable file, or a name on `$PATH`.

@@ -67,6 +67,15 @@ pub struct DumpRecord {
     pub size: u64,
 }
 
+impl DumpRecord {
+    /// Whether it holds a server's roles and tablespaces (`pg_dumpall
+    /// --globals-only`), not a database: such a dump cannot be loaded into a
+    /// scratch database (the roles exist on the server already).
+    pub fn is_server_globals(&self) -> bool {
+        self.tool == "pg_dumpall"
+    }
+}
+
 /// What a hook did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HookRecord {

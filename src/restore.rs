@@ -262,13 +262,16 @@ pub fn with_dump_input<T>(
     load(&DumpInput::Stream { name: &name, feed: &feed })
 }
 
-/// Write a dump out of the snapshot into `dir`; returns its path.
-pub fn extract_dump(repo: &Repository, snap: &Snapshot, dump: &DumpRecord, dir: &Path) -> Result<PathBuf> {
+/// Write a dump out of the snapshot into the scratch directory `dir` for a
+/// load tool that needs a file it can seek in; returns its path. Not
+/// fsynced: the load reads it back at once from memory, and a crash ends
+/// the load, which starts over from the repository.
+fn extract_dump(repo: &Repository, snap: &Snapshot, dump: &DumpRecord, dir: &Path) -> Result<PathBuf> {
     let name = Path::new(&dump.file).file_name().context("dump record without a file name")?;
     let out = dir.join(name);
-    let mut f = crate::fsutil::create_private(&out)?;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, crate::fsutil::create_private(&out)?);
     extract_file(repo, snap, Path::new(&dump.file), &mut f)?;
-    f.sync_all()?;
+    f.into_inner().map_err(|e| e.into_error())?;
     Ok(out)
 }
 
@@ -397,8 +400,9 @@ fn load_database(
 }
 
 /// MySQL reload for databases with more than tables: copy live → `keep`
-/// (a full dump and load), then recreate live from the snapshot's dump. The
-/// old state exists in `keep` before live is touched.
+/// (its dump piped straight into the load, no spool space), then recreate
+/// live from the snapshot's dump. The old state exists in `keep` before live
+/// is touched; a copy that fails leaves live untouched and no `keep`.
 fn reload_mysql_by_copy(
     db: &DatabaseConfig,
     conn: &crate::dump::mysql::Connection,
@@ -408,18 +412,46 @@ fn reload_mysql_by_copy(
     dump: &DumpInput,
     ctx: &DumpContext,
 ) -> Result<()> {
-    let live_cfg = DatabaseConfig { name: Some(live.to_string()), entry: Some("live".into()), ..db.clone() };
+    let live_cfg =
+        DatabaseConfig { name: Some(live.to_string()), entry: Some("live".into()), stream: true, ..db.clone() };
     let dir = ctx.run.dumps.join("live");
     crate::spool::ensure_private_dir(&dir)?;
-    let old = crate::dump::mysql::dump(&live_cfg, &dir, ctx).context("copying the live database aside")?;
-    let old_file = dir.join(Path::new(&old[0].file).file_name().context("dump file name")?);
-    conn.load(keep, &DumpInput::File(&old_file), ctx, db.timeout.0)
-        .with_context(|| format!("copying the live database to {keep:?}; the live database is untouched"))?;
+    let into_keep = LoadInto { conn, name: keep, ctx, timeout: db.timeout.0 };
+    let copy_ctx = DumpContext { stream: Some(&into_keep), ..*ctx };
+    if let Err(e) = crate::dump::mysql::dump(&live_cfg, &dir, &copy_ctx) {
+        let _ = conn.drop_database(keep);
+        let _ = conn.drop_database(loaded);
+        return Err(e.context(format!("copying the live database to {keep:?}; the live database is untouched")));
+    }
     conn.drop_database(live)?;
     conn.load(live, dump, ctx, db.timeout.0).with_context(|| {
         format!("loading the snapshot into {live:?} failed after it was emptied; its previous state is in {keep:?}")
     })?;
     conn.drop_database(loaded)
+}
+
+/// A database dump loaded into MySQL database `name` as it is made: the
+/// [`DumpSink`](crate::dump::DumpSink) of a copy from one database to
+/// another. A dump that fails after part of it was loaded fails the copy
+/// (the dump's own outcome is checked after the load).
+struct LoadInto<'a> {
+    conn: &'a crate::dump::mysql::Connection,
+    name: &'a str,
+    ctx: &'a DumpContext<'a>,
+    timeout: std::time::Duration,
+}
+
+impl crate::dump::DumpSink for LoadInto<'_> {
+    fn store(&self, _entry: &str, file_name: &str, reader: &mut dyn std::io::Read, _: &AtomicBool) -> Result<u64> {
+        let reader = std::cell::RefCell::new(reader);
+        let copied = std::cell::Cell::new(0);
+        let feed = |out: &mut dyn std::io::Write| -> Result<()> {
+            copied.set(std::io::copy(&mut *reader.borrow_mut(), out)?);
+            Ok(())
+        };
+        self.conn.load(self.name, &DumpInput::Stream { name: file_name, feed: &feed }, self.ctx, self.timeout)?;
+        Ok(copied.get())
+    }
 }
 
 /// Run smoke queries against database `name`.

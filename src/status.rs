@@ -92,7 +92,7 @@ pub fn status(jobs: &[&Job]) -> Result<Vec<JobStatus>> {
                 {
                     st.problems.push(format!(
                         "snapshot {} of the last successful run is missing from repository {repo_name:?}",
-                        &expected[..8.min(expected.len())]
+                        crate::engine::backend::short_name(expected)
                     ));
                 }
             }

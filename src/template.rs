@@ -40,6 +40,49 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, String> {
     })
 }
 
+/// Render the template of a command; `shell` when the command is one
+/// string for `/bin/sh -c`. There every value is made inert first: a file
+/// name in `{{error}}` could otherwise run commands as holdfast's user
+/// (`'`, `;`, `$(…)` and newlines are the shell's, not the value's). An
+/// argv's strings get the values exactly, as do `$HOLDFAST_*`.
+pub fn render_command(template: &str, vars: &Vars, shell: bool) -> Result<String, String> {
+    if !shell {
+        return render(template, vars);
+    }
+    let inert = |v: &str| -> String {
+        v.chars().map(|c| if c.is_alphanumeric() || " _-.,:/@%+".contains(c) { c } else { '_' }).collect()
+    };
+    let vars = Vars {
+        job: inert(&vars.job),
+        run_id: inert(&vars.run_id),
+        spool: inert(&vars.spool),
+        snapshot: inert(&vars.snapshot),
+        event: inert(&vars.event),
+        error: inert(&vars.error),
+        time: inert(&vars.time),
+        host: inert(&vars.host),
+    };
+    render(template, &vars)
+}
+
+/// The run's variables as commands find them in their environment
+/// (`HOLDFAST_JOB`, …; the README lists them), exact whatever the command's form.
+pub fn environment(vars: &Vars) -> Vec<(String, String)> {
+    [
+        ("HOLDFAST_JOB", vars.job.as_str()),
+        ("HOLDFAST_RUN_ID", &vars.run_id),
+        ("HOLDFAST_SPOOL", &vars.spool),
+        ("HOLDFAST_SNAPSHOT", &vars.snapshot),
+        ("HOLDFAST_EVENT", &vars.event),
+        ("HOLDFAST_ERROR", &vars.error),
+        ("HOLDFAST_TIME", &vars.time),
+        ("HOLDFAST_HOST", &vars.host),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +93,22 @@ mod tests {
         assert_eq!(render("{{job}}: {{event}} <&>", &vars).unwrap(), "shop: failure <&>");
         let err = render("{{jbo}}", &vars).unwrap_err();
         assert!(err.contains("jbo"), "{err}");
+    }
+
+    #[test]
+    fn values_in_a_shell_string_cannot_become_shell_syntax() {
+        let vars = Vars {
+            job: "shop".into(),
+            error: "changed while read: /srv/x';cd;touch pwned;'y\n$(reboot) `id` \"q\" >f &".into(),
+            ..Default::default()
+        };
+        let line = render_command("echo 'holdfast {{job}}: {{error}}' {{{error}}} \"{{error}}\"", &vars, true).unwrap();
+        assert_eq!(
+            line,
+            "echo 'holdfast shop: changed while read: /srv/x__cd_touch pwned__y___reboot_ _id_ _q_ _f _' \
+             changed while read: /srv/x__cd_touch pwned__y___reboot_ _id_ _q_ _f _ \
+             \"changed while read: /srv/x__cd_touch pwned__y___reboot_ _id_ _q_ _f _\""
+        );
+        assert_eq!(render_command("{{error}}", &vars, false).unwrap(), vars.error, "an argv gets the value exactly");
     }
 }

@@ -28,6 +28,18 @@ pub fn escape_text(bytes: &[u8]) -> String {
     out
 }
 
+/// A message for a terminal that may span lines (an error chain): like
+/// [`escape_text`], but its line breaks and tabs stay as they are.
+pub fn escape_message(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Bytes in binary units, for people.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -90,6 +102,9 @@ impl<'de> Deserialize<'de> for DurationSpec {
     }
 }
 
+/// The longest duration holdfast takes: 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 36525 * 864);
+
 /// Parse `1h30m`, `5m`, `26h`, `2d`, `500ms`, `30s`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let bad =
@@ -106,7 +121,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "ms" => {
-                total += Duration::from_millis(n);
+                total = total.checked_add(Duration::from_millis(n)).ok_or_else(bad)?;
                 rest = &rest[unit_len..];
                 continue;
             }
@@ -117,8 +132,13 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             "w" => 7 * 86400,
             _ => return Err(bad()),
         };
-        total += Duration::from_secs(n.checked_mul(secs).ok_or_else(bad)?);
+        total = total.checked_add(Duration::from_secs(n.checked_mul(secs).ok_or_else(bad)?)).ok_or_else(bad)?;
         rest = &rest[unit_len..];
+    }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {s:?}: longer than 100 years (every deadline and time computed from it must stay representable)"
+        ));
     }
     Ok(total)
 }

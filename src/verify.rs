@@ -87,6 +87,13 @@ pub fn verify_job(
             error: None,
         };
         let result = (|| -> Result<()> {
+            if dump.is_server_globals() {
+                // Roles and tablespaces: loading them where they already
+                // exist fails, so they are read back whole (every chunk
+                // proven) instead.
+                crate::engine::restore::extract_file(&repo, &snap, Path::new(&dump.file), &mut std::io::sink())?;
+                return Ok(());
+            }
             let db = dump_config(job, dump)?;
             let server = Server::of(db)?;
             check.scratch = match db.kind {

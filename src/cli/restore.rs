@@ -120,7 +120,7 @@ fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     drop(display);
     let summary = summary?;
     for w in &summary.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::units::escape_text(w.as_bytes()));
     }
     if args.json {
         print_json(&summary)?;
@@ -144,7 +144,7 @@ fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
 
 fn print_report(r: &RestoreReport) -> Result<()> {
     for w in &r.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", crate::units::escape_text(w.as_bytes()));
     }
     match (&r.files, &r.database) {
         (Some(f), _) => outln!(

@@ -36,8 +36,8 @@ pub fn run(args: &Args, _ctx: &Context) -> Result<Exit> {
     let raw = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from);
     let stdin = raw(std::io::stdin().as_fd()).context("stdin")?;
     let stdout = raw(std::io::stdout().as_fd()).context("stdout")?;
-    crate::engine::backend::protocol::widen_pipe(stdin.as_fd());
-    crate::engine::backend::protocol::widen_pipe(stdout.as_fd());
+    crate::fsutil::widen_pipe(stdin.as_fd());
+    crate::fsutil::widen_pipe(stdout.as_fd());
     crate::engine::backend::serve::serve(
         &dir,
         args.append_only,

@@ -8,6 +8,7 @@
 
 pub mod mysql;
 pub mod postgres;
+mod read_ahead;
 pub mod sqlite;
 
 use std::io::{Read, Write};
@@ -117,14 +118,21 @@ fn run_streamed(
     cancel: &AtomicBool,
 ) -> Result<(ProcessOutcome, Result<u64>)> {
     let tool = spec.argv.first().cloned().unwrap_or_default();
-    let (mut reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
+    let (reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
+    crate::fsutil::widen_pipe(std::os::fd::AsFd::as_fd(&reader));
     spec.stdout_pipe = Some(std::sync::Arc::new(writer.into()));
     let (outcome, stored) = run_beside(spec, cancel, move |stop| {
-        let stored = sink.store(entry, file_name, &mut reader, stop);
-        if stored.is_err() {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        stored
+        std::thread::scope(|s| {
+            let (blocks, mut ahead) = read_ahead::channel();
+            s.spawn(move || read_ahead::fill(reader, blocks));
+            let stored = sink.store(entry, file_name, &mut ahead, stop);
+            // The tool is stopped before the read-ahead is waited for:
+            // a tool that writes nothing more would never end its read.
+            if stored.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            stored
+        })
     })?;
     // Storing failed and so the tool was stopped: that failure is the
     // cause, not the tool's end.
@@ -214,6 +222,7 @@ fn run_fed(
 ) -> Result<ProcessOutcome> {
     let tool = spec.argv.first().cloned().unwrap_or_default();
     let (reader, mut writer) = std::io::pipe().context("making a pipe to load a dump through")?;
+    crate::fsutil::widen_pipe(std::os::fd::AsFd::as_fd(&writer));
     spec.stdin_pipe = Some(std::sync::Arc::new(reader.into()));
     let (outcome, (fed, unfinished_input)) = run_beside(spec, cancel, move |stop| match feed(&mut writer) {
         // The whole dump went in: its end of input lets the tool finish.
@@ -268,12 +277,26 @@ pub(crate) fn record(
     })
 }
 
-/// A file name for a database's dump that cannot escape its directory.
+/// A file name for a database's dump that cannot escape its directory and
+/// that no other database name maps to (`/`, NUL, `%` and a leading `.` are
+/// written `%XX`), so one entry's dumps never overwrite each other. A name
+/// starting with `%` and a letter is never made: [`SERVER_GLOBALS_FILE`].
 pub(crate) fn dump_file(dir: &Path, db_name: &str, ext: &str) -> PathBuf {
-    let safe: String = db_name.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
-    let safe = if safe.starts_with('.') { format!("_{safe}") } else { safe };
+    let mut safe = String::with_capacity(db_name.len() + 5);
+    for (i, c) in db_name.chars().enumerate() {
+        match c {
+            '/' | '\0' | '%' => safe.push_str(&format!("%{:02X}", c as u32)),
+            '.' if i == 0 => safe.push_str("%2E"),
+            c => safe.push(c),
+        }
+    }
     dir.join(format!("{safe}.{ext}"))
 }
+
+/// The file of a server's roles and tablespaces (`pg_dumpall
+/// --globals-only`) beside its databases' dumps: a name [`dump_file`] never
+/// gives a database, even one called `globals`.
+pub(crate) const SERVER_GLOBALS_FILE: &str = "%globals.sql";
 
 /// A small tokio runtime for the few queries a dump needs.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -412,7 +435,25 @@ pub fn major_version(v: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::major_version;
+    use super::{SERVER_GLOBALS_FILE, dump_file, major_version};
+    use std::path::Path;
+
+    #[test]
+    fn every_database_name_has_a_dump_file_of_its_own_inside_its_directory() {
+        let names = ["shop", "a/b", "a_b", "a%2Fb", ".x", "_.x", "%2Ex", "..", "globals", "%globals", "a\0b", "é/ü"];
+        let files: Vec<_> = names.iter().map(|n| dump_file(Path::new("/spool/pg"), n, "sql")).collect();
+        for (name, file) in names.iter().zip(&files) {
+            assert_eq!(file.parent(), Some(Path::new("/spool/pg")), "{name:?} → {file:?}");
+            let base = file.file_name().unwrap().to_string_lossy();
+            assert!(!base.starts_with('.'), "{name:?} → {base}: hidden, or . or ..");
+            assert_ne!(base, SERVER_GLOBALS_FILE, "{name:?} takes the roles' file");
+        }
+        let mut unique = files.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), files.len(), "two names share a file: {files:#?}");
+        assert_eq!(files[0], Path::new("/spool/pg/shop.sql"), "plain names stay as they are");
+    }
 
     #[test]
     fn major_versions_compare_servers_and_tools() {

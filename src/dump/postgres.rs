@@ -102,7 +102,7 @@ impl Connection {
                 format!("--host={}", self.host),
                 format!("--port={}", self.port),
                 format!("--username={}", self.user),
-                format!("--dbname={dbname}"),
+                dbname_arg(dbname),
                 "-c".into(),
                 sql.into(),
             ],
@@ -133,12 +133,21 @@ impl Connection {
             env.push(("PGPASSWORD".into(), pw.clone()));
         } else if let Some(pw) = &self.password {
             let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
-            let line = format!("*:*:*:{}:{}\n", escape(&self.user), escape(pw));
+            // For this server only: a connection elsewhere gets no password.
+            let line = format!("{}:{}:*:{}:{}\n", escape(&self.host), self.port, escape(&self.user), escape(pw));
             let file = ctx.run.write_private(&format!("pgpass-{}", unique()), line.as_bytes())?;
             env.push(("PGPASSFILE".into(), file.to_string_lossy().into_owned()));
         }
         Ok((args, env))
     }
+}
+
+/// `--dbname=` for a database *name*. The tools read a `--dbname` holding
+/// `=` (or a URI) as a whole connection string, so a database someone named
+/// `host=elsewhere dbname=x` would send the dump, and the password, to
+/// another server: the name goes in as the quoted value of `dbname=`.
+fn dbname_arg(name: &str) -> String {
+    format!("--dbname=dbname='{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn unique() -> String {
@@ -154,7 +163,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     let mut records = Vec::new();
     let names = if db.is_all() {
         let started = jiff::Timestamp::now();
-        let globals = dir.join("globals.sql");
+        let globals = dir.join(super::SERVER_GLOBALS_FILE);
         let mut argv = vec!["pg_dumpall".to_string(), "--globals-only".into()];
         argv.extend(base_args.iter().cloned());
         let size = run_tool(argv, env.clone(), &globals, db, ctx)?;
@@ -187,7 +196,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         }
         argv.extend(base_args.iter().cloned());
         argv.extend(db.dump_args.iter().cloned());
-        argv.push(format!("--dbname={name}"));
+        argv.push(dbname_arg(&name));
         let size = run_tool(argv, env.clone(), &out, db, ctx)?;
         records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, size, Some(server), started)?);
     }
@@ -277,7 +286,7 @@ impl Connection {
             ]
         };
         argv.extend(args);
-        argv.push(format!("--dbname={name}"));
+        argv.push(dbname_arg(name));
         let tool = argv[0].clone();
         let spec = crate::process::ProcessSpec {
             argv,

@@ -309,7 +309,8 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
             if !dry_run {
                 repo.backend().remove(MARKS, &pack.to_hex())?;
             }
-        } else if now.duration_since(*marked_at) >= grace && oldest_running.is_none_or(|r| r > *marked_at + MARK_MARGIN)
+        } else if now.duration_since(*marked_at) >= grace
+            && oldest_running.is_none_or(|r| marked_at.checked_add(MARK_MARGIN).is_ok_and(|m| r > m))
         {
             delete.insert(*pack);
         } else {
@@ -402,7 +403,12 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     }
     // Leftovers of interrupted runs: unindexed packs and tmp files older
     // than the grace period and than every backup still running.
-    let cutoff = oldest_running.map_or(now, |r| r.min(now)) - grace.max(LEFTOVER_MIN_AGE);
+    // Times out of range (a running record's, a grace of centuries) leave
+    // nothing old enough.
+    let cutoff = oldest_running
+        .map_or(now, |r| r.min(now))
+        .checked_sub(grace.max(LEFTOVER_MIN_AGE))
+        .unwrap_or(jiff::Timestamp::MIN);
     let tmp = repo.backend().list(TMP).unwrap_or_default();
     for (dir, candidates) in [(PACKS, listed_packs), (TMP, tmp)] {
         for file in candidates {

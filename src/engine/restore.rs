@@ -777,6 +777,7 @@ pub fn restore_staged(
                     target.display()
                 )));
             }
+            refuse_mounts_below(target, &resolved)?;
         }
         Some(md) if !overwrite => {
             let kind = if md.file_type().is_symlink() { "a symlink" } else { "not a directory" };
@@ -814,15 +815,43 @@ pub fn restore_staged(
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
         )
         .map_err(|e| Error::io(target, std::io::Error::from(e)))?;
-        // What was there now sits at the staging path.
+        // What was there now sits at the staging path; a file system
+        // mounted inside it since the check above moved with it and is
+        // never emptied.
         let old_was_dir = existing.as_ref().is_some_and(|md| md.is_dir());
-        if old_was_dir { std::fs::remove_dir_all(&staging) } else { std::fs::remove_file(&staging) }
-            .map_err(|e| Error::io(&staging, e))?;
+        if old_was_dir {
+            let moved = std::fs::canonicalize(&staging).unwrap_or_else(|_| staging.clone());
+            refuse_mounts_below(&staging, &moved).map_err(|e| {
+                Error::Invalid(format!("the restore is in place at {}; the old tree was kept: {e}", target.display()))
+            })?;
+            std::fs::remove_dir_all(&staging)
+        } else {
+            std::fs::remove_file(&staging)
+        }
+        .map_err(|e| Error::io(&staging, e))?;
     } else {
         std::fs::rename(&staging, target).map_err(|e| Error::io(target, e))?;
     }
     crate::engine::backend::sync_dir(parent)?;
     Ok(summary)
+}
+
+/// Refuse to replace directory `shown` (at `resolved`) while another file
+/// system is mounted below it: replacing the tree would delete what is on
+/// that file system (which the snapshot may not even hold, as with
+/// `one_file_system`) and move the mount aside.
+fn refuse_mounts_below(shown: &Path, resolved: &Path) -> Result<()> {
+    let mounts = crate::engine::select::mounts_below(resolved);
+    let Some((first, kind)) = mounts.first() else {
+        return Ok(());
+    };
+    Err(Error::Invalid(format!(
+        "{} has a file system mounted below it ({kind} at {}{}); --overwrite would delete what is on it: \
+         unmount it first, or restore elsewhere and move what you need",
+        shown.display(),
+        first.display(),
+        if mounts.len() > 1 { format!(" and {} more", mounts.len() - 1) } else { String::new() }
+    )))
 }
 
 /// Figures of a comparison of restored files with their snapshot.

@@ -108,28 +108,6 @@ fn the_first_dump_that_fails_stops_the_others_and_no_snapshot_is_made() {
     }
 }
 
-/// A tmpfs of `mib` MiB at `at` (the spool of a test), unmounted on drop.
-struct SmallTmpfs(std::path::PathBuf);
-
-impl SmallTmpfs {
-    fn mount(at: &std::path::Path, mib: u32) -> SmallTmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-        SmallTmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
-}
-
 /// A job `app` dumping `pg`, `my` and the SQLite file `lite`, each
 /// `stream`ed or not, with its spool at `spool` and a `finally` hook that
 /// leaves `finally-ran`.
@@ -190,7 +168,7 @@ fn streamed_dumps_need_no_spool_space_and_reload_exactly() {
     crate::whole_system::require_root();
     let env = JobEnv::new();
     let spool = env.path("small-spool");
-    let _tmpfs = SmallTmpfs::mount(&spool, 16);
+    let _tmpfs = crate::util::SmallTmpfs::mount(&spool, 16);
     // Each dump is several times the spool's 16 MiB.
     let pg = PgDatabase::create("streampg");
     pg.sql(

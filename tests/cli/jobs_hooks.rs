@@ -158,6 +158,31 @@ fn a_hook_past_its_timeout_is_killed_the_run_fails_and_finally_runs() {
     wait_for("the timed-out hook's processes to end", Duration::from_secs(3), || processes_running(&sleep).is_empty());
 }
 
+/// A hook that starts a daemon in a session of its own, which keeps the
+/// hook's output open: the run goes on when the hook itself has exited, and
+/// the daemon is left alone (it is not holdfast's to end).
+#[test]
+fn a_hook_that_leaves_a_daemon_behind_does_not_hold_the_run() {
+    let env = JobEnv::new();
+    let sleep = distinct_sleep();
+    let _daemon = crate::jobs_util::KillOnDrop(sleep.clone());
+    fs::create_dir(env.path("uploads")).unwrap();
+    env.config(&format!(
+        "[jobs.app]\n[[jobs.app.hooks]]\nphase = \"before\"\nrun = {}\ntimeout = \"20s\"\n\n{}[jobs.app.files]\npaths = [\"uploads\"]\n",
+        q(format!("echo starting the daemon; setsid {sleep} &")),
+        marker_hooks("app", &["on_success", "finally"])
+    ))
+    .init_repo();
+
+    let ran = env.run(&["app"]);
+
+    ran.assert_ok();
+    assert!(ran.elapsed < Duration::from_secs(15), "the run waited for the daemon: {ran:?}");
+    assert_eq!(env.lines("phases"), ["on_success", "finally"]);
+    assert_eq!(env.snapshots_json("app").len(), 1);
+    assert_eq!(processes_running(&sleep).len(), 1, "the daemon still runs");
+}
+
 #[test]
 fn sigterm_stops_the_run_and_finally_still_runs() {
     let env = JobEnv::new();

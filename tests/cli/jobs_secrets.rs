@@ -152,3 +152,43 @@ fn a_postgresql_password_from_a_file_never_leaks() {
     let dump = fs::read_to_string(env.path(&format!("restored/.holdfast/databases/{0}/{0}.sql", db.name))).unwrap();
     assert!(dump.contains("dumped as the role"), "the role's dump should hold the row:\n{dump}");
 }
+
+/// A database name that reads as a libpq connection string (anyone who may
+/// create a database can pick one) is dumped as that database: no tool
+/// connects where the name points, so no password goes there.
+#[test]
+fn a_postgresql_database_named_like_a_connection_string_is_dumped_as_itself() {
+    let env = JobEnv::new();
+    let server = crate::jobs_util::Postgres::from_env();
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let name = format!("host=127.0.0.1 port={port} dbname={}", unique("lure"));
+    let quoted = name.replace('"', "\"\"");
+    let conninfo = format!("dbname='{name}'");
+    server.sql("postgres", &format!("CREATE DATABASE \"{quoted}\";"));
+    struct DropNamed<'a>(&'a crate::jobs_util::Postgres, String);
+    impl Drop for DropNamed<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.try_sql("postgres", &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE);", self.1));
+        }
+    }
+    let _dropped = DropNamed(&server, quoted);
+    server.sql(&conninfo, "CREATE TABLE t (v text);\nINSERT INTO t VALUES ('the lure''s own row');");
+    fs::write(env.path("db.pass"), "not-for-anyone-else\n").unwrap();
+    env.config(&format!(
+        "[jobs.crm]\n[[jobs.crm.databases]]\nkind = \"postgresql\"\nname = {}\nentry = \"lure\"\n{}password_file = \"db.pass\"\n",
+        q(&name),
+        server.toml()
+    ))
+    .init_repo();
+
+    env.run(&["crm"]).assert_ok();
+
+    assert!(trap.accept().is_err(), "a tool connected to the port the database name points at");
+    let snap = env.only_snapshot("crm");
+    let out = env.restore(snap["id"].as_str().unwrap(), "restored");
+    let dir = out.join(".holdfast/databases/lure");
+    let dump: String = fs::read_dir(&dir).unwrap().map(|e| fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert!(dump.contains("the lure's own row"), "the dump is the named database's:\n{dump}");
+}

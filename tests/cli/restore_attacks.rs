@@ -704,6 +704,33 @@ fn a_job_restore_refuses_an_existing_file_or_non_empty_directory_without_overwri
     assert_eq!(staging_dirs(&env.path("")), Vec::<String>::new());
 }
 
+/// `--overwrite` of a directory with a file system mounted inside it (here
+/// one that `one_file_system` kept out of the snapshot): refused before
+/// anything moves, so nothing on the mount is deleted and the mount stays
+/// where it is.
+#[test]
+fn overwrite_refuses_a_directory_with_a_file_system_mounted_inside() {
+    let env = JobEnv::new();
+    let site = env.path("site");
+    write(&site.join("index.html"), "<h1>shop</h1>\n");
+    fs::create_dir_all(site.join("uploads")).unwrap();
+    let mounted = crate::util::SmallTmpfs::mount(&site.join("uploads"), 4);
+    write(&site.join("uploads/photo.jpg"), "only on the mount\n");
+    env.config("[jobs.site]\n[jobs.site.files]\npaths = [\"site\"]\none_file_system = true\n").init_repo();
+    env.run(&["site"]).assert_ok();
+    let before = tree_fingerprint(&site);
+
+    assert_refused(
+        env.engine(["restore", "site", "--files", "--path"]).arg(&site).args(["--overwrite", "--to"]).arg(&site),
+        &["mounted below", "uploads", "unmount"],
+    );
+
+    assert_same_tree(&before, &tree_fingerprint(&site));
+    assert_eq!(fs::read_to_string(site.join("uploads/photo.jpg")).unwrap(), "only on the mount\n");
+    assert_eq!(staging_dirs(&env.path("")), Vec::<String>::new());
+    drop(mounted);
+}
+
 /// The staging directories (`.NAME.holdfast-partial-*`) in `dir`.
 fn staging_dirs(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)

@@ -107,6 +107,32 @@ fn reload_of_a_mariadb_database_with_a_view_trigger_and_routine_replaces_all_of_
 }
 
 #[test]
+fn a_mariadb_reload_whose_copy_of_the_live_database_fails_leaves_it_untouched_and_nothing_behind() {
+    let env = JobEnv::new();
+    let db = MyDatabase::create("copyfails");
+    let _derived = MyNamesStartingWith(format!("{}_", db.name));
+    db.sql(
+        "CREATE TABLE t (v TEXT);\nCREATE VIEW shown AS SELECT v FROM t;\nINSERT INTO t VALUES ('in the snapshot');",
+    );
+    env.config(&format!("[jobs.shop]\n{}", db.entry("shop"))).init_repo();
+    env.run(&["shop"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+    // The live copy is made with the job's dump settings: this one makes
+    // mariadb-dump fail part-way, after its CREATE TABLE went into the copy.
+    env.config(&format!("[jobs.shop]\n{}\ndump_args = [\"--where=no_such_column = 1\"]\n", db.entry("shop")));
+
+    let ran = holdfast(&env, &["restore", "shop", "--database", &db.name, "--reload"]);
+
+    ran.assert_failed().assert_says("the live database is untouched");
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "added after the backup\nin the snapshot\n");
+    assert_eq!(db.sql("SELECT v FROM shown ORDER BY v;"), "added after the backup\nin the snapshot\n");
+    assert!(
+        my_databases_starting_with(&format!("{}_", db.name)).is_empty(),
+        "no half copy and no loaded copy is left behind"
+    );
+}
+
+#[test]
 fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
     let env = JobEnv::new();
     let live = env.path("app.db");

@@ -485,3 +485,26 @@ pub fn assert_same_tree(expected: &[Node], actual: &[Node]) {
     }
     panic!("the trees differ:\n{report}");
 }
+
+/// A tmpfs of `mib` MiB at `at` (a test's spool, or a mount inside a
+/// restore target), unmounted on drop.
+pub struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    pub fn mount(at: &std::path::Path, mib: u32) -> SmallTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        SmallTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}

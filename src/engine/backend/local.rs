@@ -156,8 +156,21 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, dir: Dir, name: &str) -> Result<Vec<u8>> {
+        // Only a regular file, never through a symlink or from a FIFO (which
+        // would wait forever), and never more than the directory's files
+        // can be.
         let p = self.path_of(dir, name);
-        fs::read(&p).at(&p)
+        let file = crate::fsutil::open_regular(&p).at(&p)?;
+        let size = file.metadata().at(&p)?.len();
+        if size > dir.largest_file() {
+            return Err(Error::damaged(
+                format!("{} {name}", dir.one()),
+                format!("{size} bytes, more than a {} can be ({})", dir.one(), dir.largest_file()),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, dir.largest_file()), &mut bytes).at(&p)?;
+        Ok(bytes)
     }
 
     fn get_range(
@@ -175,7 +188,7 @@ impl Backend for LocalBackend {
             if open.0.len() > 64 {
                 open.0.clear();
             }
-            open.0.insert(name.to_string(), File::open(&p).at(&p)?);
+            open.0.insert(name.to_string(), crate::fsutil::open_regular(&p).at(&p)?);
         }
         let file = open.0.get(name).ok_or_else(|| Error::Invalid("read cache".into()))?;
         let mut buf = vec![0u8; len];

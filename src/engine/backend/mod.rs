@@ -73,6 +73,16 @@ impl Dir {
 }
 
 impl Dir {
+    /// The most a whole-file read of this directory takes in: far above
+    /// what holdfast writes there, so that a file someone planted (or a
+    /// damaged file system) cannot make a command allocate without bound.
+    pub fn largest_file(self) -> u64 {
+        match self {
+            Dir::Root | Dir::Keys | Dir::Marks | Dir::Running => 1 << 20,
+            Dir::Packs | Dir::Index | Dir::Snapshots | Dir::Tmp => protocol::MAX_REQUEST_BODY,
+        }
+    }
+
     /// What one file of it is called in messages ("pack", "snapshot").
     pub fn one(self) -> &'static str {
         self.as_str().trim_end_matches('s')

@@ -131,14 +131,6 @@ pub fn write_frame(out: &mut impl Write, header: &impl Serialize, body: &[u8]) -
     out.flush()
 }
 
-/// Make a pipe between ssh and holdfast 1 MiB (the unprivileged maximum)
-/// instead of 64 KiB, so ssh hands over a window of data at once instead
-/// of buffering it while the other end waits for a core. Not a pipe (sshd
-/// may use a socket pair), or not allowed: left as it is.
-pub fn widen_pipe(fd: std::os::fd::BorrowedFd<'_>) {
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-}
-
 /// The most a frame's body is given before its bytes arrive.
 const PREALLOCATE_BODY: u64 = 16 << 20;
 

@@ -494,8 +494,8 @@ impl Connection {
         else {
             return Err("ssh has no pipes".into());
         };
-        protocol::widen_pipe(stdin.as_fd());
-        protocol::widen_pipe(stdout.as_fd());
+        crate::fsutil::widen_pipe(stdin.as_fd());
+        crate::fsutil::widen_pipe(stdout.as_fd());
         let started = Instant::now();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let progress = Arc::new(AtomicU64::new(0));
