@@ -193,6 +193,15 @@ mod tests {
     }
 
     #[test]
+    fn durations_past_a_hundred_years_are_errors_not_overflows() {
+        assert_eq!(parse_duration("36500d").unwrap(), Duration::from_secs(36500 * 86400));
+        for huge in ["18446744073709551615s1s", "18446744073709551615ms18446744073709551615s", "36525d1s", "5000000d"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains(huge), "{e}");
+        }
+    }
+
+    #[test]
     fn sizes_parse_in_binary_units() {
         assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("4096"), Ok(4096));

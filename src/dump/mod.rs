@@ -397,6 +397,19 @@ impl Server {
             Server::Postgresql(c) => c.swap(live, loaded, keep_as),
             Server::Mysql(c) => c.swap(live, loaded, keep_as),
             Server::Sqlite => {
+                // The loaded file was created by holdfast: it takes the live
+                // file's owner and mode, or the application could no longer
+                // open it (or others could read it).
+                use std::os::unix::fs::MetadataExt;
+                let was = std::fs::metadata(live).with_context(|| format!("reading {live}"))?;
+                std::os::unix::fs::chown(loaded, Some(was.uid()), Some(was.gid()))
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            loaded,
+                            std::os::unix::fs::PermissionsExt::from_mode(was.mode() & 0o7777),
+                        )
+                    })
+                    .with_context(|| format!("giving {loaded} the owner and mode of {live}"))?;
                 std::fs::rename(live, keep_as).with_context(|| format!("moving {live} to {keep_as}"))?;
                 // A WAL and its index belong to the old file: left behind, SQLite
                 // would replay them into the new one.

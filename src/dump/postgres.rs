@@ -316,6 +316,17 @@ impl Connection {
     /// Put `loaded` in the place of `live`; the old database is kept as
     /// `keep_as`. Connections to `live` are ended first.
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
+        // The loaded copy was created by holdfast's role: it takes the live
+        // database's owner, or the application could no longer use it.
+        let literal = format!("'{}'", live.replace('\'', "''"));
+        if let Some(owner) = self
+            .scalar("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {literal}"))?
+        {
+            self.execute(
+                "postgres",
+                &format!("ALTER DATABASE {} OWNER TO {}", quote_ident(loaded), quote_ident(&owner)),
+            )?;
+        }
         self.execute(
             "postgres",
             &format!(

@@ -235,7 +235,7 @@ fn write_database(target: &Path, feed: &dyn Fn(&mut dyn std::io::Write) -> Resul
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(target)
         .with_context(|| format!("creating {}", target.display()))?;
     feed(&mut f)?;

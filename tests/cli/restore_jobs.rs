@@ -47,6 +47,27 @@ fn reload_puts_the_snapshots_postgresql_database_in_place_and_keeps_the_live_one
     );
 }
 
+/// The reloaded database belongs to the live one's owner, not to the role
+/// holdfast loads with: the application goes on creating tables in it.
+#[test]
+fn a_reloaded_postgresql_database_keeps_its_owner() {
+    let env = JobEnv::new();
+    let app = PgRole::create("app", "not-a-secret");
+    let db = PgDatabase::create_owned_by("owned", Some(&app.name));
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    db.sql(&format!("CREATE TABLE t (v text);\nALTER TABLE t OWNER TO {};\nINSERT INTO t VALUES ('x');", app.name));
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+
+    holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
+
+    let owner = db
+        .server
+        .sql("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{}';", db.name));
+    assert_eq!(owner.trim(), app.name, "the reloaded database's owner");
+    db.sql(&format!("SET ROLE {};\nCREATE TABLE made_by_the_app (v text);", app.name));
+}
+
 #[test]
 fn reload_puts_the_snapshots_mariadb_database_in_place_and_keeps_the_live_one() {
     let env = JobEnv::new();
@@ -140,6 +161,9 @@ fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
     env.config("[jobs.app]\n[[jobs.app.databases]]\nkind = \"sqlite\"\npath = \"app.db\"\n").init_repo();
     env.run(&["app"]).assert_ok();
     sqlite_exec(&live, "INSERT INTO t VALUES ('added after the backup');");
+    // The application's own file: its owner and mode must survive the reload.
+    std::os::unix::fs::chown(&live, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&live, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
 
     let ran = holdfast(&env, &["restore", "app", "--database", "app", "--reload"]);
 
@@ -152,6 +176,9 @@ fn reload_puts_the_snapshots_sqlite_database_in_place_and_keeps_the_live_one() {
         .unwrap_or_else(|| panic!("the output names the kept database: {ran:?}"))
         .to_string();
     assert_eq!(sqlite_query(&live, "SELECT v FROM t ORDER BY v;"), ["in the snapshot"]);
+    let md = fs::metadata(&live).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o640), "the live file's owner and mode");
     assert_eq!(
         sqlite_query(Path::new(&kept), "SELECT v FROM t ORDER BY v;"),
         ["added after the backup", "in the snapshot"]

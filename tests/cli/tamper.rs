@@ -221,3 +221,24 @@ fn damage_below_a_directory_two_snapshots_share_is_pinned_on_both() {
         );
     }
 }
+
+/// A FIFO and a symlink to an endless device planted among a local
+/// repository's key files: opening the repository neither waits on the
+/// FIFO forever nor reads the device without bound; the real key still
+/// opens it.
+#[test]
+fn a_fifo_or_an_endless_symlink_among_the_key_files_neither_hangs_nor_exhausts_memory() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir(&src).unwrap();
+    write_random(&src.join("a.bin"), 7, 10_000);
+    t.backup(&[&src]);
+    let keys = t.repo().join("keys");
+    nix::unistd::mkfifo(&keys.join("0000"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", keys.join("0001")).unwrap();
+
+    let out = t.cmd(["snapshots"]).timeout(std::time::Duration::from_secs(60)).output().unwrap();
+
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(t.short_ids().len(), 1);
+}
