@@ -608,6 +608,31 @@ fn ls_escapes_control_characters_and_json_keeps_exact_bytes() {
     assert!(bytes.ends_with(b"latin1-\xe9"), "{e:#}");
 }
 
+/// `restore`'s warnings and errors name files from the snapshot: a name
+/// with escape sequences and a line break neither drives the terminal nor
+/// forges a line of output.
+#[test]
+fn restore_warnings_and_errors_escape_control_characters_in_names() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir(&src).unwrap();
+    let evil = "sock\x1b[2J\x1b[31mFAKE\nholdfast: restored everything";
+    let _listener = std::os::unix::net::UnixListener::bind(src.join(evil)).unwrap();
+    fs::write(src.join("plain.txt"), b"x").unwrap();
+    t.backup(&[&src]);
+
+    let warned = t.cmd(["restore", "latest", "--to"]).arg(t.path("out")).output().unwrap();
+    let failed = t.cmd(["restore", "latest", "--path"]).arg(src.join(evil).join("below")).output().unwrap();
+
+    for out in [&warned, &failed] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains('\x1b'), "a raw escape reached the terminal: {stderr:?}");
+        assert!(!stderr.lines().any(|l| l.starts_with("holdfast: restored")), "a forged line: {stderr:?}");
+    }
+    assert!(String::from_utf8_lossy(&warned.stderr).contains("a socket; not restored"), "{warned:?}");
+    assert!(!failed.status.success(), "{failed:?}");
+}
+
 /// #15.12: a reader that goes away (`holdfast ls | head -1`) is no error.
 #[test]
 fn a_broken_pipe_ends_quietly() {
