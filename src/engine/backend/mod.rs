@@ -79,7 +79,9 @@ impl Dir {
     pub fn largest_file(self) -> u64 {
         match self {
             Dir::Root | Dir::Keys | Dir::Marks | Dir::Running => 1 << 20,
-            Dir::Packs | Dir::Index | Dir::Snapshots | Dir::Tmp => protocol::MAX_REQUEST_BODY,
+            Dir::Packs | Dir::Tmp => protocol::MAX_REQUEST_BODY,
+            // A merged index of a very large repository.
+            Dir::Index | Dir::Snapshots => protocol::MAX_RESPONSE_BODY,
         }
     }
 
