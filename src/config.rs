@@ -216,9 +216,7 @@ impl Check for DatabaseConfig {
         if self.lock.is_some() && self.kind != DatabaseKind::Mysql {
             return Err("`lock = \"global-read\"` is for mysql entries only".into());
         }
-        if let Some(why) =
-            self.dump_args.iter().enumerate().find_map(|(i, _)| redirecting_dump_arg(self.kind, &self.dump_args, i))
-        {
+        if let Some(why) = redirecting_dump_arg(self.kind, &self.dump_args) {
             return Err(why);
         }
         let entry = self.entry_name();
@@ -232,56 +230,69 @@ impl Check for DatabaseConfig {
     }
 }
 
-/// Why `args[i]` may not be a dump argument: an option that makes the dump
+/// Why `args` may not be a dump's arguments: an option that makes the dump
 /// name its own database (`CREATE DATABASE`, `USE`, `\connect`), so that
 /// loading it into a scratch or new database would write into the live one
-/// instead, or that sends the dump somewhere other than holdfast. Short
-/// options are read as getopt reads them (`-vC` is `-v -C`; in `-tCust`,
-/// `Cust` is `-t`'s value).
-fn redirecting_dump_arg(kind: DatabaseKind, args: &[String], i: usize) -> Option<String> {
-    // (forbidden long options, forbidden short letters, short letters that take a value)
-    let (long, short, takes_value): (&[&str], &str, &str) = match kind {
-        DatabaseKind::Postgresql => (&["create", "file", "format", "dbname"], "CfFd", "dEfFjnNSTtZhpUe"),
+/// instead, or that sends the dump somewhere other than holdfast. Read
+/// left to right as the tools read them: `-vC` is `-v -C`, in `-tCust`
+/// `Cust` is `-t`'s value, `-t -C` gives `-t` the value `-C`; long options
+/// by any prefix, MySQL's also with `_` for `-` and `loose-`/`enable-`/
+/// `maximum-` in front. (Restore and verify also refuse such a dump when
+/// they load it: `dump::OneDatabase`.)
+fn redirecting_dump_arg(kind: DatabaseKind, args: &[String]) -> Option<String> {
+    // (forbidden long options, forbidden short letters, letters that take a
+    // value, letters whose value may only be attached)
+    let (long, short, takes_value, attached_only): (&[&str], &str, &str, &str) = match kind {
+        DatabaseKind::Postgresql => (&["create", "file", "format", "dbname"], "CfFd", "dEfFjnNSTtZhpUe", ""),
         DatabaseKind::Mysql => {
-            (&["databases", "all-databases", "add-drop-database", "result-file", "tab", "xml"], "BArTX", "hPuSwrTWpDOo")
+            (&["databases", "all-databases", "add-drop-database", "result-file", "tab", "xml"], "BArTX", "hPuSwrT", "p")
         }
-        DatabaseKind::Sqlite => (&[], "", ""),
+        DatabaseKind::Sqlite => return None,
     };
-    // A value given as the next argument (`-t users`) is not an option.
-    if i > 0 {
-        let prev = &args[i - 1];
-        if let Some(cluster) = prev.strip_prefix('-').filter(|c| !c.starts_with('-'))
-            && let Some(pos) = cluster.find(|c| takes_value.contains(c))
-            && pos + 1 == cluster.len()
-        {
-            return None;
+    let refuse = |opt: String, arg: &str| {
+        Some(format!(
+            "dump_args: {opt} ({arg:?}) is not allowed: holdfast chooses the dump's database, format and destination, and a dump that names its own database would load over the live one when restored or verified"
+        ))
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--" {
+            break;
+        }
+        if let Some(spelled) = arg.strip_prefix("--") {
+            let mut name = spelled.split('=').next().unwrap_or(spelled).to_string();
+            if kind == DatabaseKind::Mysql {
+                name = name.replace('_', "-");
+                for prefix in ["loose-", "enable-", "maximum-"] {
+                    if let Some(rest) = name.strip_prefix(prefix) {
+                        name = rest.to_string();
+                    }
+                }
+            }
+            if let Some(l) = long.iter().find(|l| !name.is_empty() && l.starts_with(name.as_str())) {
+                return refuse(format!("--{l}"), arg);
+            }
+        } else if let Some(cluster) = arg.strip_prefix('-') {
+            let letters: Vec<char> = cluster.chars().collect();
+            for (k, c) in letters.iter().enumerate() {
+                if short.contains(*c) {
+                    return refuse(format!("-{c}"), arg);
+                }
+                if attached_only.contains(*c) {
+                    break;
+                }
+                if takes_value.contains(*c) {
+                    if k + 1 == letters.len() {
+                        i += 1;
+                    }
+                    break;
+                }
+            }
         }
     }
-    let arg = &args[i];
-    let found = if let Some(name) = arg.strip_prefix("--") {
-        // The tools take any unambiguous prefix of a long option.
-        let name = name.split('=').next().unwrap_or(name);
-        long.iter().find(|l| !name.is_empty() && l.starts_with(name)).map(|l| format!("--{l}"))
-    } else if let Some(cluster) = arg.strip_prefix('-') {
-        let mut found = None;
-        for c in cluster.chars() {
-            if short.contains(c) {
-                found = Some(format!("-{c}"));
-                break;
-            }
-            if takes_value.contains(c) {
-                break;
-            }
-        }
-        found
-    } else {
-        None
-    };
-    found.map(|opt| {
-        format!(
-            "dump_args: {opt} ({arg:?}) is not allowed: holdfast chooses the dump's database, format and destination, and a dump that names its own database would load over the live one when restored or verified"
-        )
-    })
+    None
 }
 
 // ------------------------------------------------------------ resolved shape
@@ -1281,6 +1292,12 @@ mod tests {
             ("postgresql", r#""--create""#, "--create"),
             ("postgresql", r#""-vC""#, "-C"),
             ("postgresql", r#""--file", "/tmp/x""#, "--file"),
+            ("postgresql", r#""-T", "-T", "-C""#, "-C"),
+            ("mysql", r#""--loose-databases""#, "--databases"),
+            ("mysql", r#""--add_drop_database""#, "--add-drop-database"),
+            ("mysql", r#""--result_file=/x""#, "--result-file"),
+            ("mysql", r#""-S", "-S", "-B""#, "-B"),
+            ("mysql", r#""-p", "-B""#, "-B"),
         ] {
             let e = error_of(&entry(kind, args));
             assert!(e.starts_with(&format!("{FILE}:6:")), "{kind} {args}: {e}");

@@ -169,12 +169,12 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         .argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    // Output is captured into memory files, not pipes: a pipe ends only when
-    // every process holding it is gone, and a hook that leaves a daemon
-    // behind (`setsid daemon &`) would keep holdfast waiting for as long as
-    // that daemon lives, past any timeout.
-    let mut stderr = capture_file()?;
-    let mut expr = duct::cmd(program, args).stderr_file(stderr.try_clone()?).unchecked();
+    // Output is read from pipes on threads of holdfast's own, not duct's: a
+    // pipe ends only when every process holding it is gone, and a hook that
+    // leaves a daemon behind (`setsid daemon &`) must not keep holdfast
+    // waiting for as long as that daemon lives.
+    let (stderr, child_stderr) = Capture::start()?;
+    let mut expr = duct::cmd(program, args).stderr_file(child_stderr).unchecked();
     expr = match (&spec.stdin_file, &spec.stdin_pipe) {
         (Some(p), _) => expr.stdin_path(p),
         (None, Some(fd)) => expr.stdin_file(fd.try_clone()?),
@@ -185,10 +185,9 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         (Some(p), _) => expr.stdout_path(p),
         (None, Some(fd)) => expr.stdout_file(fd.try_clone()?),
         (None, None) => {
-            let file = capture_file()?;
-            let child_end = file.try_clone()?;
-            stdout = Some(file);
-            expr.stdout_file(child_end)
+            let (capture, child_stdout) = Capture::start()?;
+            stdout = Some(capture);
+            expr.stdout_file(child_stdout)
         }
     };
     if let Some(d) = &spec.cwd {
@@ -203,6 +202,9 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     });
     let started = Instant::now();
     let handle = expr.start()?;
+    // The child has its own ends of the pipes now; ours must close, or the
+    // output would never end.
+    drop(expr);
     let pgid = handle.pids().first().map(|p| Pid::from_raw(*p as i32));
     let _tracked = Tracked::new(spec.track_in.as_deref(), pgid);
     let mut nap = Duration::from_millis(1);
@@ -212,8 +214,8 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
         if let Some(out) = handle.try_wait()? {
             return Ok(ProcessOutcome {
                 code: out.status.code(),
-                stdout: stdout.as_mut().map(captured).transpose()?.unwrap_or_default(),
-                stderr: captured(&mut stderr)?,
+                stdout: stdout.map(Capture::finish).unwrap_or_default(),
+                stderr: stderr.finish(),
                 duration: started.elapsed(),
                 timed_out,
                 cancelled,
@@ -241,19 +243,56 @@ pub fn run(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessOu
     }
 }
 
-/// An anonymous file in memory for a child's output.
-fn capture_file() -> std::io::Result<std::fs::File> {
-    let fd = nix::sys::memfd::memfd_create(c"holdfast-output", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
-    Ok(std::fs::File::from(fd))
+/// A child's output, read from a pipe on a thread of its own.
+struct Capture {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
-/// What a child wrote into `file` so far.
-fn captured(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek};
-    let mut bytes = Vec::new();
-    file.seek(std::io::SeekFrom::Start(0))?;
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+impl Capture {
+    /// The most of one output kept (the rest is read and dropped).
+    const LIMIT: usize = 64 << 20;
+    /// How long output may go on after the child has exited (its own
+    /// children finishing their last lines) before what came is taken.
+    const AFTER_EXIT: Duration = Duration::from_secs(1);
+
+    /// The capture, and the pipe's end for the child.
+    fn start() -> std::io::Result<(Capture, std::io::PipeWriter)> {
+        use std::io::Read;
+        let (mut pipe, child_end) = std::io::pipe()?;
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bytes.clone();
+        let reader = std::thread::Builder::new().name("output".into()).spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = Capture::LIMIT.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        })?;
+        Ok((Capture { bytes, reader }, child_end))
+    }
+
+    /// What the child wrote: all of it once every writer is gone, or what
+    /// came within [`Capture::AFTER_EXIT`]. A reader still waiting (a daemon
+    /// holds the pipe) is left to drain it until holdfast exits.
+    fn finish(self) -> Vec<u8> {
+        let until = Instant::now() + Capture::AFTER_EXIT;
+        let mut nap = Duration::from_micros(200);
+        while !self.reader.is_finished() && Instant::now() < until {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(20));
+        }
+        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        bytes.clone()
+    }
 }
 
 /// Where `program` is: a path to an executable file, or a name on `$PATH`.

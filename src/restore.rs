@@ -255,6 +255,14 @@ pub fn with_dump_input<T>(
         return load(&DumpInput::File(&file));
     }
     let feed = |out: &mut dyn std::io::Write| -> Result<()> {
+        let plain_sql = name.ends_with(".sql") && !dump.is_server_globals();
+        let mut guarded;
+        let out: &mut dyn std::io::Write = if plain_sql {
+            guarded = crate::dump::OneDatabase::new(out, dump.kind);
+            &mut guarded
+        } else {
+            out
+        };
         extract_file(repo, snap, Path::new(&dump.file), out)
             .with_context(|| format!("reading {} from the repository", dump.file))?;
         Ok(())
@@ -370,6 +378,11 @@ fn load_database(
                     derived_name(&live, &format!("_before_{stamp}")),
                 ),
             };
+            // Names of someone else's (or of a reload in the same second):
+            // never loaded into, and never dropped on a failure.
+            if let Some(taken) = [&loaded, &keep].into_iter().find(|n| server.exists(n).unwrap_or(true)) {
+                bail!("{taken:?} exists already; the live database {live:?} is untouched (try again in a second)");
+            }
             if let Err(e) = server.load(&loaded, file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
@@ -412,8 +425,15 @@ fn reload_mysql_by_copy(
     dump: &DumpInput,
     ctx: &DumpContext,
 ) -> Result<()> {
-    let live_cfg =
-        DatabaseConfig { name: Some(live.to_string()), entry: Some("live".into()), stream: true, ..db.clone() };
+    // A whole copy: not the entry's `dump_args`, which may leave tables
+    // or rows out (`--ignore-table`, `--where`) of what is about to be dropped.
+    let live_cfg = DatabaseConfig {
+        name: Some(live.to_string()),
+        entry: Some("live".into()),
+        stream: true,
+        dump_args: Vec::new(),
+        ..db.clone()
+    };
     let dir = ctx.run.dumps.join("live");
     crate::spool::ensure_private_dir(&dir)?;
     let into_keep = LoadInto { conn, name: keep, ctx, timeout: db.timeout.0 };

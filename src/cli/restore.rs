@@ -157,15 +157,23 @@ fn print_report(r: &RestoreReport) -> Result<()> {
             r.target
         ),
         (_, Some(db)) => {
-            outln!("job {}: restored database {db} from snapshot {} into {}", r.job, short(&r.snapshot), r.target);
+            // Names and values from the server and the snapshot: escaped.
+            let shown = |s: &str| crate::units::escape_text(s.as_bytes());
+            outln!(
+                "job {}: restored database {} from snapshot {} into {}",
+                r.job,
+                shown(db),
+                short(&r.snapshot),
+                shown(&r.target)
+            );
             if let Some(k) = &r.kept_as {
-                outln!("the previous database is kept as {k}; drop it when you are satisfied");
+                outln!("the previous database is kept as {}; drop it when you are satisfied", shown(k));
             }
         }
         _ => {}
     }
     for s in &r.smoke {
-        outln!("  {s}");
+        outln!("  {}", crate::units::escape_text(s.to_string().as_bytes()));
     }
     Ok(())
 }

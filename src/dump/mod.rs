@@ -193,6 +193,87 @@ pub enum DumpInput<'a> {
     Stream { name: &'a str, feed: &'a dyn Fn(&mut dyn Write) -> Result<()> },
 }
 
+/// A plain SQL dump on its way into a load tool, refused (an error, before
+/// the line goes further) at the first line that would make the load leave
+/// the database it was given: `\connect` or `CREATE DATABASE` in a
+/// PostgreSQL dump, `USE` or `CREATE`/`DROP DATABASE` in a MySQL one. Such
+/// a dump (made with options `validate` refuses, e.g. by an older config)
+/// would otherwise load over the live database during `verify` or
+/// `--into`. Statements start lines in both tools' dumps; line breaks in
+/// data are escaped, so data never starts a line.
+pub struct OneDatabase<'a> {
+    out: &'a mut dyn Write,
+    forbidden: &'static [&'static str],
+    head: Vec<u8>,
+    in_head: bool,
+}
+
+impl<'a> OneDatabase<'a> {
+    /// The first bytes of a line that are looked at.
+    const HEAD: usize = 40;
+
+    pub fn new(out: &'a mut dyn Write, kind: DatabaseKind) -> OneDatabase<'a> {
+        let forbidden: &'static [&'static str] = match kind {
+            DatabaseKind::Postgresql => &["\\CONNECT", "\\C ", "\\C\t", "CREATE DATABASE", "DROP DATABASE"],
+            DatabaseKind::Mysql => {
+                &["USE ", "USE`", "CREATE DATABASE", "DROP DATABASE", "CREATE SCHEMA", "DROP SCHEMA"]
+            }
+            DatabaseKind::Sqlite => &[],
+        };
+        OneDatabase { out, forbidden, head: Vec::new(), in_head: true }
+    }
+
+    /// Refuse the line begun in `head` if it starts like a forbidden one
+    /// (spaces and a MySQL `/*!NNNNN` version comment skipped).
+    fn check(&self) -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(&self.head).to_ascii_uppercase();
+        let mut line = text.trim_start();
+        if let Some(rest) = line.strip_prefix("/*!") {
+            line = rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+        }
+        match self.forbidden.iter().find(|f| line.starts_with(**f)) {
+            Some(f) => Err(std::io::Error::other(format!(
+                "the dump names a database of its own ({:?}): it would load outside the database it is loaded into, so it is not loaded",
+                f.trim()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Write for OneDatabase<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut i = 0;
+        while i < buf.len() {
+            if self.in_head {
+                while i < buf.len() && buf[i] != b'\n' && self.head.len() < Self::HEAD {
+                    self.head.push(buf[i]);
+                    i += 1;
+                }
+                self.check()?;
+                if i == buf.len() && self.head.len() < Self::HEAD {
+                    break;
+                }
+                self.head.clear();
+                self.in_head = false;
+            }
+            match buf[i..].iter().position(|b| *b == b'\n') {
+                Some(p) => {
+                    i += p + 1;
+                    self.in_head = true;
+                }
+                None => i = buf.len(),
+            }
+        }
+        self.out.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Run the load tool `spec` with the dump on its stdin. Its failure fails
 /// the load with the tool's own message.
 pub(crate) fn run_loader(mut spec: ProcessSpec, input: &DumpInput, cancel: &AtomicBool) -> Result<()> {
@@ -387,7 +468,18 @@ impl Server {
                 c.swap(live, loaded, &format!("{live}_hfempty"))?;
                 c.drop_database(&format!("{live}_hfempty"))
             }
-            Server::Sqlite => std::fs::rename(loaded, live).with_context(|| format!("moving {loaded} to {live}")),
+            Server::Sqlite => {
+                // No live file to take them from: its directory's owner,
+                // readable as a new SQLite file usually is.
+                let dir = Path::new(live).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let of_dir = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+                take_owner_and_mode(Path::new(loaded), &of_dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(loaded, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                    })
+                    .with_context(|| format!("giving {loaded} the owner of {}", dir.display()))?;
+                std::fs::rename(loaded, live).with_context(|| format!("moving {loaded} to {live}"))
+            }
         }
     }
 
@@ -400,16 +492,11 @@ impl Server {
                 // The loaded file was created by holdfast: it takes the live
                 // file's owner and mode, or the application could no longer
                 // open it (or others could read it).
-                use std::os::unix::fs::MetadataExt;
                 let was = std::fs::metadata(live).with_context(|| format!("reading {live}"))?;
-                std::os::unix::fs::chown(loaded, Some(was.uid()), Some(was.gid()))
-                    .and_then(|()| {
-                        std::fs::set_permissions(
-                            loaded,
-                            std::os::unix::fs::PermissionsExt::from_mode(was.mode() & 0o7777),
-                        )
-                    })
-                    .with_context(|| format!("giving {loaded} the owner and mode of {live}"))?;
+                if let Err(e) = take_owner_and_mode(Path::new(loaded), &was) {
+                    let _ = std::fs::remove_file(loaded);
+                    return Err(e).with_context(|| format!("giving {loaded} the owner and mode of {live}"));
+                }
                 std::fs::rename(live, keep_as).with_context(|| format!("moving {live} to {keep_as}"))?;
                 // A WAL and its index belong to the old file: left behind, SQLite
                 // would replay them into the new one.
@@ -430,6 +517,17 @@ impl Server {
     }
 }
 
+/// Give `file` the owner and mode of `like` (the owner only when it differs,
+/// so that a holdfast that is not root can still reload its own files).
+fn take_owner_and_mode(file: &Path, like: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(file)?;
+    if (now.uid(), now.gid()) != (like.uid(), like.gid()) {
+        std::os::unix::fs::chown(file, Some(like.uid()), Some(like.gid()))?;
+    }
+    std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(like.mode() & 0o7777))
+}
+
 /// The major version in a version string ("15.19 (Debian ...)" → 15,
 /// "10.11.19-MariaDB" → 10.11 as 1011).
 pub fn major_version(v: &str) -> Option<u32> {
@@ -448,7 +546,40 @@ pub fn major_version(v: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::{SERVER_GLOBALS_FILE, dump_file, major_version};
+    use super::{OneDatabase, SERVER_GLOBALS_FILE, dump_file, major_version};
+    use crate::config::DatabaseKind;
+    use std::io::Write;
+
+    /// `dump` written through [`OneDatabase`] in pieces of `piece` bytes.
+    fn through_one_database(kind: DatabaseKind, dump: &str, piece: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut guard = OneDatabase::new(&mut out, kind);
+        for part in dump.as_bytes().chunks(piece) {
+            guard.write_all(part)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_dump_that_would_leave_its_database_is_refused_before_that_line_ends() {
+        use DatabaseKind::{Mysql, Postgresql};
+        let fine_pg = "SET x = 1;\nCREATE SCHEMA app;\nCOPY t (v) FROM stdin;\n\\\\connect in data\nUSE me\n\\.\n";
+        let fine_my = "-- USE nothing\nCREATE TABLE t (v TEXT);\nINSERT INTO t VALUES ('\\nUSE x;');\n";
+        for piece in [1, 3, 7, 4096] {
+            assert_eq!(through_one_database(Postgresql, fine_pg, piece).unwrap(), fine_pg.as_bytes());
+            assert_eq!(through_one_database(Mysql, fine_my, piece).unwrap(), fine_my.as_bytes());
+            for (kind, bad) in [
+                (Postgresql, "SET x = 1;\n\\connect shop\nDROP TABLE t;\n"),
+                (Postgresql, "CREATE DATABASE shop WITH TEMPLATE = template0;\n"),
+                (Mysql, "SET x=1;\nUSE `shop`;\nDROP TABLE t;\n"),
+                (Mysql, "/*!40000 DROP DATABASE IF EXISTS `shop`*/;\n"),
+                (Mysql, "  create database /*!32312 IF NOT EXISTS*/ `shop`;\n"),
+            ] {
+                let e = through_one_database(kind, bad, piece).unwrap_err();
+                assert!(e.to_string().contains("names a database of its own"), "{kind:?} {bad:?} by {piece}: {e}");
+            }
+        }
+    }
     use std::path::Path;
 
     #[test]

@@ -134,7 +134,15 @@ impl Connection {
         } else if let Some(pw) = &self.password {
             let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
             // For this server only: a connection elsewhere gets no password.
-            let line = format!("{}:{}:*:{}:{}\n", escape(&self.host), self.port, escape(&self.user), escape(pw));
+            // libpq matches a socket in its default directory as `localhost`.
+            let mut hosts = vec![escape(&self.host)];
+            if self.host.starts_with('/') {
+                hosts.push("localhost".into());
+            }
+            let line: String = hosts
+                .iter()
+                .map(|host| format!("{host}:{}:*:{}:{}\n", self.port, escape(&self.user), escape(pw)))
+                .collect();
             let file = ctx.run.write_private(&format!("pgpass-{}", unique()), line.as_bytes())?;
             env.push(("PGPASSFILE".into(), file.to_string_lossy().into_owned()));
         }
