@@ -8,7 +8,6 @@
 
 pub mod mysql;
 pub mod postgres;
-mod read_ahead;
 pub mod sqlite;
 
 use std::io::{Read, Write};
@@ -122,17 +121,12 @@ fn run_streamed(
     crate::fsutil::widen_pipe(std::os::fd::AsFd::as_fd(&reader));
     spec.stdout_pipe = Some(std::sync::Arc::new(writer.into()));
     let (outcome, stored) = run_beside(spec, cancel, move |stop| {
-        std::thread::scope(|s| {
-            let (blocks, mut ahead) = read_ahead::channel();
-            s.spawn(move || read_ahead::fill(reader, blocks));
-            let stored = sink.store(entry, file_name, &mut ahead, stop);
-            // The tool is stopped before the read-ahead is waited for:
-            // a tool that writes nothing more would never end its read.
-            if stored.is_err() {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            stored
-        })
+        let mut reader = reader;
+        let stored = sink.store(entry, file_name, &mut reader, stop);
+        if stored.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        stored
     })?;
     // Storing failed and so the tool was stopped: that failure is the
     // cause, not the tool's end.
