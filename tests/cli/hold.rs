@@ -358,7 +358,7 @@ fn run_as_runs_pg_dump_as_that_user_and_the_dump_stays_private_to_holdfast() {
         db.server.port
     ))
     .init_repo();
-    let needle = format!("--dbname={}", db.name);
+    let needle = format!("--dbname=dbname='{}'", db.name);
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (done, needle) = (done.clone(), needle.clone());
