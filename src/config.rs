@@ -459,9 +459,34 @@ impl CommandLine {
         }
     }
 
-    /// Whether it is one string for `/bin/sh -c`.
-    pub fn is_shell(&self) -> bool {
-        matches!(self, CommandLine::Shell(_))
+    /// Which of its strings a shell reads as a script: the whole string of
+    /// a `/bin/sh -c` command, or in a list that runs a shell with `-c`
+    /// itself (`["bash", "-c", "…", "name", "{{error}}"]`) the script after
+    /// the options, not the arguments after it (which a script reads as
+    /// `$1`, exactly).
+    pub fn script_index(&self) -> Option<usize> {
+        match self {
+            CommandLine::Shell(_) => Some(0),
+            CommandLine::Argv(v) => {
+                let program = v.first().map(|p| p.rsplit('/').next().unwrap_or(p)).unwrap_or_default();
+                let options = v.iter().skip(1).take_while(|a| a.starts_with('-') && a.as_str() != "--");
+                let dash_c = options.clone().any(|a| !a.starts_with("--") && a.contains('c'));
+                let shell = ["sh", "bash", "dash", "zsh", "ksh", "ash", "mksh"].contains(&program);
+                (shell && dash_c).then(|| 1 + options.count()).filter(|i| *i < v.len())
+            }
+        }
+    }
+
+    /// The same command with every string passed through `f`, told whether
+    /// the string is a shell script (see [`CommandLine::script_index`]).
+    pub fn try_map_scripts<E>(&self, mut f: impl FnMut(&str, bool) -> Result<String, E>) -> Result<CommandLine, E> {
+        let script = self.script_index();
+        Ok(match self {
+            CommandLine::Argv(v) => {
+                CommandLine::Argv(v.iter().enumerate().map(|(i, s)| f(s, Some(i) == script)).collect::<Result<_, E>>()?)
+            }
+            CommandLine::Shell(s) => CommandLine::Shell(f(s, true)?),
+        })
     }
 
     /// The same command with every string passed through `f`.
@@ -1248,6 +1273,18 @@ fn resolve_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_a_shell_reads_is_found_in_a_string_or_a_list() {
+        let argv = |v: &[&str]| CommandLine::Argv(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(CommandLine::Shell("echo {{error}}".into()).script_index(), Some(0));
+        assert_eq!(argv(&["sh", "-c", "echo {{error}}"]).script_index(), Some(2));
+        assert_eq!(argv(&["/usr/bin/bash", "-e", "-c", "echo \"$1\"", "sh", "{{error}}"]).script_index(), Some(3));
+        assert_eq!(argv(&["bash", "-ec", "x"]).script_index(), Some(2));
+        assert_eq!(argv(&["/usr/local/bin/page-admin", "{{job}}", "{{error}}"]).script_index(), None);
+        assert_eq!(argv(&["bash", "/etc/holdfast/hook.sh", "{{error}}"]).script_index(), None);
+        assert_eq!(argv(&["sh", "-c"]).script_index(), None);
+    }
 
     #[test]
     fn an_unknown_key_suggests_the_closest_known_one() {

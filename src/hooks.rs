@@ -16,7 +16,7 @@ use crate::template::{Vars, render, render_command};
 
 /// Render a hook's command line and environment with `vars`.
 pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env), String> {
-    let argv = hook.run.try_map(|s| render_command(s, vars, hook.run.is_shell()))?.argv();
+    let argv = hook.run.try_map_scripts(|s, script| render_command(s, vars, script))?.argv();
     let env = hook.env.iter().map(|(k, v)| Ok((k.clone(), render(v, vars)?))).collect::<Result<Vec<_>, String>>()?;
     Ok((argv, env))
 }

@@ -33,7 +33,7 @@ pub fn notify(targets: &[NotifyConfig], event: Event, vars: &Vars) {
 }
 
 fn send_command(cmd: &crate::config::CommandLine, vars: &Vars, timeout: Duration) -> Result<(), String> {
-    let argv = cmd.try_map(|s| render_command(s, vars, cmd.is_shell()))?.argv();
+    let argv = cmd.try_map_scripts(|s, script| render_command(s, vars, script))?.argv();
     let env = crate::template::environment(vars);
     let spec = ProcessSpec { argv, env, timeout, ..Default::default() };
     let never = AtomicBool::new(false);

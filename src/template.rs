@@ -40,8 +40,9 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, String> {
     })
 }
 
-/// Render the template of a command; `shell` when the command is one
-/// string for `/bin/sh -c`. There every value is made inert first: a file
+/// Render the template of a command; `shell` when a shell reads it as a
+/// script (a string command, or the script of `["sh", "-c", …]`). There
+/// every value is made inert first: a file
 /// name in `{{error}}` could otherwise run commands as holdfast's user
 /// (`'`, `;`, `$(…)` and newlines are the shell's, not the value's). An
 /// argv's strings get the values exactly, as do `$HOLDFAST_*`.
