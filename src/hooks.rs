@@ -25,7 +25,6 @@ pub fn render_hook(hook: &HookConfig, vars: &Vars) -> Result<(Vec<String>, Env),
 /// README lists them); a hook's own `env` comes after and may override.
 fn run_variables(vars: &Vars, phase: Phase) -> Env {
     let mut env = crate::template::environment(vars);
-    env.retain(|(k, _)| k != "HOLDFAST_EVENT");
     env.push(("HOLDFAST_PHASE".into(), phase.as_str().into()));
     env
 }

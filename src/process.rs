@@ -290,8 +290,7 @@ impl Capture {
             std::thread::sleep(nap);
             nap = (nap * 2).min(Duration::from_millis(20));
         }
-        let bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-        bytes.clone()
+        std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -380,8 +380,10 @@ fn load_database(
             };
             // Names of someone else's (or of a reload in the same second):
             // never loaded into, and never dropped on a failure.
-            if let Some(taken) = [&loaded, &keep].into_iter().find(|n| server.exists(n).unwrap_or(true)) {
-                bail!("{taken:?} exists already; the live database {live:?} is untouched (try again in a second)");
+            for taken in [&loaded, &keep] {
+                if server.exists(taken)? {
+                    bail!("{taken:?} exists already; the live database {live:?} is untouched (try again in a second)");
+                }
             }
             if let Err(e) = server.load(&loaded, file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);

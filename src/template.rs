@@ -42,10 +42,10 @@ pub fn render(template: &str, vars: &Vars) -> Result<String, String> {
 
 /// Render the template of a command; `shell` when a shell reads it as a
 /// script (a string command, or the script of `["sh", "-c", …]`). There
-/// every value is made inert first: a file
-/// name in `{{error}}` could otherwise run commands as holdfast's user
-/// (`'`, `;`, `$(…)` and newlines are the shell's, not the value's). An
-/// argv's strings get the values exactly, as do `$HOLDFAST_*`.
+/// every value is made inert first: a file name in `{{error}}` could
+/// otherwise run commands as holdfast's user (`'`, `;`, `$(…)` and newlines
+/// are the shell's, not the value's). An argv's other strings get the
+/// values exactly, as do `$HOLDFAST_*`.
 pub fn render_command(template: &str, vars: &Vars, shell: bool) -> Result<String, String> {
     if !shell {
         return render(template, vars);
@@ -67,7 +67,8 @@ pub fn render_command(template: &str, vars: &Vars, shell: bool) -> Result<String
 }
 
 /// The run's variables as commands find them in their environment
-/// (`HOLDFAST_JOB`, …; the README lists them), exact whatever the command's form.
+/// (`HOLDFAST_JOB`, …; the README lists them), exact whatever the command's
+/// form; `HOLDFAST_EVENT` only for a notification (hooks have none).
 pub fn environment(vars: &Vars) -> Vec<(String, String)> {
     [
         ("HOLDFAST_JOB", vars.job.as_str()),
@@ -80,6 +81,7 @@ pub fn environment(vars: &Vars) -> Vec<(String, String)> {
         ("HOLDFAST_HOST", &vars.host),
     ]
     .into_iter()
+    .filter(|(k, v)| *k != "HOLDFAST_EVENT" || !v.is_empty())
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }

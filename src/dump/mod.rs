@@ -117,11 +117,10 @@ fn run_streamed(
     cancel: &AtomicBool,
 ) -> Result<(ProcessOutcome, Result<u64>)> {
     let tool = spec.argv.first().cloned().unwrap_or_default();
-    let (reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
+    let (mut reader, writer) = std::io::pipe().context("making a pipe for a streamed dump")?;
     crate::fsutil::widen_pipe(std::os::fd::AsFd::as_fd(&reader));
     spec.stdout_pipe = Some(std::sync::Arc::new(writer.into()));
     let (outcome, stored) = run_beside(spec, cancel, move |stop| {
-        let mut reader = reader;
         let stored = sink.store(entry, file_name, &mut reader, stop);
         if stored.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -465,12 +464,10 @@ impl Server {
             Server::Sqlite => {
                 // No live file to take them from: its directory's owner,
                 // readable as a new SQLite file usually is.
+                use std::os::unix::fs::MetadataExt;
                 let dir = Path::new(live).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let of_dir = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-                take_owner_and_mode(Path::new(loaded), &of_dir)
-                    .and_then(|()| {
-                        std::fs::set_permissions(loaded, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-                    })
+                set_owner_and_mode(Path::new(loaded), of_dir.uid(), of_dir.gid(), 0o644)
                     .with_context(|| format!("giving {loaded} the owner of {}", dir.display()))?;
                 std::fs::rename(loaded, live).with_context(|| format!("moving {loaded} to {live}"))
             }
@@ -486,8 +483,9 @@ impl Server {
                 // The loaded file was created by holdfast: it takes the live
                 // file's owner and mode, or the application could no longer
                 // open it (or others could read it).
+                use std::os::unix::fs::MetadataExt;
                 let was = std::fs::metadata(live).with_context(|| format!("reading {live}"))?;
-                if let Err(e) = take_owner_and_mode(Path::new(loaded), &was) {
+                if let Err(e) = set_owner_and_mode(Path::new(loaded), was.uid(), was.gid(), was.mode() & 0o7777) {
                     let _ = std::fs::remove_file(loaded);
                     return Err(e).with_context(|| format!("giving {loaded} the owner and mode of {live}"));
                 }
@@ -511,15 +509,15 @@ impl Server {
     }
 }
 
-/// Give `file` the owner and mode of `like` (the owner only when it differs,
-/// so that a holdfast that is not root can still reload its own files).
-fn take_owner_and_mode(file: &Path, like: &std::fs::Metadata) -> std::io::Result<()> {
+/// Give `file` owner `uid`:`gid` (only when it differs, so that a holdfast
+/// that is not root can still reload its own files) and `mode`.
+fn set_owner_and_mode(file: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let now = std::fs::metadata(file)?;
-    if (now.uid(), now.gid()) != (like.uid(), like.gid()) {
-        std::os::unix::fs::chown(file, Some(like.uid()), Some(like.gid()))?;
+    if (now.uid(), now.gid()) != (uid, gid) {
+        std::os::unix::fs::chown(file, Some(uid), Some(gid))?;
     }
-    std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(like.mode() & 0o7777))
+    std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(mode))
 }
 
 /// The major version in a version string ("15.19 (Debian ...)" → 15,
@@ -543,6 +541,7 @@ mod tests {
     use super::{OneDatabase, SERVER_GLOBALS_FILE, dump_file, major_version};
     use crate::config::DatabaseKind;
     use std::io::Write;
+    use std::path::Path;
 
     /// `dump` written through [`OneDatabase`] in pieces of `piece` bytes.
     fn through_one_database(kind: DatabaseKind, dump: &str, piece: usize) -> std::io::Result<Vec<u8>> {
@@ -574,7 +573,6 @@ mod tests {
             }
         }
     }
-    use std::path::Path;
 
     #[test]
     fn every_database_name_has_a_dump_file_of_its_own_inside_its_directory() {
