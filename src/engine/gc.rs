@@ -243,7 +243,18 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     // Order matters. Marks and running backups are read first: a backup
     // still running now is protected; one that ends after this point has
     // committed before the snapshots are read below, so its references count.
-    let marks = marked_packs(repo)?;
+    let mut marks = HashMap::new();
+    for (pack, marked_at) in marked_packs(repo)? {
+        // Marks are not authenticated: one whose time does not read, or lies
+        // ahead of this clock, is stamped again now, so its grace starts
+        // once instead of never running out (a later stamp only waits longer).
+        let marked_at = match marked_at {
+            Some(at) if at <= now => at,
+            _ if dry_run => now,
+            _ => mark(repo, &pack)?,
+        };
+        marks.insert(pack, marked_at);
+    }
     let oldest_running = oldest_running_backup(repo)?;
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
@@ -478,9 +489,10 @@ fn small_packs_to_merge(mut small: Vec<Id>, repacked: &[Id]) -> Vec<Id> {
 
 /// Mark `pack` for deletion by a later prune, stamped when written (not
 /// when the prune began): a backup that starts after this time finds it.
-fn mark(repo: &Repository, pack: &Id) -> Result<()> {
+fn mark(repo: &Repository, pack: &Id) -> Result<jiff::Timestamp> {
     let stamp = jiff::Timestamp::now();
-    repo.backend().put_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())
+    repo.backend().put_state(MARKS, &pack.to_hex(), stamp.to_string().as_bytes())?;
+    Ok(stamp)
 }
 
 /// The partly used packs (id, unused bytes, blob bytes) to repack so that unused
@@ -585,6 +597,28 @@ mod tests {
         assert!(store.names(Dir::Marks).is_empty());
         assert_eq!(store.names(Dir::Packs).len(), packs_before, "one copy of each blob");
         assert!(healthy(&repo), "snapshot {second:?} must read whole");
+    }
+
+    #[test]
+    fn a_mark_dated_ahead_or_unreadable_gets_its_grace_from_now_instead_of_forever() {
+        let (store, repo) = repository();
+        let first = back_up(&repo, files(9).path());
+        forget(&repo, &[first]).unwrap();
+        let week = GcOptions { grace: Duration::from_secs(7 * 86400), ..Default::default() };
+        assert!(collect_garbage(&repo, &week, None).unwrap().packs_marked >= 2);
+        let marks = store.names(Dir::Marks);
+        store.put_state(Dir::Marks, &marks[0], b"2999-01-01T00:00:00Z").unwrap();
+        store.put_state(Dir::Marks, &marks[1], b"not a time").unwrap();
+        let report = collect_garbage(&repo, &week, None).unwrap();
+        assert_eq!(report.packs_deleted, 0, "a week's grace has not passed: {report:?}");
+        for name in &marks[..2] {
+            let stamp: jiff::Timestamp =
+                String::from_utf8(store.get(Dir::Marks, name).unwrap()).unwrap().parse().unwrap();
+            assert!(stamp <= jiff::Timestamp::now(), "restamped now, not kept at {stamp}");
+        }
+        let report = collect_garbage(&repo, &now(), None).unwrap();
+        assert_eq!(report.packs_deleted, marks.len(), "{report:?}");
+        assert!(healthy(&repo));
     }
 
     /// Bytes in `packs/`.

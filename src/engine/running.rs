@@ -59,8 +59,9 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
     Ok(Running { backend: repo.shared_backend(), name })
 }
 
-/// Packs marked for deletion, with when they were marked.
-pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
+/// Packs marked for deletion, with when they were marked (`None` when a
+/// mark's time does not read).
+pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, Option<jiff::Timestamp>>> {
     let mut out = HashMap::new();
     for name in names(repo, MARKS)? {
         let Some(id) = Id::from_hex(&name) else { continue };
@@ -69,8 +70,7 @@ pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, jiff::Timestamp>> {
             .get(MARKS, &name)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(jiff::Timestamp::now);
+            .and_then(|s| s.trim().parse().ok());
         out.insert(id, when);
     }
     Ok(out)

@@ -133,6 +133,23 @@ pub struct FileContent {
     pub changed_while_read: bool,
 }
 
+impl FileContent {
+    /// The file's length: its pieces end to end. `None` when they could not
+    /// be a file (longer than `off_t` reaches, or a slice past 4 GiB), which
+    /// `Tree::decode` refuses, so a decoded tree never makes a restore
+    /// write for ever or index past its chunk.
+    pub fn checked_len(&self) -> Option<u64> {
+        let mut total = 0u64;
+        for piece in &self.pieces {
+            if let Piece::Slice { offset, len, .. } = piece {
+                offset.checked_add(*len)?;
+            }
+            total = total.checked_add(piece.len())?;
+        }
+        (total <= i64::MAX as u64).then_some(total)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Piece {
     /// A whole chunk.
@@ -171,13 +188,19 @@ impl Tree {
 
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
         let damaged = |e| Error::damaged("tree", e);
-        match bytes.strip_prefix(TREE_V2) {
-            Some(rest) => postcard::from_bytes(rest).map_err(damaged),
+        let tree: Tree = match bytes.strip_prefix(TREE_V2) {
+            Some(rest) => postcard::from_bytes(rest).map_err(damaged)?,
             None => {
                 let v1: TreeV1 = postcard::from_bytes(bytes).map_err(damaged)?;
-                Ok(Tree { entries: v1.entries.into_iter().map(Entry::from).collect() })
+                Tree { entries: v1.entries.into_iter().map(Entry::from).collect() }
+            }
+        };
+        for e in &tree.entries {
+            if let EntryKind::File(content) = &e.kind {
+                content.checked_len().ok_or_else(|| Error::damaged("tree", "a file whose pieces no file can hold"))?;
             }
         }
+        Ok(tree)
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Entry> {
@@ -262,6 +285,41 @@ mod tests {
             Just(EntryKind::Fifo),
             any::<u64>().prop_map(|rdev| EntryKind::CharDevice { rdev }),
         ]
+    }
+
+    #[test]
+    fn a_tree_whose_file_could_not_exist_is_damaged_not_obeyed() {
+        let meta = Metadata {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime: Timespec { secs: 0, nanos: 0 },
+            ctime: Timespec { secs: 0, nanos: 0 },
+            inode: 1,
+            size: 0,
+            xattrs: Vec::new(),
+            flags: 0,
+        };
+        let file = |pieces| Tree {
+            entries: vec![Entry {
+                name: b"f".to_vec(),
+                kind: EntryKind::File(FileContent { pieces, hardlink: None, changed_while_read: false }),
+                meta: meta.clone(),
+            }],
+        };
+        let id = Id([7; 32]);
+        let ok = file(vec![Piece::Hole { len: 1 << 40 }, Piece::Chunk { id, len: 5 }]);
+        assert_eq!(Tree::decode(&ok.encode()).unwrap(), ok);
+        for pieces in [
+            vec![Piece::Hole { len: 1 << 63 }],
+            vec![Piece::Hole { len: u64::MAX }, Piece::Chunk { id, len: 2 }],
+            vec![Piece::Slice { id, offset: u32::MAX, len: 2 }],
+        ] {
+            let err = Tree::decode(&file(pieces).encode()).unwrap_err();
+            assert!(err.to_string().contains("no file can hold"), "{err}");
+        }
     }
 
     proptest! {

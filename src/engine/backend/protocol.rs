@@ -142,6 +142,16 @@ pub fn read_frame<H: for<'de> Deserialize<'de>>(
     input: &mut impl Read,
     max_body: u64,
 ) -> io::Result<Option<(H, Vec<u8>)>> {
+    let Some((header, body_len)) = read_header(input, max_body)? else {
+        return Ok(None);
+    };
+    Ok(Some((header, read_body(input, body_len)?)))
+}
+
+/// The first half of [`read_frame`]: the header and the body's length
+/// (checked against `max_body`), so a reader can make room before
+/// [`read_body`] takes the bytes.
+pub fn read_header<H: for<'de> Deserialize<'de>>(input: &mut impl Read, max_body: u64) -> io::Result<Option<(H, u64)>> {
     let mut len = [0u8; 4];
     match input.read(&mut len[..1])? {
         0 => return Ok(None),
@@ -161,6 +171,11 @@ pub fn read_frame<H: for<'de> Deserialize<'de>>(
     if body_len > max_body {
         return Err(invalid(format!("a frame body of {body_len} bytes (at most {max_body})")));
     }
+    Ok(Some((header, body_len)))
+}
+
+/// The second half of [`read_frame`]: a body of `body_len` bytes.
+pub fn read_body(input: &mut impl Read, body_len: u64) -> io::Result<Vec<u8>> {
     // Sized up front (packs and read-ahead stretches fit), so the body is
     // read straight into place, not copied as it grows; bounded, so a
     // length a peer made up allocates little before the bytes run out.
@@ -169,7 +184,7 @@ pub fn read_frame<H: for<'de> Deserialize<'de>>(
     if body.len() as u64 != body_len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some((header, body)))
+    Ok(body)
 }
 
 fn invalid(message: String) -> io::Error {

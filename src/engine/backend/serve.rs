@@ -8,19 +8,25 @@
 //! path component under DIR may be a symbolic link, ranges are checked
 //! against the file, and with `--append-only` nothing is removed or
 //! replaced — whatever the client sends. Requests are answered by a few
-//! worker threads, so a client's pipelined requests overlap on disk.
+//! worker threads, so a client's pipelined requests overlap on disk, and the
+//! bodies they hold at once (stores arriving, reads going out) stay within a
+//! [`Budget`], so no client can make the storage host run out of memory.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
 
 use super::protocol::{self, FailureKind, Op, Reply, Request, Response, WireFile};
 use super::{Backend, Dir, LocalBackend, ReadCache, Stored, relative_path};
 use crate::error::{Error, Result};
 
-/// Requests answered at once (each may hold one body in memory).
+/// Requests answered at once.
 const WORKERS: usize = 4;
+
+/// The bytes of bodies the server holds at once, arriving and going out:
+/// sixteen default packs. A body larger than this is taken alone.
+const BODY_BUDGET: u64 = 256 << 20;
 
 /// What a refused destructive request is told.
 const APPEND_ONLY: &str = "refused: this server is append-only (holdfast serve --append-only); \
@@ -30,7 +36,17 @@ const APPEND_ONLY: &str = "refused: this server is append-only (holdfast serve -
 /// An error means the stream broke or carried something that is not this
 /// protocol (the connection is then dropped; nothing half-done is left:
 /// every store is atomic).
-pub fn serve(root: &Path, append_only: bool, mut input: impl Read, output: impl Write + Send) -> Result<()> {
+pub fn serve(root: &Path, append_only: bool, input: impl Read, output: impl Write + Send) -> Result<()> {
+    serve_within(root, append_only, input, output, &Budget::new(BODY_BUDGET))
+}
+
+fn serve_within(
+    root: &Path,
+    append_only: bool,
+    mut input: impl Read,
+    output: impl Write + Send,
+    budget: &Budget,
+) -> Result<()> {
     let output = Mutex::new(output);
     let send = |id: u64, reply: Reply, body: &[u8]| -> bool {
         let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
@@ -56,8 +72,8 @@ pub fn serve(root: &Path, append_only: bool, mut input: impl Read, output: impl 
         _ => return Err(Error::Invalid("the client did not start with a hello".into())),
     }
 
-    let server = Server { backend: LocalBackend::new(root), root: root.to_path_buf(), append_only };
-    let (queue, requests) = mpsc::sync_channel::<(Request, Vec<u8>)>(WORKERS);
+    let server = Server { backend: LocalBackend::new(root), root: root.to_path_buf(), append_only, budget };
+    let (queue, requests) = mpsc::sync_channel::<(Request, Vec<u8>, Grant)>(WORKERS);
     let requests = Mutex::new(requests);
     std::thread::scope(|scope| {
         for _ in 0..WORKERS {
@@ -65,8 +81,9 @@ pub fn serve(root: &Path, append_only: bool, mut input: impl Read, output: impl 
                 let mut cache = ReadCache::default();
                 loop {
                     let next = requests.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((request, body)) = next else { return };
-                    let (reply, body) = server.answer(request.op, body, &mut cache);
+                    let Ok((request, body, arriving)) = next else { return };
+                    let (reply, body, _going) = server.answer(request.op, body, &mut cache);
+                    drop(arriving);
                     if !send(request.id, reply, &body) {
                         return;
                     }
@@ -74,7 +91,23 @@ pub fn serve(root: &Path, append_only: bool, mut input: impl Read, output: impl 
             });
         }
         let result = loop {
-            match protocol::read_frame::<Request>(&mut input, protocol::MAX_REQUEST_BODY) {
+            let request = protocol::read_header::<Request>(&mut input, protocol::MAX_REQUEST_BODY).and_then(|r| {
+                r.map(|(request, len)| {
+                    let puts = matches!(request.op, Op::PutNew { .. } | Op::PutState { .. });
+                    if len > 0 && !puts {
+                        // A read then holds no body while it waits for room.
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "a body with a request that takes none",
+                        ));
+                    }
+                    // Room is made before the bytes are read, not after.
+                    let grant = budget.take(len);
+                    protocol::read_body(&mut input, len).map(|body| (request, body, grant))
+                })
+                .transpose()
+            });
+            match request {
                 Ok(Some(request)) => {
                     if queue.send(request).is_err() {
                         break Ok(());
@@ -89,23 +122,71 @@ pub fn serve(root: &Path, append_only: bool, mut input: impl Read, output: impl 
     })
 }
 
+/// A count of bytes held, shared by the threads that hold them: taking
+/// more than is left waits until enough is given back. A take larger than
+/// the whole budget waits until nothing else is held, then goes alone.
+struct Budget {
+    cap: u64,
+    held: Mutex<u64>,
+    returned: Condvar,
+}
+
+/// Bytes taken from a [`Budget`], given back when dropped.
+struct Grant<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new(cap: u64) -> Budget {
+        Budget { cap, held: Mutex::new(0), returned: Condvar::new() }
+    }
+
+    fn take(&self, bytes: u64) -> Grant<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held > 0 && held.saturating_add(bytes) > self.cap {
+            held = self.returned.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held += bytes;
+        Grant { budget: self, bytes }
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        let mut held = self.budget.held.lock().unwrap_or_else(|p| p.into_inner());
+        *held -= self.bytes;
+        self.budget.returned.notify_all();
+    }
+}
+
 /// The repository being served and its rules.
-struct Server {
+struct Server<'a> {
     backend: LocalBackend,
     root: PathBuf,
     append_only: bool,
+    budget: &'a Budget,
 }
 
-impl Server {
-    /// One request's reply and body; failures become [`Reply::Failed`].
-    fn answer(&self, op: Op, body: Vec<u8>, cache: &mut ReadCache) -> (Reply, Vec<u8>) {
-        match self.perform(op, body, cache) {
-            Ok(answer) => answer,
-            Err((kind, message)) => (Reply::Failed { kind, message }, Vec::new()),
+impl Server<'_> {
+    /// One request's reply and body, and the room the body holds;
+    /// failures become [`Reply::Failed`].
+    fn answer(&self, op: Op, body: Vec<u8>, cache: &mut ReadCache) -> (Reply, Vec<u8>, Option<Grant<'_>>) {
+        let mut room = None;
+        match self.perform(op, body, cache, &mut room) {
+            Ok((reply, body)) => (reply, body, room),
+            Err((kind, message)) => (Reply::Failed { kind, message }, Vec::new(), None),
         }
     }
 
-    fn perform(&self, op: Op, body: Vec<u8>, cache: &mut ReadCache) -> Result<(Reply, Vec<u8>), (FailureKind, String)> {
+    /// `room` receives the budget taken for a read before it is made.
+    fn perform<'s>(
+        &'s self,
+        op: Op,
+        body: Vec<u8>,
+        cache: &mut ReadCache,
+        room: &mut Option<Grant<'s>>,
+    ) -> Result<(Reply, Vec<u8>), (FailureKind, String)> {
         if self.append_only && op.destroys() {
             return Err((FailureKind::Refused, APPEND_ONLY.into()));
         }
@@ -132,6 +213,7 @@ impl Server {
                 if size > protocol::MAX_RESPONSE_BODY {
                     return Err((FailureKind::Invalid, format!("{name} is {size} bytes, too large to send whole")));
                 }
+                *room = Some(self.budget.take(size));
                 (Reply::Data, b.get(dir, &name).map_err(failure)?)
             }
             Op::GetRange { dir, name, start, end } => {
@@ -139,6 +221,7 @@ impl Server {
                 if start > end || end > size || end - start > protocol::MAX_REQUEST_BODY {
                     return Err((FailureKind::Invalid, format!("bytes {start}..{end} of {name} ({size} bytes)")));
                 }
+                *room = Some(self.budget.take(end - start));
                 (Reply::Data, b.get_range(dir, &name, start..end, start..end, cache).map_err(failure)?)
             }
             Op::List { dir } => {
@@ -297,6 +380,58 @@ mod tests {
         assert!(answers.iter().all(|(r, _)| refused(r)), "{answers:?}");
         assert!(root.join("snapshots/aa").is_symlink());
         assert!(!dir.path().join("cdef").exists());
+    }
+
+    #[test]
+    fn bodies_wait_for_room_and_one_larger_than_the_budget_goes_alone() {
+        let budget = Budget::new(100);
+        let first = budget.take(60);
+        std::thread::scope(|scope| {
+            let (taken, was_taken) = mpsc::channel();
+            let budget = &budget;
+            scope.spawn(move || {
+                let second = budget.take(60);
+                taken.send(()).unwrap();
+                drop(second);
+                let _huge = budget.take(1000);
+                taken.send(()).unwrap();
+            });
+            let wait = std::time::Duration::from_millis(200);
+            assert!(was_taken.recv_timeout(wait).is_err(), "60 + 60 fit in 100");
+            drop(first);
+            assert!(was_taken.recv_timeout(wait * 25).is_ok(), "room given back lets the second in");
+            assert!(was_taken.recv_timeout(wait * 25).is_ok(), "alone, a body may exceed the budget");
+        });
+        assert_eq!(*budget.held.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_budget_smaller_than_the_bodies_still_answers_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        LocalBackend::new(&root).create_layout().unwrap();
+        let names: Vec<String> = (0..12u8).map(|i| format!("{i:02x}").repeat(32)).collect();
+        let body = vec![7u8; 4096];
+        let mut input = Vec::new();
+        write_frame(&mut input, &Request { id: 0, op: Op::Hello { version: protocol::VERSION } }, &[]).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let op = Op::PutNew { dir: Dir::Packs, name: name.clone() };
+            write_frame(&mut input, &Request { id: 2 * i as u64 + 1, op }, &body).unwrap();
+            let op = Op::Get { dir: Dir::Packs, name: name.clone() };
+            write_frame(&mut input, &Request { id: 2 * i as u64 + 2, op }, &[]).unwrap();
+        }
+        let mut output = Vec::new();
+        serve_within(&root, true, &input[..], &mut output, &Budget::new(5000)).unwrap();
+        let mut out = &output[..];
+        let mut answered = 0;
+        while let Some((r, _)) = protocol::read_frame::<Response>(&mut out, u64::MAX).unwrap() {
+            assert!(!matches!(r.reply, Reply::Failed { .. }) || r.id % 2 == 0, "{r:?}");
+            answered += 1;
+        }
+        assert_eq!(answered, 1 + 2 * names.len());
+        for name in &names {
+            assert_eq!(std::fs::read(root.join("packs").join(&name[..2]).join(name)).unwrap(), body);
+        }
     }
 
     #[test]
