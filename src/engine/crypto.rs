@@ -14,8 +14,8 @@
 //! Sealed layout: `nonce (24) || ciphertext || tag (16)`; the plaintext is
 //! `flag (1) || payload`, where the flag says whether the payload is zstd.
 
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -231,7 +231,7 @@ impl Keys {
         let (nonce, body) = out.split_at_mut(NONCE_LEN);
         let tag = self
             .cipher(kind)
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), &ad, body)
+            .encrypt_inout_detached(as_nonce(nonce)?, &ad, body.into())
             .map_err(|_| Error::Invalid("encryption failed".into()))?;
         out.extend_from_slice(&tag);
         Ok(out)
@@ -259,7 +259,12 @@ impl Keys {
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let mut body = ct.to_vec();
         self.cipher(kind)
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), &associated_data(kind, id), &mut body, tag.into())
+            .decrypt_inout_detached(
+                as_nonce(nonce)?,
+                &associated_data(kind, id),
+                body.as_mut_slice().into(),
+                as_tag(tag)?,
+            )
             .map_err(|_| unsound("authentication failed"))?;
         let same = match body.split_first() {
             Some((&FLAG_RAW, payload)) => payload == plaintext,
@@ -280,7 +285,7 @@ impl Keys {
         let ad = associated_data(kind, id);
         let mut body = ct.to_vec();
         self.cipher(kind)
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut body, tag.into())
+            .decrypt_inout_detached(as_nonce(nonce)?, &ad, body.as_mut_slice().into(), as_tag(tag)?)
             .map_err(|_| Error::damaged(what(), "authentication failed"))?;
         match body.first() {
             Some(&FLAG_RAW) => {
@@ -407,6 +412,17 @@ fn associated_data(kind: ObjectKind, id: &Id) -> [u8; 42] {
     ad
 }
 
+/// A nonce from bytes split off at [`NONCE_LEN`] (an error, never a panic,
+/// should a length ever disagree).
+fn as_nonce(bytes: &[u8]) -> Result<&XNonce> {
+    bytes.try_into().map_err(|_| Error::Invalid(format!("a nonce of {} bytes", bytes.len())))
+}
+
+/// A tag from bytes split off at [`TAG_LEN`].
+fn as_tag(bytes: &[u8]) -> Result<&Tag> {
+    bytes.try_into().map_err(|_| Error::Invalid(format!("a tag of {} bytes", bytes.len())))
+}
+
 /// Wrap the master key with a key derived from a passphrase (see `keyfile`).
 pub(crate) fn wrap_key(wrapping: &[u8; 32], repo_id: &Id, master: &MasterKey) -> Result<Vec<u8>> {
     let cipher = XChaCha20Poly1305::new(wrapping.into());
@@ -414,7 +430,7 @@ pub(crate) fn wrap_key(wrapping: &[u8; 32], repo_id: &Id, master: &MasterKey) ->
     fill_random(&mut nonce)?;
     let ad = associated_data(ObjectKind::MasterKey, repo_id);
     let ct = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &master.0, aad: &ad })
+        .encrypt(as_nonce(&nonce)?, Payload { msg: &master.0, aad: &ad })
         .map_err(|_| Error::Invalid("encryption failed".into()))?;
     Ok([nonce.as_slice(), &ct].concat())
 }
@@ -427,7 +443,7 @@ pub(crate) fn unwrap_key(wrapping: &[u8; 32], repo_id: &Id, sealed: &[u8]) -> Op
     let cipher = XChaCha20Poly1305::new(wrapping.into());
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
     let ad = associated_data(ObjectKind::MasterKey, repo_id);
-    let key = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &ad }).ok()?;
+    let key = cipher.decrypt(as_nonce(nonce).ok()?, Payload { msg: ct, aad: &ad }).ok()?;
     Some(MasterKey(key.try_into().ok()?))
 }
 

@@ -1145,7 +1145,7 @@ fn seal_body(kind: ObjectKind, id: &Id, body: &[u8]) -> Vec<u8> {
     ad.push(FORMAT_VERSION);
     ad.push(kind as u8);
     ad.extend_from_slice(&id.0);
-    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: body, aad: &ad }).expect("encrypt");
+    let ct = cipher.encrypt(&XNonce::from(nonce), Payload { msg: body, aad: &ad }).expect("encrypt");
     [nonce.as_slice(), &ct].concat()
 }
 
