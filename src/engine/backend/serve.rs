@@ -93,13 +93,14 @@ fn serve_within(
         let result = loop {
             let request = protocol::read_header::<Request>(&mut input, protocol::MAX_REQUEST_BODY).and_then(|r| {
                 r.map(|(request, len)| {
-                    let puts = matches!(request.op, Op::PutNew { .. } | Op::PutState { .. });
-                    if len > 0 && !puts {
-                        // A read then holds no body while it waits for room.
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            "a body with a request that takes none",
-                        ));
+                    if !matches!(request.op, Op::PutNew { .. } | Op::PutState { .. }) {
+                        // A body no call takes is passed over, never held: a
+                        // read then holds nothing while it waits for room.
+                        let skipped = std::io::copy(&mut (&mut input).take(len), &mut std::io::sink())?;
+                        if skipped != len {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        return Ok((request, Vec::new(), budget.take(0)));
                     }
                     // Room is made before the bytes are read, not after.
                     let grant = budget.take(len);
