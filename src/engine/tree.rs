@@ -51,6 +51,27 @@ pub struct Metadata {
     pub flags: u32,
 }
 
+impl Metadata {
+    /// Metadata owned by root with `mode`, dated the epoch and nothing else
+    /// set: for entries that stand for no file (the synthetic roots that join
+    /// several backed-up paths), the same bytes from run to run.
+    pub fn synthetic(mode: u32) -> Metadata {
+        Metadata {
+            mode,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime: Timespec { secs: 0, nanos: 0 },
+            ctime: Timespec { secs: 0, nanos: 0 },
+            inode: 0,
+            size: 0,
+            xattrs: Vec::new(),
+            flags: 0,
+        }
+    }
+}
+
 /// Set in the flags of entries read from a format-1 tree: their
 /// attributes were only the `user.` ones and their flags were not recorded,
 /// so a backup must read both again even for an unchanged file.
@@ -289,19 +310,7 @@ mod tests {
 
     #[test]
     fn a_tree_whose_file_could_not_exist_is_damaged_not_obeyed() {
-        let meta = Metadata {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            user: None,
-            group: None,
-            mtime: Timespec { secs: 0, nanos: 0 },
-            ctime: Timespec { secs: 0, nanos: 0 },
-            inode: 1,
-            size: 0,
-            xattrs: Vec::new(),
-            flags: 0,
-        };
+        let meta = Metadata::synthetic(0o644);
         let file = |pieces| Tree {
             entries: vec![Entry {
                 name: b"f".to_vec(),

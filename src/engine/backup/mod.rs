@@ -46,7 +46,7 @@ use crate::engine::progress::Progress;
 use crate::engine::repository::{KnownBlobs, Repository};
 use crate::engine::select::{Selection, Selector};
 use crate::engine::snapshot::{Snapshot, Summary};
-use crate::engine::tree::{Entry, EntryKind, Metadata, Timespec, Tree};
+use crate::engine::tree::{Entry, EntryKind, Metadata, Tree};
 use crate::error::{Error, IoContext, Result};
 
 /// A path to back up, and where it appears inside the snapshot.
@@ -377,22 +377,7 @@ impl DirNode {
     /// source stored under another path, or the root). Fixed metadata keeps
     /// its encoding, and so its id, the same from run to run.
     fn synthetic() -> DirNode {
-        DirNode {
-            meta: Metadata {
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                user: None,
-                group: None,
-                mtime: Timespec { secs: 0, nanos: 0 },
-                ctime: Timespec { secs: 0, nanos: 0 },
-                inode: 0,
-                size: 0,
-                xattrs: Vec::new(),
-                flags: 0,
-            },
-            children: BTreeMap::new(),
-        }
+        DirNode { meta: Metadata::synthetic(0o755), children: BTreeMap::new() }
     }
 }
 
