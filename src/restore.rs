@@ -94,19 +94,40 @@ pub fn job_snapshot(repo: &Repository, job: &Job, spec: &str, skip_damaged: bool
     Ok((id, snap, record))
 }
 
-/// The dump of database `name` (a database name or an entry) in a run record.
+/// What `--database` takes to name a PostgreSQL server's roles dump
+/// (`pg_dumpall --globals-only`) even when a database is named `globals`.
+pub const SERVER_GLOBALS_NAME: &str = "%globals";
+
+/// The dump of database `name` (a database name, an entry, or
+/// [`SERVER_GLOBALS_NAME`]) in a run record.
 pub fn find_dump<'a>(record: &'a RunRecord, name: &str) -> Result<&'a DumpRecord> {
-    let hits: Vec<&DumpRecord> = record.databases.iter().filter(|d| d.name == name).collect();
-    let hits = if hits.is_empty() { record.databases.iter().filter(|d| d.entry == name).collect() } else { hits };
+    let dumps = &record.databases;
+    let hits: Vec<&DumpRecord> = if name == SERVER_GLOBALS_NAME {
+        dumps.iter().filter(|d| d.is_server_globals()).collect()
+    } else {
+        let named: Vec<&DumpRecord> = dumps.iter().filter(|d| d.name == name).collect();
+        // The roles dump is named `globals` too; a database of that name wins.
+        let databases: Vec<&DumpRecord> = named.iter().copied().filter(|d| !d.is_server_globals()).collect();
+        if !databases.is_empty() {
+            databases
+        } else if !named.is_empty() {
+            named
+        } else {
+            dumps.iter().filter(|d| d.entry == name).collect()
+        }
+    };
+    fn shown<'d>(d: &&'d DumpRecord) -> &'d str {
+        if d.is_server_globals() { SERVER_GLOBALS_NAME } else { &d.name }
+    }
     match hits.as_slice() {
         [one] => Ok(one),
         [] => bail!(
             "the snapshot holds no dump of {name:?}; it holds: {}",
-            record.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            dumps.iter().map(|d| shown(&d)).collect::<Vec<_>>().join(", ")
         ),
         many => bail!(
             "{name:?} names several dumps ({}); name one database",
-            many.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter().map(shown).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -490,4 +511,43 @@ pub fn smoke_queries(server: &Server, name: &str, queries: &[SmokeQuery]) -> Vec
             SmokeResult { sql: q.sql.clone(), expect: q.expect.to_string(), value, ok }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SERVER_GLOBALS_NAME, find_dump};
+    use crate::record::RunRecord;
+
+    fn record(dumps: &[(&str, &str, &str)]) -> RunRecord {
+        let databases: Vec<serde_json::Value> = dumps
+            .iter()
+            .map(|(entry, name, tool)| {
+                serde_json::json!({
+                    "entry": entry, "kind": "postgresql", "name": name, "file": format!("/x/{name}.sql"),
+                    "tool": tool, "tool_version": "16", "server_version": null,
+                    "started": "2026-12-07T00:00:00Z", "finished": "2026-12-07T00:00:01Z", "size": 1,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "job": "shop", "run_id": "r", "databases": databases, "file_sets": [], "hooks": [],
+        });
+        serde_json::from_value(value).expect("a run record")
+    }
+
+    #[test]
+    fn a_database_named_globals_and_the_roles_dump_are_each_reachable() {
+        let both = record(&[("pg", "globals", "pg_dumpall"), ("pg", "globals", "pg_dump"), ("pg", "shop", "pg_dump")]);
+        assert_eq!(find_dump(&both, "globals").map(|d| d.tool.as_str()).ok(), Some("pg_dump"));
+        assert_eq!(find_dump(&both, SERVER_GLOBALS_NAME).map(|d| d.tool.as_str()).ok(), Some("pg_dumpall"));
+        assert_eq!(find_dump(&both, "shop").map(|d| d.name.as_str()).ok(), Some("shop"));
+        // Without such a database, the plain name still finds the roles.
+        let roles_only = record(&[("pg", "globals", "pg_dumpall"), ("pg", "shop", "pg_dump")]);
+        assert_eq!(find_dump(&roles_only, "globals").map(|d| d.tool.as_str()).ok(), Some("pg_dumpall"));
+        // An entry name that covers several databases asks for one of them.
+        let err = find_dump(&both, "pg").expect_err("pg names three dumps").to_string();
+        assert!(err.contains("%globals") && err.contains("shop"), "{err}");
+        let err = find_dump(&both, "nope").expect_err("no such dump").to_string();
+        assert!(err.contains("%globals, globals, shop"), "{err}");
+    }
 }

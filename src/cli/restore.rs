@@ -31,7 +31,8 @@ pub struct Args {
     /// With a job and --files: replace a non-empty --to directory.
     #[arg(long)]
     pub overwrite: bool,
-    /// With a job: the database to restore (its name, or its entry).
+    /// With a job: the database to restore (its name, or its entry;
+    /// `%globals` for the roles dump of a PostgreSQL `name = "all"` entry).
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
     /// Load the dump into a new database (SQLite: a new file).
