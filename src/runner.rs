@@ -597,13 +597,26 @@ impl<'a> Attempt<'a> {
                 tracing::info!("job {}: optional path {} is absent; skipped", self.job.name, p.display());
             }
         }
-        let (injected, injected_added) = match self.job.repositories.first() {
-            _ if !dumps || self.streamed.is_empty() => (Vec::new(), Default::default()),
-            Some(first) if first.name == repository => (self.streamed.clone(), self.streamed_added),
-            _ => bail!(
-                "the streamed dumps are stored in repository {:?} only, and repository {repository:?} cannot get them as a copy (other chunker parameters): create it with `init --copy-params-from`, or set `stream = false`",
-                self.job.repositories.first().map(|r| r.name.as_str()).unwrap_or_default()
-            ),
+        let first = self.job.repositories.first().map(|r| r.name.as_str()).unwrap_or_default();
+        let (injected, injected_added) = if !dumps || self.streamed.is_empty() {
+            (Vec::new(), Default::default())
+        } else if first == repository {
+            (self.streamed.clone(), self.streamed_added)
+        } else {
+            // Another repository that cannot take a copy (other chunker
+            // parameters) gets the dumps read back out of the first one.
+            let source = self
+                .targets
+                .iter()
+                .find_map(|(n, t)| match t {
+                    Target::Captured { repo, .. } | Target::Committed { repo, .. } if n == first => Some(repo),
+                    _ => None,
+                })
+                .with_context(|| format!("the streamed dumps are not in repository {first:?} yet"))?;
+            let (dumps, added, guards) = store_again(&self.streamed, source, &repo, self.cancel)
+                .with_context(|| format!("storing the streamed dumps from {first:?} into repository {repository:?}"))?;
+            self.stream_guards.extend(guards);
+            (dumps, added)
         };
         let selection = self.job.files.selection(internal_paths(self.job)).map_err(|e| anyhow!(e))?;
         let mut tags = vec![self.job.name.clone()];
@@ -815,6 +828,41 @@ fn run_concurrently<T: Send>(
                 .unwrap_or_else(|| Err(anyhow!("a dump thread ended without a result (a bug)")))
         })
         .collect()
+}
+
+/// The dumps as stored again: their entries, what they added, their guards.
+type StoredAgain = (Vec<(PathBuf, Entry)>, crate::engine::backup::StreamAdded, Vec<crate::engine::running::Running>);
+
+/// The streamed dumps, stored in `source`, read back out of it (every blob
+/// authenticated) and stored in `into`: for a repository of the job that
+/// cannot take them as a copy. No spool space is used.
+fn store_again(
+    streamed: &[(PathBuf, Entry)],
+    source: &Repository,
+    into: &Repository,
+    cancel: &AtomicBool,
+) -> Result<StoredAgain> {
+    let (index, _) = source.load_index()?;
+    let (mut dumps, mut added, mut guards) = (Vec::new(), crate::engine::backup::StreamAdded::default(), Vec::new());
+    for (dir, entry) in streamed {
+        let crate::engine::tree::EntryKind::File(content) = &entry.kind else {
+            bail!("a streamed dump is not a file (a bug)");
+        };
+        let mut reader = crate::engine::restore::ContentReader::new(source, &index, &content.pieces);
+        let stored = crate::engine::backup::store_stream(into, &mut reader, Some(cancel))?;
+        guards.push(stored.running);
+        if stored.size != entry.meta.size {
+            bail!("the dump read back {} bytes, not {}", stored.size, entry.meta.size);
+        }
+        added += stored.added;
+        let mut again = entry.clone();
+        again.kind = crate::engine::tree::EntryKind::File(crate::engine::tree::FileContent {
+            pieces: stored.pieces,
+            ..content.clone()
+        });
+        dumps.push((dir.clone(), again));
+    }
+    Ok((dumps, added, guards))
 }
 
 /// A dump stored by [`StreamSink`]: the spool directory it belongs in, its

@@ -691,35 +691,102 @@ pub fn extract_file(repo: &Repository, snapshot: &Snapshot, path: &Path, out: &m
     let EntryKind::File(content) = &entry.kind else {
         return Err(Error::Invalid(format!("{} is not a regular file in the snapshot", path.display())));
     };
-    let mut packs = PackFiles::default();
+    let mut reader = ContentReader::new(repo, &index, &content.pieces);
     let mut written = 0u64;
-    let zeros = vec![0u8; 1 << 16];
-    for piece in &content.pieces {
-        match piece {
-            Piece::Hole { len } => {
-                let mut left = *len;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    out.write_all(&zeros[..n]).at(path)?;
-                    left -= n as u64;
-                }
-            }
-            Piece::Chunk { id, .. } | Piece::Slice { id, .. } => {
-                let loc =
-                    index.get(id).ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
-                let data = repo.read_blob_ahead(id, &loc, &index, &mut packs)?;
-                let bytes = match piece {
-                    Piece::Slice { offset, len, .. } => data
-                        .get(*offset as usize..(*offset + *len) as usize)
-                        .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "slice out of range"))?,
-                    _ => &data[..],
-                };
-                out.write_all(bytes).at(path)?;
-            }
-        }
-        written += piece.len();
+    while reader.next_bytes()? {
+        out.write_all(reader.bytes()).at(path)?;
+        written += reader.bytes().len() as u64;
     }
     Ok(written)
+}
+
+/// A file's bytes read back out of the repository piece by piece, each
+/// blob authenticated as it is read and a hole given as zeros: for
+/// [`extract_file`], and as a [`std::io::Read`] for storing a file again
+/// (a streamed dump into a job's other repositories).
+pub struct ContentReader<'r> {
+    repo: &'r Repository,
+    index: &'r Index,
+    pieces: std::slice::Iter<'r, Piece>,
+    packs: PackFiles,
+    /// Zeros of a hole still to give.
+    hole_left: u64,
+    buf: Vec<u8>,
+    /// What of `buf` is the current piece's, and how far `read` got in it.
+    range: std::ops::Range<usize>,
+    at: usize,
+}
+
+impl<'r> ContentReader<'r> {
+    pub fn new(repo: &'r Repository, index: &'r Index, pieces: &'r [Piece]) -> Self {
+        ContentReader {
+            repo,
+            index,
+            pieces: pieces.iter(),
+            packs: PackFiles::default(),
+            hole_left: 0,
+            buf: Vec::new(),
+            range: 0..0,
+            at: 0,
+        }
+    }
+
+    /// Move to the next bytes (a piece, or up to 64 KiB of a hole);
+    /// `false` at the end.
+    pub fn next_bytes(&mut self) -> Result<bool> {
+        const ZEROS: u64 = 1 << 16;
+        if self.hole_left == 0 {
+            match self.pieces.next() {
+                None => return Ok(false),
+                Some(Piece::Hole { len }) => self.hole_left = *len,
+                Some(piece @ (Piece::Chunk { id, .. } | Piece::Slice { id, .. })) => {
+                    let loc = self
+                        .index
+                        .get(id)
+                        .ok_or_else(|| Error::damaged(format!("chunk {}", id.short()), "not in the index"))?;
+                    self.buf = self.repo.read_blob_ahead(id, &loc, self.index, &mut self.packs)?;
+                    self.range = match piece {
+                        Piece::Slice { offset, len, .. } => {
+                            let (from, to) = (*offset as usize, *offset as usize + *len as usize);
+                            if to > self.buf.len() {
+                                return Err(Error::damaged(format!("chunk {}", id.short()), "slice out of range"));
+                            }
+                            from..to
+                        }
+                        _ => 0..self.buf.len(),
+                    };
+                    self.at = self.range.start;
+                    return Ok(true);
+                }
+            }
+        }
+        let n = self.hole_left.min(ZEROS) as usize;
+        self.hole_left -= n as u64;
+        self.buf.clear();
+        self.buf.resize(n, 0);
+        self.range = 0..n;
+        self.at = 0;
+        Ok(true)
+    }
+
+    /// The bytes [`ContentReader::next_bytes`] moved to.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+impl std::io::Read for ContentReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.range.end {
+            if !self.next_bytes().map_err(std::io::Error::other)? {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.range.end - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Restore into `opts.target` so that an interrupted restore never leaves a

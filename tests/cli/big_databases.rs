@@ -235,6 +235,58 @@ fn streamed_dumps_need_no_spool_space_and_reload_exactly() {
     }
 }
 
+/// A job's second repository made on its own (other chunker parameters,
+/// so it cannot take a copy) gets the streamed dump read back out of the
+/// first and stored again: still no spool space, and it restores alone.
+#[test]
+fn a_streamed_dump_reaches_a_second_repository_that_is_not_a_copy_of_the_first() {
+    crate::whole_system::require_root();
+    let env = JobEnv::new();
+    let spool = env.path("small-spool");
+    let _tmpfs = crate::util::SmallTmpfs::mount(&spool, 4);
+    let lite = env.path("lite.db");
+    let conn = rusqlite::Connection::open(&lite).unwrap();
+    // About 24 MiB, six times the spool.
+    conn.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 150000)
+         INSERT INTO t SELECT x, hex(randomblob(64)) FROM c;",
+    )
+    .unwrap();
+    drop(conn);
+    let before = sqlite_digest(&lite);
+    env.config(&format!(
+        "[repositories.offsite]\npath = \"offsite\"\npassphrase_file = \"passphrase\"\n\n\
+         [jobs.app]\nrepositories = [\"main\", \"offsite\"]\nspool = {}\n\
+         [[jobs.app.databases]]\nkind = \"sqlite\"\nentry = \"lite\"\npath = {}\nstream = true\n",
+        q(&spool),
+        q(&lite)
+    ))
+    .init_repo();
+    env.engine(["--repo", "offsite", "init"]).assert().success();
+
+    env.run(&["app"]).assert_ok();
+    env.run(&["app"]).assert_ok();
+    for repo in ["main", "offsite"] {
+        let out = env.engine(["--repo", repo, "snapshots", "app", "--json"]).assert().success();
+        let snaps = crate::util::parse_json(&String::from_utf8_lossy(&out.get_output().stdout));
+        let snaps = snaps.as_array().unwrap();
+        assert_eq!(snaps.len(), 2, "{repo}: {snaps:#?}");
+        assert!(
+            record(&snaps[0], &lite.display().to_string())["size"].as_u64().unwrap() > 16 << 20,
+            "{repo}: {:#}",
+            snaps[0]
+        );
+        // The second run's unchanged dump deduplicates in each repository.
+        let added = snaps[1]["summary"]["bytes_added"].as_u64().unwrap();
+        assert!(added < 1 << 20, "{repo}: the unchanged dump added {added} bytes");
+        let copy = env.path(&format!("lite-from-{repo}.db"));
+        env.engine(["--repo", repo, "restore", "app", "--database", "lite", "--dump-to"]).arg(&copy).assert().success();
+        assert_eq!(sqlite_digest(&copy), before, "{repo}");
+        env.engine(["--repo", repo, "check", "--read-data"]).assert().success();
+    }
+}
+
 #[test]
 fn a_streamed_dump_whose_tool_is_killed_makes_no_snapshot_and_the_repository_stays_healthy() {
     let env = JobEnv::new();
