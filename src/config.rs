@@ -89,6 +89,38 @@ impl<'de> Deserialize<'de> for LinePath {
     }
 }
 
+/// A file set's paths: none empty (it would quietly mean the config's
+/// directory) and none holding NUL (no file is named so).
+fn source_paths<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    let paths = Vec::<PathBuf>::deserialize(d)?;
+    if paths.iter().any(|p| p.as_os_str().is_empty()) {
+        return Err(serde::de::Error::custom("an empty path: write \".\" for the config file's directory"));
+    }
+    if let Some(p) = paths.iter().find(|p| p.as_os_str().as_encoded_bytes().contains(&0)) {
+        return Err(serde::de::Error::custom(format!("{:?} holds a NUL character: no file is named so", p.display())));
+    }
+    Ok(paths)
+}
+
+/// How often a failed run is tried again; bounded, so that a typo cannot
+/// make a job retry for ever.
+#[derive(Debug, Clone, Copy)]
+struct Retries(u32);
+
+impl Retries {
+    const MAX: u32 = 100;
+}
+
+impl<'de> Deserialize<'de> for Retries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n > Retries::MAX {
+            return Err(serde::de::Error::custom(format!("retries = {n}: at most {} expected", Retries::MAX)));
+        }
+        Ok(Retries(n))
+    }
+}
+
 /// Refuse control characters (newlines, tabs, escapes, NUL).
 pub fn check_line(s: &str) -> std::result::Result<(), String> {
     match s.chars().find(|c| c.is_control()) {
@@ -143,7 +175,7 @@ struct RawRepository {
 struct RawJob {
     description: Option<Line>,
     schedule: Option<Line>,
-    retries: Option<u32>,
+    retries: Option<Retries>,
     retry_delay: Option<DurationSpec>,
     max_age: Option<DurationSpec>,
     spool: Option<LinePath>,
@@ -761,10 +793,10 @@ impl DatabaseKind {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "source_paths")]
     pub paths: Vec<PathBuf>,
     /// Paths backed up when they exist; their absence is not an error.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "source_paths")]
     pub optional: Vec<PathBuf>,
     /// Glob patterns: `/srv/*/tmp` (anchored: starts with `/`) or
     /// `node_modules`, `*.tmp` (at any depth). See [`Patterns`].
@@ -964,12 +996,31 @@ fn parse_file(file: &Path, text: &str) -> Result<RawFile> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         let snippet = e.span().map(|s| text[s.start..s.end.min(text.len())].trim().to_string()).unwrap_or_default();
-        let mut message = explain_unknown_key(e.message().trim());
-        if !snippet.is_empty() && snippet.len() < 80 && !message.contains(&snippet) {
+        let mut message = crate::units::hide_credentials(&explain_unknown_key(e.message().trim()));
+        // The value is not echoed where it may be a secret: a URL's
+        // credentials, or anything on a passphrase's or password's line.
+        let on_line = e.span().map(|s| text[..s.start.min(text.len())].rsplit('\n').next().unwrap_or_default());
+        let secret_line =
+            on_line.is_some_and(|l| ["passphrase", "password", "secret", "token"].iter().any(|k| l.contains(k)));
+        if secret_line {
+            message = hide_quoted(&message);
+        }
+        if !snippet.is_empty()
+            && snippet.len() < 80
+            && !message.contains(&snippet)
+            && !secret_line
+            && !snippet.contains('@')
+        {
             message = format!("{message} (at `{snippet}`)");
         }
         ConfigError::At { file: file.to_path_buf(), line, column, message }
     })
+}
+
+/// `message` with every `quoted` value replaced by `…` (serde quotes the
+/// value it could not take: "invalid type: integer `123`").
+fn hide_quoted(message: &str) -> String {
+    message.split('`').enumerate().map(|(i, part)| if i % 2 == 1 { "…" } else { part }).collect::<Vec<_>>().join("`")
 }
 
 /// serde's "unknown field `retry`, expected one of `a`, `b`" becomes
@@ -1119,8 +1170,9 @@ fn resolve_repository(source: &Parsed, name: &str, spanned: &toml::Spanned<RawRe
     };
     const S3: &str = "S3 repositories (`url = \"s3://…\"`)";
     const SSH: &str = "SSH repositories (`url = \"ssh://…\"`)";
-    if r.connections == Some(0) {
-        return Err(in_file("`connections` must be at least 1".into()));
+    let most = crate::engine::backend::MAX_CONNECTIONS;
+    if r.connections.is_some_and(|n| !(1..=most).contains(&n)) {
+        return Err(in_file(format!("`connections` must be from 1 to {most}")));
     }
     let place = match (&r.path, &r.url) {
         (Some(LinePath(p)), None) => {
@@ -1243,7 +1295,7 @@ fn resolve_job(
         file: file.into(),
         description: job.description.clone().or(d.description).map(|l| l.0),
         schedule: job.schedule.clone().or(d.schedule).map(|l| l.0),
-        retries: job.retries.or(d.retries).unwrap_or(0),
+        retries: job.retries.or(d.retries).map_or(0, |r| r.0),
         retry_delay: job.retry_delay.or(d.retry_delay).map_or(Duration::from_secs(300), |d| d.0),
         max_age: job.max_age.or(d.max_age).map(|d| d.0),
         spool,

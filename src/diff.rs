@@ -105,6 +105,16 @@ pub struct Diff {
 /// changes sorted by path.
 pub fn diff(repo: &Repository, from: (&Id, &Snapshot), to: (&Id, &Snapshot), under: Option<&Path>) -> Result<Diff> {
     let (index, _) = repo.load_index()?;
+    // A path in neither snapshot is a mistake (a typo, a path from another
+    // host), not "no changes".
+    if let Some(u) = under
+        && u.components().any(|c| !matches!(c, std::path::Component::RootDir))
+    {
+        let there = |s: &Snapshot| crate::engine::restore::find_entry(repo, &index, s, u).map(|e| e.is_some());
+        if !there(from.1)? && !there(to.1)? {
+            return Err(Error::Invalid(format!("{} is in neither snapshot", u.display())).into());
+        }
+    }
     let mut walk = Walk {
         repo,
         index: &index,

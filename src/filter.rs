@@ -36,7 +36,7 @@ impl SnapshotFilter {
 
 /// Whether `path` overlaps one of the snapshot's backed-up paths.
 fn holds_path(s: &Snapshot, path: &Path) -> bool {
-    let path = Path::new("/").join(path);
+    let path = Path::new("/").join(crate::engine::snapshot::path_text(path));
     s.paths.iter().map(|p| Path::new("/").join(p)).any(|p| path.starts_with(&p) || p.starts_with(&path))
 }
 

@@ -64,18 +64,36 @@ fn send_webhook(url: &str, vars: &Vars, timeout: Duration) -> Result<(), String>
     let config = ureq::config::Config::builder().timeout_global(Some(timeout)).build();
     let agent = ureq::Agent::new_with_config(config);
     let target = webhook_url(&url, &vars.event);
-    agent
-        .post(&target)
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .map_err(|e| format!("POST {}: {e}", redact_url(&target)))?;
+    agent.post(&target).header("Content-Type", "application/json").send(body.to_string()).map_err(|e| {
+        let shown = redact_url(&target);
+        let why = crate::units::hide_credentials(&e.to_string().replace(&target, &shown));
+        format!("POST {shown}: {why}")
+    })?;
     Ok(())
 }
 
-/// A URL without its path (which may hold a check's secret UUID), for logs.
+/// A URL as logs may show it: scheme, host and port only. Its path and
+/// query may hold a check's secret UUID or a token, its user part a
+/// password.
 fn redact_url(url: &str) -> String {
-    match url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j)) {
-        Some(end) => format!("{}/…", &url[..end]),
-        None => url.to_string(),
+    let Some(at) = url.find("://") else { return "…".into() };
+    let rest = &url[at + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let more = if authority.len() < rest.len() { "/…" } else { "" };
+    format!("{}://{host}{more}", &url[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_keep_only_scheme_host_and_port() {
+        assert_eq!(redact_url("https://hc-ping.com/0f2a-uuid"), "https://hc-ping.com/…");
+        assert_eq!(redact_url("https://bob:Secret@hooks.example:8443/h?token=T"), "https://hooks.example:8443/…");
+        assert_eq!(redact_url("http://hooks.example?token=T"), "http://hooks.example/…");
+        assert_eq!(redact_url("http://hooks.example"), "http://hooks.example");
+        assert_eq!(redact_url("not a url"), "…");
     }
 }

@@ -9,6 +9,7 @@
 //! as another user gets only a minimal environment of its own.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,22 +53,25 @@ const MINIMAL_VARIABLES: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
 
 /// The whole environment of a child: holdfast's own without its secrets,
 /// or (`user`: a child that drops privileges) a minimal one; then `extra`.
-pub fn child_environment(user: Option<&nix::unistd::User>, extra: &Env) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = match user {
-        None => std::env::vars().filter(|(k, _)| !is_secret_variable(k)).collect(),
+pub fn child_environment(user: Option<&nix::unistd::User>, extra: &Env) -> BTreeMap<OsString, OsString> {
+    // `vars_os`: a variable that is not UTF-8 (a locale's file name, say)
+    // is passed through as it is, never a reason to fail.
+    let inherited = std::env::vars_os();
+    let mut env: BTreeMap<OsString, OsString> = match user {
+        None => inherited.filter(|(k, _)| !k.to_str().is_some_and(is_secret_variable)).collect(),
         Some(u) => {
-            let mut env: BTreeMap<String, String> =
-                std::env::vars().filter(|(k, _)| MINIMAL_VARIABLES.contains(&k.as_str())).collect();
+            let mut env: BTreeMap<OsString, OsString> =
+                inherited.filter(|(k, _)| k.to_str().is_some_and(|k| MINIMAL_VARIABLES.contains(&k))).collect();
             env.entry("PATH".into()).or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
-            env.insert("HOME".into(), u.dir.display().to_string());
-            env.insert("USER".into(), u.name.clone());
-            env.insert("LOGNAME".into(), u.name.clone());
-            env.insert("SHELL".into(), u.shell.display().to_string());
+            env.insert("HOME".into(), u.dir.clone().into_os_string());
+            env.insert("USER".into(), u.name.clone().into());
+            env.insert("LOGNAME".into(), u.name.clone().into());
+            env.insert("SHELL".into(), u.shell.clone().into_os_string());
             env
         }
     };
     for (k, v) in extra {
-        env.insert(k.clone(), v.clone());
+        env.insert(k.into(), v.into());
     }
     env
 }

@@ -135,9 +135,15 @@ pub fn location_from_argument(arg: &Path) -> Result<Location> {
         region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
         access_key_id,
         secret_access_key,
-        connections: env("HOLDFAST_S3_CONNECTIONS")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(S3Settings::DEFAULT_CONNECTIONS),
+        connections: match env("HOLDFAST_S3_CONNECTIONS") {
+            None => S3Settings::DEFAULT_CONNECTIONS,
+            Some(v) => {
+                let most = crate::engine::backend::MAX_CONNECTIONS;
+                v.trim().parse().ok().filter(|n| (1..=most).contains(n)).ok_or_else(|| {
+                    anyhow::anyhow!("HOLDFAST_S3_CONNECTIONS={v:?} is not a number of connections from 1 to {most}")
+                })?
+            }
+        },
         request_timeout: S3Settings::DEFAULT_TIMEOUT,
     }))
 }

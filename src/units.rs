@@ -40,6 +40,34 @@ pub fn escape_message(text: &str) -> String {
         .collect()
 }
 
+/// `text` with the credentials of every URL in it hidden: the user and
+/// password of `scheme://user:password@host` become `***` (a lone user
+/// name is kept only for `ssh://`, where it is not a secret), so that a
+/// URL echoed in an error or a log line does not carry a key.
+pub fn hide_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let authority_at = at + 3;
+        out.push_str(&rest[..authority_at]);
+        let after = &rest[authority_at..];
+        let end = after.find(|c: char| matches!(c, '/' | '?' | '#' | '`' | '"' | '\'' | ')') || c.is_whitespace());
+        let authority = &after[..end.unwrap_or(after.len())];
+        if let Some((user, host)) = authority.rsplit_once('@') {
+            let ssh = rest[..at].ends_with("ssh");
+            let shown = if ssh && !user.contains(':') { user } else { "***" };
+            out.push_str(shown);
+            out.push('@');
+            out.push_str(host);
+        } else {
+            out.push_str(authority);
+        }
+        rest = &after[authority.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Bytes in binary units, for people.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -59,12 +87,12 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let n: f64 = t[..split].parse().map_err(|_| bad())?;
-    let shift = match t[split..].trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
+    let shift = match t[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
         _ => return Err(bad()),
     };
     let bytes = n * (1u64 << shift) as f64;
@@ -174,6 +202,28 @@ pub fn local_time(t: &jiff::Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_hidden_wherever_they_are() {
+        let text = "endpoint `http://AKIA:Secret@s3.local:3900/x` and s3://AKIA:Secret@bucket/p, \
+                    https://tok@hooks.example/h?x=1, ssh://alice@box/srv, ssh://alice:pw@box/srv, http://plain/x";
+        let hidden = hide_credentials(text);
+        assert!(!hidden.contains("Secret") && !hidden.contains("tok@") && !hidden.contains("pw"), "{hidden}");
+        assert!(hidden.contains("http://***@s3.local:3900/x") && hidden.contains("s3://***@bucket/p"), "{hidden}");
+        assert!(hidden.contains("ssh://alice@box/srv") && hidden.contains("ssh://***@box/srv"), "{hidden}");
+        assert!(hidden.contains("http://plain/x"), "{hidden}");
+        assert_eq!(hide_credentials("no url: a@b"), "no url: a@b");
+    }
+
+    #[test]
+    fn sizes_need_a_known_unit() {
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("500 mb").unwrap(), 500 << 20);
+        assert_eq!(parse_size("7").unwrap(), 7);
+        for bad in ["1iB", "1bb", "1KiBB", "MiB", "1x"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_parse() {

@@ -28,6 +28,7 @@ pub struct Args {
     /// The newer snapshot: an id prefix or `latest`.
     pub to: String,
     /// Only this path and what is below it.
+    #[arg(value_parser = super::path_in_snapshot())]
     pub path: Option<PathBuf>,
     /// Only the counts and sizes.
     #[arg(long)]

@@ -185,8 +185,22 @@ pub struct FilterArgs {
     pub tags: Vec<String>,
     /// Only snapshots that hold this path (repeatable); `find` and
     /// `restore` also keep to what is at or below it.
-    #[arg(long = "path", value_name = "PATH")]
+    #[arg(long = "path", value_name = "PATH", value_parser = path_in_snapshot())]
     pub paths: Vec<PathBuf>,
+}
+
+/// A `--path`: a path as a snapshot holds it. `..` is refused rather than
+/// dropped or resolved: `a/b/..` would otherwise select `a/b`, or, resolved
+/// against this host's links, something else than the user sees in `ls`.
+/// Any bytes but NUL are taken: file names need not be UTF-8.
+pub(crate) fn path_in_snapshot() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PathBufValueParser::new().try_map(|path: PathBuf| {
+        if path.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err("`..` is not taken here: name the path as the snapshot holds it (see `holdfast ls`)");
+        }
+        Ok(path)
+    })
 }
 
 impl FilterArgs {

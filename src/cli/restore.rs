@@ -100,6 +100,13 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
 fn restore_snapshot(args: &Args, ctx: &Context) -> Result<Exit> {
     let to = args.to.as_ref().ok_or_else(|| Usage("restore needs --to DIR".into()))?;
     let repo = ctx.open_for_job(args.filter.job.as_deref())?;
+    // Never into the repository read from. (Around it is allowed: this
+    // restore adds to the target rather than replacing it, so a whole
+    // system goes back to `/` while its repository is mounted there.)
+    let protected = [("the repository".to_string(), PathBuf::from(repo.location()))];
+    if protected[0].1.is_dir() {
+        crate::engine::restore::refuse_protected(to, &protected, false)?;
+    }
     let filter = args.filter.filter();
     let (id, snap) = if args.target == "latest" && !filter.is_empty() {
         let (all, bad) = repo.snapshots()?;

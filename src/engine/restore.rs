@@ -789,6 +789,37 @@ impl std::io::Read for ContentReader<'_> {
     }
 }
 
+/// Refuse a restore target that is inside one of `protected` (`(what,
+/// path)`: the repository, the spool, the config in use) or, when it is to
+/// be replaced (`replaced`), holds one; returns the target as it will be
+/// written (the name itself, not where a symlink there points).
+pub fn refuse_protected(target: &Path, protected: &[(String, PathBuf)], replaced: bool) -> Result<PathBuf> {
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(file_name) = target.file_name() else {
+        return Err(Error::Invalid(format!("{}: restore into a named directory", target.display())));
+    };
+    let resolved = std::fs::canonicalize(parent).map(|p| p.join(file_name)).unwrap_or_else(|_| target.to_path_buf());
+    for (what, path) in protected {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if replaced && path.starts_with(&resolved) {
+            return Err(Error::Invalid(format!(
+                "{} holds {what} ({}); restoring there would destroy it; restore elsewhere",
+                target.display(),
+                path.display()
+            )));
+        }
+        if resolved.starts_with(&path) {
+            return Err(Error::Invalid(format!(
+                "{} is {}{what} ({}); restoring there would damage it; restore elsewhere",
+                target.display(),
+                if resolved == path { "" } else { "inside " },
+                path.display()
+            )));
+        }
+    }
+    Ok(resolved)
+}
+
 /// Restore into `opts.target` so that an interrupted restore never leaves a
 /// half-old tree: everything is written into a private staging directory
 /// beside the target, which then takes the target's place in one rename (an
@@ -806,29 +837,8 @@ pub fn restore_staged(
 ) -> Result<RestoreSummary> {
     let target = &opts.target;
     let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(file_name) = target.file_name() else {
-        return Err(Error::Invalid(format!("{}: restore into a named directory", target.display())));
-    };
-    // The target as it will be replaced: the name itself, not where a
-    // symlink there points.
-    let resolved = std::fs::canonicalize(parent).map(|p| p.join(file_name)).unwrap_or_else(|_| target.clone());
-    for (what, path) in protected {
-        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        if path.starts_with(&resolved) {
-            return Err(Error::Invalid(format!(
-                "{} holds {what} ({}); restoring there would destroy it; restore elsewhere",
-                target.display(),
-                path.display()
-            )));
-        }
-        if resolved.starts_with(&path) {
-            return Err(Error::Invalid(format!(
-                "{} is inside {what} ({}); restoring there would damage it; restore elsewhere",
-                target.display(),
-                path.display()
-            )));
-        }
-    }
+    let resolved = refuse_protected(target, protected, true)?;
+    let file_name = resolved.file_name().unwrap_or(target.as_os_str());
     let existing = match std::fs::symlink_metadata(target) {
         Ok(md) => Some(md),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

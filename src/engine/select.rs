@@ -36,7 +36,14 @@ impl Patterns {
             patterns.iter().map(|p| (p.clone(), false)).chain(ignore_case.iter().map(|p| (p.clone(), true))).collect();
         let mut b = globset::GlobSetBuilder::new();
         for (p, fold) in &written {
-            let anchored = if p.starts_with('/') || p.starts_with("**") { p.clone() } else { format!("**/{p}") };
+            // `cache/` (a directory, as gitignore writes it) names the
+            // same paths as `cache`: no path holdfast matches ends in `/`.
+            let bare = p.trim_end_matches('/');
+            if bare.is_empty() {
+                return Err(format!("exclude pattern {p:?} is empty or only `/`: it would match every path"));
+            }
+            let anchored =
+                if bare.starts_with('/') || bare.starts_with("**") { bare.to_string() } else { format!("**/{bare}") };
             let glob = globset::GlobBuilder::new(&anchored)
                 .case_insensitive(*fold)
                 .build()
@@ -289,6 +296,17 @@ mod tests {
         assert_eq!(unescape_mount_path("/mnt/my\\040disk"), "/mnt/my disk");
         assert_eq!(unescape_mount_path("/plain"), "/plain");
         assert!(mounts_below(Path::new("/")).iter().any(|(at, kind)| at == Path::new("/proc") && kind == "proc"));
+    }
+
+    #[test]
+    fn an_empty_pattern_is_refused_and_a_trailing_slash_names_the_directory() {
+        for empty in ["", "/", "//"] {
+            let e = Patterns::new(&["*.tmp".into(), empty.into()], &[]).unwrap_err();
+            assert!(e.contains("match every path"), "{empty:?}: {e}");
+        }
+        let p = Patterns::new(&["cache/".into(), "/srv/tmp/".into()], &[]).unwrap();
+        assert!(p.is_match(Path::new("/home/a/cache")) && p.is_match(Path::new("/srv/tmp")));
+        assert!(!p.is_match(Path::new("/home/a/cached")) && !p.is_match(Path::new("/home/a/b")));
     }
 
     #[test]

@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::crypto::Id;
 
+/// A backed-up path as a snapshot's `paths` hold it: as it is when it is
+/// UTF-8, else with its other bytes escaped (`\xff`), so that two paths
+/// that differ only there stay two paths (one timeline each for prune,
+/// one match each for `--path`).
+pub fn path_text(path: &std::path::Path) -> String {
+    match path.to_str() {
+        Some(text) => text.to_string(),
+        None => crate::units::escape_text(path.as_os_str().as_encoded_bytes()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub time: jiff::Timestamp,

@@ -42,6 +42,7 @@ mod restore_jobs;
 mod verify_jobs;
 
 mod hardening;
+mod hostile_input;
 mod operations;
 mod prune;
 mod secret_audit;

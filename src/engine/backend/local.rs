@@ -43,6 +43,32 @@ impl LocalBackend {
         self.root.join(relative_path(dir, name))
     }
 
+    /// Put the complete temporary file `temp` in place as `name` of `dir`
+    /// unless that name exists (then it is left as it is).
+    fn link_into_place(&self, temp: &Path, dir: Dir, name: &str) -> Result<Stored> {
+        let target = self.path_of(dir, name);
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        if !parent.is_dir() {
+            fs::create_dir_all(&parent).at(&parent)?;
+            sync_dir(parent.parent().unwrap_or(&self.root))?;
+        }
+        let stored = match fs::hard_link(temp, &target) {
+            Ok(()) => Stored::New,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyThere,
+            Err(_) if !target.exists() => {
+                // A filesystem without hard links: rename cannot lose data here
+                // because the target does not exist.
+                fs::rename(temp, &target).at(&target)?;
+                sync_dir(&parent)?;
+                return Ok(Stored::New);
+            }
+            Err(e) => return Err(Error::io(&target, e)),
+        };
+        fs::remove_file(temp).at(temp)?;
+        sync_dir(&parent)?;
+        Ok(stored)
+    }
+
     /// A new, private temporary file under `tmp/`.
     fn temp_file(&self) -> Result<(File, PathBuf)> {
         let mut rnd = [0u8; 8];
@@ -120,32 +146,11 @@ impl Backend for LocalBackend {
     fn put_new(&self, dir: Dir, name: &str, bytes: Vec<u8>) -> Result<Stored> {
         let temp = self.durable_temp(&bytes)?;
         drop(bytes);
-        let target = self.path_of(dir, name);
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-        if !parent.exists() {
-            fs::create_dir_all(&parent).at(&parent)?;
-            sync_dir(parent.parent().unwrap_or(&self.root))?;
-        }
-        let stored = match fs::hard_link(&temp, &target) {
-            Ok(()) => Stored::New,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyThere,
-            Err(_) if !target.exists() => {
-                // A filesystem without hard links: rename cannot lose data here
-                // because the target does not exist.
-                fs::rename(&temp, &target).at(&target)?;
-                sync_dir(&parent)?;
-                return Ok(Stored::New);
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                return Err(Error::io(&target, e));
-            }
-        };
-        fs::remove_file(&temp).at(&temp)?;
-        sync_dir(&parent)?;
-        Ok(stored)
+        // Whatever goes wrong, the temporary file does not stay behind.
+        self.link_into_place(&temp, dir, name).inspect_err(|_| {
+            let _ = fs::remove_file(&temp);
+        })
     }
-
     fn put_state(&self, dir: Dir, name: &str, bytes: &[u8]) -> Result<()> {
         let d = self.root.join(dir);
         fs::create_dir_all(&d).at(&d)?;

@@ -103,6 +103,10 @@ impl fmt::Display for Dir {
     }
 }
 
+/// The most transfers a remote repository may keep in flight: each holds
+/// up to a pack in memory, and more than this only queues at the server.
+pub const MAX_CONNECTIONS: usize = 64;
+
 pub const ROOT: Dir = Dir::Root;
 pub const PACKS: Dir = Dir::Packs;
 pub const INDEX: Dir = Dir::Index;

@@ -203,6 +203,11 @@ pub fn check_name(dir: Dir, name: &str) -> Result<(), String> {
     if !plain {
         return Err(format!("{name:?} is not a name a repository's {} holds", dir_name(dir)));
     }
+    // A pack's file lives in the fan-out directory named by its first two
+    // characters; a name of two or fewer would be that directory itself.
+    if dir == Dir::Packs && name.len() <= 2 {
+        return Err(format!("{name:?} is not a pack's name (too short)"));
+    }
     Ok(())
 }
 
@@ -251,8 +256,9 @@ mod tests {
         for good in ["0a1b2c", "host-1234-abcd.done", "config", "x_y.tmp"] {
             assert!(check_name(Dir::Running, good).is_ok(), "{good}");
         }
-        for bad in ["", ".", "..", "../config", "a/b", ".hidden", "a\0b", "é", &"a".repeat(201)] {
+        for bad in ["", ".", "..", "../config", "a/b", ".hidden", "a\0b", "é", &"a".repeat(201), "00", "ff", "a"] {
             assert!(check_name(Dir::Packs, bad).is_err(), "{bad:?}");
         }
+        assert!(check_name(Dir::Packs, &"ab".repeat(32)).is_ok());
     }
 }

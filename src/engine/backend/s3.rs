@@ -50,8 +50,15 @@ impl S3Settings {
 
     /// Split `s3://bucket/prefix`.
     pub fn parse_url(url: &str) -> std::result::Result<(String, String), String> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url:?} does not start with s3://"))?;
+        let shown = crate::units::hide_credentials(url);
+        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{shown:?} does not start with s3://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') {
+            // Not echoed: it may hold a secret key.
+            return Err("the S3 URL holds credentials (key:secret@); keys go in access_key_id_file and \
+                        secret_access_key_file, or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"
+                .into());
+        }
         let valid = (3..=63).contains(&bucket.len())
             && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
             && !bucket.starts_with(['-', '.'])

@@ -63,6 +63,8 @@ impl SshSettings {
 
     /// Settings from `ssh://[user@]host[:port]/path` with the defaults.
     pub fn from_url(url: &str) -> std::result::Result<SshSettings, String> {
+        // Messages show the URL without a password, which is refused.
+        let url = &crate::units::hide_credentials(url);
         let rest = url.strip_prefix("ssh://").ok_or_else(|| format!("{url:?} does not start with ssh://"))?;
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
@@ -74,6 +76,9 @@ impl SshSettings {
         };
         let (host, port) = if let Some(inner) = host_port.strip_prefix('[') {
             let (host, after) = inner.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err(format!("{url:?}: {after:?} after the host's ]: only :PORT may follow"));
+            }
             (host, after.strip_prefix(':'))
         } else {
             match host_port.split_once(':') {
@@ -93,6 +98,12 @@ impl SshSettings {
             |s: &str| !s.is_empty() && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
         if !word(host) {
             return Err(format!("{url:?}: {host:?} is not a host name"));
+        }
+        if user.is_some_and(|u| u.contains("***") || u.contains(':')) {
+            return Err(format!(
+                "{url:?}: a password in an ssh:// URL is not taken (ssh is run in batch mode); \
+                 give identity_file = \"…\" with a key instead"
+            ));
         }
         if let Some(u) = user.filter(|u| !word(u)) {
             return Err(format!("{url:?}: {u:?} is not a user name"));
@@ -689,6 +700,9 @@ mod tests {
         {
             assert!(SshSettings::from_url(bad).is_err(), "{bad}");
         }
+        assert!(SshSettings::from_url("ssh://[::1]junk/r").is_err());
+        let e = SshSettings::from_url("ssh://alice:Secret@box/r").unwrap_err();
+        assert!(e.contains("identity_file") && !e.contains("Secret"), "{e}");
     }
 
     #[test]

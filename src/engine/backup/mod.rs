@@ -198,7 +198,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
         }
     }
     let sources: Vec<BackupSource> = kept.into_iter().cloned().collect();
-    let paths: Vec<String> = sources.iter().map(|s| s.at.to_string_lossy().into_owned()).collect();
+    let paths: Vec<String> = sources.iter().map(|s| crate::engine::snapshot::path_text(&s.at)).collect();
     let select = Selector::new(&opts.selection);
     let (sources, within, root_left_out) = expand_root(sources, &select)?;
     let sources = &sources[..];
