@@ -11,9 +11,11 @@ unlock (argon2) is in every figure: it is the floor. The repositories are
 local, so the snapshot cache (buckets only) plays no part.
 
 --daily makes the histories look like a user's: one real prune merges the
-index files every backup left (as a daily prune does), and the snapshot
-files' times are set one day apart, newest now (the backups are made
-seconds apart, so without it a parent lookup must read every file).
+index files every backup left (as a daily prune does), a second one with
+--grace 0s deletes the packs the first marked (as the next day's prune
+does: the default grace is an hour), and the snapshot files' times are set
+one day apart, newest now (the backups are made seconds apart, so without
+it a parent lookup must read every file).
 """
 
 import argparse
@@ -62,6 +64,7 @@ def as_daily(repo, env):
     """Merge the index files (a real prune that forgets nothing) and space
     the snapshot files' modification times a day apart, keeping their order."""
     run(["--repo", repo, "prune", "--keep-last", "100000"], env)
+    run(["--repo", repo, "prune", "--keep-last", "100000", "--grace", "0s"], env)
     folder = os.path.join(repo, "snapshots")
     files = sorted(os.listdir(folder), key=lambda f: os.stat(os.path.join(folder, f)).st_mtime, reverse=True)
     now = time.time()

@@ -137,22 +137,25 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
 }
 
 fn print_report(r: &PruneReport) -> Result<()> {
-    outln!(
+    let mut out = super::stdout_in_blocks();
+    writeln!(
+        out,
         "repository {}{}{}:",
         r.repository,
         r.job.as_deref().map(|j| format!(", job {j}")).unwrap_or_default(),
         if r.dry_run { " (dry run: nothing changed)" } else { "" }
-    );
+    )?;
     for d in &r.decisions {
         let when = local_time(&d.time);
         if d.keep {
-            outln!("  keep   {} {when}  ({})", short(&d.id), d.reasons.join(", "));
+            writeln!(out, "  keep   {} {when}  ({})", short(&d.id), d.reasons.join(", "))?;
         } else {
-            outln!("  forget {} {when}", short(&d.id));
+            writeln!(out, "  forget {} {when}", short(&d.id))?;
         }
     }
     let g = &r.gc;
-    outln!(
+    writeln!(
+        out,
         "  {} snapshot(s) {}; packs: {} newly marked unused, {} unmarked (in use again), {} waiting out the grace period, {} deleted; {} leftovers deleted; {} freed",
         r.forgotten,
         if r.dry_run { "would be forgotten" } else { "forgotten" },
@@ -162,16 +165,18 @@ fn print_report(r: &PruneReport) -> Result<()> {
         g.packs_deleted,
         g.leftovers_deleted,
         human(g.bytes_deleted)
-    );
+    )?;
     if g.packs_repacked > 0 {
-        outln!(
+        writeln!(
+            out,
             "  repacked {} partly used or small pack(s) ({} small ones merged): {} of used data {} to new packs; the old packs are marked",
             g.packs_repacked,
             g.packs_merged,
             human(g.bytes_repacked),
             if r.dry_run { "would be written" } else { "written" },
-        );
+        )?;
     }
-    outln!("  {} unused left (a later prune deletes what is marked)", human(g.bytes_unused_left));
+    writeln!(out, "  {} unused left (a later prune deletes what is marked)", human(g.bytes_unused_left))?;
+    out.flush()?;
     Ok(())
 }

@@ -42,9 +42,11 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         print_json(&snaps.iter().map(|(id, s)| SnapshotView::new(id, s)).collect::<Vec<_>>())?;
         return Ok(Exit::Success);
     }
-    outln!("{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags");
+    let mut out = super::stdout_in_blocks();
+    writeln!(out, "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  paths", "id", "time", "host", "size", "tags")?;
     for (id, s) in &snaps {
-        outln!(
+        writeln!(
+            out,
             "{:<8}  {:<25}  {:<12}  {:>10}  {:<12}  {}",
             id.short(),
             local_time(&s.time),
@@ -52,13 +54,15 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
             human(s.summary.bytes),
             escape_text(s.tags.join(",").as_bytes()),
             escape_text(s.paths.join(" ").as_bytes())
-        );
+        )?;
     }
+    out.flush()?;
     Ok(Exit::Success)
 }
 
 fn print_job_snapshots(snaps: &[(Id, Snapshot)]) -> Result<()> {
-    outln!("{:<8}  {:<25}  {:>10}  holds", "id", "time", "size");
+    let mut out = super::stdout_in_blocks();
+    writeln!(out, "{:<8}  {:<25}  {:>10}  holds", "id", "time", "size")?;
     for (id, s) in snaps {
         let mut holds: Vec<String> = Vec::new();
         if let Some(r) = RunRecord::of(s) {
@@ -76,13 +80,15 @@ fn print_job_snapshots(snaps: &[(Id, Snapshot)]) -> Result<()> {
         if s.repaired.is_some() {
             flags.push_str("  [repaired]");
         }
-        outln!(
+        writeln!(
+            out,
             "{:<8}  {:<25}  {:>10}  {}{flags}",
             id.short(),
             local_time(&s.time),
             human(s.summary.bytes),
             escape_text(holds.join(", ").as_bytes())
-        );
+        )?;
     }
+    out.flush()?;
     Ok(())
 }

@@ -59,6 +59,13 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
     Ok(Running { backend: repo.shared_backend(), name })
 }
 
+/// Packs marked for deletion, by their marks' names alone: what a backup
+/// needs (it reuses no blob of theirs), without reading each mark (after a
+/// prune that repacked much, thousands of files; requests on a bucket).
+pub fn marked_pack_ids(repo: &Repository) -> Result<HashSet<Id>> {
+    Ok(names(repo, MARKS)?.iter().filter_map(|name| Id::from_hex(name)).collect())
+}
+
 /// Packs marked for deletion, with when they were marked (`None` when a
 /// mark's time does not read).
 pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, Option<jiff::Timestamp>>> {

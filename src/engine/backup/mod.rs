@@ -210,13 +210,12 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     // trips: a listing, then what it names), not for their sum.
     let running = crate::engine::running::register_backup(repo)?;
     let (marked, index, listed, parent) = std::thread::scope(|s| {
-        let marked = s.spawn(|| crate::engine::running::marked_packs(repo));
+        let marked = s.spawn(|| crate::engine::running::marked_pack_ids(repo));
         let index = s.spawn(|| repo.load_index());
         let listed = s.spawn(|| repo.backend().list(crate::engine::backend::PACKS));
         let parent = if opts.use_parent { find_parent(repo, &paths, &opts.host) } else { Ok(None) };
         Ok::<_, Error>((joined(marked)?, joined(index)?, joined(listed)?, parent?))
     })?;
-    let marked: std::collections::HashSet<Id> = marked.into_keys().collect();
     let (index, _damaged) = index;
     // Blobs are reused only from packs that are there, whole: a pack lost
     // or cut short since it was indexed makes its blobs stored again.
