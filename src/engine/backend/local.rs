@@ -247,3 +247,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// pack opens it once.
 #[derive(Default)]
 struct OpenFiles(std::collections::HashMap<String, File>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_be_put_in_place_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        backend.create_layout().unwrap();
+        // A file where the pack's fan-out directory should be.
+        fs::write(dir.path().join("packs/ab"), b"in the way").unwrap();
+        assert!(backend.put_new(PACKS, &"ab".repeat(32), b"pack".to_vec()).is_err());
+        assert_eq!(fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0, "tmp/ is empty");
+        assert_eq!(backend.put_new(PACKS, &"cd".repeat(32), b"pack".to_vec()).unwrap(), Stored::New);
+        assert_eq!(fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+    }
+}
