@@ -824,7 +824,7 @@ impl FilesConfig {
     /// What the backup leaves out, `internal` (holdfast's own directories)
     /// included.
     pub fn selection(&self, internal: Vec<(String, PathBuf)>) -> std::result::Result<Selection, String> {
-        let exclude = Patterns::new(
+        let exclude = Patterns::excludes(
             &self.exclude.0.patterns().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             &self.iexclude.0.patterns().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         )?;
@@ -867,7 +867,7 @@ impl Serialize for Excludes {
 
 impl<'de> Deserialize<'de> for Excludes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Patterns::new(&Vec::deserialize(d)?, &[]).map(Excludes).map_err(serde::de::Error::custom)
+        Patterns::excludes(&Vec::deserialize(d)?, &[]).map(Excludes).map_err(serde::de::Error::custom)
     }
 }
 
@@ -999,9 +999,16 @@ fn parse_file(file: &Path, text: &str) -> Result<RawFile> {
         let mut message = crate::units::hide_credentials(&explain_unknown_key(e.message().trim()));
         // The value is not echoed where it may be a secret: a URL's
         // credentials, or anything on a passphrase's or password's line.
-        let on_line = e.span().map(|s| text[..s.start.min(text.len())].rsplit('\n').next().unwrap_or_default());
-        let secret_line =
-            on_line.is_some_and(|l| ["passphrase", "password", "secret", "token"].iter().any(|k| l.contains(k)));
+        let before = e.span().map_or("", |s| &text[..s.start.min(text.len())]);
+        let this_line = before.rsplit('\n').next().unwrap_or_default();
+        let table = before.lines().rev().map(str::trim_start).find(|l| l.starts_with('[')).unwrap_or_default();
+        let secret_line = [this_line, table].iter().any(|l| {
+            let l = l.to_ascii_lowercase();
+            // `env` tables: any variable may hold a secret (MYSQL_PWD=…).
+            ["passphrase", "password", "passwd", "pwd", "secret", "token", "credential", "auth", "key", "env"]
+                .iter()
+                .any(|k| l.contains(k))
+        });
         if secret_line {
             message = hide_quoted(&message);
         }

@@ -36,11 +36,16 @@ fn prepare(
     vars: &Vars,
     track_in: Option<&Path>,
 ) -> Result<(HookRecord, ProcessSpec), (HookRecord, anyhow::Error)> {
-    let mut record =
-        HookRecord { phase: hook.phase, command: hook.run.display(), exit_status: None, duration_secs: 0.0, ok: false };
+    let mut record = HookRecord {
+        phase: hook.phase,
+        command: crate::units::hide_credentials(&hook.run.display()),
+        exit_status: None,
+        duration_secs: 0.0,
+        ok: false,
+    };
     match render_hook(hook, vars) {
         Ok((argv, own_env)) => {
-            record.command = argv.join(" ");
+            record.command = crate::units::hide_credentials(&argv.join(" "));
             let mut env = run_variables(vars, hook.phase);
             env.extend(own_env);
             let spec = ProcessSpec {
@@ -81,7 +86,7 @@ pub fn run_hook(
             .chain(String::from_utf8_lossy(&out.stderr).lines())
             .filter(|l| !l.trim().is_empty())
         {
-            tracing::info!("hook {}: {line}", hook.phase.as_str());
+            tracing::info!("hook {}: {}", hook.phase.as_str(), crate::units::hide_credentials(line));
         }
         if !out.success() {
             bail!("{}", out.failure_message(&format!("{} hook {:?}", hook.phase.as_str(), record.command)));
@@ -127,7 +132,12 @@ pub fn run_phase(
     mut progress: impl FnMut(HookProgress),
 ) -> Result<()> {
     for (i, hook) in job.hooks.iter().enumerate().filter(|(_, h)| h.phase == phase) {
-        tracing::info!("job {}: {} hook: {}", job.name, phase.as_str(), hook.run.display());
+        tracing::info!(
+            "job {}: {} hook: {}",
+            job.name,
+            phase.as_str(),
+            crate::units::hide_credentials(&hook.run.display())
+        );
         progress(HookProgress::Started(i));
         let (record, result) = match run_hook(hook, vars, cancel, children) {
             Ok(r) => (r, Ok(())),

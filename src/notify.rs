@@ -56,7 +56,8 @@ pub fn webhook_url(url: &str, event: &str) -> String {
 }
 
 fn send_webhook(url: &str, vars: &Vars, timeout: Duration) -> Result<(), String> {
-    let url = render(url, vars)?;
+    // A template error quotes the template: not the URL's secret parts.
+    let url = render(url, vars).map_err(|e| e.replace(url, &redact_url(url)))?;
     let body = json!({
         "job": vars.job, "event": vars.event, "run_id": vars.run_id, "snapshot": vars.snapshot,
         "error": vars.error, "time": vars.time, "host": vars.host,
@@ -75,12 +76,11 @@ fn send_webhook(url: &str, vars: &Vars, timeout: Duration) -> Result<(), String>
 /// A URL as logs may show it: scheme, host and port only. Its path and
 /// query may hold a check's secret UUID or a token, its user part a
 /// password.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some(at) = url.find("://") else { return "…".into() };
-    let rest = &url[at + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let more = if authority.len() < rest.len() { "/…" } else { "" };
+    let (_, rest) = crate::units::split_userinfo(&url[at + 3..]);
+    let host = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let more = if host.len() < rest.len() { "/…" } else { "" };
     format!("{}://{host}{more}", &url[..at])
 }
 
@@ -95,5 +95,6 @@ mod tests {
         assert_eq!(redact_url("http://hooks.example?token=T"), "http://hooks.example/…");
         assert_eq!(redact_url("http://hooks.example"), "http://hooks.example");
         assert_eq!(redact_url("not a url"), "…");
+        assert_eq!(redact_url("http://bob:S3c/ret@127.0.0.1:9/hook/T"), "http://127.0.0.1:9/…");
     }
 }

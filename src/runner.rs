@@ -408,7 +408,7 @@ impl<'a> Attempt<'a> {
                 copies
             }
             Err(e) => {
-                tracing::error!("job {}: {e:#}", self.job.name);
+                tracing::error!("job {}: {}", self.job.name, crate::units::hide_credentials(&format!("{e:#}")));
                 failure = Some(e);
                 crate::plan::Copies::new()
             }
@@ -425,7 +425,9 @@ impl<'a> Attempt<'a> {
             if let Some(e) = failed {
                 self.vars.error = crate::units::hide_credentials(&format!("{e:#}"));
             }
-            self.step(&step, cancel).inspect_err(|e| tracing::error!("job {}: {e:#}", self.job.name))
+            self.step(&step, cancel).inspect_err(|e| {
+                tracing::error!("job {}: {}", self.job.name, crate::units::hide_credentials(&format!("{e:#}")))
+            })
         });
         let summary = self.summary();
         let committed = self.committed();

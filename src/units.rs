@@ -40,29 +40,44 @@ pub fn escape_message(text: &str) -> String {
         .collect()
 }
 
+/// What follows a URL's `scheme://`, split into its user part (before
+/// the last `@`, when there is one) and the rest. A password may hold `/`,
+/// `#` or `?` unescaped (AWS secret keys do), so the user part runs to the
+/// last `@` of the whole URL, unless a `/` comes first with no `:` before
+/// it (then the `@` is in the path: `https://host/v@2`).
+pub fn split_userinfo(after_scheme: &str) -> (Option<&str>, &str) {
+    let Some((user, rest)) = after_scheme.rsplit_once('@') else { return (None, after_scheme) };
+    let colon = user.find(':');
+    match user.find('/') {
+        Some(slash) if colon.is_none_or(|c| c > slash) => (None, after_scheme),
+        _ => (Some(user), rest),
+    }
+}
+
 /// `text` with the credentials of every URL in it hidden: the user and
 /// password of `scheme://user:password@host` become `***` (a lone user
 /// name is kept only for `ssh://`, where it is not a secret), so that a
-/// URL echoed in an error or a log line does not carry a key.
+/// URL echoed in an error or a log line does not carry a key. A URL ends
+/// at white space or a quote.
 pub fn hide_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
-        let authority_at = at + 3;
-        out.push_str(&rest[..authority_at]);
-        let after = &rest[authority_at..];
-        let end = after.find(|c: char| matches!(c, '/' | '?' | '#' | '`' | '"' | '\'' | ')') || c.is_whitespace());
-        let authority = &after[..end.unwrap_or(after.len())];
-        if let Some((user, host)) = authority.rsplit_once('@') {
-            let ssh = rest[..at].ends_with("ssh");
-            let shown = if ssh && !user.contains(':') { user } else { "***" };
-            out.push_str(shown);
-            out.push('@');
-            out.push_str(host);
-        } else {
-            out.push_str(authority);
+        let after_at = at + 3;
+        out.push_str(&rest[..after_at]);
+        let after = &rest[after_at..];
+        let end = after.find(|c: char| matches!(c, '`' | '"' | '\'') || c.is_whitespace()).unwrap_or(after.len());
+        let url = &after[..end];
+        match split_userinfo(url) {
+            (Some(user), host) => {
+                let ssh = rest[..at].ends_with("ssh");
+                out.push_str(if ssh && !user.contains(':') { user } else { "***" });
+                out.push('@');
+                out.push_str(host);
+            }
+            (None, _) => out.push_str(url),
         }
-        rest = &after[authority.len()..];
+        rest = &after[end..];
     }
     out.push_str(rest);
     out
@@ -213,6 +228,14 @@ mod tests {
         assert!(hidden.contains("ssh://alice@box/srv") && hidden.contains("ssh://***@box/srv"), "{hidden}");
         assert!(hidden.contains("http://plain/x"), "{hidden}");
         assert_eq!(hide_credentials("no url: a@b"), "no url: a@b");
+        // Passwords with the characters that end a host (AWS keys hold `/`).
+        for url in ["s3://AKIA:wJal/K7MD/bPxR@bucket/p", "ssh://alice:p#s?s@host/r", "http://bob:S3c/ret@h:9/x/T"] {
+            let hidden = hide_credentials(&format!("error: \"{url}\": x"));
+            assert!(hidden.contains("://***@") && !hidden.contains(':') || !hidden.contains("K7MD"), "{hidden}");
+            assert!(!hidden.contains("wJal") && !hidden.contains("p#s") && !hidden.contains("S3c"), "{hidden}");
+        }
+        // An `@` in a path is not a user part.
+        assert_eq!(hide_credentials("https://host/v@2 and https://host:8/a"), "https://host/v@2 and https://host:8/a");
     }
 
     #[test]

@@ -141,6 +141,8 @@ fn check_job(job: &Job, c: &mut Checker) -> (Sizes, crate::plan::Copies) {
         };
         for s in strings {
             if let Err(e) = render(&s, &vars) {
+                // A webhook's path and query may be its secret.
+                let e = if n.webhook.is_some() { e.replace(&s, &crate::notify::redact_url(&s)) } else { e };
                 c.problem("templates", format!("notify #{}: {e}", i + 1));
             }
         }

@@ -66,7 +66,7 @@ impl SelectArgs {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             patterns.extend(Patterns::lines(&text));
         }
-        let exclude = Patterns::new(&patterns, &self.iexclude).map_err(crate::exit::Usage)?;
+        let exclude = Patterns::excludes(&patterns, &self.iexclude).map_err(crate::exit::Usage)?;
         Ok(Selection {
             exclude,
             one_file_system: self.one_file_system,

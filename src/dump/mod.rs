@@ -97,7 +97,7 @@ pub(crate) fn run_tool(argv: Vec<String>, env: Env, out: &Path, db: &DatabaseCon
     };
     let stderr = String::from_utf8_lossy(&outcome.stderr);
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::info!("{tool}: {line}");
+        tracing::info!("{tool}: {}", crate::units::hide_credentials(line));
     }
     if !outcome.success() {
         bail!("{}", outcome.failure_message(&tool));

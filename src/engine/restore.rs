@@ -794,11 +794,16 @@ impl std::io::Read for ContentReader<'_> {
 /// be replaced (`replaced`), holds one; returns the target as it will be
 /// written (the name itself, not where a symlink there points).
 pub fn refuse_protected(target: &Path, protected: &[(String, PathBuf)], replaced: bool) -> Result<PathBuf> {
-    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Some(file_name) = target.file_name() else {
-        return Err(Error::Invalid(format!("{}: restore into a named directory", target.display())));
+    let resolved = if replaced {
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Some(file_name) = target.file_name() else {
+            return Err(Error::Invalid(format!("{}: restore into a named directory", target.display())));
+        };
+        resolved_as_far_as_it_exists(parent).join(file_name)
+    } else {
+        // Written into, not replaced: through a link at the target too.
+        resolved_as_far_as_it_exists(target)
     };
-    let resolved = std::fs::canonicalize(parent).map(|p| p.join(file_name)).unwrap_or_else(|_| target.to_path_buf());
     for (what, path) in protected {
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         if replaced && path.starts_with(&resolved) {
@@ -818,6 +823,27 @@ pub fn refuse_protected(target: &Path, protected: &[(String, PathBuf)], replaced
         }
     }
     Ok(resolved)
+}
+
+/// `path` made absolute with the links of the part that exists resolved,
+/// and the rest (not made yet) appended as written.
+fn resolved_as_far_as_it_exists(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut missing = Vec::new();
+    loop {
+        let here = if existing.as_os_str().is_empty() { Path::new(".") } else { existing };
+        if let Ok(found) = std::fs::canonicalize(here) {
+            return missing.iter().rev().fold(found, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            // `..` in the missing part: resolved by its words.
+            _ => return crate::fsutil::normalize(&std::env::current_dir().unwrap_or_default().join(path)),
+        }
+    }
 }
 
 /// Restore into `opts.target` so that an interrupted restore never leaves a

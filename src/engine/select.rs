@@ -36,14 +36,19 @@ impl Patterns {
             patterns.iter().map(|p| (p.clone(), false)).chain(ignore_case.iter().map(|p| (p.clone(), true))).collect();
         let mut b = globset::GlobSetBuilder::new();
         for (p, fold) in &written {
-            // `cache/` (a directory, as gitignore writes it) names the
-            // same paths as `cache`: no path holdfast matches ends in `/`.
-            let bare = p.trim_end_matches('/');
-            if bare.is_empty() {
-                return Err(format!("exclude pattern {p:?} is empty or only `/`: it would match every path"));
+            // Refused rather than obeyed: an empty one (it would match every
+            // path), and `cache/` (gitignore's "the directory cache"), which
+            // would match nothing, or a file too.
+            if p.chars().all(|c| c == '/') {
+                return Err(format!("exclude pattern {p:?} would match every path"));
             }
-            let anchored =
-                if bare.starts_with('/') || bare.starts_with("**") { bare.to_string() } else { format!("**/{bare}") };
+            if p.ends_with('/') {
+                return Err(format!(
+                    "exclude pattern {p:?} ends in `/`: patterns match files and directories alike; write {:?}",
+                    p.trim_end_matches('/')
+                ));
+            }
+            let anchored = if p.starts_with('/') || p.starts_with("**") { p.clone() } else { format!("**/{p}") };
             let glob = globset::GlobBuilder::new(&anchored)
                 .case_insensitive(*fold)
                 .build()
@@ -52,6 +57,16 @@ impl Patterns {
         }
         let set = b.build().map_err(|e| format!("exclude patterns: {e}"))?;
         Ok(Patterns { written, set })
+    }
+
+    /// Exclude patterns: like [`Patterns::new`], and none that matches
+    /// every path (`*`, `**/*`, `/*`…: it would leave out everything, and
+    /// the backup would still "succeed").
+    pub fn excludes(patterns: &[String], ignore_case: &[String]) -> Result<Patterns, String> {
+        if let Some(p) = patterns.iter().chain(ignore_case).find(|p| p.chars().all(|c| c == '*' || c == '/')) {
+            return Err(format!("exclude pattern {p:?} would match every path"));
+        }
+        Patterns::new(patterns, ignore_case)
     }
 
     /// Patterns from a file: one a line; blank lines and lines starting
@@ -299,14 +314,15 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_pattern_is_refused_and_a_trailing_slash_names_the_directory() {
-        for empty in ["", "/", "//"] {
-            let e = Patterns::new(&["*.tmp".into(), empty.into()], &[]).unwrap_err();
-            assert!(e.contains("match every path"), "{empty:?}: {e}");
+    fn patterns_that_match_everything_or_end_in_a_slash_are_refused() {
+        for all in ["", "/", "//", "*", "**", "*/", "**/", "/*", "**/*"] {
+            let e = Patterns::excludes(&["*.tmp".into()], &[all.into()]).unwrap_err();
+            assert!(e.contains("match every path"), "{all:?}: {e}");
         }
-        let p = Patterns::new(&["cache/".into(), "/srv/tmp/".into()], &[]).unwrap();
-        assert!(p.is_match(Path::new("/home/a/cache")) && p.is_match(Path::new("/srv/tmp")));
-        assert!(!p.is_match(Path::new("/home/a/cached")) && !p.is_match(Path::new("/home/a/b")));
+        let e = Patterns::new(&["cache/".into()], &[]).unwrap_err();
+        assert!(e.contains("write \"cache\""), "{e}");
+        assert!(Patterns::excludes(&["*.log".into(), "/srv/*/tmp".into(), "**/cache/**".into()], &[]).is_ok());
+        assert!(Patterns::new(&["*".into()], &[]).is_ok(), "`find '*'` lists everything");
     }
 
     #[test]

@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::engine::crypto::Id;
 
 /// A backed-up path as a snapshot's `paths` hold it: as it is when it is
-/// UTF-8, else with its other bytes escaped (`\xff`), so that two paths
-/// that differ only there stay two paths (one timeline each for prune,
-/// one match each for `--path`).
+/// UTF-8 without a backslash, else escaped (`\xff`, `\\`), so that two
+/// different paths are never one text (one timeline each for prune, one
+/// match each for `--path`): only escaped texts hold a backslash.
 pub fn path_text(path: &std::path::Path) -> String {
     match path.to_str() {
-        Some(text) => text.to_string(),
-        None => crate::units::escape_text(path.as_os_str().as_encoded_bytes()),
+        Some(text) if !text.contains('\\') => text.to_string(),
+        _ => crate::units::escape_text(path.as_os_str().as_encoded_bytes()),
     }
 }
 

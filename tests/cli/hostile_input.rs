@@ -46,13 +46,15 @@ fn two_sources_whose_names_differ_only_in_bytes_that_are_not_utf8_are_two_timeli
     // matched neither.
     let t = TestRepo::init();
     let (a, b) = (t.path("").join(OsStr::from_bytes(b"d\xff")), t.path("").join(OsStr::from_bytes(b"d\xfe")));
-    for (dir, text) in [(&a, "a"), (&b, "b")] {
+    // And one named with the four characters `\xff`: a third timeline.
+    let c = t.path("d\\xff");
+    for (dir, text) in [(&a, "a"), (&b, "b"), (&c, "c")] {
         fs::create_dir(dir).unwrap();
         fs::write(dir.join("f"), text).unwrap();
         t.backup(&[dir]);
     }
     t.cmd(["prune", "--keep-last", "1", "--grace", "0s"]).assert().success();
-    assert_eq!(t.short_ids().len(), 2, "each source keeps its only snapshot");
+    assert_eq!(t.short_ids().len(), 3, "each source keeps its only snapshot");
 
     let out = t.cmd(["snapshots", "--json", "--path"]).arg(&a).assert().success();
     let found = parse_json(&stdout_of(&out));
@@ -82,17 +84,27 @@ fn an_empty_exclude_pattern_is_refused_where_it_is_written() {
 }
 
 #[test]
-fn an_exclude_pattern_with_a_trailing_slash_leaves_out_that_directory() {
-    // Before: `cache/` matched nothing (no path ends in `/`).
+fn exclude_patterns_that_match_everything_or_end_in_a_slash_are_refused() {
+    // Before: `*/` and `**/` left out every file (0 files, exit 0, and
+    // `validate` found nothing), and `cache/` matched nothing.
     let t = TestRepo::init();
     let src = t.path("src");
     fs::create_dir_all(src.join("cache")).unwrap();
-    fs::write(src.join("cache/junk"), "x").unwrap();
     fs::write(src.join("keep"), "y").unwrap();
-    t.cmd(["backup", "--exclude", "cache/"]).arg(&src).assert().success();
+    for pattern in ["*", "*/", "**/", "/*", "**/*"] {
+        let failed = t.cmd(["backup", "--exclude", pattern]).arg(&src).assert().failure().code(2);
+        assert!(stderr_of(&failed).contains("match every path"), "{pattern}: {}", stderr_of(&failed));
+    }
+    let failed = t.cmd(["backup", "--exclude", "cache/"]).arg(&src).assert().failure().code(2);
+    assert!(stderr_of(&failed).contains("write \"cache\""), "{}", stderr_of(&failed));
+    assert!(t.short_ids().is_empty(), "nothing was stored");
+    t.cmd(["backup", "--exclude", "cache"]).arg(&src).assert().success();
     let paths: Vec<String> = t.ls_json("latest").iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
-    assert!(paths.iter().any(|p| p.ends_with("/keep")), "{paths:?}");
-    assert!(!paths.iter().any(|p| p.contains("/cache")), "{paths:?}");
+    assert!(paths.iter().any(|p| p.ends_with("/keep")) && !paths.iter().any(|p| p.ends_with("/cache")), "{paths:?}");
+
+    let env = JobEnv::new();
+    let stderr = config_error(&env, "[jobs.app]\n[jobs.app.files]\npaths = [\"u\"]\nexclude = [\"**/\"]\n");
+    assert!(stderr.contains(":14:") && stderr.contains("match every path"), "{stderr}");
 }
 
 #[test]
@@ -114,12 +126,27 @@ fn credentials_in_urls_are_never_echoed() {
     assert!(!stderr.contains("Secret") && stderr.contains("identity_file"), "{stderr}");
     let stderr = config_error(&env, "[repositories.box]\npath = \"r\"\npassphrase = 12345678\n");
     assert!(!stderr.contains("12345678"), "a passphrase's value is not quoted: {stderr}");
+    for env_line in ["env = { MYSQL_PWD = hunter2 }", "env = { DB_PASSWORD = 12345678 }", "env = { API = hunter2 }"] {
+        let stderr = config_error(
+            &env,
+            &format!(
+                "[jobs.app]\n[jobs.app.files]\npaths = [\"u\"]\n[[jobs.app.hooks]]\nphase = \"before\"\n{env_line}\nrun = \"true\"\n"
+            ),
+        );
+        assert!(!stderr.contains("hunter2") && !stderr.contains("12345678"), "{env_line}: {stderr}");
+    }
 
-    for url in ["s3://AKIA:Secret@bucket/x", "ssh://alice:Secret@127.0.0.1/srv/r"] {
+    for url in [
+        "s3://AKIA:Secret@bucket/x",
+        "s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYSecret@mybucket/p",
+        "ssh://alice:Secret@127.0.0.1/srv/r",
+        "ssh://alice:p#Secret@127.0.0.1/srv/r",
+        "ssh://alice:p/Secret@127.0.0.1/srv/r",
+    ] {
         let failed = holdfast(Path::new(url)).args(["snapshots"]).env("HOLDFAST_PASSPHRASE", "p").assert().failure();
         let stderr = stderr_of(&failed);
-        let explained = stderr.contains("credentials") || stderr.contains("password");
-        assert!(!stderr.contains("Secret") && explained, "{url}: {stderr}");
+        let explained = stderr.contains("credentials") || stderr.contains("password") || stderr.contains("port");
+        assert!(!stderr.contains("Secret") && !stderr.contains("wJal") && explained, "{url}: {stderr}");
     }
 }
 
@@ -131,12 +158,36 @@ fn a_webhook_that_fails_is_logged_without_its_credentials_path_or_query() {
     fs::create_dir(env.path("uploads")).unwrap();
     env.config(
         "[jobs.app]\n[jobs.app.files]\npaths = [\"uploads\"]\n\n[[jobs.app.notify]]\n\
-         events = [\"success\"]\nwebhook = \"http://bob:Secret@127.0.0.1:9/ping?token=Secret2\"\n",
+         events = [\"success\"]\nwebhook = \"http://bob:Sec/ret@127.0.0.1:9/ping?token=Secret2\"\n",
     )
     .init_repo();
     let ran = env.run(&["app"]);
     assert!(ran.stderr.contains("127.0.0.1:9"), "the failure is logged: {ran:?}");
-    assert!(!ran.stderr.contains("Secret") && !ran.stdout.contains("Secret"), "{ran:?}");
+    assert!(!ran.stderr.contains("Sec") && !ran.stdout.contains("Sec"), "{ran:?}");
+}
+
+#[test]
+fn a_failing_hook_that_prints_a_url_with_a_password_is_logged_without_it() {
+    // Before: the error line of the run's log carried the hook's output as
+    // it was (the state file and $HOLDFAST_ERROR were already masked).
+    let env = JobEnv::new();
+    fs::create_dir(env.path("uploads")).unwrap();
+    env.config(
+        "[jobs.app]\n[jobs.app.files]\npaths = [\"uploads\"]\n[[jobs.app.hooks]]\nphase = \"before\"\n\
+         run = [\"sh\", \"-c\", \"echo cannot reach postgresql://app:Hun/ter2@db.internal/shop >&2; exit 1\"]\n\
+         [jobs.ok]\n[jobs.ok.files]\npaths = [\"uploads\"]\n[[jobs.ok.hooks]]\nphase = \"before\"\n\
+         run = [\"echo\", \"postgresql://app:Hun/ter2@db.internal/shop\"]\n",
+    )
+    .init_repo();
+    let ran = env.run(&["app"]);
+    ran.assert_failed().assert_says("db.internal");
+    assert!(!ran.stderr.contains("Hun") && !ran.stdout.contains("Hun"), "{ran:?}");
+    // A hook's command line is recorded in the snapshot: without it too.
+    let ran = env.run(&["ok"]);
+    ran.assert_ok();
+    assert!(!ran.stderr.contains("Hun") && !ran.stdout.contains("Hun"), "{ran:?}");
+    let snapshot = env.only_snapshot("ok").to_string();
+    assert!(snapshot.contains("db.internal") && !snapshot.contains("Hun"), "{snapshot}");
 }
 
 #[test]
@@ -187,8 +238,18 @@ fn restore_refuses_dot_dot_in_a_path_and_a_target_inside_the_repository() {
         let failed = t.cmd(["restore", "latest", "--to"]).arg(&into).assert().failure();
         assert!(stderr_of(&failed).contains("the repository"), "{}", stderr_of(&failed));
     }
+    // Nor through a link to it, nor below a directory not made yet.
+    std::os::unix::fs::symlink(t.repo(), t.path("link")).unwrap();
+    for into in [t.path("link"), t.repo().join("a/b")] {
+        let failed = t.cmd(["restore", "latest", "--to"]).arg(&into).assert().failure();
+        assert!(stderr_of(&failed).contains("the repository"), "{into:?}: {}", stderr_of(&failed));
+    }
     assert_eq!(fs::metadata(t.repo()).unwrap().mode(), before.mode());
-    assert!(!t.repo().join("packs/new").exists());
+    assert!(!t.repo().join("packs/new").exists() && !t.repo().join("a").exists());
+    // `--to .` (here: a directory of its own) is a place like any other.
+    fs::create_dir(t.path("here")).unwrap();
+    t.cmd(["restore", "latest", "--to", "."]).current_dir(t.path("here")).assert().success();
+    assert!(t.path("here").join(src.join("a/f").strip_prefix("/").unwrap()).exists());
     assert!(t.check(true).0, "the repository is untouched");
 }
 

@@ -53,7 +53,7 @@ impl S3Settings {
         let shown = crate::units::hide_credentials(url);
         let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{shown:?} does not start with s3://"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.contains('@') {
+        if bucket.contains(['@', ':']) {
             // Not echoed: it may hold a secret key.
             return Err("the S3 URL holds credentials (key:secret@); keys go in access_key_id_file and \
                         secret_access_key_file, or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY"

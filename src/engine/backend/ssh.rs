@@ -64,20 +64,26 @@ impl SshSettings {
     /// Settings from `ssh://[user@]host[:port]/path` with the defaults.
     pub fn from_url(url: &str) -> std::result::Result<SshSettings, String> {
         // Messages show the URL without a password, which is refused.
-        let url = &crate::units::hide_credentials(url);
-        let rest = url.strip_prefix("ssh://").ok_or_else(|| format!("{url:?} does not start with ssh://"))?;
+        let shown = crate::units::hide_credentials(url);
+        let rest = url.strip_prefix("ssh://").ok_or_else(|| format!("{shown:?} does not start with ssh://"))?;
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
-            None => return Err(format!("{url:?} names no directory on the host (ssh://host/path)")),
+            None => return Err(format!("{shown:?} names no directory on the host (ssh://host/path)")),
         };
         let (user, host_port) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
+        if user.is_some_and(|u| u.contains(':')) {
+            return Err(format!(
+                "{shown:?}: a password in an ssh:// URL is not taken (ssh is run in batch mode); \
+                 give identity_file = \"…\" with a key instead"
+            ));
+        }
         let (host, port) = if let Some(inner) = host_port.strip_prefix('[') {
-            let (host, after) = inner.split_once(']').ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            let (host, after) = inner.split_once(']').ok_or_else(|| format!("{shown:?}: unclosed [ in the host"))?;
             if !after.is_empty() && !after.starts_with(':') {
-                return Err(format!("{url:?}: {after:?} after the host's ]: only :PORT may follow"));
+                return Err(format!("{shown:?}: {after:?} after the host's ]: only :PORT may follow"));
             }
             (host, after.strip_prefix(':'))
         } else {
@@ -91,25 +97,20 @@ impl SshSettings {
                 p.parse::<u16>()
                     .ok()
                     .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{url:?}: port {p:?} is not a port number"))
+                    // Not echoed: a password holding `/` is read as a port.
+                    .ok_or_else(|| format!("{shown:?}: the port is not a number from 1 to 65535"))
             })
             .transpose()?;
         let word =
             |s: &str| !s.is_empty() && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
         if !word(host) {
-            return Err(format!("{url:?}: {host:?} is not a host name"));
-        }
-        if user.is_some_and(|u| u.contains("***") || u.contains(':')) {
-            return Err(format!(
-                "{url:?}: a password in an ssh:// URL is not taken (ssh is run in batch mode); \
-                 give identity_file = \"…\" with a key instead"
-            ));
+            return Err(format!("{shown:?}: {host:?} is not a host name"));
         }
         if let Some(u) = user.filter(|u| !word(u)) {
-            return Err(format!("{url:?}: {u:?} is not a user name"));
+            return Err(format!("{shown:?}: {u:?} is not a user name"));
         }
         if path.len() < 2 || path.contains('\0') {
-            return Err(format!("{url:?} names no directory on the host (ssh://host/path)"));
+            return Err(format!("{shown:?} names no directory on the host (ssh://host/path)"));
         }
         Ok(SshSettings {
             user: user.map(str::to_string),
@@ -701,8 +702,12 @@ mod tests {
             assert!(SshSettings::from_url(bad).is_err(), "{bad}");
         }
         assert!(SshSettings::from_url("ssh://[::1]junk/r").is_err());
-        let e = SshSettings::from_url("ssh://alice:Secret@box/r").unwrap_err();
-        assert!(e.contains("identity_file") && !e.contains("Secret"), "{e}");
+        for url in ["ssh://alice:Secret@box/r", "ssh://alice:Se#cret@box/r", "ssh://alice:Se/cret@box/r"] {
+            let e = SshSettings::from_url(url).unwrap_err();
+            assert!(!e.contains("Se") && (e.contains("identity_file") || e.contains("port")), "{e}");
+        }
+        let at_in_path = SshSettings::from_url("ssh://backup@box:2222/srv/r@v1").unwrap();
+        assert_eq!((at_in_path.user.as_deref(), at_in_path.path.as_str()), (Some("backup"), "/srv/r@v1"));
     }
 
     #[test]
