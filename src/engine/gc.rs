@@ -42,8 +42,9 @@ use crate::engine::crypto::Id;
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::pack::IndexedPack;
 use crate::engine::progress::Progress;
-use crate::engine::repository::Repository;
+use crate::engine::repository::{Repository, Unreadable};
 use crate::engine::running::{marked_packs, oldest_running_backup};
+use crate::engine::snapshot::Snapshot;
 use crate::engine::tree::EntryKind;
 use crate::error::{Error, Result};
 
@@ -135,8 +136,12 @@ pub struct GcReport {
 /// in no index: never delete when unsure. (A lost index file leaves its
 /// packs looking unreferenced and unindexed; deleting them would lose data
 /// that `repair index` can bring back.)
-fn referenced_blobs(repo: &Repository, index: &Index, progress: Option<&Progress>) -> Result<HashSet<Id>> {
-    let (snaps, unreadable) = repo.snapshots()?;
+fn referenced_blobs(
+    repo: &Repository,
+    (snaps, unreadable): &(Vec<(Id, Snapshot)>, Unreadable),
+    index: &Index,
+    progress: Option<&Progress>,
+) -> Result<HashSet<Id>> {
     if let Some((name, e)) = unreadable.first() {
         return Err(Error::Invalid(format!(
             "snapshot {} cannot be read ({e}); not collecting garbage (nothing was deleted). \
@@ -256,6 +261,12 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
         marks.insert(pack, marked_at);
     }
     let oldest_running = oldest_running_backup(repo)?;
+    // The snapshots before the index: a backup writes its index file before
+    // its snapshot, so every snapshot read has its trees in an index file
+    // listed after it. (The other order fails when a backup commits in
+    // between; a backup that commits after this listing is not counted,
+    // which at worst marks its new packs, and the next prune unmarks them.)
+    let snapshots = repo.snapshots()?;
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     let mut index = IndexBuilder::default();
@@ -272,7 +283,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     if let Some(p) = progress {
         p.phase("prune: reading the snapshots' trees");
     }
-    let referenced = referenced_blobs(repo, &index, progress)?;
+    let referenced = referenced_blobs(repo, &snapshots, &index, progress)?;
     // Each pack as the first index file that lists it says.
     let mut packs: HashMap<Id, &IndexedPack> = HashMap::new();
     for (_, f) in &files {
@@ -684,7 +695,7 @@ mod tests {
         // What a repack does before it marks: the used blobs of the half
         // used pack go to a new pack, and an index names it.
         let (index, _) = repo.load_index().unwrap();
-        let referenced = referenced_blobs(&repo, &index, None).unwrap();
+        let referenced = referenced_blobs(&repo, &repo.snapshots().unwrap(), &index, None).unwrap();
         // (Chunk boundaries depend on the repository's secret gear seed: a
         // file may be one chunk or two.)
         let half_used = index.iter().find(|(id, at)| at.kind == ObjectKind::Chunk && !referenced.contains(id));
