@@ -1002,13 +1002,16 @@ fn parse_file(file: &Path, text: &str) -> Result<RawFile> {
         let before = e.span().map_or("", |s| &text[..s.start.min(text.len())]);
         let this_line = before.rsplit('\n').next().unwrap_or_default();
         let table = before.lines().rev().map(str::trim_start).find(|l| l.starts_with('[')).unwrap_or_default();
-        let secret_line = [this_line, table].iter().any(|l| {
-            let l = l.to_ascii_lowercase();
-            // `env` tables: any variable may hold a secret (MYSQL_PWD=…).
-            ["passphrase", "password", "passwd", "pwd", "secret", "token", "credential", "auth", "key", "env"]
-                .iter()
-                .any(|k| l.contains(k))
-        });
+        // An unknown key's message quotes key names, never a value.
+        let about_a_key = e.message().trim().starts_with("unknown field");
+        let secret_line = !about_a_key
+            && [this_line, table].iter().any(|l| {
+                let l = l.to_ascii_lowercase();
+                // `env` tables: any variable may hold a secret (MYSQL_PWD=…).
+                ["passphrase", "password", "passwd", "pwd", "secret", "token", "credential", "auth", "key", "env"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            });
         if secret_line {
             message = hide_quoted(&message);
         }
@@ -1444,6 +1447,14 @@ mod tests {
         assert!(
             verify[1].expect.check(Some("x")) && !verify[1].expect.check(Some("")) && !verify[1].expect.check(None)
         );
+    }
+
+    #[test]
+    fn a_secret_value_is_never_quoted_but_a_misspelt_secret_key_is_named() {
+        let e = error_of("[repositories.r]\npath = \"r\"\npassphrase = 4711123\n");
+        assert!(!e.contains("4711123") && e.contains("expected a string"), "{e}");
+        let e = error_of("[repositories.r]\npath = \"r\"\npassphrase_fil = \"p\"\n");
+        assert!(e.contains("`passphrase_file` expected, found `passphrase_fil`"), "{e}");
     }
 
     #[test]
