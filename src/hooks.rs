@@ -170,7 +170,7 @@ pub fn around<T>(
     let parts = [(When::Ok, Part::Before), (When::Ok, Part::Body), (When::Always, Part::After)];
     let failure = crate::plan::execute(None, parts, |_, part, failed| {
         if let Some(e) = failed {
-            vars.error = crate::units::hide_credentials(&format!("{e:#}"));
+            vars.error = crate::units::error_text(e);
         }
         match part {
             Part::Before => run_phase(job, before, vars, cancel, None, |_| {}),

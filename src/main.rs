@@ -14,10 +14,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Names in the chain come from file systems and repositories:
             // none may move the cursor or colour the terminal.
-            eprintln!(
-                "holdfast: error: {}",
-                holdfast::units::escape_message(&holdfast::units::hide_credentials(&format!("{e:#}")))
-            );
+            eprintln!("holdfast: error: {}", holdfast::units::escape_message(&holdfast::units::error_text(&e)));
             Exit::of_error(&e, None)
         }
     };

@@ -178,7 +178,7 @@ fn run_attempts(job: &Job, interrupt: &Interrupt, progress: Option<Arc<Progress>
                 return Ok(committed_report(job, done, attempt, started.elapsed().as_secs_f64(), &mut vars, interrupt));
             }
             Err(e) => {
-                let msg = crate::units::hide_credentials(&format!("{e:#}"));
+                let msg = crate::units::error_text(&e);
                 vars.error = msg.clone();
                 let interrupted = cancel.load(Ordering::Relaxed);
                 let exit = Exit::of_error(&e, Some(interrupt));
@@ -233,7 +233,7 @@ fn committed_report(
         None if done.totals.incomplete => Exit::Warnings,
         None => Exit::Success,
     };
-    let error = done.error.map(|e| crate::units::hide_credentials(&format!("{e:#}")));
+    let error = done.error.map(|e| crate::units::error_text(&e));
     let warnings = done.totals.warnings.clone();
     match &error {
         None if done.totals.incomplete => {
@@ -408,7 +408,7 @@ impl<'a> Attempt<'a> {
                 copies
             }
             Err(e) => {
-                tracing::error!("job {}: {}", self.job.name, crate::units::hide_credentials(&format!("{e:#}")));
+                tracing::error!("job {}: {}", self.job.name, crate::units::error_text(&e));
                 failure = Some(e);
                 crate::plan::Copies::new()
             }
@@ -423,11 +423,10 @@ impl<'a> Attempt<'a> {
                 bail!("interrupted (SIGTERM or SIGINT)");
             }
             if let Some(e) = failed {
-                self.vars.error = crate::units::hide_credentials(&format!("{e:#}"));
+                self.vars.error = crate::units::error_text(e);
             }
-            self.step(&step, cancel).inspect_err(|e| {
-                tracing::error!("job {}: {}", self.job.name, crate::units::hide_credentials(&format!("{e:#}")))
-            })
+            self.step(&step, cancel)
+                .inspect_err(|e| tracing::error!("job {}: {}", self.job.name, crate::units::error_text(e)))
         });
         let summary = self.summary();
         let committed = self.committed();

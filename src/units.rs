@@ -83,6 +83,12 @@ pub fn hide_credentials(text: &str) -> String {
     out
 }
 
+/// An error chain as messages, logs, run records and notifications show
+/// it: one line of causes (`{:#}`), credentials hidden.
+pub fn error_text(e: &anyhow::Error) -> String {
+    hide_credentials(&format!("{e:#}"))
+}
+
 /// Bytes in binary units, for people.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
