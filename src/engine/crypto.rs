@@ -82,8 +82,19 @@ impl Serialize for Id {
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
         if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+            // Read in place, not copied into a String: snapshots and index
+            // files hold many ids.
+            struct Hex;
+            impl serde::de::Visitor<'_> for Hex {
+                type Value = Id;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("64 hex digits")
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
+                    Id::from_hex(s).ok_or_else(|| E::custom("expected 64 hex digits"))
+                }
+            }
+            d.deserialize_str(Hex)
         } else {
             <[u8; 32]>::deserialize(d).map(Id)
         }

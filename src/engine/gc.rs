@@ -81,7 +81,7 @@ fn remove_if_there(repo: &Repository, dir: crate::engine::backend::Dir, name: &s
 
 /// The names of the files in `dir`.
 fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<String>> {
-    Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())
+    repo.backend().list_names(dir)
 }
 
 /// Remove snapshots (they are the only thing a forget touches).

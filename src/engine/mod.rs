@@ -14,6 +14,7 @@ pub mod copy;
 pub mod crypto;
 #[cfg(test)]
 mod decoder_fuzz;
+pub(crate) mod early_reads;
 pub mod file_cache;
 pub mod fsmeta;
 pub mod gc;

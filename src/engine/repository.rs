@@ -29,6 +29,7 @@ use crate::engine::backend::{
 use crate::engine::cache::SnapshotCache;
 use crate::engine::chunker::{Chunker, ChunkerParams};
 use crate::engine::crypto::{FORMAT_VERSION, Id, Keys, MasterKey, ObjectKind};
+use crate::engine::early_reads::EarlyReads;
 use crate::engine::file_cache::{self, CACHED_TREE_PACK, FileCache};
 use crate::engine::index::{BlobLocation, Index, IndexBuilder, IndexFile};
 use crate::engine::index_cache::IndexCache;
@@ -110,6 +111,8 @@ pub struct Repository {
     /// (prune reads the list twice: to decide, then after its marks) can
     /// only give the same snapshot.
     snapshots_read: Mutex<HashMap<String, Snapshot>>,
+    /// A local repository's snapshot files, read while the key was unwrapped.
+    early_reads: EarlyReads,
 }
 
 impl Repository {
@@ -199,14 +202,17 @@ impl Repository {
         // The marker, the key files and the config are fetched at once (and
         // the config while the passphrase is checked): one round trip to a
         // remote repository instead of four.
-        std::thread::scope(|s| {
+        let early_reads = (!backend.is_remote()).then(|| EarlyReads::start(backend.clone()));
+        let mut repo = std::thread::scope(|s| {
             let config = s.spawn(|| backend.get(ROOT, CONFIG));
             let keys = s.spawn(|| backend.list(KEYS));
             let marker = read_marker(&*backend)?;
             let listed = crate::engine::parallel::joined(keys);
             let guess = guess.and_then(|thread| thread.join().ok().flatten());
             Repository::unlock(backend.clone(), marker, listed, config, guess, passphrase)
-        })
+        })?;
+        repo.early_reads = early_reads.unwrap_or_default();
+        Ok(repo)
     }
 
     /// Open with the first key file `passphrase` unlocks (`guess`, when the
@@ -335,6 +341,7 @@ impl Repository {
             tree_packs,
             index_files,
             snapshots_read: Mutex::default(),
+            early_reads: EarlyReads::default(),
         }
     }
 
@@ -504,8 +511,21 @@ impl Repository {
     }
 
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = self.read_repo_file(SNAPSHOTS, &id.to_hex())?;
-        let json = open_file(&self.keys, ObjectKind::Snapshot, &bytes, None)?;
+        let name = id.to_hex();
+        let bytes = match self.early_reads.take(&name, false) {
+            Some(bytes) => bytes,
+            None => self.read_repo_file(SNAPSHOTS, &name)?,
+        };
+        self.open_snapshot(id, &bytes)
+    }
+
+    /// Read snapshot `id` from its file now (not from an early read).
+    fn read_snapshot_file(&self, id: &Id) -> Result<Snapshot> {
+        self.open_snapshot(id, &self.read_repo_file(SNAPSHOTS, &id.to_hex())?)
+    }
+
+    fn open_snapshot(&self, id: &Id, bytes: &[u8]) -> Result<Snapshot> {
+        let json = open_file(&self.keys, ObjectKind::Snapshot, bytes, None)?;
         serde_json::from_slice(&json).map_err(|e| Error::damaged(format!("snapshot {}", id.short()), e))
     }
 
@@ -525,7 +545,12 @@ impl Repository {
     fn read_snapshots(&self, from_files: bool) -> Result<(Vec<(Id, Snapshot)>, Unreadable)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        let listed = self.backend.list(SNAPSHOTS)?;
+        // A local repository's snapshots are read by name alone (only the
+        // snapshot cache of a remote one needs sizes and times).
+        let listed = match self.backend.is_remote() {
+            true => self.backend.list(SNAPSHOTS)?,
+            false => self.backend.list_names(SNAPSHOTS)?.into_iter().map(FileInfo::named).collect(),
+        };
         let mut cache =
             (!from_files && self.backend.is_remote()).then(|| SnapshotCache::load(&self.config.id, &self.keys));
         let mut unread = Vec::new();
@@ -542,7 +567,11 @@ impl Repository {
                 }
             }
         }
+        if !from_files {
+            self.early_reads.finish();
+        }
         let read = |file: &&FileInfo| match Id::from_hex(&file.name) {
+            Some(id) if from_files => self.read_snapshot_file(&id).map(|s| (id, s)),
             Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
             None => Err(Error::damaged("snapshot", format!("unexpected file {}", file.name))),
         };
@@ -828,34 +857,58 @@ impl Repository {
             .map(|read| ((true, read.blobs.first().and_then(|(_, loc)| self.tree_pack_cache(loc, read.end))), read))
             .chain(plan_pack_reads(ranged).into_iter().map(|read| ((false, None), read)))
             .collect();
-        let fetched = self.read_many(reads, threads, |((_, cache), read)| {
-            let bytes = match cache {
-                Some(cache) => self.cached_tree_pack(cache, &read.pack)?,
-                None => Arc::new(self.read_pack_range(read, &mut PackFiles::default())?),
-            };
-            let trees: Vec<_> =
-                sealed_blobs(read, &bytes).map(|(id, loc, sealed)| (*id, self.open_tree(id, loc, sealed))).collect();
-            Ok((bytes, trees))
+        let fetched = self.read_many(reads, threads, |((_, cache), read)| match cache {
+            Some(cache) => self.cached_tree_pack(cache, &read.pack),
+            None => Ok(Arc::new(self.read_pack_range(read, &mut PackFiles::default())?)),
         });
+        let mut read_packs = Vec::new();
         for (((keep, _), read), result) in fetched {
             match result {
-                Ok((bytes, trees)) => {
-                    out.extend(trees);
-                    if keep {
-                        kept.bytes += bytes.len() as u64;
-                        kept.packs.insert(read.pack, bytes);
-                    }
-                }
+                Ok(bytes) => read_packs.push((keep, read, bytes)),
                 Err(e) => {
                     out.extend(read.blobs.iter().map(|(id, _)| (*id, Err(tree_pack_unreadable(id, &read.pack, &e)))))
                 }
             }
         }
+        // Every tree out of its sealed bytes, on all cores: with a long
+        // history a walk opens thousands (prune, find).
+        // (A blob whose bytes lie past what was read has none.)
+        let mut sealed: Vec<(Id, BlobLocation, Option<&[u8]>)> = Vec::new();
+        for (_, read, bytes) in &read_packs {
+            sealed.extend(sealed_blobs(read, bytes).map(|(id, loc, bytes)| (*id, *loc, bytes.ok())));
+        }
         for (id, loc) in from_kept {
             let bytes = kept.packs.get(&loc.pack).map(|b| b.as_slice()).unwrap_or_default();
             let range = blob_range(&loc);
-            let sealed = bytes.get(range.start as usize..range.end as usize);
-            out.insert(id, self.open_tree(&id, &loc, sealed.ok_or_else(|| Error::damaged("pack", "short read"))));
+            sealed.push((id, loc, bytes.get(range.start as usize..range.end as usize)));
+        }
+        let open = |part: &[(Id, BlobLocation, Option<&[u8]>)]| -> Vec<(Id, Result<Tree>)> {
+            let short = || Error::damaged("pack", "short read");
+            part.iter().map(|(id, loc, bytes)| (*id, self.open_tree(id, loc, bytes.ok_or_else(short)))).collect()
+        };
+        let chunk = sealed.len().div_ceil(crate::engine::parallel::cpus()).max(TREES_PER_THREAD);
+        std::thread::scope(|s| {
+            let mut parts = sealed.chunks(chunk);
+            let first = parts.next();
+            let others: Vec<_> = parts.map(|part| (part, s.spawn(move || open(part)))).collect();
+            out.extend(first.map(open).unwrap_or_default());
+            for (part, thread) in others {
+                match thread.join() {
+                    Ok(trees) => out.extend(trees),
+                    Err(_) => {
+                        out.extend(part.iter().map(|(id, ..)| {
+                            (*id, Err(Error::Invalid(format!("tree {}: reading it failed", id.short()))))
+                        }))
+                    }
+                }
+            }
+        });
+        drop(sealed);
+        for (keep, read, bytes) in read_packs {
+            if keep {
+                kept.bytes += bytes.len() as u64;
+                kept.packs.insert(read.pack, bytes);
+            }
         }
         out
     }
@@ -1099,6 +1152,9 @@ pub struct TreePacks {
 
 const TREE_PACKS_KEPT: u64 = 64 << 20;
 
+/// Fewer trees than this are opened on one thread (a thread costs more).
+const TREES_PER_THREAD: usize = 64;
+
 /// Where the last indexed blob of `loc`'s pack ends.
 fn pack_end(index: &Index, loc: &BlobLocation) -> u64 {
     let end = blob_range(loc).end;
@@ -1290,5 +1346,99 @@ mod tests {
         let found = repo.newest_snapshot_where(|s| s.host == "web").expect("lookup").expect("a parent");
         assert_eq!(found.0, parent);
         assert!(repo.newest_snapshot_where(|s| s.host == "mail").expect("lookup").is_none());
+    }
+
+    /// A snapshot of `host` with nothing in it.
+    fn empty_snapshot(host: &str) -> Snapshot {
+        Snapshot {
+            time: jiff::Timestamp::now(),
+            host: host.into(),
+            tags: vec![],
+            paths: vec!["/srv".into()],
+            root: Id::ZERO,
+            parent: None,
+            summary: Default::default(),
+            extra: None,
+            repaired: None,
+        }
+    }
+
+    #[test]
+    fn snapshot_files_read_at_open_count_only_while_listed_and_only_when_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        let location = Location::Local(root.clone());
+        let repo = Repository::init(&location, b"pw", &InitOptions::default()).expect("init");
+        let [forgotten, kept, damaged] =
+            ["a", "b", "c"].map(|h| repo.write_snapshot(&empty_snapshot(h)).expect("write"));
+        drop(repo);
+        let file = |id: &Id| root.join("snapshots").join(id.to_hex());
+        std::fs::write(file(&damaged), b"rotten").expect("damage");
+
+        // The files are read while the key is unwrapped; then another
+        // process forgets one.
+        let repo = Repository::open(&location, b"pw").expect("open");
+        repo.early_reads.finish();
+        std::fs::remove_file(file(&forgotten)).expect("forget");
+
+        let (good, bad) = repo.snapshots().expect("snapshots");
+        assert_eq!(good.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [kept]);
+        assert_eq!(bad.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(), [damaged.to_hex()]);
+        assert!(bad[0].1.to_string().contains("do not match"), "{}", bad[0].1);
+        // `check` reads the files themselves.
+        let (good, _) = repo.snapshots_from_files().expect("from files");
+        assert_eq!(good.len(), 1);
+    }
+
+    #[test]
+    fn many_trees_open_together_and_a_damaged_one_is_named_alone() {
+        let files = tempfile::tempdir().expect("tempdir");
+        for i in 0..150 {
+            let sub = files.path().join(format!("d{i:03}"));
+            std::fs::create_dir(&sub).expect("mkdir");
+            std::fs::write(sub.join("f"), format!("file {i}")).expect("write");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = Location::Local(dir.path().join("repo"));
+        let repo = Repository::init(&location, b"pw", &InitOptions::default()).expect("init");
+        let source = crate::engine::backup::BackupSource::same_path(files.path()).expect("source");
+        let snapshot = crate::engine::backup::backup(&repo, &[source], &Default::default()).expect("backup");
+        let (index, _) = repo.load_index().expect("index");
+        let root = repo.read_snapshot(&snapshot.id).expect("snapshot").root;
+        let subtree = |e: &crate::engine::tree::Entry| match e.kind {
+            crate::engine::tree::EntryKind::Dir { tree } => Some(tree),
+            _ => None,
+        };
+        // Trees read and not read, and the directory of 150 entries.
+        let walk = |repo: &Repository| {
+            let (mut good, mut bad, mut big) = (0, Vec::new(), None);
+            repo.walk_trees_tolerant(&index, vec![(root, ())], |id, tree, ()| {
+                let Ok(tree) = tree else {
+                    bad.push(*id);
+                    return Ok(vec![]);
+                };
+                good += 1;
+                if tree.entries.len() == 150 {
+                    big = Some(tree.clone());
+                }
+                Ok(tree.entries.iter().filter_map(subtree).map(|t| (t, ())).collect())
+            })
+            .expect("walk");
+            (good, bad, big)
+        };
+        let (trees, bad, big) = walk(&repo);
+        // The 150 directories, theirs, and the path down to it.
+        assert!(trees > 151 && bad.is_empty(), "{trees} {bad:?}");
+
+        // Damage one subtree's sealed bytes in its pack.
+        let victim = subtree(&big.expect("the directory").entries[77]).expect("a directory");
+        let at = index.get(&victim).expect("indexed");
+        let pack = crate::engine::backend::LocalBackend::new(dir.path().join("repo")).path_of(PACKS, &at.pack.to_hex());
+        let mut bytes = std::fs::read(&pack).expect("pack");
+        bytes[at.offset as usize + at.length as usize / 2] ^= 1;
+        std::fs::write(&pack, bytes).expect("damage");
+        let repo = Repository::open(&location, b"pw").expect("open");
+        let (read, bad, _) = walk(&repo);
+        assert_eq!((read, bad), (trees - 1, vec![victim]));
     }
 }

@@ -34,6 +34,26 @@ pub struct LocalBackend {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl LocalBackend {
+    /// Call `add` with each file of `dir` (for packs, across the fan-out).
+    fn each_entry(&self, dir: Dir, mut add: impl FnMut(fs::DirEntry)) -> Result<()> {
+        let base = self.root.join(dir);
+        if (dir == MARKS || dir == RUNNING) && !base.exists() {
+            return Ok(());
+        }
+        for entry in fs::read_dir(&base).at(&base)? {
+            let entry = entry.at(&base)?;
+            if dir == PACKS && entry.file_type().at(entry.path())?.is_dir() {
+                let sub = entry.path();
+                for e in fs::read_dir(&sub).at(&sub)? {
+                    add(e.at(&sub)?);
+                }
+            } else {
+                add(entry);
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalBackend { root: root.into() }
     }
@@ -202,12 +222,9 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, dir: Dir) -> Result<Vec<FileInfo>> {
-        let base = self.root.join(dir);
-        if (dir == MARKS || dir == RUNNING) && !base.exists() {
-            return Ok(Vec::new());
-        }
         let mut out = Vec::new();
-        let mut add = |entry: fs::DirEntry| {
+        self.each_entry(dir, |entry| {
+            // A file removed since the listing saw it is not listed.
             let Ok(meta) = entry.metadata() else { return };
             out.push(FileInfo {
                 name: entry.file_name().to_string_lossy().into_owned(),
@@ -215,19 +232,15 @@ impl Backend for LocalBackend {
                 modified: meta.modified().ok().and_then(|m| jiff::Timestamp::try_from(m).ok()),
                 tag: None,
             });
-        };
-        for entry in fs::read_dir(&base).at(&base)? {
-            let entry = entry.at(&base)?;
-            if dir == PACKS && entry.file_type().at(entry.path())?.is_dir() {
-                let sub = entry.path();
-                for e in fs::read_dir(&sub).at(&sub)? {
-                    add(e.at(&sub)?);
-                }
-            } else {
-                add(entry);
-            }
-        }
+        })?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn list_names(&self, dir: Dir) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.each_entry(dir, |entry| out.push(entry.file_name().to_string_lossy().into_owned()))?;
+        out.sort();
         Ok(out)
     }
 
@@ -263,5 +276,22 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0, "tmp/ is empty");
         assert_eq!(backend.put_new(PACKS, &"cd".repeat(32), b"pack".to_vec()).unwrap(), Stored::New);
         assert_eq!(fs::read_dir(dir.path().join(TMP)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn names_alone_are_listed_as_the_full_listing_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend::new(dir.path());
+        backend.create_layout().unwrap();
+        for name in ["cd".repeat(32), "ab".repeat(32), "ab".to_string() + &"00".repeat(31)] {
+            backend.put_new(PACKS, &name, b"pack".to_vec()).unwrap();
+            backend.put_new(SNAPSHOTS, &name, b"snapshot".to_vec()).unwrap();
+        }
+        for dir in [PACKS, SNAPSHOTS, MARKS] {
+            let full: Vec<String> = backend.list(dir).unwrap().into_iter().map(|f| f.name).collect();
+            assert_eq!(backend.list_names(dir).unwrap(), full);
+        }
+        assert_eq!(backend.list_names(PACKS).unwrap().len(), 3);
+        assert!(backend.list_names(MARKS).unwrap().is_empty());
     }
 }

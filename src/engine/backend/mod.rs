@@ -128,6 +128,13 @@ pub struct FileInfo {
     pub tag: Option<String>,
 }
 
+impl FileInfo {
+    /// A file known by its name alone.
+    pub fn named(name: String) -> FileInfo {
+        FileInfo { name, size: 0, modified: None, tag: None }
+    }
+}
+
 /// Whether [`Backend::put_new`] stored the bytes or found the name taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -193,6 +200,12 @@ pub trait Backend: Send + Sync {
 
     /// The files in `dir` (for packs, across the fan-out), sorted by name.
     fn list(&self, dir: Dir) -> Result<Vec<FileInfo>>;
+
+    /// The names of the files in `dir`, sorted: [`Backend::list`] without
+    /// sizes and times, which a local directory must look up file by file.
+    fn list_names(&self, dir: Dir) -> Result<Vec<String>> {
+        Ok(self.list(dir)?.into_iter().map(|f| f.name).collect())
+    }
 
     fn remove(&self, dir: Dir, name: &str) -> Result<()>;
 }
