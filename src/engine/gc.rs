@@ -283,7 +283,14 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     if let Some(p) = progress {
         p.phase("prune: reading the snapshots' trees");
     }
-    let referenced = referenced_blobs(repo, &snapshots, &index, progress)?;
+    // The packs are listed (after the index, for the leftover sweep below)
+    // while the trees are walked: on a bucket a long listing takes pages.
+    let (referenced, listed_packs) = std::thread::scope(|s| {
+        let listing = s.spawn(|| repo.backend().list(PACKS));
+        let referenced = referenced_blobs(repo, &snapshots, &index, progress);
+        (referenced, crate::engine::parallel::joined(listing))
+    });
+    let (referenced, listed_packs) = (referenced?, listed_packs?);
     // Each pack as the first index file that lists it says.
     let mut packs: HashMap<Id, &IndexedPack> = HashMap::new();
     for (_, f) in &files {
@@ -291,7 +298,6 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
             packs.entry(p.pack).or_insert(p);
         }
     }
-    let listed_packs = repo.backend().list(PACKS)?;
     let stored: HashMap<Id, u64> = listed_packs.iter().filter_map(|f| Some((Id::from_hex(&f.name)?, f.size))).collect();
     let whole = |pack: &Id| index.pack_end(pack).is_some_and(|end| stored.get(pack).is_some_and(|size| *size >= end));
     let marked: HashSet<Id> = marks.keys().copied().collect();
