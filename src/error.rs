@@ -46,6 +46,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when a file or object is not there (removed, or never written).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// True for the errors about keys and passphrases (exit code 4).
     pub fn is_key_problem(&self) -> bool {
         matches!(self, Error::WrongPassphrase(_) | Error::KeyUnusable(_) | Error::NoPassphrase(_))

@@ -12,23 +12,33 @@
 //! and running backups before the snapshot listing — is about the listing,
 //! which is still made when prune asks.) Anything that goes wrong here only
 //! costs speed: the file is read again the usual way, which reports it.
+//! The reading stops when the repository needs the snapshots (what is left
+//! is read then, on every core) or is closed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::engine::backend::{Backend, SNAPSHOTS};
 use crate::engine::crypto::Id;
 
-/// At most this many bytes are read early (a snapshot file is ~1 KiB): a
-/// history too long for it is read early newest first, the rest as usual.
+/// At most this many bytes and files are read early (a snapshot file is
+/// ~1 KiB); a longer history is read early newest first, the rest as usual.
 const EARLY_READ_BYTES: u64 = 8 << 20;
+const EARLY_READ_FILES: usize = 10_000;
+/// A bigger file is left for the usual read.
+const EARLY_READ_FILE: u64 = 64 << 10;
 
-type Files = HashMap<String, Vec<u8>>;
+/// Snapshot files by name.
+pub(crate) type Files = HashMap<String, Vec<u8>>;
 
 /// Snapshot files being read, or read, ahead of their use.
 #[derive(Default)]
-pub(crate) struct EarlyReads(Mutex<State>);
+pub(crate) struct EarlyReads {
+    stop: Arc<AtomicBool>,
+    state: Mutex<State>,
+}
 
 #[derive(Default)]
 enum State {
@@ -42,21 +52,20 @@ impl EarlyReads {
     /// Start reading `backend`'s snapshot files on a thread of their own,
     /// newest first (a backup's parent is among the newest).
     pub(crate) fn start(backend: Arc<dyn Backend>) -> EarlyReads {
-        let reading =
-            std::thread::Builder::new().name("snapshot files".into()).spawn(move || read_newest_first(&*backend));
-        EarlyReads(Mutex::new(reading.map_or(State::Off, State::Reading)))
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let reading = std::thread::Builder::new()
+            .name("snapshot files".into())
+            .spawn(move || read_newest_first(&*backend, &stopped));
+        EarlyReads { stop, state: Mutex::new(reading.map_or(State::Off, State::Reading)) }
     }
 
-    /// The bytes of snapshot file `name` if they were read early (each is
-    /// handed out once). With `wait`, a reading still going on is waited
-    /// for; without, only what is already done counts.
-    pub(crate) fn take(&self, name: &str, wait: bool) -> Option<Vec<u8>> {
-        let mut state = self.0.lock().ok()?;
-        if let State::Reading(thread) = &*state
-            && (wait || thread.is_finished())
-            && let State::Reading(thread) = std::mem::take(&mut *state)
-        {
-            *state = State::Read(thread.join().unwrap_or_default());
+    /// The bytes of snapshot file `name` if the reading is over and read
+    /// them (each is handed out once); never waits.
+    pub(crate) fn take(&self, name: &str) -> Option<Vec<u8>> {
+        let mut state = self.state.lock().ok()?;
+        if matches!(&*state, State::Reading(thread) if thread.is_finished()) {
+            *state = State::Read(joined(std::mem::take(&mut *state)));
         }
         match &mut *state {
             State::Read(files) => files.remove(name),
@@ -64,28 +73,84 @@ impl EarlyReads {
         }
     }
 
-    /// Wait for the reading to end, so that [`EarlyReads::take`] without
-    /// `wait` finds everything it read.
-    pub(crate) fn finish(&self) {
-        self.take("", true);
+    /// Stop reading (after the file being read) and hand over everything
+    /// read; nothing is read early from then on.
+    pub(crate) fn stop(&self) -> Files {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.state.lock() {
+            Ok(mut state) => joined(std::mem::take(&mut *state)),
+            Err(_) => Files::new(),
+        }
     }
 }
 
-fn read_newest_first(backend: &dyn Backend) -> Files {
+impl Drop for EarlyReads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a state holds once its reading is over.
+fn joined(state: State) -> Files {
+    match state {
+        State::Off => Files::new(),
+        State::Reading(thread) => thread.join().unwrap_or_default(),
+        State::Read(files) => files,
+    }
+}
+
+fn read_newest_first(backend: &dyn Backend, stop: &AtomicBool) -> Files {
     let Ok(mut listed) = backend.list(SNAPSHOTS) else { return Files::new() };
     listed.sort_by_key(|f| std::cmp::Reverse(f.modified));
     let mut files = Files::new();
     let mut bytes_read = 0u64;
-    for file in listed {
-        bytes_read += file.size;
-        if bytes_read > EARLY_READ_BYTES {
+    for file in listed.into_iter().take(EARLY_READ_FILES) {
+        if stop.load(Ordering::Relaxed) || bytes_read >= EARLY_READ_BYTES {
             break;
+        }
+        if file.size > EARLY_READ_FILE {
+            continue;
         }
         if let Ok(bytes) = backend.get(SNAPSHOTS, &file.name)
             && Id::of_bytes(&bytes).to_hex() == file.name
         {
+            bytes_read += bytes.len() as u64;
             files.insert(file.name, bytes);
         }
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::backend::MemoryBackend;
+
+    #[test]
+    fn only_whole_small_files_are_kept_each_handed_out_once_and_stop_ends_the_reading() {
+        let store = Arc::new(MemoryBackend::default());
+        let file = |bytes: &[u8]| (Id::of_bytes(bytes).to_hex(), bytes.to_vec());
+        let (whole, big, damaged) = (file(b"a snapshot"), file(&vec![7; 100 << 10]), file(b"was whole"));
+        for (name, bytes) in [&whole, &big] {
+            store.put_new(SNAPSHOTS, name, bytes.clone()).expect("put");
+        }
+        store.overwrite(SNAPSHOTS, &damaged.0, b"rotten".to_vec());
+
+        let early = EarlyReads::start(store.clone());
+        let mut files = early.stop();
+        // Stopped before it began, or after it read: never anything else.
+        assert!(files.keys().all(|name| *name == whole.0), "{:?}", files.keys());
+        assert!(files.remove(&whole.0).is_none_or(|bytes| bytes == whole.1));
+        assert!(early.stop().is_empty() && early.take(&whole.0).is_none());
+
+        let early = EarlyReads::start(store);
+        // Until the reading ends by itself (`take` notices).
+        while !matches!(&*early.state.lock().expect("state"), State::Read(_)) {
+            early.take("");
+            std::thread::yield_now();
+        }
+        assert_eq!(early.take(&whole.0), Some(whole.1));
+        assert_eq!(early.take(&whole.0), None, "handed out once");
+        assert_eq!((early.take(&big.0), early.take(&damaged.0)), (None, None));
+    }
 }

@@ -74,7 +74,7 @@ const LEFTOVER_MIN_AGE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3
 /// running at the same time, got there first).
 fn remove_if_there(repo: &Repository, dir: crate::engine::backend::Dir, name: &str) -> Result<()> {
     match repo.backend().remove(dir, name) {
-        Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
 }
@@ -84,10 +84,11 @@ fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<Stri
     repo.backend().list_names(dir)
 }
 
-/// Remove snapshots (they are the only thing a forget touches).
+/// Remove snapshots (they are the only thing a forget touches). One that
+/// is gone already (a concurrent prune forgot it too) is forgotten.
 pub fn forget(repo: &Repository, ids: &[Id]) -> Result<()> {
     for id in ids {
-        repo.backend().remove(SNAPSHOTS, &id.to_hex())?;
+        remove_if_there(repo, SNAPSHOTS, &id.to_hex())?;
     }
     Ok(())
 }
@@ -420,7 +421,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
             report.bytes_deleted += stored.get(pack).copied().unwrap_or(0);
             match repo.backend().remove(PACKS, &pack.to_hex()) {
                 // Already gone: an earlier, interrupted prune got this far.
-                Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_not_found() => {}
                 other => other?,
             }
             let _ = repo.backend().remove(MARKS, &pack.to_hex());
@@ -573,6 +574,16 @@ mod tests {
 
     fn healthy(repo: &Repository) -> bool {
         crate::engine::check::check(repo, true, 2, None).unwrap().healthy()
+    }
+
+    #[test]
+    fn forgetting_a_snapshot_a_concurrent_prune_forgot_first_is_no_error() {
+        let (_, repo) = repository();
+        let dir = files(1);
+        let id = back_up(&repo, dir.path());
+        forget(&repo, &[id]).unwrap();
+        forget(&repo, &[id]).unwrap();
+        assert!(repo.snapshots().unwrap().0.is_empty());
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn repair_index(repo: &Repository, dry_run: bool) -> Result<IndexRepair> {
     }
     for name in &old_files {
         match backend.remove(crate::engine::backend::INDEX, name) {
-            Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.is_not_found() => {}
             other => other?,
         }
     }

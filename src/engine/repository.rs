@@ -202,17 +202,17 @@ impl Repository {
         // The marker, the key files and the config are fetched at once (and
         // the config while the passphrase is checked): one round trip to a
         // remote repository instead of four.
-        let early_reads = (!backend.is_remote()).then(|| EarlyReads::start(backend.clone()));
-        let mut repo = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let config = s.spawn(|| backend.get(ROOT, CONFIG));
             let keys = s.spawn(|| backend.list(KEYS));
             let marker = read_marker(&*backend)?;
+            let early_reads = (!backend.is_remote()).then(|| EarlyReads::start(backend.clone()));
             let listed = crate::engine::parallel::joined(keys);
             let guess = guess.and_then(|thread| thread.join().ok().flatten());
-            Repository::unlock(backend.clone(), marker, listed, config, guess, passphrase)
-        })?;
-        repo.early_reads = early_reads.unwrap_or_default();
-        Ok(repo)
+            let mut repo = Repository::unlock(backend.clone(), marker, listed, config, guess, passphrase)?;
+            repo.early_reads = early_reads.unwrap_or_default();
+            Ok(repo)
+        })
     }
 
     /// Open with the first key file `passphrase` unlocks (`guess`, when the
@@ -228,7 +228,7 @@ impl Repository {
         let mut config = Some(config);
         let listed = match listed {
             Ok(files) => files,
-            Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.is_not_found() => Vec::new(),
             Err(e) => {
                 return Err(Error::Invalid(format!(
                     "cannot list the key files of the repository at {} ({e}); nothing was changed",
@@ -351,6 +351,7 @@ impl Repository {
     pub fn read_directly(&mut self) {
         self.tree_packs = None;
         self.index_files = None;
+        self.early_reads.stop();
     }
 
     /// Keep a tree pack just uploaded in the local cache of a remote
@@ -512,7 +513,7 @@ impl Repository {
 
     pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let name = id.to_hex();
-        let bytes = match self.early_reads.take(&name, false) {
+        let bytes = match self.early_reads.take(&name) {
             Some(bytes) => bytes,
             None => self.read_repo_file(SNAPSHOTS, &name)?,
         };
@@ -567,18 +568,20 @@ impl Repository {
                 }
             }
         }
-        if !from_files {
-            self.early_reads.finish();
-        }
-        let read = |file: &&FileInfo| match Id::from_hex(&file.name) {
-            Some(id) if from_files => self.read_snapshot_file(&id).map(|s| (id, s)),
-            Some(id) => self.read_snapshot(&id).map(|s| (id, s)),
-            None => Err(Error::damaged("snapshot", format!("unexpected file {}", file.name))),
+        // What was read early, and the rest now on every core.
+        let early = if from_files { Default::default() } else { self.early_reads.stop() };
+        let read = |file: &&FileInfo| match (Id::from_hex(&file.name), early.get(&file.name)) {
+            (Some(id), Some(bytes)) => self.open_snapshot(&id, bytes).map(|s| (id, s)),
+            (Some(id), None) => self.read_snapshot_file(&id).map(|s| (id, s)),
+            (None, _) => Err(Error::damaged("snapshot", format!("unexpected file {}", file.name))),
         };
         let read = self.read_many(unread, self.small_reads(), read);
+        drop(early);
         let mut read_before = self.snapshots_read.lock().map_err(|_| Error::Invalid("snapshots read".into()))?;
         for (file, result) in read {
             match result {
+                // Forgotten since the listing (by a concurrent prune).
+                Err(e) if e.is_not_found() => {}
                 Ok(found) => {
                     if let Some(c) = &mut cache {
                         c.put(file, &found.1);
@@ -887,20 +890,19 @@ impl Repository {
             part.iter().map(|(id, loc, bytes)| (*id, self.open_tree(id, loc, bytes.ok_or_else(short)))).collect()
         };
         let chunk = sealed.len().div_ceil(crate::engine::parallel::cpus()).max(TREES_PER_THREAD);
+        // A panic (a bug) fails the trees of its part, not the process.
+        let failed = |part: &[(Id, BlobLocation, Option<&[u8]>)]| -> Vec<(Id, Result<Tree>)> {
+            let bug = |id: &Id| Error::Invalid(format!("tree {} could not be opened (a bug in holdfast)", id.short()));
+            part.iter().map(|(id, ..)| (*id, Err(bug(id)))).collect()
+        };
         std::thread::scope(|s| {
             let mut parts = sealed.chunks(chunk);
-            let first = parts.next();
+            let first = parts.next().unwrap_or_default();
             let others: Vec<_> = parts.map(|part| (part, s.spawn(move || open(part)))).collect();
-            out.extend(first.map(open).unwrap_or_default());
+            let here = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open(first)));
+            out.extend(here.unwrap_or_else(|_| failed(first)));
             for (part, thread) in others {
-                match thread.join() {
-                    Ok(trees) => out.extend(trees),
-                    Err(_) => {
-                        out.extend(part.iter().map(|(id, ..)| {
-                            (*id, Err(Error::Invalid(format!("tree {}: reading it failed", id.short()))))
-                        }))
-                    }
-                }
+                out.extend(thread.join().unwrap_or_else(|_| failed(part)));
             }
         });
         drop(sealed);
@@ -1107,7 +1109,7 @@ fn read_marker(backend: &dyn Backend) -> Result<Marker> {
     let not_repo = |reason: &str| Error::NotARepository { path: backend.location().into(), reason: reason.into() };
     let bytes = match backend.get(ROOT, MARKER) {
         Ok(b) => b,
-        Err(Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.is_not_found() => {
             return Err(not_repo(if backend.is_empty().unwrap_or(false) {
                 "nothing is there; `holdfast init` creates one"
             } else {
@@ -1378,7 +1380,6 @@ mod tests {
         // The files are read while the key is unwrapped; then another
         // process forgets one.
         let repo = Repository::open(&location, b"pw").expect("open");
-        repo.early_reads.finish();
         std::fs::remove_file(file(&forgotten)).expect("forget");
 
         let (good, bad) = repo.snapshots().expect("snapshots");

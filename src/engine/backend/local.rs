@@ -223,9 +223,18 @@ impl Backend for LocalBackend {
 
     fn list(&self, dir: Dir) -> Result<Vec<FileInfo>> {
         let mut out = Vec::new();
+        let mut unreadable = None;
         self.each_entry(dir, |entry| {
-            // A file removed since the listing saw it is not listed.
-            let Ok(meta) = entry.metadata() else { return };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed since the directory was read: not listed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                // Never left out quietly (a running backup, a snapshot).
+                Err(e) => {
+                    unreadable.get_or_insert(Error::io(entry.path(), e));
+                    return;
+                }
+            };
             out.push(FileInfo {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 size: meta.len(),
@@ -233,6 +242,9 @@ impl Backend for LocalBackend {
                 tag: None,
             });
         })?;
+        if let Some(e) = unreadable {
+            return Err(e);
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
