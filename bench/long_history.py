@@ -3,6 +3,7 @@
 and `prune --dry-run` grow from a repository of 10 snapshots to one of N.
 
     bench/long_history.py [--snapshots 1000] [--work /var/tmp/hf-history] [--runs 5] [--daily]
+                          [--compare OTHER_BINARY]
 
 Each snapshot is a backup of a tiny tree with one file changed, so the
 history, not the data, is what grows. Times are the best of --runs runs
@@ -16,6 +17,9 @@ index files every backup left (as a daily prune does), a second one with
 does: the default grace is an hour), and the snapshot files' times are set
 one day apart, newest now (the backups are made seconds apart, so without
 it a parent lookup must read every file).
+
+--compare times a second holdfast binary (an older build, say) on the same
+repositories in the same rounds, so the two tables share the machine's mood.
 """
 
 import argparse
@@ -31,17 +35,14 @@ def holdfast_bin():
     return os.environ.get("HOLDFAST_BIN", os.path.join(HERE, "..", "target", "release", "holdfast"))
 
 
-def run(args, env):
-    subprocess.run([holdfast_bin()] + args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def run(args, env, binary=None):
+    subprocess.run([binary or holdfast_bin()] + args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def best(args, env, runs):
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(args, env)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(args, env, binary):
+    start = time.perf_counter()
+    run(args, env, binary)
+    return time.perf_counter() - start
 
 
 def make_history(work, name, count, env):
@@ -79,6 +80,7 @@ def main():
     p.add_argument("--work", default="/var/tmp/hf-history")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--daily", action="store_true", help="merged index, snapshot files a day apart")
+    p.add_argument("--compare", help="a second holdfast binary, timed in the same rounds")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     env = dict(os.environ, HOLDFAST_PASSPHRASE="bench", HOLDFAST_NEW_PASSPHRASE="bench")
@@ -95,13 +97,24 @@ def main():
         ("prune --dry-run", lambda repo, src: ["--repo", repo, "prune", "--keep-last", "100000", "--dry-run"]),
     ]
     n = a.snapshots
+    binaries = [holdfast_bin()] + ([a.compare] if a.compare else [])
+    # Best of --runs, the binaries and sizes taking turns within each round.
+    best = {}
+    for _ in range(a.runs):
+        for label, args in steps:
+            for binary in binaries:
+                for size, (repo, src) in (("10", small), ("n", large)):
+                    t = timed(args(repo, src), env, binary)
+                    key = (label, binary, size)
+                    best[key] = min(best.get(key, t), t)
     print("(a local repository: the snapshot cache serves only repositories in a bucket)")
-    print(f"| step | 10 snapshots s | {n} snapshots s | ratio |")
-    print("|---|---|---|---|")
-    for label, args in steps:
-        t10 = best(args(*small), env, a.runs)
-        tn = best(args(*large), env, a.runs)
-        print(f"| {label} | {t10:.3f} | {tn:.3f} | {tn / t10:.2f} |")
+    for binary in binaries:
+        print(f"\n{binary}\n")
+        print(f"| step | 10 snapshots s | {n} snapshots s | ratio |")
+        print("|---|---|---|---|")
+        for label, _ in steps:
+            t10, tn = best[(label, binary, "10")], best[(label, binary, "n")]
+            print(f"| {label} | {t10:.3f} | {tn:.3f} | {tn / t10:.2f} |")
 
 
 if __name__ == "__main__":
