@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use crate::engine::backend::{Backend, SNAPSHOTS};
 use crate::engine::crypto::Id;
@@ -33,92 +32,73 @@ const EARLY_READ_FILE: u64 = 64 << 10;
 /// Snapshot files by name.
 pub(crate) type Files = HashMap<String, Vec<u8>>;
 
-/// Snapshot files being read, or read, ahead of their use.
+/// Snapshot files being read, or read, ahead of their use. Each file is
+/// handed over as soon as it is whole, so nothing ever waits for the
+/// reading thread (a file it is stuck on is read again the usual way).
 #[derive(Default)]
-pub(crate) struct EarlyReads {
-    stop: Arc<AtomicBool>,
-    state: Mutex<State>,
-}
+pub(crate) struct EarlyReads(Arc<Shared>);
 
 #[derive(Default)]
-enum State {
-    #[default]
-    Off,
-    Reading(JoinHandle<Files>),
-    Read(Files),
+struct Shared {
+    stop: AtomicBool,
+    files: Mutex<Files>,
 }
 
 impl EarlyReads {
     /// Start reading `backend`'s snapshot files on a thread of their own,
     /// newest first (a backup's parent is among the newest).
     pub(crate) fn start(backend: Arc<dyn Backend>) -> EarlyReads {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let reading = std::thread::Builder::new()
+        let shared = Arc::new(Shared::default());
+        let reading = shared.clone();
+        let started = std::thread::Builder::new()
             .name("snapshot files".into())
-            .spawn(move || read_newest_first(&*backend, &stopped));
-        EarlyReads { stop, state: Mutex::new(reading.map_or(State::Off, State::Reading)) }
+            .spawn(move || read_newest_first(&*backend, &reading));
+        if started.is_err() {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        EarlyReads(shared)
     }
 
-    /// The bytes of snapshot file `name` if the reading is over and read
-    /// them (each is handed out once); never waits.
+    /// The bytes of snapshot file `name` if they were read (each is handed
+    /// out once).
     pub(crate) fn take(&self, name: &str) -> Option<Vec<u8>> {
-        let mut state = self.state.lock().ok()?;
-        if matches!(&*state, State::Reading(thread) if thread.is_finished()) {
-            *state = State::Read(joined(std::mem::take(&mut *state)));
-        }
-        match &mut *state {
-            State::Read(files) => files.remove(name),
-            _ => None,
-        }
+        self.0.files.lock().ok()?.remove(name)
     }
 
-    /// Stop reading (after the file being read) and hand over everything
-    /// read; nothing is read early from then on.
+    /// Stop reading and hand over every file read; nothing is read early
+    /// from then on.
     pub(crate) fn stop(&self) -> Files {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.state.lock() {
-            Ok(mut state) => joined(std::mem::take(&mut *state)),
-            Err(_) => Files::new(),
-        }
+        self.0.stop.store(true, Ordering::Relaxed);
+        self.0.files.lock().map(|mut files| std::mem::take(&mut *files)).unwrap_or_default()
     }
 }
 
 impl Drop for EarlyReads {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.0.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// What a state holds once its reading is over.
-fn joined(state: State) -> Files {
-    match state {
-        State::Off => Files::new(),
-        State::Reading(thread) => thread.join().unwrap_or_default(),
-        State::Read(files) => files,
-    }
-}
-
-fn read_newest_first(backend: &dyn Backend, stop: &AtomicBool) -> Files {
-    let Ok(mut listed) = backend.list(SNAPSHOTS) else { return Files::new() };
+fn read_newest_first(backend: &dyn Backend, shared: &Shared) {
+    let Ok(mut listed) = backend.list(SNAPSHOTS) else { return };
+    // Only names a snapshot can have: anything else is never read.
+    listed.retain(|f| Id::from_hex(&f.name).is_some() && f.size <= EARLY_READ_FILE);
     listed.sort_by_key(|f| std::cmp::Reverse(f.modified));
-    let mut files = Files::new();
     let mut bytes_read = 0u64;
     for file in listed.into_iter().take(EARLY_READ_FILES) {
-        if stop.load(Ordering::Relaxed) || bytes_read >= EARLY_READ_BYTES {
+        if shared.stop.load(Ordering::Relaxed) || bytes_read >= EARLY_READ_BYTES {
             break;
         }
-        if file.size > EARLY_READ_FILE {
+        let Ok(bytes) = backend.get(SNAPSHOTS, &file.name) else { continue };
+        if Id::of_bytes(&bytes).to_hex() != file.name {
             continue;
         }
-        if let Ok(bytes) = backend.get(SNAPSHOTS, &file.name)
-            && Id::of_bytes(&bytes).to_hex() == file.name
-        {
-            bytes_read += bytes.len() as u64;
-            files.insert(file.name, bytes);
-        }
+        bytes_read += bytes.len() as u64;
+        match shared.files.lock() {
+            Ok(mut files) if !shared.stop.load(Ordering::Relaxed) => files.insert(file.name, bytes),
+            _ => break,
+        };
     }
-    files
 }
 
 #[cfg(test)]
@@ -127,7 +107,7 @@ mod tests {
     use crate::engine::backend::MemoryBackend;
 
     #[test]
-    fn only_whole_small_files_are_kept_each_handed_out_once_and_stop_ends_the_reading() {
+    fn only_whole_small_snapshot_files_are_kept_each_handed_out_once_and_stop_ends_the_reading() {
         let store = Arc::new(MemoryBackend::default());
         let file = |bytes: &[u8]| (Id::of_bytes(bytes).to_hex(), bytes.to_vec());
         let (whole, big, damaged) = (file(b"a snapshot"), file(&vec![7; 100 << 10]), file(b"was whole"));
@@ -135,6 +115,7 @@ mod tests {
             store.put_new(SNAPSHOTS, name, bytes.clone()).expect("put");
         }
         store.overwrite(SNAPSHOTS, &damaged.0, b"rotten".to_vec());
+        store.overwrite(SNAPSHOTS, "README", b"not a snapshot".to_vec());
 
         let early = EarlyReads::start(store.clone());
         let mut files = early.stop();
@@ -144,13 +125,14 @@ mod tests {
         assert!(early.stop().is_empty() && early.take(&whole.0).is_none());
 
         let early = EarlyReads::start(store);
-        // Until the reading ends by itself (`take` notices).
-        while !matches!(&*early.state.lock().expect("state"), State::Read(_)) {
-            early.take("");
+        let started = std::time::Instant::now();
+        while early.0.files.lock().expect("files").is_empty() && started.elapsed().as_secs() < 10 {
             std::thread::yield_now();
         }
         assert_eq!(early.take(&whole.0), Some(whole.1));
         assert_eq!(early.take(&whole.0), None, "handed out once");
-        assert_eq!((early.take(&big.0), early.take(&damaged.0)), (None, None));
+        for name in [&big.0, &damaged.0, "README"] {
+            assert_eq!(early.take(name), None);
+        }
     }
 }

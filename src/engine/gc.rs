@@ -328,7 +328,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
                     report.bytes_deleted += size;
                     report.packs_deleted += 1;
                 }
-                repo.backend().remove(MARKS, &name)?;
+                remove_if_there(repo, MARKS, &name)?;
             }
             continue;
         };
@@ -336,7 +336,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
             // A backup referenced again a blob that only this pack holds.
             report.packs_unmarked += 1;
             if !dry_run {
-                repo.backend().remove(MARKS, &pack.to_hex())?;
+                remove_if_there(repo, MARKS, &pack.to_hex())?;
             }
         } else if now.duration_since(*marked_at) >= grace
             && oldest_running.is_none_or(|r| marked_at.checked_add(MARK_MARGIN).is_ok_and(|m| r > m))
@@ -584,6 +584,22 @@ mod tests {
         forget(&repo, &[id]).unwrap();
         forget(&repo, &[id]).unwrap();
         assert!(repo.snapshots().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_listed_but_not_found_when_read_stops_the_collection() {
+        let (store, repo) = repository();
+        let (a, b) = (files(1), files(2));
+        back_up(&repo, a.path());
+        let lost = back_up(&repo, b.path());
+        // A bucket that lists the snapshot object but answers 404 for it.
+        store.stop_serving(SNAPSHOTS, &lost.to_hex());
+        let repo = Repository::open_on(store.clone(), b"test passphrase").unwrap();
+        let (good, bad) = repo.snapshots().unwrap();
+        assert_eq!((good.len(), bad.len()), (1, 1));
+        let refused = collect_garbage(&repo, &now(), None).unwrap_err().to_string();
+        assert!(refused.contains("cannot be read") && refused.contains("nothing was deleted"), "{refused}");
+        assert_eq!(store.names(Dir::Marks), Vec::<String>::new(), "nothing marked");
     }
 
     #[test]

@@ -577,11 +577,22 @@ impl Repository {
         };
         let read = self.read_many(unread, self.small_reads(), read);
         drop(early);
+        // A file gone since the listing was forgotten meanwhile (by a
+        // concurrent prune) only if a new listing agrees; otherwise it is
+        // unreadable, and gc will not run (a bucket can answer "not found"
+        // for an object it lists).
+        let gone: HashSet<&str> = match read.iter().any(|(_, r)| r.as_ref().is_err_and(Error::is_not_found)) {
+            true => {
+                let now = self.backend.list_names(SNAPSHOTS)?;
+                let now: HashSet<&str> = now.iter().map(String::as_str).collect();
+                read.iter().map(|(file, _)| file.name.as_str()).filter(|name| !now.contains(name)).collect()
+            }
+            false => HashSet::new(),
+        };
         let mut read_before = self.snapshots_read.lock().map_err(|_| Error::Invalid("snapshots read".into()))?;
         for (file, result) in read {
             match result {
-                // Forgotten since the listing (by a concurrent prune).
-                Err(e) if e.is_not_found() => {}
+                Err(e) if e.is_not_found() && gone.contains(file.name.as_str()) => {}
                 Ok(found) => {
                     if let Some(c) = &mut cache {
                         c.put(file, &found.1);

@@ -231,7 +231,8 @@ impl Backend for LocalBackend {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
                 // Never left out quietly (a running backup, a snapshot).
                 Err(e) => {
-                    unreadable.get_or_insert(Error::io(entry.path(), e));
+                    let what = format!("cannot list the repository's files: {}: {e}", entry.path().display());
+                    unreadable.get_or_insert(Error::Invalid(what));
                     return;
                 }
             };

@@ -16,6 +16,8 @@ type Files = BTreeMap<(Dir, String), (Vec<u8>, jiff::Timestamp)>;
 #[derive(Default)]
 pub struct MemoryBackend {
     files: Mutex<Files>,
+    /// Listed, but "not found" when read (as a bucket can answer).
+    unserved: Mutex<std::collections::BTreeSet<(Dir, String)>>,
 }
 
 impl MemoryBackend {
@@ -30,6 +32,11 @@ impl MemoryBackend {
     /// Replace a stored file's bytes (to damage it in a test).
     pub fn overwrite(&self, dir: Dir, name: &str, bytes: Vec<u8>) {
         self.files().insert((dir, name.to_string()), (bytes, jiff::Timestamp::now()));
+    }
+
+    /// Keep listing `dir/name` but answer "not found" when it is read.
+    pub fn stop_serving(&self, dir: Dir, name: &str) {
+        self.unserved.lock().unwrap_or_else(|p| p.into_inner()).insert((dir, name.to_string()));
     }
 
     /// The names stored in `dir`.
@@ -70,7 +77,11 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, dir: Dir, name: &str) -> Result<Vec<u8>> {
-        self.files().get(&(dir, name.to_string())).map(|(b, _)| b.clone()).ok_or_else(|| Self::not_found(dir, name))
+        let key = (dir, name.to_string());
+        if self.unserved.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+            return Err(Self::not_found(dir, name));
+        }
+        self.files().get(&key).map(|(b, _)| b.clone()).ok_or_else(|| Self::not_found(dir, name))
     }
 
     fn get_range(
