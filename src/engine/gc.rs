@@ -603,6 +603,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_a_concurrent_prune_removed_after_the_listing_is_not_stamped_again() {
+        let (store, repo) = repository();
+        let dir = files(1);
+        let id = back_up(&repo, dir.path());
+        forget(&repo, &[id]).unwrap();
+        collect_garbage(&repo, &GcOptions::default(), None).unwrap();
+        let marks = store.names(Dir::Marks);
+        assert!(!marks.is_empty());
+        let stamped: Vec<_> = marks.iter().map(|m| store.get(Dir::Marks, m).unwrap()).collect();
+        // Listed, gone when read: another prune took it away meanwhile.
+        store.stop_serving(Dir::Marks, &marks[0]);
+        let marked = crate::engine::running::marked_packs(&repo).unwrap();
+        assert_eq!(marked.len(), marks.len() - 1);
+        assert!(!marked.contains_key(&Id::from_hex(&marks[0]).unwrap()));
+        collect_garbage(&repo, &GcOptions { dry_run: true, ..Default::default() }, None).unwrap();
+        let after: Vec<_> = marks.iter().skip(1).map(|m| store.get(Dir::Marks, m).unwrap()).collect();
+        assert_eq!(after, stamped[1..], "the other marks keep their times");
+    }
+
+    #[test]
     fn a_pack_marked_while_a_backup_runs_is_deleted_only_after_that_backup_ended() {
         let (store, repo) = repository();
         let dir = files(1);

@@ -67,17 +67,17 @@ pub fn marked_pack_ids(repo: &Repository) -> Result<HashSet<Id>> {
 }
 
 /// Packs marked for deletion, with when they were marked (`None` when a
-/// mark's time does not read).
+/// mark's time does not read). A mark gone since the listing was removed
+/// by a concurrent prune (its pack unmarked or deleted), so it is left out
+/// rather than stamped again.
 pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, Option<jiff::Timestamp>>> {
     let mut out = HashMap::new();
     for name in names(repo, MARKS)? {
         let Some(id) = Id::from_hex(&name) else { continue };
-        let when = repo
-            .backend()
-            .get(MARKS, &name)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.trim().parse().ok());
+        let when = match repo.backend().get(MARKS, &name) {
+            Err(e) if e.is_not_found() => continue,
+            read => read.ok().and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.trim().parse().ok()),
+        };
         out.insert(id, when);
     }
     Ok(out)
