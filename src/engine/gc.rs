@@ -79,11 +79,6 @@ fn remove_if_there(repo: &Repository, dir: crate::engine::backend::Dir, name: &s
     }
 }
 
-/// The names of the files in `dir`.
-fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<String>> {
-    repo.backend().list_names(dir)
-}
-
 /// Remove snapshots (they are the only thing a forget touches). One that
 /// is gone already (a concurrent prune forgot it too) is forgotten.
 pub fn forget(repo: &Repository, ids: &[Id]) -> Result<()> {
@@ -271,7 +266,7 @@ pub fn collect_garbage(repo: &Repository, opts: &GcOptions, progress: Option<&Pr
     // Read the index file by file: the ones read are the ones rewritten.
     let mut files: Vec<(String, IndexFile)> = Vec::new();
     let mut index = IndexBuilder::default();
-    for name in names(repo, INDEX)? {
+    for name in repo.backend().list_names(INDEX)? {
         let f = repo.read_index_file(&name).map_err(|e| {
             Error::Invalid(format!(
                 "{e}; not collecting garbage (nothing was deleted): run `holdfast repair index`, then prune again"

@@ -405,12 +405,12 @@ impl Repository {
         // A blob prune repacked is read from its new pack, not from the
         // marked one that a later prune deletes.
         let (listed, marked) = std::thread::scope(|s| {
-            let marks = s.spawn(|| self.backend.list(MARKS));
+            let marks = s.spawn(|| self.backend.list_names(MARKS));
             (self.backend.list(INDEX), crate::engine::parallel::joined(marks))
         });
         let listed = listed?;
         let marked: HashSet<Id> = match marked {
-            Ok(files) => files.iter().filter_map(|f| Id::from_hex(&f.name)).collect(),
+            Ok(names) => names.iter().filter_map(|name| Id::from_hex(name)).collect(),
             Err(_) => HashSet::new(),
         };
         let bytes: u64 = listed.iter().map(|f| f.size).sum();
@@ -1328,17 +1328,7 @@ mod tests {
         let day = jiff::SignedDuration::from_hours(24);
         // A snapshot of `host`, begun `age` days ago, its file written `written` days ago.
         let add = |host: &str, age: i32, written: u64| {
-            let snapshot = Snapshot {
-                time: now - day * age,
-                host: host.into(),
-                tags: vec![],
-                paths: vec!["/srv".into()],
-                root: Id::ZERO,
-                parent: None,
-                summary: Default::default(),
-                extra: None,
-                repaired: None,
-            };
+            let snapshot = Snapshot { time: now - day * age, ..empty_snapshot(host) };
             let id = repo.write_snapshot(&snapshot).expect("write");
             let file =
                 std::fs::File::options().write(true).open(root.join("snapshots").join(id.to_hex())).expect("open");

@@ -63,7 +63,7 @@ pub fn register_backup(repo: &Repository) -> Result<Running> {
 /// needs (it reuses no blob of theirs), without reading each mark (after a
 /// prune that repacked much, thousands of files; requests on a bucket).
 pub fn marked_pack_ids(repo: &Repository) -> Result<HashSet<Id>> {
-    Ok(names(repo, MARKS)?.iter().filter_map(|name| Id::from_hex(name)).collect())
+    Ok(repo.backend().list_names(MARKS)?.iter().filter_map(|name| Id::from_hex(name)).collect())
 }
 
 /// Packs marked for deletion, with when they were marked (`None` when a
@@ -72,7 +72,7 @@ pub fn marked_pack_ids(repo: &Repository) -> Result<HashSet<Id>> {
 /// rather than stamped again.
 pub fn marked_packs(repo: &Repository) -> Result<HashMap<Id, Option<jiff::Timestamp>>> {
     let mut out = HashMap::new();
-    for name in names(repo, MARKS)? {
+    for name in repo.backend().list_names(MARKS)? {
         let Some(id) = Id::from_hex(&name) else { continue };
         let when = match repo.backend().get(MARKS, &name) {
             Err(e) if e.is_not_found() => continue,
@@ -119,7 +119,7 @@ enum RecordState {
 fn running_backups(repo: &Repository, except: Option<&Running>) -> Result<Vec<(String, RecordState)>> {
     let host = hostname();
     let now = jiff::Timestamp::now();
-    let all: HashSet<String> = names(repo, RUNNING)?.into_iter().collect();
+    let all: HashSet<String> = repo.backend().list_names(RUNNING)?.into_iter().collect();
     let mut out = Vec::new();
     for name in &all {
         if except.is_some_and(|me| me.name == *name) {
@@ -200,11 +200,6 @@ pub fn adopt_recent_leftovers(
 /// True when a backup other than `me` is registered and alive.
 fn another_backup_running(repo: &Repository, me: &Running) -> Result<bool> {
     Ok(running_backups(repo, Some(me))?.iter().any(|(_, state)| matches!(state, RecordState::Live(_))))
-}
-
-/// The names of the files in `dir`.
-fn names(repo: &Repository, dir: crate::engine::backend::Dir) -> Result<Vec<String>> {
-    Ok(repo.backend().list(dir)?.into_iter().map(|f| f.name).collect())
 }
 
 /// This machine's host name (recorded in snapshots and `running/`).
