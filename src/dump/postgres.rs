@@ -216,6 +216,57 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A setting's stored value as SQL for `SET name TO …`: a string literal,
+/// or, for the settings PostgreSQL stores as lists of quoted names
+/// (`search_path` and the like), one literal per element, as pg_dump
+/// writes them.
+fn setting_value(name: &str, value: &str) -> String {
+    const QUOTED_LISTS: [&str; 6] = [
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    ];
+    let literal = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    if !QUOTED_LISTS.contains(&name.to_ascii_lowercase().as_str()) {
+        return literal(value);
+    }
+    split_setting_list(value).iter().map(|e| literal(e)).collect::<Vec<_>>().join(", ")
+}
+
+/// The elements of a stored list setting: separated by commas, each bare or
+/// in double quotes (`""` inside for a quote), as PostgreSQL's
+/// `SplitGUCList` reads them.
+fn split_setting_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut item = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if chars.next_if_eq(&'"').is_some() => item.push('"'),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.next_if(|c| *c != ',').is_some() {}
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                item.push(c);
+            }
+            item.truncate(item.trim_end().len());
+        }
+        out.push(item);
+        if chars.next().is_none() {
+            return out;
+        }
+    }
+}
+
 impl Connection {
     pub fn exists(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
@@ -324,17 +375,7 @@ impl Connection {
     /// Put `loaded` in the place of `live`; the old database is kept as
     /// `keep_as`. Connections to `live` are ended first.
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
-        // The loaded copy was created by holdfast's role: it takes the live
-        // database's owner, or the application could no longer use it.
-        let literal = format!("'{}'", live.replace('\'', "''"));
-        if let Some(owner) = self
-            .scalar("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {literal}"))?
-        {
-            self.execute(
-                "postgres",
-                &format!("ALTER DATABASE {} OWNER TO {}", quote_ident(loaded), quote_ident(&owner)),
-            )?;
-        }
+        self.copy_database_setup(live, loaded)?;
         self.execute(
             "postgres",
             &format!(
@@ -357,6 +398,65 @@ impl Connection {
 }
 
 impl Connection {
+    /// Give `loaded` what the live database has that a dump (made without
+    /// `--create`) leaves out, or the application could no longer use it as
+    /// before: its owner (the copy was created by holdfast's role), its
+    /// GRANTs (`CONNECT`, `CREATE`, `TEMPORARY`; one revoked from PUBLIC
+    /// stays revoked) and its `ALTER DATABASE … SET` and `ALTER ROLE … IN
+    /// DATABASE … SET` settings.
+    fn copy_database_setup(&self, live: &str, loaded: &str) -> Result<()> {
+        let (live, target) = (live.to_string(), quote_ident(loaded));
+        self.with_client("postgres", async move |c| {
+            let Some(db) = c
+                .query_opt(
+                    "SELECT pg_get_userbyid(datdba), datacl IS NOT NULL FROM pg_database WHERE datname = $1",
+                    &[&live],
+                )
+                .await?
+            else {
+                return Ok(());
+            };
+            let (owner, own_grants): (String, bool) = (db.get(0), db.get(1));
+            let mut sql = format!("ALTER DATABASE {target} OWNER TO {};\n", quote_ident(&owner));
+            // No ACL of its own means the defaults, which the copy has too.
+            if own_grants {
+                sql += &format!("REVOKE ALL ON DATABASE {target} FROM PUBLIC, {};\n", quote_ident(&owner));
+                let grants = c
+                    .query(
+                        "SELECT a.privilege_type, a.grantee = 0, pg_get_userbyid(a.grantee), a.is_grantable \
+                         FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+                        &[&live],
+                    )
+                    .await?;
+                for g in grants {
+                    let (privilege, public, grantee, grantable): (String, bool, String, bool) =
+                        (g.get(0), g.get(1), g.get(2), g.get(3));
+                    let to = if public { "PUBLIC".to_string() } else { quote_ident(&grantee) };
+                    let option = if grantable { " WITH GRANT OPTION" } else { "" };
+                    sql += &format!("GRANT {privilege} ON DATABASE {target} TO {to}{option};\n");
+                }
+            }
+            let settings = c
+                .query(
+                    "SELECT s.setrole = 0, pg_get_userbyid(s.setrole), unnest(s.setconfig) \
+                     FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1",
+                    &[&live],
+                )
+                .await?;
+            for s in settings {
+                let (all_roles, role, setting): (bool, String, String) = (s.get(0), s.get(1), s.get(2));
+                let Some((name, value)) = setting.split_once('=') else { continue };
+                let scope = match all_roles {
+                    true => format!("DATABASE {target}"),
+                    false => format!("ROLE {} IN DATABASE {target}", quote_ident(&role)),
+                };
+                sql += &format!("ALTER {scope} SET {} TO {};\n", quote_ident(name), setting_value(name, value));
+            }
+            c.batch_execute(&sql).await
+        })
+        .context("giving the reloaded database the live one's owner, grants and settings")
+    }
+
     /// Bytes the database takes on the server.
     pub fn database_size(&self, name: &str) -> Result<u64> {
         let name = name.to_string();
@@ -390,4 +490,20 @@ pub fn is_custom_format(file: &Path) -> Result<bool> {
     let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let n = f.read(&mut head).with_context(|| format!("reading {}", file.display()))?;
     Ok(n == head.len() && &head == b"PGDMP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_written_back_as_pg_dump_writes_them() {
+        assert_eq!(setting_value("work_mem", "3MB"), "'3MB'");
+        assert_eq!(setting_value("DateStyle", "ISO, MDY"), "'ISO, MDY'", "a list without quoting is one value");
+        assert_eq!(setting_value("app.note", "it's"), "'it''s'");
+        assert_eq!(setting_value("search_path", "app, public"), "'app', 'public'");
+        assert_eq!(setting_value("search_path", r#""$user", "Odd, ""name""""#), r#"'$user', 'Odd, "name"'"#);
+        assert_eq!(setting_value("search_path", r#""""#), "''", "an empty search_path");
+        assert_eq!(split_setting_list("a ,b"), ["a", "b"]);
+    }
 }

@@ -50,22 +50,53 @@ fn reload_puts_the_snapshots_postgresql_database_in_place_and_keeps_the_live_one
 /// The reloaded database belongs to the live one's owner, not to the role
 /// holdfast loads with: the application goes on creating tables in it.
 #[test]
-fn a_reloaded_postgresql_database_keeps_its_owner() {
+fn a_reloaded_postgresql_database_keeps_its_owner_grants_and_settings() {
     let env = JobEnv::new();
     let app = PgRole::create("app", "not-a-secret");
+    let reader = PgRole::create("reader", "not-a-secret");
+    let outsider = PgRole::create("outsider", "not-a-secret");
     let db = PgDatabase::create_owned_by("owned", Some(&app.name));
     let _derived = PgNamesStartingWith(format!("{}_", db.name));
     db.sql(&format!("CREATE TABLE t (v text);\nALTER TABLE t OWNER TO {};\nINSERT INTO t VALUES ('x');", app.name));
+    // What the database itself has beyond its contents: a dump made without
+    // --create carries none of it.
+    let (d, a, r) = (&db.name, &app.name, &reader.name);
+    db.server.sql(
+        "postgres",
+        &format!(
+            "REVOKE ALL ON DATABASE \"{d}\" FROM PUBLIC;\n\
+             GRANT CONNECT, TEMPORARY ON DATABASE \"{d}\" TO \"{r}\" WITH GRANT OPTION;\n\
+             ALTER DATABASE \"{d}\" SET work_mem = '3MB';\n\
+             ALTER DATABASE \"{d}\" SET search_path = \"$user\", \"Odd, name\", public;\n\
+             ALTER ROLE \"{r}\" IN DATABASE \"{d}\" SET statement_timeout = '7s';"
+        ),
+    );
+    let setup = || {
+        db.server.sql(
+            "postgres",
+            &format!(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{d}';\n\
+                 SELECT a.privilege_type || ' to ' || a.grantee::regrole::text || ' ' || a.is_grantable \
+                 FROM pg_database x, aclexplode(x.datacl) a WHERE x.datname = '{d}' ORDER BY 1;\n\
+                 SELECT s.setrole::regrole::text || ' ' || s.setconfig::text FROM pg_db_role_setting s \
+                 JOIN pg_database x ON x.oid = s.setdatabase WHERE x.datname = '{d}' ORDER BY 1;"
+            ),
+        )
+    };
+    let before = setup();
+    assert!(before.contains("Odd, name") && before.contains("statement_timeout=7s"), "{before}");
     env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
     env.run(&["crm"]).assert_ok();
 
     holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
 
-    let owner = db
-        .server
-        .sql("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{}';", db.name));
-    assert_eq!(owner.trim(), app.name, "the reloaded database's owner");
-    db.sql(&format!("SET ROLE {};\nCREATE TABLE made_by_the_app (v text);", app.name));
+    assert_eq!(setup(), before, "the reloaded database's owner, grants and settings");
+    assert!(before.starts_with(&format!("{a}\n")), "{before}");
+    db.sql(&format!("SET ROLE {a};\nCREATE TABLE made_by_the_app (v text);"));
+    let may_connect =
+        |role: &str| db.server.sql("postgres", &format!("SELECT has_database_privilege('{role}', '{d}', 'CONNECT');"));
+    assert_eq!(may_connect(r), "t\n");
+    assert_eq!(may_connect(&outsider.name), "f\n", "CONNECT stays revoked from PUBLIC");
 }
 
 #[test]
