@@ -39,6 +39,8 @@ const TTL: Duration = Duration::from_secs(3600);
 const CHUNK_CACHE_BYTES: usize = 64 << 20;
 /// Chunks decoded ahead of a reader going through a file.
 const READ_AHEAD_CHUNKS: usize = 6;
+/// Entries after a file looked at for the chunks their reader will want.
+const SIBLINGS_AHEAD: usize = 64;
 
 /// The mounted repository.
 pub struct SnapshotFs {
@@ -55,6 +57,10 @@ pub struct SnapshotFs {
     gid: u32,
     /// The newest snapshot's time: the made-up directories' times.
     time: SystemTime,
+    /// Whether any mounted snapshot may hold extended attributes; when none
+    /// does, the kernel is told the file system has none (`ENOSYS`) and
+    /// stops asking: `cp -a` then makes no xattr request per file.
+    xattrs: bool,
 }
 
 /// A directory's entries: name and inode, sorted by name once complete.
@@ -229,6 +235,7 @@ impl SnapshotFs {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             time,
+            xattrs: snapshots.iter().any(|(_, s)| may_hold_xattrs(s)),
         };
         let root = fs.add_virtual(1);
         let by_id = fs.add_virtual(root);
@@ -416,9 +423,14 @@ impl SnapshotFs {
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut pos = offset;
         let mut i = starts.partition_point(|s| *s <= offset).saturating_sub(1);
-        // A reader going through the file wants the next chunks soon.
+        // A reader going through the file wants the next chunks soon; one
+        // going through the directory (`cp -a`, `tar`, `rsync`) wants the
+        // next files' first chunks.
         let next = pieces.iter().skip(i + 1).filter_map(Piece::chunk).take(READ_AHEAD_CHUNKS);
         chunks.read_ahead(next);
+        if offset == 0 {
+            chunks.read_ahead(next_files_chunks(nodes, ino));
+        }
         while pos < end && i < pieces.len() {
             let within = pos - starts[i];
             let take = (pieces[i].len().saturating_sub(within)).min(end - pos);
@@ -449,6 +461,10 @@ impl Filesystem for SnapshotFs {
         // Listings carry each entry's attributes, so walking a tree needs
         // no lookup per name (half the round trips of a small file).
         let _ = config.add_capabilities(fuser::consts::FUSE_DO_READDIRPLUS);
+        // Symlinks never change: without this the kernel asks for `latest`'s
+        // target on every path resolved through it (two round trips per
+        // file that `cp -a mnt/latest/…` copies).
+        let _ = config.add_capabilities(fuser::consts::FUSE_CACHE_SYMLINKS);
         Ok(())
     }
 
@@ -540,6 +556,9 @@ impl Filesystem for SnapshotFs {
     }
 
     fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(libc::ENOSYS);
+        }
         let value = self
             .node(ino)
             .and_then(|n| n.meta.as_ref())
@@ -552,6 +571,9 @@ impl Filesystem for SnapshotFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: fuser::ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(libc::ENOSYS);
+        }
         let mut names = Vec::new();
         for (n, _) in self.node(ino).and_then(|n| n.meta.as_ref()).map(|m| m.xattrs.as_slice()).unwrap_or_default() {
             names.extend_from_slice(n);
@@ -569,6 +591,33 @@ impl Filesystem for SnapshotFs {
             Err(e) => reply.error(e),
         }
     }
+}
+
+/// Whether snapshot `s` may hold an entry with extended attributes: it has
+/// counted some, or was made before they were counted.
+fn may_hold_xattrs(s: &Snapshot) -> bool {
+    s.summary.entries_with_xattrs != Some(0)
+}
+
+/// The first chunks of the files listed after file `ino` in its directory
+/// (a directory's entries are consecutive nodes); a run of small files
+/// batched into one chunk names it once.
+fn next_files_chunks(nodes: &[Node], ino: u64) -> impl Iterator<Item = &Id> {
+    let index = ino as usize;
+    let parent = index.checked_sub(1).and_then(|i| nodes.get(i)).map(|n| n.parent);
+    let mut last = None;
+    nodes
+        .get(index..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(move |n| Some(n.parent) == parent)
+        .take(SIBLINGS_AHEAD)
+        .filter_map(|n| match &n.kind {
+            Kind::File(content) => content.pieces.iter().find_map(Piece::chunk),
+            _ => None,
+        })
+        .filter(move |id| last.replace(*id) != Some(*id))
+        .take(READ_AHEAD_CHUNKS)
 }
 
 /// Answer an xattr request: its size when asked for 0 bytes, else the bytes.
@@ -648,6 +697,50 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "../etc", "nul\0"] {
             assert!(!is_file_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_snapshots_that_counted_no_xattrs_let_the_mount_say_it_has_none() {
+        let mut snapshot = Snapshot {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            host: "web".into(),
+            tags: vec![],
+            paths: vec!["/srv".into()],
+            root: Id([0; 32]),
+            parent: None,
+            summary: Default::default(),
+            extra: None,
+            repaired: None,
+        };
+        snapshot.summary.entries_with_xattrs = Some(0);
+        assert!(!may_hold_xattrs(&snapshot));
+        snapshot.summary.entries_with_xattrs = Some(3);
+        assert!(may_hold_xattrs(&snapshot));
+        // A snapshot written before the count existed has no such field.
+        let mut json = serde_json::to_value(&snapshot).expect("json");
+        json["summary"].as_object_mut().expect("summary").remove("entries_with_xattrs");
+        let old: Snapshot = serde_json::from_value(json).expect("an older snapshot reads");
+        assert_eq!(old.summary.entries_with_xattrs, None);
+        assert!(may_hold_xattrs(&old));
+    }
+
+    #[test]
+    fn the_files_after_one_in_its_directory_name_their_first_chunks() {
+        let file = |parent, ids: &[u8]| Node {
+            parent,
+            meta: None,
+            kind: Kind::File(FileContent {
+                pieces: ids.iter().map(|i| Piece::Slice { id: Id([*i; 32]), offset: 0, len: 10 }).collect(),
+                ..FileContent::default()
+            }),
+        };
+        let dir = |parent| Node { parent, meta: None, kind: Kind::Dir { tree: None, children: None } };
+        // Inodes 2..=6 are in directory 1; 7 is in directory 4.
+        let nodes = vec![dir(1), file(1, &[1]), file(1, &[1]), dir(1), file(1, &[2, 3]), file(1, &[4]), file(4, &[9])];
+        let ahead: Vec<Id> = next_files_chunks(&nodes, 2).copied().collect();
+        assert_eq!(ahead, [Id([1; 32]), Id([2; 32]), Id([4; 32])]);
+        assert_eq!(next_files_chunks(&nodes, 6).count(), 0, "the directory's last file");
+        assert_eq!(next_files_chunks(&nodes, 0).count() + next_files_chunks(&nodes, 99).count(), 0);
     }
 
     #[test]

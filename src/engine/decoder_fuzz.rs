@@ -1569,6 +1569,7 @@ fn sample_snapshot() -> Snapshot {
             incomplete: true,
             skipped: vec!["/srv/shop/unreadable".into()],
             left_out: vec!["/srv/shop/cache: cache directory (CACHEDIR.TAG)".into()],
+            entries_with_xattrs: Some(2),
         },
         extra: Some(
             serde_json::json!({"job": "shop", "dumps": [{"db": "shop", "bytes": 123, "ratio": 0.5}], "n": null}),

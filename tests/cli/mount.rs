@@ -66,6 +66,14 @@ impl Drop for Mounted {
     }
 }
 
+/// `holdfast --repo REPO mount AT` for `t`'s repository.
+fn mount_command(t: &TestRepo, at: &Path) -> Command {
+    let mut cmd = Command::new(crate::util::holdfast_bin());
+    cmd.args(["--repo"]).arg(t.repo()).arg("mount").arg(at);
+    cmd.env("HOLDFAST_PASSPHRASE", crate::util::PASSPHRASE).env("HOLDFAST_CACHE_DIR", crate::util::test_cache_dir());
+    cmd
+}
+
 fn is_mounted(at: &Path) -> bool {
     let at = fs::canonicalize(at).unwrap_or(at.to_path_buf());
     fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| l.split(' ').nth(1) == at.to_str())
@@ -93,10 +101,7 @@ fn a_mount_reads_like_a_restore_and_unmounts_on_sigterm() {
     t.backup(&[&src]);
 
     let mnt = t.path("mnt");
-    let mut cmd = Command::new(crate::util::holdfast_bin());
-    cmd.args(["--repo"]).arg(t.repo()).arg("mount").arg(&mnt);
-    cmd.env("HOLDFAST_PASSPHRASE", crate::util::PASSPHRASE).env("HOLDFAST_CACHE_DIR", crate::util::test_cache_dir());
-    let mut m = Mounted::start(cmd, &mnt, t.path("mount.log"));
+    let mut m = Mounted::start(mount_command(&t, &mnt), &mnt, t.path("mount.log"));
     assert!(is_mounted(&mnt));
 
     // `latest` is the newest; both snapshots are there by id.
@@ -150,6 +155,48 @@ fn a_mount_reads_like_a_restore_and_unmounts_on_sigterm() {
     assert!(status.success(), "SIGTERM ends the mount cleanly: {status}");
     assert!(!is_mounted(&mnt), "no mount is left behind");
     assert!(fs::read_dir(&mnt).unwrap().next().is_none(), "the mount point is empty again");
+}
+
+#[test]
+fn a_mount_of_snapshots_without_xattrs_says_so_and_shows_them_once_one_has_some() {
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..40 {
+        fs::write(src.join(format!("d/f{i:02}.txt")), format!("file {i}\n").repeat(i + 1)).unwrap();
+    }
+    let first = t.backup(&[&src]);
+    let counted = |id: &str| {
+        let snap = t.snapshots_json().into_iter().find(|s| s["id"] == id).unwrap();
+        snap["summary"]["entries_with_xattrs"].as_u64().unwrap()
+    };
+    let before = counted(&first);
+    let mnt = t.path("mnt");
+    let in_snapshot = |snap: &Path| snap.join(src.strip_prefix("/").unwrap()).join("d");
+    let mount = |log: &str| Mounted::start(mount_command(&t, &mnt), &mnt, t.path(log));
+
+    // No snapshot holds an xattr: the kernel is told there are none, and a
+    // copy out of the mount is still whole.
+    assert_eq!(before, 0, "neither the source nor the directories above it hold an xattr");
+    let m = mount("mount.log");
+    let latest = in_snapshot(&mnt.join("latest"));
+    let err = xattr::list(latest.join("f01.txt")).map(|l| l.count()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EOPNOTSUPP), "{err}");
+    let copied = t.path("copied");
+    assert!(Command::new("cp").arg("-a").arg(&latest).arg(&copied).status().unwrap().success());
+    assert_same_tree(&tree_fingerprint(&src.join("d")), &tree_fingerprint(&copied));
+    drop(m);
+
+    // One file gains an xattr: the next snapshot counts it, and the mount
+    // (of both) shows xattrs again.
+    xattr::set(src.join("d/f02.txt"), "user.origin", b"camera").unwrap();
+    let second = t.backup(&[&src]);
+    assert_eq!(counted(&second), before + 1);
+    let _m = mount("mount2.log");
+    let latest = in_snapshot(&mnt.join("latest"));
+    assert_eq!(xattr::get(latest.join("f02.txt"), "user.origin").unwrap().as_deref(), Some(&b"camera"[..]));
+    let older = in_snapshot(&mnt.join("by-id").join(&first[..8]));
+    assert_eq!(xattr::list(older.join("f02.txt")).unwrap().count(), 0);
 }
 
 #[test]
@@ -226,12 +273,7 @@ fn a_mount_killed_hard_leaves_a_dead_mount_that_the_next_mount_names_with_the_fi
     fs::write(src.join("f"), "x").unwrap();
     t.backup(&[&src]);
     let mnt = t.path("mnt");
-    let mount_cmd = || {
-        let mut cmd = Command::new(crate::util::holdfast_bin());
-        cmd.args(["--repo"]).arg(t.repo()).arg("mount").arg(&mnt);
-        cmd.env("HOLDFAST_PASSPHRASE", crate::util::PASSPHRASE);
-        cmd
-    };
+    let mount_cmd = || mount_command(&t, &mnt);
     let mut m = Mounted::start(mount_cmd(), &mnt, t.path("mount.log"));
     m.child.kill().unwrap();
     m.child.wait().unwrap();

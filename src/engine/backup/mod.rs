@@ -278,7 +278,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
 
     // Commit: the directories above the sources, then the index.
     let root_id = skeleton.write(&mut trees, &mut sources)?;
-    let tree_stats = trees.finish()?;
+    let (tree_stats, entries_with_xattrs) = trees.finish()?;
     let mut new_packs = adopted;
     new_packs.extend(uploader.finish()?);
     if !new_packs.is_empty() {
@@ -288,6 +288,7 @@ pub fn capture(repo: &Repository, sources: &[BackupSource], opts: &BackupOptions
     summary.blobs_added = content_stats.blobs + tree_stats.blobs + streamed.blobs;
     summary.bytes_new = content_stats.raw_bytes + tree_stats.raw_bytes + streamed.raw_bytes;
     summary.bytes_added = content_stats.sealed_bytes + tree_stats.sealed_bytes + streamed.sealed_bytes;
+    summary.entries_with_xattrs = Some(entries_with_xattrs);
     Ok(Capture {
         root: root_id,
         paths,

@@ -648,15 +648,18 @@ pub(super) struct TreeWriter<'a> {
     known: &'a KnownBlobs<'a>,
     pack: Option<PackWriter>,
     stats: BlobStats,
+    /// Entries written so far that carry extended attributes.
+    entries_with_xattrs: u64,
 }
 
 impl<'a> TreeWriter<'a> {
     pub fn new(repo: &'a Repository, uploader: &'a PackUploader, known: &'a KnownBlobs) -> Self {
-        TreeWriter { repo, uploader, known, pack: None, stats: BlobStats::default() }
+        TreeWriter { repo, uploader, known, pack: None, stats: BlobStats::default(), entries_with_xattrs: 0 }
     }
 
     /// Store a directory's entries (in name order) as a tree.
     pub fn write(&mut self, entries: Vec<Entry>) -> Result<Id> {
+        self.entries_with_xattrs += entries.iter().filter(|e| !e.meta.xattrs.is_empty()).count() as u64;
         let bytes = Tree { entries }.encode();
         let keys = self.repo.keys();
         let id = keys.blob_id(&bytes);
@@ -674,11 +677,12 @@ impl<'a> TreeWriter<'a> {
         Ok(id)
     }
 
-    /// Ship the last tree pack; what was stored.
-    pub fn finish(mut self) -> Result<BlobStats> {
+    /// Ship the last tree pack; what was stored, and how many of the
+    /// entries written carry extended attributes.
+    pub fn finish(mut self) -> Result<(BlobStats, u64)> {
         if let Some(w) = self.pack.take() {
             ship(self.repo, self.uploader, w)?;
         }
-        Ok(self.stats)
+        Ok((self.stats, self.entries_with_xattrs))
     }
 }
