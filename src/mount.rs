@@ -424,11 +424,11 @@ impl SnapshotFs {
         let mut pos = offset;
         let mut i = starts.partition_point(|s| *s <= offset).saturating_sub(1);
         // A reader going through the file wants the next chunks soon; one
-        // going through the directory (`cp -a`, `tar`, `rsync`) wants the
-        // next files' first chunks.
+        // that reached its end and goes through the directory (`cp -a`,
+        // `tar`, `rsync`) wants the next files' first chunks.
         let next = pieces.iter().skip(i + 1).filter_map(Piece::chunk).take(READ_AHEAD_CHUNKS);
         chunks.read_ahead(next);
-        if offset == 0 {
+        if end >= total {
             chunks.read_ahead(next_files_chunks(nodes, ino));
         }
         while pos < end && i < pieces.len() {

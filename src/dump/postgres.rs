@@ -216,11 +216,9 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A setting's stored value as SQL for `SET name TO …`: a string literal,
-/// or, for the settings PostgreSQL stores as lists of quoted names
-/// (`search_path` and the like), one literal per element, as pg_dump
-/// writes them.
-fn setting_value(name: &str, value: &str) -> String {
+/// Whether PostgreSQL stores setting `name` as a list of quoted elements
+/// (`search_path` and the like), which a string literal would not give back.
+fn is_list_setting(name: &str) -> bool {
     const QUOTED_LISTS: [&str; 6] = [
         "local_preload_libraries",
         "search_path",
@@ -229,42 +227,40 @@ fn setting_value(name: &str, value: &str) -> String {
         "temp_tablespaces",
         "unix_socket_directories",
     ];
-    let literal = |v: &str| format!("'{}'", v.replace('\'', "''"));
-    if !QUOTED_LISTS.contains(&name.to_ascii_lowercase().as_str()) {
-        return literal(value);
-    }
-    split_setting_list(value).iter().map(|e| literal(e)).collect::<Vec<_>>().join(", ")
+    QUOTED_LISTS.contains(&name.to_ascii_lowercase().as_str())
 }
 
-/// The elements of a stored list setting: separated by commas, each bare or
-/// in double quotes (`""` inside for a quote), as PostgreSQL's
-/// `SplitGUCList` reads them.
-fn split_setting_list(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = value.chars().peekable();
+/// `'text'` with embedded quotes doubled (standard_conforming_strings).
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One entry of a database's ACL; `grantee` `None` is PUBLIC.
+#[derive(Debug, Clone, PartialEq)]
+struct Grant {
+    privilege: String,
+    grantee: Option<String>,
+    grantable: bool,
+    grantor: String,
+}
+
+/// `grants` in an order they can be given in: a role grants a privilege
+/// only once it holds it with the grant option (the owner always does).
+/// Entries that never can (a damaged chain) come last, as they were.
+fn in_grant_order(mut grants: Vec<Grant>, owner: &str) -> Vec<Grant> {
+    let mut ordered = Vec::with_capacity(grants.len());
+    let mut holders: Vec<(String, String)> = Vec::new();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut item = String::new();
-        if chars.next_if_eq(&'"').is_some() {
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' if chars.next_if_eq(&'"').is_some() => item.push('"'),
-                    '"' => break,
-                    c => item.push(c),
-                }
-            }
-            while chars.next_if(|c| *c != ',').is_some() {}
-        } else {
-            while let Some(c) = chars.next_if(|c| *c != ',') {
-                item.push(c);
-            }
-            item.truncate(item.trim_end().len());
+        let can = |g: &Grant| g.grantor == owner || holders.iter().any(|(r, p)| *r == g.grantor && *p == g.privilege);
+        let Some(at) = grants.iter().position(can) else { break };
+        let g = grants.remove(at);
+        if let (true, Some(grantee)) = (g.grantable, &g.grantee) {
+            holders.push((grantee.clone(), g.privilege.clone()));
         }
-        out.push(item);
-        if chars.next().is_none() {
-            return out;
-        }
+        ordered.push(g);
     }
+    ordered.extend(grants);
+    ordered
 }
 
 impl Connection {
@@ -375,7 +371,10 @@ impl Connection {
     /// Put `loaded` in the place of `live`; the old database is kept as
     /// `keep_as`. Connections to `live` are ended first.
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
-        self.copy_database_setup(live, loaded)?;
+        if let Err(e) = self.copy_database_setup(live, loaded) {
+            let _ = self.drop_database(loaded);
+            return Err(e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")));
+        }
         self.execute(
             "postgres",
             &format!(
@@ -399,43 +398,66 @@ impl Connection {
 
 impl Connection {
     /// Give `loaded` what the live database has that a dump (made without
-    /// `--create`) leaves out, or the application could no longer use it as
-    /// before: its owner (the copy was created by holdfast's role), its
-    /// GRANTs (`CONNECT`, `CREATE`, `TEMPORARY`; one revoked from PUBLIC
-    /// stays revoked) and its `ALTER DATABASE … SET` and `ALTER ROLE … IN
-    /// DATABASE … SET` settings.
+    /// `--create`) leaves out, so the application finds it as before: its
+    /// owner (the copy was created by holdfast's role), its GRANTs (`CONNECT`,
+    /// `CREATE`, `TEMPORARY`, each by its own grantor, so a later `REVOKE …
+    /// CASCADE` still reaches what was passed on; one revoked from PUBLIC
+    /// stays revoked), its connection limit and comment, and its `ALTER
+    /// DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings. A
+    /// setting this role may not set is left out with a warning; anything
+    /// else that fails fails the reload.
     fn copy_database_setup(&self, live: &str, loaded: &str) -> Result<()> {
         let (live, target) = (live.to_string(), quote_ident(loaded));
         self.with_client("postgres", async move |c| {
             let Some(db) = c
                 .query_opt(
-                    "SELECT pg_get_userbyid(datdba), datacl IS NOT NULL FROM pg_database WHERE datname = $1",
+                    "SELECT pg_get_userbyid(datdba), datacl IS NOT NULL, datconnlimit, \
+                     shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
                     &[&live],
                 )
                 .await?
             else {
                 return Ok(());
             };
-            let (owner, own_grants): (String, bool) = (db.get(0), db.get(1));
-            let mut sql = format!("ALTER DATABASE {target} OWNER TO {};\n", quote_ident(&owner));
+            let (owner, own_grants, limit, comment): (String, bool, i32, Option<String>) =
+                (db.get(0), db.get(1), db.get(2), db.get(3));
+            let mut sql = format!(
+                "ALTER DATABASE {target} OWNER TO {};\nALTER DATABASE {target} CONNECTION LIMIT {limit};\n",
+                quote_ident(&owner)
+            );
+            if let Some(comment) = comment {
+                sql += &format!("COMMENT ON DATABASE {target} IS {};\n", sql_literal(&comment));
+            }
             // No ACL of its own means the defaults, which the copy has too.
             if own_grants {
                 sql += &format!("REVOKE ALL ON DATABASE {target} FROM PUBLIC, {};\n", quote_ident(&owner));
-                let grants = c
+                let rows = c
                     .query(
-                        "SELECT a.privilege_type, a.grantee = 0, pg_get_userbyid(a.grantee), a.is_grantable \
-                         FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+                        "SELECT a.privilege_type, a.grantee = 0, pg_get_userbyid(a.grantee), a.is_grantable, \
+                         pg_get_userbyid(a.grantor) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
                         &[&live],
                     )
                     .await?;
-                for g in grants {
-                    let (privilege, public, grantee, grantable): (String, bool, String, bool) =
-                        (g.get(0), g.get(1), g.get(2), g.get(3));
-                    let to = if public { "PUBLIC".to_string() } else { quote_ident(&grantee) };
-                    let option = if grantable { " WITH GRANT OPTION" } else { "" };
-                    sql += &format!("GRANT {privilege} ON DATABASE {target} TO {to}{option};\n");
+                let grants = rows
+                    .iter()
+                    .map(|g| Grant {
+                        privilege: g.get(0),
+                        grantee: if g.get::<_, bool>(1) { None } else { Some(g.get(2)) },
+                        grantable: g.get(3),
+                        grantor: g.get(4),
+                    })
+                    .collect();
+                for g in in_grant_order(grants, &owner) {
+                    let to = g.grantee.as_deref().map_or("PUBLIC".to_string(), quote_ident);
+                    let option = if g.grantable { " WITH GRANT OPTION" } else { "" };
+                    let grant = format!("GRANT {} ON DATABASE {target} TO {to}{option};\n", g.privilege);
+                    sql += &match g.grantor == owner {
+                        true => grant,
+                        false => format!("SET ROLE {};\n{grant}RESET ROLE;\n", quote_ident(&g.grantor)),
+                    };
                 }
             }
+            c.batch_execute(&sql).await?;
             let settings = c
                 .query(
                     "SELECT s.setrole = 0, pg_get_userbyid(s.setrole), unnest(s.setconfig) \
@@ -450,9 +472,23 @@ impl Connection {
                     true => format!("DATABASE {target}"),
                     false => format!("ROLE {} IN DATABASE {target}", quote_ident(&role)),
                 };
-                sql += &format!("ALTER {scope} SET {} TO {};\n", quote_ident(name), setting_value(name, value));
+                let sql = if is_list_setting(name) {
+                    // Stored already quoted, element by element: taken as it
+                    // is through this session's own value.
+                    format!(
+                        "SELECT pg_catalog.set_config({}, {}, false);\nALTER {scope} SET {} FROM CURRENT;\nRESET {2};",
+                        sql_literal(name),
+                        sql_literal(value),
+                        quote_ident(name)
+                    )
+                } else {
+                    format!("ALTER {scope} SET {} TO {};", quote_ident(name), sql_literal(value))
+                };
+                if let Err(e) = c.batch_execute(&sql).await {
+                    tracing::warn!("the reloaded database does not have the live one's setting {setting:?}: {e}");
+                }
             }
-            c.batch_execute(&sql).await
+            Ok(())
         })
         .context("giving the reloaded database the live one's owner, grants and settings")
     }
@@ -497,13 +533,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_are_written_back_as_pg_dump_writes_them() {
-        assert_eq!(setting_value("work_mem", "3MB"), "'3MB'");
-        assert_eq!(setting_value("DateStyle", "ISO, MDY"), "'ISO, MDY'", "a list without quoting is one value");
-        assert_eq!(setting_value("app.note", "it's"), "'it''s'");
-        assert_eq!(setting_value("search_path", "app, public"), "'app', 'public'");
-        assert_eq!(setting_value("search_path", r#""$user", "Odd, ""name""""#), r#"'$user', 'Odd, "name"'"#);
-        assert_eq!(setting_value("search_path", r#""""#), "''", "an empty search_path");
-        assert_eq!(split_setting_list("a ,b"), ["a", "b"]);
+    fn list_settings_are_told_apart_and_literals_quoted() {
+        assert!(is_list_setting("search_path") && is_list_setting("Temp_Tablespaces"));
+        assert!(!is_list_setting("DateStyle") && !is_list_setting("work_mem"));
+        assert_eq!(sql_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn a_grant_passed_on_comes_after_the_grant_that_allows_it() {
+        let grant = |privilege: &str, grantee: Option<&str>, grantable, grantor: &str| Grant {
+            privilege: privilege.into(),
+            grantee: grantee.map(str::to_string),
+            grantable,
+            grantor: grantor.into(),
+        };
+        let bob = grant("CONNECT", Some("bob"), false, "alice");
+        let carol = grant("CONNECT", Some("carol"), true, "bob");
+        let alice = grant("CONNECT", Some("alice"), true, "owner");
+        let public = grant("TEMPORARY", None, false, "owner");
+        let ordered = in_grant_order(vec![bob.clone(), carol.clone(), alice.clone(), public.clone()], "owner");
+        assert_eq!(ordered, [alice, bob, public, carol], "carol's grantor bob holds no grant option: last");
     }
 }

@@ -54,20 +54,25 @@ fn a_reloaded_postgresql_database_keeps_its_owner_grants_and_settings() {
     let env = JobEnv::new();
     let app = PgRole::create("app", "not-a-secret");
     let reader = PgRole::create("reader", "not-a-secret");
+    let friend = PgRole::create("friend", "not-a-secret");
     let outsider = PgRole::create("outsider", "not-a-secret");
     let db = PgDatabase::create_owned_by("owned", Some(&app.name));
     let _derived = PgNamesStartingWith(format!("{}_", db.name));
     db.sql(&format!("CREATE TABLE t (v text);\nALTER TABLE t OWNER TO {};\nINSERT INTO t VALUES ('x');", app.name));
     // What the database itself has beyond its contents: a dump made without
     // --create carries none of it.
-    let (d, a, r) = (&db.name, &app.name, &reader.name);
+    let (d, a, r, f) = (&db.name, &app.name, &reader.name, &friend.name);
     db.server.sql(
         "postgres",
         &format!(
             "REVOKE ALL ON DATABASE \"{d}\" FROM PUBLIC;\n\
              GRANT CONNECT, TEMPORARY ON DATABASE \"{d}\" TO \"{r}\" WITH GRANT OPTION;\n\
+             SET ROLE \"{r}\";\nGRANT CONNECT ON DATABASE \"{d}\" TO \"{f}\";\nRESET ROLE;\n\
+             ALTER DATABASE \"{d}\" CONNECTION LIMIT 40;\n\
+             COMMENT ON DATABASE \"{d}\" IS 'the CRM''s data';\n\
              ALTER DATABASE \"{d}\" SET work_mem = '3MB';\n\
-             ALTER DATABASE \"{d}\" SET search_path = \"$user\", \"Odd, name\", public;\n\
+             SELECT set_config('search_path', 'Sales, \"$user\", \"Odd, name\", public', false);\n\
+             ALTER DATABASE \"{d}\" SET search_path FROM CURRENT;\n\
              ALTER ROLE \"{r}\" IN DATABASE \"{d}\" SET statement_timeout = '7s';"
         ),
     );
@@ -75,8 +80,10 @@ fn a_reloaded_postgresql_database_keeps_its_owner_grants_and_settings() {
         db.server.sql(
             "postgres",
             &format!(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{d}';\n\
+                "SELECT pg_get_userbyid(datdba), datconnlimit, shobj_description(oid, 'pg_database') \
+                 FROM pg_database WHERE datname = '{d}';\n\
                  SELECT a.privilege_type || ' to ' || a.grantee::regrole::text || ' ' || a.is_grantable \
+                 || ' by ' || a.grantor::regrole::text \
                  FROM pg_database x, aclexplode(x.datacl) a WHERE x.datname = '{d}' ORDER BY 1;\n\
                  SELECT s.setrole::regrole::text || ' ' || s.setconfig::text FROM pg_db_role_setting s \
                  JOIN pg_database x ON x.oid = s.setdatabase WHERE x.datname = '{d}' ORDER BY 1;"
@@ -91,12 +98,74 @@ fn a_reloaded_postgresql_database_keeps_its_owner_grants_and_settings() {
     holdfast_json(&env, &["restore", "crm", "--database", &db.name, "--reload"]);
 
     assert_eq!(setup(), before, "the reloaded database's owner, grants and settings");
-    assert!(before.starts_with(&format!("{a}\n")), "{before}");
+    assert!(before.starts_with(&format!("{a}|40|the CRM's data\n")), "{before}");
     db.sql(&format!("SET ROLE {a};\nCREATE TABLE made_by_the_app (v text);"));
     let may_connect =
         |role: &str| db.server.sql("postgres", &format!("SELECT has_database_privilege('{role}', '{d}', 'CONNECT');"));
-    assert_eq!(may_connect(r), "t\n");
+    assert_eq!((may_connect(r), may_connect(f)), ("t\n".to_string(), "t\n".to_string()));
     assert_eq!(may_connect(&outsider.name), "f\n", "CONNECT stays revoked from PUBLIC");
+    // A grant passed on goes with the grant option it came from.
+    db.server.sql("postgres", &format!("REVOKE CONNECT ON DATABASE \"{d}\" FROM \"{r}\" CASCADE;"));
+    assert_eq!(may_connect(f), "f\n", "what {r} passed on to {f} went with {r}'s grant");
+}
+
+#[test]
+fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_a_grant_leaves_nothing_behind() {
+    let env = JobEnv::new();
+    let app = PgRole::create("app", "not-a-secret");
+    let loader = PgRole::create("loader", "not-a-secret");
+    let reader = PgRole::create("reader", "not-a-secret");
+    let friend = PgRole::create("friend", "not-a-secret");
+    let db = PgDatabase::create_owned_by("limited", Some(&app.name));
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    let (d, a, l) = (&db.name, &app.name, &loader.name);
+    db.sql(&format!(
+        "ALTER SCHEMA public OWNER TO {a};\nCREATE TABLE t (v text);\nALTER TABLE t OWNER TO {a};\n\
+         INSERT INTO t VALUES ('in the snapshot');"
+    ));
+    // A role that owns nothing itself: it may load as the owner, not set a
+    // superuser's setting.
+    db.server.sql(
+        "postgres",
+        &format!(
+            "ALTER ROLE {l} CREATEDB;\nGRANT {a} TO {l};\n\
+             ALTER DATABASE \"{d}\" SET log_min_duration_statement = 250;\nALTER DATABASE \"{d}\" SET work_mem = '3MB';"
+        ),
+    );
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('added after the backup');");
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm").replace("user = \"postgres\"", &format!("user = {}", q(l)))));
+
+    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
+    ran.assert_ok();
+    assert!(ran.stderr.contains("log_min_duration_statement"), "the setting left out is named: {}", ran.stderr);
+    assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
+    let settings = format!(
+        "SELECT s.setconfig::text FROM pg_db_role_setting s JOIN pg_database x ON x.oid = s.setdatabase \
+         WHERE x.datname = '{d}';"
+    );
+    assert_eq!(db.server.sql("postgres", &settings), "{work_mem=3MB}\n");
+    let kept = pg_databases_starting_with(&format!("{d}_"));
+    assert_eq!(kept.len(), 1, "only the kept live database: {kept:?}");
+
+    // A grant passed on by a role the loader cannot act as: the reload
+    // stops before the swap and drops its copy.
+    let (r, f) = (&reader.name, &friend.name);
+    db.server.sql(
+        "postgres",
+        &format!(
+            "REVOKE ALL ON DATABASE \"{d}\" FROM PUBLIC;\n\
+             GRANT CONNECT ON DATABASE \"{d}\" TO {r} WITH GRANT OPTION;\n\
+             SET ROLE {r};\nGRANT CONNECT ON DATABASE \"{d}\" TO {f};\nRESET ROLE;"
+        ),
+    );
+    db.sql("INSERT INTO t VALUES ('live again');");
+    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
+    assert!(!ran.status.success(), "{}", ran.stderr);
+    assert!(ran.stderr.contains("is untouched; the loaded copy was dropped"), "{}", ran.stderr);
+    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\nlive again\n");
+    assert_eq!(pg_databases_starting_with(&format!("{d}_")), kept, "no copy is left behind");
 }
 
 #[test]
