@@ -315,7 +315,11 @@ impl Connection {
     /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
     /// on every core when holdfast itself can hand it the file.
     pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
-        self.execute("postgres", &format!("CREATE DATABASE {}", quote_ident(name)))?;
+        // Only its owner (holdfast's role) and superusers may connect while
+        // the data goes in: by default every role may.
+        let name_sql = quote_ident(name);
+        self.execute("postgres", &format!("CREATE DATABASE {name_sql}"))?;
+        self.execute("postgres", &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {name_sql} FROM PUBLIC"))?;
         let (args, env) = self.tool_args(ctx)?;
         let (custom, parallel_from) = match dump {
             // A `run_as` user cannot open the private dump: it reads it on
@@ -375,22 +379,29 @@ impl Connection {
             let _ = self.drop_database(loaded);
             return Err(e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")));
         }
+        // A session in either database would stop its rename.
         self.execute(
             "postgres",
             &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
-                live.replace('\'', "''")
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname IN ({}, {}) AND pid <> pg_backend_pid()",
+                sql_literal(live),
+                sql_literal(loaded)
             ),
         )?;
         self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(live), quote_ident(keep_as)))?;
         if let Err(e) =
             self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(loaded), quote_ident(live)))
         {
-            let _ = self.execute(
+            let back = self.execute(
                 "postgres",
                 &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(keep_as), quote_ident(live)),
             );
-            return Err(e);
+            let _ = self.drop_database(loaded);
+            return Err(match back {
+                Ok(()) => e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")),
+                Err(_) => e.context(format!("the live database {live:?} is now named {keep_as:?}; rename it back")),
+            });
         }
         Ok(())
     }
@@ -403,9 +414,9 @@ impl Connection {
     /// `CREATE`, `TEMPORARY`, each by its own grantor, so a later `REVOKE …
     /// CASCADE` still reaches what was passed on; one revoked from PUBLIC
     /// stays revoked), its connection limit and comment, and its `ALTER
-    /// DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings. A
-    /// setting this role may not set is left out with a warning; anything
-    /// else that fails fails the reload.
+    /// DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings (some
+    /// of which are access rules: `default_transaction_read_only`, `role`).
+    /// All or nothing: what cannot be copied fails the reload.
     fn copy_database_setup(&self, live: &str, loaded: &str) -> Result<()> {
         let (live, target) = (live.to_string(), quote_ident(loaded));
         self.with_client("postgres", async move |c| {
@@ -421,8 +432,10 @@ impl Connection {
             };
             let (owner, own_grants, limit, comment): (String, bool, i32, Option<String>) =
                 (db.get(0), db.get(1), db.get(2), db.get(3));
+            // The literals below double their quotes and nothing else.
             let mut sql = format!(
-                "ALTER DATABASE {target} OWNER TO {};\nALTER DATABASE {target} CONNECTION LIMIT {limit};\n",
+                "SET standard_conforming_strings = on;\nALTER DATABASE {target} OWNER TO {};\n\
+                 ALTER DATABASE {target} CONNECTION LIMIT {limit};\n",
                 quote_ident(&owner)
             );
             if let Some(comment) = comment {
@@ -457,7 +470,6 @@ impl Connection {
                     };
                 }
             }
-            c.batch_execute(&sql).await?;
             let settings = c
                 .query(
                     "SELECT s.setrole = 0, pg_get_userbyid(s.setrole), unnest(s.setconfig) \
@@ -472,22 +484,20 @@ impl Connection {
                     true => format!("DATABASE {target}"),
                     false => format!("ROLE {} IN DATABASE {target}", quote_ident(&role)),
                 };
-                let sql = if is_list_setting(name) {
+                sql += &if is_list_setting(name) {
                     // Stored already quoted, element by element: taken as it
                     // is through this session's own value.
                     format!(
-                        "SELECT pg_catalog.set_config({}, {}, false);\nALTER {scope} SET {} FROM CURRENT;\nRESET {2};",
+                        "SELECT pg_catalog.set_config({}, {}, false);\nALTER {scope} SET {} FROM CURRENT;\nRESET {2};\n",
                         sql_literal(name),
                         sql_literal(value),
                         quote_ident(name)
                     )
                 } else {
-                    format!("ALTER {scope} SET {} TO {};", quote_ident(name), sql_literal(value))
+                    format!("ALTER {scope} SET {} TO {};\n", quote_ident(name), sql_literal(value))
                 };
-                if let Err(e) = c.batch_execute(&sql).await {
-                    tracing::warn!("the reloaded database does not have the live one's setting {setting:?}: {e}");
-                }
             }
+            c.batch_execute(&sql).await?;
             Ok(())
         })
         .context("giving the reloaded database the live one's owner, grants and settings")

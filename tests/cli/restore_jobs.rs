@@ -110,7 +110,7 @@ fn a_reloaded_postgresql_database_keeps_its_owner_grants_and_settings() {
 }
 
 #[test]
-fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_a_grant_leaves_nothing_behind() {
+fn a_reload_that_cannot_copy_a_setting_or_a_grant_stops_before_the_swap_and_leaves_nothing_behind() {
     let env = JobEnv::new();
     let app = PgRole::create("app", "not-a-secret");
     let loader = PgRole::create("loader", "not-a-secret");
@@ -123,8 +123,7 @@ fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_
         "ALTER SCHEMA public OWNER TO {a};\nCREATE TABLE t (v text);\nALTER TABLE t OWNER TO {a};\n\
          INSERT INTO t VALUES ('in the snapshot');"
     ));
-    // A role that owns nothing itself: it may load as the owner, not set a
-    // superuser's setting.
+    // holdfast's role may load as the owner, not set a superuser's setting.
     db.server.sql(
         "postgres",
         &format!(
@@ -134,12 +133,24 @@ fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_
     );
     env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
     env.run(&["crm"]).assert_ok();
-    db.sql("INSERT INTO t VALUES ('added after the backup');");
+    db.sql("INSERT INTO t VALUES ('live');");
     env.config(&format!("[jobs.crm]\n{}", db.entry("crm").replace("user = \"postgres\"", &format!("user = {}", q(l)))));
+    let reload_fails_and_changes_nothing = |what: &str| {
+        let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
+        assert!(!ran.status.success(), "{what}: {}", ran.stderr);
+        assert!(ran.stderr.contains("is untouched; the loaded copy was dropped"), "{what}: {}", ran.stderr);
+        assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\nlive\n", "{what}");
+        ran.stderr
+    };
 
-    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
-    ran.assert_ok();
-    assert!(ran.stderr.contains("log_min_duration_statement"), "the setting left out is named: {}", ran.stderr);
+    // Settings can be access rules: one left out would widen access.
+    let stderr = reload_fails_and_changes_nothing("a superuser's setting");
+    assert!(stderr.contains("log_min_duration_statement"), "the setting is named: {stderr}");
+    assert!(pg_databases_starting_with(&format!("{d}_")).is_empty(), "no copy is left behind");
+
+    // Without it the reload goes through, with the other setting.
+    db.server.sql("postgres", &format!("ALTER DATABASE \"{d}\" RESET log_min_duration_statement;"));
+    holdfast(&env, &["restore", "crm", "--database", d, "--reload"]).assert_ok();
     assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
     let settings = format!(
         "SELECT s.setconfig::text FROM pg_db_role_setting s JOIN pg_database x ON x.oid = s.setdatabase \
@@ -149,8 +160,7 @@ fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_
     let kept = pg_databases_starting_with(&format!("{d}_"));
     assert_eq!(kept.len(), 1, "only the kept live database: {kept:?}");
 
-    // A grant passed on by a role the loader cannot act as: the reload
-    // stops before the swap and drops its copy.
+    // A grant passed on by a role holdfast's cannot act as.
     let (r, f) = (&reader.name, &friend.name);
     db.server.sql(
         "postgres",
@@ -160,11 +170,8 @@ fn a_reload_by_a_role_that_cannot_copy_a_setting_warns_and_one_that_cannot_copy_
              SET ROLE {r};\nGRANT CONNECT ON DATABASE \"{d}\" TO {f};\nRESET ROLE;"
         ),
     );
-    db.sql("INSERT INTO t VALUES ('live again');");
-    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
-    assert!(!ran.status.success(), "{}", ran.stderr);
-    assert!(ran.stderr.contains("is untouched; the loaded copy was dropped"), "{}", ran.stderr);
-    assert_eq!(db.sql("SELECT v FROM t ORDER BY v;"), "in the snapshot\nlive again\n");
+    db.sql("INSERT INTO t VALUES ('live');");
+    reload_fails_and_changes_nothing("a grant passed on");
     assert_eq!(pg_databases_starting_with(&format!("{d}_")), kept, "no copy is left behind");
 }
 
