@@ -46,17 +46,12 @@ mod tests {
 
     fn snap(host: &str, tags: &[&str], paths: &[&str]) -> Snapshot {
         Snapshot {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            host: host.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
-            root: crate::engine::crypto::Id([0; 32]),
-            parent: None,
-            summary: Default::default(),
             extra: Some(
                 serde_json::json!({"job": "shop", "run_id": "r", "databases": [], "file_sets": [], "hooks": []}),
             ),
-            repaired: None,
+            ..Snapshot::blank(host)
         }
     }
 

@@ -701,17 +701,7 @@ mod tests {
 
     #[test]
     fn only_snapshots_that_counted_no_xattrs_let_the_mount_say_it_has_none() {
-        let mut snapshot = Snapshot {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            host: "web".into(),
-            tags: vec![],
-            paths: vec!["/srv".into()],
-            root: Id([0; 32]),
-            parent: None,
-            summary: Default::default(),
-            extra: None,
-            repaired: None,
-        };
+        let mut snapshot = Snapshot::blank("web");
         snapshot.summary.entries_with_xattrs = Some(0);
         assert!(!may_hold_xattrs(&snapshot));
         snapshot.summary.entries_with_xattrs = Some(3);

@@ -92,17 +92,7 @@ mod tests {
     use super::*;
 
     fn snapshot_with(extra: serde_json::Value) -> Snapshot {
-        Snapshot {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            host: "h".into(),
-            tags: Vec::new(),
-            paths: Vec::new(),
-            root: crate::engine::crypto::Id::ZERO,
-            parent: None,
-            summary: Default::default(),
-            extra: Some(extra),
-            repaired: None,
-        }
+        Snapshot { extra: Some(extra), ..Snapshot::blank("h") }
     }
 
     #[test]

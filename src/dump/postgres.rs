@@ -227,7 +227,7 @@ fn is_list_setting(name: &str) -> bool {
         "temp_tablespaces",
         "unix_socket_directories",
     ];
-    QUOTED_LISTS.contains(&name.to_ascii_lowercase().as_str())
+    QUOTED_LISTS.iter().any(|list| list.eq_ignore_ascii_case(name))
 }
 
 /// `'text'` with embedded quotes doubled (standard_conforming_strings).
@@ -375,10 +375,11 @@ impl Connection {
     /// Put `loaded` in the place of `live`; the old database is kept as
     /// `keep_as`. Connections to `live` are ended first.
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
-        if let Err(e) = self.copy_database_setup(live, loaded) {
+        let untouched = |e: anyhow::Error| {
             let _ = self.drop_database(loaded);
-            return Err(e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")));
-        }
+            e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped"))
+        };
+        self.copy_database_setup(live, loaded).map_err(untouched)?;
         // A session in either database would stop its rename.
         self.execute(
             "postgres",
@@ -397,10 +398,12 @@ impl Connection {
                 "postgres",
                 &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(keep_as), quote_ident(live)),
             );
-            let _ = self.drop_database(loaded);
             return Err(match back {
-                Ok(()) => e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")),
-                Err(_) => e.context(format!("the live database {live:?} is now named {keep_as:?}; rename it back")),
+                Ok(()) => untouched(e),
+                Err(_) => {
+                    let _ = self.drop_database(loaded);
+                    e.context(format!("the live database {live:?} is now named {keep_as:?}; rename it back"))
+                }
             });
         }
         Ok(())

@@ -161,17 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("r").join("snapshots");
         let keys = Keys::derive(&MasterKey::generate().unwrap());
-        let snap = Snapshot {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            host: "h".into(),
-            tags: vec![],
-            paths: vec!["/x".into()],
-            root: Id::ZERO,
-            parent: None,
-            summary: Default::default(),
-            extra: None,
-            repaired: None,
-        };
+        let snap = Snapshot { paths: vec!["/x".into()], ..Snapshot::blank("h") };
         let fresh = || SnapshotCache {
             file: Some(file.clone()),
             keys: &keys,

@@ -1353,17 +1353,7 @@ mod tests {
 
     /// A snapshot of `host` with nothing in it.
     fn empty_snapshot(host: &str) -> Snapshot {
-        Snapshot {
-            time: jiff::Timestamp::now(),
-            host: host.into(),
-            tags: vec![],
-            paths: vec!["/srv".into()],
-            root: Id::ZERO,
-            parent: None,
-            summary: Default::default(),
-            extra: None,
-            repaired: None,
-        }
+        Snapshot { time: jiff::Timestamp::now(), paths: vec!["/srv".into()], ..Snapshot::blank(host) }
     }
 
     #[test]

@@ -87,6 +87,25 @@ pub struct Summary {
     pub entries_with_xattrs: Option<u64>,
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of `host` with nothing in it, dated the epoch: for tests
+    /// to fill in what they look at.
+    pub(crate) fn blank(host: &str) -> Snapshot {
+        Snapshot {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            host: host.into(),
+            tags: Vec::new(),
+            paths: Vec::new(),
+            root: Id::ZERO,
+            parent: None,
+            summary: Summary::default(),
+            extra: None,
+            repaired: None,
+        }
+    }
+}
+
 impl Snapshot {
     pub fn has_tag(&self, tag: &str) -> bool {
         self.tags.iter().any(|t| t == tag)
