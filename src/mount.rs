@@ -61,6 +61,18 @@ pub struct SnapshotFs {
     /// does, the kernel is told the file system has none (`ENOSYS`) and
     /// stops asking: `cp -a` then makes no xattr request per file.
     xattrs: bool,
+    /// Per mounted snapshot (its root's inode): its hard links.
+    links: HashMap<u64, HardLinks>,
+}
+
+/// A snapshot's hard links: the inode its entries of each link group share,
+/// and how many entries each group has, so `cp -a`, `rsync -H` and `tar`
+/// out of the mount link them as a restore does.
+#[derive(Default)]
+struct HardLinks {
+    inodes: HashMap<u64, u64>,
+    /// `None` when the snapshot's trees could not all be read to count them.
+    counts: Option<HashMap<u64, u32>>,
 }
 
 /// A directory's entries: name and inode, sorted by name once complete.
@@ -68,6 +80,8 @@ type Listing = Vec<(Vec<u8>, u64)>;
 
 struct Node {
     parent: u64,
+    /// The inode of the snapshot root this node is under; 0 above them.
+    snapshot: u64,
     /// The backed-up attributes; `None` for the directories the mount makes up.
     meta: Option<Metadata>,
     kind: Kind,
@@ -236,6 +250,7 @@ impl SnapshotFs {
             gid: nix::unistd::getegid().as_raw(),
             time,
             xattrs: snapshots.iter().any(|(_, s)| may_hold_xattrs(s)),
+            links: HashMap::new(),
         };
         let root = fs.add_virtual(1);
         let by_id = fs.add_virtual(root);
@@ -285,7 +300,8 @@ impl SnapshotFs {
     }
 
     fn add_node(&mut self, parent: u64, meta: Option<Metadata>, kind: Kind) -> u64 {
-        self.nodes.push(Node { parent, meta, kind });
+        let snapshot = self.node(parent).map_or(0, |p| p.snapshot);
+        self.nodes.push(Node { parent, snapshot, meta, kind });
         self.nodes.len() as u64
     }
 
@@ -295,7 +311,11 @@ impl SnapshotFs {
 
     /// A snapshot's root directory: its tree, with the snapshot's time.
     fn add_snapshot(&mut self, parent: u64, s: &Snapshot) -> u64 {
-        self.add_node(parent, None, Kind::Dir { tree: Some(s.root), children: None })
+        let ino = self.add_node(parent, None, Kind::Dir { tree: Some(s.root), children: None });
+        if let Some(node) = self.node_mut(ino) {
+            node.snapshot = ino;
+        }
+        ino
     }
 
     fn set_children(&mut self, dir: u64, mut children: Vec<(Vec<u8>, u64)>) {
@@ -330,6 +350,11 @@ impl SnapshotFs {
             for e in tree.entries {
                 let kind = match e.kind {
                     EntryKind::Dir { tree } => Kind::Dir { tree: Some(tree), children: None },
+                    EntryKind::File(content) if content.hardlink.is_some() => {
+                        let child = self.hard_linked_file(ino, e.meta, content);
+                        listed.push((e.name, child));
+                        continue;
+                    }
                     EntryKind::File(content) => Kind::File(content),
                     EntryKind::Symlink { target } => Kind::Symlink(target),
                     EntryKind::Fifo => Kind::Special { kind: FileType::NamedPipe, rdev: 0 },
@@ -346,6 +371,54 @@ impl SnapshotFs {
             Kind::Dir { children: Some(c), .. } => Ok(c),
             _ => Err(libc::EIO),
         }
+    }
+
+    /// The inode of a hard-linked file listed in directory `dir`: the one
+    /// its link group already has in this snapshot, else a new one. The
+    /// first such file of a snapshot counts the links of all its groups.
+    fn hard_linked_file(&mut self, dir: u64, meta: Metadata, content: FileContent) -> u64 {
+        let snapshot = self.node(dir).map_or(0, |d| d.snapshot);
+        let group = content.hardlink.unwrap_or_default();
+        if !self.links.contains_key(&snapshot) {
+            let counts = self.count_links(snapshot);
+            self.links.insert(snapshot, HardLinks { inodes: HashMap::new(), counts });
+        }
+        if let Some(first) = self.links.get(&snapshot).and_then(|l| l.inodes.get(&group)) {
+            return *first;
+        }
+        let child = self.add_node(dir, Some(meta), Kind::File(content));
+        self.links.entry(snapshot).or_default().inodes.insert(group, child);
+        child
+    }
+
+    /// How many entries of snapshot `root` (an inode) each link group has:
+    /// a walk of all its trees, done once per mounted snapshot that has
+    /// hard links at all.
+    fn count_links(&mut self, root: u64) -> Option<HashMap<u64, u32>> {
+        let Some(Node { kind: Kind::Dir { tree: Some(tree), .. }, .. }) = self.node(root) else {
+            return None;
+        };
+        let mut counts = HashMap::new();
+        let mut todo = vec![*tree];
+        while let Some(id) = todo.pop() {
+            let tree = match self.repo.load_tree(&self.index, &id, &mut self.packs) {
+                Ok(tree) => tree,
+                Err(e) => {
+                    tracing::warn!("mount: hard links cannot be counted: {e}");
+                    return None;
+                }
+            };
+            for e in tree.entries {
+                match e.kind {
+                    EntryKind::Dir { tree } => todo.push(tree),
+                    EntryKind::File(FileContent { hardlink: Some(group), .. }) => {
+                        *counts.entry(group).or_insert(0u32) += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(counts)
     }
 
     /// Up to a reply's worth of a directory's entries from `offset` (`.`
@@ -388,6 +461,11 @@ impl SnapshotFs {
         };
         match &node.kind {
             Kind::File(content) => {
+                if let Some(group) = content.hardlink {
+                    let counts = self.links.get(&node.snapshot).and_then(|l| l.counts.as_ref());
+                    // Uncounted: still more than one, so copies keep the link.
+                    attr.nlink = counts.and_then(|c| c.get(&group).copied()).unwrap_or(2);
+                }
                 let data: u64 = content.pieces.iter().filter(|p| p.chunk().is_some()).map(Piece::len).sum();
                 attr.blocks = data.div_ceil(512);
             }
@@ -718,13 +796,14 @@ mod tests {
     fn the_files_after_one_in_its_directory_name_their_first_chunks() {
         let file = |parent, ids: &[u8]| Node {
             parent,
+            snapshot: 0,
             meta: None,
             kind: Kind::File(FileContent {
                 pieces: ids.iter().map(|i| Piece::Slice { id: Id([*i; 32]), offset: 0, len: 10 }).collect(),
                 ..FileContent::default()
             }),
         };
-        let dir = |parent| Node { parent, meta: None, kind: Kind::Dir { tree: None, children: None } };
+        let dir = |parent| Node { parent, snapshot: 0, meta: None, kind: Kind::Dir { tree: None, children: None } };
         // Inodes 2..=6 are in directory 1; 7 is in directory 4.
         let nodes = vec![dir(1), file(1, &[1]), file(1, &[1]), dir(1), file(1, &[2, 3]), file(1, &[4]), file(4, &[9])];
         let ahead: Vec<Id> = next_files_chunks(&nodes, 2).copied().collect();

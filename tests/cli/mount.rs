@@ -200,6 +200,52 @@ fn a_mount_of_snapshots_without_xattrs_says_so_and_shows_them_once_one_has_some(
 }
 
 #[test]
+fn hard_links_share_one_inode_per_snapshot_so_cp_a_out_of_the_mount_keeps_them() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestRepo::init();
+    let src = t.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::create_dir_all(src.join("b")).unwrap();
+    fs::write(src.join("a/report.txt"), "first quarter\n".repeat(100)).unwrap();
+    fs::hard_link(src.join("a/report.txt"), src.join("b/report-link.txt")).unwrap();
+    fs::hard_link(src.join("a/report.txt"), src.join("b/third.txt")).unwrap();
+    fs::write(src.join("a/alone.txt"), "alone").unwrap();
+    // Linked to a file the backup does not hold: alone in the snapshot.
+    fs::write(t.path("outside.txt"), "half").unwrap();
+    fs::hard_link(t.path("outside.txt"), src.join("a/half.txt")).unwrap();
+    let first = t.backup(&[&src]);
+    fs::write(src.join("a/report.txt"), "second quarter\n".repeat(100)).unwrap();
+    let second = t.backup(&[&src]);
+
+    let mnt = t.path("mnt");
+    let _m = Mounted::start(mount_command(&t, &mnt), &mnt, t.path("mount.log"));
+    let in_snapshot = |id: &str| mnt.join("by-id").join(&id[..8]).join(src.strip_prefix("/").unwrap());
+    let md = |snap: &Path, p: &str| fs::metadata(snap.join(p)).unwrap();
+    for (id, text) in [(&second, "second quarter\n"), (&first, "first quarter\n")] {
+        let snap = in_snapshot(id);
+        let report = md(&snap, "a/report.txt");
+        assert_eq!(report.nlink(), 3, "the three names of one file");
+        for link in ["b/report-link.txt", "b/third.txt"] {
+            assert_eq!(md(&snap, link).ino(), report.ino(), "{link} is the same inode as a/report.txt");
+            assert_eq!(fs::read_to_string(snap.join(link)).unwrap(), text.repeat(100));
+        }
+        assert_eq!(md(&snap, "a/alone.txt").nlink(), 1);
+        assert_eq!(md(&snap, "a/half.txt").nlink(), 1, "its other name is not in the snapshot");
+        assert_ne!(md(&snap, "a/half.txt").ino(), report.ino());
+    }
+    // Link groups are numbered per snapshot: the two snapshots' files stay apart.
+    assert_ne!(md(&in_snapshot(&first), "a/report.txt").ino(), md(&in_snapshot(&second), "a/report.txt").ino());
+
+    let copied = t.path("copied");
+    assert!(Command::new("cp").arg("-a").arg(in_snapshot(&first)).arg(&copied).status().unwrap().success());
+    let report = md(&copied, "a/report.txt");
+    assert_eq!(report.nlink(), 3, "cp -a linked the copies as the snapshot had them");
+    assert_eq!(md(&copied, "b/third.txt").ino(), report.ino());
+    assert_eq!(fs::read_to_string(copied.join("b/report-link.txt")).unwrap(), "first quarter\n".repeat(100));
+    assert_eq!(md(&copied, "a/half.txt").nlink(), 1);
+}
+
+#[test]
 fn a_jobs_snapshots_are_under_by_job_with_their_database_dumps() {
     let env = JobEnv::new();
     fs::create_dir_all(env.path("files")).unwrap();
