@@ -411,10 +411,18 @@ impl Server {
         }
     }
 
-    /// Create database `name` from a dump.
-    pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
+    /// Create database `name` from a dump; when it is to take the place of
+    /// database `replacing`, PostgreSQL creates it with that one's owner.
+    pub fn load(
+        &self,
+        name: &str,
+        replacing: Option<&str>,
+        dump: &DumpInput,
+        ctx: &DumpContext,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         match self {
-            Server::Postgresql(c) => c.load(name, dump, ctx, timeout),
+            Server::Postgresql(c) => c.load(name, replacing, dump, ctx, timeout),
             Server::Mysql(c) => c.load(name, dump, ctx, timeout),
             Server::Sqlite => sqlite::load(Path::new(name), dump),
         }

@@ -314,11 +314,36 @@ impl Connection {
     /// the first error: a plain SQL dump with `psql` in one transaction, a
     /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
     /// on every core when holdfast itself can hand it the file.
-    pub fn load(&self, name: &str, dump: &DumpInput, ctx: &DumpContext, timeout: std::time::Duration) -> Result<()> {
-        // Only its owner (holdfast's role) and superusers may connect while
-        // the data goes in: by default every role may.
+    ///
+    /// A copy that will replace database `replacing` is created with that
+    /// one's owner: in PostgreSQL 15's default `public` schema only the
+    /// database's owner may create, so a holdfast role that is not a
+    /// superuser could not give the application's tables back to it.
+    pub fn load(
+        &self,
+        name: &str,
+        replacing: Option<&str>,
+        dump: &DumpInput,
+        ctx: &DumpContext,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         let name_sql = quote_ident(name);
-        self.execute("postgres", &format!("CREATE DATABASE {name_sql}"))?;
+        let owner = match replacing {
+            Some(live) => self.scalar(
+                "postgres",
+                &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}", sql_literal(live)),
+            )?,
+            None => None,
+        };
+        match owner {
+            Some(owner) => {
+                self.execute("postgres", &format!("CREATE DATABASE {name_sql} OWNER {}", quote_ident(&owner)))
+            }
+            None => self.execute("postgres", &format!("CREATE DATABASE {name_sql}")),
+        }?;
+        // Only its owner and superusers may connect while the data goes in:
+        // by default every role may. The setup copied at the swap puts the
+        // live database's grants back.
         self.execute("postgres", &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {name_sql} FROM PUBLIC"))?;
         let (args, env) = self.tool_args(ctx)?;
         let (custom, parallel_from) = match dump {
@@ -444,8 +469,11 @@ impl Connection {
             if let Some(comment) = comment {
                 sql += &format!("COMMENT ON DATABASE {target} IS {};\n", sql_literal(&comment));
             }
-            // No ACL of its own means the defaults, which the copy has too.
-            if own_grants {
+            // No ACL of its own means the defaults: every role may connect
+            // and make temporary tables, which the load took away.
+            if !own_grants {
+                sql += &format!("GRANT CONNECT, TEMPORARY ON DATABASE {target} TO PUBLIC;\n");
+            } else {
                 sql += &format!("REVOKE ALL ON DATABASE {target} FROM PUBLIC, {};\n", quote_ident(&owner));
                 let rows = c
                     .query(

@@ -176,6 +176,37 @@ fn a_reload_that_cannot_copy_a_setting_or_a_grant_stops_before_the_swap_and_leav
 }
 
 #[test]
+fn a_role_that_may_act_as_the_owner_reloads_a_database_whose_public_schema_it_does_not_own() {
+    let env = JobEnv::new();
+    let app = PgRole::create("app", "not-a-secret");
+    let loader = PgRole::create("loader", "not-a-secret");
+    let reader = PgRole::create("reader", "not-a-secret");
+    // PostgreSQL 15's defaults: `public` belongs to pg_database_owner, and
+    // only the database's owner may create in it.
+    let db = PgDatabase::create_owned_by("plainrole", Some(&app.name));
+    let _derived = PgNamesStartingWith(format!("{}_", db.name));
+    let (d, a, l) = (&db.name, &app.name, &loader.name);
+    db.sql(&format!(
+        "CREATE TABLE t (v text);\nALTER TABLE t OWNER TO {a};\nINSERT INTO t VALUES ('in the snapshot');"
+    ));
+    db.server.sql("postgres", &format!("ALTER ROLE {l} CREATEDB;\nGRANT {a} TO {l};"));
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
+    env.run(&["crm"]).assert_ok();
+    db.sql("INSERT INTO t VALUES ('live');");
+    env.config(&format!("[jobs.crm]\n{}", db.entry("crm").replace("user = \"postgres\"", &format!("user = {}", q(l)))));
+
+    holdfast(&env, &["restore", "crm", "--database", d, "--reload"]).assert_ok();
+    assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
+    let owners = "SELECT pg_get_userbyid(d.datdba) || ' ' || t.tableowner || ' ' || pg_get_userbyid(n.nspowner) \
+                  FROM pg_database d, pg_tables t, pg_namespace n \
+                  WHERE d.datname = current_database() AND t.tablename = 't' AND n.nspname = 'public';";
+    assert_eq!(db.sql(owners), format!("{a} {a} pg_database_owner\n"), "owners as before the reload");
+    // The live database had the default grants: any role may still connect.
+    let public = format!("SELECT has_database_privilege('{}', '{d}', 'CONNECT, TEMPORARY');", reader.name);
+    assert_eq!(db.server.sql("postgres", &public), "t\n", "the copy took PUBLIC's grants away during the load only");
+}
+
+#[test]
 fn reload_puts_the_snapshots_mariadb_database_in_place_and_keeps_the_live_one() {
     let env = JobEnv::new();
     let db = MyDatabase::create("reload");
