@@ -476,7 +476,7 @@ pub(super) fn seal_blobs(
         if failure.is_set() {
             continue; // drain so readers are not blocked
         }
-        match seal_verified(keys, ObjectKind::Chunk, &blob.id, &blob.data, level) {
+        match keys.seal_proven(ObjectKind::Chunk, &blob.id, &blob.data, level) {
             Ok(sealed) => {
                 if tx.send(SealedBlob { id: blob.id, sealed, raw_len: blob.data.len() }).is_err() {
                     return;
@@ -485,13 +485,6 @@ pub(super) fn seal_blobs(
             Err(e) => failure.set(e),
         }
     }
-}
-
-/// Seal `data` and prove it opens again to the same bytes.
-pub(super) fn seal_verified(keys: &Keys, kind: ObjectKind, id: &Id, data: &[u8], level: i32) -> Result<Vec<u8>> {
-    let sealed = keys.seal(kind, id, data, level)?;
-    keys.prove_sealed(kind, id, data, &sealed)?;
-    Ok(sealed)
 }
 
 /// The pack writer thread: sealed chunks into packs, shipped when full.

@@ -17,7 +17,7 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, seal_verified, ship, stopped};
+use super::content::{BlobStats, Failure, Feed, FileJob, FileOutcome, Task, ship, stopped};
 use super::listahead::{ListAhead, Listed, Listing, list_one};
 use crate::engine::crypto::{Id, ObjectKind};
 use crate::engine::fsmeta::{NODUMP_FLAG, NameCache, Stat, name_bytes, read_metadata};
@@ -664,7 +664,7 @@ impl<'a> TreeWriter<'a> {
         let keys = self.repo.keys();
         let id = keys.blob_id(&bytes);
         if self.known.claim(id) {
-            let sealed = seal_verified(keys, ObjectKind::Tree, &id, &bytes, self.repo.config().compression_level)?;
+            let sealed = keys.seal_proven(ObjectKind::Tree, &id, &bytes, self.repo.config().compression_level)?;
             let w = self.pack.get_or_insert_with(PackWriter::new);
             w.add(id, ObjectKind::Tree, &sealed, bytes.len());
             self.stats.add(bytes.len(), sealed.len());
