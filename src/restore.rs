@@ -383,7 +383,7 @@ fn load_database(
             if server.exists(new)? {
                 bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
             }
-            if let Err(e) = server.load(new, None, file, ctx, db.timeout.0) {
+            if let Err(e) = server.load(new, Some(&live), file, ctx, db.timeout.0) {
                 let _ = server.drop_database(new);
                 return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
             }
@@ -406,9 +406,13 @@ fn load_database(
                     bail!("{taken:?} exists already; the live database {live:?} is untouched (try again in a second)");
                 }
             }
+            let live_exists = server.exists(&live)?;
             if let Err(e) = server.load(&loaded, Some(&live), file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
-                return Err(e.context(format!("the dump did not load; the live database {live:?} is untouched")));
+                return Err(e.context(match live_exists {
+                    true => format!("the dump did not load; the live database {live:?} is untouched"),
+                    false => format!("the dump did not load; there is no database {live:?} and none was made"),
+                }));
             }
             if !server.exists(&live)? {
                 // Nothing to swap with: the loaded copy simply takes the name.

@@ -411,18 +411,18 @@ impl Server {
         }
     }
 
-    /// Create database `name` from a dump; when it is to take the place of
-    /// database `replacing`, PostgreSQL creates it with that one's owner.
+    /// Create database `name` from a dump; PostgreSQL gives it the owner of
+    /// database `owner_of` (the one dumped) where holdfast may act as it.
     pub fn load(
         &self,
         name: &str,
-        replacing: Option<&str>,
+        owner_of: Option<&str>,
         dump: &DumpInput,
         ctx: &DumpContext,
         timeout: std::time::Duration,
     ) -> Result<()> {
         match self {
-            Server::Postgresql(c) => c.load(name, replacing, dump, ctx, timeout),
+            Server::Postgresql(c) => c.load(name, owner_of, dump, ctx, timeout),
             Server::Mysql(c) => c.load(name, dump, ctx, timeout),
             Server::Sqlite => sqlite::load(Path::new(name), dump),
         }
@@ -460,10 +460,7 @@ impl Server {
     /// Give `loaded` the name `live`, which is free.
     pub fn swap_missing(&self, live: &str, loaded: &str) -> Result<()> {
         match self {
-            Server::Postgresql(c) => c.execute(
-                "postgres",
-                &format!("ALTER DATABASE {} RENAME TO {}", postgres::quote_ident(loaded), postgres::quote_ident(live)),
-            ),
+            Server::Postgresql(c) => c.rename_missing(live, loaded),
             Server::Mysql(c) => {
                 c.execute(&format!("CREATE DATABASE {}", mysql::quote_ident(live)))?;
                 c.swap(live, loaded, &format!("{live}_hfempty"))?;

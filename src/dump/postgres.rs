@@ -315,23 +315,30 @@ impl Connection {
     /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
     /// on every core when holdfast itself can hand it the file.
     ///
-    /// A copy that will replace database `replacing` is created with that
-    /// one's owner: in PostgreSQL 15's default `public` schema only the
-    /// database's owner may create, so a holdfast role that is not a
-    /// superuser could not give the application's tables back to it.
+    /// The new database gets the owner of database `owner_of` when there is
+    /// one and holdfast's role has that owner's privileges (is it, inherits
+    /// from it, or is a superuser): in PostgreSQL 15's default `public`
+    /// schema only the database's owner may create, so a role that is not a
+    /// superuser could not otherwise give the application's tables back to
+    /// their owner. Without those privileges it is holdfast's own, and
+    /// always its own to drop.
     pub fn load(
         &self,
         name: &str,
-        replacing: Option<&str>,
+        owner_of: Option<&str>,
         dump: &DumpInput,
         ctx: &DumpContext,
         timeout: std::time::Duration,
     ) -> Result<()> {
         let name_sql = quote_ident(name);
-        let owner = match replacing {
-            Some(live) => self.scalar(
+        let owner = match owner_of {
+            Some(of) => self.scalar(
                 "postgres",
-                &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}", sql_literal(live)),
+                &format!(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database \
+                     WHERE datname = {} AND pg_has_role(datdba, 'USAGE')",
+                    sql_literal(of)
+                ),
             )?,
             None => None,
         };
@@ -342,8 +349,8 @@ impl Connection {
             None => self.execute("postgres", &format!("CREATE DATABASE {name_sql}")),
         }?;
         // Only its owner and superusers may connect while the data goes in:
-        // by default every role may. The setup copied at the swap puts the
-        // live database's grants back.
+        // by default every role may. A reload's swap puts the live
+        // database's grants back (or PUBLIC's, when it had the defaults).
         self.execute("postgres", &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {name_sql} FROM PUBLIC"))?;
         let (args, env) = self.tool_args(ctx)?;
         let (custom, parallel_from) = match dump {
@@ -414,8 +421,10 @@ impl Connection {
                 sql_literal(live),
                 sql_literal(loaded)
             ),
-        )?;
-        self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(live), quote_ident(keep_as)))?;
+        )
+        .map_err(untouched)?;
+        self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(live), quote_ident(keep_as)))
+            .map_err(untouched)?;
         if let Err(e) =
             self.execute("postgres", &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(loaded), quote_ident(live)))
         {
@@ -436,6 +445,19 @@ impl Connection {
 }
 
 impl Connection {
+    /// Give `loaded` the name `live`, which is free: with the grants a new
+    /// database has (the load took PUBLIC's away).
+    pub fn rename_missing(&self, live: &str, loaded: &str) -> Result<()> {
+        let loaded = quote_ident(loaded);
+        self.execute(
+            "postgres",
+            &format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {loaded} TO PUBLIC;\nALTER DATABASE {loaded} RENAME TO {}",
+                quote_ident(live)
+            ),
+        )
+    }
+
     /// Give `loaded` what the live database has that a dump (made without
     /// `--create`) leaves out, so the application finds it as before: its
     /// owner (the copy was created by holdfast's role), its GRANTs (`CONNECT`,
@@ -445,8 +467,11 @@ impl Connection {
     /// DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings (some
     /// of which are access rules: `default_transaction_read_only`, `role`).
     /// All or nothing: what cannot be copied fails the reload.
+    ///
+    /// The copy's own grants and settings go first: its owner (the live
+    /// database's, see [`Connection::load`]) could connect during the load.
     fn copy_database_setup(&self, live: &str, loaded: &str) -> Result<()> {
-        let (live, target) = (live.to_string(), quote_ident(loaded));
+        let (live, copy, target) = (live.to_string(), loaded.to_string(), quote_ident(loaded));
         self.with_client("postgres", async move |c| {
             let Some(db) = c
                 .query_opt(
@@ -469,12 +494,35 @@ impl Connection {
             if let Some(comment) = comment {
                 sql += &format!("COMMENT ON DATABASE {target} IS {};\n", sql_literal(&comment));
             }
-            // No ACL of its own means the defaults: every role may connect
-            // and make temporary tables, which the load took away.
+            let mut grantees = vec!["PUBLIC".to_string(), quote_ident(&owner)];
+            let on_copy = c
+                .query(
+                    "SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_database d, aclexplode(d.datacl) a \
+                     WHERE d.datname = $1 AND a.grantee <> 0",
+                    &[&copy],
+                )
+                .await?;
+            grantees.extend(on_copy.iter().map(|r| quote_ident(&r.get::<_, String>(0))));
+            grantees.dedup();
+            sql += &format!("ALTER DATABASE {target} RESET ALL;\nREVOKE ALL ON DATABASE {target} FROM {} CASCADE;\n", grantees.join(", "));
+            let set_on_copy = c
+                .query(
+                    "SELECT pg_get_userbyid(s.setrole) FROM pg_db_role_setting s \
+                     JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole <> 0",
+                    &[&copy],
+                )
+                .await?;
+            for r in set_on_copy {
+                sql += &format!("ALTER ROLE {} IN DATABASE {target} RESET ALL;\n", quote_ident(&r.get::<_, String>(0)));
+            }
+            // No ACL of its own means the defaults: the owner may do all,
+            // every role connect and make temporary tables.
             if !own_grants {
-                sql += &format!("GRANT CONNECT, TEMPORARY ON DATABASE {target} TO PUBLIC;\n");
+                sql += &format!(
+                    "GRANT ALL ON DATABASE {target} TO {};\nGRANT CONNECT, TEMPORARY ON DATABASE {target} TO PUBLIC;\n",
+                    quote_ident(&owner)
+                );
             } else {
-                sql += &format!("REVOKE ALL ON DATABASE {target} FROM PUBLIC, {};\n", quote_ident(&owner));
                 let rows = c
                     .query(
                         "SELECT a.privilege_type, a.grantee = 0, pg_get_userbyid(a.grantee), a.is_grantable, \

@@ -176,34 +176,116 @@ fn a_reload_that_cannot_copy_a_setting_or_a_grant_stops_before_the_swap_and_leav
 }
 
 #[test]
-fn a_role_that_may_act_as_the_owner_reloads_a_database_whose_public_schema_it_does_not_own() {
+fn a_role_that_may_act_as_the_owner_reloads_verifies_and_restores_a_database_whose_public_schema_it_does_not_own() {
     let env = JobEnv::new();
     let app = PgRole::create("app", "not-a-secret");
     let loader = PgRole::create("loader", "not-a-secret");
     let reader = PgRole::create("reader", "not-a-secret");
+    let noinherit = PgRole::create("noinherit", "not-a-secret");
     // PostgreSQL 15's defaults: `public` belongs to pg_database_owner, and
     // only the database's owner may create in it.
     let db = PgDatabase::create_owned_by("plainrole", Some(&app.name));
     let _derived = PgNamesStartingWith(format!("{}_", db.name));
-    let (d, a, l) = (&db.name, &app.name, &loader.name);
+    let (d, a, l, r, n) = (&db.name, &app.name, &loader.name, &reader.name, &noinherit.name);
     db.sql(&format!(
         "CREATE TABLE t (v text);\nALTER TABLE t OWNER TO {a};\nINSERT INTO t VALUES ('in the snapshot');"
     ));
-    db.server.sql("postgres", &format!("ALTER ROLE {l} CREATEDB;\nGRANT {a} TO {l};"));
+    db.server.sql(
+        "postgres",
+        &format!("ALTER ROLE {l} CREATEDB;\nGRANT {a} TO {l};\nALTER ROLE {n} CREATEDB NOINHERIT;\nGRANT {a} TO {n};"),
+    );
     env.config(&format!("[jobs.crm]\n{}", db.entry("crm"))).init_repo();
     env.run(&["crm"]).assert_ok();
     db.sql("INSERT INTO t VALUES ('live');");
-    env.config(&format!("[jobs.crm]\n{}", db.entry("crm").replace("user = \"postgres\"", &format!("user = {}", q(l)))));
+    let as_role = |role: &str| {
+        env.config(&format!(
+            "[jobs.crm]\n{}",
+            db.entry("crm").replace("user = \"postgres\"", &format!("user = {}", q(role)))
+        ));
+    };
+    let owners = |name: &str| {
+        let sql = "SELECT pg_get_userbyid(d.datdba) || ' ' || t.tableowner || ' ' || pg_get_userbyid(n.nspowner) \
+                   FROM pg_database d, pg_tables t, pg_namespace n \
+                   WHERE d.datname = current_database() AND t.tablename = 't' AND n.nspname = 'public';";
+        db.server.sql(name, sql)
+    };
+    let public_may_connect =
+        || db.server.sql("postgres", &format!("SELECT has_database_privilege('{r}', '{d}', 'CONNECT, TEMPORARY');"));
 
+    as_role(l);
     holdfast(&env, &["restore", "crm", "--database", d, "--reload"]).assert_ok();
     assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
-    let owners = "SELECT pg_get_userbyid(d.datdba) || ' ' || t.tableowner || ' ' || pg_get_userbyid(n.nspowner) \
-                  FROM pg_database d, pg_tables t, pg_namespace n \
-                  WHERE d.datname = current_database() AND t.tablename = 't' AND n.nspname = 'public';";
-    assert_eq!(db.sql(owners), format!("{a} {a} pg_database_owner\n"), "owners as before the reload");
+    assert_eq!(owners(d), format!("{a} {a} pg_database_owner\n"), "owners as before the reload");
     // The live database had the default grants: any role may still connect.
-    let public = format!("SELECT has_database_privilege('{}', '{d}', 'CONNECT, TEMPORARY');", reader.name);
-    assert_eq!(db.server.sql("postgres", &public), "t\n", "the copy took PUBLIC's grants away during the load only");
+    assert_eq!(public_may_connect(), "t\n", "the copy took PUBLIC's grants away during the load only");
+    // The daily verify and a restore into a new database work for this role too.
+    holdfast(&env, &["verify", "crm"]).assert_ok();
+    let into = format!("{d}_into");
+    holdfast(&env, &["restore", "crm", "--database", d, "--into", &into]).assert_ok();
+    assert_eq!(owners(&into), format!("{a} {a} pg_database_owner\n"));
+
+    // A session this role may not end: the reload stops before the swap,
+    // and its copy, already given the live grants, does not stay behind.
+    let session = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &db.server.host,
+            "-p",
+            &db.server.port,
+            "-U",
+            r,
+            "-d",
+            d,
+            "-c",
+            "SELECT pg_sleep(60);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut session = KillOnDrop(session);
+    let waiting = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{d}' AND usename = '{r}';");
+    let started = Instant::now();
+    while db.server.sql("postgres", &waiting) != "1\n" {
+        assert!(started.elapsed() < Duration::from_secs(20), "the session did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = pg_databases_starting_with(&format!("{d}_"));
+    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
+    assert!(!ran.status.success());
+    assert!(ran.stderr.contains("is untouched; the loaded copy was dropped"), "{}", ran.stderr);
+    assert_eq!(pg_databases_starting_with(&format!("{d}_")), before, "no copy is left behind");
+    session.0.kill().ok();
+
+    // A member that does not inherit the owner's privileges: its copy is
+    // its own, the load fails at the owner's tables, and nothing is left.
+    as_role(n);
+    let ran = holdfast(&env, &["restore", "crm", "--database", d, "--reload"]);
+    assert!(!ran.status.success());
+    assert!(ran.stderr.contains("untouched"), "{}", ran.stderr);
+    assert_eq!(pg_databases_starting_with(&format!("{d}_")), before, "no copy is left behind");
+
+    // The live database is gone: the reload makes it, open to every role
+    // as a new database is.
+    as_role("postgres");
+    let kept = pg_databases_starting_with(&format!("{d}_"));
+    db.server.sql("postgres", &format!("DROP DATABASE \"{d}\" WITH (FORCE);"));
+    holdfast(&env, &["restore", "crm", "--database", d, "--reload"]).assert_ok();
+    assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
+    assert_eq!(public_may_connect(), "t\n");
+    assert_eq!(pg_databases_starting_with(&format!("{d}_")), kept);
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }
 
 #[test]
