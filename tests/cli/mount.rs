@@ -235,6 +235,12 @@ fn hard_links_share_one_inode_per_snapshot_so_cp_a_out_of_the_mount_keeps_them()
     }
     // Link groups are numbered per snapshot: the two snapshots' files stay apart.
     assert_ne!(md(&in_snapshot(&first), "a/report.txt").ino(), md(&in_snapshot(&second), "a/report.txt").ino());
+    // The same snapshots by time: counted once, linked the same way.
+    for by_time in fs::read_dir(mnt.join("by-time")).unwrap() {
+        let snap = by_time.unwrap().path().join(src.strip_prefix("/").unwrap());
+        let report = md(&snap, "a/report.txt");
+        assert_eq!((report.nlink(), md(&snap, "b/third.txt").ino()), (3, report.ino()));
+    }
 
     let copied = t.path("copied");
     assert!(Command::new("cp").arg("-a").arg(in_snapshot(&first)).arg(&copied).status().unwrap().success());
