@@ -65,6 +65,10 @@ pub struct DumpRecord {
     pub started: jiff::Timestamp,
     pub finished: jiff::Timestamp,
     pub size: u64,
+    /// PostgreSQL: the database's owner when it was dumped, whom a load
+    /// gives it back to (absent in snapshots made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl DumpRecord {

@@ -383,7 +383,7 @@ fn load_database(
             if server.exists(new)? {
                 bail!("{new:?} already exists; choose a new name (restore never overwrites with --into)");
             }
-            if let Err(e) = server.load(new, Some(&live), file, ctx, db.timeout.0) {
+            if let Err(e) = server.load(new, dump.owner.as_deref(), file, ctx, db.timeout.0) {
                 let _ = server.drop_database(new);
                 return Err(e.context(format!("loading the dump into {new:?} failed; {new:?} was removed")));
             }
@@ -407,7 +407,13 @@ fn load_database(
                 }
             }
             let live_exists = server.exists(&live)?;
-            if let Err(e) = server.load(&loaded, Some(&live), file, ctx, db.timeout.0) {
+            // The copy takes the place of the live database: its owner, else
+            // the one the dump was made of.
+            let owner = match server {
+                Server::Postgresql(c) => c.database_owner(&live)?.or_else(|| dump.owner.clone()),
+                _ => None,
+            };
+            if let Err(e) = server.load(&loaded, owner.as_deref(), file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(match live_exists {
                     true => format!("the dump did not load; the live database {live:?} is untouched"),

@@ -103,7 +103,7 @@ pub fn verify_job(
             let t = Instant::now();
             let ctx = DumpContext { run: &scratch.0, cancel, stream: None };
             let loaded = with_dump_input(&repo, &snap, dump, db, &scratch, |file| {
-                server.load(&check.scratch, Some(&dump.name), file, &ctx, db.timeout.0)
+                server.load(&check.scratch, dump.owner.as_deref(), file, &ctx, db.timeout.0)
             });
             check.load_secs = t.elapsed().as_secs_f64();
             let outcome = loaded.and_then(|()| {

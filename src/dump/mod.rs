@@ -348,6 +348,7 @@ pub(crate) fn record(
         started,
         finished: jiff::Timestamp::now(),
         size,
+        owner: None,
     })
 }
 
@@ -411,18 +412,18 @@ impl Server {
         }
     }
 
-    /// Create database `name` from a dump; PostgreSQL gives it the owner of
-    /// database `owner_of` (the one dumped) where holdfast may act as it.
+    /// Create database `name` from a dump; PostgreSQL gives it role `owner`
+    /// where holdfast may act as that role.
     pub fn load(
         &self,
         name: &str,
-        owner_of: Option<&str>,
+        owner: Option<&str>,
         dump: &DumpInput,
         ctx: &DumpContext,
         timeout: std::time::Duration,
     ) -> Result<()> {
         match self {
-            Server::Postgresql(c) => c.load(name, owner_of, dump, ctx, timeout),
+            Server::Postgresql(c) => c.load(name, owner, dump, ctx, timeout),
             Server::Mysql(c) => c.load(name, dump, ctx, timeout),
             Server::Sqlite => sqlite::load(Path::new(name), dump),
         }

@@ -193,6 +193,7 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     for name in names {
         let started = jiff::Timestamp::now();
         let server = conn.server_version(&name)?;
+        let owner = conn.database_owner(&name)?;
         let (out, format) = match db.format {
             DumpFormat::Plain => (dump_file(dir, &name, "sql"), "--format=plain"),
             // Uncompressed: the engine compresses, and chunks dedup from run to run.
@@ -206,7 +207,9 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
         argv.extend(db.dump_args.iter().cloned());
         argv.push(dbname_arg(&name));
         let size = run_tool(argv, env.clone(), &out, db, ctx)?;
-        records.push(record(db, &name, &out, "pg_dump", &pg_dump_version, size, Some(server), started)?);
+        let mut dumped = record(db, &name, &out, "pg_dump", &pg_dump_version, size, Some(server), started)?;
+        dumped.owner = owner;
+        records.push(dumped);
     }
     Ok(records)
 }
@@ -315,29 +318,27 @@ impl Connection {
     /// custom-format one (found by its `PGDMP` header) with `pg_restore`,
     /// on every core when holdfast itself can hand it the file.
     ///
-    /// The new database gets the owner of database `owner_of` when there is
-    /// one and holdfast's role has that owner's privileges (is it, inherits
-    /// from it, or is a superuser): in PostgreSQL 15's default `public`
-    /// schema only the database's owner may create, so a role that is not a
-    /// superuser could not otherwise give the application's tables back to
-    /// their owner. Without those privileges it is holdfast's own, and
-    /// always its own to drop.
+    /// The new database gets role `owner` when holdfast's role has that
+    /// role's privileges (is it, inherits from it, or is a superuser): in
+    /// PostgreSQL 15's default `public` schema only the database's owner may
+    /// create, so a role that is not a superuser could not otherwise give
+    /// the application's tables back to their owner. Without those
+    /// privileges it is holdfast's own, and always its own to drop.
     pub fn load(
         &self,
         name: &str,
-        owner_of: Option<&str>,
+        owner: Option<&str>,
         dump: &DumpInput,
         ctx: &DumpContext,
         timeout: std::time::Duration,
     ) -> Result<()> {
         let name_sql = quote_ident(name);
-        let owner = match owner_of {
-            Some(of) => self.scalar(
+        let owner = match owner {
+            Some(role) => self.scalar(
                 "postgres",
                 &format!(
-                    "SELECT pg_get_userbyid(datdba) FROM pg_database \
-                     WHERE datname = {} AND pg_has_role(datdba, 'USAGE')",
-                    sql_literal(of)
+                    "SELECT rolname FROM pg_roles WHERE rolname = {} AND pg_has_role(oid, 'USAGE')",
+                    sql_literal(role)
                 ),
             )?,
             None => None,
@@ -398,6 +399,14 @@ impl Connection {
         }
         // holdfast opens the dump: a `run_as` user cannot read the spool.
         super::run_loader(spec, dump, ctx.cancel)
+    }
+
+    /// The owner of database `name`, if there is one.
+    pub fn database_owner(&self, name: &str) -> Result<Option<String>> {
+        self.scalar(
+            "postgres",
+            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}", sql_literal(name)),
+        )
     }
 
     pub fn drop_database(&self, name: &str) -> Result<()> {
@@ -468,8 +477,9 @@ impl Connection {
     /// of which are access rules: `default_transaction_read_only`, `role`).
     /// All or nothing: what cannot be copied fails the reload.
     ///
-    /// The copy's own grants and settings go first: its owner (the live
-    /// database's, see [`Connection::load`]) could connect during the load.
+    /// The copy's own grants and database settings go first: its owner (the
+    /// live database's, see [`Connection::load`]) could connect during the
+    /// load.
     fn copy_database_setup(&self, live: &str, loaded: &str) -> Result<()> {
         let (live, copy, target) = (live.to_string(), loaded.to_string(), quote_ident(loaded));
         self.with_client("postgres", async move |c| {
@@ -505,16 +515,9 @@ impl Connection {
             grantees.extend(on_copy.iter().map(|r| quote_ident(&r.get::<_, String>(0))));
             grantees.dedup();
             sql += &format!("ALTER DATABASE {target} RESET ALL;\nREVOKE ALL ON DATABASE {target} FROM {} CASCADE;\n", grantees.join(", "));
-            let set_on_copy = c
-                .query(
-                    "SELECT pg_get_userbyid(s.setrole) FROM pg_db_role_setting s \
-                     JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole <> 0",
-                    &[&copy],
-                )
-                .await?;
-            for r in set_on_copy {
-                sql += &format!("ALTER ROLE {} IN DATABASE {target} RESET ALL;\n", quote_ident(&r.get::<_, String>(0)));
-            }
+            // A role's own settings in the copy (`ALTER ROLE CURRENT_USER IN
+            // DATABASE`, which needs no privilege) stay: they touch only its
+            // own sessions, as they would in the live database.
             // No ACL of its own means the defaults: the owner may do all,
             // every role connect and make temporary tables.
             if !own_grants {

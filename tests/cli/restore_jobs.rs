@@ -267,15 +267,23 @@ fn a_role_that_may_act_as_the_owner_reloads_verifies_and_restores_a_database_who
     assert!(ran.stderr.contains("untouched"), "{}", ran.stderr);
     assert_eq!(pg_databases_starting_with(&format!("{d}_")), before, "no copy is left behind");
 
-    // The live database is gone: the reload makes it, open to every role
-    // as a new database is.
-    as_role("postgres");
+    // The live database is gone: the reload makes it, owned by the owner
+    // the snapshot recorded and open to every role as a new database is.
+    as_role(l);
     let kept = pg_databases_starting_with(&format!("{d}_"));
     db.server.sql("postgres", &format!("DROP DATABASE \"{d}\" WITH (FORCE);"));
     holdfast(&env, &["restore", "crm", "--database", d, "--reload"]).assert_ok();
     assert_eq!(db.sql("SELECT v FROM t;"), "in the snapshot\n");
+    assert_eq!(owners(d), format!("{a} {a} pg_database_owner\n"));
     assert_eq!(public_may_connect(), "t\n");
     assert_eq!(pg_databases_starting_with(&format!("{d}_")), kept);
+
+    // Someone else's database under the dumped name: a copy into a new
+    // database still goes to the recorded owner, not to them.
+    db.server.sql("postgres", &format!("ALTER DATABASE \"{d}\" OWNER TO {r};"));
+    let into = format!("{d}_into2");
+    holdfast(&env, &["restore", "crm", "--database", d, "--into", &into]).assert_ok();
+    assert_eq!(owners(&into), format!("{a} {a} pg_database_owner\n"));
 }
 
 /// A child process killed when the test ends, however it ends.
