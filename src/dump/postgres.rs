@@ -193,7 +193,11 @@ pub fn dump(db: &DatabaseConfig, dir: &Path, ctx: &DumpContext) -> Result<Vec<Du
     for name in names {
         let started = jiff::Timestamp::now();
         let server = conn.server_version(&name)?;
-        let owner = conn.database_owner(&name)?;
+        // Only a help for loading it later: a backup does not fail for it.
+        let owner = conn.database_owner(&name).unwrap_or_else(|e| {
+            tracing::warn!("the owner of {name:?} cannot be read, a load will not give it back: {e:#}");
+            None
+        });
         let (out, format) = match db.format {
             DumpFormat::Plain => (dump_file(dir, &name, "sql"), "--format=plain"),
             // Uncompressed: the engine compresses, and chunks dedup from run to run.
@@ -403,10 +407,11 @@ impl Connection {
 
     /// The owner of database `name`, if there is one.
     pub fn database_owner(&self, name: &str) -> Result<Option<String>> {
-        self.scalar(
-            "postgres",
-            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}", sql_literal(name)),
-        )
+        let sql = format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {}", sql_literal(name));
+        if self.run_as.is_some() {
+            return Ok(self.psql_lines("postgres", &sql)?.into_iter().next());
+        }
+        self.scalar("postgres", &sql)
     }
 
     pub fn drop_database(&self, name: &str) -> Result<()> {
