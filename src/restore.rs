@@ -409,10 +409,7 @@ fn load_database(
             let live_exists = server.exists(&live)?;
             // The copy takes the place of the live database: its owner, else
             // the one the dump was made of.
-            let owner = match server {
-                Server::Postgresql(c) => c.database_owner(&live)?.or_else(|| dump.owner.clone()),
-                _ => None,
-            };
+            let owner = server.database_owner(&live)?.or_else(|| dump.owner.clone());
             if let Err(e) = server.load(&loaded, owner.as_deref(), file, ctx, db.timeout.0) {
                 let _ = server.drop_database(&loaded);
                 return Err(e.context(match live_exists {

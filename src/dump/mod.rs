@@ -404,6 +404,14 @@ impl Server {
         }
     }
 
+    /// The owner of database `name`: PostgreSQL's, which a load can give back.
+    pub fn database_owner(&self, name: &str) -> Result<Option<String>> {
+        match self {
+            Server::Postgresql(c) => c.database_owner(name),
+            Server::Mysql(_) | Server::Sqlite => Ok(None),
+        }
+    }
+
     pub fn server_version(&self) -> Result<Option<String>> {
         match self {
             Server::Postgresql(c) => c.server_version("postgres").map(Some),

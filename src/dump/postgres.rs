@@ -474,7 +474,7 @@ impl Connection {
 
     /// Give `loaded` what the live database has that a dump (made without
     /// `--create`) leaves out, so the application finds it as before: its
-    /// owner (the copy was created by holdfast's role), its GRANTs (`CONNECT`,
+    /// owner (where the copy was not created with it already), its GRANTs (`CONNECT`,
     /// `CREATE`, `TEMPORARY`, each by its own grantor, so a later `REVOKE …
     /// CASCADE` still reaches what was passed on; one revoked from PUBLIC
     /// stays revoked), its connection limit and comment, and its `ALTER
@@ -517,8 +517,11 @@ impl Connection {
                     &[&copy],
                 )
                 .await?;
-            grantees.extend(on_copy.iter().map(|r| quote_ident(&r.get::<_, String>(0))));
-            grantees.dedup();
+            for grantee in on_copy.iter().map(|r| quote_ident(&r.get::<_, String>(0))) {
+                if !grantees.contains(&grantee) {
+                    grantees.push(grantee);
+                }
+            }
             sql += &format!("ALTER DATABASE {target} RESET ALL;\nREVOKE ALL ON DATABASE {target} FROM {} CASCADE;\n", grantees.join(", "));
             // A role's own settings in the copy (`ALTER ROLE CURRENT_USER IN
             // DATABASE`, which needs no privilege) stay: they touch only its
