@@ -421,9 +421,13 @@ impl Connection {
     /// Put `loaded` in the place of `live`; the old database is kept as
     /// `keep_as`. Connections to `live` are ended first.
     pub fn swap(&self, live: &str, loaded: &str, keep_as: &str) -> Result<()> {
-        let untouched = |e: anyhow::Error| {
-            let _ = self.drop_database(loaded);
-            e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped"))
+        let untouched = |e: anyhow::Error| match self.drop_database(loaded) {
+            Ok(()) => e.context(format!("the live database {live:?} is untouched; the loaded copy was dropped")),
+            Err(why) => e.context(format!(
+                "the live database {live:?} is untouched; the loaded copy {loaded:?} is left behind and could not be \
+                 dropped ({}): drop it by hand",
+                crate::units::error_text(&why)
+            )),
         };
         self.copy_database_setup(live, loaded).map_err(untouched)?;
         // A session in either database would stop its rename.
