@@ -357,27 +357,25 @@ impl Keys {
 /// is missed in such data; chunk-level deduplication still finds repeats.
 /// Samples whose bytes alone are skewed (text, code, logs: entropy coding
 /// by itself saves an eighth) need no trial compression, which would cost a
-/// tenth of the whole blob's. Samples whose bytes are as even as random
-/// ones can only gain from repeats, so a quarter of each is tried: enough to
-/// find a block repeated within it.
+/// tenth of the whole blob's; but not at negative levels, where zstd leaves
+/// literals uncoded. Samples as even as random bytes are tried whole: only
+/// repeats can pay there, and a repeat is found only within what is tried.
 fn worth_compressing(data: &[u8], level: i32) -> bool {
     const SAMPLE: usize = 32 << 10;
     if data.len() < 8 * SAMPLE {
         return true;
     }
     let samples = [data.len() / 3, 2 * data.len() / 3].map(|at| &data[at..at + SAMPLE]);
-    let bits = bits_per_byte(&samples);
-    if bits < 7.0 {
+    if level > 0 && bits_per_byte(&samples) < 7.0 {
         return true;
     }
-    let tried = if bits >= 7.9 { SAMPLE / 4 } else { SAMPLE };
-    let mut out = Vec::with_capacity(2 * zstd::zstd_safe::compress_bound(tried));
+    let mut out = Vec::with_capacity(2 * zstd::zstd_safe::compress_bound(SAMPLE));
     for sample in samples {
-        if !compress_into(&sample[..tried], &mut out, level) {
+        if !compress_into(sample, &mut out, level) {
             return true;
         }
     }
-    pays(out.len(), 2 * tried)
+    pays(out.len(), 2 * SAMPLE)
 }
 
 /// The order-0 entropy of `parts` taken together, in bits per byte: 8 for
@@ -602,13 +600,15 @@ mod tests {
         fill_random(&mut random).expect("randomness");
         assert!(!worth_compressing(&random, 3));
         assert!(bits_per_byte(&[&random]) > 7.9);
-        // Random bytes, but one block of them over and over: tried, and
-        // compressed.
-        let repeated = random[..4096].repeat(128);
-        assert!(bits_per_byte(&[&repeated]) > 7.9);
-        assert!(worth_compressing(&repeated, 3));
-        let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&repeated), &repeated, 3).expect("seal");
-        assert!(sealed.len() < repeated.len() / 10, "compressed: {}", sealed.len());
+        // Random bytes, but one block of them over and over (up to a
+        // sample's length apart): tried, and compressed.
+        for period in [4096, 16384, 30000] {
+            let repeated = random[..period].repeat((512 << 10) / period + 1);
+            assert!(bits_per_byte(&[&repeated]) > 7.9);
+            assert!(worth_compressing(&repeated, 3), "period {period}");
+            let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&repeated), &repeated, 3).expect("seal");
+            assert!(sealed.len() < repeated.len() / 5, "period {period} compressed: {}", sealed.len());
+        }
         let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&random), &random, 3).expect("seal");
         assert_eq!(sealed.len(), random.len() + SEAL_OVERHEAD, "stored raw");
         assert_eq!(k.open(ObjectKind::Chunk, &k.blob_id(&random), &sealed).expect("open"), random);
@@ -621,6 +621,15 @@ mod tests {
         assert!(worth_compressing(&mixed, 3));
         assert!(bits_per_byte(&[&text[..4096], &text[9..99]]) < 5.0, "text needs no trial");
         assert!(bits_per_byte(&[&[7u8; 1000]]).abs() < 0.01, "one byte value");
+        // Random letters of a 64-symbol alphabet (as base64 of random data):
+        // skewed bytes pay through entropy coding, which negative levels
+        // leave out, so there they are tried first.
+        let letters: Vec<u8> = random
+            .iter()
+            .map(|b| b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[usize::from(b % 64)])
+            .collect();
+        assert!(worth_compressing(&letters, 3));
+        assert!(!worth_compressing(&letters, -7));
         assert_eq!(bits_per_byte(&[]), 0.0);
         let sealed = k.seal(ObjectKind::Chunk, &k.blob_id(&mixed), &mixed, 3).expect("seal");
         assert!(sealed.len() < mixed.len() * 6 / 10, "compressed: {}", sealed.len());
