@@ -21,7 +21,8 @@ pub struct Stats {
     pub files: u64,
     /// What restoring every one of the snapshots would write.
     pub logical_bytes: u64,
-    /// Distinct chunks the snapshots reference, and their plaintext size.
+    /// Distinct chunks the snapshots reference, and their plaintext size
+    /// (each chunk whole: a chunk small files share counts in full).
     pub chunks: u64,
     pub unique_bytes: u64,
     /// Distinct directories (trees).

@@ -34,7 +34,9 @@ pub struct Args {
 pub struct SelectArgs {
     /// Leave out paths matching this glob (repeatable): `/srv/*/tmp` is
     /// anchored (starts with `/`); `node_modules` or `*.tmp` match at any
-    /// depth. A matching directory is left out with everything below it.
+    /// depth. `*` also matches `/` (`/srv/*/tmp` leaves out
+    /// `/srv/a/b/tmp` too). A matching directory is left out with
+    /// everything below it.
     #[arg(long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Like --exclude, ignoring case (repeatable).

@@ -13,7 +13,8 @@ use crate::units::{human, local_time, parse_since};
 
 pub const EXAMPLES: &str = "\
 Patterns are globs, as in `exclude`: one starting with `/` matches from the
-root, any other at any depth (`notes.txt`, `*.sql`, `Maildir/cur/*`).
+root, any other at any depth (`notes.txt`, `*.sql`, `Maildir/cur/*`); `*`
+also matches `/`, so `/srv/*/notes.txt` finds it at any depth below /srv.
 Database dumps match by database name.
 
 Examples:
@@ -32,8 +33,8 @@ pub struct Args {
     #[arg(short = 'i', long)]
     pub ignore_case: bool,
     /// Search only the N newest snapshots (after the filters).
-    #[arg(long, value_name = "N")]
-    pub newest: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub newest: Option<u64>,
     /// Search only snapshots made since then: `7d`, `2026-11-30`, `2026-11-30 14:00`.
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     pub since: Option<jiff::Timestamp>,
@@ -53,7 +54,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
         snaps.retain(|(_, s)| s.time >= since);
     }
     if let Some(n) = args.newest {
-        snaps.drain(..snaps.len().saturating_sub(n));
+        snaps.drain(..snaps.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX)));
     }
     let query = FindQuery { patterns, under: args.filter.paths.clone() };
     let found = find(&repo, &snaps, &query)?;
@@ -100,7 +101,7 @@ pub fn run(args: &Args, ctx: &Context) -> Result<Exit> {
     // What was found comes before the summary on a terminal.
     out.flush()?;
     eprintln!(
-        "{} path(s) and {} database(s) found in {} snapshot(s) ({} directories read)",
+        "{} path(s) and {} database(s) found; {} snapshot(s) searched ({} directories read)",
         found.paths.len(),
         found.databases.len(),
         found.snapshots_searched,

@@ -183,8 +183,10 @@ pub struct FilterArgs {
     /// Only snapshots with this tag (repeatable: all of them).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
-    /// Only snapshots that hold this path (repeatable); `find` and
-    /// `restore` also keep to what is at or below it.
+    /// Only snapshots whose backed-up paths are this path, lie below it
+    /// or hold it (repeatable; judged from the paths the backup was given,
+    /// not looked up in the snapshot); `find` and `restore` also keep to
+    /// what is at or below it.
     #[arg(long = "path", value_name = "PATH", value_parser = path_in_snapshot())]
     pub paths: Vec<PathBuf>,
 }

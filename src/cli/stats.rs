@@ -15,10 +15,12 @@ use crate::stats::{Referenced, RepositoryStats, Stats, repository_stats, stats};
 use crate::units::human;
 
 pub const EXAMPLES: &str = "\
-logical: what restoring every snapshot would write; unique: the distinct
-chunks behind it; stored: those chunks and the directories as stored
-(compressed, encrypted). dedup = logical / unique, compression = unique /
-stored chunks.
+logical: what restoring every snapshot would write, holes of sparse files
+included; unique: the distinct chunks behind it, each counted whole (small
+files of a directory share one chunk, so a snapshot that kept a few of them
+can count more unique than logical bytes); stored: those chunks and the
+directories as stored (compressed, encrypted). dedup = logical / unique,
+compression = unique / stored chunks.
 
 Examples:
   holdfast stats                       per job, all snapshots, the repository

@@ -102,8 +102,14 @@ fn find_names_every_snapshot_that_still_holds_a_deleted_file_newest_first() {
     assert!(lines[0].ends_with("/docs/old/notes.txt"), "{out}");
     assert!(lines[1].trim_start().starts_with(&ids[1]) && lines[2].trim_start().starts_with(&ids[0]), "{out}");
 
-    // A bad pattern is a usage error.
+    // The summary counts what was found apart from what was searched.
+    let summary =
+        String::from_utf8_lossy(&t.cmd(["find", "notes.txt"]).assert().success().get_output().stderr).into_owned();
+    assert!(summary.contains("1 path(s) and 0 database(s) found; 3 snapshot(s) searched"), "{summary}");
+
+    // A bad pattern, and searching no snapshots at all, are usage errors.
     t.cmd(["find", "[unclosed"]).assert().code(2);
+    t.cmd(["find", "notes.txt", "--newest", "0"]).assert().code(2);
 }
 
 #[test]
