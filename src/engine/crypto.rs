@@ -307,9 +307,8 @@ impl Keys {
         if sealed_tag != tag {
             return Err(unsound("tag changed"));
         }
-        OPENED.with_borrow_mut(|opened| {
-            opened.resize(ct.len(), 0);
-            let buffer = InOutBuf::new(ct, &mut opened[..]).map_err(|_| unsound("lengths"))?;
+        with_thread_buffer(&OPENED, ct.len(), |opened| {
+            let buffer = InOutBuf::new(ct, &mut *opened).map_err(|_| unsound("lengths"))?;
             self.cipher(kind)
                 .decrypt_inout_detached(as_nonce(nonce)?, &associated_data(kind, id), buffer, as_tag(tag)?)
                 .map_err(|_| unsound("authentication failed"))?;
@@ -318,10 +317,6 @@ impl Keys {
                 Some((&FLAG_ZSTD, frame)) => decompresses_to(frame, plaintext),
                 _ => false,
             };
-            // A buffer grown by a rare huge blob is not kept.
-            if opened.capacity() > 16 << 20 {
-                *opened = Vec::new();
-            }
             if same { Ok(()) } else { Err(unsound("different bytes")) }
         })
     }
@@ -470,15 +465,36 @@ fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
         Ok(Some(n)) if n <= MAX_PLAINTEXT => n as usize,
         _ => return decompress_capped(frame),
     };
-    ZSTD.with(|z| {
-        let mut z = z.borrow_mut();
-        if z.decompressor.is_none() {
-            z.decompressor = Some(zstd::bulk::Decompressor::new()?);
+    with_decompressor(|d| d.decompress(frame, size))
+}
+
+/// `f` with this thread's zstd decompressor, made on first use.
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    ZSTD.with_borrow_mut(|z| match &mut z.decompressor {
+        Some(d) => f(d),
+        empty => f(empty.insert(zstd::bulk::Decompressor::new()?)),
+    })
+}
+
+/// `f` over the first `len` bytes of a buffer this thread keeps in `cell`,
+/// so a blob's proof allocates nothing; a buffer grown past 16 MiB by a
+/// rare huge blob is let go afterwards.
+fn with_thread_buffer<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    cell.with_borrow_mut(|buffer| {
+        if buffer.len() < len {
+            buffer.resize(len, 0);
         }
-        match z.decompressor.as_mut() {
-            Some(d) => d.decompress(frame, size),
-            None => decompress_capped(frame),
+        let result = f(&mut buffer[..len]);
+        if buffer.capacity() > 16 << 20 {
+            *buffer = Vec::new();
         }
+        result
     })
 }
 
@@ -492,23 +508,9 @@ fn decompresses_to(frame: &[u8], expected: &[u8]) -> bool {
     if zstd::zstd_safe::get_frame_content_size(frame).ok().flatten() != Some(expected.len() as u64) {
         return false;
     }
-    BACK.with_borrow_mut(|back| {
-        if back.len() < expected.len() {
-            back.resize(expected.len(), 0);
-        }
-        let into = &mut back[..expected.len()];
-        let done = ZSTD.with_borrow_mut(|z| {
-            if z.decompressor.is_none() {
-                z.decompressor = zstd::bulk::Decompressor::new().ok();
-            }
-            z.decompressor.as_mut().map(|d| d.decompress_to_buffer(frame, &mut *into))
-        });
-        let same = matches!(done, Some(Ok(n)) if n == expected.len()) && into == expected;
-        // A buffer grown by a rare huge blob is not kept.
-        if back.capacity() > 16 << 20 {
-            *back = Vec::new();
-        }
-        same
+    with_thread_buffer(&BACK, expected.len(), |into| {
+        with_decompressor(|d| d.decompress_to_buffer(frame, &mut *into)).is_ok_and(|n| n == expected.len())
+            && *into == *expected
     })
 }
 
